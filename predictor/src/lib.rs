@@ -1,0 +1,1 @@
+//! Access prediction for tiervisor.

@@ -1,0 +1,1 @@
+//! Integration tests: boot (filled in by the work that owns it).

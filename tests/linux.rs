@@ -1,0 +1,1 @@
+//! Integration tests: linux (filled in by the work that owns it).

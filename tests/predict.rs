@@ -1,0 +1,1 @@
+//! Integration tests: predict (filled in by the work that owns it).

@@ -1,0 +1,1 @@
+//! Integration tests: tiered (filled in by the work that owns it).

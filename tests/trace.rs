@@ -1,0 +1,1 @@
+//! Integration tests: trace (filled in by the work that owns it).

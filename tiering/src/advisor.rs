@@ -1,0 +1,43 @@
+//! The interface between mechanism (this crate) and policy (the `predictor` crate).
+//!
+//! The tier manager (live VMM) and the replay simulator drive an advisor through the
+//! same calls, in the same order, so an advisor cannot tell a replay from a live VM.
+
+use crate::access::{Access, PageNumber};
+
+/// Decides which pages to prefetch and which to evict.
+///
+/// Call order for every access the driver observes: [`Advisor::on_access`]; if the
+/// page was not resident the driver then fills it and calls [`Advisor::on_fill`].
+/// When RAM is over budget the driver asks [`Advisor::victims`] and calls
+/// [`Advisor::on_evict`] for each page it actually evicts. Once per window it calls
+/// [`Advisor::end_window`] and then [`Advisor::prefetch`].
+///
+/// `on_access` runs on the fault path: it must be O(1) amortised and never block.
+pub trait Advisor: Send {
+    /// Short name used in reports (`none`, `lru`, `leap`, `gru`, ...).
+    fn name(&self) -> &str;
+
+    /// An access was observed. `resident` says whether the page was in RAM.
+    fn on_access(&mut self, access: &Access, resident: bool);
+
+    /// `page` entered RAM, on demand (`prefetched == false`) or by a prefetch.
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool);
+
+    /// `page` left RAM.
+    fn on_evict(&mut self, page: PageNumber);
+
+    /// Append up to `n` resident pages to evict to `out`, least wanted first.
+    /// Only pages the advisor was told are resident (via `on_fill`) may be named.
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>);
+
+    /// Append up to `max` non-resident pages to bring into RAM now, most wanted first.
+    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>);
+
+    /// Probability that `page` is accessed within the advisor's horizon, in [0, 1].
+    /// The placement policy maps it to a target tier through thresholds.
+    fn probability(&self, page: PageNumber) -> f32;
+
+    /// A monitoring window ended at `now_ns`: time to update models.
+    fn end_window(&mut self, _now_ns: u64) {}
+}

@@ -1,0 +1,8 @@
+//! Tiered guest memory for tiervisor.
+//!
+//! Mechanism only: how pages are observed, stored and moved. Which pages to move
+//! is asked of an [`advisor::Advisor`], implemented by baselines and the GRU in the
+//! `predictor` crate, so this crate carries no ML dependency.
+
+pub mod access;
+pub mod advisor;
