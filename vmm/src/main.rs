@@ -2,10 +2,16 @@
 
 mod cmd;
 
+use std::time::Instant;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tiervisor", version, about = "KVM VMM whose guest memory spans six tiers, moved ahead of need by a learned predictor")]
+#[command(
+    name = "tiervisor",
+    version,
+    about = "KVM VMM whose guest memory spans six tiers, moved ahead of need by a learned predictor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,10 +31,12 @@ enum Command {
 }
 
 fn main() {
+    // First thing: boot times (boot-timer port, boot_ms) are measured from here.
+    let process_start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => cmd::run::run(args),
+        Command::Run(args) => cmd::run::run(args, process_start),
         Command::Trace(c) => cmd::trace::run(c),
         Command::Train(args) => cmd::train::run(args),
         Command::Replay(args) => cmd::replay::run(args),

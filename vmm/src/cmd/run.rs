@@ -1,10 +1,308 @@
-//! `tiervisor run`.
-#[derive(clap::Args)]
+//! `tiervisor run`: validate the request, build the VM, run it, report.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kvm_ioctls::{Cap, Kvm};
+
+use vmm::host;
+use vmm::layout;
+use vmm::machine::{Machine, VmConfig};
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  Boot the test guest with a workload (exit status = guest's debug-exit value):
+    tiervisor run --kernel resources/out/testguest.elf \\
+        --cmdline 'workload=zipf mem=64M iters=200000 seed=1' --memory 256M --vcpus 2
+  Boot a Linux bzImage with an initramfs, writing metrics:
+    tiervisor run --kernel resources/out/vmlinuz --initrd resources/out/initramfs.cpio.gz \\
+        --cmdline 'console=ttyS0 earlyprintk=ttyS0' --memory 512M --metrics-out run.json
+
+Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
+1 when the VM fails (triple fault, KVM internal error); 2 for bad input;
+128+N when stopped by signal N.";
+
+/// `tiervisor run` arguments.
+#[derive(clap::Args, Debug)]
+#[command(after_help = RUN_EXAMPLES)]
 pub struct RunArgs {
-    /// Kernel image: PVH ELF or bzImage.
-    #[arg(long)]
-    pub kernel: std::path::PathBuf,
+    /// Kernel image: an ELF with a PVH note, or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk, loaded at the top of low RAM.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest memory: bytes or with a K/M/G/T suffix.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// Write run metrics (boot_ms, vmm_overhead_kib, exits, ...) as JSON here.
+    #[arg(long, value_name = "FILE.json")]
+    pub metrics_out: Option<PathBuf>,
 }
-pub fn run(_args: RunArgs) -> i32 {
-    super::usage_error("run: not built yet")
+
+/// Bad input or a host that cannot run the request: one line, exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum RunInputError {
+    /// --memory did not parse.
+    #[error("--memory: {0}")]
+    MemorySyntax(String),
+    /// Below the minimum.
+    #[error("--memory {given} is too small: the minimum is {min}")]
+    MemoryTooSmall { given: String, min: String },
+    /// More than the host has.
+    #[error(
+        "--memory {given} is larger than this host's physical RAM ({total}; {available} available)"
+    )]
+    MemoryTooLarge {
+        given: String,
+        total: String,
+        available: String,
+    },
+    /// Not page aligned.
+    #[error("--memory {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(String),
+    /// Zero vCPUs.
+    #[error("--vcpus must be at least 1")]
+    NoVcpus,
+    /// More vCPUs than KVM recommends here.
+    #[error("--vcpus {given} is more than this host's KVM supports: at most {max} (KVM_CAP_NR_VCPUS {nr}, KVM_CAP_MAX_VCPUS {hard})")]
+    TooManyVcpus {
+        given: u32,
+        max: usize,
+        nr: usize,
+        hard: usize,
+    },
+    /// Command line longer than the boot protocol allows.
+    #[error("--cmdline is {len} bytes; the limit is {max} bytes")]
+    CmdlineTooLong { len: usize, max: usize },
+    /// A file named on the command line cannot be read.
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// /dev/kvm missing.
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel/kvm_amd, or run where virtualization is available)")]
+    NoKvm,
+    /// /dev/kvm not accessible.
+    #[error("no permission to open /dev/kvm: run as root or add this user to the 'kvm' group")]
+    KvmPermission,
+    /// Another /dev/kvm failure.
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    /// A KVM capability tiervisor needs is missing.
+    #[error("this host's KVM lacks {0}, which tiervisor needs")]
+    MissingCap(&'static str),
+}
+
+/// Check the arguments that need no KVM.
+pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
+    let check_file = |what, path: &PathBuf| {
+        std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .and_then(|m| {
+                if m.is_dir() {
+                    Err(std::io::Error::other("is a directory"))
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|source| RunInputError::File {
+                what,
+                path: path.display().to_string(),
+                source,
+            })
+    };
+    check_file("kernel", &args.kernel)?;
+    if let Some(initrd) = &args.initrd {
+        check_file("initrd", initrd)?;
+    }
+    let max_cmdline = layout::CMDLINE_MAX_SIZE - 1;
+    if args.cmdline.len() > max_cmdline {
+        return Err(RunInputError::CmdlineTooLong {
+            len: args.cmdline.len(),
+            max: max_cmdline,
+        });
+    }
+    let memory = host::parse_size(&args.memory).map_err(RunInputError::MemorySyntax)?;
+    if memory < layout::MIN_MEMORY {
+        return Err(RunInputError::MemoryTooSmall {
+            given: args.memory.clone(),
+            min: host::format_size(layout::MIN_MEMORY),
+        });
+    }
+    if memory % layout::PAGE_SIZE != 0 {
+        return Err(RunInputError::MemoryUnaligned(args.memory.clone()));
+    }
+    if let Some(hm) = host::host_memory() {
+        if memory > hm.total {
+            return Err(RunInputError::MemoryTooLarge {
+                given: args.memory.clone(),
+                total: human(hm.total),
+                available: human(hm.available),
+            });
+        }
+        if memory > hm.available {
+            log::warn!(
+                "--memory {} is more than the {} available now; the guest may be OOM-killed if it touches it all",
+                args.memory,
+                human(hm.available)
+            );
+        }
+    }
+    if args.vcpus == 0 {
+        return Err(RunInputError::NoVcpus);
+    }
+    Ok(VmConfig {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        memory,
+        // Checked against KVM's limit (<= 255 is enforced there) in open_kvm.
+        vcpus: u8::try_from(args.vcpus).unwrap_or(u8::MAX),
+    })
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Open /dev/kvm and check it can run `vcpus` vCPUs.
+pub fn open_kvm(vcpus: u32) -> Result<Kvm, RunInputError> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => RunInputError::NoKvm,
+        libc::EACCES | libc::EPERM => RunInputError::KvmPermission,
+        _ => RunInputError::KvmOpen(e),
+    })?;
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(RunInputError::MissingCap(name));
+        }
+    }
+    // NR_VCPUS is KVM's recommended maximum (the host's CPUs); more vCPUs than that
+    // only time-share. The ACPI MADT and xAPIC ids cap it at 255 anyway.
+    let nr = kvm.get_nr_vcpus();
+    let hard = kvm.get_max_vcpus();
+    let max = nr.min(hard).min(255);
+    if vcpus as usize > max {
+        return Err(RunInputError::TooManyVcpus {
+            given: vcpus,
+            max,
+            nr,
+            hard,
+        });
+    }
+    Ok(kvm)
+}
+
+/// `tiervisor run`; returns the exit status.
+pub fn run(args: RunArgs, process_start: Instant) -> i32 {
+    let config = match validate(&args) {
+        Ok(c) => c,
+        Err(e) => return super::usage_error(e),
+    };
+    let kvm = match open_kvm(args.vcpus) {
+        Ok(k) => k,
+        Err(e) => return super::usage_error(e),
+    };
+    let machine = match Machine::build(&kvm, config, process_start) {
+        Ok(m) => m,
+        Err(e) if e.is_bad_input() => return super::usage_error(e),
+        Err(e) => {
+            eprintln!("tiervisor: {e}");
+            return 1;
+        }
+    };
+    if host::is_pvm_host() {
+        eprintln!("tiervisor: {}", host::PVM_NOTE);
+    }
+    let outcome = match machine.run() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tiervisor: {e}");
+            return 1;
+        }
+    };
+    if let Some(msg) = outcome.reason.message() {
+        eprintln!("tiervisor: {msg}");
+    }
+    let status = outcome.reason.exit_status();
+    if let Some(path) = &args.metrics_out {
+        let written = serde_json::to_string_pretty(&outcome.metrics)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json + "\n"));
+        if let Err(e) = written {
+            eprintln!("tiervisor: cannot write metrics to {}: {e}", path.display());
+            return if status == 0 { 1 } else { status };
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(memory: &str, cmdline: &str) -> RunArgs {
+        RunArgs {
+            kernel: PathBuf::from("/proc/self/exe"),
+            initrd: None,
+            cmdline: cmdline.into(),
+            memory: memory.into(),
+            vcpus: 1,
+            metrics_out: None,
+        }
+    }
+
+    #[test]
+    fn memory_limits_are_checked() {
+        assert!(validate(&args("64M", "")).is_ok());
+        let e = validate(&args("1M", "")).unwrap_err();
+        assert!(e.to_string().contains("minimum is 16M"), "{e}");
+        let e = validate(&args("100T", "")).unwrap_err();
+        assert!(e.to_string().contains("physical RAM"), "{e}");
+        assert!(matches!(
+            validate(&args("lots", "")),
+            Err(RunInputError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            validate(&args("16777217", "")),
+            Err(RunInputError::MemoryUnaligned(_))
+        ));
+    }
+
+    #[test]
+    fn cmdline_length_is_checked() {
+        assert!(validate(&args("64M", &"a".repeat(2047))).is_ok());
+        let e = validate(&args("64M", &"a".repeat(2048))).unwrap_err();
+        assert!(matches!(
+            e,
+            RunInputError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ));
+    }
+
+    #[test]
+    fn missing_kernel_is_reported() {
+        let mut a = args("64M", "");
+        a.kernel = PathBuf::from("/nonexistent/vmlinux");
+        let e = validate(&a).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("cannot read kernel /nonexistent/vmlinux"));
+    }
 }

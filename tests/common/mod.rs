@@ -1,0 +1,174 @@
+//! Helpers shared by the integration tests: the tiervisor binary, the test guest,
+//! and tiny hand-assembled PVH guests for exercising exit paths.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The built tiervisor binary.
+pub fn tiervisor() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiervisor"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `resources/out/testguest.elf`, or a panic telling how to build it. Tests that
+/// need the guest must fail, never silently pass, when it is missing.
+pub fn testguest() -> PathBuf {
+    let path = repo_root().join("resources/out/testguest.elf");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make guest` (or `make test`, which builds it) first",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory unique to this test process and `name`.
+pub fn scratch(name: &str) -> PathBuf {
+    // Cargo's per-target scratch space: nothing is left in /tmp.
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// stdout, stderr and status of a finished run, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Lines of stderr that are not the PVM host note.
+pub fn error_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("tiervisor: note:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where the tiny guests load and start.
+pub const TINY_ENTRY: u32 = 0x10_0000;
+
+/// 32-bit code that marks the boot timer, prints `OK\n` on COM1 and ends through the
+/// debug-exit port with `status`.
+pub fn code_debug_exit(status: u32) -> Vec<u8> {
+    let mut c = vec![
+        0x66, 0xba, 0xf0, 0x03, // mov dx, 0x3f0
+        0xee, // out dx, al      (boot timer)
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'O', 0xee, // mov al,'O'; out dx, al
+        0xb0, b'K', 0xee, // mov al,'K'; out dx, al
+        0xb0, b'\n', 0xee, // mov al,'\n'; out dx, al
+        0xb8, // mov eax, imm32
+    ];
+    c.extend_from_slice(&status.to_le_bytes());
+    c.extend_from_slice(&[
+        0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
+        0xef, // out dx, eax
+        0xf4, // hlt
+    ]);
+    c
+}
+
+/// 32-bit code that resets the CPU through the i8042.
+pub fn code_i8042_reset() -> Vec<u8> {
+    vec![
+        0xb0, 0xfe, // mov al, 0xfe
+        0x66, 0xba, 0x64, 0x00, // mov dx, 0x64
+        0xee, // out dx, al
+        0xf4, // hlt
+    ]
+}
+
+/// 32-bit code that triple-faults: ud2 with an empty IDT.
+pub fn code_triple_fault() -> Vec<u8> {
+    vec![0x0f, 0x0b]
+}
+
+/// 32-bit code that spins forever after marking the boot timer.
+pub fn code_spin() -> Vec<u8> {
+    vec![0x66, 0xba, 0xf0, 0x03, 0xee, 0xeb, 0xfe]
+}
+
+/// A minimal ELF64 executable: one PT_LOAD of `code` at [`TINY_ENTRY`] and a PT_NOTE
+/// holding XEN_ELFNOTE_PHYS32_ENTRY (18) = [`TINY_ENTRY`].
+pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let note_off = EHDR + 2 * PHDR;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&TINY_ENTRY.to_le_bytes());
+    let code_off = 0x1000usize;
+
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    f.extend_from_slice(&u64::from(TINY_ENTRY).to_le_bytes()); // e_entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    let phdr = |f: &mut Vec<u8>,
+                p_type: u32,
+                flags: u32,
+                off: usize,
+                addr: u64,
+                size: usize,
+                align: u64| {
+        f.extend_from_slice(&p_type.to_le_bytes());
+        f.extend_from_slice(&flags.to_le_bytes());
+        f.extend_from_slice(&(off as u64).to_le_bytes());
+        f.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        f.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        f.extend_from_slice(&(size as u64).to_le_bytes()); // p_filesz
+        f.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
+        f.extend_from_slice(&align.to_le_bytes());
+    };
+    phdr(
+        &mut f,
+        1,
+        5,
+        code_off,
+        u64::from(TINY_ENTRY),
+        code.len(),
+        0x1000,
+    );
+    phdr(&mut f, 4, 4, note_off, 0, note.len(), 4);
+    assert_eq!(f.len(), note_off);
+    f.extend_from_slice(&note);
+    f.resize(code_off, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+/// Write a tiny guest to a scratch file and return its path.
+pub fn write_tiny_guest(name: &str, code: &[u8]) -> PathBuf {
+    let path = scratch(name).join(format!("{name}.elf"));
+    std::fs::write(&path, pvh_elf(code)).unwrap();
+    path
+}

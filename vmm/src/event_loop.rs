@@ -1,0 +1,136 @@
+//! Event-loop subscribers (event-manager): the stop EventFd, stdin for the serial
+//! console, and SIGINT/SIGTERM through a signalfd.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use devices::SerialConsole;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::stop::{StopReason, VmStop};
+
+/// Wakes the loop when someone requests a stop; the loop then sees the flag.
+pub struct StopWatcher {
+    event: EventFd,
+}
+
+impl StopWatcher {
+    /// Watch `event` (a clone of [`VmStop::event`]).
+    pub fn new(event: EventFd) -> Self {
+        Self { event }
+    }
+}
+
+impl MutEventSubscriber for StopWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Drain the counter so a level-triggered epoll does not spin.
+        let _ = self.event.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
+            log::error!("cannot watch the stop event: {e:?}");
+        }
+    }
+}
+
+/// Feeds host stdin to the guest's UART.
+pub struct StdinInput {
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl StdinInput {
+    /// Input for `serial`.
+    pub fn new(serial: Arc<Mutex<SerialConsole>>) -> Self {
+        Self { serial }
+    }
+}
+
+const STDIN: RawFd = 0;
+
+impl MutEventSubscriber for StdinInput {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        // SAFETY: fd 0 stays open for the life of the process; ManuallyDrop keeps the
+        // File from closing it.
+        let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(STDIN) });
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // EOF or error: stop watching, or a level-triggered epoll would spin.
+                let _ = ops.remove(events);
+            }
+            Ok(n) => {
+                let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                let taken = serial.enqueue_input(&buf[..n]);
+                if taken < n {
+                    log::debug!("serial FIFO full: dropped {} input bytes", n - taken);
+                }
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Regular files and /dev/null cannot be polled; then there is no input.
+        if let Err(e) = ops.add(Events::new_raw(STDIN, EventSet::IN)) {
+            log::debug!("stdin not watched: {e:?}");
+        }
+    }
+}
+
+/// SIGINT/SIGTERM as events: blocked in every thread, read from a signalfd.
+pub struct SignalWatcher {
+    fd: OwnedFd,
+    stop: Arc<VmStop>,
+}
+
+impl SignalWatcher {
+    /// Block SIGINT and SIGTERM in this thread (threads spawned later inherit the
+    /// mask) and open a signalfd for them.
+    pub fn new(stop: Arc<VmStop>) -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set is a valid sigset_t; the calls only write to it and the mask.
+        let fd = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd, stop })
+    }
+}
+
+impl MutEventSubscriber for SignalWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading at most `size` bytes into `info`, which is that large.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n as usize == size {
+            self.stop.request(StopReason::Signal(info.ssi_signo as i32));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch signals: {e:?}");
+        }
+    }
+}
