@@ -7,3 +7,4 @@
 pub mod access;
 pub mod advisor;
 pub mod trace;
+pub mod policy;

@@ -1,0 +1,506 @@
+//! The paging decision core shared by the live VMM and the replay simulator.
+//!
+//! [`PagingPolicy`] keeps the resident set within the RAM budget, asks an
+//! [`Advisor`] what to evict and what to prefetch, maps the advisor's probabilities
+//! to storage tiers, and counts what happened. It performs no I/O: every decision
+//! comes back as an [`Action`] that the caller carries out (the live tier manager
+//! with userfaultfd and io_uring, the simulator by charging modelled latencies).
+//! Because both drive this one type, a replay measures the decisions the live VMM
+//! would take, not those of a second copy.
+//!
+//! Call protocol:
+//! - every observed access: [`PagingPolicy::on_access`]; a `DemandFault` outcome
+//!   means the access waits until the page is filled (the first action is its `Fill`);
+//! - accesses to resident pages the monitor did not see (only a simulator or a dirty
+//!   log knows them): [`PagingPolicy::note_unobserved_hit`], which keeps prefetch
+//!   accounting exact without telling the advisor;
+//! - periodically, even when no access arrives: [`PagingPolicy::tick`];
+//! - when the mechanism cannot carry out an action: [`PagingPolicy::fill_failed`] or
+//!   [`PagingPolicy::evict_failed`], which put the page back where it was.
+
+mod tiers;
+
+pub use tiers::*;
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::access::{Access, PageNumber};
+use crate::advisor::Advisor;
+
+/// Settings of a [`PagingPolicy`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// Most pages resident in RAM (tiers 0 and 1) at once.
+    pub ram_budget_pages: usize,
+    /// A window ends when this much time passed since it started (0: never by time).
+    pub window_ns: u64,
+    /// A window ends after this many observed accesses (0: never by count).
+    pub window_accesses: u64,
+    /// Prefetches asked of the advisor at the end of each window.
+    pub prefetch_per_window: usize,
+    /// Prefetches asked of the advisor right after each demand fault (0: none), so
+    /// fault-driven prefetchers (stride, Leap) act while the pattern is fresh.
+    pub max_prefetch_per_fault: usize,
+    /// Probability -> tier mapping for pages that leave RAM.
+    pub thresholds: TierThresholds,
+    /// Where pages the policy never saw live: `None` means they do not exist yet
+    /// (first touch is zero-filled, as in a freshly booted VM); `Some(t)` means the
+    /// whole memory starts in tier `t` (a VM restored from a snapshot).
+    pub initial_tier: Option<TierId>,
+    /// Non-resident pages re-scored per window and moved when their tier changes.
+    pub retier_per_window: usize,
+    /// Capacity of each tier in pages; a full tier spills to the next slower one.
+    /// Entries 0 and 1 are ignored (RAM is bounded by `ram_budget_pages`).
+    pub tier_capacity_pages: [u64; TIER_COUNT],
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            ram_budget_pages: 1024,
+            window_ns: 1_000_000,
+            window_accesses: 0,
+            prefetch_per_window: 64,
+            max_prefetch_per_fault: 8,
+            thresholds: TierThresholds::default(),
+            initial_tier: None,
+            retier_per_window: 256,
+            tier_capacity_pages: [u64::MAX; TIER_COUNT],
+        }
+    }
+}
+
+/// Why a [`PolicyConfig`] was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyError {
+    #[error("RAM budget must be at least one page")]
+    ZeroBudget,
+    #[error("tier thresholds must lie in [0, 1] and not increase from RAM to HDD (got {0:?})")]
+    BadThresholds(TierThresholds),
+    #[error("initial tier {0} is not a storage tier (2-5)")]
+    BadInitialTier(TierId),
+}
+
+/// What an observed access found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessOutcome {
+    /// The page was resident.
+    Hit,
+    /// The page was resident because of a prefetch and this is its first use.
+    PrefetchHit,
+    /// The page was not resident; the access waits for its fill from `from`
+    /// (`None`: never seen before, zero-filled).
+    DemandFault { from: Option<TierId> },
+}
+
+/// A decision for the mechanism to carry out, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Bring `page` into RAM now: a demand fault waits on it.
+    Fill {
+        page: PageNumber,
+        from: Option<TierId>,
+    },
+    /// Bring `page` into RAM ahead of need, asynchronously, at low priority.
+    Prefetch {
+        page: PageNumber,
+        from: Option<TierId>,
+    },
+    /// Drop `page` from RAM, writing it to tier `to` (only if dirty or not yet there).
+    Evict { page: PageNumber, to: TierId },
+    /// Move a non-resident page between storage tiers (`to > from`: a demotion).
+    Move {
+        page: PageNumber,
+        from: TierId,
+        to: TierId,
+    },
+}
+
+/// Counters of a [`PagingPolicy`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Accesses passed to `on_access` (all seen by the advisor).
+    pub observed_accesses: u64,
+    /// Accesses to resident pages passed to `note_unobserved_hit`.
+    pub unobserved_hits: u64,
+    /// Observed accesses that found their page resident.
+    pub hits: u64,
+    /// Accesses that found their page not resident.
+    pub demand_faults: u64,
+    /// Demand faults on pages never seen before (compulsory).
+    pub cold_faults: u64,
+    pub prefetch_issued: u64,
+    /// Prefetched pages accessed before they were evicted.
+    pub prefetch_useful: u64,
+    /// Prefetched pages evicted without having been accessed.
+    pub prefetch_wasted: u64,
+    pub evictions: u64,
+    /// Storage-tier moves of non-resident pages.
+    pub moves: u64,
+    pub windows: u64,
+    /// Victims the policy had to pick itself because the advisor named none it could use.
+    pub fallback_victims: u64,
+    /// Fills and prefetches the mechanism reported as failed.
+    pub fill_failures: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    tier: TierId,
+    eviction: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ResidentPage {
+    /// Tier the page came from, to put it back if its fill fails.
+    from: Option<TierId>,
+    /// Filled by a prefetch and not accessed since.
+    prefetched_unused: bool,
+}
+
+/// The paging decision core; see the module documentation.
+pub struct PagingPolicy {
+    config: PolicyConfig,
+    advisor: Box<dyn Advisor>,
+    resident: FxHashMap<PageNumber, ResidentPage>,
+    /// Storage tier of every non-resident page the policy has seen, with the number
+    /// of the eviction that put it there (to tell stale re-tiering entries apart).
+    location: FxHashMap<PageNumber, Located>,
+    tier_pages: [u64; TIER_COUNT],
+    /// Non-resident pages in the order they are re-scored, with their eviction number.
+    retier_queue: VecDeque<(PageNumber, u64)>,
+    window_start_ns: Option<u64>,
+    window_accesses: u64,
+    stats: PolicyStats,
+    scratch: Vec<PageNumber>,
+}
+
+impl PagingPolicy {
+    /// A policy over an empty RAM that asks `advisor`.
+    pub fn new(config: PolicyConfig, advisor: Box<dyn Advisor>) -> Result<Self, PolicyError> {
+        if config.ram_budget_pages == 0 {
+            return Err(PolicyError::ZeroBudget);
+        }
+        if !config.thresholds.is_valid() {
+            return Err(PolicyError::BadThresholds(config.thresholds));
+        }
+        if let Some(t) = config.initial_tier {
+            if !(TIER_NVME..=TIER_NET).contains(&t) {
+                return Err(PolicyError::BadInitialTier(t));
+            }
+        }
+        Ok(Self {
+            config,
+            advisor,
+            resident: FxHashMap::default(),
+            location: FxHashMap::default(),
+            tier_pages: [0; TIER_COUNT],
+            retier_queue: VecDeque::new(),
+            window_start_ns: None,
+            window_accesses: 0,
+            stats: PolicyStats::default(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
+    }
+
+    pub fn advisor(&self) -> &dyn Advisor {
+        self.advisor.as_ref()
+    }
+
+    pub fn advisor_mut(&mut self) -> &mut dyn Advisor {
+        self.advisor.as_mut()
+    }
+
+    pub fn is_resident(&self, page: PageNumber) -> bool {
+        self.resident.contains_key(&page)
+    }
+
+    pub fn resident_pages(&self) -> usize {
+        self.resident.len()
+    }
+
+    /// Where `page` is: `Some(TIER_RAM)` if resident, its storage tier if evicted,
+    /// `config.initial_tier` if never seen.
+    pub fn tier_of(&self, page: PageNumber) -> Option<TierId> {
+        if self.resident.contains_key(&page) {
+            Some(TIER_RAM)
+        } else {
+            self.location
+                .get(&page)
+                .map(|l| l.tier)
+                .or(self.config.initial_tier)
+        }
+    }
+
+    /// Pages currently held by each storage tier (entries 2-5).
+    pub fn tier_pages(&self) -> [u64; TIER_COUNT] {
+        let mut t = self.tier_pages;
+        t[TIER_RAM as usize] = self.resident.len() as u64;
+        t
+    }
+
+    /// An access the monitor observed. Appends the actions it causes to `out`.
+    pub fn on_access(&mut self, access: &Access, out: &mut Vec<Action>) -> AccessOutcome {
+        self.stats.observed_accesses += 1;
+        let page = access.page;
+        let outcome = if let Some(entry) = self.resident.get_mut(&page) {
+            self.stats.hits += 1;
+            let first_use = std::mem::take(&mut entry.prefetched_unused);
+            self.advisor.on_access(access, true);
+            if first_use {
+                self.stats.prefetch_useful += 1;
+                AccessOutcome::PrefetchHit
+            } else {
+                AccessOutcome::Hit
+            }
+        } else {
+            // Every page that left RAM has a location: one without was never seen.
+            if !self.location.contains_key(&page) {
+                self.stats.cold_faults += 1;
+            }
+            let from = self.take_location(page);
+            self.stats.demand_faults += 1;
+            self.advisor.on_access(access, false);
+            self.resident.insert(
+                page,
+                ResidentPage {
+                    from,
+                    prefetched_unused: false,
+                },
+            );
+            self.advisor.on_fill(page, false);
+            out.push(Action::Fill { page, from });
+            if self.config.max_prefetch_per_fault > 0 {
+                self.issue_prefetches(access.time_ns, self.config.max_prefetch_per_fault, out);
+            }
+            self.make_room(Some(page), out);
+            AccessOutcome::DemandFault { from }
+        };
+        self.window_accesses += 1;
+        self.tick(access.time_ns, out);
+        outcome
+    }
+
+    /// An access to a resident page that the advisor did not see. Returns `None`
+    /// (and changes nothing) if `page` is not resident: such an access is a fault and
+    /// must go through [`PagingPolicy::on_access`].
+    pub fn note_unobserved_hit(&mut self, page: PageNumber) -> Option<AccessOutcome> {
+        let entry = self.resident.get_mut(&page)?;
+        self.stats.unobserved_hits += 1;
+        if std::mem::take(&mut entry.prefetched_unused) {
+            self.stats.prefetch_useful += 1;
+            Some(AccessOutcome::PrefetchHit)
+        } else {
+            Some(AccessOutcome::Hit)
+        }
+    }
+
+    /// Ends the current window if it is due at `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let start = *self.window_start_ns.get_or_insert(now_ns);
+        let by_time =
+            self.config.window_ns > 0 && now_ns.saturating_sub(start) >= self.config.window_ns;
+        let by_count =
+            self.config.window_accesses > 0 && self.window_accesses >= self.config.window_accesses;
+        if by_time || by_count {
+            self.end_window(now_ns, out);
+        }
+    }
+
+    /// Ends the current window now: the advisor updates its model, then prefetches
+    /// and re-tiering are decided.
+    pub fn end_window(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        self.stats.windows += 1;
+        self.window_start_ns = Some(now_ns);
+        self.window_accesses = 0;
+        self.advisor.end_window(now_ns);
+        if self.config.prefetch_per_window > 0 {
+            self.issue_prefetches(now_ns, self.config.prefetch_per_window, out);
+            self.make_room(None, out);
+        }
+        self.retier(out);
+    }
+
+    /// The fill or prefetch of `page` could not be carried out: it stays in its tier.
+    pub fn fill_failed(&mut self, page: PageNumber) {
+        if let Some(entry) = self.resident.remove(&page) {
+            self.stats.fill_failures += 1;
+            if let Some(t) = entry.from {
+                self.put_location(page, t);
+            }
+            self.advisor.on_evict(page);
+        }
+    }
+
+    /// The eviction of `page` could not be carried out: it stays in RAM (the budget
+    /// is enforced again at the next fault or window).
+    pub fn evict_failed(&mut self, page: PageNumber) {
+        if self.resident.contains_key(&page) {
+            return;
+        }
+        let from = self.take_location(page);
+        self.resident.insert(
+            page,
+            ResidentPage {
+                from,
+                prefetched_unused: false,
+            },
+        );
+        self.advisor.on_fill(page, false);
+    }
+
+    fn take_location(&mut self, page: PageNumber) -> Option<TierId> {
+        match self.location.remove(&page) {
+            Some(l) => {
+                self.tier_pages[l.tier as usize] -= 1;
+                Some(l.tier)
+            }
+            None => self.config.initial_tier,
+        }
+    }
+
+    fn put_location(&mut self, page: PageNumber, tier: TierId) {
+        let eviction = self.stats.evictions;
+        self.location.insert(page, Located { tier, eviction });
+        self.tier_pages[tier as usize] += 1;
+    }
+
+    fn issue_prefetches(&mut self, now_ns: u64, max: usize, out: &mut Vec<Action>) {
+        let mut wanted = std::mem::take(&mut self.scratch);
+        wanted.clear();
+        self.advisor.prefetch(now_ns, max, &mut wanted);
+        for &page in wanted.iter().take(max) {
+            if self.resident.contains_key(&page) {
+                continue;
+            }
+            let from = self.take_location(page);
+            self.resident.insert(
+                page,
+                ResidentPage {
+                    from,
+                    prefetched_unused: true,
+                },
+            );
+            self.advisor.on_fill(page, true);
+            self.stats.prefetch_issued += 1;
+            out.push(Action::Prefetch { page, from });
+        }
+        self.scratch = wanted;
+    }
+
+    /// Evicts until RAM is within budget, never evicting `protect` (the page a demand
+    /// fault is bringing in).
+    fn make_room(&mut self, protect: Option<PageNumber>, out: &mut Vec<Action>) {
+        let budget = self.config.ram_budget_pages;
+        let mut victims = std::mem::take(&mut self.scratch);
+        while self.resident.len() > budget {
+            let need = self.resident.len() - budget;
+            victims.clear();
+            self.advisor.victims(need, &mut victims);
+            let before = self.resident.len();
+            for &v in victims.iter() {
+                if self.resident.len() <= budget {
+                    break;
+                }
+                if Some(v) != protect && self.resident.contains_key(&v) {
+                    self.evict(v, out);
+                }
+            }
+            if self.resident.len() == before {
+                // The advisor named nothing usable; keep the budget anyway.
+                let v = self.resident.keys().copied().find(|&p| Some(p) != protect);
+                match v {
+                    Some(v) => {
+                        self.stats.fallback_victims += 1;
+                        self.evict(v, out);
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.scratch = victims;
+    }
+
+    fn evict(&mut self, page: PageNumber, out: &mut Vec<Action>) {
+        let Some(entry) = self.resident.remove(&page) else {
+            return;
+        };
+        if entry.prefetched_unused {
+            self.stats.prefetch_wasted += 1;
+        }
+        let wanted = self
+            .config
+            .thresholds
+            .storage_tier_for(self.advisor.probability(page));
+        let to = self.tier_with_room(wanted);
+        self.stats.evictions += 1;
+        self.put_location(page, to);
+        if self.config.retier_per_window > 0 {
+            self.retier_queue.push_back((page, self.stats.evictions));
+        }
+        self.advisor.on_evict(page);
+        out.push(Action::Evict { page, to });
+    }
+
+    /// `wanted`, or the next slower tier with room; the coldest tier takes the rest.
+    fn tier_with_room(&self, wanted: TierId) -> TierId {
+        (wanted..TIER_NET)
+            .find(|&t| self.tier_pages[t as usize] < self.config.tier_capacity_pages[t as usize])
+            .unwrap_or(TIER_NET)
+    }
+
+    /// Re-scores a bounded number of non-resident pages and moves those whose target
+    /// tier changed, so pages that cool down sink and pages that warm up rise.
+    fn retier(&mut self, out: &mut Vec<Action>) {
+        let n = self.config.retier_per_window.min(self.retier_queue.len());
+        for _ in 0..n {
+            let Some((page, eviction)) = self.retier_queue.pop_front() else {
+                break;
+            };
+            // Pages filled since they were queued are dropped; they re-enter on eviction.
+            let from = match self.location.get(&page) {
+                Some(l) if l.eviction == eviction => l.tier,
+                _ => continue,
+            };
+            let wanted = self
+                .config
+                .thresholds
+                .storage_tier_for(self.advisor.probability(page));
+            if wanted != from {
+                let to = if wanted < from {
+                    // Rising: only to a tier with room, else stay.
+                    if self.tier_pages[wanted as usize]
+                        < self.config.tier_capacity_pages[wanted as usize]
+                    {
+                        wanted
+                    } else {
+                        from
+                    }
+                } else {
+                    self.tier_with_room(wanted)
+                };
+                if to != from {
+                    self.tier_pages[from as usize] -= 1;
+                    self.tier_pages[to as usize] += 1;
+                    self.location.insert(page, Located { tier: to, eviction });
+                    self.stats.moves += 1;
+                    out.push(Action::Move { page, from, to });
+                }
+            }
+            self.retier_queue.push_back((page, eviction));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
