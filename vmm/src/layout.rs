@@ -111,43 +111,34 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
+// The layout's ordering, checked at compile time: boot structures do not overlap
+// and stay below 1 MiB; KVM's private pages and the APICs lie in the 32-bit hole.
+const _: () = {
+    assert!(BOOT_GDT_START.0 + 8 * BOOT_GDT_ENTRIES as u64 <= BOOT_IDT_START.0);
+    assert!(BOOT_IDT_START.0 + 8 <= PVH_INFO_START.0);
+    // hvm_start_info is 56 bytes, one hvm_modlist_entry 32.
+    assert!(PVH_INFO_START.0 + 56 <= PVH_MODLIST_START.0);
+    assert!(PVH_MODLIST_START.0 + 32 <= PVH_MEMMAP_START.0);
+    // boot_params is one page.
+    assert!(ZERO_PAGE_START.0 + PAGE_SIZE <= BOOT_STACK_POINTER.0);
+    assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
+    assert!(PDPTE_START.0 == PML4_START.0 + PAGE_SIZE);
+    assert!(PDE_START.0 == PDPTE_START.0 + PAGE_SIZE);
+    assert!(PDE_START.0 + PAGE_SIZE <= CMDLINE_START.0);
+    assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= ACPI_TABLES_START.0);
+    assert!(ACPI_TABLES_START.0 < RSDP_START.0);
+    assert!(RSDP_START.0 < SYSTEM_AREA_END.0);
+    assert!(SYSTEM_AREA_END.0 == HIMEM_START.0);
+    assert!(MIN_MEMORY > HIMEM_START.0);
+    assert!(KVM_IDENTITY_MAP_START.0 + PAGE_SIZE == KVM_TSS_START.0);
+    assert!(IOAPIC_START.0 >= MMIO_HOLE_START.0 && LAPIC_START.0 < HIGH_RAM_START.0);
+    assert!(KVM_IDENTITY_MAP_START.0 >= MMIO_HOLE_START.0);
+    assert!(KVM_TSS_START.0 + 3 * PAGE_SIZE <= HIGH_RAM_START.0);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn boot_structures_are_ordered_and_below_1mib() {
-        let gdt_end = BOOT_GDT_START.0 + 8 * BOOT_GDT_ENTRIES as u64;
-        assert!(gdt_end <= BOOT_IDT_START.0);
-        assert!(BOOT_IDT_START.0 + 8 <= PVH_INFO_START.0);
-        // hvm_start_info is 56 bytes.
-        assert!(PVH_INFO_START.0 + 56 <= PVH_MODLIST_START.0);
-        assert!(PVH_MODLIST_START.0 + 32 <= PVH_MEMMAP_START.0);
-        // boot_params is one page.
-        assert!(ZERO_PAGE_START.0 + PAGE_SIZE <= BOOT_STACK_POINTER.0);
-        assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
-        assert_eq!(PDPTE_START.0, PML4_START.0 + PAGE_SIZE);
-        assert_eq!(PDE_START.0, PDPTE_START.0 + PAGE_SIZE);
-        assert!(PDE_START.0 + PAGE_SIZE <= CMDLINE_START.0);
-        assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= ACPI_TABLES_START.0);
-        assert!(ACPI_TABLES_START.0 < RSDP_START.0);
-        assert!(RSDP_START.0 < SYSTEM_AREA_END.0);
-        assert_eq!(SYSTEM_AREA_END, HIMEM_START);
-        assert!(MIN_MEMORY > HIMEM_START.0);
-    }
-
-    #[test]
-    fn kvm_areas_and_apics_are_in_the_hole() {
-        for a in [
-            IOAPIC_START,
-            KVM_IDENTITY_MAP_START,
-            KVM_TSS_START,
-            LAPIC_START,
-        ] {
-            assert!(a >= MMIO_HOLE_START && a < HIGH_RAM_START);
-        }
-        assert_eq!(KVM_IDENTITY_MAP_START.0 + PAGE_SIZE, KVM_TSS_START.0);
-    }
 
     #[test]
     fn ram_splits_around_the_hole() {
