@@ -8,3 +8,4 @@ pub mod access;
 pub mod advisor;
 pub mod trace;
 pub mod policy;
+pub mod backend;

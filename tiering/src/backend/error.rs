@@ -1,0 +1,123 @@
+//! Errors of the tier backends: one enum for opening, one for I/O.
+
+use super::{IoOp, IoRequest};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a backend could not be opened or connected.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file or device could not be opened.
+    #[error("cannot open tier file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file system refuses O_DIRECT (tmpfs, some FUSE/overlay setups).
+    #[error(
+        "{path}: the file system does not support O_DIRECT ({source}); put the tier file on a disk-backed file system such as ext4 or xfs, or use a block device"
+    )]
+    DirectIoUnsupported {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Reserving the file's space failed (usually: disk full).
+    #[error("cannot reserve {bytes} bytes for tier file {path}: {source}")]
+    Reserve {
+        path: PathBuf,
+        bytes: u64,
+        source: std::io::Error,
+    },
+    /// The block device or export is smaller than the capacity asked for.
+    #[error("{what} holds {available} pages but the tier needs {wanted}")]
+    TooSmall {
+        what: String,
+        available: u64,
+        wanted: u64,
+    },
+    /// A capacity of zero pages was asked for.
+    #[error("a tier needs a capacity of at least one page")]
+    ZeroCapacity,
+    /// io_uring could not be set up.
+    #[error(
+        "cannot set up io_uring: {0} (is io_uring disabled by sysctl kernel.io_uring_disabled?)"
+    )]
+    Uring(std::io::Error),
+    /// No NBD server answered at the address.
+    #[error("cannot connect to NBD server at {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    /// The peer does not speak the NBD fixed-newstyle protocol as expected.
+    #[error("NBD handshake with {address} failed: {reason}")]
+    Handshake { address: String, reason: String },
+    /// The server refused NBD_OPT_GO for the export.
+    #[error("NBD server at {address} refused export '{export}': {reason}")]
+    ExportRefused {
+        address: String,
+        export: String,
+        reason: String,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the NBD reply reader thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why an I/O request, trim or flush failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The slot is beyond the backend's capacity.
+    #[error("slot {slot} is outside the tier's capacity of {capacity} pages")]
+    SlotOutOfRange { slot: u64, capacity: u64 },
+    /// The kernel reported an error for the transfer.
+    #[error("{op} of slot {slot} failed: {source}")]
+    Io {
+        op: IoOp,
+        slot: u64,
+        source: std::io::Error,
+    },
+    /// Fewer bytes than a page were transferred (e.g. a block device shorter
+    /// than it claimed, or a file truncated under us).
+    #[error("{op} of slot {slot} transferred {bytes} of 4096 bytes")]
+    ShortTransfer { op: IoOp, slot: u64, bytes: usize },
+    /// The NBD server answered the command with an error.
+    #[error("NBD server failed {op} at offset {offset}: {errno_name} (errno {errno})")]
+    Remote {
+        op: String,
+        offset: u64,
+        errno: u32,
+        errno_name: &'static str,
+    },
+    /// The connection to the NBD server is gone; the backend is unusable.
+    #[error("connection to NBD server {address} lost: {reason}")]
+    ConnectionLost { address: String, reason: String },
+    /// The NBD export does not accept writes or trims.
+    #[error("NBD export is read-only; cannot {op}")]
+    ReadOnly { op: String },
+    /// A blocking helper was called with requests outstanding.
+    #[error(
+        "backend has {outstanding} requests outstanding; the blocking helpers need an idle backend"
+    )]
+    Busy { outstanding: usize },
+    /// A blocking operation got no answer in time.
+    #[error("no answer from the backend within {waited:?}")]
+    Timeout { waited: Duration },
+    /// fdatasync / discard failed.
+    #[error("{op} failed: {source}")]
+    Sync {
+        op: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A request refused at submission; carries the request back so its buffer is
+/// not lost.
+#[derive(Debug, thiserror::Error)]
+#[error("request refused: {error}")]
+pub struct SubmitError {
+    /// Why.
+    pub error: BackendError,
+    /// The refused request, unchanged.
+    pub request: Box<IoRequest>,
+}

@@ -1,0 +1,484 @@
+//! The part every backend shares: per-class queues with bounded in-flight
+//! counts, and the device-profile model that holds completions back until an
+//! emulated device would have finished them. The engine underneath (io_uring
+//! on a file, an NBD connection) only moves bytes.
+
+use super::{
+    BackendError, DeviceProfile, IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, SubmitError,
+};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How many requests of each class may be at the device at once. Requests
+/// beyond these wait in user space, highest class first, so a demand request
+/// finds at most `prefetch + writeback` lower-class requests ahead of it.
+/// With a [`DeviceProfile`], prefetch and write-back are further capped at
+/// half the device's parallelism each, so they never occupy every unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Demand reads/writes in flight.
+    pub demand: usize,
+    /// Prefetch reads in flight.
+    pub prefetch: usize,
+    /// Write-backs in flight.
+    pub writeback: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            demand: 32,
+            prefetch: 8,
+            writeback: 8,
+        }
+    }
+}
+
+impl QueueLimits {
+    fn for_class(&self, class: IoPriority) -> usize {
+        match class {
+            IoPriority::Demand => self.demand,
+            IoPriority::Prefetch => self.prefetch,
+            IoPriority::Writeback => self.writeback,
+        }
+        .max(1)
+    }
+
+    /// Most requests that can be at the engine at once (sizes rings).
+    pub(crate) fn total(&self) -> usize {
+        IoPriority::ALL.iter().map(|c| self.for_class(*c)).sum()
+    }
+}
+
+/// A finished transfer as the engine reports it.
+pub(crate) struct EngineDone {
+    pub token: u64,
+    pub result: Result<(), BackendError>,
+    pub buf: PageBuf,
+}
+
+/// What moves the bytes. `start` must not block for long; `reap` sleeps until
+/// at least one transfer finished or `block_until` passed (`None`: no sleep).
+pub(crate) trait Engine: Send {
+    fn describe(&self) -> String;
+    fn capacity_pages(&self) -> u64;
+    /// Refuse requests that can never succeed (read-only export, dead link).
+    fn check(&self, _op: IoOp) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn start(
+        &mut self,
+        token: u64,
+        op: IoOp,
+        slot: u64,
+        buf: PageBuf,
+    ) -> Result<(), (BackendError, PageBuf)>;
+    /// Push started requests to the device (batched submission).
+    fn kick(&mut self) {}
+    fn reap(&mut self, out: &mut Vec<EngineDone>, block_until: Option<Instant>);
+    fn trim(&mut self, slot: u64) -> Result<(), BackendError>;
+    fn flush(&mut self) -> Result<(), BackendError>;
+}
+
+/// Emulated device: `parallelism` units plus a token bucket (GCRA form).
+struct DeviceModel {
+    latency: Duration,
+    jitter_ns: u64,
+    unit_free_at: Vec<Instant>,
+    transfer: Duration,
+    burst: Duration,
+    /// Theoretical arrival time of the bandwidth limiter.
+    tat: Instant,
+    rng: u64,
+}
+
+impl DeviceModel {
+    fn new(profile: &DeviceProfile, now: Instant) -> Self {
+        let transfer = profile.page_transfer_time();
+        Self {
+            latency: Duration::from_micros(profile.latency_us),
+            jitter_ns: profile.jitter_us * 1000,
+            unit_free_at: vec![now; profile.parallelism.max(1) as usize],
+            transfer,
+            burst: transfer * profile.burst_pages.max(1),
+            tat: now,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        if self.jitter_ns == 0 {
+            return Duration::ZERO;
+        }
+        // xorshift64: cheap, repeatable; quality is irrelevant here.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        Duration::from_nanos(self.rng % (self.jitter_ns + 1))
+    }
+
+    /// A request enters the device now: when may its completion be delivered?
+    fn admit(&mut self, now: Instant) -> Instant {
+        let (unit, free_at) = self
+            .unit_free_at
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, t)| *t)
+            .expect("at least one unit");
+        let start = free_at.max(now);
+        let mut done = start + self.latency + self.jitter();
+        if !self.transfer.is_zero() {
+            let new_tat = self.tat.max(start) + self.transfer;
+            let passes = start.max(new_tat.checked_sub(self.burst).unwrap_or(start));
+            self.tat = new_tat;
+            done = done.max(passes + self.transfer);
+        }
+        self.unit_free_at[unit] = done;
+        done
+    }
+
+    fn parallelism(&self) -> usize {
+        self.unit_free_at.len()
+    }
+}
+
+struct Queued {
+    req: IoRequest,
+    submitted: Instant,
+}
+
+struct Issued {
+    tag: u64,
+    op: IoOp,
+    slot: u64,
+    priority: IoPriority,
+    submitted: Instant,
+    not_before: Option<Instant>,
+}
+
+/// A completion whose real I/O is done but whose emulated time is not.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    info: Issued,
+    done: EngineDone,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// Queues + profile over an engine; implements [`super::TierBackend`].
+pub(crate) struct Scheduled<E: Engine> {
+    engine: E,
+    limits: QueueLimits,
+    model: Option<DeviceModel>,
+    profile_name: Option<String>,
+    queued: [VecDeque<Queued>; 3],
+    at_device: [usize; 3],
+    issued: HashMap<u64, Issued>,
+    next_token: u64,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    /// Completions produced without the engine (refused at issue time).
+    ready: VecDeque<(Issued, EngineDone)>,
+    outstanding: usize,
+    scratch: Vec<EngineDone>,
+}
+
+impl<E: Engine> Scheduled<E> {
+    pub(crate) fn new(engine: E, limits: QueueLimits, profile: Option<&DeviceProfile>) -> Self {
+        let now = Instant::now();
+        let model = profile.map(|p| DeviceModel::new(p, now));
+        let mut limits = limits;
+        if let Some(m) = &model {
+            // Lower classes may never fill the whole emulated device.
+            let cap = (m.parallelism() / 2).max(1);
+            limits.prefetch = limits.prefetch.min(cap);
+            limits.writeback = limits.writeback.min(cap);
+        }
+        Self {
+            engine,
+            limits,
+            model,
+            profile_name: profile.map(|p| format!("{}us", p.latency_us)),
+            queued: Default::default(),
+            at_device: [0; 3],
+            issued: HashMap::new(),
+            next_token: 1,
+            delayed: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            outstanding: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The limits in force (after capping by the profile).
+    pub(crate) fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match &self.profile_name {
+            Some(p) => format!("{} (emulated {p})", self.engine.describe()),
+            None => self.engine.describe(),
+        }
+    }
+
+    pub(crate) fn capacity_pages(&self) -> u64 {
+        self.engine.capacity_pages()
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    fn check_slot(&self, slot: u64) -> Result<(), BackendError> {
+        let capacity = self.engine.capacity_pages();
+        if slot >= capacity {
+            return Err(BackendError::SlotOutOfRange { slot, capacity });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit(&mut self, req: IoRequest) -> Result<(), SubmitError> {
+        if let Err(error) = self
+            .check_slot(req.slot)
+            .and_then(|()| self.engine.check(req.op))
+        {
+            return Err(SubmitError {
+                error,
+                request: Box::new(req),
+            });
+        }
+        self.outstanding += 1;
+        let class = req.priority.index();
+        self.queued[class].push_back(Queued {
+            req,
+            submitted: Instant::now(),
+        });
+        self.pump();
+        Ok(())
+    }
+
+    /// Issue queued requests, highest class first, within the limits.
+    fn pump(&mut self) {
+        let mut started = false;
+        for class in IoPriority::ALL {
+            let c = class.index();
+            while self.at_device[c] < self.limits.for_class(class) {
+                let Some(q) = self.queued[c].pop_front() else {
+                    break;
+                };
+                self.issue(q);
+                started = true;
+            }
+        }
+        if started {
+            self.engine.kick();
+        }
+    }
+
+    fn issue(&mut self, q: Queued) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let now = Instant::now();
+        let not_before = self.model.as_mut().map(|m| m.admit(now));
+        let IoRequest {
+            op,
+            slot,
+            buf,
+            priority,
+            tag,
+        } = q.req;
+        let info = Issued {
+            tag,
+            op,
+            slot,
+            priority,
+            submitted: q.submitted,
+            not_before,
+        };
+        self.at_device[priority.index()] += 1;
+        match self.engine.start(token, op, slot, buf) {
+            Ok(()) => {
+                self.issued.insert(token, info);
+            }
+            Err((error, buf)) => self.ready.push_back((
+                info,
+                EngineDone {
+                    token,
+                    result: Err(error),
+                    buf,
+                },
+            )),
+        }
+    }
+
+    fn absorb(&mut self, now: Instant, out: &mut Vec<IoCompletion>) {
+        let mut done = std::mem::take(&mut self.scratch);
+        for d in done.drain(..) {
+            let Some(info) = self.issued.remove(&d.token) else {
+                log::warn!(
+                    "{}: completion for unknown token {}",
+                    self.engine.describe(),
+                    d.token
+                );
+                continue;
+            };
+            match info.not_before {
+                Some(due) if due > now => {
+                    let seq = d.token;
+                    self.delayed.push(Reverse(Delayed {
+                        due,
+                        seq,
+                        info,
+                        done: d,
+                    }));
+                }
+                _ => self.deliver(info, d, now, out),
+            }
+        }
+        self.scratch = done;
+    }
+
+    fn deliver(
+        &mut self,
+        info: Issued,
+        done: EngineDone,
+        now: Instant,
+        out: &mut Vec<IoCompletion>,
+    ) {
+        self.at_device[info.priority.index()] -= 1;
+        self.outstanding -= 1;
+        let latency = now.saturating_duration_since(info.submitted);
+        out.push(IoCompletion {
+            tag: info.tag,
+            op: info.op,
+            slot: info.slot,
+            priority: info.priority,
+            result: done.result,
+            buf: done.buf,
+            latency_ns: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+        });
+    }
+
+    fn release_due(&mut self, now: Instant, out: &mut Vec<IoCompletion>) {
+        while let Some((info, done)) = self.ready.pop_front() {
+            self.deliver(info, done, now, out);
+        }
+        while self.delayed.peek().is_some_and(|d| d.0.due <= now) {
+            let Reverse(d) = self.delayed.pop().expect("peeked");
+            self.deliver(d.info, d.done, now, out);
+        }
+    }
+
+    pub(crate) fn poll(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let first = out.len();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if !self.issued.is_empty() {
+            self.engine.reap(&mut scratch, None);
+        }
+        self.scratch = scratch;
+        let now = Instant::now();
+        self.absorb(now, out);
+        self.release_due(now, out);
+        self.pump();
+        // Within one batch, hand demand completions to the caller first.
+        out[first..].sort_by_key(|c| c.priority);
+        out.len() - first
+    }
+
+    pub(crate) fn wait(&mut self, out: &mut Vec<IoCompletion>, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(out);
+            if n > 0 || self.outstanding == 0 {
+                return n;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return 0;
+            }
+            let until = match self.delayed.peek() {
+                Some(d) => d.0.due.min(deadline),
+                None => deadline,
+            };
+            if self.issued.is_empty() {
+                // Only emulated time is left: sleep on a timer, not a spin.
+                std::thread::sleep(until.saturating_duration_since(now));
+            } else {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                self.engine.reap(&mut scratch, Some(until));
+                self.scratch = scratch;
+            }
+        }
+    }
+
+    pub(crate) fn trim(&mut self, slot: u64) -> Result<(), BackendError> {
+        self.check_slot(slot)?;
+        self.engine.trim(slot)
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), BackendError> {
+        self.engine.flush()
+    }
+}
+
+/// Implement [`super::TierBackend`] for a newtype around `Scheduled<_>` in field `inner`.
+macro_rules! delegate_tier_backend {
+    ($ty:ty) => {
+        impl $crate::backend::TierBackend for $ty {
+            fn describe(&self) -> String {
+                self.inner.describe()
+            }
+            fn capacity_pages(&self) -> u64 {
+                self.inner.capacity_pages()
+            }
+            fn submit(
+                &mut self,
+                req: $crate::backend::IoRequest,
+            ) -> Result<(), $crate::backend::SubmitError> {
+                self.inner.submit(req)
+            }
+            fn poll(&mut self, out: &mut Vec<$crate::backend::IoCompletion>) -> usize {
+                self.inner.poll(out)
+            }
+            fn wait(
+                &mut self,
+                out: &mut Vec<$crate::backend::IoCompletion>,
+                timeout: std::time::Duration,
+            ) -> usize {
+                self.inner.wait(out, timeout)
+            }
+            fn outstanding(&self) -> usize {
+                self.inner.outstanding()
+            }
+            fn trim(&mut self, slot: u64) -> Result<(), $crate::backend::BackendError> {
+                self.inner.trim(slot)
+            }
+            fn flush(&mut self) -> Result<(), $crate::backend::BackendError> {
+                self.inner.flush()
+            }
+        }
+    };
+}
+pub(crate) use delegate_tier_backend;
