@@ -14,19 +14,21 @@
 //! `prefetch + writeback` requests already at the device.
 //!
 //! Implementations: [`FileBackend`] (a file or block device, O_DIRECT through
-//! io_uring) and `NbdBackend` (an NBD export over a unix socket or TCP). Both
+//! io_uring) and [`NbdBackend`] (an NBD export over a unix socket or TCP). Both
 //! can carry a [`DeviceProfile`] that makes one disk behave like NVMe, a SATA
 //! SSD or an HDD. See `docs/tier-backends.md`.
 
 mod buf;
 mod error;
 mod file;
+mod nbd;
 mod profile;
 mod sched;
 
 pub use buf::{PageBuf, PagePool};
 pub use error::{BackendError, OpenError, SubmitError};
 pub use file::{FileBackend, FileConfig};
+pub use nbd::{NbdAddress, NbdBackend, NbdConfig};
 pub use profile::{DeviceProfile, ProfileError};
 pub use sched::QueueLimits;
 

@@ -1,0 +1,279 @@
+//! NBD backend against a real qemu-nbd, plus a scripted peer for the error
+//! paths qemu-nbd cannot be made to produce (a reply cut off mid-page).
+
+use super::super::tests::{collect_all, pattern, round_trip, TempDir};
+use super::super::*;
+use super::proto;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A qemu-nbd serving a fresh raw image; killed on drop, even if the test panics.
+struct QemuNbd {
+    child: Child,
+    address: NbdAddress,
+    _dir: TempDir,
+}
+
+impl QemuNbd {
+    /// Serve `pages` pages over a unix socket, or TCP on 127.0.0.1 when `tcp`.
+    fn start(name: &str, pages: u64, tcp: bool) -> Self {
+        let dir = TempDir::new(name);
+        let image = dir.0.join("tier5.raw");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(pages * PAGE_SIZE as u64))
+            .expect("create image");
+        let mut cmd = Command::new("qemu-nbd");
+        let address = if tcp {
+            let port = free_tcp_port();
+            cmd.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
+            NbdAddress::Tcp(format!("127.0.0.1:{port}").parse().expect("addr"))
+        } else {
+            let sock = dir.0.join("nbd.sock");
+            cmd.arg("-k").arg(&sock);
+            NbdAddress::Unix(sock)
+        };
+        cmd.args(["-f", "raw", "-x", "tier5", "-t", "--discard=unmap"])
+            .arg(&image);
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect(
+            "start qemu-nbd (Debian package qemu-utils; resources/scripts/setup.sh installs it)",
+        );
+        let server = Self {
+            child,
+            address,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Ready once a full NBD handshake succeeds (a bare connect probe would
+    /// make qemu-nbd log a failed negotiation).
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        let mut config = self.config();
+        config.connect_timeout = Duration::from_secs(2);
+        loop {
+            match NbdBackend::connect(&config) {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "qemu-nbd did not come up at {}: {e}",
+                    self.address
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn config(&self) -> NbdConfig {
+        NbdConfig::new(self.address.clone(), "tier5")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[test]
+fn nbd_round_trip_over_unix_socket() {
+    let server = QemuNbd::start("nbd-unix", 512, false);
+    let mut backend = NbdBackend::connect(&server.config()).expect("connect");
+    assert_eq!(backend.capacity_pages(), 512);
+    assert_eq!(backend.export_size(), 512 * PAGE_SIZE as u64);
+    round_trip(&mut backend, 256);
+
+    let page = write_page(&mut backend, 511, PageBuf::from_slice(b"tier five")).expect("write");
+    let page = read_page(&mut backend, 511, page).expect("read");
+    assert_eq!(&page[..9], b"tier five");
+    backend.flush().expect("flush");
+    backend.trim(511).expect("trim");
+    let page = read_page(&mut backend, 511, page).expect("read after trim");
+    assert!(
+        page.iter().all(|&b| b == 0),
+        "qemu-nbd --discard=unmap reads a trimmed raw range as zeros"
+    );
+}
+
+#[test]
+fn nbd_over_tcp_loopback() {
+    let server = QemuNbd::start("nbd-tcp", 64, true);
+    let mut config = server.config();
+    config.capacity_pages = Some(32);
+    let mut backend = NbdBackend::connect(&config).expect("connect");
+    assert_eq!(backend.capacity_pages(), 32);
+    round_trip(&mut backend, 32);
+    drop(backend); // qemu-nbd serves one client at a time
+    config.capacity_pages = Some(65);
+    match NbdBackend::connect(&config) {
+        Err(OpenError::TooSmall {
+            available: 64,
+            wanted: 65,
+            ..
+        }) => {}
+        other => panic!("expected TooSmall, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn nbd_unknown_export_is_refused_clearly() {
+    let server = QemuNbd::start("nbd-refuse", 16, false);
+    let mut config = server.config();
+    config.export = "no-such-export".into();
+    let err = NbdBackend::connect(&config).err().expect("must be refused");
+    assert!(matches!(err, OpenError::ExportRefused { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no-such-export") && msg.contains("NBD_REP_ERR_UNKNOWN"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn nbd_missing_socket_is_a_connect_error() {
+    let config = NbdConfig::new(NbdAddress::Unix("/nonexistent/nbd.sock".into()), "tier5");
+    let err = NbdBackend::connect(&config).err().expect("must fail");
+    assert!(matches!(err, OpenError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/nbd.sock"));
+    assert!("tcp:127.0.0.1:10809".parse::<NbdAddress>().is_ok());
+    assert!("nonsense".parse::<NbdAddress>().is_err());
+}
+
+#[test]
+fn nbd_server_killed_mid_run_fails_requests_without_hanging() {
+    let mut server = QemuNbd::start("nbd-kill", 256, false);
+    let mut backend = NbdBackend::connect(&server.config()).expect("connect");
+    let pool = PagePool::new(256);
+    for slot in 0..64 {
+        let req = IoRequest {
+            op: IoOp::Write,
+            slot,
+            buf: pattern(&pool, slot, 1),
+            priority: IoPriority::Writeback,
+            tag: slot,
+        };
+        backend.submit(req).expect("submit");
+    }
+    // Kill the server with requests outstanding; whatever had not been answered must fail.
+    server.kill();
+    let started = Instant::now();
+    let mut refused = 0;
+    for slot in 64..128 {
+        let req = IoRequest {
+            op: IoOp::Read,
+            slot,
+            buf: pool.get(),
+            priority: IoPriority::Demand,
+            tag: slot,
+        };
+        if let Err(e) = backend.submit(req) {
+            assert!(
+                matches!(e.error, BackendError::ConnectionLost { .. }),
+                "{}",
+                e.error
+            );
+            refused += 1;
+        }
+    }
+    let done = collect_all(&mut backend, 128 - refused);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    let lost = done
+        .iter()
+        .filter(|c| matches!(c.result, Err(BackendError::ConnectionLost { .. })))
+        .count();
+    assert!(
+        lost + refused >= 64,
+        "the 64 reads after the kill cannot succeed ({lost} lost, {refused} refused)"
+    );
+    assert_eq!(backend.outstanding(), 0);
+    // Once the link is known dead, new requests are refused at once.
+    let req = IoRequest {
+        op: IoOp::Read,
+        slot: 0,
+        buf: pool.get(),
+        priority: IoPriority::Demand,
+        tag: 0,
+    };
+    let err = backend.submit(req).expect_err("dead link");
+    assert!(err.error.to_string().contains("lost"), "{}", err.error);
+    assert!(matches!(
+        backend.flush(),
+        Err(BackendError::ConnectionLost { .. })
+    ));
+}
+
+/// A one-shot peer that completes the handshake for a 16-page export, then
+/// answers the first READ with a header and only 100 bytes before closing.
+fn scripted_short_read_server(sock: &Path) -> std::thread::JoinHandle<()> {
+    let listener = UnixListener::bind(sock).expect("bind");
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
+        hello.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+        hello
+            .extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
+        s.write_all(&hello).unwrap();
+        let mut client_flags = [0; 4];
+        s.read_exact(&mut client_flags).unwrap();
+        let mut opt_head = [0; 16];
+        s.read_exact(&mut opt_head).unwrap();
+        let len = u32::from_be_bytes(opt_head[12..16].try_into().unwrap());
+        let mut opt = vec![0; len as usize];
+        s.read_exact(&mut opt).unwrap();
+        let reply = |kind: u32, data: &[u8]| {
+            let mut r = Vec::new();
+            r.extend_from_slice(&proto::OPTION_REPLY_MAGIC.to_be_bytes());
+            r.extend_from_slice(&proto::OPT_GO.to_be_bytes());
+            r.extend_from_slice(&kind.to_be_bytes());
+            r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            r.extend_from_slice(data);
+            r
+        };
+        let mut info = proto::INFO_EXPORT.to_be_bytes().to_vec();
+        info.extend_from_slice(&(16 * PAGE_SIZE as u64).to_be_bytes());
+        info.extend_from_slice(&1u16.to_be_bytes());
+        s.write_all(&reply(proto::REP_INFO, &info)).unwrap();
+        s.write_all(&reply(proto::REP_ACK, &[])).unwrap();
+        let mut req = [0; proto::REQUEST_LEN];
+        s.read_exact(&mut req).unwrap();
+        let mut answer = Vec::new();
+        answer.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
+        answer.extend_from_slice(&0u32.to_be_bytes());
+        answer.extend_from_slice(&req[8..16]); // the handle
+        answer.extend_from_slice(&[0xab; 100]);
+        s.write_all(&answer).unwrap();
+        // Dropping the stream closes the connection mid-payload.
+    })
+}
+
+#[test]
+fn nbd_short_read_is_a_clear_error() {
+    let dir = TempDir::new("nbd-short");
+    let sock: PathBuf = dir.0.join("short.sock");
+    let peer = scripted_short_read_server(&sock);
+    let mut backend =
+        NbdBackend::connect(&NbdConfig::new(NbdAddress::Unix(sock), "x")).expect("connect");
+    assert_eq!(backend.capacity_pages(), 16);
+    let err = read_page(&mut backend, 3, PageBuf::new()).expect_err("short read");
+    assert!(err.to_string().contains("short read"), "{err}");
+    peer.join().expect("peer");
+}
