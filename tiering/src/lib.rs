@@ -7,5 +7,14 @@
 pub mod access;
 pub mod advisor;
 pub mod trace;
+pub mod config;
 pub mod policy;
 pub mod backend;
+mod engine;
+pub mod layout;
+pub mod metrics;
+pub mod runtime;
+mod stores;
+pub mod uffd;
+#[cfg(test)]
+mod runtime_tests;

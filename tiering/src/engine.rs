@@ -1,0 +1,1042 @@
+//! The fault-handler thread: serves userfaultfd faults, carries out the paging
+//! policy's actions and drives the tier backends.
+//!
+//! One thread owns everything (policy, page states, backends), so no page is ever
+//! handled by two paths at once and no locks sit on the fault path. Demand reads
+//! block this thread only for their own completion (the backend issues them ahead
+//! of queued prefetches and write-backs); write-backs, prefetches and moves are
+//! asynchronous and finish when their completions come back between faults.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use userfaultfd::{Event, FaultKind, ReadWrite};
+
+use crate::access::{Access, AccessOp, AccessSource, PageKind, PageNumber, PAGE_SIZE};
+use crate::backend::{IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, PagePool};
+use crate::layout::GuestLayout;
+use crate::metrics::Counters;
+use crate::policy::{AccessOutcome, Action, PagingPolicy};
+use crate::runtime::{Shared, VmHooks};
+use crate::stores::{run_blocking, Store};
+use crate::uffd::{self, GuestUffd};
+
+const PAGE: usize = PAGE_SIZE as usize;
+/// No tier holds a copy.
+const NO_TIER: u8 = u8::MAX;
+/// Evictions are carried out in batches (one dirty-log harvest per batch); RAM may
+/// exceed the budget by at most this many pages in between.
+pub(crate) const EVICT_BATCH: usize = 32;
+/// Tries of a failed tier I/O before the page is left where it is.
+const IO_ATTEMPTS: u32 = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Never filled: the first touch is zero-filled.
+    Untouched,
+    /// In the memfd (RAM). `copy` may name a clean copy in a storage tier.
+    Present,
+    /// Zapped, write-back in flight; still in the memfd until the write completes.
+    Evicting,
+    /// An access came during the eviction: it stays in RAM, the write completes.
+    EvictCancelled,
+    /// Only in the storage tier `copy` names.
+    Absent,
+    /// A prefetch read from `copy` is in flight.
+    Prefetching,
+    /// A move between storage tiers is in flight; `copy` is valid until it ends.
+    Moving,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PageMeta {
+    state: State,
+    copy_tier: u8,
+    copy_slot: u64,
+    /// Written since its content was last captured (dirty log; always true without one).
+    dirty: bool,
+}
+
+/// An I/O in flight, by tag.
+enum Op {
+    EvictWrite {
+        index: usize,
+        tier: u8,
+        slot: u64,
+        attempt: u32,
+    },
+    PrefetchRead {
+        index: usize,
+    },
+    MoveRead {
+        index: usize,
+        to: u8,
+    },
+    MoveWrite {
+        index: usize,
+        to: u8,
+        slot: u64,
+    },
+}
+
+/// Settings the thread needs.
+pub(crate) struct EngineConfig {
+    pub cpu: Option<usize>,
+    pub sample_pages: usize,
+    pub sample_interval: Duration,
+}
+
+pub(crate) struct Engine {
+    pub uffd: GuestUffd,
+    pub layout: GuestLayout,
+    pub memfd: Arc<File>,
+    pub policy: PagingPolicy,
+    pub stores: Vec<Option<Store>>,
+    pub hooks: Box<dyn VmHooks>,
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+    pub stop_fd: Arc<File>,
+    pub config: EngineConfig,
+    pub counters: Counters,
+    pub vcpu_of_thread: Arc<Mutex<FxHashMap<i32, u16>>>,
+    pub trace: Option<crate::trace::TraceWriter<std::io::BufWriter<File>>>,
+    pub start: Instant,
+    meta: Vec<PageMeta>,
+    inflight: FxHashMap<u64, Op>,
+    next_tag: u64,
+    evict_queue: Vec<(PageNumber, u8)>,
+    actions: Vec<Action>,
+    deferred: Vec<(usize, IoCompletion)>,
+    copy_holders: Vec<Vec<usize>>,
+    pool: PagePool,
+    dirty_scratch: Vec<PageNumber>,
+    rng: u64,
+    fatal: bool,
+    /// For the report.
+    pub advisor_name: String,
+    pub tiers: crate::config::TierConfig,
+}
+
+fn io_fatal(msg: String) -> String {
+    format!("tiered memory: {msg}; the VM is stopped so that no guest data is lost or wrong")
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        uffd: GuestUffd,
+        layout: GuestLayout,
+        memfd: Arc<File>,
+        policy: PagingPolicy,
+        stores: Vec<Option<Store>>,
+        hooks: Box<dyn VmHooks>,
+        shared: Arc<Shared>,
+        stop: Arc<AtomicBool>,
+        stop_fd: Arc<File>,
+        config: EngineConfig,
+        trace: Option<crate::trace::TraceWriter<std::io::BufWriter<File>>>,
+        vcpu_of_thread: Arc<Mutex<FxHashMap<i32, u16>>>,
+    ) -> Self {
+        let pages = layout.pages();
+        Self {
+            uffd,
+            layout,
+            memfd,
+            policy,
+            stores,
+            hooks,
+            shared,
+            stop,
+            stop_fd,
+            config,
+            counters: Counters::new(),
+            vcpu_of_thread,
+            trace,
+            start: Instant::now(),
+            meta: vec![
+                PageMeta {
+                    state: State::Untouched,
+                    copy_tier: NO_TIER,
+                    copy_slot: 0,
+                    dirty: true,
+                };
+                pages
+            ],
+            inflight: FxHashMap::default(),
+            next_tag: 1,
+            evict_queue: Vec::new(),
+            actions: Vec::new(),
+            deferred: Vec::new(),
+            copy_holders: (0..crate::config::TIER_COUNT).map(|_| Vec::new()).collect(),
+            pool: PagePool::new(256),
+            dirty_scratch: Vec::new(),
+            rng: 0x9e37_79b9_7f4a_7c15,
+            fatal: false,
+            advisor_name: String::new(),
+            tiers: crate::config::TierConfig::default(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Pages already in the memfd when tiering starts (kernel image, boot data) are
+    /// resident: tell the policy, which may already evict some of them.
+    pub fn adopt_present_pages(&mut self) {
+        let fd = self.memfd.as_raw_fd();
+        let regions: Vec<_> = self.layout.regions().copied().collect();
+        for r in regions {
+            let mut off = r.file_offset as i64;
+            let end = (r.file_offset + r.len) as i64;
+            while off < end {
+                // SAFETY: lseek on our own descriptor; no memory is touched.
+                let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+                if data < 0 || data >= end {
+                    break;
+                }
+                // SAFETY: as above.
+                let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+                let hole = if hole < 0 { end } else { hole.min(end) };
+                let mut p = data & !(PAGE as i64 - 1);
+                while p < hole {
+                    let index = self
+                        .layout
+                        .index_of_host(r.host_addr + (p as u64 - r.file_offset) as usize)
+                        .expect("offset inside region");
+                    self.meta[index].state = State::Present;
+                    self.meta[index].dirty = true;
+                    let access = Access {
+                        time_ns: 0,
+                        page: self.layout.page_of_index(index),
+                        vcpu: 0,
+                        op: AccessOp::Write,
+                        kind: PageKind::Unknown,
+                        source: AccessSource::Full,
+                    };
+                    let mut actions = std::mem::take(&mut self.actions);
+                    actions.clear();
+                    self.policy.on_access(&access, &mut actions);
+                    for a in actions.drain(..) {
+                        match a {
+                            Action::Fill { .. } => {}
+                            other => self.queue_action(other),
+                        }
+                    }
+                    self.actions = actions;
+                    p += PAGE as i64;
+                }
+                off = hole;
+            }
+        }
+    }
+
+    /// The thread's main loop; returns when asked to stop (or after a fatal error).
+    pub fn run(&mut self) {
+        if let Some(cpu) = self.config.cpu {
+            if let Err(e) = uffd::pin_current_thread(cpu) {
+                log::warn!("cannot pin the fault handler to CPU {cpu}: {e}");
+            }
+        }
+        let mut events = userfaultfd::EventBuffer::new(64);
+        let mut last_sample = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            let mut busy = false;
+            match self.uffd.raw().read_events(&mut events) {
+                Ok(iter) => {
+                    let evs: Vec<_> = iter.collect();
+                    for ev in evs {
+                        busy = true;
+                        match ev {
+                            Ok(Event::Pagefault {
+                                kind,
+                                rw,
+                                addr,
+                                thread_id,
+                            }) => self.on_fault(kind, rw, addr as usize, thread_id.as_raw()),
+                            Ok(other) => log::debug!("userfaultfd event ignored: {other:?}"),
+                            Err(e) => log::warn!("userfaultfd event: {e}"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.die(format!("reading userfaultfd events failed: {e}"));
+                }
+            }
+            busy |= self.poll_completions();
+            if self.evict_queue.len() >= EVICT_BATCH || (!busy && !self.evict_queue.is_empty()) {
+                self.flush_evictions();
+                busy = true;
+            }
+            if self.fatal {
+                break;
+            }
+            if !busy {
+                let now = self.now_ns();
+                let mut actions = std::mem::take(&mut self.actions);
+                actions.clear();
+                self.policy.tick(now, &mut actions);
+                for a in actions.drain(..) {
+                    self.queue_action(a);
+                }
+                self.actions = actions;
+                if self.config.sample_pages > 0
+                    && last_sample.elapsed() >= self.config.sample_interval
+                {
+                    last_sample = Instant::now();
+                    self.sample_resident();
+                }
+                self.publish();
+                let outstanding = self
+                    .stores
+                    .iter()
+                    .flatten()
+                    .any(|s| s.backend.outstanding() > 0);
+                self.wait_for_events(if outstanding { 1 } else { 20 });
+            }
+        }
+        self.drain_io();
+        self.publish();
+    }
+
+    fn wait_for_events(&self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.uffd.raw().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    }
+
+    /// Stop the VM: a page can no longer be produced, or the fault path broke.
+    fn die(&mut self, msg: String) {
+        if !self.fatal {
+            self.fatal = true;
+            log::error!("{msg}");
+            self.hooks.fatal(io_fatal(msg));
+        }
+    }
+
+    fn trace(&mut self, a: &Access) {
+        if let Some(w) = self.trace.as_mut() {
+            if let Err(e) = w.write(a) {
+                log::warn!("trace output failed, recording stops: {e}");
+                self.trace = None;
+            } else {
+                self.counters.events_traced += 1;
+            }
+        }
+    }
+
+    fn on_fault(&mut self, kind: FaultKind, rw: ReadWrite, addr: usize, tid: i32) {
+        let t0 = Instant::now();
+        let Some(index) = self.layout.index_of_host(addr) else {
+            log::warn!("fault at {addr:#x} outside guest RAM");
+            return;
+        };
+        let vcpu = self
+            .vcpu_of_thread
+            .lock()
+            .map(|m| m.get(&tid).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let access = Access {
+            time_ns: self.now_ns(),
+            page: self.layout.page_of_index(index),
+            vcpu,
+            op: if rw == ReadWrite::Write {
+                AccessOp::Write
+            } else {
+                AccessOp::Read
+            },
+            kind: PageKind::Unknown,
+            source: if kind == FaultKind::Minor {
+                AccessSource::SampledMinor
+            } else {
+                AccessSource::MissingFault
+            },
+        };
+        if kind == FaultKind::Minor {
+            self.on_minor(index, &access);
+        } else {
+            self.on_missing(index, &access, t0);
+        }
+    }
+
+    fn on_minor(&mut self, index: usize, access: &Access) {
+        self.counters.minor_faults += 1;
+        let host = self.layout.host_of_index(index);
+        match self.meta[index].state {
+            State::Present | State::EvictCancelled => {}
+            State::Evicting => {
+                // Touched while its write-back runs: keep it in RAM.
+                self.meta[index].state = State::EvictCancelled;
+                self.counters.evictions_cancelled += 1;
+                self.policy.evict_failed(access.page);
+            }
+            _ => {
+                // Gone from the memfd since: the access comes back as MISSING.
+                let _ = self.uffd.wake(host, PAGE);
+                return;
+            }
+        }
+        self.trace(access);
+        self.observe(access, index);
+        if let Err(e) = self.uffd.continue_page(host) {
+            self.die(e.to_string());
+        }
+    }
+
+    /// Tell the policy about an access to a page that is in RAM; carry out what it decides.
+    fn observe(&mut self, access: &Access, index: usize) {
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        self.policy.on_access(access, &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Fill { page, .. } if self.layout.index_of_page(page) == Some(index) => {}
+                other => self.queue_action(other),
+            }
+        }
+        self.actions = actions;
+    }
+
+    fn on_missing(&mut self, index: usize, access: &Access, t0: Instant) {
+        let host = self.layout.host_of_index(index);
+        match self.meta[index].state {
+            State::Present | State::Evicting | State::EvictCancelled => {
+                // Already filled (a stale event, or filled by a prefetch just now).
+                let _ = self.uffd.wake(host, PAGE);
+                return;
+            }
+            State::Prefetching => self.finish_prefetch_now(index),
+            _ => {}
+        }
+        self.trace(access);
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        let outcome = self.policy.on_access(access, &mut actions);
+        let mut filled = false;
+        for a in actions.drain(..) {
+            match a {
+                Action::Fill { page, .. } if page == access.page => {
+                    self.fill_demand(index, t0);
+                    filled = true;
+                }
+                other => self.queue_action(other),
+            }
+        }
+        self.actions = actions;
+        if !filled {
+            if !matches!(outcome, AccessOutcome::DemandFault { .. }) {
+                log::debug!(
+                    "page {:#x} missing though the policy has it resident",
+                    access.page
+                );
+            }
+            self.fill_demand(index, t0);
+        }
+    }
+
+    /// Serve a demand fault: zero-fill a first touch or read the page from its tier.
+    fn fill_demand(&mut self, index: usize, t0: Instant) {
+        if self.meta[index].state == State::Prefetching {
+            self.finish_prefetch_now(index);
+        }
+        let host = self.layout.host_of_index(index);
+        let m = self.meta[index];
+        match m.state {
+            State::Untouched => {
+                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
+                    return self.die(e.to_string());
+                }
+                self.meta[index].state = State::Present;
+                self.meta[index].dirty = true;
+                self.counters.zero_fills += 1;
+                self.counters
+                    .record_fault(1, t0.elapsed().as_nanos() as u64);
+            }
+            State::Absent | State::Moving => {
+                let tier = m.copy_tier as usize;
+                let mut attempt = 0;
+                let buf = loop {
+                    attempt += 1;
+                    let tag = self.tag();
+                    let mut others = Vec::new();
+                    let store = self.stores[tier].as_mut().expect("copy tier is open");
+                    let done = run_blocking(
+                        store,
+                        IoOp::Read,
+                        m.copy_slot,
+                        self.pool.get(),
+                        IoPriority::Demand,
+                        tag,
+                        &mut others,
+                    );
+                    self.deferred.extend(others.into_iter().map(|c| (tier, c)));
+                    match done.result {
+                        Ok(()) => break done.buf,
+                        Err(e) => {
+                            self.counters.tiers[tier].io_errors += 1;
+                            if attempt >= IO_ATTEMPTS {
+                                let page = self.layout.page_of_index(index);
+                                return self.die(format!(
+                                    "guest page {page:#x} cannot be read back from tier {tier} ({}) after {IO_ATTEMPTS} tries: {e}",
+                                    self.stores[tier].as_ref().map(|s| s.backend.describe()).unwrap_or_default()
+                                ));
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = self.uffd.copy_page(&buf, host) {
+                    return self.die(e.to_string());
+                }
+                self.meta[index].state = State::Present;
+                self.meta[index].dirty = false;
+                self.copy_holders[tier].push(index);
+                let c = &mut self.counters;
+                c.tiers[tier].bytes_read += PAGE as u64;
+                c.record_fault(tier, t0.elapsed().as_nanos() as u64);
+            }
+            _ => {
+                let _ = self.uffd.wake(host, PAGE);
+            }
+        }
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn queue_action(&mut self, a: Action) {
+        match a {
+            Action::Fill { page, .. } | Action::Prefetch { page, .. } => self.start_prefetch(page),
+            Action::Evict { page, to } => self.evict_queue.push((page, to)),
+            Action::Move { page, from, to } => self.start_move(page, from, to),
+        }
+    }
+
+    fn start_prefetch(&mut self, page: PageNumber) {
+        let Some(index) = self.layout.index_of_page(page) else {
+            return;
+        };
+        let m = self.meta[index];
+        match m.state {
+            State::Untouched => {
+                let host = self.layout.host_of_index(index);
+                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
+                    return self.die(e.to_string());
+                }
+                self.meta[index].state = State::Present;
+                self.meta[index].dirty = true;
+            }
+            State::Absent => {
+                let tier = m.copy_tier as usize;
+                let tag = self.tag();
+                let req = IoRequest {
+                    op: IoOp::Read,
+                    slot: m.copy_slot,
+                    buf: self.pool.get(),
+                    priority: IoPriority::Prefetch,
+                    tag,
+                };
+                let store = self.stores[tier].as_mut().expect("copy tier is open");
+                match store.backend.submit(req) {
+                    Ok(()) => {
+                        self.meta[index].state = State::Prefetching;
+                        self.inflight.insert(tag, Op::PrefetchRead { index });
+                        self.counters.tiers[tier].prefetch_issued += 1;
+                    }
+                    Err(e) => {
+                        log::warn!("prefetch of page {page:#x} refused: {}", e.error);
+                        self.policy.fill_failed(page);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A demand fault hit a page whose prefetch is in flight: wait for that read.
+    fn finish_prefetch_now(&mut self, index: usize) {
+        let tier = self.meta[index].copy_tier as usize;
+        while self.meta[index].state == State::Prefetching && !self.fatal {
+            let mut got = Vec::new();
+            if let Some(store) = self.stores[tier].as_mut() {
+                store.backend.wait(&mut got, Duration::from_millis(10));
+            }
+            for c in got {
+                self.complete(tier, c);
+            }
+            let deferred = std::mem::take(&mut self.deferred);
+            for (t, c) in deferred {
+                self.complete(t, c);
+            }
+        }
+    }
+
+    fn start_move(&mut self, page: PageNumber, from: u8, to: u8) {
+        let Some(index) = self.layout.index_of_page(page) else {
+            return;
+        };
+        let m = self.meta[index];
+        if m.state != State::Absent || m.copy_tier != from || self.stores[to as usize].is_none() {
+            return;
+        }
+        let tag = self.tag();
+        let req = IoRequest {
+            op: IoOp::Read,
+            slot: m.copy_slot,
+            buf: self.pool.get(),
+            priority: IoPriority::Writeback,
+            tag,
+        };
+        let store = self.stores[from as usize]
+            .as_mut()
+            .expect("copy tier is open");
+        if store.backend.submit(req).is_ok() {
+            self.meta[index].state = State::Moving;
+            self.inflight.insert(tag, Op::MoveRead { index, to });
+        }
+    }
+
+    /// A free slot in `tier`, taking one from a clean copy of a resident page if need be.
+    fn alloc_slot(&mut self, tier: usize) -> Option<u64> {
+        let store = self.stores[tier].as_mut()?;
+        if let Some(s) = store.slots.alloc() {
+            return Some(s);
+        }
+        while let Some(index) = self.copy_holders[tier].pop() {
+            let m = &mut self.meta[index];
+            if m.state == State::Present && m.copy_tier as usize == tier {
+                m.copy_tier = NO_TIER;
+                m.dirty = true;
+                return Some(m.copy_slot);
+            }
+        }
+        None
+    }
+
+    fn release_copy(&mut self, index: usize) {
+        let m = &mut self.meta[index];
+        if m.copy_tier != NO_TIER {
+            if let Some(store) = self.stores[m.copy_tier as usize].as_mut() {
+                store.slots.release(m.copy_slot);
+            }
+            m.copy_tier = NO_TIER;
+        }
+    }
+
+    /// Harvest the dirty log into the page states (and the trace, as DirtyLog events).
+    fn harvest_dirty(&mut self) {
+        if !self.hooks.has_dirty_log() {
+            return;
+        }
+        let mut pages = std::mem::take(&mut self.dirty_scratch);
+        pages.clear();
+        if let Err(e) = self.hooks.harvest_dirty(&mut pages) {
+            log::warn!("dirty log harvest failed, treating every page as dirty: {e}");
+            for m in &mut self.meta {
+                m.dirty = true;
+            }
+        }
+        self.counters.dirty_harvests += 1;
+        let now = self.now_ns();
+        for &page in &pages {
+            if let Some(index) = self.layout.index_of_page(page) {
+                self.meta[index].dirty = true;
+                let a = Access {
+                    time_ns: now,
+                    page,
+                    vcpu: 0,
+                    op: AccessOp::Write,
+                    kind: PageKind::Unknown,
+                    source: AccessSource::DirtyLog,
+                };
+                self.trace(&a);
+                self.policy.note_unobserved_hit(page);
+            }
+        }
+        self.dirty_scratch = pages;
+    }
+
+    /// Carry out the queued evictions: zap, harvest the dirty log, write back what is
+    /// dirty (asynchronously), drop the rest from the memfd now.
+    fn flush_evictions(&mut self) {
+        let queue = std::mem::take(&mut self.evict_queue);
+        let mut victims = Vec::with_capacity(queue.len());
+        for (page, to) in queue {
+            let Some(index) = self.layout.index_of_page(page) else {
+                continue;
+            };
+            if self.meta[index].state == State::Prefetching {
+                self.finish_prefetch_now(index);
+            }
+            // Pages never filled, or already on their way out, need nothing.
+            if self.meta[index].state == State::Present {
+                let host = self.layout.host_of_index(index);
+                if let Err(e) = uffd::zap(host, PAGE) {
+                    self.die(e.to_string());
+                    return;
+                }
+                self.meta[index].state = State::Evicting;
+                victims.push((index, to as usize));
+            }
+        }
+        // Writes before the zap are in the log now; none can follow until a fault.
+        self.harvest_dirty();
+        let dirty_log = self.hooks.has_dirty_log();
+        for (index, to) in victims {
+            let m = self.meta[index];
+            let clean_copy_here = dirty_log && !m.dirty && m.copy_tier as usize == to;
+            self.meta[index].dirty = false;
+            if clean_copy_here {
+                self.counters.write_backs_skipped_clean += 1;
+                self.counters.tiers[to].evictions += 1;
+                self.drop_from_ram(index);
+                continue;
+            }
+            // The old copy is stale (or elsewhere): reuse its slot if it is in `to`.
+            let slot = if m.copy_tier as usize == to {
+                self.meta[index].copy_tier = NO_TIER;
+                Some(m.copy_slot)
+            } else {
+                self.release_copy(index);
+                let found = (to..crate::config::TIER_COUNT)
+                    .find_map(|t| self.alloc_slot(t).map(|s| (t, s)));
+                match found {
+                    Some((t, s)) if t == to => Some(s),
+                    Some((t, s)) => {
+                        // `to` is full: the page goes one tier further down.
+                        self.submit_evict_write(index, t, s, None);
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            match slot {
+                Some(s) => self.submit_evict_write(index, to, s, None),
+                None => {
+                    log::warn!("no free slot in tier {to} or below; page stays in RAM");
+                    self.meta[index].state = State::Present;
+                    self.policy.evict_failed(self.layout.page_of_index(index));
+                }
+            }
+        }
+    }
+
+    fn submit_evict_write(&mut self, index: usize, tier: usize, slot: u64, buf: Option<PageBuf>) {
+        let buf = match buf {
+            Some(b) => b,
+            None => {
+                let mut b = self.pool.get();
+                let off = self.layout.file_offset_of_index(index);
+                if let Err(e) = self.memfd.read_exact_at(&mut b, off) {
+                    self.die(format!("cannot read guest memory at offset {off:#x}: {e}"));
+                    return;
+                }
+                b
+            }
+        };
+        let tag = self.tag();
+        let req = IoRequest {
+            op: IoOp::Write,
+            slot,
+            buf,
+            priority: IoPriority::Writeback,
+            tag,
+        };
+        let store = self.stores[tier].as_mut().expect("tier is open");
+        match store.backend.submit(req) {
+            Ok(()) => {
+                self.inflight.insert(
+                    tag,
+                    Op::EvictWrite {
+                        index,
+                        tier: tier as u8,
+                        slot,
+                        attempt: 1,
+                    },
+                );
+            }
+            Err(e) => {
+                log::warn!("write-back refused by tier {tier}: {}", e.error);
+                store.slots.release(slot);
+                self.meta[index].state = State::Present;
+                self.policy.evict_failed(self.layout.page_of_index(index));
+            }
+        }
+    }
+
+    /// The page's data is safely elsewhere (or not needed): free it from the memfd.
+    fn drop_from_ram(&mut self, index: usize) {
+        let off = self.layout.file_offset_of_index(index);
+        if let Err(e) = uffd::punch(&self.memfd, off, PAGE as u64) {
+            return self.die(e.to_string());
+        }
+        self.meta[index].state = State::Absent;
+    }
+
+    fn poll_completions(&mut self) -> bool {
+        let mut any = false;
+        let deferred = std::mem::take(&mut self.deferred);
+        for (t, c) in deferred {
+            any = true;
+            self.complete(t, c);
+        }
+        let mut got = Vec::new();
+        for tier in 0..self.stores.len() {
+            got.clear();
+            if let Some(store) = self.stores[tier].as_mut() {
+                if store.backend.outstanding() == 0 {
+                    continue;
+                }
+                store.backend.poll(&mut got);
+            }
+            for c in got.drain(..) {
+                any = true;
+                self.complete(tier, c);
+            }
+        }
+        any
+    }
+
+    fn complete(&mut self, tier: usize, c: IoCompletion) {
+        let Some(op) = self.inflight.remove(&c.tag) else {
+            log::debug!("completion for unknown tag {}", c.tag);
+            return;
+        };
+        match op {
+            Op::EvictWrite {
+                index,
+                tier: t,
+                slot,
+                attempt,
+            } => {
+                let t = t as usize;
+                if let Err(e) = c.result {
+                    self.counters.tiers[t].io_errors += 1;
+                    if attempt < IO_ATTEMPTS {
+                        let tag = self.tag();
+                        let req = IoRequest {
+                            op: IoOp::Write,
+                            slot,
+                            buf: c.buf,
+                            priority: IoPriority::Writeback,
+                            tag,
+                        };
+                        let store = self.stores[t].as_mut().expect("tier is open");
+                        if store.backend.submit(req).is_ok() {
+                            self.inflight.insert(
+                                tag,
+                                Op::EvictWrite {
+                                    index,
+                                    tier: t as u8,
+                                    slot,
+                                    attempt: attempt + 1,
+                                },
+                            );
+                            return;
+                        }
+                    }
+                    log::warn!(
+                        "write-back to tier {t} failed {attempt} times ({e}); page stays in RAM"
+                    );
+                    if let Some(store) = self.stores[t].as_mut() {
+                        store.slots.release(slot);
+                    }
+                    if self.meta[index].state == State::Evicting {
+                        self.policy.evict_failed(self.layout.page_of_index(index));
+                    }
+                    self.meta[index].state = State::Present;
+                    self.meta[index].dirty = true;
+                    return;
+                }
+                self.counters.tiers[t].bytes_written += PAGE as u64;
+                self.meta[index].copy_tier = t as u8;
+                self.meta[index].copy_slot = slot;
+                match self.meta[index].state {
+                    State::Evicting => {
+                        self.counters.tiers[t].evictions += 1;
+                        self.drop_from_ram(index);
+                    }
+                    _ => {
+                        // Cancelled: back in RAM with a clean copy.
+                        self.meta[index].state = State::Present;
+                        self.copy_holders[t].push(index);
+                    }
+                }
+            }
+            Op::PrefetchRead { index } => {
+                if self.meta[index].state != State::Prefetching {
+                    return;
+                }
+                let page = self.layout.page_of_index(index);
+                match c.result {
+                    Ok(()) => {
+                        let host = self.layout.host_of_index(index);
+                        if let Err(e) = self.uffd.copy_page(&c.buf, host) {
+                            return self.die(e.to_string());
+                        }
+                        self.meta[index].state = State::Present;
+                        self.meta[index].dirty = false;
+                        self.counters.tiers[tier].bytes_read += PAGE as u64;
+                        self.copy_holders[tier].push(index);
+                    }
+                    Err(e) => {
+                        log::warn!("prefetch of page {page:#x} from tier {tier} failed: {e}");
+                        self.counters.tiers[tier].io_errors += 1;
+                        self.meta[index].state = State::Absent;
+                        self.policy.fill_failed(page);
+                    }
+                }
+            }
+            Op::MoveRead { index, to } => {
+                if self.meta[index].state != State::Moving || c.result.is_err() {
+                    if self.meta[index].state == State::Moving {
+                        self.meta[index].state = State::Absent;
+                    }
+                    return;
+                }
+                self.counters.tiers[tier].bytes_read += PAGE as u64;
+                let Some(slot) = self.alloc_slot(to as usize) else {
+                    self.meta[index].state = State::Absent;
+                    return;
+                };
+                let tag = self.tag();
+                let req = IoRequest {
+                    op: IoOp::Write,
+                    slot,
+                    buf: c.buf,
+                    priority: IoPriority::Writeback,
+                    tag,
+                };
+                let store = self.stores[to as usize].as_mut().expect("tier is open");
+                if store.backend.submit(req).is_ok() {
+                    self.inflight.insert(tag, Op::MoveWrite { index, to, slot });
+                } else {
+                    store.slots.release(slot);
+                    self.meta[index].state = State::Absent;
+                }
+            }
+            Op::MoveWrite { index, to, slot } => {
+                let ok = c.result.is_ok();
+                if ok {
+                    self.counters.tiers[to as usize].bytes_written += PAGE as u64;
+                }
+                if ok && self.meta[index].state == State::Moving {
+                    self.release_copy(index);
+                    let m = &mut self.meta[index];
+                    m.copy_tier = to;
+                    m.copy_slot = slot;
+                    m.state = State::Absent;
+                } else {
+                    if let Some(store) = self.stores[to as usize].as_mut() {
+                        store.slots.release(slot);
+                    }
+                    if self.meta[index].state == State::Moving {
+                        self.meta[index].state = State::Absent;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Zap a random sample of resident pages; the MINOR faults that come back are
+    /// access events for pages a MISSING fault never shows.
+    fn sample_resident(&mut self) {
+        let n = self.meta.len();
+        if n == 0 {
+            return;
+        }
+        let mut zapped = 0;
+        for _ in 0..self.config.sample_pages * 4 {
+            if zapped >= self.config.sample_pages {
+                break;
+            }
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let index = (self.rng % n as u64) as usize;
+            if self.meta[index].state == State::Present
+                && uffd::zap(self.layout.host_of_index(index), PAGE).is_ok()
+            {
+                zapped += 1;
+            }
+        }
+        self.counters.sampled_zaps += zapped as u64;
+    }
+
+    /// Wait for every write-back, so no page is lost at shutdown.
+    fn drain_io(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.inflight.is_empty() && Instant::now() < deadline {
+            let mut got = Vec::new();
+            for tier in 0..self.stores.len() {
+                got.clear();
+                if let Some(store) = self.stores[tier].as_mut() {
+                    if store.backend.outstanding() > 0 {
+                        store.backend.wait(&mut got, Duration::from_millis(5));
+                    }
+                }
+                for c in got.drain(..) {
+                    self.complete(tier, c);
+                }
+            }
+            let deferred = std::mem::take(&mut self.deferred);
+            for (t, c) in deferred {
+                self.complete(t, c);
+            }
+        }
+        if let Some(w) = self.trace.take() {
+            if let Err(e) = w.finish() {
+                log::warn!("cannot finish the trace file: {e}");
+            }
+        }
+    }
+
+    /// Copy the counters where the owner can read them.
+    fn publish(&mut self) {
+        let report = self.report();
+        if let Ok(mut r) = self.shared.report.lock() {
+            *r = Some(report);
+        }
+    }
+
+    pub fn report(&self) -> crate::metrics::TieringReport {
+        crate::runtime::build_report(self)
+    }
+
+    pub(crate) fn ram_budget(&self) -> u64 {
+        self.policy.config().ram_budget_pages as u64
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn resident_pages(&self) -> u64 {
+        self.meta
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    State::Present | State::Evicting | State::EvictCancelled
+                )
+            })
+            .count() as u64
+    }
+}

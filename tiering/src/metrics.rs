@@ -1,0 +1,122 @@
+//! What the tiered-memory runtime did, per tier and in total; serialised into the
+//! `tiers` section of `--metrics-out`.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::TIER_COUNT;
+
+/// Counters of one tier, live.
+pub(crate) struct TierCounters {
+    pub demand_faults: u64,
+    pub latency_ns: Histogram<u64>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub evictions: u64,
+    pub prefetch_issued: u64,
+    pub io_errors: u64,
+}
+
+impl TierCounters {
+    fn new() -> Self {
+        Self {
+            demand_faults: 0,
+            // 1 us .. 60 s at 3 significant digits.
+            latency_ns: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                .expect("static histogram bounds are valid"),
+            bytes_read: 0,
+            bytes_written: 0,
+            evictions: 0,
+            prefetch_issued: 0,
+            io_errors: 0,
+        }
+    }
+}
+
+/// Counters of the whole runtime, live (owned by the fault-handler thread).
+pub(crate) struct Counters {
+    pub tiers: Vec<TierCounters>,
+    pub zero_fills: u64,
+    pub minor_faults: u64,
+    pub sampled_zaps: u64,
+    pub write_backs_skipped_clean: u64,
+    pub dirty_harvests: u64,
+    pub evictions_cancelled: u64,
+    pub events_traced: u64,
+}
+
+impl Counters {
+    pub fn new() -> Self {
+        Self {
+            tiers: (0..TIER_COUNT).map(|_| TierCounters::new()).collect(),
+            zero_fills: 0,
+            minor_faults: 0,
+            sampled_zaps: 0,
+            write_backs_skipped_clean: 0,
+            dirty_harvests: 0,
+            evictions_cancelled: 0,
+            events_traced: 0,
+        }
+    }
+
+    pub fn record_fault(&mut self, tier: usize, latency_ns: u64) {
+        let t = &mut self.tiers[tier];
+        t.demand_faults += 1;
+        let _ = t.latency_ns.record(latency_ns.max(1_000));
+    }
+}
+
+/// One tier in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierReport {
+    pub tier: usize,
+    /// Backend description (`ram`, `file:/path (nvme)`, `nbd:...`).
+    pub backend: String,
+    pub capacity_pages: u64,
+    /// Pages held at the end (tier 1: resident guest pages).
+    pub resident_pages: u64,
+    /// Demand faults served from this tier (tier 1: first-touch zero fills).
+    pub demand_faults: u64,
+    pub fault_latency_p50_us: f64,
+    pub fault_latency_p99_us: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Pages evicted from RAM into this tier.
+    pub evictions: u64,
+    pub prefetch_issued: u64,
+    pub io_errors: u64,
+}
+
+/// The `tiers` section of `--metrics-out`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TieringReport {
+    pub advisor: String,
+    pub ram_budget_pages: u64,
+    pub guest_pages: u64,
+    pub demand_faults: u64,
+    pub evictions: u64,
+    pub prefetch_issued: u64,
+    pub prefetch_useful: u64,
+    pub zero_fills: u64,
+    pub minor_faults: u64,
+    pub sampled_zaps: u64,
+    /// Evictions that needed no write-back (a clean copy was already in the tier).
+    pub write_backs_skipped_clean: u64,
+    pub dirty_log: bool,
+    pub dirty_harvests: u64,
+    pub evictions_cancelled: u64,
+    pub moves: u64,
+    pub trace_events: u64,
+    /// Demand-fault latency over all tiers (event read to page installed).
+    pub fault_latency_p50_us: f64,
+    pub fault_latency_p99_us: f64,
+    pub per_tier: Vec<TierReport>,
+}
+
+pub(crate) fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}

@@ -1,0 +1,360 @@
+//! The live tiered-memory runtime: takes over a VM's guest RAM (a MAP_SHARED memfd
+//! mapping), registers it with userfaultfd and runs the fault-handler thread
+//! ([`crate::engine`]) that keeps RAM within its budget, spreading the rest over the
+//! storage tiers of a [`TierConfig`]. Decisions come from [`PagingPolicy`] (the same
+//! code the replay simulator runs) asking an [`Advisor`].
+//!
+//! The VMM provides [`VmHooks`]: the KVM dirty log (so clean pages are dropped
+//! without a write-back) and a way to stop the VM when a page can no longer be
+//! produced. Without a VM ([`HostOnlyHooks`]) every evicted page is written back.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use crate::access::{PageNumber, PAGE_SIZE};
+use crate::advisor::Advisor;
+use crate::config::{TierBackendSpec, TierConfig, TIER_COUNT};
+use crate::engine::{Engine, EngineConfig};
+use crate::layout::{GuestLayout, GuestRegion};
+use crate::metrics::{percentile_us, TierReport, TieringReport};
+use crate::policy::{PagingPolicy, PolicyConfig, PolicyError};
+use crate::stores::{open_stores, StoreError};
+use crate::uffd::{GuestUffd, UffdError};
+
+/// What the VMM lends the runtime.
+pub trait VmHooks: Send {
+    /// Whether [`VmHooks::harvest_dirty`] works (KVM dirty logging is on).
+    fn has_dirty_log(&self) -> bool;
+    /// Append the guest pages written since the last call and reset the log.
+    fn harvest_dirty(&mut self, out: &mut Vec<PageNumber>) -> Result<(), String>;
+    /// Stop the VM with this message: guest memory can no longer be served correctly.
+    fn fatal(&mut self, message: String);
+}
+
+/// Hooks for use without a VM (tests, benchmarks): no dirty log, fatal errors logged.
+pub struct HostOnlyHooks {
+    pub failed: Arc<Mutex<Option<String>>>,
+}
+
+impl VmHooks for HostOnlyHooks {
+    fn has_dirty_log(&self) -> bool {
+        false
+    }
+    fn harvest_dirty(&mut self, _out: &mut Vec<PageNumber>) -> Result<(), String> {
+        Ok(())
+    }
+    fn fatal(&mut self, message: String) {
+        log::error!("{message}");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(message);
+        }
+    }
+}
+
+/// How to run tiered memory.
+#[derive(Debug, Clone)]
+pub struct TieringOptions {
+    pub tiers: TierConfig,
+    /// Most guest pages resident in RAM (tiers 0 and 1 together).
+    pub ram_budget_pages: u64,
+    /// Record access events here (tiering::trace format).
+    pub trace_out: Option<PathBuf>,
+    /// CPU to pin the fault handler to (the vCPU's CPU); `None`: not pinned.
+    pub handler_cpu: Option<usize>,
+    /// Resident pages zapped per sampling round to observe accesses to them (0: off).
+    pub sample_pages: usize,
+    /// Time between sampling rounds; with `sample_pages` it bounds the overhead.
+    pub sample_interval: Duration,
+    /// Name of the advisor, for the report.
+    pub advisor_name: String,
+}
+
+impl TieringOptions {
+    pub fn new(tiers: TierConfig, ram_budget_pages: u64) -> Self {
+        Self {
+            tiers,
+            ram_budget_pages,
+            trace_out: None,
+            handler_cpu: None,
+            sample_pages: 64,
+            sample_interval: Duration::from_millis(50),
+            advisor_name: "none".into(),
+        }
+    }
+}
+
+/// Why tiered memory could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TieringError {
+    #[error("--ram-budget must be at least one page (4 KiB)")]
+    ZeroBudget,
+    #[error("the tier file gives no storage tier (2-5) for the {pages} guest pages beyond the RAM budget of {budget}: add [tier2] .. [tier5]")]
+    NoStorage { pages: u64, budget: u64 },
+    #[error("the tiers hold {have} pages but the guest has {need} beyond its RAM budget: raise the capacities in the tier file")]
+    TooSmall { have: u64, need: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    #[error("paging policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("cannot create trace file {path}: {detail}")]
+    Trace { path: PathBuf, detail: String },
+    #[error("cannot start the fault-handler thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// State the handler thread publishes for the owner.
+pub(crate) struct Shared {
+    pub report: Mutex<Option<TieringReport>>,
+}
+
+/// Lets other threads tell the handler which vCPU a thread id is.
+#[derive(Clone)]
+pub struct VcpuRegistry(Arc<Mutex<FxHashMap<i32, u16>>>);
+
+impl VcpuRegistry {
+    /// Record that the calling thread runs `vcpu`.
+    pub fn register_current_thread(&self, vcpu: u16) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(tid, vcpu);
+        }
+    }
+}
+
+/// A running tiered memory. Stop it after the vCPUs have stopped.
+pub struct TieredMemory {
+    thread: Option<JoinHandle<TieringReport>>,
+    stop: Arc<AtomicBool>,
+    stop_fd: Arc<File>,
+    shared: Arc<Shared>,
+    vcpus: VcpuRegistry,
+}
+
+fn eventfd() -> std::io::Result<File> {
+    // SAFETY: eventfd with valid flags; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+impl TieredMemory {
+    /// Take over guest RAM. `regions` are MAP_SHARED mappings of `memfd`; pages
+    /// already in the memfd count as resident.
+    pub fn start(
+        regions: &[GuestRegion],
+        memfd: Arc<File>,
+        options: TieringOptions,
+        advisor: Box<dyn Advisor>,
+        hooks: Box<dyn VmHooks>,
+    ) -> Result<Self, TieringError> {
+        if options.ram_budget_pages == 0 {
+            return Err(TieringError::ZeroBudget);
+        }
+        let layout = GuestLayout::new(regions);
+        let guest_pages = layout.pages() as u64;
+        let mut capacity = [0u64; TIER_COUNT];
+        for (t, c) in capacity.iter_mut().enumerate().skip(2) {
+            *c = options.tiers.capacity_pages(t, PAGE_SIZE);
+        }
+        let storage: u64 = capacity.iter().sum();
+        let beyond = guest_pages.saturating_sub(options.ram_budget_pages);
+        if beyond > 0 && storage == 0 {
+            return Err(TieringError::NoStorage {
+                pages: guest_pages,
+                budget: options.ram_budget_pages,
+            });
+        }
+        // Evictions run in batches, so RAM briefly holds a batch more than the budget.
+        if storage < beyond {
+            return Err(TieringError::TooSmall {
+                have: storage,
+                need: beyond,
+            });
+        }
+        let stores = open_stores(&options.tiers)?;
+        let policy_config = PolicyConfig {
+            ram_budget_pages: options.ram_budget_pages as usize,
+            window_ns: 10_000_000,
+            tier_capacity_pages: capacity,
+            ..PolicyConfig::default()
+        };
+        let policy = PagingPolicy::new(policy_config, advisor)?;
+        let trace = match &options.trace_out {
+            Some(path) => {
+                let mut header = crate::trace::TraceHeader {
+                    description: format!("tiervisor run, advisor {}", options.advisor_name),
+                    ..crate::trace::TraceHeader::default()
+                };
+                header.metadata.insert(
+                    "ram_budget_pages".into(),
+                    options.ram_budget_pages.to_string(),
+                );
+                Some(
+                    crate::trace::TraceWriter::create(path, &header).map_err(|e| {
+                        TieringError::Trace {
+                            path: path.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let uffd = GuestUffd::new()?;
+        for r in regions {
+            uffd.register(r.host_addr, r.len as usize)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_fd = Arc::new(eventfd().map_err(TieringError::Thread)?);
+        let shared = Arc::new(Shared {
+            report: Mutex::new(None),
+        });
+        let vcpus = VcpuRegistry(Arc::new(Mutex::new(FxHashMap::default())));
+        let mut engine = Engine::new(
+            uffd,
+            layout,
+            memfd,
+            policy,
+            stores,
+            hooks,
+            shared.clone(),
+            stop.clone(),
+            stop_fd.clone(),
+            EngineConfig {
+                cpu: options.handler_cpu,
+                sample_pages: options.sample_pages,
+                sample_interval: options.sample_interval,
+            },
+            trace,
+            vcpus.0.clone(),
+        );
+        engine.advisor_name = options.advisor_name.clone();
+        engine.tiers = options.tiers.clone();
+        engine.adopt_present_pages();
+        let thread = std::thread::Builder::new()
+            .name("tier-faults".into())
+            .spawn(move || {
+                engine.run();
+                engine.report()
+            })
+            .map_err(TieringError::Thread)?;
+        Ok(Self {
+            thread: Some(thread),
+            stop,
+            stop_fd,
+            shared,
+            vcpus,
+        })
+    }
+
+    /// For vCPU threads to say which vCPU they run (events carry the vCPU id).
+    pub fn vcpu_registry(&self) -> VcpuRegistry {
+        self.vcpus.clone()
+    }
+
+    /// The latest published counters (updated whenever the handler is idle).
+    pub fn snapshot(&self) -> Option<TieringReport> {
+        self.shared.report.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Stop the handler after finishing in-flight write-backs; returns the final report.
+    /// Call after the vCPUs stopped: a fault after this is never served.
+    pub fn stop(mut self) -> TieringReport {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> TieringReport {
+        self.stop.store(true, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
+        let report = self.thread.take().and_then(|t| t.join().ok());
+        report
+            .or_else(|| self.snapshot())
+            .expect("the fault handler publishes a report")
+    }
+}
+
+impl Drop for TieredMemory {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.finish();
+        }
+    }
+}
+
+pub(crate) fn build_report(e: &Engine) -> TieringReport {
+    let c = e.counters();
+    let stats = e.policy.stats();
+    let tier_pages = e.policy.tier_pages();
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)
+        .expect("static histogram bounds are valid");
+    let per_tier = (0..TIER_COUNT)
+        .map(|t| {
+            let tc = &c.tiers[t];
+            let _ = all.add(&tc.latency_ns);
+            let spec = e.tiers.tiers[t].as_ref();
+            TierReport {
+                tier: t,
+                backend: match spec.map(|s| &s.backend) {
+                    None => "absent".into(),
+                    Some(TierBackendSpec::Ram) => "ram".into(),
+                    Some(_) => e.stores[t]
+                        .as_ref()
+                        .map(|s| s.backend.describe())
+                        .unwrap_or_default(),
+                },
+                capacity_pages: match t {
+                    0 | 1 => e.tiers.capacity_pages(t, PAGE_SIZE).min(e.ram_budget()),
+                    _ => e.stores[t].as_ref().map_or(0, |s| s.slots.capacity()),
+                },
+                resident_pages: match t {
+                    0 => 0,
+                    1 => e.resident_pages(),
+                    _ => tier_pages[t],
+                },
+                demand_faults: tc.demand_faults,
+                fault_latency_p50_us: percentile_us(&tc.latency_ns, 0.5),
+                fault_latency_p99_us: percentile_us(&tc.latency_ns, 0.99),
+                bytes_read: tc.bytes_read,
+                bytes_written: tc.bytes_written,
+                evictions: tc.evictions,
+                prefetch_issued: tc.prefetch_issued,
+                io_errors: tc.io_errors,
+            }
+        })
+        .collect();
+    TieringReport {
+        advisor: e.advisor_name.clone(),
+        ram_budget_pages: e.ram_budget(),
+        guest_pages: e.layout.pages() as u64,
+        demand_faults: c.tiers.iter().map(|t| t.demand_faults).sum(),
+        evictions: c.tiers.iter().map(|t| t.evictions).sum(),
+        prefetch_issued: stats.prefetch_issued,
+        prefetch_useful: stats.prefetch_useful,
+        zero_fills: c.zero_fills,
+        minor_faults: c.minor_faults,
+        sampled_zaps: c.sampled_zaps,
+        write_backs_skipped_clean: c.write_backs_skipped_clean,
+        dirty_log: e.hooks.has_dirty_log(),
+        dirty_harvests: c.dirty_harvests,
+        evictions_cancelled: c.evictions_cancelled,
+        moves: stats.moves,
+        trace_events: c.events_traced,
+        fault_latency_p50_us: percentile_us(&all, 0.5),
+        fault_latency_p99_us: percentile_us(&all, 0.99),
+        per_tier,
+    }
+}

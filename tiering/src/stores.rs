@@ -1,0 +1,189 @@
+//! The storage tiers (2-5) of a running VM: one backend each plus the allocation of
+//! its page slots.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::{
+    self, FileBackend, FileConfig, IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, TierBackend,
+};
+use crate::config::{DeviceProfile, TierBackendSpec, TierConfig, TIER_COUNT};
+
+/// Why the storage tiers could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("tier {tier}: {source}")]
+    Open {
+        tier: usize,
+        source: backend::OpenError,
+    },
+    #[error("tier {tier}: {detail}")]
+    Unsupported { tier: usize, detail: String },
+}
+
+/// Slot numbers of one tier: a free list over `0..capacity`.
+pub(crate) struct Slots {
+    capacity: u64,
+    next_unused: u64,
+    free: Vec<u64>,
+}
+
+impl Slots {
+    fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            next_unused: 0,
+            free: Vec::new(),
+        }
+    }
+
+    pub fn alloc(&mut self) -> Option<u64> {
+        if let Some(s) = self.free.pop() {
+            return Some(s);
+        }
+        (self.next_unused < self.capacity).then(|| {
+            self.next_unused += 1;
+            self.next_unused - 1
+        })
+    }
+
+    pub fn release(&mut self, slot: u64) {
+        debug_assert!(slot < self.next_unused);
+        self.free.push(slot);
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+/// One storage tier: its backend and its slots.
+pub(crate) struct Store {
+    pub backend: Box<dyn TierBackend>,
+    pub slots: Slots,
+}
+
+fn to_backend_profile(p: &DeviceProfile) -> backend::DeviceProfile {
+    match p {
+        DeviceProfile::Nvme => backend::DeviceProfile::nvme(),
+        DeviceProfile::Ssd => backend::DeviceProfile::ssd(),
+        DeviceProfile::Hdd => backend::DeviceProfile::hdd(),
+        DeviceProfile::Custom {
+            latency_us,
+            bandwidth_bytes_per_s,
+        } => {
+            let mut d = backend::DeviceProfile::nvme();
+            d.latency_us = *latency_us;
+            d.jitter_us = 0;
+            d.bandwidth_mib_s = (*bandwidth_bytes_per_s != u64::MAX)
+                .then(|| *bandwidth_bytes_per_s as f64 / (1u64 << 20) as f64);
+            d
+        }
+    }
+}
+
+/// Open every storage tier the config names. Entries 0 and 1 (RAM) stay `None`.
+pub(crate) fn open_stores(config: &TierConfig) -> Result<Vec<Option<Store>>, StoreError> {
+    let mut stores: Vec<Option<Store>> = (0..TIER_COUNT).map(|_| None).collect();
+    for (tier, spec) in config.tiers.iter().enumerate() {
+        let Some(spec) = spec else { continue };
+        let pages = spec.capacity_bytes / backend::PAGE_SIZE as u64;
+        let backend: Box<dyn TierBackend> = match &spec.backend {
+            TierBackendSpec::Ram => continue,
+            TierBackendSpec::File { path, profile } | TierBackendSpec::Device { path, profile } => {
+                let mut fc = FileConfig::new(path.clone(), pages);
+                if let Some(p) = profile {
+                    fc = fc.with_profile(to_backend_profile(p));
+                }
+                Box::new(
+                    FileBackend::open(&fc).map_err(|source| StoreError::Open { tier, source })?,
+                )
+            }
+            TierBackendSpec::Nbd { address, export } => open_nbd(tier, address, export, pages)?,
+        };
+        stores[tier] = Some(Store {
+            slots: Slots::new(backend.capacity_pages().min(pages)),
+            backend,
+        });
+    }
+    Ok(stores)
+}
+
+fn open_nbd(
+    tier: usize,
+    address: &crate::config::NbdAddress,
+    export: &str,
+    _pages: u64,
+) -> Result<Box<dyn TierBackend>, StoreError> {
+    Err(StoreError::Unsupported {
+        tier,
+        detail: format!("NBD export '{export}' at {address:?}: this build has no NBD client yet"),
+    })
+}
+
+/// How long a demand read may take before it counts as failed (an HDD profile with a
+/// deep queue stays far below this; a hung NBD server does not).
+const DEMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Run one request to completion on `store`, handing completions of other requests
+/// that arrive meanwhile to `others`. Used for demand reads: the backend issues a
+/// Demand request ahead of queued prefetches and write-backs.
+pub(crate) fn run_blocking(
+    store: &mut Store,
+    op: IoOp,
+    slot: u64,
+    buf: PageBuf,
+    priority: IoPriority,
+    tag: u64,
+    others: &mut Vec<IoCompletion>,
+) -> IoCompletion {
+    let req = IoRequest {
+        op,
+        slot,
+        buf,
+        priority,
+        tag,
+    };
+    if let Err(e) = store.backend.submit(req) {
+        let backend::SubmitError { error, request } = e;
+        return IoCompletion {
+            tag,
+            op,
+            slot,
+            priority,
+            result: Err(error),
+            buf: request.buf,
+            latency_ns: 0,
+        };
+    }
+    let started = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        got.clear();
+        store.backend.wait(&mut got, Duration::from_millis(50));
+        let mut mine = None;
+        for c in got.drain(..) {
+            if c.tag == tag && mine.is_none() {
+                mine = Some(c);
+            } else {
+                others.push(c);
+            }
+        }
+        if let Some(c) = mine {
+            return c;
+        }
+        if started.elapsed() > DEMAND_TIMEOUT {
+            // The request may still complete later; its tag is then unknown and ignored.
+            return IoCompletion {
+                tag,
+                op,
+                slot,
+                priority,
+                result: Err(backend::BackendError::Timeout {
+                    waited: DEMAND_TIMEOUT,
+                }),
+                buf: PageBuf::new(),
+                latency_ns: started.elapsed().as_nanos() as u64,
+            };
+        }
+    }
+}
