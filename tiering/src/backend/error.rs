@@ -59,6 +59,9 @@ pub enum OpenError {
         export: String,
         reason: String,
     },
+    /// The backend's event fds (eventfd, timerfd, epoll) could not be created.
+    #[error("cannot create the backend's notification fds: {0} (out of file descriptors?)")]
+    Resources(std::io::Error),
     /// A thread could not be started.
     #[error("cannot start the NBD reply reader thread: {0}")]
     Thread(std::io::Error),

@@ -4,6 +4,7 @@
 //! fallocate (so writes never allocate and a full disk shows at open, not
 //! mid-run). A block device is used as is and must be large enough.
 
+use super::notify::EventFd;
 use super::sched::{delegate_tier_backend, Engine, EngineDone, Scheduled};
 use super::{BackendError, DeviceProfile, IoOp, OpenError, PageBuf, QueueLimits, PAGE_SIZE};
 use io_uring::{opcode, types, IoUring};
@@ -61,7 +62,7 @@ impl FileBackend {
         }
         let engine = UringFile::open(&config.path, config.capacity_pages, config.limits.total())?;
         Ok(Self {
-            inner: Scheduled::new(engine, config.limits, config.profile.as_ref()),
+            inner: Scheduled::new(engine, config.limits, config.profile.as_ref())?,
         })
     }
 
@@ -86,6 +87,8 @@ pub(crate) struct UringFile {
     /// completion arrives.
     in_flight: HashMap<u64, (IoOp, u64, PageBuf)>,
     unsubmitted: usize,
+    /// Signalled by the kernel for every completion posted to the ring.
+    event: EventFd,
 }
 
 impl UringFile {
@@ -140,6 +143,10 @@ impl UringFile {
         ring.submitter()
             .register_files(&[file.as_raw_fd()])
             .map_err(OpenError::Uring)?;
+        let event = EventFd::new().map_err(OpenError::Resources)?;
+        ring.submitter()
+            .register_eventfd(event.raw())
+            .map_err(OpenError::Uring)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -147,6 +154,7 @@ impl UringFile {
             capacity,
             in_flight: HashMap::new(),
             unsubmitted: 0,
+            event,
         })
     }
 
@@ -261,6 +269,14 @@ impl Engine for UringFile {
         self.in_flight.insert(token, (op, slot, buf));
         self.unsubmitted += 1;
         Ok(())
+    }
+
+    fn event_fd(&self) -> Option<i32> {
+        Some(self.event.raw())
+    }
+
+    fn clear_event(&self) {
+        self.event.clear();
     }
 
     fn kick(&mut self) {

@@ -22,6 +22,7 @@ mod buf;
 mod error;
 mod file;
 mod nbd;
+mod notify;
 mod profile;
 mod sched;
 
@@ -137,6 +138,18 @@ pub trait TierBackend: Send {
 
     /// Requests submitted whose completion has not been delivered yet.
     fn outstanding(&self) -> usize;
+
+    /// Raise a submitted request to [`IoPriority::Demand`] (a vCPU now waits
+    /// for a page whose prefetch is still queued). Returns `true` if the
+    /// request was still waiting in a lower-class queue and has been moved
+    /// ahead; `false` if it is already at the device, done, or unknown.
+    fn expedite(&mut self, tag: u64) -> bool;
+
+    /// An fd that polls readable (level-triggered, for poll/epoll) when
+    /// [`poll`](Self::poll) may have completions to hand back, so the owner can
+    /// sleep on it together with its other fds. `poll` resets it; spurious
+    /// wake-ups are possible, lost ones are not.
+    fn notify_fd(&self) -> std::os::fd::BorrowedFd<'_>;
 
     /// Tell the device the slot's content is no longer needed (discard / punch
     /// a hole). Synchronous; a device without discard support treats it as a no-op.

@@ -3,11 +3,14 @@
 //! emulated device would have finished them. The engine underneath (io_uring
 //! on a file, an NBD connection) only moves bytes.
 
+use super::notify::Notifier;
 use super::{
-    BackendError, DeviceProfile, IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, SubmitError,
+    BackendError, DeviceProfile, IoCompletion, IoOp, IoPriority, IoRequest, OpenError, PageBuf,
+    SubmitError,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 /// How many requests of each class may be at the device at once. Requests
@@ -76,6 +79,12 @@ pub(crate) trait Engine: Send {
     ) -> Result<(), (BackendError, PageBuf)>;
     /// Push started requests to the device (batched submission).
     fn kick(&mut self) {}
+    /// An eventfd signalled whenever `reap` may have something.
+    fn event_fd(&self) -> Option<i32> {
+        None
+    }
+    /// Reset the eventfd before reaping (so no wake-up is lost).
+    fn clear_event(&self) {}
     fn reap(&mut self, out: &mut Vec<EngineDone>, block_until: Option<Instant>);
     fn trim(&mut self, slot: u64) -> Result<(), BackendError>;
     fn flush(&mut self) -> Result<(), BackendError>;
@@ -198,10 +207,17 @@ pub(crate) struct Scheduled<E: Engine> {
     ready: VecDeque<(Issued, EngineDone)>,
     outstanding: usize,
     scratch: Vec<EngineDone>,
+    notifier: Notifier,
+    armed_for: Option<Instant>,
 }
 
 impl<E: Engine> Scheduled<E> {
-    pub(crate) fn new(engine: E, limits: QueueLimits, profile: Option<&DeviceProfile>) -> Self {
+    pub(crate) fn new(
+        engine: E,
+        limits: QueueLimits,
+        profile: Option<&DeviceProfile>,
+    ) -> Result<Self, OpenError> {
+        let notifier = Notifier::new(engine.event_fd()).map_err(OpenError::Resources)?;
         let now = Instant::now();
         let model = profile.map(|p| DeviceModel::new(p, now));
         let mut limits = limits;
@@ -211,7 +227,7 @@ impl<E: Engine> Scheduled<E> {
             limits.prefetch = limits.prefetch.min(cap);
             limits.writeback = limits.writeback.min(cap);
         }
-        Self {
+        Ok(Self {
             engine,
             limits,
             model,
@@ -224,7 +240,29 @@ impl<E: Engine> Scheduled<E> {
             ready: VecDeque::new(),
             outstanding: 0,
             scratch: Vec::new(),
+            notifier,
+            armed_for: None,
+        })
+    }
+
+    pub(crate) fn notify_fd(&self) -> BorrowedFd<'_> {
+        self.notifier.fd()
+    }
+
+    /// Arm the timer for the next held-back completion, so `notify_fd` fires then.
+    fn rearm(&mut self) {
+        let now = Instant::now();
+        let next = if self.ready.is_empty() {
+            self.delayed.peek().map(|d| d.0.due)
+        } else {
+            Some(now)
+        };
+        if next == self.armed_for && next.is_none_or(|t| t > now) {
+            return;
         }
+        self.armed_for = next;
+        self.notifier
+            .arm(next.map(|t| t.saturating_duration_since(now)));
     }
 
     pub(crate) fn engine(&self) -> &E {
@@ -249,6 +287,20 @@ impl<E: Engine> Scheduled<E> {
 
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    pub(crate) fn expedite(&mut self, tag: u64) -> bool {
+        for class in [IoPriority::Prefetch, IoPriority::Writeback] {
+            let queue = &mut self.queued[class.index()];
+            if let Some(pos) = queue.iter().position(|q| q.req.tag == tag) {
+                let mut q = queue.remove(pos).expect("position is in range");
+                q.req.priority = IoPriority::Demand;
+                self.queued[IoPriority::Demand.index()].push_back(q);
+                self.pump();
+                return true;
+            }
+        }
+        false
     }
 
     fn check_slot(&self, slot: u64) -> Result<(), BackendError> {
@@ -276,6 +328,9 @@ impl<E: Engine> Scheduled<E> {
             submitted: Instant::now(),
         });
         self.pump();
+        if !self.ready.is_empty() {
+            self.rearm();
+        }
         Ok(())
     }
 
@@ -393,6 +448,9 @@ impl<E: Engine> Scheduled<E> {
 
     pub(crate) fn poll(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         let first = out.len();
+        // Reset the wake-up sources before looking, so none is lost.
+        self.engine.clear_event();
+        self.notifier.clear_timer();
         let mut scratch = std::mem::take(&mut self.scratch);
         if !self.issued.is_empty() {
             self.engine.reap(&mut scratch, None);
@@ -402,6 +460,7 @@ impl<E: Engine> Scheduled<E> {
         self.absorb(now, out);
         self.release_due(now, out);
         self.pump();
+        self.rearm();
         // Within one batch, hand demand completions to the caller first.
         out[first..].sort_by_key(|c| c.priority);
         out.len() - first
@@ -471,6 +530,12 @@ macro_rules! delegate_tier_backend {
             }
             fn outstanding(&self) -> usize {
                 self.inner.outstanding()
+            }
+            fn expedite(&mut self, tag: u64) -> bool {
+                self.inner.expedite(tag)
+            }
+            fn notify_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.inner.notify_fd()
             }
             fn trim(&mut self, slot: u64) -> Result<(), $crate::backend::BackendError> {
                 self.inner.trim(slot)

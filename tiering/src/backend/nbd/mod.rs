@@ -11,6 +11,7 @@ mod proto;
 #[cfg(test)]
 mod tests;
 
+use super::notify::EventFd;
 use super::sched::{delegate_tier_backend, Engine, EngineDone, Scheduled};
 use super::{BackendError, DeviceProfile, IoOp, OpenError, PageBuf, QueueLimits, PAGE_SIZE};
 use std::collections::HashMap;
@@ -101,7 +102,7 @@ impl NbdBackend {
     pub fn connect(config: &NbdConfig) -> Result<Self, OpenError> {
         let link = NbdLink::connect(config)?;
         Ok(Self {
-            inner: Scheduled::new(link, config.limits, config.profile.as_ref()),
+            inner: Scheduled::new(link, config.limits, config.profile.as_ref())?,
         })
     }
 
@@ -214,6 +215,8 @@ pub(crate) struct NbdLink {
     flags: u16,
     capacity: u64,
     stash: Vec<EngineDone>,
+    /// Signalled by the reader thread after each reply it passes on.
+    event: Arc<EventFd>,
     send_buf: Vec<u8>,
     next_control: u64,
 }
@@ -276,12 +279,14 @@ impl NbdLink {
             dead: None,
         }));
         let (tx, rx) = mpsc::channel();
+        let event = Arc::new(EventFd::new().map_err(OpenError::Resources)?);
         let reader = {
             let table = table.clone();
             let address = address.clone();
+            let event = event.clone();
             std::thread::Builder::new()
                 .name("nbd-reader".into())
-                .spawn(move || read_replies(reader_stream, &table, &tx, &address))
+                .spawn(move || read_replies(reader_stream, &table, &Wake { tx, event }, &address))
                 .map_err(OpenError::Thread)?
         };
         Ok(Self {
@@ -297,6 +302,7 @@ impl NbdLink {
             stash: Vec::new(),
             send_buf: Vec::with_capacity(proto::REQUEST_LEN + PAGE_SIZE),
             next_control: 0,
+            event,
         })
     }
 
@@ -396,7 +402,21 @@ impl NbdLink {
 }
 
 /// The reader thread: match replies to requests until the stream ends.
-fn read_replies(mut stream: Stream, table: &Mutex<Table>, tx: &Sender<Reply>, address: &str) {
+/// The reader's side of the reply channel: send, then wake the owner's poll.
+struct Wake {
+    tx: Sender<Reply>,
+    event: Arc<EventFd>,
+}
+
+impl Wake {
+    fn send(&self, reply: Reply) -> Result<(), mpsc::SendError<Reply>> {
+        let sent = self.tx.send(reply);
+        self.event.signal();
+        sent
+    }
+}
+
+fn read_replies(mut stream: Stream, table: &Mutex<Table>, tx: &Wake, address: &str) {
     let reason = loop {
         let mut header = [0u8; proto::REPLY_LEN];
         if let Err(e) = stream.read_exact(&mut header) {
@@ -545,6 +565,14 @@ impl Engine for NbdLink {
                 Some(Pending::Page { buf, .. }) => (e, buf),
                 _ => unreachable!("a page request comes back as a page request"),
             })
+    }
+
+    fn event_fd(&self) -> Option<i32> {
+        Some(self.event.raw())
+    }
+
+    fn clear_event(&self) {
+        self.event.clear();
     }
 
     fn reap(&mut self, out: &mut Vec<EngineDone>, block_until: Option<Instant>) {

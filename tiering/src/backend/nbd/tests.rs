@@ -1,7 +1,7 @@
 //! NBD backend against a real qemu-nbd, plus a scripted peer for the error
 //! paths qemu-nbd cannot be made to produce (a reply cut off mid-page).
 
-use super::super::tests::{collect_all, pattern, round_trip, TempDir};
+use super::super::tests::{collect_all, drive_by_notify_fd, pattern, round_trip, TempDir};
 use super::super::*;
 use super::proto;
 use std::io::{Read, Write};
@@ -96,6 +96,7 @@ fn nbd_round_trip_over_unix_socket() {
     assert_eq!(backend.capacity_pages(), 512);
     assert_eq!(backend.export_size(), 512 * PAGE_SIZE as u64);
     round_trip(&mut backend, 256);
+    drive_by_notify_fd(&mut backend, 64);
 
     let page = write_page(&mut backend, 511, PageBuf::from_slice(b"tier five")).expect("write");
     let page = read_page(&mut backend, 511, page).expect("read");
