@@ -349,3 +349,53 @@ fn build_bus(
     .map_err(err)?;
     Ok(bus)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn read_cstr(ram: &GuestRam, addr: GuestAddress, max: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; max];
+        ram.memory.read_slice(&mut buf, addr).unwrap();
+        let end = buf.iter().position(|&b| b == 0).expect("NUL terminator");
+        buf.truncate(end);
+        buf
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated_at_its_address() {
+        let ram = memory::create_guest_memory(16 << 20).unwrap();
+        let text = "workload=zipf mem=64M iters=1000 seed=3";
+        assert_eq!(write_cmdline(&ram, text).unwrap(), text.len());
+        assert_eq!(read_cstr(&ram, layout::CMDLINE_START, 256), text.as_bytes());
+        // An empty command line is an empty string, not garbage.
+        write_cmdline(&ram, "").unwrap();
+        assert!(read_cstr(&ram, layout::CMDLINE_START, 256).is_empty());
+    }
+
+    #[test]
+    fn cmdline_at_the_limit_fits_and_one_more_byte_does_not() {
+        let ram = memory::create_guest_memory(16 << 20).unwrap();
+        let longest = "a".repeat(layout::CMDLINE_MAX_SIZE - 1);
+        write_cmdline(&ram, &longest).unwrap();
+        assert_eq!(read_cstr(&ram, layout::CMDLINE_START, layout::CMDLINE_MAX_SIZE).len(), longest.len());
+        let e = write_cmdline(&ram, &"a".repeat(layout::CMDLINE_MAX_SIZE)).unwrap_err();
+        assert!(e.is_bad_input());
+    }
+
+    #[test]
+    fn bus_has_every_contract_port() {
+        let stop = Arc::new(VmStop::new().unwrap());
+        let times = Arc::new(BootTimes::new(Instant::now()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let serial = Arc::new(Mutex::new(SerialConsole::new(irq, Box::new(std::io::sink()))));
+        let bus = build_bus(&serial, &stop, &times).unwrap();
+        assert!(bus.write(layout::BOOT_TIMER_PORT, &[1]));
+        assert!(times.first().is_some());
+        assert!(bus.write(layout::COM1_PORT, &[b'x']));
+        assert!(!stop.is_stopping());
+        assert!(bus.write(layout::DEBUG_EXIT_PORT, &7u32.to_le_bytes()));
+        assert_eq!(stop.reason().unwrap().exit_status(), 7);
+    }
+}

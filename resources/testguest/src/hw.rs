@@ -97,22 +97,36 @@ fn pit_count() -> u16 {
     u16::from_le_bytes([low, high])
 }
 
-/// Measures the TSC frequency in Hz against PIT channel 0 over about 20 ms; None if the
-/// PIT does not count. Each PIT read is bracketed by two TSC reads and the midpoint
-/// taken, so the cost of the port exits does not bias the result.
+/// Windows measured for the TSC calibration; the median is taken.
+const CALIBRATION_WINDOWS: usize = 7;
+
+/// Measures the TSC frequency in Hz against PIT channel 0; None if the PIT does not
+/// count. Each PIT read is bracketed by two TSC reads and their midpoint taken, so the
+/// cost of the port exits does not bias the result; the median of several 5 ms windows
+/// is kept, so one window spoilt by the vCPU being descheduled (or by the TSC jumping
+/// when the host moves the vCPU) does not spoil the result.
 pub fn calibrate_tsc() -> Option<u64> {
     // Channel 0, low then high byte, mode 2 (rate generator), reload 0 = 65536.
     outb(PIT_CMD, 0x34);
     outb(PIT_CH0, 0);
     outb(PIT_CH0, 0);
+    let mut rates = [0u64; CALIBRATION_WINDOWS];
+    for rate in rates.iter_mut() {
+        *rate = calibration_window(PIT_HZ / 200)?;
+    }
+    rates.sort_unstable();
+    Some(rates[CALIBRATION_WINDOWS / 2])
+}
+
+/// TSC cycles per second over one window of at least `target_ticks` PIT ticks.
+fn calibration_window(target_ticks: u64) -> Option<u64> {
     let sample = || {
         let before = rdtsc();
         let count = pit_count();
         let after = rdtsc();
-        (before + (after - before) / 2, count)
+        (before + after.wrapping_sub(before) / 2, count)
     };
     let (start_tsc, mut last) = sample();
-    let target_ticks = PIT_HZ / 50;
     let mut ticks = 0u64;
     let mut end_tsc = start_tsc;
     let mut idle_reads = 0u32;
@@ -129,7 +143,8 @@ pub fn calibrate_tsc() -> Option<u64> {
         last = count;
         end_tsc = tsc;
     }
-    Some(((end_tsc - start_tsc) as u128 * PIT_HZ as u128 / ticks as u128) as u64)
+    let cycles = end_tsc.wrapping_sub(start_tsc);
+    Some((u128::from(cycles) * u128::from(PIT_HZ) / u128::from(ticks)) as u64)
 }
 
 /// Busy-waits `micros` microseconds by the TSC.

@@ -129,6 +129,8 @@ fn layout(plan: &Plan, region: (u64, u64)) -> Layout {
 #[no_mangle]
 extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     boot::install_idt();
+    // First output as early as possible: boot-time benchmarks measure up to here.
+    hw::serial_line(b"testguest: start");
     let (info, map, entries) = read_start_info(start_info_paddr);
     let map = &map[..entries];
     let mut cmdline_buf = [0u8; CMDLINE_MAX];

@@ -216,6 +216,37 @@ mod tests {
         assert!(matches!(e, LoadError::Read { .. }));
     }
 
+    /// A bzImage header (setup area + small payload) as the boot protocol lays it out.
+    fn fake_bzimage(version: u16, xloadflags: u16) -> Vec<u8> {
+        const SETUP_SECTS: u8 = 4;
+        let mut image = vec![0u8; (SETUP_SECTS as usize + 1) * 512 + 0x1000];
+        image[0x1f1] = SETUP_SECTS;
+        image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        image[0x211] = 0x01; // loadflags: LOADED_HIGH
+        image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        image[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        image
+    }
+
+    #[test]
+    fn bzimage_enters_64bit_entry_with_its_setup_header() {
+        let f = temp_with(&fake_bzimage(0x020f, XLF_KERNEL_64));
+        let k = load_kernel(&mem(), f.as_path()).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Linux64);
+        assert_eq!(k.entry, GuestAddress(0x10_0200));
+        let hdr = k.setup_header.unwrap();
+        assert_eq!({ hdr.version }, 0x020f);
+    }
+
+    #[test]
+    fn old_bzimage_without_64bit_entry_is_refused() {
+        let f = temp_with(&fake_bzimage(0x020b, 0));
+        let e = load_kernel(&mem(), f.as_path()).unwrap_err();
+        assert!(matches!(e, LoadError::BzImageNo64Bit { .. }), "{e}");
+    }
+
     #[test]
     fn initrd_goes_to_top_of_low_ram_page_aligned() {
         let f = temp_with(&[7u8; 5000]);
