@@ -23,7 +23,7 @@ pub fn expected_word(addr: u64, version: u32, index: usize) -> u64 {
 /// The first word of a page that does not match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mismatch {
-    /// Index of the word (0..512).
+    /// Index of the word (0..512; 512 if the page changed while being verified).
     pub word: usize,
     /// What the page holds.
     pub found: u64,
@@ -54,27 +54,51 @@ pub unsafe fn fill_page(page: *mut u64, addr: u64, version: u32) {
 /// `page` must point to 4096 readable bytes, aligned to 8, that nothing writes during
 /// the call.
 pub unsafe fn verify_page(page: *const u64, addr: u64, version: u32) -> Result<u64, Mismatch> {
-    let mut expected = page_seed(addr, version);
-    let mut bad: Option<Mismatch> = None;
-    let mut hash = 0u64;
+    // One pass that only accumulates (no branch per word, two independent lanes), and a
+    // second pass to locate the first bad word only when something differed.
+    let seed = page_seed(addr, version);
+    let mut expected = seed;
+    let mut diff = 0u64;
+    let mut sum = 0u64;
+    let mut mixed = 0u64;
+    for index in (0..WORDS_PER_PAGE).step_by(2) {
+        // SAFETY: index + 1 < 512, in bounds of the page the caller vouches for;
+        // volatile so the reads really happen (never reuse what this program wrote).
+        let (first, second) = unsafe {
+            (
+                page.add(index).read_volatile(),
+                page.add(index + 1).read_volatile(),
+            )
+        };
+        let second_expected = expected.wrapping_add(WORD_STEP);
+        diff |= (first ^ expected) | (second ^ second_expected);
+        sum = sum.wrapping_add(first);
+        mixed ^= second.rotate_left(index as u32 / 2 % 64);
+        expected = second_expected.wrapping_add(WORD_STEP);
+    }
+    if diff == 0 {
+        return Ok(mix64(sum ^ mix64(mixed)));
+    }
+    let mut expected = seed;
     for index in 0..WORDS_PER_PAGE {
-        // SAFETY: in bounds of the page the caller vouches for; volatile so the read
-        // really happens (a compiler may not reuse what this program wrote earlier).
+        // SAFETY: as above.
         let found = unsafe { page.add(index).read_volatile() };
-        if found != expected && bad.is_none() {
-            bad = Some(Mismatch {
+        if found != expected {
+            return Err(Mismatch {
                 word: index,
                 found,
                 expected,
             });
         }
-        hash = hash.rotate_left(5) ^ found;
         expected = expected.wrapping_add(WORD_STEP);
     }
-    match bad {
-        None => Ok(mix64(hash)),
-        Some(mismatch) => Err(mismatch),
-    }
+    // The page changed between the two passes (nothing else should write it): report
+    // the first pass's finding as a mismatch of unknown position.
+    Err(Mismatch {
+        word: WORDS_PER_PAGE,
+        found: diff,
+        expected: 0,
+    })
 }
 
 #[cfg(test)]

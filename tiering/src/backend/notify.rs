@@ -119,6 +119,18 @@ impl Notifier {
         };
     }
 
+    /// Sleep until the timer fires (or `cap` passes, as a safety net).
+    pub(crate) fn wait_timer(&self, cap: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.timer.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(cap.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one live pollfd for the duration of the call.
+        let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
     /// Reset the timer's readable state (it is re-armed after each poll).
     pub(crate) fn clear_timer(&self) {
         drain(self.timer.as_fd());

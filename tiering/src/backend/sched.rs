@@ -209,6 +209,9 @@ pub(crate) struct Scheduled<E: Engine> {
     scratch: Vec<EngineDone>,
     notifier: Notifier,
     armed_for: Option<Instant>,
+    /// Whether anyone asked for `notify_fd`; until then the eventfd is not
+    /// reset on every poll (saves a syscall per poll).
+    notify_used: std::cell::Cell<bool>,
 }
 
 impl<E: Engine> Scheduled<E> {
@@ -242,10 +245,16 @@ impl<E: Engine> Scheduled<E> {
             scratch: Vec::new(),
             notifier,
             armed_for: None,
+            notify_used: std::cell::Cell::new(false),
         })
     }
 
     pub(crate) fn notify_fd(&self) -> BorrowedFd<'_> {
+        if !self.notify_used.replace(true) {
+            // Someone may already have slept through a completion: make sure
+            // the first poll on the fd returns.
+            self.notifier.arm(Some(Duration::ZERO));
+        }
         self.notifier.fd()
     }
 
@@ -449,8 +458,12 @@ impl<E: Engine> Scheduled<E> {
     pub(crate) fn poll(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         let first = out.len();
         // Reset the wake-up sources before looking, so none is lost.
-        self.engine.clear_event();
-        self.notifier.clear_timer();
+        if self.notify_used.get() {
+            self.engine.clear_event();
+        }
+        if self.armed_for.is_some() || self.notify_used.get() {
+            self.notifier.clear_timer();
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         if !self.issued.is_empty() {
             self.engine.reap(&mut scratch, None);
@@ -482,8 +495,15 @@ impl<E: Engine> Scheduled<E> {
                 None => deadline,
             };
             if self.issued.is_empty() {
-                // Only emulated time is left: sleep on a timer, not a spin.
-                std::thread::sleep(until.saturating_duration_since(now));
+                // Only emulated time is left: sleep on the timerfd (exact,
+                // unlike nanosleep, which timer slack delays by ~50 us).
+                if self.armed_for != Some(until) {
+                    self.armed_for = Some(until);
+                    self.notifier
+                        .arm(Some(until.saturating_duration_since(now)));
+                }
+                self.notifier
+                    .wait_timer(until.saturating_duration_since(now) + Duration::from_millis(2));
             } else {
                 let mut scratch = std::mem::take(&mut self.scratch);
                 self.engine.reap(&mut scratch, Some(until));
