@@ -211,6 +211,16 @@ impl Machine {
         &self.ram
     }
 
+    /// The KVM VM (the tiering layer turns on dirty logging and reads the log).
+    pub fn vm_fd(&self) -> &kvm_ioctls::VmFd {
+        &self._vm
+    }
+
+    /// The stop switch (the tiering layer stops the VM when a page is lost).
+    pub fn stop_handle(&self) -> Arc<VmStop> {
+        self.stop.clone()
+    }
+
     /// Run until the VM stops; every thread has ended when this returns.
     pub fn run(mut self) -> Result<RunOutcome, MachineError> {
         let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -314,10 +324,18 @@ fn write_cmdline(ram: &GuestRam, text: &str) -> Result<usize, MachineError> {
     Ok(text.len())
 }
 
-/// ACPI tables (RSDP, XSDT, MADT, FADT, DSDT) describe the vCPUs to the guest.
-/// Returns the RSDP address, or None while tiervisor has no ACPI writer.
-fn write_acpi(_ram: &GuestRam, _vcpus: u8) -> Result<Option<GuestAddress>, MachineError> {
-    Ok(None)
+/// ACPI tables (RSDP, XSDT, MADT, FADT, DSDT) describe the vCPUs to the guest: the
+/// reference kernel has no MP-table parser, and the test guest starts its APs from
+/// the MADT. Returns the RSDP address for the start info / zero page.
+fn write_acpi(ram: &GuestRam, vcpus: u8) -> Result<Option<GuestAddress>, MachineError> {
+    crate::acpi::write_acpi_tables(
+        &ram.memory,
+        layout::RSDP_START,
+        layout::ACPI_TABLES_START,
+        vcpus,
+    )
+    .map_err(|e| MachineError::BootInfo(format!("ACPI tables: {e}")))?;
+    Ok(Some(layout::RSDP_START))
 }
 
 fn build_bus(
@@ -379,7 +397,10 @@ mod tests {
         let ram = memory::create_guest_memory(16 << 20).unwrap();
         let longest = "a".repeat(layout::CMDLINE_MAX_SIZE - 1);
         write_cmdline(&ram, &longest).unwrap();
-        assert_eq!(read_cstr(&ram, layout::CMDLINE_START, layout::CMDLINE_MAX_SIZE).len(), longest.len());
+        assert_eq!(
+            read_cstr(&ram, layout::CMDLINE_START, layout::CMDLINE_MAX_SIZE).len(),
+            longest.len()
+        );
         let e = write_cmdline(&ram, &"a".repeat(layout::CMDLINE_MAX_SIZE)).unwrap_err();
         assert!(e.is_bad_input());
     }
@@ -389,11 +410,14 @@ mod tests {
         let stop = Arc::new(VmStop::new().unwrap());
         let times = Arc::new(BootTimes::new(Instant::now()));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let serial = Arc::new(Mutex::new(SerialConsole::new(irq, Box::new(std::io::sink()))));
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            irq,
+            Box::new(std::io::sink()),
+        )));
         let bus = build_bus(&serial, &stop, &times).unwrap();
         assert!(bus.write(layout::BOOT_TIMER_PORT, &[1]));
         assert!(times.first().is_some());
-        assert!(bus.write(layout::COM1_PORT, &[b'x']));
+        assert!(bus.write(layout::COM1_PORT, b"x"));
         assert!(!stop.is_stopping());
         assert!(bus.write(layout::DEBUG_EXIT_PORT, &7u32.to_le_bytes()));
         assert_eq!(stop.reason().unwrap().exit_status(), 7);
