@@ -116,6 +116,25 @@ fn triple_fault_is_an_error_with_rip() {
 }
 
 #[test]
+fn guest_kvm_error_is_reported_with_rip() {
+    let kernel = write_tiny_guest("int3", &code_ring0_int3());
+    let out = tiervisor()
+        .args(["run", "--memory", "16M", "--kernel"])
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = error_lines(&out);
+    assert_eq!(err.len(), 1, "{}", describe(&out));
+    assert!(
+        err[0].contains("KVM internal error") || err[0].contains("triple fault"),
+        "{}",
+        describe(&out)
+    );
+    assert!(err[0].contains("rip=0x"), "{}", describe(&out));
+}
+
+#[test]
 fn sigterm_stops_a_spinning_guest_cleanly() {
     let kernel = write_tiny_guest("spin", &code_spin());
     let metrics = scratch("spin").join("m.json");

@@ -99,6 +99,13 @@ pub fn code_triple_fault() -> Vec<u8> {
     vec![0x0f, 0x0b]
 }
 
+/// 32-bit code that executes `int3` at ring 0: PVM cannot emulate it
+/// (KVM_EXIT_INTERNAL_ERROR); with hardware virtualization the empty IDT turns the
+/// #BP into a triple fault. Either way the VM fails.
+pub fn code_ring0_int3() -> Vec<u8> {
+    vec![0x90, 0xcc, 0xf4]
+}
+
 /// 32-bit code that spins forever after marking the boot timer.
 pub fn code_spin() -> Vec<u8> {
     vec![0x66, 0xba, 0xf0, 0x03, 0xee, 0xeb, 0xfe]
