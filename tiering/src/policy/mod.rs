@@ -40,8 +40,9 @@ pub struct PolicyConfig {
     pub window_accesses: u64,
     /// Prefetches asked of the advisor at the end of each window.
     pub prefetch_per_window: usize,
-    /// Prefetches asked of the advisor right after each demand fault (0: none), so
-    /// fault-driven prefetchers (stride, Leap) act while the pattern is fresh.
+    /// Prefetches asked of the advisor right after each demand fault and each first
+    /// use of a prefetched page (0: none), so fault-driven prefetchers (stride, Leap)
+    /// act while the pattern is fresh.
     pub max_prefetch_per_fault: usize,
     /// Probability -> tier mapping for pages that leave RAM.
     pub thresholds: TierThresholds,
@@ -259,6 +260,12 @@ impl PagingPolicy {
             self.advisor.on_access(access, true);
             if first_use {
                 self.stats.prefetch_useful += 1;
+                // A prefetch proved useful: the stream goes on, as the kernel's async
+                // readahead does when a PG_readahead page is hit.
+                if self.config.max_prefetch_per_fault > 0 {
+                    self.issue_prefetches(access.time_ns, self.config.max_prefetch_per_fault, out);
+                    self.make_room(Some(page), out);
+                }
                 AccessOutcome::PrefetchHit
             } else {
                 AccessOutcome::Hit
@@ -403,8 +410,10 @@ impl PagingPolicy {
     fn make_room(&mut self, protect: Option<PageNumber>, out: &mut Vec<Action>) {
         let budget = self.config.ram_budget_pages;
         let mut victims = std::mem::take(&mut self.scratch);
+        let mut retried = false;
         while self.resident.len() > budget {
-            let need = self.resident.len() - budget;
+            // After a round that named only the protected page, ask for one more.
+            let need = self.resident.len() - budget + usize::from(retried);
             victims.clear();
             self.advisor.victims(need, &mut victims);
             let before = self.resident.len();
@@ -415,6 +424,10 @@ impl PagingPolicy {
                 if Some(v) != protect && self.resident.contains_key(&v) {
                     self.evict(v, out);
                 }
+            }
+            if self.resident.len() == before && protect.is_some() && !retried {
+                retried = true;
+                continue;
             }
             if self.resident.len() == before {
                 // The advisor named nothing usable; keep the budget anyway.

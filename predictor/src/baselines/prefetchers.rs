@@ -1,0 +1,302 @@
+//! Fault-driven prefetchers over LRU eviction: `stride` (kernel-style readahead)
+//! and `leap` (Al Maruf & Chowdhury, ATC'20). Both evict exactly as `lru` does, so
+//! their difference from `lru` is what their prefetching buys.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashSet;
+use tiering::access::{Access, PageNumber};
+use tiering::advisor::Advisor;
+
+use super::{LruList, Recency};
+
+/// `page + k * stride`, or `None` outside the page number space.
+fn step(page: PageNumber, stride: i64, k: i64) -> Option<PageNumber> {
+    page.checked_add_signed(stride.checked_mul(k)?)
+}
+
+/// Queues up to `max` prefetch candidates that are not resident.
+fn drain_pending(
+    pending: &mut VecDeque<PageNumber>,
+    list: &LruList,
+    max: usize,
+    out: &mut Vec<PageNumber>,
+) {
+    let mut n = 0;
+    while n < max {
+        let Some(p) = pending.pop_front() else { break };
+        if !list.contains(p) {
+            out.push(p);
+            n += 1;
+        }
+    }
+}
+
+/// First readahead window in pages, and the largest (128 KiB: Linux's default
+/// `read_ahead_kb`).
+const STRIDE_INITIAL_WINDOW: i64 = 4;
+const STRIDE_MAX_WINDOW: i64 = 32;
+/// Larger fault distances are not treated as a stream.
+const STRIDE_MAX_DISTANCE: i64 = 1024;
+
+/// `stride`: sequential/stride readahead as the kernel does for files. Two faults
+/// with the same non-zero distance start a stream; each confirmation (a fault where
+/// the readahead ended, or an observed access to the first page of the last window,
+/// the kernel's `PG_readahead` marker) doubles the window up to 32 pages.
+#[derive(Debug, Default)]
+pub struct StrideAdvisor {
+    list: LruList,
+    recency: Recency,
+    last_fault: Option<PageNumber>,
+    stride: i64,
+    window: i64,
+    /// Next page along the stream after the queued window.
+    next_ahead: Option<PageNumber>,
+    marker: Option<PageNumber>,
+    pending: VecDeque<PageNumber>,
+}
+
+impl StrideAdvisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read_ahead_from(&mut self, from: PageNumber) {
+        self.marker = Some(from);
+        for k in 0..self.window {
+            if let Some(p) = step(from, self.stride, k) {
+                self.pending.push_back(p);
+            }
+        }
+        self.next_ahead = step(from, self.stride, self.window);
+        let cap = 2 * STRIDE_MAX_WINDOW as usize;
+        while self.pending.len() > cap {
+            self.pending.pop_front();
+        }
+    }
+
+    fn grow(&mut self) {
+        self.window = (self.window * 2).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
+    }
+
+    fn on_fault(&mut self, page: PageNumber) {
+        let delta = self
+            .last_fault
+            .map(|l| page.wrapping_sub(l) as i64)
+            .unwrap_or(0);
+        self.last_fault = Some(page);
+        // The stream goes on if the fault is where the readahead ended or on a page
+        // it had queued but not yet read.
+        let continues =
+            self.window > 0 && (Some(page) == self.next_ahead || self.pending.contains(&page));
+        if continues || (delta != 0 && delta == self.stride) {
+            if self.window == 0 {
+                self.window = STRIDE_INITIAL_WINDOW;
+            } else {
+                self.grow();
+            }
+            if let Some(next) = step(page, self.stride, 1) {
+                self.read_ahead_from(next);
+            }
+        } else {
+            self.stride = if delta.abs() <= STRIDE_MAX_DISTANCE {
+                delta
+            } else {
+                0
+            };
+            self.window = 0;
+            self.next_ahead = None;
+            self.marker = None;
+            self.pending.clear();
+        }
+    }
+}
+
+impl Advisor for StrideAdvisor {
+    fn name(&self) -> &str {
+        "stride"
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.recency.touch(access.page);
+        if !resident {
+            self.on_fault(access.page);
+            return;
+        }
+        self.list.touch(access.page);
+        if Some(access.page) == self.marker {
+            self.marker = None;
+            self.grow();
+            if let Some(next) = self.next_ahead {
+                self.read_ahead_from(next);
+            }
+        }
+    }
+    fn on_fill(&mut self, page: PageNumber, _prefetched: bool) {
+        self.list.touch(page);
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.list.remove(page);
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.list.least_recent(n, out);
+    }
+    fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        drain_pending(&mut self.pending, &self.list, max, out);
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        self.recency.probability(page)
+    }
+    fn end_window(&mut self, _now_ns: u64) {
+        self.recency.end_window();
+    }
+}
+
+/// Deltas Leap remembers (the paper's `H_size`).
+const LEAP_HISTORY: usize = 32;
+/// The trend search starts on the newest `LEAP_HISTORY / LEAP_SPLIT` deltas and
+/// doubles the window until a majority appears or the history is used up.
+const LEAP_SPLIT: usize = 8;
+/// Most pages per prefetch (the paper's `PW_max`).
+const LEAP_MAX_WINDOW: usize = 8;
+
+/// `leap`: the majority-trend prefetcher of Leap. On each fault (and each observed
+/// first use of a prefetched page, which in Leap is a swap-cache hit) the page delta
+/// joins a history of 32; the trend is the Boyer-Moore majority of the newest 4, 8,
+/// 16 or 32 deltas, the first window that has one. The prefetch window grows with
+/// the prefetch hits since the last fault (rounded up to a power of two, at most 8),
+/// shrinks by at most half per fault, and is 1 or 0 after a fault with no hits
+/// (1 if the last delta followed the trend). Without a trend Leap reads the
+/// neighbours of the faulting page.
+#[derive(Debug, Default)]
+pub struct LeapAdvisor {
+    list: LruList,
+    recency: Recency,
+    history: VecDeque<i64>,
+    last_page: Option<PageNumber>,
+    prefetched_unused: FxHashSet<PageNumber>,
+    hits: usize,
+    last_window: usize,
+    pending: VecDeque<PageNumber>,
+}
+
+impl LeapAdvisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Boyer-Moore majority of the newest deltas, widening the window as Leap does.
+    pub fn find_trend(&self) -> Option<i64> {
+        let len = self.history.len();
+        let mut w = (LEAP_HISTORY / LEAP_SPLIT).max(1);
+        loop {
+            let w_eff = w.min(len);
+            if w_eff == 0 {
+                return None;
+            }
+            let recent = self.history.range(len - w_eff..);
+            let (mut candidate, mut count) = (0i64, 0usize);
+            for &d in recent.clone() {
+                if count == 0 {
+                    candidate = d;
+                    count = 1;
+                } else if d == candidate {
+                    count += 1;
+                } else {
+                    count -= 1;
+                }
+            }
+            let votes = recent.filter(|&&d| d == candidate).count();
+            if count > 0 && votes * 2 > w_eff && candidate != 0 {
+                return Some(candidate);
+            }
+            if w >= len || w >= LEAP_HISTORY {
+                return None;
+            }
+            w *= 2;
+        }
+    }
+
+    fn window_size(&mut self, trend: Option<i64>) -> usize {
+        let mut pw = if self.hits == 0 {
+            let follows = trend.is_some() && self.history.back().copied() == trend;
+            usize::from(follows)
+        } else {
+            (self.hits + 1).next_power_of_two().min(LEAP_MAX_WINDOW)
+        };
+        if pw < self.last_window / 2 {
+            pw = self.last_window / 2;
+        }
+        self.hits = 0;
+        self.last_window = pw;
+        pw
+    }
+
+    fn record(&mut self, page: PageNumber) {
+        if let Some(last) = self.last_page {
+            if self.history.len() == LEAP_HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(page.wrapping_sub(last) as i64);
+        }
+        self.last_page = Some(page);
+    }
+
+    fn on_fault(&mut self, page: PageNumber) {
+        self.record(page);
+        let trend = self.find_trend();
+        let pw = self.window_size(trend);
+        self.pending.clear();
+        match trend {
+            Some(d) => self
+                .pending
+                .extend((1..=pw as i64).filter_map(|k| step(page, d, k))),
+            None => {
+                // No trend: the pages around the fault, nearest first.
+                for k in 1..=pw as i64 {
+                    let d = if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) };
+                    self.pending.extend(step(page, d, 1));
+                }
+            }
+        }
+    }
+}
+
+impl Advisor for LeapAdvisor {
+    fn name(&self) -> &str {
+        "leap"
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.recency.touch(access.page);
+        if !resident {
+            self.on_fault(access.page);
+            return;
+        }
+        self.list.touch(access.page);
+        if self.prefetched_unused.remove(&access.page) {
+            self.hits += 1;
+            self.record(access.page);
+        }
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.list.touch(page);
+        if prefetched {
+            self.prefetched_unused.insert(page);
+        }
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.list.remove(page);
+        self.prefetched_unused.remove(&page);
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.list.least_recent(n, out);
+    }
+    fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        drain_pending(&mut self.pending, &self.list, max, out);
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        self.recency.probability(page)
+    }
+    fn end_window(&mut self, _now_ns: u64) {
+        self.recency.end_window();
+    }
+}

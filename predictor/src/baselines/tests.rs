@@ -1,0 +1,192 @@
+use std::sync::Arc;
+
+use tiering::access::{Access, AccessOp, AccessSource, PageKind, PageNumber};
+use tiering::advisor::Advisor;
+use tiering::policy::{PagingPolicy, PolicyConfig};
+
+use super::*;
+
+fn access(page: PageNumber) -> Access {
+    Access {
+        time_ns: 0,
+        page,
+        vcpu: 0,
+        op: AccessOp::Read,
+        kind: PageKind::Data,
+        source: AccessSource::Full,
+    }
+}
+
+/// Demand faults of `advisor` on `pages` with `budget` pages of RAM, every access
+/// observed, prefetching on faults only if `prefetch`.
+fn faults(advisor: Box<dyn Advisor>, pages: &[PageNumber], budget: usize, prefetch: usize) -> u64 {
+    let cfg = PolicyConfig {
+        ram_budget_pages: budget,
+        window_ns: 0,
+        window_accesses: 0,
+        prefetch_per_window: 0,
+        max_prefetch_per_fault: prefetch,
+        ..PolicyConfig::default()
+    };
+    let mut policy = PagingPolicy::new(cfg, advisor).unwrap();
+    let mut out = Vec::new();
+    for &p in pages {
+        policy.on_access(&access(p), &mut out);
+        assert!(policy.resident_pages() <= budget);
+    }
+    assert_eq!(
+        policy.stats().fallback_victims,
+        0,
+        "advisor always named a victim"
+    );
+    policy.stats().demand_faults
+}
+
+fn oracle(pages: &[PageNumber], budget: usize) -> Box<dyn Advisor> {
+    let future = Arc::new(OracleFuture::new(pages.to_vec()).unwrap());
+    Box::new(OracleAdvisor::new(future, budget))
+}
+
+/// The textbook reference string (Silberschatz et al.): 3 frames.
+const TEXTBOOK: [PageNumber; 20] = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1];
+
+#[test]
+fn textbook_fault_counts_for_lru_and_belady() {
+    assert_eq!(faults(Box::new(LruAdvisor::new()), &TEXTBOOK, 3, 0), 12);
+    assert_eq!(faults(oracle(&TEXTBOOK, 3), &TEXTBOOK, 3, 0), 9);
+}
+
+#[test]
+fn lru_evicts_the_least_recent() {
+    let mut lru = LruAdvisor::new();
+    for p in [1, 2, 3] {
+        lru.on_access(&access(p), false);
+        lru.on_fill(p, false);
+    }
+    lru.on_access(&access(1), true);
+    let mut out = Vec::new();
+    lru.victims(2, &mut out);
+    assert_eq!(out, vec![2, 3]);
+    lru.on_evict(2);
+    out.clear();
+    lru.victims(5, &mut out);
+    assert_eq!(out, vec![3, 1]);
+}
+
+#[test]
+fn clock_gives_referenced_pages_a_second_chance() {
+    let mut clock = ClockAdvisor::new();
+    for p in [1, 2, 3] {
+        clock.on_fill(p, true);
+    }
+    clock.on_access(&access(1), true);
+    let mut out = Vec::new();
+    clock.victims(1, &mut out);
+    assert_eq!(out, vec![2]);
+    // Demand paging on a loop one page larger than RAM: every access faults.
+    let looped: Vec<PageNumber> = (0..40).map(|i| i % 4).collect();
+    assert_eq!(faults(Box::new(ClockAdvisor::new()), &looped, 3, 0), 40);
+}
+
+#[test]
+fn lfu_keeps_the_frequent_page() {
+    let pages = [1, 1, 1, 2, 3, 4, 1, 5, 1];
+    // 1 is never evicted: only its first access faults.
+    assert_eq!(faults(Box::new(LfuAdvisor::new()), &pages, 2, 0), 5);
+}
+
+#[test]
+fn leap_detects_a_stride_and_prefetches_along_it() {
+    let mut leap = LeapAdvisor::new();
+    for i in 0..6u64 {
+        leap.on_access(&access(100 + 3 * i), false);
+        leap.on_fill(100 + 3 * i, false);
+    }
+    assert_eq!(leap.find_trend(), Some(3));
+    let mut out = Vec::new();
+    leap.prefetch(0, 8, &mut out);
+    assert_eq!(out, vec![118]);
+    // With prefetch hits the window grows and the stream stops faulting.
+    let stream: Vec<PageNumber> = (0..400).map(|i| 1000 + 3 * i).collect();
+    let with = faults(Box::new(LeapAdvisor::new()), &stream, 64, 8);
+    let without = faults(Box::new(LruAdvisor::new()), &stream, 64, 0);
+    assert_eq!(without, 400);
+    assert!(with < 400 / 4, "leap faulted {with} times on a pure stride");
+}
+
+#[test]
+fn leap_finds_no_trend_in_noise() {
+    let mut leap = LeapAdvisor::new();
+    for p in [5, 90, 17, 400, 3, 250, 61] {
+        leap.on_access(&access(p), false);
+    }
+    assert_eq!(leap.find_trend(), None);
+}
+
+#[test]
+fn stride_reads_ahead_a_growing_window() {
+    let stream: Vec<PageNumber> = (0..512).collect();
+    let n = faults(Box::new(StrideAdvisor::new()), &stream, 128, 32);
+    assert!(n <= 20, "stride faulted {n} times on a sequential scan");
+    let backwards: Vec<PageNumber> = (0..256).rev().map(|i| 10_000 + 2 * i).collect();
+    let n = faults(Box::new(StrideAdvisor::new()), &backwards, 128, 32);
+    assert!(n <= 20, "stride faulted {n} times on a backward stride");
+}
+
+#[test]
+fn oracle_prefetch_removes_faults_on_a_scan() {
+    let scan: Vec<PageNumber> = (0..300).chain(0..300).collect();
+    let n = faults(oracle(&scan, 100), &scan, 100, 8);
+    assert!(n < 60, "oracle faulted {n} times");
+}
+
+/// xorshift64*: deterministic pseudo-random traces without a dependency.
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed.max(1);
+    move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn oracle_never_faults_more_than_lru_or_none_on_random_traces() {
+    for seed in 1..=40u64 {
+        let mut next = rng(seed);
+        let distinct = 8 + next() % 120;
+        let len = 200 + (next() % 1500) as usize;
+        // Mix of hot pages, a scan and noise, so traces have structure.
+        let pages: Vec<PageNumber> = (0..len)
+            .map(|i| match next() % 4 {
+                0 => next() % 8,
+                1 => (i as u64) % distinct,
+                _ => next() % distinct,
+            })
+            .collect();
+        let budget = 2 + (next() % distinct) as usize / 2;
+        let min = faults(oracle(&pages, budget), &pages, budget, 0);
+        let min_prefetch = faults(oracle(&pages, budget), &pages, budget, 8);
+        let lru = faults(Box::new(LruAdvisor::new()), &pages, budget, 0);
+        let none = faults(Box::new(ClockAdvisor::new()), &pages, budget, 0);
+        let lfu = faults(Box::new(LfuAdvisor::new()), &pages, budget, 0);
+        for (name, other) in [("lru", lru), ("none", none), ("lfu", lfu)] {
+            assert!(min <= other, "seed {seed}: MIN {min} > {name} {other}");
+            assert!(
+                min_prefetch <= other,
+                "seed {seed}: oracle {min_prefetch} > {name} {other}"
+            );
+        }
+    }
+}
+
+#[test]
+fn recency_probability_decays_by_window() {
+    let mut r = Recency::default();
+    r.touch(1);
+    assert_eq!(r.probability(1), 1.0);
+    r.end_window();
+    assert_eq!(r.probability(1), 0.5);
+    assert_eq!(r.probability(2), 0.0);
+}

@@ -1,0 +1,124 @@
+//! The latency model of the replay simulator: what a hit, a fault and a prefetch cost.
+
+use tiering::policy::{TierId, TIER_COUNT};
+
+/// One storage tier as the simulator sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierTiming {
+    /// Time from issuing a 4 KiB read until its data arrives.
+    pub read_ns: u64,
+    /// Transfer rate; requests to one tier queue behind each other at this rate.
+    pub bytes_per_sec: u64,
+}
+
+/// Costs the simulator charges. Defaults: HOST-NOTES.md measurements for the
+/// mechanism, published device figures for the tiers (see docs/replay.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyModel {
+    /// Tiers 0-5; entries 0 and 1 (RAM) are unused.
+    pub tiers: [TierTiming; TIER_COUNT],
+    /// An access to a resident page.
+    pub hit_ns: u64,
+    /// userfaultfd MISSING fault handling on top of the read: 34.8 us measured
+    /// (PVM vCPU sleep/wake plus UFFDIO_COPY).
+    pub fault_overhead_ns: u64,
+    /// The first touch of a sampled (zapped) resident page: MINOR fault + CONTINUE,
+    /// 33 us measured.
+    pub sample_fault_ns: u64,
+}
+
+impl Default for LatencyModel {
+    fn default() -> Self {
+        const MB: u64 = 1 << 20;
+        let ram = TierTiming {
+            read_ns: 0,
+            bytes_per_sec: 0,
+        };
+        Self {
+            tiers: [
+                ram,
+                ram,
+                // NVMe: 50-80 us per random 4 KiB read.
+                TierTiming {
+                    read_ns: 60_000,
+                    bytes_per_sec: 2000 * MB,
+                },
+                // SATA SSD: ~140 us.
+                TierTiming {
+                    read_ns: 140_000,
+                    bytes_per_sec: 500 * MB,
+                },
+                // HDD: 5-12 ms per random read.
+                TierTiming {
+                    read_ns: 8_000_000,
+                    bytes_per_sec: 150 * MB,
+                },
+                // Networked block store (NBD): assumed 1 ms per request over a busy
+                // network; replace with a measurement through --tiers.
+                TierTiming {
+                    read_ns: 1_000_000,
+                    bytes_per_sec: 100 * MB,
+                },
+            ],
+            hit_ns: 100,
+            fault_overhead_ns: 35_000,
+            sample_fault_ns: 33_000,
+        }
+    }
+}
+
+impl LatencyModel {
+    /// Time to move one page over tier `t`'s link.
+    pub fn transfer_ns(&self, t: TierId, page_size: u64) -> u64 {
+        // Zero bandwidth means "not modelled" (RAM): no transfer time.
+        page_size
+            .saturating_mul(1_000_000_000)
+            .checked_div(self.tiers[t as usize].bytes_per_sec)
+            .unwrap_or(0)
+    }
+}
+
+/// Per-tier device queues: prefetches and write-backs share a tier's bandwidth;
+/// demand reads go first (io_uring priorities), so they pay only latency + transfer.
+#[derive(Debug, Default)]
+pub struct DeviceQueues {
+    free_at: [u64; TIER_COUNT],
+}
+
+impl DeviceQueues {
+    /// When a demand read from `from` issued at `now` completes.
+    pub fn demand_read(&self, m: &LatencyModel, from: Option<TierId>, now: u64, page: u64) -> u64 {
+        match from {
+            None => now,
+            Some(t) => now + m.tiers[t as usize].read_ns + m.transfer_ns(t, page),
+        }
+    }
+
+    /// When a background read from `from` issued at `now` completes.
+    pub fn background_read(
+        &mut self,
+        m: &LatencyModel,
+        from: Option<TierId>,
+        now: u64,
+        page: u64,
+    ) -> u64 {
+        match from {
+            None => now,
+            Some(t) => {
+                let done = self.occupy(m, t, now, page);
+                done + m.tiers[t as usize].read_ns
+            }
+        }
+    }
+
+    /// A background write to `to` issued at `now` (it stalls nobody, it takes bandwidth).
+    pub fn background_write(&mut self, m: &LatencyModel, to: TierId, now: u64, page: u64) {
+        self.occupy(m, to, now, page);
+    }
+
+    fn occupy(&mut self, m: &LatencyModel, t: TierId, now: u64, page: u64) -> u64 {
+        let slot = &mut self.free_at[t as usize];
+        *slot = (*slot).max(now) + m.transfer_ns(t, page);
+        *slot
+    }
+}

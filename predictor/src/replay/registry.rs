@@ -1,0 +1,78 @@
+//! Advisor construction by name, for `tiervisor replay` and anything else that lets
+//! a user pick an advisor.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tiering::advisor::Advisor;
+
+use crate::baselines::{
+    ClockAdvisor, LeapAdvisor, LfuAdvisor, LruAdvisor, OracleAdvisor, OracleFuture, StrideAdvisor,
+};
+
+/// Names `make_advisor` knows, in the order reports list them.
+pub const ADVISOR_NAMES: &[&str] = &["gru", "leap", "stride", "lru", "lfu", "none", "oracle"];
+
+/// What an advisor may know before the replay starts.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayContext {
+    pub ram_budget_pages: usize,
+    /// Distinct pages of the trace.
+    pub distinct_pages: u64,
+    /// The whole trace, for `oracle` only (see [`needs_future`]).
+    pub future: Option<Arc<OracleFuture>>,
+    /// A model file for learned advisors (`gru`); `None`: their shipped default.
+    pub model: Option<PathBuf>,
+}
+
+/// Why an advisor could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnknownAdvisor {
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, oracle)")]
+    Unknown(String),
+    #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
+    NotBuilt(String),
+    #[error("advisor \"oracle\" needs the whole trace before the replay (ReplayContext::future)")]
+    NoFuture,
+    #[error("advisor \"{name}\" could not start: {reason}")]
+    Failed { name: String, reason: String },
+}
+
+/// Whether `name` must be built from the whole trace before replaying it.
+pub fn needs_future(name: &str) -> bool {
+    name == "oracle"
+}
+
+/// Whether `name` is shown every access whatever the visibility setting (the
+/// oracle's next-use table is indexed by trace position).
+pub fn sees_everything(name: &str) -> bool {
+    name == "oracle"
+}
+
+/// Builds the advisor called `name`.
+pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
+    Ok(match name {
+        "none" => Box::new(ClockAdvisor::new()),
+        "lru" => Box::new(LruAdvisor::new()),
+        "lfu" => Box::new(LfuAdvisor::new()),
+        "stride" => Box::new(StrideAdvisor::new()),
+        "leap" => Box::new(LeapAdvisor::new()),
+        "oracle" => {
+            let future = ctx.future.clone().ok_or(UnknownAdvisor::NoFuture)?;
+            Box::new(OracleAdvisor::new(future, ctx.ram_budget_pages))
+        }
+        "gru" => return make_gru(ctx),
+        other => return Err(UnknownAdvisor::Unknown(other.to_string())),
+    })
+}
+
+#[cfg(not(feature = "gru"))]
+fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
+    Err(UnknownAdvisor::NotBuilt("gru".into()))
+}
+
+#[cfg(feature = "gru")]
+fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
+    // The `gru` helper wires its advisor in here (crate::gru).
+    Err(UnknownAdvisor::NotBuilt("gru".into()))
+}

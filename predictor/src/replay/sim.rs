@@ -1,0 +1,383 @@
+//! One replay of a trace with one advisor.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+use tiering::access::{Access, AccessSource, PageNumber};
+use tiering::advisor::Advisor;
+use tiering::policy::{AccessOutcome, Action, PagingPolicy, PolicyConfig};
+use tiering::trace::Clock;
+
+use super::registry::{sees_everything, ReplayContext};
+use super::{open_trace, AdvisorReport, LatencyModel, ReplayError};
+use crate::replay::latency::DeviceQueues;
+
+/// Where the accesses come from: a trace file (streamed once per advisor) or memory.
+#[derive(Debug, Clone)]
+pub enum TraceInput {
+    File(PathBuf),
+    Memory {
+        accesses: Arc<[Access]>,
+        clock: Clock,
+    },
+}
+
+impl TraceInput {
+    pub(crate) fn clock_and_page_size(&self) -> Result<(Clock, u64), ReplayError> {
+        match self {
+            TraceInput::File(path) => {
+                let r = open_trace(path)?;
+                Ok((r.header().clock, u64::from(r.header().page_size)))
+            }
+            TraceInput::Memory { clock, .. } => Ok((*clock, tiering::access::PAGE_SIZE)),
+        }
+    }
+
+    /// Calls `f` on every access in order; stops at the first damaged block.
+    pub fn for_each(&self, mut f: impl FnMut(&Access)) -> Result<(), ReplayError> {
+        match self {
+            TraceInput::File(path) => {
+                for a in open_trace(path)? {
+                    let a = a.map_err(|source| ReplayError::Trace {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    f(&a);
+                }
+            }
+            TraceInput::Memory { accesses, .. } => accesses.iter().for_each(f),
+        }
+        Ok(())
+    }
+}
+
+/// What the advisor is shown of the access stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every access, hits included: what a full trace offers, not a live VM.
+    Full,
+    /// What a live VM can see: every fault, plus, per window, about `pages` resident
+    /// pages zapped at random whose next touch is observed (and costs a minor fault).
+    Sampled { pages: u32 },
+}
+
+impl std::fmt::Display for Visibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Visibility::Full => write!(f, "full"),
+            Visibility::Sampled { pages } => write!(f, "sampled:{pages}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Visibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "full" {
+            return Ok(Visibility::Full);
+        }
+        let n = s
+            .strip_prefix("sampled:")
+            .and_then(|n| n.parse::<u32>().ok());
+        match n {
+            Some(pages) if pages > 0 => Ok(Visibility::Sampled { pages }),
+            _ => Err(format!(
+                "visibility \"{s}\": use full or sampled:N (N pages per window, N >= 1)"
+            )),
+        }
+    }
+}
+
+/// Settings of a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// RAM budget as a fraction of the trace's distinct pages.
+    pub ram_fraction: f64,
+    /// Policy settings; `ram_budget_pages` is replaced by the fraction's budget.
+    pub policy: PolicyConfig,
+    pub latency: LatencyModel,
+    pub visibility: Visibility,
+    /// Nanoseconds per instruction for traces whose clock counts instructions.
+    pub ns_per_instruction: f64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            ram_fraction: 0.25,
+            policy: PolicyConfig::default(),
+            latency: LatencyModel::default(),
+            visibility: Visibility::Sampled { pages: 4 },
+            ns_per_instruction: 0.4,
+        }
+    }
+}
+
+/// Measures the wall time spent inside advisor calls.
+struct TimedAdvisor {
+    inner: Box<dyn Advisor>,
+    spent_ns: Arc<AtomicU64>,
+    /// Cost of one `Instant::now()` pair, subtracted from every measurement.
+    overhead_ns: u64,
+}
+
+impl TimedAdvisor {
+    fn timed<T>(&mut self, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
+        let t = Instant::now();
+        let r = f(self.inner.as_mut());
+        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
+        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        r
+    }
+}
+
+fn instant_overhead_ns() -> u64 {
+    let mut samples: Vec<u64> = (0..1001)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(&t);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+impl Advisor for TimedAdvisor {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.timed(|a| a.on_access(access, resident))
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.timed(|a| a.on_fill(page, prefetched))
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.timed(|a| a.on_evict(page))
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.victims(n, out))
+    }
+    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.prefetch(now_ns, max, out))
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        let t = Instant::now();
+        let p = self.inner.probability(page);
+        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
+        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        p
+    }
+    fn end_window(&mut self, now_ns: u64) {
+        self.timed(|a| a.end_window(now_ns))
+    }
+}
+
+/// Decides which resident pages are zapped in a window, without a list of them:
+/// a page is zapped in window `w` iff a hash of (page, w) falls under a threshold
+/// chosen so that about `pages` of the resident set are.
+fn zapped(page: PageNumber, window: u64, threshold: u64) -> bool {
+    let h = (page ^ window.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (h ^ (h >> 29)) < threshold
+}
+
+/// Mutable state of one replay.
+struct Sim<'a> {
+    cfg: &'a ReplayConfig,
+    policy: PagingPolicy,
+    queues: DeviceQueues,
+    page_size: u64,
+    /// Prefetched pages whose read has not been waited for: when their data is ready.
+    in_flight: FxHashMap<PageNumber, u64>,
+    dirty: rustc_hash::FxHashSet<PageNumber>,
+    /// Window in which each sampled page was last observed.
+    sampled_in: FxHashMap<PageNumber, u64>,
+    actions: Vec<Action>,
+    stall_ns: u64,
+    sample_stall_ns: u64,
+    samples: u64,
+    late_prefetches: u64,
+    full: bool,
+}
+
+impl Sim<'_> {
+    fn apply_actions(&mut self, now: u64) {
+        let m = &self.cfg.latency;
+        for action in self.actions.drain(..) {
+            match action {
+                // Demand fills are charged by the access that waits on them.
+                Action::Fill { .. } => {}
+                Action::Prefetch { page, from } => {
+                    let ready = self.queues.background_read(m, from, now, self.page_size);
+                    self.in_flight.insert(page, ready);
+                }
+                Action::Evict { page, to } => {
+                    self.in_flight.remove(&page);
+                    if self.dirty.remove(&page) {
+                        self.queues.background_write(m, to, now, self.page_size);
+                    }
+                }
+                Action::Move { to, .. } => self.queues.background_write(m, to, now, self.page_size),
+            }
+        }
+    }
+
+    fn step(&mut self, a: &Access, now: u64, window: u64, zap_threshold: u64) {
+        let m = &self.cfg.latency;
+        let stall_at_start = self.stall_ns;
+        let resident = self.policy.is_resident(a.page);
+        let observed = !resident
+            || self.full
+            || (zapped(a.page, window, zap_threshold)
+                && self.sampled_in.insert(a.page, window) != Some(window));
+        let outcome = if observed {
+            let source = if !resident {
+                AccessSource::MissingFault
+            } else if self.full {
+                AccessSource::Full
+            } else {
+                self.samples += 1;
+                self.sample_stall_ns += m.sample_fault_ns;
+                self.stall_ns += m.sample_fault_ns;
+                AccessSource::SampledMinor
+            };
+            let seen = Access {
+                time_ns: now,
+                source,
+                ..*a
+            };
+            self.policy.on_access(&seen, &mut self.actions)
+        } else {
+            self.policy
+                .note_unobserved_hit(a.page)
+                .unwrap_or(AccessOutcome::Hit)
+        };
+        match outcome {
+            AccessOutcome::Hit | AccessOutcome::PrefetchHit => {
+                self.stall_ns += m.hit_ns;
+                if let Some(ready) = self.in_flight.remove(&a.page) {
+                    if ready > now {
+                        self.stall_ns += ready - now;
+                        self.late_prefetches += 1;
+                    }
+                }
+            }
+            AccessOutcome::DemandFault { from } => {
+                let done = self.queues.demand_read(m, from, now, self.page_size);
+                self.stall_ns += m.fault_overhead_ns + (done - now);
+            }
+        }
+        if a.op == tiering::access::AccessOp::Write {
+            self.dirty.insert(a.page);
+        }
+        // Prefetches and write-backs are issued once the access is served.
+        self.apply_actions(now + (self.stall_ns - stall_at_start));
+    }
+}
+
+/// Replays `input` with `advisor` and reports what it cost.
+pub fn replay_advisor(
+    input: &super::TraceInput,
+    advisor: Box<dyn Advisor>,
+    name: &str,
+    cfg: &ReplayConfig,
+    ctx: &ReplayContext,
+    clock: Clock,
+    page_size: u64,
+) -> Result<AdvisorReport, ReplayError> {
+    let spent = Arc::new(AtomicU64::new(0));
+    let timed = TimedAdvisor {
+        inner: advisor,
+        spent_ns: spent.clone(),
+        overhead_ns: instant_overhead_ns(),
+    };
+    let policy_cfg = PolicyConfig {
+        ram_budget_pages: ctx.ram_budget_pages,
+        ..cfg.policy.clone()
+    };
+    let full = cfg.visibility == Visibility::Full || sees_everything(name);
+    let mut sim = Sim {
+        cfg,
+        policy: PagingPolicy::new(policy_cfg, Box::new(timed))?,
+        queues: DeviceQueues::default(),
+        page_size,
+        in_flight: FxHashMap::default(),
+        dirty: Default::default(),
+        sampled_in: FxHashMap::default(),
+        actions: Vec::new(),
+        stall_ns: 0,
+        sample_stall_ns: 0,
+        samples: 0,
+        late_prefetches: 0,
+        full,
+    };
+    let scale = match clock {
+        Clock::Nanoseconds => 1.0,
+        Clock::Instructions => cfg.ns_per_instruction,
+    };
+    let window_ns = cfg.policy.window_ns.max(1);
+    let zap_pages = match cfg.visibility {
+        Visibility::Sampled { pages } => u64::from(pages),
+        Visibility::Full => 0,
+    };
+    let mut t0 = None;
+    let mut accesses = 0u64;
+    let mut zap_threshold = 0u64;
+    let mut window = u64::MAX;
+    let wall = Instant::now();
+    input.for_each(|a| {
+        accesses += 1;
+        let start = *t0.get_or_insert(a.time_ns);
+        let now = ((a.time_ns.saturating_sub(start)) as f64 * scale) as u64 + sim.stall_ns;
+        let w = now / window_ns;
+        if w != window {
+            window = w;
+            // About `zap_pages` of the resident set are zapped per window.
+            let resident = sim.policy.resident_pages().max(1) as u64;
+            zap_threshold = if zap_pages >= resident {
+                u64::MAX
+            } else {
+                (u64::MAX / resident).saturating_mul(zap_pages)
+            };
+            // Windows end even when the advisor sees nothing (the live VMM's timer).
+            sim.policy.tick(now, &mut sim.actions);
+            sim.apply_actions(now);
+        }
+        sim.step(a, now, w, zap_threshold);
+    })?;
+    let s = sim.policy.stats().clone();
+    Ok(AdvisorReport {
+        advisor: name.to_string(),
+        visibility: if full {
+            "full".into()
+        } else {
+            cfg.visibility.to_string()
+        },
+        accesses,
+        distinct_pages: ctx.distinct_pages,
+        ram_budget_pages: ctx.ram_budget_pages as u64,
+        demand_faults: s.demand_faults,
+        cold_faults: s.cold_faults,
+        prefetch_issued: s.prefetch_issued,
+        prefetch_useful: s.prefetch_useful,
+        prefetch_late: sim.late_prefetches,
+        accuracy: if s.prefetch_issued == 0 {
+            0.0
+        } else {
+            s.prefetch_useful as f64 / s.prefetch_issued as f64
+        },
+        coverage: None,
+        stall_ns: sim.stall_ns,
+        sample_stall_ns: sim.sample_stall_ns,
+        samples: sim.samples,
+        advisor_cpu_ns: spent.load(Ordering::Relaxed),
+        evictions: s.evictions,
+        moves: s.moves,
+        windows: s.windows,
+        replay_wall_ms: wall.elapsed().as_millis() as u64,
+    })
+}
