@@ -271,8 +271,8 @@ impl Engine for UringFile {
         Ok(())
     }
 
-    fn event_fd(&self) -> Option<i32> {
-        Some(self.event.raw())
+    fn event_fds(&self) -> Vec<i32> {
+        vec![self.event.raw()]
     }
 
     fn clear_event(&self) {

@@ -56,7 +56,7 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Watch `event_fd` (if the engine has one) and an internal timer.
-    pub(crate) fn new(event_fd: Option<i32>) -> io::Result<Self> {
+    pub(crate) fn new(event_fds: &[i32]) -> io::Result<Self> {
         // SAFETY: plain syscalls; each returned fd is checked and then owned.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
@@ -76,7 +76,7 @@ impl Notifier {
         }
         // SAFETY: fresh descriptor nobody else owns.
         let timer = unsafe { OwnedFd::from_raw_fd(timer) };
-        for fd in event_fd.into_iter().chain([timer.as_raw_fd()]) {
+        for &fd in event_fds.iter().chain([&timer.as_raw_fd()]) {
             let mut ev = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
                 u64: fd as u64,

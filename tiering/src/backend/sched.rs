@@ -79,9 +79,9 @@ pub(crate) trait Engine: Send {
     ) -> Result<(), (BackendError, PageBuf)>;
     /// Push started requests to the device (batched submission).
     fn kick(&mut self) {}
-    /// An eventfd signalled whenever `reap` may have something.
-    fn event_fd(&self) -> Option<i32> {
-        None
+    /// Fds that poll readable whenever `reap` may have something.
+    fn event_fds(&self) -> Vec<i32> {
+        Vec::new()
     }
     /// Reset the eventfd before reaping (so no wake-up is lost).
     fn clear_event(&self) {}
@@ -220,7 +220,7 @@ impl<E: Engine> Scheduled<E> {
         limits: QueueLimits,
         profile: Option<&DeviceProfile>,
     ) -> Result<Self, OpenError> {
-        let notifier = Notifier::new(engine.event_fd()).map_err(OpenError::Resources)?;
+        let notifier = Notifier::new(&engine.event_fds()).map_err(OpenError::Resources)?;
         let now = Instant::now();
         let model = profile.map(|p| DeviceModel::new(p, now));
         let mut limits = limits;

@@ -278,3 +278,16 @@ fn nbd_short_read_is_a_clear_error() {
     assert!(err.to_string().contains("short read"), "{err}");
     peer.join().expect("peer");
 }
+
+#[test]
+fn nbd_deep_queue_fills_the_socket_without_deadlock() {
+    // 512 writes of 4 KiB in flight are more than a unix socket buffers: sending
+    // must keep reading replies, or client and server would both block.
+    let server = QemuNbd::start("nbd-deep", 1024, false);
+    let mut config = server.config();
+    config.limits = QueueLimits { demand: 512, prefetch: 512, writeback: 512 };
+    let mut backend = NbdBackend::connect(&config).expect("connect");
+    let started = Instant::now();
+    round_trip(&mut backend, 1024);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
