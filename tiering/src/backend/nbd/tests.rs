@@ -285,7 +285,11 @@ fn nbd_deep_queue_fills_the_socket_without_deadlock() {
     // must keep reading replies, or client and server would both block.
     let server = QemuNbd::start("nbd-deep", 1024, false);
     let mut config = server.config();
-    config.limits = QueueLimits { demand: 512, prefetch: 512, writeback: 512 };
+    config.limits = QueueLimits {
+        demand: 512,
+        prefetch: 512,
+        writeback: 512,
+    };
     let mut backend = NbdBackend::connect(&config).expect("connect");
     let started = Instant::now();
     round_trip(&mut backend, 1024);
