@@ -159,19 +159,48 @@ fn bad_path_is_a_clear_error() {
     ));
 }
 
+/// A ramfs mount (no O_DIRECT support at all); unmounted on drop.
+struct RamfsMount(TempDir);
+
+impl RamfsMount {
+    fn new() -> Option<Self> {
+        let dir = TempDir::new("ramfs");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "ramfs", "tiervisor-test"])
+            .arg(&dir.0)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+}
+
+impl Drop for RamfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0 .0)
+            .status();
+    }
+}
+
 #[test]
-fn tmpfs_without_o_direct_is_refused_clearly() {
-    // /dev/shm is tmpfs, which has no O_DIRECT.
-    let path = PathBuf::from(format!("/dev/shm/tiervisor-odirect-{}", std::process::id()));
-    let result = FileBackend::open(&FileConfig::new(&path, 4));
-    let _ = std::fs::remove_file(&path);
-    match result {
+fn file_system_without_o_direct_is_refused_clearly() {
+    // ramfs has no O_DIRECT (tmpfs gained it in Linux 6.6). Mounting needs root.
+    let Some(mount) = RamfsMount::new() else {
+        eprintln!("file_system_without_o_direct_is_refused_clearly: SKIPPED, cannot mount ramfs");
+        return;
+    };
+    let path = mount.0 .0.join("tier.img");
+    match FileBackend::open(&FileConfig::new(&path, 4)) {
         Err(e @ OpenError::DirectIoUnsupported { .. }) => {
-            assert!(e.to_string().contains("O_DIRECT"))
+            let msg = e.to_string();
+            assert!(
+                msg.contains("O_DIRECT") && msg.contains("tier.img"),
+                "{msg}"
+            );
         }
         Err(other) => panic!("expected DirectIoUnsupported, got {other}"),
-        // Newer kernels give tmpfs O_DIRECT support; then it simply works.
-        Ok(_) => {}
+        Ok(_) => panic!("ramfs accepted O_DIRECT"),
     }
 }
 
