@@ -97,6 +97,13 @@ impl UringFile {
             path: path.to_path_buf(),
             source,
         };
+        let bytes = capacity
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or_else(|| OpenError::Reserve {
+                path: path.to_path_buf(),
+                bytes: u64::MAX,
+                source: std::io::Error::from_raw_os_error(libc::EFBIG),
+            })?;
         let is_block = std::fs::metadata(path)
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
@@ -115,7 +122,6 @@ impl UringFile {
             }
             Err(e) => return Err(open_err(e)),
         };
-        let bytes = capacity * PAGE_SIZE as u64;
         if is_block {
             let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
             let available = size / PAGE_SIZE as u64;

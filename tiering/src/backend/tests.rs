@@ -153,6 +153,14 @@ fn bad_path_is_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent-dir/tier.img"), "{msg}");
     assert!(matches!(err, OpenError::Open { .. }), "{err:?}");
+    let huge = FileConfig::new(
+        std::env::temp_dir().join("tiervisor-huge.img"),
+        u64::MAX / 2,
+    );
+    assert!(matches!(
+        FileBackend::open(&huge),
+        Err(OpenError::Reserve { .. })
+    ));
     assert!(matches!(
         FileBackend::open(&FileConfig::new("/tmp/x", 0)),
         Err(OpenError::ZeroCapacity)
