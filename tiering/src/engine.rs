@@ -715,7 +715,12 @@ impl Engine {
                 Some(m.copy_slot)
             } else {
                 self.release_copy(index);
-                let found = (to..crate::config::TIER_COUNT)
+                // `to`, else the next slower tier with room, else a faster one: the
+                // policy counts capacity but does not know which tiers exist.
+                let order = (to..crate::config::TIER_COUNT).chain((2..to).rev());
+                let found = order
+                    .collect::<Vec<_>>()
+                    .into_iter()
                     .find_map(|t| self.alloc_slot(t).map(|s| (t, s)));
                 match found {
                     Some((t, s)) if t == to => Some(s),
@@ -730,7 +735,8 @@ impl Engine {
             match slot {
                 Some(s) => self.submit_evict_write(index, to, s, None),
                 None => {
-                    log::warn!("no free slot in tier {to} or below; page stays in RAM");
+                    log::debug!("no free slot in any storage tier; page stays in RAM");
+                    self.counters.evictions_refused += 1;
                     self.meta[index].state = State::Present;
                     self.policy.evict_failed(self.layout.page_of_index(index));
                 }

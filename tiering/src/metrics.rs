@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub write_backs_skipped_clean: u64,
     pub dirty_harvests: u64,
     pub evictions_cancelled: u64,
+    pub evictions_refused: u64,
     pub events_traced: u64,
 }
 
@@ -55,6 +56,7 @@ impl Counters {
             write_backs_skipped_clean: 0,
             dirty_harvests: 0,
             evictions_cancelled: 0,
+            evictions_refused: 0,
             events_traced: 0,
         }
     }
@@ -105,6 +107,8 @@ pub struct TieringReport {
     pub dirty_log: bool,
     pub dirty_harvests: u64,
     pub evictions_cancelled: u64,
+    /// Evictions the policy asked for that found no free slot in any tier.
+    pub evictions_refused: u64,
     pub moves: u64,
     pub trace_events: u64,
     /// Demand-fault latency over all tiers (event read to page installed).

@@ -188,6 +188,8 @@ impl TieredMemory {
         let policy_config = PolicyConfig {
             ram_budget_pages: options.ram_budget_pages as usize,
             window_ns: 10_000_000,
+            // Re-tiering moves cost a read and a write each: keep them a trickle.
+            retier_per_window: 32,
             tier_capacity_pages: capacity,
             ..PolicyConfig::default()
         };
@@ -351,6 +353,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         dirty_log: e.hooks.has_dirty_log(),
         dirty_harvests: c.dirty_harvests,
         evictions_cancelled: c.evictions_cancelled,
+        evictions_refused: c.evictions_refused,
         moves: stats.moves,
         trace_events: c.events_traced,
         fault_latency_p50_us: percentile_us(&all, 0.5),

@@ -112,12 +112,26 @@ fn open_nbd(
     tier: usize,
     address: &crate::config::NbdAddress,
     export: &str,
-    _pages: u64,
+    pages: u64,
 ) -> Result<Box<dyn TierBackend>, StoreError> {
-    Err(StoreError::Unsupported {
-        tier,
-        detail: format!("NBD export '{export}' at {address:?}: this build has no NBD client yet"),
-    })
+    let address = match address {
+        crate::config::NbdAddress::Unix(p) => backend::NbdAddress::Unix(p.clone()),
+        crate::config::NbdAddress::Tcp(hp) => {
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(hp.as_str())
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| StoreError::Unsupported {
+                    tier,
+                    detail: format!("cannot resolve NBD address tcp:{hp}"),
+                })?;
+            backend::NbdAddress::Tcp(resolved)
+        }
+    };
+    let mut config = backend::NbdConfig::new(address, export);
+    config.capacity_pages = Some(pages);
+    let b = backend::NbdBackend::connect(&config)
+        .map_err(|source| StoreError::Open { tier, source })?;
+    Ok(Box::new(b))
 }
 
 /// How long a demand read may take before it counts as failed (an HDD profile with a

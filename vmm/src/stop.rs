@@ -35,6 +35,8 @@ pub enum StopReason {
     Signal(i32),
     /// The event loop failed.
     EventLoop(String),
+    /// Tiered memory can no longer serve guest memory correctly.
+    TieredMemory(String),
 }
 
 impl StopReason {
@@ -80,6 +82,7 @@ impl StopReason {
             StopReason::VcpuError { vcpu, error } => Some(format!("KVM_RUN failed on vCPU {vcpu}: {error}")),
             StopReason::Signal(n) => Some(format!("stopped by signal {n}")),
             StopReason::EventLoop(e) => Some(format!("event loop failed: {e}")),
+            StopReason::TieredMemory(e) => Some(e.clone()),
         }
     }
 }

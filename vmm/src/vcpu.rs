@@ -65,6 +65,7 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
 }
 
 fn run_vcpu(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
+    crate::tiered::on_vcpu_thread_start(id);
     KVM_RUN.with(|run| run.set(vcpu.get_kvm_run() as *mut kvm_run));
     while !ctx.stop.is_stopping() {
         if let Some(reason) = run_once(id, &mut vcpu, ctx) {

@@ -44,6 +44,18 @@ pub struct RunArgs {
     /// Write run metrics (boot_ms, vmm_overhead_kib, exits, ...) as JSON here.
     #[arg(long, value_name = "FILE.json")]
     pub metrics_out: Option<PathBuf>,
+    /// Tier file (TOML, see docs/tiering.md): puts guest memory in tiers 0-5.
+    #[arg(long, value_name = "FILE.toml")]
+    pub tiers: Option<PathBuf>,
+    /// Most guest RAM resident at once (e.g. 16M); the rest lives in the tiers.
+    #[arg(long, value_name = "SIZE", requires = "tiers")]
+    pub ram_budget: Option<String>,
+    /// Record guest memory access events to this trace file.
+    #[arg(long, value_name = "FILE", requires = "tiers")]
+    pub trace_out: Option<PathBuf>,
+    /// Paging advisor: none (CLOCK demand paging), lru, lfu, stride, leap, gru.
+    #[arg(long, value_name = "NAME", default_value = "none")]
+    pub advisor: String,
 }
 
 /// Bad input or a host that cannot run the request: one line, exit status 2.
@@ -213,10 +225,20 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         Ok(c) => c,
         Err(e) => return super::usage_error(e),
     };
+    let tiered_request = match vmm::tiered::TieredRequest::from_args(
+        args.tiers.as_ref(),
+        args.ram_budget.as_deref(),
+        args.trace_out.as_ref(),
+        &args.advisor,
+    ) {
+        Ok(r) => r,
+        Err(e) => return super::usage_error(e),
+    };
     let kvm = match open_kvm(args.vcpus) {
         Ok(k) => k,
         Err(e) => return super::usage_error(e),
     };
+    let guest_pages = config.memory / tiering::access::PAGE_SIZE;
     let machine = match Machine::build(&kvm, config, process_start) {
         Ok(m) => m,
         Err(e) if e.is_bad_input() => return super::usage_error(e),
@@ -228,8 +250,38 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     if host::is_pvm_host() {
         eprintln!("tiervisor: {}", host::PVM_NOTE);
     }
+    let tiered = match tiered_request {
+        Some(req) => {
+            let budget_pages = req
+                .ram_budget_bytes
+                .map_or(guest_pages, |b| b / tiering::access::PAGE_SIZE);
+            let ctx = predictor::ReplayContext {
+                ram_budget_pages: budget_pages as usize,
+                distinct_pages: guest_pages,
+                future: None,
+                model: None,
+            };
+            let advisor = match predictor::make_advisor(&req.advisor, &ctx) {
+                Ok(a) => a,
+                Err(e) => return super::usage_error(format!("--advisor: {e}")),
+            };
+            match vmm::tiered::attach(&machine, req, advisor) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("tiervisor: {e}");
+                    return 1;
+                }
+            }
+        }
+        None => None,
+    };
     let outcome = match machine.run() {
-        Ok(o) => o,
+        Ok(mut o) => {
+            if let Some(t) = tiered {
+                o.metrics.tiers = Some(t.finish());
+            }
+            o
+        }
         Err(e) => {
             eprintln!("tiervisor: {e}");
             return 1;
@@ -263,6 +315,10 @@ mod tests {
             memory: memory.into(),
             vcpus: 1,
             metrics_out: None,
+            tiers: None,
+            ram_budget: None,
+            trace_out: None,
+            advisor: "none".into(),
         }
     }
 

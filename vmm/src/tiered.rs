@@ -1,0 +1,278 @@
+//! Tiered guest memory for `tiervisor run --tiers FILE --ram-budget SIZE`: hands the
+//! VM's memfd-backed RAM to [`tiering::runtime::TieredMemory`], lends it the KVM dirty
+//! log and a way to stop the VM, and pins vCPU threads next to the fault handler.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use tiering::access::{PageNumber, PAGE_SIZE};
+use tiering::config::{parse_size, TierConfig, TierConfigError};
+use tiering::layout::GuestRegion;
+use tiering::runtime::{TieredMemory, TieringError, TieringOptions, VcpuRegistry, VmHooks};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::machine::Machine;
+use crate::stop::{StopReason, VmStop};
+
+/// `KVM_GET_DIRTY_LOG` = _IOW(KVMIO, 0x42, struct kvm_dirty_log).
+const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_ae42;
+
+/// Bad `--tiers` / `--ram-budget` / `--advisor` input (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum TieredInputError {
+    #[error("{0}")]
+    TierFile(#[from] TierConfigError),
+    #[error("--ram-budget {0}: not a size (use e.g. 64M, 1G)")]
+    Budget(String),
+    #[error("--ram-budget needs --tiers FILE (where the pages beyond the budget go)")]
+    BudgetWithoutTiers,
+    #[error("--advisor: {0}")]
+    Advisor(String),
+}
+
+/// Failure to start tiering on a built VM (exit status 1, or 2 for a bad tier file).
+#[derive(Debug, thiserror::Error)]
+pub enum TieredStartError {
+    #[error("tiered memory: {0}")]
+    Start(#[from] TieringError),
+    #[error("tiered memory: KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// The parsed tiering arguments.
+pub struct TieredRequest {
+    pub tiers: TierConfig,
+    pub ram_budget_bytes: Option<u64>,
+    pub trace_out: Option<PathBuf>,
+    pub advisor: String,
+}
+
+impl TieredRequest {
+    /// Check the arguments; `None` when tiering is not asked for.
+    pub fn from_args(
+        tiers: Option<&PathBuf>,
+        ram_budget: Option<&str>,
+        trace_out: Option<&PathBuf>,
+        advisor: &str,
+    ) -> Result<Option<Self>, TieredInputError> {
+        let Some(path) = tiers else {
+            if ram_budget.is_some() {
+                return Err(TieredInputError::BudgetWithoutTiers);
+            }
+            return Ok(None);
+        };
+        let tiers = TierConfig::load(path)?;
+        let ram_budget_bytes = match ram_budget {
+            Some(s) => Some(
+                parse_size(s)
+                    .filter(|&b| b >= PAGE_SIZE)
+                    .ok_or_else(|| TieredInputError::Budget(s.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(Self {
+            tiers,
+            ram_budget_bytes,
+            trace_out: trace_out.cloned(),
+            advisor: advisor.to_string(),
+        }))
+    }
+}
+
+/// Which CPU each vCPU thread is pinned to, and where vCPU threads report their ids.
+struct VcpuPinning {
+    registry: VcpuRegistry,
+    cpus: usize,
+}
+
+static PINNING: OnceLock<VcpuPinning> = OnceLock::new();
+
+/// Called by each vCPU thread as it starts: pin it (vCPU i on CPU i mod n; the fault
+/// handler sits on vCPU 0's CPU) and tell the fault handler its thread id.
+pub fn on_vcpu_thread_start(vcpu: u8) {
+    if let Some(p) = PINNING.get() {
+        if let Err(e) = tiering::uffd::pin_current_thread(usize::from(vcpu) % p.cpus) {
+            log::warn!("cannot pin vCPU {vcpu}: {e}");
+        }
+        p.registry.register_current_thread(u16::from(vcpu));
+    }
+}
+
+struct KvmHooks {
+    vm_fd: File,
+    /// (slot, guest page of the slot's start, pages)
+    slots: Vec<(u32, PageNumber, u64)>,
+    stop: Arc<VmStop>,
+    bitmap: Vec<u64>,
+}
+
+#[repr(C)]
+struct KvmDirtyLog {
+    slot: u32,
+    padding: u32,
+    bitmap: *mut u64,
+}
+
+impl VmHooks for KvmHooks {
+    fn has_dirty_log(&self) -> bool {
+        true
+    }
+
+    fn harvest_dirty(&mut self, out: &mut Vec<PageNumber>) -> Result<(), String> {
+        for &(slot, first_page, pages) in &self.slots {
+            let words = pages.div_ceil(64) as usize;
+            self.bitmap.clear();
+            self.bitmap.resize(words, 0);
+            let mut log = KvmDirtyLog {
+                slot,
+                padding: 0,
+                bitmap: self.bitmap.as_mut_ptr(),
+            };
+            // SAFETY: KVM_GET_DIRTY_LOG writes one bit per page of the slot into a
+            // buffer of at least that many bits (words * 64 >= pages).
+            let r = unsafe { libc::ioctl(self.vm_fd.as_raw_fd(), KVM_GET_DIRTY_LOG, &mut log) };
+            if r != 0 {
+                return Err(format!(
+                    "KVM_GET_DIRTY_LOG slot {slot}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            for (w, &bits) in self.bitmap.iter().enumerate() {
+                let mut b = bits;
+                while b != 0 {
+                    let i = b.trailing_zeros() as u64;
+                    out.push(first_page + w as u64 * 64 + i);
+                    b &= b - 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fatal(&mut self, message: String) {
+        if !self.stop.is_stopping() {
+            self.stop.request(StopReason::TieredMemory(message));
+        }
+    }
+}
+
+/// Tiering attached to a VM; keeps the guest mappings alive until it has stopped.
+pub struct TieredVm {
+    memory: TieredMemory,
+    _mappings: GuestMemoryMmap,
+}
+
+impl TieredVm {
+    /// Stop the fault handler (after the vCPUs stopped) and return the metrics section.
+    pub fn finish(self) -> serde_json::Value {
+        let report = self.memory.stop();
+        serde_json::to_value(report).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Turn KVM dirty logging on for every RAM slot (slots are numbered as vm.rs does:
+/// one per region, in order).
+fn enable_dirty_log(vm: &kvm_ioctls::VmFd, mem: &GuestMemoryMmap) -> Result<(), TieredStartError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| TieredStartError::Kvm {
+                what: "KVM_SET_USER_MEMORY_REGION (no host address)",
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })?;
+        let desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+        };
+        // SAFETY: the same live mapping the slot already had; only the flags change.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(|e| TieredStartError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION (dirty logging)",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+    }
+    Ok(())
+}
+
+/// Start tiered memory on a built (not yet running) VM.
+pub fn attach(
+    machine: &Machine,
+    request: TieredRequest,
+    advisor: Box<dyn tiering::advisor::Advisor>,
+) -> Result<TieredVm, TieredStartError> {
+    let ram = machine.guest_ram();
+    let mut regions = Vec::new();
+    let mut slots = Vec::new();
+    let mut offset = 0u64;
+    for (slot, r) in ram.memory.iter().enumerate() {
+        let host = r
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| TieredStartError::Kvm {
+                what: "guest region host address",
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })? as usize;
+        regions.push(GuestRegion {
+            guest_addr: r.start_addr().0,
+            host_addr: host,
+            len: r.len(),
+            file_offset: r.file_offset().map_or(offset, |f| f.start()),
+        });
+        slots.push((
+            slot as u32,
+            r.start_addr().0 / PAGE_SIZE,
+            r.len() / PAGE_SIZE,
+        ));
+        offset += r.len();
+    }
+    let vm = machine.vm_fd();
+    enable_dirty_log(vm, &ram.memory)?;
+    // SAFETY: dup of the VM descriptor we hold; the new descriptor is owned by the File.
+    let dup = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(TieredStartError::Kvm {
+            what: "dup of the VM descriptor",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: dup is a fresh descriptor nobody else owns.
+    let vm_fd = unsafe { File::from_raw_fd(dup) };
+    let hooks = KvmHooks {
+        vm_fd,
+        slots,
+        stop: machine.stop_handle(),
+        bitmap: Vec::new(),
+    };
+    let guest_pages = ram.size / PAGE_SIZE;
+    let budget = request
+        .ram_budget_bytes
+        .map_or(guest_pages, |b| b / PAGE_SIZE)
+        .max(1);
+    let mut options = TieringOptions::new(request.tiers, budget);
+    options.trace_out = request.trace_out;
+    options.advisor_name = request.advisor;
+    let cpus = tiering::uffd::online_cpus();
+    options.handler_cpu = Some(0);
+    let memory = TieredMemory::start(
+        &regions,
+        ram.file.clone(),
+        options,
+        advisor,
+        Box::new(hooks),
+    )?;
+    let _ = PINNING.set(VcpuPinning {
+        registry: memory.vcpu_registry(),
+        cpus,
+    });
+    Ok(TieredVm {
+        memory,
+        _mappings: ram.memory.clone(),
+    })
+}
