@@ -136,6 +136,64 @@ fn qd_n(
     (started.elapsed(), lat)
 }
 
+/// Reads at `class` while >= 256 write-backs stay queued: how long does a read wait?
+fn read_under_writeback_load(
+    backend: &mut dyn TierBackend,
+    pool: &PagePool,
+    rng: &mut Rng,
+    class: IoPriority,
+    reads: usize,
+) -> Vec<u64> {
+    const READ_TAG: u64 = 1 << 62;
+    let mut out = Vec::new();
+    let mut lat = Vec::with_capacity(reads);
+    let mut writebacks = 0usize;
+    let mut next = 0u64;
+    for i in 0..reads {
+        while writebacks < 256 {
+            let slot = rng.below(backend.capacity_pages());
+            let req = IoRequest {
+                op: IoOp::Write,
+                slot,
+                buf: pool.get(),
+                priority: IoPriority::Writeback,
+                tag: next,
+            };
+            next += 1;
+            backend.submit(req).expect("submit write-back");
+            writebacks += 1;
+        }
+        let slot = rng.below(backend.capacity_pages());
+        let tag = READ_TAG | i as u64;
+        let req = IoRequest {
+            op: IoOp::Read,
+            slot,
+            buf: pool.get(),
+            priority: class,
+            tag,
+        };
+        backend.submit(req).expect("submit read");
+        let mut done = false;
+        while !done {
+            out.clear();
+            backend.wait(&mut out, Duration::from_secs(10));
+            for c in out.drain(..) {
+                c.result.as_ref().expect("I/O");
+                if c.tag == tag {
+                    lat.push(c.latency_ns);
+                    done = true;
+                } else {
+                    writebacks -= 1;
+                }
+            }
+        }
+    }
+    while backend.outstanding() > 0 {
+        backend.wait(&mut out, Duration::from_secs(10));
+    }
+    lat
+}
+
 fn throughput(name: &str, elapsed: Duration, lat: Vec<u64>) {
     let n = lat.len() as f64;
     let secs = elapsed.as_secs_f64();
@@ -251,6 +309,14 @@ fn main() {
         args.samples * 10,
     );
     throughput("file io_uring read, 32 in flight", elapsed, lat);
+    for (label, class) in [
+        ("demand", IoPriority::Demand),
+        ("same class (FIFO)", IoPriority::Writeback),
+    ] {
+        let lat =
+            read_under_writeback_load(&mut backend, &pool, &mut rng, class, args.samples / 10);
+        summary(&format!("read, 256 write-backs queued, {label}"), lat);
+    }
     drop(backend);
 
     for (name, profile, n) in [
