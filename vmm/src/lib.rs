@@ -2,6 +2,7 @@
 //! wiring and the event loop. The `tiervisor` binary (main.rs) is its CLI; the
 //! tiering layer builds on [`memory`] and [`machine`].
 
+pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod event_loop;
@@ -11,6 +12,5 @@ pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod stop;
-pub mod tiered;
 pub mod vcpu;
 pub mod vm;

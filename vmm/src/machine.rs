@@ -211,16 +211,6 @@ impl Machine {
         &self.ram
     }
 
-    /// The KVM VM (the tiering layer turns on dirty logging and reads the log).
-    pub fn vm_fd(&self) -> &kvm_ioctls::VmFd {
-        &self._vm
-    }
-
-    /// The stop switch (the tiering layer stops the VM when a page is lost).
-    pub fn stop_handle(&self) -> Arc<VmStop> {
-        self.stop.clone()
-    }
-
     /// Run until the VM stops; every thread has ended when this returns.
     pub fn run(mut self) -> Result<RunOutcome, MachineError> {
         let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -324,10 +314,18 @@ fn write_cmdline(ram: &GuestRam, text: &str) -> Result<usize, MachineError> {
     Ok(text.len())
 }
 
-/// ACPI tables (RSDP, XSDT, MADT, FADT, DSDT) describe the vCPUs to the guest.
-/// Returns the RSDP address, or None while tiervisor has no ACPI writer.
-fn write_acpi(_ram: &GuestRam, _vcpus: u8) -> Result<Option<GuestAddress>, MachineError> {
-    Ok(None)
+/// ACPI tables (RSDP, XSDT, MADT, FADT, DSDT) describe the vCPUs to the guest: the
+/// reference kernel has no MP-table parser, and the test guest starts its APs from
+/// the MADT. Returns the RSDP address for the start info / zero page.
+fn write_acpi(ram: &GuestRam, vcpus: u8) -> Result<Option<GuestAddress>, MachineError> {
+    crate::acpi::write_acpi_tables(
+        &ram.memory,
+        layout::RSDP_START,
+        layout::ACPI_TABLES_START,
+        vcpus,
+    )
+    .map_err(|e| MachineError::BootInfo(format!("ACPI tables: {e}")))?;
+    Ok(Some(layout::RSDP_START))
 }
 
 fn build_bus(
