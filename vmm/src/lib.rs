@@ -12,5 +12,6 @@ pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod stop;
+pub mod tiered;
 pub mod vcpu;
 pub mod vm;

@@ -211,6 +211,16 @@ impl Machine {
         &self.ram
     }
 
+    /// The KVM VM (the tiering layer turns on dirty logging and reads the log).
+    pub fn vm_fd(&self) -> &kvm_ioctls::VmFd {
+        &self._vm
+    }
+
+    /// The stop switch (the tiering layer stops the VM when a page is lost).
+    pub fn stop_handle(&self) -> Arc<VmStop> {
+        self.stop.clone()
+    }
+
     /// Run until the VM stops; every thread has ended when this returns.
     pub fn run(mut self) -> Result<RunOutcome, MachineError> {
         let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
