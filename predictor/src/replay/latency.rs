@@ -1,5 +1,7 @@
 //! The latency model of the replay simulator: what a hit, a fault and a prefetch cost.
 
+use tiering::backend::DeviceProfile;
+use tiering::config::{self, TierBackendSpec, TierConfig};
 use tiering::policy::{TierId, TIER_COUNT};
 
 /// One storage tier as the simulator sees it.
@@ -28,8 +30,10 @@ pub struct LatencyModel {
 }
 
 impl Default for LatencyModel {
+    /// Tiers 2-4 use the live VMM's device-profile presets (`nvme`, `ssd`, `hdd` in
+    /// tiering::backend::DeviceProfile: mean service time = latency + jitter / 2),
+    /// so a replay and an emulated run agree; tier 5 (NBD) has no preset.
     fn default() -> Self {
-        const MB: u64 = 1 << 20;
         let ram = TierTiming {
             read_ns: 0,
             bytes_per_sec: 0,
@@ -38,26 +42,14 @@ impl Default for LatencyModel {
             tiers: [
                 ram,
                 ram,
-                // NVMe: 50-80 us per random 4 KiB read.
-                TierTiming {
-                    read_ns: 60_000,
-                    bytes_per_sec: 2000 * MB,
-                },
-                // SATA SSD: ~140 us.
-                TierTiming {
-                    read_ns: 140_000,
-                    bytes_per_sec: 500 * MB,
-                },
-                // HDD: 5-12 ms per random read.
-                TierTiming {
-                    read_ns: 8_000_000,
-                    bytes_per_sec: 150 * MB,
-                },
-                // Networked block store (NBD): assumed 1 ms per request over a busy
-                // network; replace with a measurement through --tiers.
+                TierTiming::from_profile(&DeviceProfile::nvme()),
+                TierTiming::from_profile(&DeviceProfile::ssd()),
+                TierTiming::from_profile(&DeviceProfile::hdd()),
+                // Networked block store: assumed 1 ms per request over a busy network
+                // and 100 MiB/s; a tier file with a custom profile replaces it.
                 TierTiming {
                     read_ns: 1_000_000,
-                    bytes_per_sec: 100 * MB,
+                    bytes_per_sec: 100 << 20,
                 },
             ],
             hit_ns: 100,
@@ -67,7 +59,64 @@ impl Default for LatencyModel {
     }
 }
 
+impl TierTiming {
+    /// Mean read time and bandwidth of an emulated device.
+    pub fn from_profile(p: &DeviceProfile) -> Self {
+        Self {
+            read_ns: (p.latency_us + p.jitter_us / 2) * 1000,
+            bytes_per_sec: p
+                .bandwidth_mib_s
+                .map_or(0, |m| (m * (1u64 << 20) as f64) as u64),
+        }
+    }
+}
+
 impl LatencyModel {
+    /// The model for a tier file: tiers with a device profile take its figures;
+    /// tiers without one (a real device, an NBD export) keep the defaults, since
+    /// the file does not say how fast they are. Also returns each tier's capacity
+    /// in pages (`u64::MAX` for tiers the file leaves out).
+    pub fn with_tier_file(
+        mut self,
+        file: &TierConfig,
+        page_size: u64,
+    ) -> (Self, [u64; TIER_COUNT]) {
+        let mut capacity = [u64::MAX; TIER_COUNT];
+        for (i, spec) in file.tiers.iter().enumerate() {
+            let Some(spec) = spec else { continue };
+            capacity[i] = file.capacity_pages(i, page_size);
+            let profile = match &spec.backend {
+                TierBackendSpec::File { profile, .. } | TierBackendSpec::Device { profile, .. } => {
+                    *profile
+                }
+                _ => None,
+            };
+            let timing = match profile {
+                Some(config::DeviceProfile::Nvme) => {
+                    TierTiming::from_profile(&DeviceProfile::nvme())
+                }
+                Some(config::DeviceProfile::Ssd) => TierTiming::from_profile(&DeviceProfile::ssd()),
+                Some(config::DeviceProfile::Hdd) => TierTiming::from_profile(&DeviceProfile::hdd()),
+                Some(config::DeviceProfile::Custom {
+                    latency_us,
+                    bandwidth_bytes_per_s,
+                }) => TierTiming {
+                    read_ns: latency_us * 1000,
+                    bytes_per_sec: if bandwidth_bytes_per_s == u64::MAX {
+                        0
+                    } else {
+                        bandwidth_bytes_per_s
+                    },
+                },
+                None => continue,
+            };
+            if i >= 2 {
+                self.tiers[i] = timing;
+            }
+        }
+        (self, capacity)
+    }
+
     /// Time to move one page over tier `t`'s link.
     pub fn transfer_ns(&self, t: TierId, page_size: u64) -> u64 {
         // Zero bandwidth means "not modelled" (RAM): no transfer time.
