@@ -63,11 +63,27 @@ fn find_table(mem: &dyn PhysMem, rsdp: u64, signature: &[u8; 4]) -> Option<u64> 
     None
 }
 
+/// Where the ACPI spec says to scan for the RSDP when nobody says where it is: the BIOS
+/// read-only area (16-byte aligned).
+const BIOS_AREA: core::ops::Range<u64> = 0xe_0000..0x10_0000;
+
+/// Looks for the RSDP in the BIOS area (signature and ACPI 1.0 checksum), as a kernel
+/// does when the PVH start info's `rsdp_paddr` is 0.
+pub fn scan_rsdp(mem: &dyn PhysMem) -> Option<u64> {
+    BIOS_AREA.step_by(16).find(|&addr| {
+        read_bytes::<20>(mem, addr).is_some_and(|head| {
+            &head[..8] == b"RSD PTR " && head.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)) == 0
+        })
+    })
+}
+
 /// Reads the enabled processors from the MADT; None if there are no ACPI tables.
+/// `rsdp` 0 means "not given": the BIOS area is scanned.
 pub fn cpus(mem: &dyn PhysMem, rsdp: u64) -> Option<Cpus> {
-    if rsdp == 0 {
-        return None;
-    }
+    let rsdp = match rsdp {
+        0 => scan_rsdp(mem)?,
+        given => given,
+    };
     let madt = find_table(mem, rsdp, b"APIC")?;
     let length = u64::from(u32_at(mem, madt + 4)?);
     let mut cpus = Cpus {
@@ -192,6 +208,24 @@ mod tests {
             assert_eq!(&cpus.apic_ids[..2], &[0, 1]);
             assert_eq!(cpus.lapic_addr, 0xfee0_0000);
         }
+    }
+
+    #[test]
+    fn rsdp_is_found_in_the_bios_area_by_signature_and_checksum() {
+        let tables = tables(true, &[(0, 1), (1, 1)]);
+        let mut mem = vec![0u8; 0x10_0000];
+        mem[..0x400].copy_from_slice(&tables.0);
+        // A decoy with a bad checksum first, then a real RSDP pointing at the XSDT.
+        mem[0xe_0010..0xe_0018].copy_from_slice(b"RSD PTR ");
+        mem[0xe_0020..0xe_0024 + 32].copy_from_slice(&tables.0[RSDP..RSDP + 36]);
+        let sum = mem[0xe_0020..0xe_0020 + 20]
+            .iter()
+            .fold(0u8, |s, b| s.wrapping_add(*b));
+        mem[0xe_0020 + 8] = mem[0xe_0020 + 8].wrapping_sub(sum); // checksum byte
+        let mem = Buffer(mem);
+        assert_eq!(scan_rsdp(&mem), Some(0xe_0020));
+        assert_eq!(cpus(&mem, 0).map(|c| c.count), Some(2));
+        assert_eq!(scan_rsdp(&Buffer(vec![0u8; 0x10_0000])), None);
     }
 
     #[test]
