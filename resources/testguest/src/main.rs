@@ -156,14 +156,16 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     let Some(tsc_hz) = hw::calibrate_tsc() else {
         fail(exit_code::INTERNAL, format_args!("pit-not-counting"));
     };
-    let cpus = smp::start_aps(&info, map, tsc_hz);
+    let started = smp::start_aps(&info, map, tsc_hz);
+    let cpus = started.cpus;
 
     let mut line = Line::new();
     let _ = write!(
         line,
-        "testguest: boot ram={}M cpus={} tsc_mhz={} workload={} mem={} iters={} seed={}",
+        "testguest: boot ram={}M cpus={} madt_cpus={} tsc_mhz={} workload={} mem={} iters={} seed={}",
         startinfo::total_ram(map) >> 20,
         cpus,
+        started.listed,
         tsc_hz / 1_000_000,
         config.workload.name(),
         config.mem,

@@ -63,13 +63,25 @@ fn wait_until(condition: impl Fn() -> bool) {
     }
 }
 
-/// Starts the APs the MADT lists; returns how many CPUs take part (1 without ACPI).
-pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> u32 {
-    let wanted = match acpi::cpus(&GuestMem, info.rsdp_paddr) {
-        Some(cpus) if cpus.count > 1 => cpus,
-        _ => {
+/// What the CPU start-up found and did.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    /// CPUs taking part in the run.
+    pub cpus: u32,
+    /// Enabled processors the MADT lists (0 when there is no MADT).
+    pub listed: usize,
+}
+
+/// Starts the APs the MADT lists and reports how many CPUs take part (1 without ACPI).
+pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> Started {
+    let (wanted, listed) = match acpi::cpus(&GuestMem, info.rsdp_paddr) {
+        Some(cpus) if cpus.count > 1 => (cpus, cpus.count),
+        other => {
             CPUS.store(1, Ordering::Release);
-            return 1;
+            return Started {
+                cpus: 1,
+                listed: other.map_or(0, |c| c.count),
+            };
         }
     };
     let code = boot::trampoline();
@@ -80,7 +92,7 @@ pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> u32 {
     });
     if !page_is_ram {
         CPUS.store(1, Ordering::Release);
-        return 1;
+        return Started { cpus: 1, listed };
     }
     // SAFETY: the trampoline page is RAM below 1 MiB that the guest no longer needs
     // (the start info, command line and memory map were copied before this).
@@ -96,7 +108,7 @@ pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> u32 {
     // APs index themselves 1, 2, ... in arrival order; late ones are left out.
     let cpus = 1 + ONLINE.load(Ordering::Acquire).min(expected);
     CPUS.store(cpus, Ordering::Release);
-    cpus
+    Started { cpus, listed }
 }
 
 fn store_totals(cpu: u32, totals: Totals) {
