@@ -92,6 +92,26 @@ fn debug_exit_value_becomes_exit_status() {
 }
 
 #[test]
+fn runs_with_stdin_closed() {
+    use std::os::unix::process::CommandExt;
+    let kernel = write_tiny_guest("closed-stdin", &code_debug_exit(5));
+    let mut cmd = tiervisor();
+    cmd.args(["run", "--memory", "16M", "--kernel"])
+        .arg(&kernel);
+    // SAFETY: close(2) is async-signal-safe; the child then runs with no fd 0, as a
+    // CI job without standard input may.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+}
+
+#[test]
 fn i8042_reset_ends_the_vm_with_status_0() {
     let kernel = write_tiny_guest("reset", &code_i8042_reset());
     let out = tiervisor()

@@ -73,6 +73,25 @@ pub fn is_pvm_host() -> bool {
     }
 }
 
+/// Make sure fds 0-2 are open (on /dev/null if they were closed), before the VMM
+/// opens anything: otherwise /dev/kvm, the guest memfd or an eventfd could land on
+/// fd 0 and the console would read it as stdin.
+pub fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            let flags = if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            // SAFETY: the path is a valid C string; open returns the lowest free fd,
+            // which is `fd` because the lower ones are open.
+            unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
+        }
+    }
+}
+
 /// The note printed once per run on a PVM host.
 pub const PVM_NOTE: &str = "note: this host's KVM is PVM (no VT-x/SVM): guest ring-0 code runs under instruction emulation, so an unmodified guest kernel cannot boot to init here; guests that run their work at ring 3 (the test guest) run natively";
 

@@ -33,6 +33,7 @@ enum Command {
 fn main() {
     // First thing: boot times (boot-timer port, boot_ms) are measured from here.
     let process_start = Instant::now();
+    vmm::host::ensure_std_fds();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let code = match cli.command {
