@@ -36,15 +36,54 @@ impl MutEventSubscriber for StopWatcher {
     }
 }
 
-/// Feeds host stdin to the guest's UART.
+/// Feeds host stdin to the guest's UART. When stdin is a terminal it is switched to
+/// character-at-a-time input without local echo (the guest echoes), and restored
+/// when the subscriber is dropped. Signals stay enabled, so Ctrl-C still stops
+/// tiervisor.
 pub struct StdinInput {
     serial: Arc<Mutex<SerialConsole>>,
+    saved_termios: Option<libc::termios>,
 }
 
 impl StdinInput {
     /// Input for `serial`.
     pub fn new(serial: Arc<Mutex<SerialConsole>>) -> Self {
-        Self { serial }
+        Self {
+            serial,
+            saved_termios: set_terminal_raw(),
+        }
+    }
+}
+
+/// Turn off canonical mode and echo on a terminal stdin; returns the old settings.
+fn set_terminal_raw() -> Option<libc::termios> {
+    // SAFETY: isatty only queries fd 0.
+    if unsafe { libc::isatty(STDIN) } != 1 {
+        return None;
+    }
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is a terminal and `saved` is a valid termios to fill.
+    if unsafe { libc::tcgetattr(STDIN, &mut saved) } != 0 {
+        return None;
+    }
+    let mut raw = saved;
+    raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+    raw.c_cc[libc::VMIN] = 1;
+    raw.c_cc[libc::VTIME] = 0;
+    // SAFETY: `raw` is a valid termios derived from the terminal's own.
+    if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &raw) } != 0 {
+        return None;
+    }
+    Some(saved)
+}
+
+impl Drop for StdinInput {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved_termios.take() {
+            // SAFETY: restores the settings read from this terminal at start.
+            unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &saved) };
+        }
     }
 }
 
