@@ -13,6 +13,18 @@ use core::arch::global_asm;
 pub const KERNEL_CODE64: u16 = 0x08;
 /// Highest number of CPUs the guest brings up (one TSS, kernel stack and user stack each).
 pub const MAX_CPUS: usize = 4;
+/// The boot tables map the first 4 GiB.
+pub const BOOT_MAPPED: u64 = 1 << 32;
+/// RAM is identity-mapped up to here at most ([`map_high_ram`]).
+pub const MAP_LIMIT: u64 = 64 << 30;
+/// Page directories reserved for RAM between [`BOOT_MAPPED`] and [`MAP_LIMIT`].
+const HIGH_PD_PAGES: usize = ((MAP_LIMIT - BOOT_MAPPED) >> 30) as usize;
+/// The page-directory-pointer table the boot tables use (fixed in link.ld / above).
+const PDPT_ADDR: u64 = 0x10_2000;
+/// Page-table entry bits: present, writable, user, 2 MiB page.
+const PDE_2M_USER: u64 = 0x87;
+/// Entry bits of a table pointer: present, writable, user.
+const TABLE_USER: u64 = 0x7;
 /// Physical address the AP trampoline is copied to; the SIPI vector is this >> 12.
 pub const TRAMPOLINE_ADDR: u64 = 0x7000;
 
@@ -262,6 +274,13 @@ testguest_next_cpu:
 testguest_idt:
     .zero 32 * 16
 
+    /* Page directories for RAM above 4 GiB, filled at CPL3 by map_high_ram(). */
+    .section .bss.testguest_high_pds, "aw", @nobits
+    .balign 4096
+    .globl testguest_high_pds
+testguest_high_pds:
+    .zero 4096 * (64 - 4)
+
     .section .stacks, "aw", @nobits
     .balign 4096
     .globl testguest_kstacks
@@ -277,6 +296,7 @@ testguest_ustacks:
 extern "C" {
     static testguest_isr_stubs: u8;
     static mut testguest_idt: [u64; 64];
+    static mut testguest_high_pds: [u64; 512 * HIGH_PD_PAGES];
     static testguest_trampoline_start: u8;
     static testguest_trampoline_end: u8;
     static __image_end: u8;
@@ -308,6 +328,39 @@ pub fn install_idt() {
             idt.add(index + 1).write_volatile(high);
         }
     }
+}
+
+/// Extends the identity map (2 MiB pages, U bit) to cover RAM up to `ram_end` (at most
+/// [`MAP_LIMIT`]); returns the end of what is mapped now. Runs at CPL3 before any
+/// access above 4 GiB: the page tables are user-accessible memory, the new page
+/// directories are filled while no table points at them yet, and the PDPT entries
+/// written last go from not-present to present, which needs no TLB flush (a shadow-paging
+/// hypervisor sees the write to the PDPT, a page table it tracks).
+pub fn map_high_ram(ram_end: u64) -> u64 {
+    let end = ram_end.min(MAP_LIMIT).next_multiple_of(1 << 30);
+    if end <= BOOT_MAPPED {
+        return BOOT_MAPPED;
+    }
+    let pds = core::ptr::addr_of_mut!(testguest_high_pds) as *mut u64;
+    for gib in (BOOT_MAPPED >> 30)..(end >> 30) {
+        let index = (gib - (BOOT_MAPPED >> 30)) as usize;
+        // SAFETY: index < HIGH_PD_PAGES (end <= MAP_LIMIT); the directory is in .bss,
+        // unused until its PDPT entry is written below.
+        let pd = unsafe { pds.add(index * 512) };
+        for entry in 0..512u64 {
+            let addr = (gib << 30) | (entry << 21);
+            // SAFETY: inside the 512-entry directory above.
+            unsafe { pd.add(entry as usize).write_volatile(addr | PDE_2M_USER) };
+        }
+        // SAFETY: the boot PDPT is a fixed, identity-mapped, user-writable page; entry
+        // gib < 64 < 512 was not present.
+        unsafe {
+            (PDPT_ADDR as *mut u64)
+                .add(gib as usize)
+                .write_volatile(pd as u64 | TABLE_USER)
+        };
+    }
+    end
 }
 
 /// The 16-bit AP start-up code, to be copied to [`TRAMPOLINE_ADDR`].

@@ -20,8 +20,9 @@ use testguest::workload::{build_tables, Plan};
 
 use hw::exit_code;
 
-/// The identity map built at boot covers the first 4 GiB; RAM above is not used.
-const MAPPED_LIMIT: u64 = 1 << 32;
+/// The boot identity map covers the first 4 GiB: the start info, command line, memory
+/// map and ACPI tables must be there.
+const MAPPED_LIMIT: u64 = boot::BOOT_MAPPED;
 /// Working memory starts on a 2 MiB boundary (a huge page for the VMM's tiers).
 const HUGE_PAGE: u64 = 2 << 20;
 /// Longest command line read.
@@ -115,10 +116,12 @@ fn layout(plan: &Plan, region: (u64, u64)) -> Layout {
         fail(
             exit_code::CONFIG,
             format_args!(
-                "mem-too-large mem={} available={} meta={} limit=ram-below-4G",
+                "mem-too-large mem={} available={} meta={} region={:#x}-{:#x}",
                 plan.config.mem,
                 available,
-                plan.meta_bytes()
+                plan.meta_bytes(),
+                start,
+                end
             ),
         );
     }
@@ -146,7 +149,8 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     WORKLOAD_NAME.store(workload_index as u32, core::sync::atomic::Ordering::Relaxed);
 
     let floor = boot::image_end().next_multiple_of(HUGE_PAGE);
-    let region = match startinfo::usable_region(map, floor, MAPPED_LIMIT) {
+    let mapped = boot::map_high_ram(startinfo::ram_end(map));
+    let region = match startinfo::usable_region(map, floor, mapped) {
         Ok(region) => region,
         Err(error) => fail(exit_code::CONFIG, format_args!("{error}")),
     };

@@ -103,6 +103,16 @@ pub fn usable_region(
     best.ok_or(StartInfoError::NoUsableRam { floor })
 }
 
+/// End of the highest RAM range in the map.
+pub fn ram_end(entries: &[MemmapEntry]) -> u64 {
+    entries
+        .iter()
+        .filter(|e| e.kind == MEMMAP_RAM)
+        .map(|e| e.addr.saturating_add(e.size))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Total RAM in the map, in bytes.
 pub fn total_ram(entries: &[MemmapEntry]) -> u64 {
     entries
@@ -169,6 +179,12 @@ mod tests {
             Ok((0x20_0000, 0x2000_0000))
         );
         assert_eq!(total_ram(&map), 0x9fc00 + 0x1ff0_0000 + 0x4000_0000);
+        assert_eq!(ram_end(&map), 0x1_4000_0000);
+        assert_eq!(
+            usable_region(&map, 0x20_0000, 0x2_0000_0000),
+            Ok((0x1_0000_0000, 0x1_4000_0000)),
+            "the larger range above 4 GiB wins once it is mapped"
+        );
         assert_eq!(
             usable_region(&map[..2], 0x20_0000, 1 << 32),
             Err(StartInfoError::NoUsableRam { floor: 0x20_0000 })
