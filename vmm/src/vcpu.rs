@@ -74,6 +74,9 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
         }
     }
     KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
+    // Where each vCPU was when the VM stopped: the first clue for a hung guest
+    // (RUST_LOG=info).
+    log::info!("vCPU {id} stopped at rip={:#x}", rip(&vcpu));
 }
 
 /// One KVM_RUN and the handling of its exit; Some(reason) ends the VM.
