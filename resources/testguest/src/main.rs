@@ -166,11 +166,12 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     let mut line = Line::new();
     let _ = write!(
         line,
-        "testguest: boot ram={}M cpus={} madt_cpus={} tsc_mhz={} workload={} mem={} iters={} seed={}",
+        "testguest: boot ram={}M cpus={} madt_cpus={} tsc_mhz={} base={:#x} workload={} mem={} iters={} seed={}",
         startinfo::total_ram(map) >> 20,
         cpus,
         started.listed,
         tsc_hz / 1_000_000,
+        layout.base,
         config.workload.name(),
         config.mem,
         config.iters,
