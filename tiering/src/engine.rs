@@ -110,6 +110,7 @@ pub(crate) struct Engine {
     inflight: FxHashMap<u64, Op>,
     next_tag: u64,
     evict_queue: Vec<(PageNumber, u8)>,
+    punch_queue: Vec<usize>,
     actions: Vec<Action>,
     deferred: Vec<(usize, IoCompletion)>,
     copy_holders: Vec<Vec<usize>>,
@@ -170,6 +171,7 @@ impl Engine {
             inflight: FxHashMap::default(),
             next_tag: 1,
             evict_queue: Vec::new(),
+            punch_queue: Vec::new(),
             actions: Vec::new(),
             deferred: Vec::new(),
             copy_holders: (0..crate::config::TIER_COUNT).map(|_| Vec::new()).collect(),
@@ -258,7 +260,9 @@ impl Engine {
                                 rw,
                                 addr,
                                 thread_id,
-                            }) => self.on_fault(kind, rw, addr as usize, thread_id.as_raw()),
+                            }) => {
+                                self.on_fault(kind, rw, addr as usize, thread_id.as_raw());
+                            }
                             Ok(other) => log::debug!("userfaultfd event ignored: {other:?}"),
                             Err(e) => log::warn!("userfaultfd event: {e}"),
                         }
@@ -271,6 +275,10 @@ impl Engine {
             busy |= self.poll_completions();
             if self.evict_queue.len() >= EVICT_BATCH || (!busy && !self.evict_queue.is_empty()) {
                 self.flush_evictions();
+                busy = true;
+            }
+            if self.punch_queue.len() >= EVICT_BATCH || (!busy && !self.punch_queue.is_empty()) {
+                self.flush_punches();
                 busy = true;
             }
             if self.fatal {
@@ -297,7 +305,9 @@ impl Engine {
                     .iter()
                     .flatten()
                     .any(|s| s.backend.outstanding() > 0);
+                let idle = Instant::now();
                 self.wait_for_events(if outstanding { 1 } else { 20 });
+                self.counters.handler_idle_ns += idle.elapsed().as_nanos() as u64;
             }
         }
         self.drain_io();
@@ -705,7 +715,6 @@ impl Engine {
             self.meta[index].dirty = false;
             if clean_copy_here {
                 self.counters.write_backs_skipped_clean += 1;
-                self.counters.tiers[to].evictions += 1;
                 self.drop_from_ram(index);
                 continue;
             }
@@ -787,13 +796,37 @@ impl Engine {
         }
     }
 
-    /// The page's data is safely elsewhere (or not needed): free it from the memfd.
+    /// The page's data is safely in its tier: free it from the memfd with the next
+    /// batch. Punching in batches matters on PVM: every punch invalidates KVM's
+    /// shadow mappings, and the guest pays for rebuilding them once per batch
+    /// instead of once per page.
     fn drop_from_ram(&mut self, index: usize) {
-        let off = self.layout.file_offset_of_index(index);
-        if let Err(e) = uffd::punch(&self.memfd, off, PAGE as u64) {
-            return self.die(e.to_string());
+        self.punch_queue.push(index);
+    }
+
+    fn flush_punches(&mut self) {
+        let queue = std::mem::take(&mut self.punch_queue);
+        for &index in &queue {
+            let tier = self.meta[index].copy_tier;
+            match self.meta[index].state {
+                State::Evicting => {
+                    let off = self.layout.file_offset_of_index(index);
+                    if let Err(e) = uffd::punch(&self.memfd, off, PAGE as u64) {
+                        return self.die(e.to_string());
+                    }
+                    self.meta[index].state = State::Absent;
+                    self.counters.tiers[tier as usize].evictions += 1;
+                }
+                State::EvictCancelled => {
+                    // Touched while waiting: stays in RAM with a clean copy.
+                    self.meta[index].state = State::Present;
+                    self.copy_holders[tier as usize].push(index);
+                }
+                _ => {}
+            }
         }
-        self.meta[index].state = State::Absent;
+        self.punch_queue = queue;
+        self.punch_queue.clear();
     }
 
     fn poll_completions(&mut self) -> bool {
@@ -875,10 +908,7 @@ impl Engine {
                 self.meta[index].copy_tier = t as u8;
                 self.meta[index].copy_slot = slot;
                 match self.meta[index].state {
-                    State::Evicting => {
-                        self.counters.tiers[t].evictions += 1;
-                        self.drop_from_ram(index);
-                    }
+                    State::Evicting => self.drop_from_ram(index),
                     _ => {
                         // Cancelled: back in RAM with a clean copy.
                         self.meta[index].state = State::Present;
@@ -1007,6 +1037,7 @@ impl Engine {
                 self.complete(t, c);
             }
         }
+        self.flush_punches();
         if let Some(w) = self.trace.take() {
             if let Err(e) = w.finish() {
                 log::warn!("cannot finish the trace file: {e}");

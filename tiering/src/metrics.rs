@@ -44,6 +44,7 @@ pub(crate) struct Counters {
     pub evictions_cancelled: u64,
     pub evictions_refused: u64,
     pub events_traced: u64,
+    pub handler_idle_ns: u64,
 }
 
 impl Counters {
@@ -58,6 +59,7 @@ impl Counters {
             evictions_cancelled: 0,
             evictions_refused: 0,
             events_traced: 0,
+            handler_idle_ns: 0,
         }
     }
 
@@ -111,6 +113,8 @@ pub struct TieringReport {
     pub evictions_refused: u64,
     pub moves: u64,
     pub trace_events: u64,
+    /// Time the fault handler slept waiting for work, in ms.
+    pub handler_idle_ms: f64,
     /// Demand-fault latency over all tiers (event read to page installed).
     pub fault_latency_p50_us: f64,
     pub fault_latency_p99_us: f64,
