@@ -2,7 +2,7 @@
 # End-to-end check that the test guest catches corrupted guest RAM: boots a long scan in
 # stock QEMU with a monitor socket, flips one byte of a working-memory page from outside
 # (QEMU's gpa2hva + /proc/PID/mem), and expects `result=FAIL reason=corrupt page=...`
-# naming that page, and QEMU exit status 5 (debug-exit code 2).
+# naming that page, and QEMU exit status 23 (debug-exit code 11).
 # Usage: resources/testguest/scripts/corrupt-check.sh [GUEST]   (run as root)
 set -euo pipefail
 guest=${1:-resources/out/testguest.elf}
@@ -46,7 +46,7 @@ PY
 status=0
 wait "$qemu_pid" || status=$?
 cat "$dir/out"
-if grep -q "result=FAIL reason=corrupt page=$page .* word=100 " "$dir/out" && [ "$status" -eq 5 ]; then
+if grep -q "result=FAIL reason=corrupt page=$page .* word=100 " "$dir/out" && [ "$status" -eq 23 ]; then
     echo "corrupt-check: ok (guest reported page $page, QEMU exit $status)"
 else
     echo "corrupt-check: FAILED (QEMU exit $status)"

@@ -17,18 +17,19 @@ const PIT_CMD: u16 = 0x43;
 /// PIT input clock in Hz.
 const PIT_HZ: u64 = 1_193_182;
 
-/// Exit codes written to the debug-exit port.
+/// Exit codes written to the debug-exit port. Failures use 10-13 so that they never
+/// look like tiervisor's own statuses (1 VM failure, 2 bad input, 128+N signal).
 pub mod exit_code {
     /// The run passed.
     pub const OK: u32 = 0;
     /// Bad command line, boot information or memory size.
-    pub const CONFIG: u32 = 1;
+    pub const CONFIG: u32 = 10;
     /// A page or index slot did not verify: data was lost or corrupted.
-    pub const CORRUPT: u32 = 2;
+    pub const CORRUPT: u32 = 11;
     /// A CPU exception.
-    pub const EXCEPTION: u32 = 3;
+    pub const EXCEPTION: u32 = 12;
     /// A panic or an unusable timer.
-    pub const INTERNAL: u32 = 4;
+    pub const INTERNAL: u32 = 13;
 }
 
 fn outb(port: u16, value: u8) {
