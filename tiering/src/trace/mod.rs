@@ -13,7 +13,9 @@
 //! resets), so a damaged block is reported with its byte offset and never misread.
 
 mod codec;
+pub mod lackey;
 mod reader;
+pub mod summary;
 mod writer;
 
 pub use reader::{read_all, TraceReader};
