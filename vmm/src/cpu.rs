@@ -169,6 +169,24 @@ mod tests {
     use kvm_bindings::kvm_cpuid_entry2;
 
     #[test]
+    fn boot_msrs_are_those_kvm_lists_and_a_vcpu_takes_them() {
+        let kvm_sys = Kvm::new().expect("/dev/kvm");
+        let model = CpuModel::from_kvm(&kvm_sys).unwrap();
+        let listed = kvm_sys.get_msr_index_list().unwrap();
+        for (index, _) in model.boot_msrs() {
+            assert!(listed.as_slice().contains(index), "{index:#x}");
+            assert!(BOOT_MSRS.iter().any(|(i, _)| i == index));
+        }
+        let vm = kvm_sys.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let vcpu = vm.create_vcpu(1).unwrap();
+        model.configure(&vcpu, 1).unwrap();
+        let lapic = vcpu.get_lapic().unwrap();
+        assert_eq!((lapic_reg(&lapic, APIC_LVT0) >> 8) & 7, APIC_MODE_EXTINT);
+        assert_eq!((lapic_reg(&lapic, APIC_LVT1) >> 8) & 7, APIC_MODE_NMI);
+    }
+
+    #[test]
     fn lint_modes_are_extint_and_nmi() {
         let mut lapic = kvm_lapic_state::default();
         set_lapic_reg(&mut lapic, APIC_LVT0, 0x0001_0700);

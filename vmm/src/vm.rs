@@ -66,3 +66,20 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_with_memory_irqchip_and_pit_is_created() {
+        let kvm_sys = Kvm::new().expect("/dev/kvm");
+        let ram = crate::memory::create_guest_memory(4 << 30).unwrap();
+        // Two regions around the 32-bit hole, two slots.
+        assert_eq!(ram.memory.num_regions(), 2);
+        let vm = create_vm(&kvm_sys, &ram.memory).unwrap();
+        // The irqchip exists: an irqfd on GSI 4 is accepted.
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        vm.register_irqfd(&evt, layout::COM1_IRQ).unwrap();
+    }
+}
