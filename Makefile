@@ -38,6 +38,11 @@ linux: setup
 bench-boot: build
 	resources/scripts/bench-boot.sh
 
+# Demand fault from tier 2 (raw file, O_DIRECT) through tiervisor's fault path vs the
+# raw event + O_DIRECT read + UFFDIO_COPY, interleaved in one run (docs/benchmarks.md).
+bench-fault: setup
+	$(CARGO) run --release -p tiering --example bench_fault -- 4096 5 target/bench-fault
+
 clean:
 	$(CARGO) clean
 	rm -rf $(OUT) resources/testguest/target

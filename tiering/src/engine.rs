@@ -188,6 +188,25 @@ impl Engine {
         self.start.elapsed().as_nanos() as u64
     }
 
+    /// Every guest page starts in storage tier `tier`, page index i in slot i (a VM
+    /// restored from an image of its memory). Returns false if the tier cannot hold them.
+    pub fn start_in_tier(&mut self, tier: u8) -> bool {
+        let pages = self.meta.len() as u64;
+        let Some(store) = self.stores[tier as usize].as_mut() else {
+            return false;
+        };
+        if !store.slots.reserve_prefix(pages) {
+            return false;
+        }
+        for (i, m) in self.meta.iter_mut().enumerate() {
+            m.state = State::Absent;
+            m.copy_tier = tier;
+            m.copy_slot = i as u64;
+            m.dirty = false;
+        }
+        true
+    }
+
     /// Pages already in the memfd when tiering starts (kernel image, boot data) are
     /// resident: tell the policy, which may already evict some of them.
     pub fn adopt_present_pages(&mut self) {

@@ -74,6 +74,9 @@ pub struct TieringOptions {
     pub sample_interval: Duration,
     /// Name of the advisor, for the report.
     pub advisor_name: String,
+    /// `Some(t)`: guest memory starts in storage tier `t`, page index i in slot i (a
+    /// VM restored from an image of its memory); `None`: it starts empty (zero-filled).
+    pub initial_tier: Option<u8>,
 }
 
 impl TieringOptions {
@@ -86,6 +89,7 @@ impl TieringOptions {
             sample_pages: 64,
             sample_interval: Duration::from_millis(50),
             advisor_name: "none".into(),
+            initial_tier: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub enum TieringError {
     ZeroBudget,
     #[error("the tier file gives no storage tier (2-5) for the {pages} guest pages beyond the RAM budget of {budget}: add [tier2] .. [tier5]")]
     NoStorage { pages: u64, budget: u64 },
+    #[error("guest memory cannot start in tier {tier}: it is not a storage tier of the tier file or holds fewer than the guest's {pages} pages")]
+    InitialTier { tier: u8, pages: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -189,6 +195,7 @@ impl TieredMemory {
             // Re-tiering moves cost a read and a write each: keep them a trickle.
             retier_per_window: 32,
             tier_capacity_pages: capacity,
+            initial_tier: options.initial_tier,
             ..PolicyConfig::default()
         };
         let policy = PagingPolicy::new(policy_config, advisor)?;
@@ -243,6 +250,14 @@ impl TieredMemory {
         );
         engine.advisor_name = options.advisor_name.clone();
         engine.tiers = options.tiers.clone();
+        if let Some(t) = options.initial_tier {
+            if !engine.start_in_tier(t) {
+                return Err(TieringError::InitialTier {
+                    tier: t,
+                    pages: guest_pages,
+                });
+            }
+        }
         engine.adopt_present_pages();
         let thread = std::thread::Builder::new()
             .name("tier-faults".into())

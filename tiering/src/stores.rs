@@ -46,6 +46,15 @@ impl Slots {
         })
     }
 
+    /// Mark slots `0..n` used (their content is already there). Only on a fresh set.
+    pub fn reserve_prefix(&mut self, n: u64) -> bool {
+        if self.next_unused != 0 || n > self.capacity {
+            return false;
+        }
+        self.next_unused = n;
+        true
+    }
+
     pub fn release(&mut self, slot: u64) {
         debug_assert!(slot < self.next_unused);
         self.free.push(slot);
