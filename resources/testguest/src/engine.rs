@@ -4,12 +4,12 @@
 //! that memory) and its version; failures report the guest-physical address. Shared by all CPUs of the guest (each owns the
 //! pages `page % cpus == cpu`) and by the host unit tests (over a heap buffer).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use thiserror::Error;
 
 use crate::cmdline::{Workload, PAGE_SIZE};
-use crate::pattern::{fill_page, verify_page};
+use crate::pattern::{fill_page, hash_page, verify_page};
 use crate::rng::mix64;
 use crate::workload::{kv_key, Op, OpStream, Plan, Target, KV_SLOT_BYTES};
 
@@ -39,6 +39,16 @@ pub enum Failure {
         slot: u64,
         /// The key being looked up.
         key: u64,
+    },
+    /// A kv index page whose content changed since the index was built.
+    #[error("corrupt index_page={page:#x} expected_hash={expected:#x} found_hash={found:#x}")]
+    CorruptIndexPage {
+        /// Guest-physical address of the index page.
+        page: u64,
+        /// Hash recorded when the index was built.
+        expected: u64,
+        /// Hash of what the page holds now.
+        found: u64,
     },
     /// A kv key that the index no longer finds (its slot was lost).
     #[error("corrupt missing_key={key:#x} slot={slot:#x}")]
@@ -79,6 +89,8 @@ pub struct Arena<'a> {
     pub base: u64,
     /// Last written version of each page (0 for kv index pages).
     pub versions: &'a [AtomicU32],
+    /// kv: hash of each index page, recorded when the index is built.
+    pub index_hashes: &'a [AtomicU64],
     /// Scatter permutation (see [`crate::workload::build_tables`]).
     pub perm: &'a [u32],
     /// Chase cycle.
@@ -151,42 +163,89 @@ impl Arena<'_> {
                 slot = (slot + 1) & mask;
             }
         }
+        for index_page in 0..self.plan.index_pages {
+            // SAFETY: an index page in the working memory, complete now.
+            let hash = unsafe { hash_page(self.page_addr(index_page) as *const u64) };
+            self.index_hashes[index_page as usize].store(hash, Ordering::Relaxed);
+        }
     }
 
-    /// kv: finds the value page of `key`, checking every slot the probe reads.
-    fn lookup(&self, key: u64) -> Result<u64, Failure> {
-        let mask = self.plan.index_slots - 1;
-        let mut slot = mix64(key) & mask;
-        for _ in 0..self.plan.index_slots {
-            let addr = self.slot_addr(slot);
-            let ptr = addr as *const u64;
-            // SAFETY: inside the index pages, which no CPU writes after the fill.
-            let [stored_key, stored_page, check, inverse] = unsafe {
-                [
-                    ptr.read_volatile(),
-                    ptr.add(1).read_volatile(),
-                    ptr.add(2).read_volatile(),
-                    ptr.add(3).read_volatile(),
-                ]
-            };
-            if stored_page == 0 {
-                if stored_key != 0 || check != 0 || inverse != 0 {
-                    return Err(Failure::CorruptIndex { slot: addr, key });
-                }
-                return Err(Failure::MissingKey { key, slot: addr });
+    /// kv: reads a whole index page and checks it against the hash recorded at build time;
+    /// on a mismatch names the first broken slot when there is one.
+    fn verify_index_page(&self, index_page: u64, key: u64) -> Result<(), Failure> {
+        let addr = self.page_addr(index_page);
+        // SAFETY: an index page in the working memory, which no CPU writes after the fill.
+        let found = unsafe { hash_page(addr as *const u64) };
+        let expected = self.index_hashes[index_page as usize].load(Ordering::Relaxed);
+        if found == expected {
+            return Ok(());
+        }
+        let slots_per_page = PAGE_SIZE / KV_SLOT_BYTES;
+        for slot in index_page * slots_per_page..(index_page + 1) * slots_per_page {
+            if let Err(failure) = self.read_slot(slot, key) {
+                return Err(failure);
             }
-            let page = stored_page - 1;
-            if check != Self::slot_check(stored_key, page, addr)
-                || inverse != !check
-                || page < self.plan.first_data_page()
-                || page >= self.plan.pages
-            {
+        }
+        Err(Failure::CorruptIndexPage {
+            page: addr,
+            expected,
+            found,
+        })
+    }
+
+    /// kv: reads one index slot: `None` if empty, `Some((key, page))` if it checks.
+    fn read_slot(&self, slot: u64, key: u64) -> Result<Option<(u64, u64)>, Failure> {
+        let addr = self.slot_addr(slot);
+        let ptr = addr as *const u64;
+        // SAFETY: inside the index pages, which no CPU writes after the fill.
+        let [stored_key, stored_page, check, inverse] = unsafe {
+            [
+                ptr.read_volatile(),
+                ptr.add(1).read_volatile(),
+                ptr.add(2).read_volatile(),
+                ptr.add(3).read_volatile(),
+            ]
+        };
+        if stored_page == 0 {
+            if stored_key != 0 || check != 0 || inverse != 0 {
                 return Err(Failure::CorruptIndex { slot: addr, key });
             }
-            if stored_key == key {
-                return Ok(page);
+            return Ok(None);
+        }
+        let page = stored_page - 1;
+        if check != Self::slot_check(stored_key, page, addr)
+            || inverse != !check
+            || page < self.plan.first_data_page()
+            || page >= self.plan.pages
+        {
+            return Err(Failure::CorruptIndex { slot: addr, key });
+        }
+        Ok(Some((stored_key, page)))
+    }
+
+    /// kv: finds the value page of `key`. Every index page the probe enters is read in
+    /// full and checked against its recorded hash, and every slot read is checked.
+    fn lookup(&self, key: u64) -> Result<u64, Failure> {
+        let mask = self.plan.index_slots - 1;
+        let slots_per_page = PAGE_SIZE / KV_SLOT_BYTES;
+        let mut slot = mix64(key) & mask;
+        let mut checked_page = u64::MAX;
+        for _ in 0..self.plan.index_slots {
+            let index_page = slot / slots_per_page;
+            if index_page != checked_page {
+                self.verify_index_page(index_page, key)?;
+                checked_page = index_page;
             }
-            slot = (slot + 1) & mask;
+            match self.read_slot(slot, key)? {
+                None => {
+                    return Err(Failure::MissingKey {
+                        key,
+                        slot: self.slot_addr(slot),
+                    })
+                }
+                Some((stored_key, page)) if stored_key == key => return Ok(page),
+                Some(_) => slot = (slot + 1) & mask,
+            }
         }
         Err(Failure::MissingKey {
             key,
@@ -262,6 +321,7 @@ mod tests {
         memory: Vec<u64>,
         base: u64,
         versions: Vec<AtomicU32>,
+        index_hashes: Vec<AtomicU64>,
         perm: Vec<u32>,
         next: Vec<u32>,
     }
@@ -278,6 +338,7 @@ mod tests {
                 base: memory.as_mut_ptr() as u64,
                 memory,
                 versions: (0..plan.pages).map(|_| AtomicU32::new(0)).collect(),
+                index_hashes: (0..plan.index_pages).map(|_| AtomicU64::new(0)).collect(),
                 perm,
                 next,
             }
@@ -288,6 +349,7 @@ mod tests {
                 plan: self.plan,
                 base: self.base,
                 versions: &self.versions,
+                index_hashes: &self.index_hashes,
                 perm: &self.perm,
                 next: &self.next,
             }
@@ -398,32 +460,56 @@ mod tests {
 
     #[test]
     fn kv_detects_lost_index_and_value_pages() {
-        let mut run = HostRun::new("workload=kv mem=1M iters=20000");
-        run.run(1).unwrap();
-        // Zero the whole index page: every key hashed there goes missing.
+        let fresh = || {
+            let run = HostRun::new("workload=kv mem=1M iters=20000");
+            run.run(1).unwrap();
+            run
+        };
+        let base = |run: &HostRun| run.memory.as_ptr() as u64;
+        let slot_of = |run: &HostRun, key: u64| {
+            (0..run.plan.index_slots as usize)
+                .find(|&s| run.memory[s * 4] == key && run.memory[s * 4 + 1] != 0)
+                .unwrap()
+        };
+
+        // A lost (zeroed) index page: every slot looks empty, the page hash does not match.
+        let mut run = fresh();
         let index_words = (run.plan.index_pages * PAGE_SIZE / 8) as usize;
         run.memory[..index_words].fill(0);
-        assert!(matches!(
-            run.arena().run(0, 1),
-            Err(Failure::MissingKey { .. })
-        ));
-
-        let mut run = HostRun::new("workload=kv mem=1M iters=20000");
-        run.run(1).unwrap();
-        // Flip the check word of the hottest key's slot.
-        let hot_key = kv_key(1, 0);
-        let slot = (0..run.plan.index_slots as usize)
-            .find(|&s| run.memory[s * 4] == hot_key && run.memory[s * 4 + 1] != 0)
-            .unwrap();
-        run.memory[slot * 4 + 2] ^= 1;
         let failure = run.arena().run(0, 1);
         assert!(
-            matches!(failure, Err(Failure::CorruptIndex { .. })),
+            matches!(failure, Err(Failure::CorruptIndexPage { found, expected, .. }) if found != expected),
             "{failure:?}"
         );
 
-        let mut run = HostRun::new("workload=kv mem=1M iters=20000");
-        run.run(1).unwrap();
+        // A flipped bit in the hottest key's slot: that slot is named.
+        let mut run = fresh();
+        let slot = slot_of(&run, kv_key(1, 0));
+        run.memory[slot * 4 + 2] ^= 1;
+        assert_eq!(
+            run.arena().run(0, 1),
+            Err(Failure::CorruptIndex {
+                slot: base(&run) + slot as u64 * KV_SLOT_BYTES,
+                key: kv_key(1, 0),
+            })
+        );
+
+        // One lost slot (zeroed, so it looks empty) on a page the hot key probes: the
+        // page hash catches it even though every slot on its own looks valid.
+        let mut run = fresh();
+        let hot = slot_of(&run, kv_key(1, 0));
+        let neighbour = (0..run.plan.index_slots as usize)
+            .filter(|&s| s / 128 == hot / 128 && s != hot && run.memory[s * 4 + 1] != 0)
+            .last()
+            .unwrap();
+        run.memory[neighbour * 4..neighbour * 4 + 4].fill(0);
+        assert!(matches!(
+            run.arena().run(0, 1),
+            Err(Failure::CorruptIndexPage { .. })
+        ));
+
+        // A lost value page.
+        let mut run = fresh();
         let hot_page = run.arena().value_page(0) as usize;
         run.memory[hot_page * 512..(hot_page + 1) * 512].fill(0);
         assert!(matches!(

@@ -10,7 +10,7 @@ mod hw;
 mod smp;
 
 use core::fmt::Write;
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use testguest::cmdline::{self, Config, PAGE_SIZE};
 use testguest::engine::{Arena, Totals};
@@ -128,6 +128,32 @@ fn layout(plan: &Plan, region: (u64, u64)) -> Layout {
     Layout { meta: start, base }
 }
 
+/// Zero-initialised atomics over `len` u32 of metadata RAM at `at`.
+///
+/// # Safety
+/// `[at, at + 4 * len)` must be RAM owned by the caller for the rest of the run.
+unsafe fn atomics_u32(at: *mut AtomicU32, len: usize) -> &'static [AtomicU32] {
+    for index in 0..len {
+        // SAFETY: in the range the caller owns.
+        unsafe { at.add(index).write(AtomicU32::new(0)) };
+    }
+    // SAFETY: initialised just above; the caller owns the range.
+    unsafe { core::slice::from_raw_parts(at, len) }
+}
+
+/// Zero-initialised atomics over `len` u64 of metadata RAM at `at` (8-byte aligned).
+///
+/// # Safety
+/// `[at, at + 8 * len)` must be RAM owned by the caller for the rest of the run.
+unsafe fn atomics_u64(at: *mut AtomicU64, len: usize) -> &'static [AtomicU64] {
+    for index in 0..len {
+        // SAFETY: in the range the caller owns.
+        unsafe { at.add(index).write(AtomicU64::new(0)) };
+    }
+    // SAFETY: initialised just above; the caller owns the range.
+    unsafe { core::slice::from_raw_parts(at, len) }
+}
+
 /// Entry of the BSP at CPL3 (from boot.rs), with the start info's address.
 #[no_mangle]
 extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
@@ -179,26 +205,26 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     );
     hw::serial_line(line.as_bytes());
 
-    let pages = plan.pages as usize;
     // SAFETY: [meta, meta + meta_bytes) is RAM from the memory map, above the image and
-    // below the working memory; nothing else uses it. Versions are atomics because all
-    // CPUs read the table (each writes only its own pages' entries).
-    let (versions, perm, next) = unsafe {
-        let versions = core::slice::from_raw_parts_mut(layout.meta as *mut AtomicU32, pages);
-        for version in versions.iter_mut() {
-            *version = AtomicU32::new(0);
-        }
-        let perm_at = (layout.meta + 4 * plan.pages) as *mut u32;
+    // below the working memory, page aligned; nothing else uses it. The tables all CPUs
+    // read or update are atomics (each CPU writes only its own pages' versions).
+    let (index_hashes, versions, perm, next) = unsafe {
+        let hashes_at = layout.meta as *mut AtomicU64;
+        let index_hashes = atomics_u64(hashes_at, plan.index_pages as usize);
+        let versions_at = hashes_at.add(plan.index_pages as usize) as *mut AtomicU32;
+        let versions = atomics_u32(versions_at, plan.pages as usize);
+        let perm_at = versions_at.add(plan.pages as usize) as *mut u32;
         let perm = core::slice::from_raw_parts_mut(perm_at, plan.perm_len as usize);
         let next_at = perm_at.add(plan.perm_len as usize);
         let next = core::slice::from_raw_parts_mut(next_at, plan.next_len as usize);
-        (&*versions, perm, next)
+        (index_hashes, versions, perm, next)
     };
     build_tables(&plan, perm, next);
     let arena = Arena {
         plan,
         base: layout.base,
         versions,
+        index_hashes,
         perm,
         next,
     };

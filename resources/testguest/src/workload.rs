@@ -77,9 +77,10 @@ impl Plan {
         self.pages - self.index_pages
     }
 
-    /// Bytes of metadata: a version per page, the permutation and the cycle (u32 each).
+    /// Bytes of metadata: kv's index page hashes (u64 each, first, for alignment), then
+    /// a version per page, the permutation and the cycle (u32 each).
     pub fn meta_bytes(&self) -> u64 {
-        4 * (self.pages + self.perm_len + self.next_len)
+        8 * self.index_pages + 4 * (self.pages + self.perm_len + self.next_len)
     }
 
     /// The first page that carries a versioned pattern (kv's index pages do not).
