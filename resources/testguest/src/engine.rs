@@ -182,9 +182,7 @@ impl Arena<'_> {
         }
         let slots_per_page = PAGE_SIZE / KV_SLOT_BYTES;
         for slot in index_page * slots_per_page..(index_page + 1) * slots_per_page {
-            if let Err(failure) = self.read_slot(slot, key) {
-                return Err(failure);
-            }
+            self.read_slot(slot, key)?;
         }
         Err(Failure::CorruptIndexPage {
             page: addr,
@@ -499,8 +497,8 @@ mod tests {
         let mut run = fresh();
         let hot = slot_of(&run, kv_key(1, 0));
         let neighbour = (0..run.plan.index_slots as usize)
-            .filter(|&s| s / 128 == hot / 128 && s != hot && run.memory[s * 4 + 1] != 0)
-            .last()
+            .rev()
+            .find(|&s| s / 128 == hot / 128 && s != hot && run.memory[s * 4 + 1] != 0)
             .unwrap();
         run.memory[neighbour * 4..neighbour * 4 + 4].fill(0);
         assert!(matches!(
