@@ -41,7 +41,7 @@ global_asm!(
     .equ PML4_ADDR,     0x101000
     .equ PDPT_ADDR,     0x102000
     .equ PD_ADDR,       0x103000
-    .equ MAX_CPUS,      4
+    .equ MAX_CPUS,      {max_cpus}
     .equ KSTACK_SIZE,   0x4000
     .equ USTACK_SIZE,   0x10000
     .equ SEL_KCODE64,   0x08
@@ -279,7 +279,7 @@ testguest_idt:
     .balign 4096
     .globl testguest_high_pds
 testguest_high_pds:
-    .zero 4096 * (64 - 4)
+    .zero {high_pd_bytes}
 
     .section .stacks, "aw", @nobits
     .balign 4096
@@ -290,6 +290,8 @@ testguest_kstacks:
 testguest_ustacks:
     .zero USTACK_SIZE * MAX_CPUS
 "#,
+    max_cpus = const MAX_CPUS,
+    high_pd_bytes = const HIGH_PD_PAGES * 4096,
     options(att_syntax)
 );
 

@@ -12,7 +12,7 @@ mod smp;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use testguest::cmdline::{self, Config, PAGE_SIZE};
+use testguest::cmdline::{self, Config};
 use testguest::engine::{Arena, Totals};
 use testguest::line::Line;
 use testguest::startinfo::{self, MemmapEntry, StartInfo};
@@ -229,7 +229,7 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
         next,
     };
 
-    let totals: Totals = smp::run_on_all(&arena, cpus, tsc_hz);
+    let totals: Totals = smp::run_on_all(&arena, cpus);
     let ns = smp::elapsed_ns(tsc_hz);
     if totals.ops != config.iters {
         fail(
@@ -285,6 +285,3 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         None => fail(exit_code::INTERNAL, format_args!("panic")),
     }
 }
-
-#[allow(dead_code)]
-const _: () = assert!(PAGE_SIZE == 4096);

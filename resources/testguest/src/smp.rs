@@ -126,7 +126,7 @@ fn run_share(arena: &Arena<'_>, cpu: u32, cpus: u32) -> Totals {
 }
 
 /// Fills and runs the workload on all `cpus` CPUs; returns the merged totals.
-pub fn run_on_all(arena: &Arena<'_>, cpus: u32, _tsc_hz: u64) -> Totals {
+pub fn run_on_all(arena: &Arena<'_>, cpus: u32) -> Totals {
     ARENA.store(arena as *const Arena<'_> as *mut (), Ordering::Release);
     PHASE.store(1, Ordering::Release);
     arena.fill(0, cpus);
