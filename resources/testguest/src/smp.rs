@@ -75,7 +75,10 @@ pub struct Started {
 /// Starts the APs the MADT lists and reports how many CPUs take part (1 without ACPI).
 pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> Started {
     let (wanted, listed) = match acpi::cpus(&GuestMem, info.rsdp_paddr) {
-        Some(cpus) if cpus.count > 1 => (cpus, cpus.count),
+        // The LAPIC must be in the boot map's uncached top GiB below 4 GiB.
+        Some(cpus) if cpus.count > 1 && (3 << 30..1 << 32).contains(&cpus.lapic_addr) => {
+            (cpus, cpus.count)
+        }
         other => {
             CPUS.store(1, Ordering::Release);
             return Started {
