@@ -159,6 +159,7 @@ unsafe fn atomics_u64(at: *mut AtomicU64, len: usize) -> &'static [AtomicU64] {
 extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     boot::install_idt();
     // First output as early as possible: boot-time benchmarks measure up to here.
+    hw::serial_init();
     hw::serial_line(b"testguest: start");
     let (info, map, entries) = read_start_info(start_info_paddr);
     let map = &map[..entries];
