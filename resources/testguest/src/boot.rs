@@ -274,14 +274,16 @@ testguest_next_cpu:
 testguest_idt:
     .zero 32 * 16
 
-    /* Page directories for RAM above 4 GiB, filled at CPL3 by map_high_ram(). */
-    .section .bss.testguest_high_pds, "aw", @nobits
+    /* Page directories for RAM above 4 GiB, filled at CPL3 by map_high_ram() - all 512
+       entries of each one used, so not zeroed at boot (and never touched without such
+       RAM: no page faults for them in a VMM that backs guest RAM lazily). */
+    .section .noinit.testguest_high_pds, "aw", @nobits
     .balign 4096
     .globl testguest_high_pds
 testguest_high_pds:
     .zero {high_pd_bytes}
 
-    .section .stacks, "aw", @nobits
+    .section .noinit.stacks, "aw", @nobits
     .balign 4096
     .globl testguest_kstacks
 testguest_kstacks:
@@ -347,7 +349,7 @@ pub fn map_high_ram(ram_end: u64) -> u64 {
     for gib in (BOOT_MAPPED >> 30)..(end >> 30) {
         let index = (gib - (BOOT_MAPPED >> 30)) as usize;
         // SAFETY: index < HIGH_PD_PAGES (end <= MAP_LIMIT); the directory is in .bss,
-        // unused until its PDPT entry is written below.
+        // unused until its PDPT entry is written below; all 512 entries are written.
         let pd = unsafe { pds.add(index * 512) };
         for entry in 0..512u64 {
             let addr = (gib << 30) | (entry << 21);
