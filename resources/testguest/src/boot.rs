@@ -348,7 +348,7 @@ pub fn map_high_ram(ram_end: u64) -> u64 {
     let pds = core::ptr::addr_of_mut!(testguest_high_pds) as *mut u64;
     for gib in (BOOT_MAPPED >> 30)..(end >> 30) {
         let index = (gib - (BOOT_MAPPED >> 30)) as usize;
-        // SAFETY: index < HIGH_PD_PAGES (end <= MAP_LIMIT); the directory is in .bss,
+        // SAFETY: index < HIGH_PD_PAGES (end <= MAP_LIMIT); the directory is in .noinit,
         // unused until its PDPT entry is written below; all 512 entries are written.
         let pd = unsafe { pds.add(index * 512) };
         for entry in 0..512u64 {
