@@ -113,41 +113,51 @@ fn pit_count() -> u16 {
     u16::from_le_bytes([low, high])
 }
 
-/// Windows measured for the TSC calibration; the median is taken.
-const CALIBRATION_WINDOWS: usize = 7;
+/// Windows measured for the TSC calibration, and how many of them (those whose end
+/// points were read most tightly) the median is taken over.
+const CALIBRATION_WINDOWS: usize = 9;
+const CALIBRATION_KEPT: usize = 5;
 
 /// Measures the TSC frequency in Hz against PIT channel 0; None if the PIT does not
 /// count. Each PIT read is bracketed by two TSC reads and their midpoint taken, so the
-/// cost of the port exits does not bias the result; the median of several 5 ms windows
-/// is kept, so one window spoilt by the vCPU being descheduled (or by the TSC jumping
-/// when the host moves the vCPU) does not spoil the result.
+/// cost of the port exits does not bias the result. A window's error comes from its two
+/// end points, and an end point is uncertain by its bracket (wide when the vCPU was
+/// descheduled during that read, common on a loaded host): of nine 5 ms windows the five
+/// with the narrowest brackets are kept and their median rate returned.
 pub fn calibrate_tsc() -> Option<u64> {
     // Channel 0, low then high byte, mode 2 (rate generator), reload 0 = 65536.
     outb(PIT_CMD, 0x34);
     outb(PIT_CH0, 0);
     outb(PIT_CH0, 0);
-    let mut rates = [0u64; CALIBRATION_WINDOWS];
-    for rate in rates.iter_mut() {
-        *rate = calibration_window(PIT_HZ / 200)?;
+    let mut windows = [(0u64, 0u64); CALIBRATION_WINDOWS];
+    for window in windows.iter_mut() {
+        *window = calibration_window(PIT_HZ / 200)?;
+    }
+    windows.sort_unstable_by_key(|&(_, bracket)| bracket);
+    let mut rates = [0u64; CALIBRATION_KEPT];
+    for (rate, &(window_rate, _)) in rates.iter_mut().zip(&windows) {
+        *rate = window_rate;
     }
     rates.sort_unstable();
-    Some(rates[CALIBRATION_WINDOWS / 2])
+    Some(rates[CALIBRATION_KEPT / 2])
 }
 
-/// TSC cycles per second over one window of at least `target_ticks` PIT ticks.
-fn calibration_window(target_ticks: u64) -> Option<u64> {
+/// TSC cycles per second over one window of at least `target_ticks` PIT ticks, and the
+/// wider of its two end points' TSC brackets.
+fn calibration_window(target_ticks: u64) -> Option<(u64, u64)> {
     let sample = || {
         let before = rdtsc();
         let count = pit_count();
         let after = rdtsc();
-        (before + after.wrapping_sub(before) / 2, count)
+        let bracket = after.wrapping_sub(before);
+        (before + bracket / 2, bracket, count)
     };
-    let (start_tsc, mut last) = sample();
+    let (start_tsc, start_bracket, mut last) = sample();
     let mut ticks = 0u64;
-    let mut end_tsc = start_tsc;
+    let mut end = (start_tsc, start_bracket);
     let mut idle_reads = 0u32;
     while ticks < target_ticks {
-        let (tsc, count) = sample();
+        let (tsc, bracket, count) = sample();
         let delta = last.wrapping_sub(count);
         if delta == 0 {
             idle_reads += 1;
@@ -157,10 +167,11 @@ fn calibration_window(target_ticks: u64) -> Option<u64> {
         }
         ticks += u64::from(delta);
         last = count;
-        end_tsc = tsc;
+        end = (tsc, bracket);
     }
-    let cycles = end_tsc.wrapping_sub(start_tsc);
-    Some((u128::from(cycles) * u128::from(PIT_HZ) / u128::from(ticks)) as u64)
+    let cycles = end.0.wrapping_sub(start_tsc);
+    let rate = (u128::from(cycles) * u128::from(PIT_HZ) / u128::from(ticks)) as u64;
+    Some((rate, start_bracket.max(end.1)))
 }
 
 /// Busy-waits `micros` microseconds by the TSC.
