@@ -24,7 +24,7 @@ guest: setup
 demo: build
 	resources/scripts/demo.sh
 
-test: build
+test: build linux
 	$(CARGO) test --release --workspace
 	cd resources/testguest && $(CARGO) test --release --target x86_64-unknown-linux-gnu --lib
 

@@ -3,7 +3,8 @@
 #
 #   resources/scripts/fetch-linux.sh OUTDIR
 #
-# Produces OUTDIR/vmlinuz (the bzImage) and OUTDIR/initramfs.cpio.gz, whose /init mounts
+# Produces OUTDIR/vmlinuz (the bzImage), OUTDIR/vmlinux (the same kernel uncompressed, an
+# ELF with a PVH entry note) and OUTDIR/initramfs.cpio.gz, whose /init mounts
 # proc, sys and devtmpfs, prints the marker line below and reboots (with `reboot=k` on the
 # kernel command line that is an i8042 reset, which ends the VM). Idempotent: the .deb is
 # cached in OUTDIR/cache and nothing is rebuilt when the outputs are newer than their inputs.
@@ -61,12 +62,48 @@ if [ ! -s "$out/vmlinuz" ] || [ "$deb" -nt "$out/vmlinuz" ]; then
     echo "fetch-linux: $out/vmlinuz ($KERNEL_PKG $KERNEL_VERSION)"
 fi
 
+need_pkg() { # need_pkg PACKAGE: install it if it is missing (setup.sh lists it too)
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
+# The same kernel uncompressed: the ELF inside the bzImage, which carries a PVH entry
+# note. On a host without VT-x/SVM (PVM) the bzImage's decompressor runs under
+# instruction emulation for minutes before the kernel prints a line; the ELF skips it.
+if [ ! -s "$out/vmlinux" ] || [ "$out/vmlinuz" -nt "$out/vmlinux" ]; then
+    # Boot protocol header: setup_sects at 0x1f1, payload_offset/_length at 0x248/0x24c
+    # (the payload offset counts from the protected-mode code after the setup sectors).
+    read -r payload_start payload_len < <(python3 - "$out/vmlinuz" <<'PY'
+import struct, sys
+d = open(sys.argv[1], "rb").read(0x250)
+setup_sects = d[0x1f1] or 4
+off, length = struct.unpack_from("<II", d, 0x248)
+print((setup_sects + 1) * 512 + off, length)
+PY
+    )
+    payload() { dd if="$out/vmlinuz" iflag=skip_bytes,count_bytes skip="$payload_start" count="$1" bs=1M status=none; }
+    magic=$(payload 6 | od -An -tx1 | tr -d ' \n')
+    case $magic in
+        02214c18*) need_pkg lz4; decompress=(lz4 -dc) ;;
+        28b52ffd*) need_pkg zstd; decompress=(zstd -dcq) ;;
+        fd377a585a00) need_pkg xz-utils; decompress=(xz -dcq) ;;
+        1f8b*) decompress=(gzip -dcq) ;;
+        *) echo "fetch-linux: unknown bzImage payload compression (magic $magic)" >&2; exit 1 ;;
+    esac
+    # Decompressors stop at the end of their stream; the size word Linux appends after
+    # it is ignored (lz4 and gzip warn about trailing bytes, hence 2>/dev/null).
+    payload "$payload_len" | "${decompress[@]}" 2>/dev/null >"$out/vmlinux.tmp" || true
+    if [ "$(head -c 4 "$out/vmlinux.tmp" | od -An -tx1 | tr -d ' \n')" != 7f454c46 ]; then
+        echo "fetch-linux: could not extract the ELF kernel from $out/vmlinuz" >&2
+        exit 1
+    fi
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+    echo "fetch-linux: $out/vmlinux (the same kernel, uncompressed, PVH entry)"
+fi
+
 busybox=/bin/busybox
 if [ ! -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
-    # busybox-static provides /bin/busybox; setup.sh installs it, but be self-sufficient.
-    if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
-    fi
+    need_pkg busybox-static
 fi
 
 initrd=$out/initramfs.cpio.gz
