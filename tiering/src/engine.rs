@@ -32,6 +32,8 @@ const NO_TIER: u8 = u8::MAX;
 /// Evictions are carried out in batches (one dirty-log harvest per batch); RAM may
 /// exceed the budget by at most this many pages in between.
 pub(crate) const EVICT_BATCH: usize = 32;
+/// How often the guest page tables are walked for page kinds.
+const KIND_WALK_INTERVAL: Duration = Duration::from_millis(500);
 /// Tries of a failed tier I/O before the page is left where it is.
 const IO_ATTEMPTS: u32 = 3;
 
@@ -60,6 +62,9 @@ struct PageMeta {
     copy_slot: u64,
     /// Written since its content was last captured (dirty log; always true without one).
     dirty: bool,
+    /// The policy evicted the page again while its cancelled eviction was still
+    /// writing: evict it to this tier once the write is done (NO_TIER: no).
+    reevict_to: u8,
 }
 
 /// An I/O in flight, by tag.
@@ -118,6 +123,8 @@ pub(crate) struct Engine {
     dirty_scratch: Vec<PageNumber>,
     rng: u64,
     fatal: bool,
+    kinds: crate::pagekind::KindMap,
+    last_walk: Option<Instant>,
     /// For the report.
     pub advisor_name: String,
     pub tiers: crate::config::TierConfig,
@@ -165,6 +172,7 @@ impl Engine {
                     copy_tier: NO_TIER,
                     copy_slot: 0,
                     dirty: true,
+                    reevict_to: NO_TIER,
                 };
                 pages
             ],
@@ -179,6 +187,8 @@ impl Engine {
             dirty_scratch: Vec::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
             fatal: false,
+            kinds: crate::pagekind::KindMap::new(pages),
+            last_walk: None,
             advisor_name: String::new(),
             tiers: crate::config::TierConfig::default(),
         }
@@ -312,6 +322,12 @@ impl Engine {
                     self.queue_action(a);
                 }
                 self.actions = actions;
+                if self
+                    .last_walk
+                    .is_none_or(|t| t.elapsed() >= KIND_WALK_INTERVAL)
+                {
+                    self.classify_pages();
+                }
                 if self.config.sample_pages > 0
                     && last_sample.elapsed() >= self.config.sample_interval
                 {
@@ -390,7 +406,7 @@ impl Engine {
             } else {
                 AccessOp::Read
             },
-            kind: PageKind::Unknown,
+            kind: self.kinds.kind(index),
             source: if kind == FaultKind::Minor {
                 AccessSource::SampledMinor
             } else {
@@ -408,7 +424,9 @@ impl Engine {
         self.counters.minor_faults += 1;
         let host = self.layout.host_of_index(index);
         match self.meta[index].state {
-            State::Present | State::EvictCancelled => {}
+            State::Present => {}
+            // The policy sees this access and takes the page back: no re-eviction.
+            State::EvictCancelled => self.meta[index].reevict_to = NO_TIER,
             State::Evicting => {
                 // Touched while its write-back runs: keep it in RAM.
                 self.meta[index].state = State::EvictCancelled;
@@ -692,7 +710,7 @@ impl Engine {
                     page,
                     vcpu: 0,
                     op: AccessOp::Write,
-                    kind: PageKind::Unknown,
+                    kind: self.kinds.kind(index),
                     source: AccessSource::DirtyLog,
                 };
                 self.trace(&a);
@@ -713,6 +731,11 @@ impl Engine {
             };
             if self.meta[index].state == State::Prefetching {
                 self.finish_prefetch_now(index);
+            }
+            if self.meta[index].state == State::EvictCancelled {
+                // Its cancelled eviction still writes: evict it again after that.
+                self.meta[index].reevict_to = to;
+                continue;
             }
             // Pages never filled, or already on their way out, need nothing.
             if self.meta[index].state == State::Present {
@@ -815,6 +838,20 @@ impl Engine {
         }
     }
 
+    /// A cancelled or failed eviction ends: the page is resident again (with a clean
+    /// copy in `copy_tier`, if given); if the policy evicted it meanwhile, queue that.
+    fn back_in_ram(&mut self, index: usize, copy_tier: Option<usize>) {
+        self.meta[index].state = State::Present;
+        if let Some(t) = copy_tier {
+            self.copy_holders[t].push(index);
+        }
+        let to = std::mem::replace(&mut self.meta[index].reevict_to, NO_TIER);
+        if to != NO_TIER {
+            self.evict_queue
+                .push((self.layout.page_of_index(index), to));
+        }
+    }
+
     /// The page's data is safely in its tier: free it from the memfd with the next
     /// batch. Punching in batches matters on PVM: every punch invalidates KVM's
     /// shadow mappings, and the guest pays for rebuilding them once per batch
@@ -836,11 +873,8 @@ impl Engine {
                     self.meta[index].state = State::Absent;
                     self.counters.tiers[tier as usize].evictions += 1;
                 }
-                State::EvictCancelled => {
-                    // Touched while waiting: stays in RAM with a clean copy.
-                    self.meta[index].state = State::Present;
-                    self.copy_holders[tier as usize].push(index);
-                }
+                // Touched while waiting: stays in RAM with a clean copy.
+                State::EvictCancelled => self.back_in_ram(index, Some(tier as usize)),
                 _ => {}
             }
         }
@@ -919,8 +953,8 @@ impl Engine {
                     if self.meta[index].state == State::Evicting {
                         self.policy.evict_failed(self.layout.page_of_index(index));
                     }
-                    self.meta[index].state = State::Present;
                     self.meta[index].dirty = true;
+                    self.back_in_ram(index, None);
                     return;
                 }
                 self.counters.tiers[t].bytes_written += PAGE as u64;
@@ -928,11 +962,8 @@ impl Engine {
                 self.meta[index].copy_slot = slot;
                 match self.meta[index].state {
                     State::Evicting => self.drop_from_ram(index),
-                    _ => {
-                        // Cancelled: back in RAM with a clean copy.
-                        self.meta[index].state = State::Present;
-                        self.copy_holders[t].push(index);
-                    }
+                    // Cancelled: back in RAM with a clean copy.
+                    _ => self.back_in_ram(index, Some(t)),
                 }
             }
             Op::PrefetchRead { index } => {
@@ -1010,6 +1041,38 @@ impl Engine {
         }
     }
 
+    /// Walk the guest page tables (when the VM says where they are) to tell code,
+    /// data and shared pages apart for the events that follow.
+    fn classify_pages(&mut self) {
+        self.last_walk = Some(Instant::now());
+        let Some((cr3, nxe)) = self.hooks.page_table_root() else {
+            return;
+        };
+        let mut kinds = std::mem::replace(&mut self.kinds, crate::pagekind::KindMap::new(0));
+        let (layout, meta, memfd) = (&self.layout, &self.meta, &self.memfd);
+        let index_of = |gpa: u64| layout.index_of_page(gpa / PAGE_SIZE);
+        let mut read_table = |gpa: u64, buf: &mut [u8; 4096]| {
+            let Some(index) = index_of(gpa) else {
+                return false;
+            };
+            // Tables not in RAM right now are skipped rather than read from a tier.
+            matches!(
+                meta[index].state,
+                State::Present | State::Evicting | State::EvictCancelled
+            ) && memfd
+                .read_exact_at(buf, layout.file_offset_of_index(index))
+                .is_ok()
+        };
+        let stats = kinds.walk(cr3, nxe, &mut read_table, &index_of);
+        self.kinds = kinds;
+        self.counters.page_table_walks += 1;
+        self.counters.page_tables_unreadable += stats.tables_unreadable;
+    }
+
+    pub(crate) fn kind_totals(&self) -> (u64, u64, u64) {
+        self.kinds.totals()
+    }
+
     /// Zap a random sample of resident pages; the MINOR faults that come back are
     /// access events for pages a MISSING fault never shows.
     fn sample_resident(&mut self) {
@@ -1037,6 +1100,9 @@ impl Engine {
 
     /// Wait for every write-back, so no page is lost at shutdown.
     fn drain_io(&mut self) {
+        if !self.fatal && !self.evict_queue.is_empty() {
+            self.flush_evictions();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.inflight.is_empty() && Instant::now() < deadline {
             let mut got = Vec::new();

@@ -6,15 +6,16 @@
 
 pub mod access;
 pub mod advisor;
-pub mod trace;
-pub mod config;
-pub mod policy;
 pub mod backend;
+pub mod config;
 mod engine;
 pub mod layout;
 pub mod metrics;
+pub mod pagekind;
+pub mod policy;
 pub mod runtime;
-mod stores;
-pub mod uffd;
 #[cfg(test)]
 mod runtime_tests;
+mod stores;
+pub mod trace;
+pub mod uffd;

@@ -45,6 +45,8 @@ pub(crate) struct Counters {
     pub evictions_refused: u64,
     pub events_traced: u64,
     pub handler_idle_ns: u64,
+    pub page_table_walks: u64,
+    pub page_tables_unreadable: u64,
 }
 
 impl Counters {
@@ -60,6 +62,8 @@ impl Counters {
             evictions_refused: 0,
             events_traced: 0,
             handler_idle_ns: 0,
+            page_table_walks: 0,
+            page_tables_unreadable: 0,
         }
     }
 
@@ -113,6 +117,13 @@ pub struct TieringReport {
     pub evictions_refused: u64,
     pub moves: u64,
     pub trace_events: u64,
+    /// Walks of the guest page tables, tables skipped because they were not in RAM,
+    /// and the pages of each kind the last walk found.
+    pub page_table_walks: u64,
+    pub page_tables_unreadable: u64,
+    pub pages_code: u64,
+    pub pages_data: u64,
+    pub pages_shared: u64,
     /// Time the fault handler slept waiting for work, in ms.
     pub handler_idle_ms: f64,
     /// Demand-fault latency over all tiers (event read to page installed).

@@ -36,6 +36,11 @@ pub trait VmHooks: Send {
     fn harvest_dirty(&mut self, out: &mut Vec<PageNumber>) -> Result<(), String>;
     /// Stop the VM with this message: guest memory can no longer be served correctly.
     fn fatal(&mut self, message: String);
+    /// The guest's page-table root (CR3) when it runs with 4-level paging, and whether
+    /// EFER.NXE is set; `None` when unknown (no VM, paging off).
+    fn page_table_root(&self) -> Option<(u64, bool)> {
+        None
+    }
 }
 
 /// Hooks for use without a VM (tests, benchmarks): no dirty log, fatal errors logged.
@@ -312,6 +317,7 @@ impl Drop for TieredMemory {
 
 pub(crate) fn build_report(e: &Engine) -> TieringReport {
     let c = e.counters();
+    let kinds = e.kind_totals();
     let stats = e.policy.stats();
     let tier_pages = e.policy.tier_pages();
     let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)
@@ -370,6 +376,11 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         moves: stats.moves,
         trace_events: c.events_traced,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,
+        page_table_walks: c.page_table_walks,
+        page_tables_unreadable: c.page_tables_unreadable,
+        pages_code: kinds.0,
+        pages_data: kinds.1,
+        pages_shared: kinds.2,
         fault_latency_p50_us: percentile_us(&all, 0.5),
         fault_latency_p99_us: percentile_us(&all, 0.99),
         per_tier,

@@ -171,14 +171,12 @@ fn thread_touching_registered_memory_is_served_within_budget() {
     let report = tm.stop();
     std::fs::remove_dir_all(&dir).ok();
     result.unwrap();
-    eprintln!("{report:#?}");
     assert!(failed.lock().unwrap().is_none());
     assert_eq!(report.zero_fills, pages as u64, "{report:#?}");
-    assert!(
-        report.evictions >= (pages - 64 - 32) as u64 * 2,
-        "{report:#?}"
-    );
+    // Every page beyond the budget left RAM at least once.
+    assert!(report.evictions >= (pages - 128) as u64, "{report:#?}");
     assert!(report.per_tier[2].demand_faults > 0, "{report:#?}");
     assert!(report.per_tier[3].demand_faults > 0, "{report:#?}");
-    assert!(report.per_tier[1].resident_pages <= 64 + 32, "{report:#?}");
+    // The budget, plus a batch of evictions waiting and a batch waiting to be punched.
+    assert!(report.per_tier[1].resident_pages <= 64 + 64, "{report:#?}");
 }

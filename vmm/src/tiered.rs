@@ -2,9 +2,11 @@
 //! VM's memfd-backed RAM to [`tiering::runtime::TieredMemory`], lends it the KVM dirty
 //! log and a way to stop the VM, and pins vCPU threads next to the fault handler.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
@@ -93,6 +95,38 @@ struct VcpuPinning {
 
 static PINNING: OnceLock<VcpuPinning> = OnceLock::new();
 
+/// The guest's CR3 (bit 0 set when known) and EFER.NXE (bit 1), for page-kind walks.
+/// Read by the vCPU threads between runs: KVM_GET_SREGS cannot be asked of a vCPU
+/// blocked in a fault, so the fault handler never asks itself.
+static GUEST_PAGING: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static EXITS_SEEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Called by a vCPU thread before each KVM_RUN: every 256th time (and until it is
+/// known), note where the guest's page tables are.
+pub fn observe_vcpu(vcpu: &kvm_ioctls::VcpuFd) {
+    if PINNING.get().is_none() {
+        return;
+    }
+    let n = EXITS_SEEN.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    if n % 256 != 1 && GUEST_PAGING.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    if let Ok(sregs) = vcpu.get_sregs() {
+        let paging = sregs.cr0 & (1 << 31) != 0;
+        let long_mode = sregs.efer & (1 << 10) != 0;
+        if paging && long_mode {
+            let nxe = u64::from(sregs.efer & (1 << 11) != 0);
+            GUEST_PAGING.store((sregs.cr3 & !0xfff) | 1 | (nxe << 1), Ordering::Relaxed);
+        }
+    }
+}
+
 /// Called by each vCPU thread as it starts: pin it (vCPU i on CPU i mod n; the fault
 /// handler sits on vCPU 0's CPU) and tell the fault handler its thread id.
 pub fn on_vcpu_thread_start(vcpu: u8) {
@@ -159,6 +193,11 @@ impl VmHooks for KvmHooks {
         if !self.stop.is_stopping() {
             self.stop.request(StopReason::TieredMemory(message));
         }
+    }
+
+    fn page_table_root(&self) -> Option<(u64, bool)> {
+        let v = GUEST_PAGING.load(Ordering::Relaxed);
+        (v & 1 != 0).then_some((v & !0xfff, v & 2 != 0))
     }
 }
 

@@ -82,6 +82,7 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
 /// One KVM_RUN and the handling of its exit; Some(reason) ends the VM.
 fn run_once(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<StopReason> {
     let c = &ctx.counters;
+    crate::tiered::observe_vcpu(vcpu);
     match vcpu.run() {
         Ok(VcpuExit::IoOut(port, data)) => {
             ExitCounters::bump(&c.io_out);
