@@ -65,6 +65,9 @@ struct PageMeta {
     /// The policy evicted the page again while its cancelled eviction was still
     /// writing: evict it to this tier once the write is done (NO_TIER: no).
     reevict_to: u8,
+    /// Zero-filled and not written since (needs the dirty log to know): it can leave
+    /// RAM without a write and come back as a zero fill.
+    zero: bool,
 }
 
 /// An I/O in flight, by tag.
@@ -173,6 +176,7 @@ impl Engine {
                     copy_slot: 0,
                     dirty: true,
                     reevict_to: NO_TIER,
+                    zero: false,
                 };
                 pages
             ],
@@ -509,8 +513,7 @@ impl Engine {
                 if let Err(e) = self.uffd.zero_pages(host, PAGE) {
                     return self.die(e.to_string());
                 }
-                self.meta[index].state = State::Present;
-                self.meta[index].dirty = true;
+                self.mark_zero_filled(index);
                 self.counters.zero_fills += 1;
                 self.counters
                     .record_fault(1, t0.elapsed().as_nanos() as u64);
@@ -552,6 +555,7 @@ impl Engine {
                 }
                 self.meta[index].state = State::Present;
                 self.meta[index].dirty = false;
+                self.meta[index].zero = false;
                 self.copy_holders[tier].push(index);
                 let c = &mut self.counters;
                 c.tiers[tier].bytes_read += PAGE as u64;
@@ -587,8 +591,7 @@ impl Engine {
                 if let Err(e) = self.uffd.zero_pages(host, PAGE) {
                     return self.die(e.to_string());
                 }
-                self.meta[index].state = State::Present;
-                self.meta[index].dirty = true;
+                self.mark_zero_filled(index);
             }
             State::Absent => {
                 let tier = m.copy_tier as usize;
@@ -698,6 +701,7 @@ impl Engine {
             log::warn!("dirty log harvest failed, treating every page as dirty: {e}");
             for m in &mut self.meta {
                 m.dirty = true;
+                m.zero = false;
             }
         }
         self.counters.dirty_harvests += 1;
@@ -705,6 +709,7 @@ impl Engine {
         for &page in &pages {
             if let Some(index) = self.layout.index_of_page(page) {
                 self.meta[index].dirty = true;
+                self.meta[index].zero = false;
                 let a = Access {
                     time_ns: now,
                     page,
@@ -753,6 +758,12 @@ impl Engine {
         let dirty_log = self.hooks.has_dirty_log();
         for (index, to) in victims {
             let m = self.meta[index];
+            if dirty_log && !m.dirty && m.zero {
+                // Still all zeros: nothing to keep.
+                self.release_copy(index);
+                self.drop_from_ram(index);
+                continue;
+            }
             let clean_copy_here = dirty_log && !m.dirty && m.copy_tier as usize == to;
             self.meta[index].dirty = false;
             if clean_copy_here {
@@ -838,6 +849,14 @@ impl Engine {
         }
     }
 
+    fn mark_zero_filled(&mut self, index: usize) {
+        let dirty_log = self.hooks.has_dirty_log();
+        let m = &mut self.meta[index];
+        m.state = State::Present;
+        m.dirty = !dirty_log;
+        m.zero = dirty_log;
+    }
+
     /// A cancelled or failed eviction ends: the page is resident again (with a clean
     /// copy in `copy_tier`, if given); if the policy evicted it meanwhile, queue that.
     fn back_in_ram(&mut self, index: usize, copy_tier: Option<usize>) {
@@ -870,11 +889,19 @@ impl Engine {
                     if let Err(e) = uffd::punch(&self.memfd, off, PAGE as u64) {
                         return self.die(e.to_string());
                     }
-                    self.meta[index].state = State::Absent;
-                    self.counters.tiers[tier as usize].evictions += 1;
+                    if self.meta[index].zero {
+                        self.meta[index].state = State::Untouched;
+                        self.counters.zero_drops += 1;
+                    } else {
+                        self.meta[index].state = State::Absent;
+                        self.counters.tiers[tier as usize].evictions += 1;
+                    }
                 }
                 // Touched while waiting: stays in RAM with a clean copy.
-                State::EvictCancelled => self.back_in_ram(index, Some(tier as usize)),
+                State::EvictCancelled => {
+                    let copy = (tier != NO_TIER).then_some(tier as usize);
+                    self.back_in_ram(index, copy);
+                }
                 _ => {}
             }
         }
@@ -979,6 +1006,7 @@ impl Engine {
                         }
                         self.meta[index].state = State::Present;
                         self.meta[index].dirty = false;
+                        self.meta[index].zero = false;
                         self.counters.tiers[tier].bytes_read += PAGE as u64;
                         self.copy_holders[tier].push(index);
                     }

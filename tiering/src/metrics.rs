@@ -47,6 +47,7 @@ pub(crate) struct Counters {
     pub handler_idle_ns: u64,
     pub page_table_walks: u64,
     pub page_tables_unreadable: u64,
+    pub zero_drops: u64,
 }
 
 impl Counters {
@@ -64,6 +65,7 @@ impl Counters {
             handler_idle_ns: 0,
             page_table_walks: 0,
             page_tables_unreadable: 0,
+            zero_drops: 0,
         }
     }
 
@@ -108,6 +110,8 @@ pub struct TieringReport {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    /// Evictions of zero-filled pages never written: dropped, no I/O, zero-filled again.
+    pub zero_drops: u64,
     /// Evictions that needed no write-back (a clean copy was already in the tier).
     pub write_backs_skipped_clean: u64,
     pub dirty_log: bool,
