@@ -225,10 +225,11 @@ impl TierConfig {
             path: path.to_path_buf(),
             source,
         })?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        // Absolute, so `${WORKDIR}/x` and a relative `x` name the same file.
         let workdir = std::env::var_os(WORKDIR_ENV)
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| PathBuf::from("."));
+            .map(|d| cwd.join(d))
+            .unwrap_or(cwd);
         Self::parse(&path.display().to_string(), &source, &workdir)
     }
 
