@@ -249,9 +249,11 @@ fn build_madt(vcpus: u8) -> Vec<u8> {
         )));
     }
     madt.append_slice(&aml_bytes(&IoApic::new(0, IOAPIC_ADDR, 0)));
-    // ISA IRQ 0 (the PIT) is wired to IO-APIC pin 2 on a PC; QEMU's MADT says the same.
-    // Linux uses no PIT interrupt on a hardware-reduced platform, so this only keeps the
-    // description familiar. IRQ 9 is the PC's ACPI SCI line: level-triggered, active high.
+    // ISA IRQ 0 (the PIT) is wired to IO-APIC pin 2 on a PC; QEMU's MADT says the same
+    // and QEMU routes KVM's GSI 0 to pin 2 to match. Linux uses no PIT interrupt on a
+    // hardware-reduced platform, so KVM's default GSI 0 -> pin 0 routing does not matter
+    // today; route GSI 0 to pin 2 before relying on the PIT through the IO-APIC.
+    // IRQ 9 is the PC's ACPI SCI line: level-triggered, active high.
     madt.append_slice(&interrupt_source_override(
         0,
         2,
