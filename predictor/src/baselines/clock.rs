@@ -4,7 +4,7 @@ use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use super::Recency;
+use super::NO_OPINION;
 
 const EMPTY: PageNumber = PageNumber::MAX;
 
@@ -17,7 +17,6 @@ pub struct ClockAdvisor {
     index: FxHashMap<PageNumber, usize>,
     free: Vec<usize>,
     hand: usize,
-    recency: Recency,
 }
 
 impl ClockAdvisor {
@@ -31,7 +30,6 @@ impl Advisor for ClockAdvisor {
         "none"
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        self.recency.touch(access.page);
         if resident {
             if let Some(&i) = self.index.get(&access.page) {
                 self.slots[i].1 = true;
@@ -87,10 +85,7 @@ impl Advisor for ClockAdvisor {
         }
     }
     fn prefetch(&mut self, _now_ns: u64, _max: usize, _out: &mut Vec<PageNumber>) {}
-    fn probability(&self, page: PageNumber) -> f32 {
-        self.recency.probability(page)
-    }
-    fn end_window(&mut self, _now_ns: u64) {
-        self.recency.end_window();
+    fn probability(&self, _page: PageNumber) -> f32 {
+        NO_OPINION
     }
 }

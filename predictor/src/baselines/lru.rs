@@ -4,7 +4,7 @@ use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use super::Recency;
+use super::NO_OPINION;
 
 const NIL: u32 = u32::MAX;
 
@@ -115,7 +115,6 @@ impl LruList {
 #[derive(Debug, Default)]
 pub struct LruAdvisor {
     list: LruList,
-    recency: Recency,
 }
 
 impl LruAdvisor {
@@ -129,7 +128,6 @@ impl Advisor for LruAdvisor {
         "lru"
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        self.recency.touch(access.page);
         if resident {
             self.list.touch(access.page);
         }
@@ -144,10 +142,7 @@ impl Advisor for LruAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, _max: usize, _out: &mut Vec<PageNumber>) {}
-    fn probability(&self, page: PageNumber) -> f32 {
-        self.recency.probability(page)
-    }
-    fn end_window(&mut self, _now_ns: u64) {
-        self.recency.end_window();
+    fn probability(&self, _page: PageNumber) -> f32 {
+        NO_OPINION
     }
 }

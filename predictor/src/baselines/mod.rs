@@ -5,27 +5,33 @@
 //! |---|---|---|
 //! | `none` | CLOCK (second chance) | none: demand paging |
 //! | `lru` | least recently used | none |
-//! | `lfu` | least frequently used (ties: least recent) | none |
+//! | `lfu` | least frequently used with dynamic aging (LFU-DA) | none |
 //! | `stride` | LRU | kernel-style readahead on a constant fault stride |
 //! | `leap` | LRU | Leap (ATC'20): majority trend of recent fault deltas |
 //! | `oracle` | Belady MIN (future knowledge) | the next pages the trace uses |
 //!
 //! Every call is O(1) or O(log n): traces have tens of millions of accesses.
-//! `probability` is a recency estimate for all but the oracle (see [`Recency`]).
+//!
+//! Tier placement: the baselines have no opinion ([`NO_OPINION`]), so every page
+//! they evict goes to tier 2, the fastest storage tier, as with one swap device
+//! (B0). Their results measure eviction and prefetching alone; placing cold pages
+//! in slower tiers is left to advisors that predict (the GRU).
 
 mod clock;
 mod lfu;
 mod lru;
 mod oracle;
 mod prefetchers;
-mod recency;
 
 pub use clock::ClockAdvisor;
 pub use lfu::LfuAdvisor;
 pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};
 pub use prefetchers::{LeapAdvisor, StrideAdvisor};
-pub use recency::Recency;
+
+/// Probability the baselines report for every page: maps to tier 2 (NVMe) with the
+/// default thresholds.
+pub const NO_OPINION: f32 = 0.25;
 
 #[cfg(test)]
 mod tests;

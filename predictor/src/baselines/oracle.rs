@@ -11,7 +11,9 @@
 //!   used, stopping at the first one that would be used later than the page it would
 //!   push out ("do no harm", Cao et al. 1995), and looking at most the RAM budget
 //!   (and at most [`ORACLE_LOOKAHEAD`]) accesses ahead of the current one;
-//! - probability: `min(1, budget / distance to next use)`; never used again -> 0.
+//! - probability: `budget / distance to next use`, at least [`super::NO_OPINION`]
+//!   (every page needed again stays in the fastest storage tier), 1 at most; a page
+//!   never used again -> 0 (the coldest tier).
 //!
 //! Costs: O(log n) per access (a lazy max-heap of next uses), the prefetch walk is
 //! amortised by a cursor that never moves back.
@@ -247,8 +249,9 @@ impl Advisor for OracleAdvisor {
         let next = self.resident.get(&page).or_else(|| self.evicted.get(&page));
         match next {
             Some(&n) if n != NEVER => {
+                // Needed again: at least the fastest storage tier (it knows it will be).
                 let distance = (n as usize).saturating_sub(self.pos).max(1);
-                (self.budget as f32 / distance as f32).min(1.0)
+                (self.budget as f32 / distance as f32).clamp(super::NO_OPINION, 1.0)
             }
             _ => 0.0,
         }

@@ -8,7 +8,7 @@ use rustc_hash::FxHashSet;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use super::{LruList, Recency};
+use super::{LruList, NO_OPINION};
 
 /// `page + k * stride`, or `None` outside the page number space.
 fn step(page: PageNumber, stride: i64, k: i64) -> Option<PageNumber> {
@@ -46,7 +46,6 @@ const STRIDE_MAX_DISTANCE: i64 = 1024;
 #[derive(Debug, Default)]
 pub struct StrideAdvisor {
     list: LruList,
-    recency: Recency,
     last_fault: Option<PageNumber>,
     stride: i64,
     window: i64,
@@ -117,7 +116,6 @@ impl Advisor for StrideAdvisor {
         "stride"
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        self.recency.touch(access.page);
         if !resident {
             self.on_fault(access.page);
             return;
@@ -143,11 +141,8 @@ impl Advisor for StrideAdvisor {
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
         drain_pending(&mut self.pending, &self.list, max, out);
     }
-    fn probability(&self, page: PageNumber) -> f32 {
-        self.recency.probability(page)
-    }
-    fn end_window(&mut self, _now_ns: u64) {
-        self.recency.end_window();
+    fn probability(&self, _page: PageNumber) -> f32 {
+        NO_OPINION
     }
 }
 
@@ -170,7 +165,6 @@ const LEAP_MAX_WINDOW: usize = 8;
 #[derive(Debug, Default)]
 pub struct LeapAdvisor {
     list: LruList,
-    recency: Recency,
     history: VecDeque<i64>,
     last_page: Option<PageNumber>,
     prefetched_unused: FxHashSet<PageNumber>,
@@ -266,7 +260,6 @@ impl Advisor for LeapAdvisor {
         "leap"
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        self.recency.touch(access.page);
         if !resident {
             self.on_fault(access.page);
             return;
@@ -293,10 +286,7 @@ impl Advisor for LeapAdvisor {
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
         drain_pending(&mut self.pending, &self.list, max, out);
     }
-    fn probability(&self, page: PageNumber) -> f32 {
-        self.recency.probability(page)
-    }
-    fn end_window(&mut self, _now_ns: u64) {
-        self.recency.end_window();
+    fn probability(&self, _page: PageNumber) -> f32 {
+        NO_OPINION
     }
 }

@@ -180,13 +180,3 @@ fn oracle_never_faults_more_than_lru_or_none_on_random_traces() {
         }
     }
 }
-
-#[test]
-fn recency_probability_decays_by_window() {
-    let mut r = Recency::default();
-    r.touch(1);
-    assert_eq!(r.probability(1), 1.0);
-    r.end_window();
-    assert_eq!(r.probability(1), 0.5);
-    assert_eq!(r.probability(2), 0.0);
-}

@@ -42,6 +42,10 @@ pub struct ReplayArgs {
     /// Nanoseconds per instruction for traces clocked in instructions (lackey).
     #[arg(long, default_value_t = 0.4)]
     pub ns_per_instruction: f64,
+    /// Modelled cost of an access that hits RAM, in ns (0: the trace clock already
+    /// holds it).
+    #[arg(long, default_value_t = 0)]
+    pub hit_ns: u64,
     /// Model file for learned advisors (gru).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -63,7 +67,10 @@ pub fn run(args: ReplayArgs) -> i32 {
     if !(args.ns_per_instruction > 0.0 && args.ns_per_instruction.is_finite()) {
         return super::usage_error("replay: --ns-per-instruction must be a positive number");
     }
-    let mut latency = LatencyModel::default();
+    let mut latency = LatencyModel {
+        hit_ns: args.hit_ns,
+        ..LatencyModel::default()
+    };
     let mut capacity = [u64::MAX; tiering::policy::TIER_COUNT];
     if let Some(path) = &args.tiers {
         match tiering::config::TierConfig::load(path) {
