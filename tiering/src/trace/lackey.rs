@@ -34,6 +34,9 @@ pub enum InstrFetches {
 #[derive(Debug, Clone, Default)]
 pub struct LackeyOptions {
     pub instr: InstrFetches,
+    /// Stop after this many records (the input is left unread; a piped valgrind
+    /// then ends on SIGPIPE). Bounds trace size and capture time.
+    pub max_records: Option<u64>,
 }
 
 /// What an import saw; printed as the importer's one-line summary.
@@ -48,6 +51,8 @@ pub struct ImportStats {
     /// Anything else that is not an access line (the program's own output, junk).
     pub skipped_lines: u64,
     pub distinct_pages: u64,
+    /// The import stopped at `max_records` before the input ended.
+    pub stopped_at_limit: bool,
 }
 
 /// Why an import stopped.
@@ -104,6 +109,7 @@ struct Importer<'w, W: Write> {
     pages: HashSet<u64, BuildHasherDefault<PageHasher>>,
     last_counted_page: u64,
     last_instr_page: Option<u64>,
+    max_records: u64,
 }
 
 /// Streams lackey output from `input` into `out` (which the caller finishes).
@@ -119,6 +125,7 @@ pub fn import<R: Read, W: Write>(
         pages: HashSet::default(),
         last_counted_page: u64::MAX,
         last_instr_page: None,
+        max_records: opts.max_records.unwrap_or(u64::MAX),
     };
     let mut buf = vec![0u8; BUF_LEN];
     let mut filled = 0usize;
@@ -141,6 +148,7 @@ pub fn import<R: Read, W: Write>(
                 // A last line without its newline.
                 buf[filled] = b'\n';
                 imp.parse_lines(&buf[..filled + 1])?;
+                imp.stats.stopped_at_limit = imp.stats.records >= imp.max_records;
             }
             break;
         }
@@ -167,7 +175,10 @@ pub fn import<R: Read, W: Write>(
                 .map_or(end, |p| p + 1);
             skipping_long_line = false;
         }
-        imp.parse_lines(&buf[from..end])?;
+        if !imp.parse_lines(&buf[from..end])? {
+            imp.stats.stopped_at_limit = true;
+            break;
+        }
         buf.copy_within(end..filled, 0);
         filled -= end;
     }
@@ -218,7 +229,8 @@ fn parse_addr_size(b: &[u8], i: &mut usize) -> Option<(u64, u64)> {
 
 impl<W: Write> Importer<'_, W> {
     /// `b` holds whole lines and ends with `\n`, so every scan stops in bounds.
-    fn parse_lines(&mut self, b: &[u8]) -> Result<(), TraceError> {
+    /// Returns false once `max_records` records are written.
+    fn parse_lines(&mut self, b: &[u8]) -> Result<bool, TraceError> {
         let mut i = 0;
         while i < b.len() {
             self.stats.lines += 1;
@@ -247,6 +259,9 @@ impl<W: Write> Importer<'_, W> {
                 Some((op, addr, size, next)) => {
                     self.access(op, addr, size)?;
                     i = next;
+                    if self.stats.records >= self.max_records {
+                        return Ok(false);
+                    }
                 }
                 None => {
                     if b[line_start] == b'=' && b.get(line_start + 1) == Some(&b'=') {
@@ -262,7 +277,7 @@ impl<W: Write> Importer<'_, W> {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     #[inline]
@@ -284,6 +299,11 @@ impl<W: Write> Importer<'_, W> {
         } else {
             PageKind::Data
         };
+        let room = self.max_records.saturating_sub(self.stats.records);
+        if room == 0 {
+            return Ok(());
+        }
+        let last = last.min(first.saturating_add(room - 1));
         for page in first..=last {
             self.out.write(&Access {
                 time_ns: self.stats.instructions,
@@ -310,7 +330,11 @@ mod tests {
 
     fn run(input: &[u8], instr: InstrFetches) -> (ImportStats, Vec<Access>) {
         let mut w = TraceWriter::new(Vec::new(), &header("test")).unwrap();
-        let stats = import(input, &mut w, &LackeyOptions { instr }).unwrap();
+        let opts = LackeyOptions {
+            instr,
+            ..LackeyOptions::default()
+        };
+        let stats = import(input, &mut w, &opts).unwrap();
         let bytes = w.finish().unwrap();
         let r = TraceReader::new(&bytes[..]).unwrap();
         assert_eq!(r.header().clock, Clock::Instructions);
@@ -359,6 +383,25 @@ hello from the program\nI  04011000,2\n L 04222ffc,8\n==1242== \nI  04011002,2";
         assert!(none.iter().all(|a| a.op != AccessOp::Exec));
         assert_eq!(stats.instructions, 4);
         assert_eq!(none.last().unwrap().time_ns, 3);
+    }
+
+    #[test]
+    fn max_records_stops_exactly() {
+        for max in [1, 2, 3, 6, 7, 100] {
+            let mut w = TraceWriter::new(Vec::new(), &header("t")).unwrap();
+            let opts = LackeyOptions {
+                max_records: Some(max),
+                ..LackeyOptions::default()
+            };
+            let stats = import(SAMPLE, &mut w, &opts).unwrap();
+            assert_eq!(stats.records, max.min(7), "max {max}");
+            assert_eq!(stats.stopped_at_limit, max <= 7, "max {max}");
+            let bytes = w.finish().unwrap();
+            assert_eq!(
+                TraceReader::new(&bytes[..]).unwrap().count() as u64,
+                max.min(7)
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub enum TraceCommand {
         /// One line stored in the header saying what was traced.
         #[arg(long)]
         description: Option<String>,
+        /// Stop after this many records; the rest of the input is left unread
+        /// (a piped valgrind then ends on SIGPIPE).
+        #[arg(long, value_name = "N")]
+        max_records: Option<u64>,
     },
 }
 
@@ -59,13 +63,15 @@ pub fn run(c: TraceCommand) -> i32 {
             no_instr,
             all_instr,
             description,
+            max_records,
         } => {
             let instr = match (no_instr, all_instr) {
                 (true, _) => InstrFetches::None,
                 (_, true) => InstrFetches::All,
                 _ => InstrFetches::PageChanges,
             };
-            import_lackey(&lackey, &output, instr, description)
+            let opts = LackeyOptions { instr, max_records };
+            import_lackey(&lackey, &output, opts, description)
         }
     };
     match result {
@@ -254,7 +260,7 @@ fn dump(file: &Path, limit: Option<u64>) -> Result<(), String> {
 fn import_lackey(
     input: &Path,
     output: &Path,
-    instr: InstrFetches,
+    opts: LackeyOptions,
     description: Option<String>,
 ) -> Result<(), String> {
     let from_stdin = input.as_os_str() == "-";
@@ -266,7 +272,7 @@ fn import_lackey(
         }
     });
     let mut header = lackey::header(&description);
-    let mode = match instr {
+    let mode = match opts.instr {
         InstrFetches::PageChanges => "page-changes",
         InstrFetches::All => "all",
         InstrFetches::None => "none",
@@ -274,7 +280,6 @@ fn import_lackey(
     header.metadata.insert("instr-fetches".into(), mode.into());
     let mut writer = TraceWriter::create(output, &header)
         .map_err(|e| format!("trace {}: {e}", output.display()))?;
-    let opts = LackeyOptions { instr };
     let start = Instant::now();
     let stats = if from_stdin {
         lackey::import(io::stdin().lock(), &mut writer, &opts)
@@ -288,8 +293,13 @@ fn import_lackey(
         .map_err(|e| format!("trace {}: {e}", output.display()))?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "tiervisor: imported {} lines ({} instructions, {} valgrind, {} skipped) -> {} records, {} pages ({:.1} MiB) in {:.2} s ({:.1} M lines/s, {:.0} MB/s)",
+        "tiervisor: imported {} lines{} ({} instructions, {} valgrind, {} skipped) -> {} records, {} pages ({:.1} MiB) in {:.2} s ({:.1} M lines/s, {:.0} MB/s)",
         stats.lines,
+        if stats.stopped_at_limit {
+            " (stopped at --max-records)"
+        } else {
+            ""
+        },
         stats.instructions,
         stats.valgrind_lines,
         stats.skipped_lines,
