@@ -8,6 +8,7 @@
 //! | `lfu` | least frequently used with dynamic aging (LFU-DA) | none |
 //! | `stride` | LRU | kernel-style readahead on a constant fault stride |
 //! | `leap` | LRU | Leap (ATC'20): majority trend of recent fault deltas |
+//! | `reap` | LRU | the recorded working set (first-touch order), once, up front |
 //! | `oracle` | Belady MIN (future knowledge) | the next pages the trace uses |
 //!
 //! Every call is O(1) or O(log n): traces have tens of millions of accesses.
@@ -22,12 +23,14 @@ mod lfu;
 mod lru;
 mod oracle;
 mod prefetchers;
+mod reap;
 
 pub use clock::ClockAdvisor;
 pub use lfu::LfuAdvisor;
 pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};
 pub use prefetchers::{LeapAdvisor, StrideAdvisor};
+pub use reap::ReapAdvisor;
 
 /// Probability the baselines report for every page: maps to tier 2 (NVMe) with the
 /// default thresholds.

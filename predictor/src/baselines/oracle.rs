@@ -57,6 +57,16 @@ impl OracleFuture {
         Some(Self { pages, next_use })
     }
 
+    /// Distinct pages in the order of their first access (REAP's recording).
+    pub fn first_touch_order(&self) -> Vec<PageNumber> {
+        let mut seen = rustc_hash::FxHashSet::default();
+        self.pages
+            .iter()
+            .copied()
+            .filter(|p| seen.insert(*p))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.pages.len()
     }

@@ -180,3 +180,20 @@ fn oracle_never_faults_more_than_lru_or_none_on_random_traces() {
         }
     }
 }
+
+#[test]
+fn reap_prefetches_the_recorded_working_set_once() {
+    let pages: Vec<PageNumber> = (0..50).chain(0..50).collect();
+    let future = OracleFuture::new(pages.clone()).unwrap();
+    let order = future.first_touch_order();
+    assert_eq!(order, (0..50).collect::<Vec<_>>());
+    let mut reap = ReapAdvisor::new(&order, 20);
+    let mut out = Vec::new();
+    reap.prefetch(0, 8, &mut out);
+    assert_eq!(out, (0..8).collect::<Vec<_>>());
+    // With RAM for the whole working set only the first access faults.
+    assert_eq!(
+        faults(Box::new(ReapAdvisor::new(&order, 64)), &pages, 64, 64),
+        1
+    );
+}

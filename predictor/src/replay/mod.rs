@@ -92,7 +92,7 @@ pub fn replay_all(
     };
     for n in names {
         match make_advisor(n, &probe) {
-            Ok(_) | Err(UnknownAdvisor::NoFuture) => {}
+            Ok(_) | Err(UnknownAdvisor::NoFuture(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }

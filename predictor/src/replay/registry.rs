@@ -7,11 +7,14 @@ use std::sync::Arc;
 use tiering::advisor::Advisor;
 
 use crate::baselines::{
-    ClockAdvisor, LeapAdvisor, LfuAdvisor, LruAdvisor, OracleAdvisor, OracleFuture, StrideAdvisor,
+    ClockAdvisor, LeapAdvisor, LfuAdvisor, LruAdvisor, OracleAdvisor, OracleFuture, ReapAdvisor,
+    StrideAdvisor,
 };
 
 /// Names `make_advisor` knows, in the order reports list them.
-pub const ADVISOR_NAMES: &[&str] = &["gru", "leap", "stride", "lru", "lfu", "none", "oracle"];
+pub const ADVISOR_NAMES: &[&str] = &[
+    "gru", "leap", "stride", "lru", "lfu", "none", "reap", "oracle",
+];
 
 /// What an advisor may know before the replay starts.
 #[derive(Debug, Default, Clone)]
@@ -28,19 +31,19 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, oracle)")]
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle)")]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
-    #[error("advisor \"oracle\" needs the whole trace before the replay (ReplayContext::future)")]
-    NoFuture,
+    #[error("advisor \"{0}\" needs the whole trace before the replay (ReplayContext::future)")]
+    NoFuture(String),
     #[error("advisor \"{name}\" could not start: {reason}")]
     Failed { name: String, reason: String },
 }
 
 /// Whether `name` must be built from the whole trace before replaying it.
 pub fn needs_future(name: &str) -> bool {
-    name == "oracle"
+    name == "oracle" || name == "reap"
 }
 
 /// Whether `name` is shown every access whatever the visibility setting (the
@@ -58,8 +61,21 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
         "stride" => Box::new(StrideAdvisor::new()),
         "leap" => Box::new(LeapAdvisor::new()),
         "oracle" => {
-            let future = ctx.future.clone().ok_or(UnknownAdvisor::NoFuture)?;
+            let future = ctx
+                .future
+                .clone()
+                .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
             Box::new(OracleAdvisor::new(future, ctx.ram_budget_pages))
+        }
+        "reap" => {
+            let future = ctx
+                .future
+                .as_ref()
+                .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
+            Box::new(ReapAdvisor::new(
+                &future.first_touch_order(),
+                ctx.ram_budget_pages,
+            ))
         }
         "gru" => return make_gru(ctx),
         other => return Err(UnknownAdvisor::Unknown(other.to_string())),
