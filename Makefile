@@ -25,7 +25,7 @@ demo: build
 	resources/scripts/demo.sh
 
 test: build linux
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 	cd resources/testguest && $(CARGO) test --release --target x86_64-unknown-linux-gnu --lib
 
 lint: setup
@@ -42,6 +42,11 @@ bench-boot: build
 # raw event + O_DIRECT read + UFFDIO_COPY, interleaved in one run (docs/benchmarks.md).
 bench-fault: setup
 	$(CARGO) run --release -p tiering --example bench_fault -- 4096 5 target/bench-fault
+
+# Real-program traces (valgrind lackey) and test-guest recordings into
+# $(OUT)/traces/{train,eval}/ (docs/traces.md says which is which).
+traces: build
+	resources/scripts/make-traces.sh
 
 clean:
 	$(CARGO) clean
