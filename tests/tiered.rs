@@ -267,3 +267,53 @@ fn a_missing_nbd_server_is_a_clear_error() {
         describe(&out)
     );
 }
+
+#[test]
+fn losing_the_nbd_server_stops_the_vm_with_a_clear_error() {
+    let dir = workdir("nbdloss");
+    let mut nbd = NbdServer::start(&dir);
+    let metrics = dir.join("metrics.json");
+    let mut child = tiervisor()
+        .env("TIERVISOR_WORKDIR", &dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args(["--memory", "64M", "--ram-budget", RAM_BUDGET])
+        .args(["--cmdline", "workload=random mem=8M iters=10000000 seed=5"])
+        .arg("--tiers")
+        .arg(default_tiers())
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let pages reach tier 5, then take the server away.
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = nbd.child.kill();
+    let _ = nbd.child.wait();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("tiervisor kept running without its NBD tier");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let out = Output { status, ..out };
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = error_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tier 5") && l.contains("the VM is stopped")),
+        "{}",
+        describe(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("result=FAIL"), "{}", describe(&out));
+}

@@ -1,0 +1,393 @@
+//! Eviction (zap, dirty-log harvest, write-back, batched punch), the completions of
+//! every tier I/O, and the bookkeeping of pages that come back to RAM.
+
+use std::os::unix::fs::FileExt;
+
+use super::*;
+
+impl Engine {
+    /// Harvest the dirty log into the page states (and the trace, as DirtyLog events).
+    pub(super) fn harvest_dirty(&mut self) {
+        if !self.hooks.has_dirty_log() {
+            return;
+        }
+        let mut pages = std::mem::take(&mut self.dirty_scratch);
+        pages.clear();
+        if let Err(e) = self.hooks.harvest_dirty(&mut pages) {
+            log::warn!("dirty log harvest failed, treating every page as dirty: {e}");
+            for m in &mut self.meta {
+                m.dirty = true;
+                m.zero = false;
+            }
+        }
+        self.counters.dirty_harvests += 1;
+        let now = self.now_ns();
+        for &page in &pages {
+            if let Some(index) = self.layout.index_of_page(page) {
+                self.meta[index].dirty = true;
+                self.meta[index].zero = false;
+                let a = Access {
+                    time_ns: now,
+                    page,
+                    vcpu: 0,
+                    op: AccessOp::Write,
+                    kind: self.kinds.kind(index),
+                    source: AccessSource::DirtyLog,
+                };
+                self.trace(&a);
+                self.policy.note_unobserved_hit(page);
+            }
+        }
+        self.dirty_scratch = pages;
+    }
+
+    /// Carry out the queued evictions: zap, harvest the dirty log, write back what is
+    /// dirty (asynchronously), drop the rest from the memfd now.
+    pub(super) fn flush_evictions(&mut self) {
+        let queue = std::mem::take(&mut self.evict_queue);
+        let mut victims = Vec::with_capacity(queue.len());
+        for (page, to) in queue {
+            let Some(index) = self.layout.index_of_page(page) else {
+                continue;
+            };
+            if self.meta[index].state == State::Prefetching {
+                self.finish_prefetch_now(index);
+            }
+            if self.meta[index].state == State::EvictCancelled {
+                // Its cancelled eviction still writes: evict it again after that.
+                self.meta[index].reevict_to = to;
+                continue;
+            }
+            // Pages never filled, or already on their way out, need nothing.
+            if self.meta[index].state == State::Present {
+                let host = self.layout.host_of_index(index);
+                if let Err(e) = uffd::zap(host, PAGE) {
+                    self.die(e.to_string());
+                    return;
+                }
+                self.meta[index].state = State::Evicting;
+                victims.push((index, to as usize));
+            }
+        }
+        // Writes before the zap are in the log now; none can follow until a fault.
+        self.harvest_dirty();
+        let dirty_log = self.hooks.has_dirty_log();
+        for (index, to) in victims {
+            let m = self.meta[index];
+            if dirty_log && !m.dirty && m.zero {
+                // Still all zeros: nothing to keep.
+                self.release_copy(index);
+                self.drop_from_ram(index);
+                continue;
+            }
+            let clean_copy_here = dirty_log && !m.dirty && m.copy_tier as usize == to;
+            self.meta[index].dirty = false;
+            if clean_copy_here {
+                self.counters.write_backs_skipped_clean += 1;
+                self.drop_from_ram(index);
+                continue;
+            }
+            // The old copy is stale (or elsewhere): reuse its slot if it is in `to`.
+            let slot = if m.copy_tier as usize == to {
+                self.meta[index].copy_tier = NO_TIER;
+                Some(m.copy_slot)
+            } else {
+                self.release_copy(index);
+                // `to`, else the next slower tier with room, else a faster one: the
+                // policy counts capacity but does not know which tiers exist.
+                let order = (to..crate::config::TIER_COUNT).chain((2..to).rev());
+                let found = order
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .find_map(|t| self.alloc_slot(t).map(|s| (t, s)));
+                match found {
+                    Some((t, s)) if t == to => Some(s),
+                    Some((t, s)) => {
+                        // `to` is full: the page goes one tier further down.
+                        self.submit_evict_write(index, t, s, None);
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            match slot {
+                Some(s) => self.submit_evict_write(index, to, s, None),
+                None => {
+                    log::debug!("no free slot in any storage tier; page stays in RAM");
+                    self.counters.evictions_refused += 1;
+                    self.meta[index].state = State::Present;
+                    self.policy.evict_failed(self.layout.page_of_index(index));
+                }
+            }
+        }
+    }
+
+    pub(super) fn submit_evict_write(
+        &mut self,
+        index: usize,
+        tier: usize,
+        slot: u64,
+        buf: Option<PageBuf>,
+    ) {
+        let buf = match buf {
+            Some(b) => b,
+            None => {
+                let mut b = self.pool.get();
+                let off = self.layout.file_offset_of_index(index);
+                if let Err(e) = self.memfd.read_exact_at(&mut b, off) {
+                    self.die(format!("cannot read guest memory at offset {off:#x}: {e}"));
+                    return;
+                }
+                b
+            }
+        };
+        let tag = self.tag();
+        let req = IoRequest {
+            op: IoOp::Write,
+            slot,
+            buf,
+            priority: IoPriority::Writeback,
+            tag,
+        };
+        let store = self.stores[tier].as_mut().expect("tier is open");
+        match store.backend.submit(req) {
+            Ok(()) => {
+                self.inflight.insert(
+                    tag,
+                    Op::EvictWrite {
+                        index,
+                        tier: tier as u8,
+                        slot,
+                        attempt: 1,
+                    },
+                );
+            }
+            Err(e) => {
+                log::warn!("write-back refused by tier {tier}: {}", e.error);
+                store.slots.release(slot);
+                self.meta[index].state = State::Present;
+                self.policy.evict_failed(self.layout.page_of_index(index));
+            }
+        }
+    }
+
+    pub(super) fn mark_zero_filled(&mut self, index: usize) {
+        let dirty_log = self.hooks.has_dirty_log();
+        let m = &mut self.meta[index];
+        m.state = State::Present;
+        m.dirty = !dirty_log;
+        m.zero = dirty_log;
+    }
+
+    /// A cancelled or failed eviction ends: the page is resident again (with a clean
+    /// copy in `copy_tier`, if given); if the policy evicted it meanwhile, queue that.
+    pub(super) fn back_in_ram(&mut self, index: usize, copy_tier: Option<usize>) {
+        self.meta[index].state = State::Present;
+        if let Some(t) = copy_tier {
+            self.copy_holders[t].push(index);
+        }
+        let to = std::mem::replace(&mut self.meta[index].reevict_to, NO_TIER);
+        if to != NO_TIER {
+            self.evict_queue
+                .push((self.layout.page_of_index(index), to));
+        }
+    }
+
+    /// The page's data is safely in its tier: free it from the memfd with the next
+    /// batch. Punching in batches matters on PVM: every punch invalidates KVM's
+    /// shadow mappings, and the guest pays for rebuilding them once per batch
+    /// instead of once per page.
+    pub(super) fn drop_from_ram(&mut self, index: usize) {
+        self.punch_queue.push(index);
+    }
+
+    pub(super) fn flush_punches(&mut self) {
+        let queue = std::mem::take(&mut self.punch_queue);
+        for &index in &queue {
+            let tier = self.meta[index].copy_tier;
+            match self.meta[index].state {
+                State::Evicting => {
+                    let off = self.layout.file_offset_of_index(index);
+                    if let Err(e) = uffd::punch(&self.memfd, off, PAGE as u64) {
+                        return self.die(e.to_string());
+                    }
+                    if self.meta[index].zero {
+                        self.meta[index].state = State::Untouched;
+                        self.counters.zero_drops += 1;
+                    } else {
+                        self.meta[index].state = State::Absent;
+                        self.counters.tiers[tier as usize].evictions += 1;
+                    }
+                }
+                // Touched while waiting: stays in RAM with a clean copy.
+                State::EvictCancelled => {
+                    let copy = (tier != NO_TIER).then_some(tier as usize);
+                    self.back_in_ram(index, copy);
+                }
+                _ => {}
+            }
+        }
+        self.punch_queue = queue;
+        self.punch_queue.clear();
+    }
+
+    pub(super) fn poll_completions(&mut self) -> bool {
+        let mut any = false;
+        let deferred = std::mem::take(&mut self.deferred);
+        for (t, c) in deferred {
+            any = true;
+            self.complete(t, c);
+        }
+        let mut got = Vec::new();
+        for tier in 0..self.stores.len() {
+            got.clear();
+            if let Some(store) = self.stores[tier].as_mut() {
+                if store.backend.outstanding() == 0 {
+                    continue;
+                }
+                store.backend.poll(&mut got);
+            }
+            for c in got.drain(..) {
+                any = true;
+                self.complete(tier, c);
+            }
+        }
+        any
+    }
+
+    pub(super) fn complete(&mut self, tier: usize, c: IoCompletion) {
+        let Some(op) = self.inflight.remove(&c.tag) else {
+            log::debug!("completion for unknown tag {}", c.tag);
+            return;
+        };
+        match op {
+            Op::EvictWrite {
+                index,
+                tier: t,
+                slot,
+                attempt,
+            } => {
+                let t = t as usize;
+                if let Err(e) = c.result {
+                    self.counters.tiers[t].io_errors += 1;
+                    if attempt < IO_ATTEMPTS {
+                        let tag = self.tag();
+                        let req = IoRequest {
+                            op: IoOp::Write,
+                            slot,
+                            buf: c.buf,
+                            priority: IoPriority::Writeback,
+                            tag,
+                        };
+                        let store = self.stores[t].as_mut().expect("tier is open");
+                        if store.backend.submit(req).is_ok() {
+                            self.inflight.insert(
+                                tag,
+                                Op::EvictWrite {
+                                    index,
+                                    tier: t as u8,
+                                    slot,
+                                    attempt: attempt + 1,
+                                },
+                            );
+                            return;
+                        }
+                    }
+                    log::warn!(
+                        "write-back to tier {t} failed {attempt} times ({e}); page stays in RAM"
+                    );
+                    if let Some(store) = self.stores[t].as_mut() {
+                        store.slots.release(slot);
+                    }
+                    if self.meta[index].state == State::Evicting {
+                        self.policy.evict_failed(self.layout.page_of_index(index));
+                    }
+                    self.meta[index].dirty = true;
+                    self.back_in_ram(index, None);
+                    return;
+                }
+                self.counters.tiers[t].bytes_written += PAGE as u64;
+                self.meta[index].copy_tier = t as u8;
+                self.meta[index].copy_slot = slot;
+                match self.meta[index].state {
+                    State::Evicting => self.drop_from_ram(index),
+                    // Cancelled: back in RAM with a clean copy.
+                    _ => self.back_in_ram(index, Some(t)),
+                }
+            }
+            Op::PrefetchRead { index } => {
+                if self.meta[index].state != State::Prefetching {
+                    return;
+                }
+                let page = self.layout.page_of_index(index);
+                match c.result {
+                    Ok(()) => {
+                        let host = self.layout.host_of_index(index);
+                        if let Err(e) = self.uffd.copy_page(&c.buf, host) {
+                            return self.die(e.to_string());
+                        }
+                        self.meta[index].state = State::Present;
+                        self.meta[index].dirty = false;
+                        self.meta[index].zero = false;
+                        self.counters.tiers[tier].bytes_read += PAGE as u64;
+                        self.copy_holders[tier].push(index);
+                    }
+                    Err(e) => {
+                        log::warn!("prefetch of page {page:#x} from tier {tier} failed: {e}");
+                        self.counters.tiers[tier].io_errors += 1;
+                        self.meta[index].state = State::Absent;
+                        self.policy.fill_failed(page);
+                    }
+                }
+            }
+            Op::MoveRead { index, to } => {
+                if self.meta[index].state != State::Moving || c.result.is_err() {
+                    if self.meta[index].state == State::Moving {
+                        self.meta[index].state = State::Absent;
+                    }
+                    return;
+                }
+                self.counters.tiers[tier].bytes_read += PAGE as u64;
+                let Some(slot) = self.alloc_slot(to as usize) else {
+                    self.meta[index].state = State::Absent;
+                    return;
+                };
+                let tag = self.tag();
+                let req = IoRequest {
+                    op: IoOp::Write,
+                    slot,
+                    buf: c.buf,
+                    priority: IoPriority::Writeback,
+                    tag,
+                };
+                let store = self.stores[to as usize].as_mut().expect("tier is open");
+                if store.backend.submit(req).is_ok() {
+                    self.inflight.insert(tag, Op::MoveWrite { index, to, slot });
+                } else {
+                    store.slots.release(slot);
+                    self.meta[index].state = State::Absent;
+                }
+            }
+            Op::MoveWrite { index, to, slot } => {
+                let ok = c.result.is_ok();
+                if ok {
+                    self.counters.tiers[to as usize].bytes_written += PAGE as u64;
+                }
+                if ok && self.meta[index].state == State::Moving {
+                    self.release_copy(index);
+                    let m = &mut self.meta[index];
+                    m.copy_tier = to;
+                    m.copy_slot = slot;
+                    m.state = State::Absent;
+                } else {
+                    if let Some(store) = self.stores[to as usize].as_mut() {
+                        store.slots.release(slot);
+                    }
+                    if self.meta[index].state == State::Moving {
+                        self.meta[index].state = State::Absent;
+                    }
+                }
+            }
+        }
+    }
+}
