@@ -1,5 +1,7 @@
 //! Least-recently-used eviction over an O(1) intrusive list.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
@@ -79,6 +81,25 @@ impl LruList {
             let node = self.nodes[i as usize];
             out.push(node.page);
             cur = (node.prev != NIL).then_some(node.prev);
+        }
+    }
+
+    /// Moves up to `max` pages that are not resident from the front of `queue` to
+    /// `out`; resident pages met on the way are dropped from the queue. Shared by
+    /// the advisors that prefetch over LRU eviction.
+    pub fn drain_absent(
+        &self,
+        queue: &mut VecDeque<PageNumber>,
+        max: usize,
+        out: &mut Vec<PageNumber>,
+    ) {
+        let mut n = 0;
+        while n < max {
+            let Some(p) = queue.pop_front() else { break };
+            if !self.contains(p) {
+                out.push(p);
+                n += 1;
+            }
         }
     }
 

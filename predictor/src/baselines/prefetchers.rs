@@ -15,23 +15,6 @@ fn step(page: PageNumber, stride: i64, k: i64) -> Option<PageNumber> {
     page.checked_add_signed(stride.checked_mul(k)?)
 }
 
-/// Queues up to `max` prefetch candidates that are not resident.
-fn drain_pending(
-    pending: &mut VecDeque<PageNumber>,
-    list: &LruList,
-    max: usize,
-    out: &mut Vec<PageNumber>,
-) {
-    let mut n = 0;
-    while n < max {
-        let Some(p) = pending.pop_front() else { break };
-        if !list.contains(p) {
-            out.push(p);
-            n += 1;
-        }
-    }
-}
-
 /// First readahead window in pages, and the largest (128 KiB: Linux's default
 /// `read_ahead_kb`).
 const STRIDE_INITIAL_WINDOW: i64 = 4;
@@ -139,7 +122,7 @@ impl Advisor for StrideAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        drain_pending(&mut self.pending, &self.list, max, out);
+        self.list.drain_absent(&mut self.pending, max, out);
     }
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION
@@ -284,7 +267,7 @@ impl Advisor for LeapAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        drain_pending(&mut self.pending, &self.list, max, out);
+        self.list.drain_absent(&mut self.pending, max, out);
     }
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION

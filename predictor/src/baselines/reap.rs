@@ -9,7 +9,7 @@
 //! not when they are used again. It prefetches them in that order, at most a RAM
 //! budget's worth, as fast as the policy asks, and evicts LRU.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
@@ -17,9 +17,9 @@ use tiering::advisor::Advisor;
 use super::{LruList, NO_OPINION};
 
 pub struct ReapAdvisor {
-    /// The recorded working set, first touch first, cut to the RAM budget.
-    working_set: Arc<[PageNumber]>,
-    next: usize,
+    /// The recorded working set not yet prefetched, first touch first, cut to the
+    /// RAM budget.
+    working_set: VecDeque<PageNumber>,
     list: LruList,
 }
 
@@ -28,8 +28,7 @@ impl ReapAdvisor {
     pub fn new(first_touch: &[PageNumber], ram_budget_pages: usize) -> Self {
         let n = first_touch.len().min(ram_budget_pages);
         Self {
-            working_set: first_touch[..n].into(),
-            next: 0,
+            working_set: first_touch[..n].iter().copied().collect(),
             list: LruList::default(),
         }
     }
@@ -54,15 +53,7 @@ impl Advisor for ReapAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        let mut named = 0;
-        while named < max && self.next < self.working_set.len() {
-            let page = self.working_set[self.next];
-            self.next += 1;
-            if !self.list.contains(page) {
-                out.push(page);
-                named += 1;
-            }
-        }
+        self.list.drain_absent(&mut self.working_set, max, out);
     }
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION
