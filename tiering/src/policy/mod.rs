@@ -275,17 +275,9 @@ impl PagingPolicy {
             if !self.location.contains_key(&page) {
                 self.stats.cold_faults += 1;
             }
-            let from = self.take_location(page);
             self.stats.demand_faults += 1;
             self.advisor.on_access(access, false);
-            self.resident.insert(
-                page,
-                ResidentPage {
-                    from,
-                    prefetched_unused: false,
-                },
-            );
-            self.advisor.on_fill(page, false);
+            let from = self.make_resident(page, false);
             out.push(Action::Fill { page, from });
             if self.config.max_prefetch_per_fault > 0 {
                 self.issue_prefetches(access.time_ns, self.config.max_prefetch_per_fault, out);
@@ -355,15 +347,22 @@ impl PagingPolicy {
         if self.resident.contains_key(&page) {
             return;
         }
+        self.make_resident(page, false);
+    }
+
+    /// Counts `page` as resident again, brought in from its storage tier (returned;
+    /// the initial tier for a page never stored), and tells the advisor of the fill.
+    fn make_resident(&mut self, page: PageNumber, prefetched: bool) -> Option<TierId> {
         let from = self.take_location(page);
         self.resident.insert(
             page,
             ResidentPage {
                 from,
-                prefetched_unused: false,
+                prefetched_unused: prefetched,
             },
         );
-        self.advisor.on_fill(page, false);
+        self.advisor.on_fill(page, prefetched);
+        from
     }
 
     fn take_location(&mut self, page: PageNumber) -> Option<TierId> {
@@ -390,15 +389,7 @@ impl PagingPolicy {
             if self.resident.contains_key(&page) {
                 continue;
             }
-            let from = self.take_location(page);
-            self.resident.insert(
-                page,
-                ResidentPage {
-                    from,
-                    prefetched_unused: true,
-                },
-            );
-            self.advisor.on_fill(page, true);
+            let from = self.make_resident(page, true);
             self.stats.prefetch_issued += 1;
             out.push(Action::Prefetch { page, from });
         }
