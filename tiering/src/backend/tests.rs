@@ -48,19 +48,47 @@ pub(crate) fn collect_all(backend: &mut dyn TierBackend, want: usize) -> Vec<IoC
     out
 }
 
-/// Write `pages` slots with many requests in flight, read them back, compare.
-pub(crate) fn round_trip(backend: &mut dyn TierBackend, pages: u64) {
-    let pool = PagePool::new(256);
-    for slot in 0..pages {
+/// Submits a write of `pattern(slot, 1)` to each of `slots`, tagged with its slot.
+pub(crate) fn submit_pattern_writes(
+    backend: &mut dyn TierBackend,
+    pool: &PagePool,
+    slots: std::ops::Range<u64>,
+) {
+    for slot in slots {
         let req = IoRequest {
             op: IoOp::Write,
             slot,
-            buf: pattern(&pool, slot, 1),
+            buf: pattern(pool, slot, 1),
             priority: IoPriority::Writeback,
             tag: slot,
         };
         backend.submit(req).expect("submit write");
     }
+}
+
+/// Submits a read of each of `slots` into a fresh buffer, tagged with its slot.
+pub(crate) fn submit_reads(
+    backend: &mut dyn TierBackend,
+    pool: &PagePool,
+    slots: std::ops::Range<u64>,
+    priority: IoPriority,
+) {
+    for slot in slots {
+        let req = IoRequest {
+            op: IoOp::Read,
+            slot,
+            buf: pool.get(),
+            priority,
+            tag: slot,
+        };
+        backend.submit(req).expect("submit read");
+    }
+}
+
+/// Write `pages` slots with many requests in flight, read them back, compare.
+pub(crate) fn round_trip(backend: &mut dyn TierBackend, pages: u64) {
+    let pool = PagePool::new(256);
+    submit_pattern_writes(backend, &pool, 0..pages);
     assert!(
         backend.outstanding() > 1,
         "requests should be in flight together"
@@ -252,16 +280,7 @@ fn demand_overtakes_queued_writebacks() {
     let config = FileConfig::new(dir.0.join("t.img"), 128).with_profile(profile);
     let mut backend = FileBackend::open(&config).expect("open");
     let pool = PagePool::new(128);
-    for slot in 0..64 {
-        let req = IoRequest {
-            op: IoOp::Write,
-            slot,
-            buf: pattern(&pool, slot, 1),
-            priority: IoPriority::Writeback,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_pattern_writes(&mut backend, &pool, 0..64);
     let demand = IoRequest {
         op: IoOp::Read,
         slot: 100,
@@ -293,16 +312,7 @@ fn profile_latency_is_a_lower_bound() {
             .expect("open");
     let pool = PagePool::new(32);
     let started = Instant::now();
-    for slot in 0..16 {
-        let req = IoRequest {
-            op: IoOp::Read,
-            slot,
-            buf: pool.get(),
-            priority: IoPriority::Demand,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_reads(&mut backend, &pool, 0..16, IoPriority::Demand);
     for c in collect_all(&mut backend, 16) {
         c.result.expect("read");
         assert!(
@@ -320,16 +330,7 @@ fn profile_latency_is_a_lower_bound() {
         FileBackend::open(&FileConfig::new(dir.0.join("bw.img"), 64).with_profile(profile))
             .expect("open");
     let started = Instant::now();
-    for slot in 0..64 {
-        let req = IoRequest {
-            op: IoOp::Read,
-            slot,
-            buf: pool.get(),
-            priority: IoPriority::Demand,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_reads(&mut backend, &pool, 0..64, IoPriority::Demand);
     collect_all(&mut backend, 64);
     assert!(
         started.elapsed() >= Duration::from_millis(60),
@@ -374,16 +375,7 @@ fn expedited_prefetch_overtakes_its_queue() {
     let config = FileConfig::new(dir.0.join("t.img"), 64).with_profile(profile);
     let mut backend = FileBackend::open(&config).expect("open");
     let pool = PagePool::new(64);
-    for slot in 0..32 {
-        let req = IoRequest {
-            op: IoOp::Read,
-            slot,
-            buf: pool.get(),
-            priority: IoPriority::Prefetch,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_reads(&mut backend, &pool, 0..32, IoPriority::Prefetch);
     // One prefetch is at the device (half of 2 units); tag 31 waits last in line.
     assert!(backend.expedite(31), "tag 31 was still queued");
     assert!(!backend.expedite(31), "now it is at the device");
@@ -413,16 +405,7 @@ pub(crate) fn wait_readable(backend: &dyn TierBackend, timeout: Duration) -> boo
 /// Drive a backend only through its notify fd, as an event loop would.
 pub(crate) fn drive_by_notify_fd(backend: &mut dyn TierBackend, requests: u64) {
     let pool = PagePool::new(64);
-    for slot in 0..requests {
-        let req = IoRequest {
-            op: IoOp::Read,
-            slot,
-            buf: pool.get(),
-            priority: IoPriority::Prefetch,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_reads(backend, &pool, 0..requests, IoPriority::Prefetch);
     let mut out = Vec::new();
     let started = Instant::now();
     while out.len() < requests as usize {

@@ -1,7 +1,9 @@
 //! NBD backend against a real qemu-nbd, plus a scripted peer for the error
 //! paths qemu-nbd cannot be made to produce (a reply cut off mid-page).
 
-use super::super::tests::{collect_all, drive_by_notify_fd, pattern, round_trip, TempDir};
+use super::super::tests::{
+    collect_all, drive_by_notify_fd, round_trip, submit_pattern_writes, TempDir,
+};
 use super::super::*;
 use super::proto;
 use std::io::{Read, Write};
@@ -159,16 +161,7 @@ fn nbd_server_killed_mid_run_fails_requests_without_hanging() {
     let mut server = QemuNbd::start("nbd-kill", 256, false);
     let mut backend = NbdBackend::connect(&server.config()).expect("connect");
     let pool = PagePool::new(256);
-    for slot in 0..64 {
-        let req = IoRequest {
-            op: IoOp::Write,
-            slot,
-            buf: pattern(&pool, slot, 1),
-            priority: IoPriority::Writeback,
-            tag: slot,
-        };
-        backend.submit(req).expect("submit");
-    }
+    submit_pattern_writes(&mut backend, &pool, 0..64);
     // Kill the server with requests outstanding; whatever had not been answered must fail.
     server.kill();
     let started = Instant::now();
