@@ -1,1 +1,213 @@
-//! Integration tests: predict (filled in by the work that owns it).
+//! Integration tests of the GRU predictor: `tiervisor train` on real trace files, its
+//! error handling, and `gru` in the replay simulator next to the baselines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use predictor::gru::synth::{generate, phases, Pattern};
+use predictor::replay::{replay_all, ReplayConfig, TraceInput, Visibility};
+use tiering::access::Access;
+use tiering::trace::{Clock, TraceHeader, TraceWriter};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tv-predict-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_trace(path: &Path, accesses: &[Access]) {
+    let header = TraceHeader {
+        clock: Clock::Nanoseconds,
+        description: "synthetic (tests/predict.rs)".into(),
+        ..TraceHeader::default()
+    };
+    let mut w = TraceWriter::create(path, &header).unwrap();
+    w.write_all(accesses).unwrap();
+    w.finish().unwrap();
+}
+
+fn tiervisor(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tiervisor"))
+        .args(args)
+        .output()
+        .expect("run tiervisor")
+}
+
+/// A loop plus a skewed phase: structure a small model learns in a few steps.
+fn training_trace() -> Vec<Access> {
+    phases(
+        &[
+            (
+                Pattern::Loop {
+                    base: 0,
+                    pages: 3000,
+                },
+                60_000,
+            ),
+            (
+                Pattern::Hot {
+                    base: 10_000,
+                    pages: 4000,
+                    hot: 400,
+                },
+                60_000,
+            ),
+        ],
+        11,
+    )
+    .0
+}
+
+#[test]
+fn train_writes_a_model_that_replay_uses() {
+    let dir = tmpdir("train");
+    let t = dir.join("train.tvt");
+    write_trace(&t, &training_trace());
+    let model = dir.join("m.bpk");
+    let out = tiervisor(&[
+        "train",
+        "--trace",
+        t.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--hidden",
+        "8",
+        "--max-samples",
+        "3000",
+        "--ram-fractions",
+        "0.25",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "train failed: {stderr}");
+    assert!(
+        stderr.contains("epoch 2: train loss"),
+        "per-epoch loss reported: {stderr}"
+    );
+    assert!(
+        stderr.contains("val loss") && stderr.contains("AUC"),
+        "validation reported: {stderr}"
+    );
+    assert!(stdout.contains("wrote"), "{stdout}");
+    let (_, meta) = predictor::gru::AccessModel::load_cpu(&model).expect("model loads");
+    assert_eq!(meta.hidden, 8);
+    assert!(meta.trained_on.contains("train.tvt"));
+
+    // The model drives `gru` in the simulator next to the baselines, on a trace it
+    // has not seen (another seed, another size).
+    let eval = generate(
+        Pattern::Loop {
+            base: 50_000,
+            pages: 2000,
+        },
+        80_000,
+        5,
+        0,
+    );
+    let input = TraceInput::Memory {
+        accesses: Arc::from(eval),
+        clock: Clock::Nanoseconds,
+    };
+    let cfg = ReplayConfig {
+        ram_fraction: 0.25,
+        visibility: Visibility::Full,
+        ..ReplayConfig::default()
+    };
+    let names: Vec<String> = ["gru", "none"].iter().map(|s| s.to_string()).collect();
+    let reports = replay_all(&input, &names, &cfg, Some(model)).expect("replay");
+    let gru = reports.iter().find(|r| r.advisor == "gru").unwrap();
+    let none = reports.iter().find(|r| r.advisor == "none").unwrap();
+    assert!(gru.windows > 0 && gru.advisor_cpu_ns > 0);
+    assert!(
+        gru.demand_faults < none.demand_faults,
+        "gru {} faults vs none {}",
+        gru.demand_faults,
+        none.demand_faults
+    );
+}
+
+#[test]
+fn train_refuses_bad_input_with_one_line() {
+    let dir = tmpdir("bad");
+    let model = dir.join("m.bpk");
+    let missing = tiervisor(&[
+        "train",
+        "--trace",
+        "/nonexistent/x.tvt",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.starts_with("tiervisor: train: /nonexistent/x.tvt"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let t = dir.join("t.tvt");
+    write_trace(
+        &t,
+        &generate(
+            Pattern::Loop {
+                base: 0,
+                pages: 500,
+            },
+            5_000,
+            1,
+            0,
+        ),
+    );
+    let junk = dir.join("junk.bpk");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let bad_init = tiervisor(&[
+        "train",
+        "--trace",
+        t.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--init",
+        junk.to_str().unwrap(),
+    ]);
+    assert_eq!(bad_init.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad_init.stderr);
+    assert!(err.contains("not a tiervisor GRU model"), "{err}");
+
+    let bad_block = tiervisor(&[
+        "train",
+        "--trace",
+        t.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--block-pages",
+        "24",
+    ]);
+    assert_eq!(bad_block.status.code(), Some(2));
+}
+
+#[test]
+fn replay_refuses_a_corrupt_model_clearly() {
+    let dir = tmpdir("corrupt");
+    let junk = dir.join("junk.bpk");
+    std::fs::write(&junk, b"TVGRU\0\0\x01garbage").unwrap();
+    let input = TraceInput::Memory {
+        accesses: Arc::from(generate(
+            Pattern::Loop {
+                base: 0,
+                pages: 100,
+            },
+            1000,
+            1,
+            0,
+        )),
+        clock: Clock::Nanoseconds,
+    };
+    let names = vec!["gru".to_string()];
+    let err = replay_all(&input, &names, &ReplayConfig::default(), Some(junk))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

@@ -5,3 +5,6 @@ pub mod baselines;
 pub mod replay;
 
 pub use replay::registry::{make_advisor, ReplayContext, UnknownAdvisor};
+
+#[cfg(feature = "gru")]
+pub mod gru;

@@ -88,6 +88,7 @@ pub fn replay_all(
     // Refuse unknown names before the (possibly long) first pass.
     let probe = ReplayContext {
         ram_budget_pages: 1,
+        model: model.clone(),
         ..ReplayContext::default()
     };
     for n in names {

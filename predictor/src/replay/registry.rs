@@ -88,7 +88,17 @@ fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
 }
 
 #[cfg(feature = "gru")]
-fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
-    // The `gru` helper wires its advisor in here (crate::gru).
-    Err(UnknownAdvisor::NotBuilt("gru".into()))
+fn make_gru(ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
+    // The shipped base model (or the one named), plus online learning on the trace as
+    // it replays, inline so that a replay is repeatable.
+    let path = ctx
+        .model
+        .clone()
+        .unwrap_or_else(crate::gru::base_model_path);
+    crate::gru::GruAdvisor::from_file(&path, crate::gru::GruOptions::default())
+        .map(|a| Box::new(a) as Box<dyn Advisor>)
+        .map_err(|e| UnknownAdvisor::Failed {
+            name: "gru".into(),
+            reason: e.to_string(),
+        })
 }

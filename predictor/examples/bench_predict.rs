@@ -1,0 +1,162 @@
+//! `make bench-predict`: every advisor on every evaluation trace at one RAM budget,
+//! summed into one table, then the issue's targets checked for `gru`.
+//!
+//! `cargo run --release -p predictor --example bench_predict -- [--ram-fraction F]
+//!  [--visibility full|sampled:N] TRACE...`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use predictor::replay::{replay_all, ReplayConfig, TraceInput, Visibility};
+
+const ADVISORS: &[&str] = &["gru", "leap", "stride", "lru", "none", "oracle"];
+
+#[derive(Default, Clone, Copy)]
+struct Sum {
+    faults: u64,
+    issued: u64,
+    useful: u64,
+    stall: u64,
+    cpu: u64,
+    windows: u64,
+    none_faults: u64,
+}
+
+fn main() {
+    let mut cfg = ReplayConfig {
+        ram_fraction: 0.25,
+        ..ReplayConfig::default()
+    };
+    let mut traces = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--ram-fraction" => {
+                cfg.ram_fraction = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| die("--ram-fraction F"))
+            }
+            "--visibility" => {
+                cfg.visibility = args
+                    .next()
+                    .and_then(|v| v.parse::<Visibility>().ok())
+                    .unwrap_or_else(|| die("--visibility full|sampled:N"))
+            }
+            _ => traces.push(PathBuf::from(a)),
+        }
+    }
+    if traces.is_empty() {
+        die("give evaluation traces (resources/out/traces/eval/*.tvt; `make traces` makes them)");
+    }
+    let names: Vec<String> = ADVISORS.iter().map(|s| s.to_string()).collect();
+    let mut sums: BTreeMap<&str, Sum> = BTreeMap::new();
+    println!(
+        "RAM fraction {}, visibility {}, window {} ns",
+        cfg.ram_fraction, cfg.visibility, cfg.policy.window_ns
+    );
+    println!("\nper trace: demand faults (accuracy)");
+    print!("| trace |");
+    for n in ADVISORS {
+        print!(" {n} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(ADVISORS.len()));
+    for t in &traces {
+        let reports = match replay_all(&TraceInput::File(t.clone()), &names, &cfg, None) {
+            Ok(r) => r,
+            Err(e) => die(&format!("{}: {e}", t.display())),
+        };
+        let none = reports
+            .iter()
+            .find(|r| r.advisor == "none")
+            .map_or(0, |r| r.demand_faults);
+        print!(
+            "| {} |",
+            t.file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+        );
+        for n in ADVISORS {
+            let r = reports
+                .iter()
+                .find(|r| r.advisor == *n)
+                .expect("every advisor reported");
+            print!(" {} ({:.2}) |", r.demand_faults, r.accuracy);
+            let s = sums.entry(n).or_default();
+            s.faults += r.demand_faults;
+            s.issued += r.prefetch_issued;
+            s.useful += r.prefetch_useful;
+            s.stall += r.stall_ns;
+            s.cpu += r.advisor_cpu_ns;
+            s.windows += r.windows;
+            s.none_faults += none;
+        }
+        println!();
+    }
+    println!("\nall traces");
+    println!("| advisor | demand_faults | prefetch_issued | accuracy | coverage | stall_ms | advisor_cpu_ms | cpu per 1 ms window |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in ADVISORS {
+        let s = sums[n];
+        let acc = if s.issued == 0 {
+            0.0
+        } else {
+            s.useful as f64 / s.issued as f64
+        };
+        let cov = if s.none_faults == 0 {
+            0.0
+        } else {
+            1.0 - s.faults as f64 / s.none_faults as f64
+        };
+        let per_window = s.cpu as f64 / s.windows.max(1) as f64;
+        println!(
+            "| {n} | {} | {} | {acc:.3} | {cov:.3} | {:.1} | {:.1} | {:.1} us ({:.2}% of a core) |",
+            s.faults,
+            s.issued,
+            s.stall as f64 / 1e6,
+            s.cpu as f64 / 1e6,
+            per_window / 1e3,
+            per_window / cfg.policy.window_ns as f64 * 100.0
+        );
+    }
+    let (g, l, o) = (sums["gru"], sums["leap"], sums["oracle"]);
+    let fewer = 1.0 - g.faults as f64 / l.faults.max(1) as f64;
+    let gap = l.stall as f64 - o.stall as f64;
+    let closed = if gap > 0.0 {
+        (l.stall as f64 - g.stall as f64) / gap
+    } else {
+        0.0
+    };
+    let acc = if g.issued == 0 {
+        0.0
+    } else {
+        g.useful as f64 / g.issued as f64
+    };
+    println!(
+        "\ntargets: gru has {:.1}% fewer demand faults than leap (target >= 25%): {}",
+        fewer * 100.0,
+        verdict(fewer >= 0.25)
+    );
+    println!(
+        "         gru accuracy {acc:.3} (target >= 0.9): {}",
+        verdict(acc >= 0.9)
+    );
+    println!(
+        "         gru closes {:.1}% of the leap->oracle stall gap (target >= 50%): {}",
+        closed * 100.0,
+        verdict(closed >= 0.5)
+    );
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("bench_predict: {msg}");
+    std::process::exit(2)
+}

@@ -1,0 +1,258 @@
+//! Pattern-change detection from the model's rolling loss and working-set drift.
+//!
+//! Each window yields two signals: the model's loss on what just happened (its
+//! predictions from the previous window against the blocks actually touched) and the
+//! Jaccard distance between the blocks touched now and in the recent past. Each feeds a
+//! Page-Hinkley test (a CUSUM for an upward shift of the mean). An alarm is an
+//! [`AnomalyEvent`]; the advisor answers it with faster adaptation.
+
+use super::features::BlockMap;
+
+/// Which signal raised the alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalySignal {
+    Loss,
+    Drift,
+}
+
+/// A detected pattern change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnomalyEvent {
+    pub window: u64,
+    pub time_ns: u64,
+    pub signal: AnomalySignal,
+    /// The Page-Hinkley statistic when it crossed the threshold.
+    pub score: f64,
+}
+
+/// Page-Hinkley test for an increase of a signal's mean, on the signal standardised by
+/// its running (EWMA) mean and deviation, so one setting fits signals of any scale.
+#[derive(Debug, Clone, Copy)]
+pub struct PageHinkley {
+    /// Tolerated shift (in deviations) before evidence accumulates.
+    pub delta: f64,
+    /// Alarm threshold on the cumulative statistic (in deviations).
+    pub lambda: f64,
+    /// EWMA weight of the running mean and variance.
+    pub alpha: f64,
+    /// Smallest deviation assumed (a flat signal must not turn noise into alarms).
+    pub min_dev: f64,
+    mean: f64,
+    var: f64,
+    n: u64,
+    cum: f64,
+    min_cum: f64,
+}
+
+impl PageHinkley {
+    pub fn new(delta: f64, lambda: f64, alpha: f64, min_dev: f64) -> Self {
+        PageHinkley {
+            delta,
+            lambda,
+            alpha,
+            min_dev,
+            mean: 0.0,
+            var: 0.0,
+            n: 0,
+            cum: 0.0,
+            min_cum: 0.0,
+        }
+    }
+
+    /// Feed one value; returns the statistic when it crosses `lambda` (and restarts).
+    pub fn update(&mut self, x: f64) -> Option<f64> {
+        self.n += 1;
+        if self.n == 1 {
+            self.mean = x;
+            return None;
+        }
+        let dev = self.var.sqrt().max(self.min_dev);
+        let z = (x - self.mean) / dev;
+        // Learn the baseline after scoring, with a plain average while it is young.
+        let w = self.alpha.max(1.0 / self.n as f64);
+        let d = x - self.mean;
+        self.mean += w * d;
+        self.var = (1.0 - w) * (self.var + w * d * d);
+        self.cum += z - self.delta;
+        self.min_cum = self.min_cum.min(self.cum);
+        let stat = self.cum - self.min_cum;
+        if stat > self.lambda {
+            self.mean = x;
+            self.cum = 0.0;
+            self.min_cum = 0.0;
+            return Some(stat);
+        }
+        None
+    }
+}
+
+/// Tunables of the detector.
+#[derive(Debug, Clone, Copy)]
+pub struct AnomalyConfig {
+    /// (delta, lambda, min_dev) of the loss and drift tests.
+    pub loss: (f64, f64, f64),
+    pub drift: (f64, f64, f64),
+    pub alpha: f64,
+    /// Windows to ignore at start (the model warms up) and after an alarm.
+    pub warmup: u64,
+    pub cooldown: u64,
+    /// Windows the drift reference set spans.
+    pub drift_span: usize,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            loss: (0.5, 6.0, 0.02),
+            drift: (0.5, 6.0, 0.02),
+            alpha: 0.05,
+            warmup: 16,
+            cooldown: 8,
+            drift_span: 4,
+        }
+    }
+}
+
+/// The detector state for one VM.
+pub struct AnomalyDetector {
+    cfg: AnomalyConfig,
+    loss: PageHinkley,
+    drift: PageHinkley,
+    recent: Vec<Vec<u64>>,
+    windows: u64,
+    quiet_until: u64,
+    pub events: Vec<AnomalyEvent>,
+    /// The signals of every window (loss, drift), kept when `keep_trace` is set.
+    pub trace: Vec<(f64, f64)>,
+    pub keep_trace: bool,
+}
+
+impl AnomalyDetector {
+    pub fn new(cfg: AnomalyConfig) -> Self {
+        AnomalyDetector {
+            loss: PageHinkley::new(cfg.loss.0, cfg.loss.1, cfg.alpha, cfg.loss.2),
+            drift: PageHinkley::new(cfg.drift.0, cfg.drift.1, cfg.alpha, cfg.drift.2),
+            cfg,
+            recent: Vec::new(),
+            windows: 0,
+            quiet_until: cfg.warmup,
+            events: Vec::new(),
+            trace: Vec::new(),
+            keep_trace: false,
+        }
+    }
+
+    /// Feed one window: the model's loss on it and the blocks touched in it.
+    /// Returns the event when a change is detected.
+    pub fn observe(
+        &mut self,
+        window: u64,
+        time_ns: u64,
+        loss: f64,
+        touched: &[u64],
+    ) -> Option<AnomalyEvent> {
+        let drift = self.drift_of(touched);
+        self.windows += 1;
+        if self.keep_trace {
+            self.trace.push((loss, drift));
+        }
+        let l = self.loss.update(loss);
+        let d = self.drift.update(drift);
+        if self.windows <= self.quiet_until {
+            return None;
+        }
+        let hit = match (l, d) {
+            (Some(s), _) => Some((AnomalySignal::Loss, s)),
+            (None, Some(s)) => Some((AnomalySignal::Drift, s)),
+            (None, None) => None,
+        };
+        let (signal, score) = hit?;
+        self.quiet_until = self.windows + self.cfg.cooldown;
+        let ev = AnomalyEvent {
+            window,
+            time_ns,
+            signal,
+            score,
+        };
+        log::info!("gru: pattern change at window {window} (t={time_ns} ns) by {signal:?}, score {score:.2}");
+        self.events.push(ev);
+        Some(ev)
+    }
+
+    /// Jaccard distance between `touched` and the union of the last `drift_span` windows.
+    fn drift_of(&mut self, touched: &[u64]) -> f64 {
+        let mut reference: BlockMap<()> = BlockMap::default();
+        for w in &self.recent {
+            for &b in w {
+                reference.insert(b, ());
+            }
+        }
+        let now: BlockMap<()> = touched.iter().map(|&b| (b, ())).collect();
+        let inter = now.keys().filter(|b| reference.contains_key(b)).count();
+        let union = reference.len() + now.len() - inter;
+        if self.recent.len() == self.cfg.drift_span {
+            self.recent.remove(0);
+        }
+        self.recent.push(touched.to_vec());
+        if union == 0 {
+            0.0
+        } else {
+            1.0 - inter as f64 / union as f64
+        }
+    }
+}
+
+/// Detection quality against known change points.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DetectionScore {
+    pub precision: f64,
+    pub recall: f64,
+    /// Mean windows from a change to its first detection (detected changes only).
+    pub mean_delay: f64,
+    pub detections: usize,
+    pub changes: usize,
+}
+
+/// A detection within `tolerance` windows after a change point counts for it; other
+/// detections are false alarms.
+pub fn score_detections(changes: &[u64], detections: &[u64], tolerance: u64) -> DetectionScore {
+    let mut matched = vec![false; detections.len()];
+    let mut found = 0usize;
+    let mut delay_sum = 0u64;
+    for &c in changes {
+        let hit = detections
+            .iter()
+            .enumerate()
+            .find(|(_, &d)| d >= c && d <= c + tolerance);
+        if let Some((i, &d)) = hit {
+            found += 1;
+            delay_sum += d - c;
+            matched[i] = true;
+            for (j, &d2) in detections.iter().enumerate() {
+                if d2 >= c && d2 <= c + tolerance {
+                    matched[j] = true; // repeated alarms for the same change are not false
+                }
+            }
+        }
+    }
+    let true_det = matched.iter().filter(|m| **m).count();
+    DetectionScore {
+        precision: if detections.is_empty() {
+            0.0
+        } else {
+            true_det as f64 / detections.len() as f64
+        },
+        recall: if changes.is_empty() {
+            0.0
+        } else {
+            found as f64 / changes.len() as f64
+        },
+        mean_delay: if found == 0 {
+            0.0
+        } else {
+            delay_sum as f64 / found as f64
+        },
+        detections: detections.len(),
+        changes: changes.len(),
+    }
+}

@@ -1,0 +1,417 @@
+//! Per-block features over windows: the input of the GRU and of its training.
+//!
+//! The extractor is fed every observed access (`on_access`, O(1): a hash lookup and a
+//! few counter updates) and closes a window with `end_window`, which turns each tracked
+//! block's counters into one feature vector. It knows nothing about residency or the
+//! model, so offline training on a trace and the live advisor see identical features.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use tiering::access::{Access, AccessOp, PageKind, PageNumber};
+
+/// Number of features per block per window (part of the model file's identity).
+pub const NUM_FEATURES: usize = 16;
+
+/// Name of the feature set stored in model files; bump when features change meaning.
+pub const FEATURE_SET: &str = "blk16-v1";
+
+/// Recency saturates here (windows); also the width of the touch history.
+const MAX_GAP: u64 = 63;
+
+/// A multiplicative hasher for block numbers: `on_access` does one lookup per access,
+/// and SipHash would dominate its cost.
+#[derive(Default, Clone, Copy)]
+pub struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Hash map keyed by block number.
+pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
+
+/// How the extractor groups pages and which blocks it keeps stepping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureConfig {
+    /// log2 of pages per block (at most 6: a block's pages fit a u64 mask).
+    pub block_shift: u32,
+    /// A block touched in none of the last `idle_windows` windows stops being stepped.
+    pub idle_windows: u64,
+    /// Windows of history in one training sample (truncated back-propagation).
+    pub seq_len: usize,
+    /// Target: the block is touched within the next `horizon` windows.
+    pub horizon: usize,
+    /// At most this many blocks are stepped per window (touched blocks first).
+    pub max_stepped: usize,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            block_shift: 4,
+            idle_windows: 8,
+            seq_len: 8,
+            horizon: 2,
+            max_stepped: 8192,
+        }
+    }
+}
+
+impl FeatureConfig {
+    /// Pages per block.
+    pub fn block_pages(&self) -> u64 {
+        1 << self.block_shift
+    }
+    /// Block holding `page`.
+    pub fn block_of(&self, page: PageNumber) -> u64 {
+        page >> self.block_shift
+    }
+    /// Index of `page` within its block.
+    pub fn bit_of(&self, page: PageNumber) -> u32 {
+        (page & (self.block_pages() - 1)) as u32
+    }
+}
+
+/// Counters of one block in the current window.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowCounts {
+    count: u32,
+    reads: u32,
+    writes: u32,
+    execs: u32,
+    code: u32,
+    shared: u32,
+    sequential: u32,
+    same_stride: u32,
+    vcpus: u64,
+    pages: u64,
+}
+
+/// Everything the extractor remembers about one block.
+#[derive(Debug, Clone)]
+pub struct BlockTrack {
+    counts: WindowCounts,
+    /// Window of the most recent touch (`u64::MAX` if never).
+    pub last_touch: u64,
+    /// Pages of the block ever touched (bit i = page i of the block).
+    pub ever_mask: u64,
+    /// Bit i set: touched in window `hist_window - i`.
+    touch_hist: u64,
+    hist_window: u64,
+    /// Whether the block is stepped every window.
+    pub tracked: bool,
+    /// Recent feature vectors, oldest first, contiguous windows ending at `hist_window`.
+    ring: Vec<[f32; NUM_FEATURES]>,
+}
+
+impl BlockTrack {
+    fn new() -> Self {
+        BlockTrack {
+            counts: WindowCounts::default(),
+            last_touch: u64::MAX,
+            ever_mask: 0,
+            touch_hist: 0,
+            hist_window: 0,
+            tracked: false,
+            ring: Vec::new(),
+        }
+    }
+    /// Whether the block was touched in window `w` (only reliable for the last 63).
+    pub fn touched_in(&self, w: u64) -> bool {
+        w <= self.hist_window
+            && self.hist_window - w <= MAX_GAP
+            && self.touch_hist >> (self.hist_window - w) & 1 == 1
+    }
+}
+
+/// One training example: a block's features over `seq_len` windows and, per window,
+/// whether it was touched within the following `horizon` windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub features: Vec<[f32; NUM_FEATURES]>,
+    pub labels: Vec<f32>,
+}
+
+/// The blocks stepped at the end of a window with their feature vectors.
+#[derive(Debug, Default)]
+pub struct WindowBatch {
+    pub window: u64,
+    pub blocks: Vec<u64>,
+    pub features: Vec<[f32; NUM_FEATURES]>,
+}
+
+/// Turns a stream of accesses into per-block feature vectors, one per window.
+pub struct FeatureExtractor {
+    pub cfg: FeatureConfig,
+    pub blocks: BlockMap<BlockTrack>,
+    /// Blocks touched in the current window, in first-touch order.
+    active: Vec<u64>,
+    /// Blocks stepped in the previous window that are still tracked.
+    tracked: Vec<u64>,
+    prev_page: Vec<(u64, i64)>,
+    window: u64,
+    window_accesses: u64,
+}
+
+impl FeatureExtractor {
+    pub fn new(cfg: FeatureConfig) -> Self {
+        assert!(cfg.block_shift <= 6, "a block's pages must fit a u64 mask");
+        FeatureExtractor {
+            cfg,
+            blocks: BlockMap::default(),
+            active: Vec::new(),
+            tracked: Vec::new(),
+            prev_page: Vec::new(),
+            window: 0,
+            window_accesses: 0,
+        }
+    }
+
+    /// Index of the window being accumulated.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// Blocks touched in the current window.
+    pub fn active_blocks(&self) -> &[u64] {
+        &self.active
+    }
+
+    /// Accesses seen in the current window.
+    pub fn window_accesses(&self) -> u64 {
+        self.window_accesses
+    }
+
+    /// Record one access: O(1), no allocation except the first time a block is seen.
+    pub fn on_access(&mut self, a: &Access) {
+        let block = self.cfg.block_of(a.page);
+        let bit = self.cfg.bit_of(a.page);
+        let vcpu = usize::from(a.vcpu);
+        if self.prev_page.len() <= vcpu {
+            self.prev_page.resize(vcpu + 1, (u64::MAX, 0));
+        }
+        let (prev, prev_delta) = self.prev_page[vcpu];
+        let delta = a.page.wrapping_sub(prev) as i64;
+        self.prev_page[vcpu] = (a.page, delta);
+        let t = self.blocks.entry(block).or_insert_with(BlockTrack::new);
+        let c = &mut t.counts;
+        if c.count == 0 {
+            self.active.push(block);
+        }
+        c.count += 1;
+        match a.op {
+            AccessOp::Read => c.reads += 1,
+            AccessOp::Write => c.writes += 1,
+            AccessOp::Exec => c.execs += 1,
+        }
+        match a.kind {
+            PageKind::Code => c.code += 1,
+            PageKind::Shared => c.shared += 1,
+            PageKind::Data | PageKind::Unknown => {}
+        }
+        if prev != u64::MAX && delta.unsigned_abs() <= 1 {
+            c.sequential += 1;
+        }
+        if prev != u64::MAX && delta == prev_delta && delta != 0 {
+            c.same_stride += 1;
+        }
+        c.vcpus |= 1 << (vcpu % 64);
+        c.pages |= 1 << bit;
+        t.ever_mask |= 1 << bit;
+        self.window_accesses += 1;
+    }
+
+    /// Close the window: compute the features of every stepped block (touched blocks,
+    /// recently touched blocks and the untouched neighbours of touched blocks), append
+    /// them to `batch`, and push training samples whose outcome is now known to `samples`
+    /// (at most `max_samples`, picked deterministically).
+    pub fn end_window(
+        &mut self,
+        batch: &mut WindowBatch,
+        samples: &mut Vec<Sample>,
+        max_samples: usize,
+    ) {
+        let w = self.window;
+        batch.window = w;
+        batch.blocks.clear();
+        batch.features.clear();
+        let active = std::mem::take(&mut self.active);
+        let mean = if active.is_empty() {
+            1.0
+        } else {
+            self.window_accesses as f32 / active.len() as f32
+        };
+        // Touched blocks first, then untouched neighbours (scan candidates), then
+        // recently touched idle ones; each block once.
+        let mut step: Vec<u64> = Vec::with_capacity(active.len() * 3 + self.tracked.len());
+        let mut in_step: BlockMap<()> = BlockMap::default();
+        in_step.reserve(active.len() * 3 + self.tracked.len());
+        for &b in &active {
+            in_step.insert(b, ());
+            step.push(b);
+        }
+        for &b in &active {
+            for n in [b.wrapping_add(1), b.wrapping_sub(1)] {
+                if n != u64::MAX && !in_step.contains_key(&n) {
+                    self.blocks.entry(n).or_insert_with(BlockTrack::new);
+                    in_step.insert(n, ());
+                    step.push(n);
+                }
+            }
+        }
+        for &b in &self.tracked {
+            if in_step.contains_key(&b) {
+                continue;
+            }
+            let t = &self.blocks[&b];
+            if t.last_touch != u64::MAX && w.saturating_sub(t.last_touch) <= self.cfg.idle_windows {
+                in_step.insert(b, ());
+                step.push(b);
+            }
+        }
+        if step.len() > self.cfg.max_stepped {
+            for &b in &step[self.cfg.max_stepped..] {
+                in_step.remove(&b);
+            }
+            step.truncate(self.cfg.max_stepped);
+        }
+        for &b in &self.tracked {
+            if !in_step.contains_key(&b) {
+                if let Some(t) = self.blocks.get_mut(&b) {
+                    t.tracked = false;
+                    t.ring.clear();
+                }
+            }
+        }
+        let touched =
+            |m: &BlockMap<BlockTrack>, b: u64| m.get(&b).is_some_and(|t| t.counts.count > 0);
+        let need = self.cfg.seq_len + self.cfg.horizon;
+        for &b in &step {
+            let prev_touched = touched(&self.blocks, b.wrapping_sub(1));
+            let next_touched = touched(&self.blocks, b.wrapping_add(1));
+            let bp = self.cfg.block_pages() as f32;
+            let t = self.blocks.get_mut(&b).expect("stepped blocks exist");
+            t.tracked = true;
+            let f = block_features(t, w, mean, bp, prev_touched, next_touched);
+            // Advance the touch history to this window.
+            let shift = w.saturating_sub(t.hist_window);
+            if shift > 0 && !t.ring.is_empty() && shift > 1 {
+                t.ring.clear(); // a gap: the ring is no longer contiguous
+            }
+            t.touch_hist = if shift >= 64 {
+                0
+            } else {
+                t.touch_hist << shift
+            };
+            t.hist_window = w;
+            if t.counts.count > 0 {
+                t.touch_hist |= 1;
+                t.last_touch = w;
+            }
+            if t.ring.len() == need {
+                t.ring.remove(0);
+            }
+            t.ring.push(f);
+            batch.blocks.push(b);
+            batch.features.push(f);
+        }
+        // Samples whose horizon has passed: features up to window w - horizon.
+        let mut emitted = 0;
+        if max_samples > 0 {
+            let stride = (step.len() / max_samples).max(1);
+            let offset = (w as usize).wrapping_mul(7919) % stride;
+            for &b in step.iter().skip(offset).step_by(stride) {
+                if emitted == max_samples {
+                    break;
+                }
+                let t = &self.blocks[&b];
+                if t.ring.len() < need {
+                    continue;
+                }
+                let features = t.ring[..self.cfg.seq_len].to_vec();
+                let labels = (0..self.cfg.seq_len)
+                    .map(|j| {
+                        let win = w - (need - 1 - j) as u64;
+                        let hit = (1..=self.cfg.horizon as u64).any(|d| t.touched_in(win + d));
+                        if hit {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                samples.push(Sample { features, labels });
+                emitted += 1;
+            }
+        }
+        for &b in &active {
+            if let Some(t) = self.blocks.get_mut(&b) {
+                t.counts = WindowCounts::default();
+            }
+        }
+        self.tracked = step;
+        self.window += 1;
+        self.window_accesses = 0;
+    }
+
+    /// Whether `page`'s block was touched in the window being accumulated.
+    pub fn touched_now(&self, page: PageNumber) -> bool {
+        self.blocks
+            .get(&self.cfg.block_of(page))
+            .is_some_and(|t| t.counts.count > 0)
+    }
+
+    /// Forget blocks that are neither tracked nor referenced by the caller (`keep`).
+    pub fn prune(&mut self, keep: impl Fn(u64) -> bool) {
+        self.blocks
+            .retain(|&b, t| t.tracked || t.counts.count > 0 || keep(b));
+    }
+}
+
+fn block_features(
+    t: &BlockTrack,
+    w: u64,
+    mean: f32,
+    block_pages: f32,
+    prev: bool,
+    next: bool,
+) -> [f32; NUM_FEATURES] {
+    let c = &t.counts;
+    let n = c.count as f32;
+    let frac = |x: u32| if c.count == 0 { 0.0 } else { x as f32 / n };
+    let gap = if t.last_touch == u64::MAX {
+        MAX_GAP
+    } else {
+        w.saturating_sub(t.last_touch).min(MAX_GAP)
+    };
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    [
+        (1.0 + n).ln() / 10.0,
+        flag(c.count > 0),
+        (1.0 + gap as f32).ln() / (1.0 + MAX_GAP as f32).ln(),
+        frac(c.reads),
+        frac(c.writes),
+        frac(c.execs),
+        frac(c.code),
+        frac(c.shared),
+        c.pages.count_ones() as f32 / block_pages,
+        t.ever_mask.count_ones() as f32 / block_pages,
+        frac(c.sequential),
+        frac(c.same_stride),
+        flag(prev),
+        flag(next),
+        flag(c.vcpus.count_ones() > 1),
+        (1.0 + n / mean).ln() / 3.0,
+    ]
+}

@@ -1,0 +1,366 @@
+//! Unit tests of the GRU predictor. Models are tiny so the tests take seconds in release.
+
+use std::path::PathBuf;
+
+use super::anomaly::{score_detections, AnomalyConfig};
+use super::features::{FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES};
+use super::model::{AccessModel, ModelFileError, ModelMeta};
+use super::online::{OnlineConfig, OnlineMode};
+use super::synth::{generate, mini_replay, phases, ClockAdvisor, Pattern};
+use super::train::{evaluate, samples_from_accesses, TrainConfig, Trainer};
+use super::{GruAdvisor, GruOptions};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gru-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn features_of_a_sequential_scan() {
+    let cfg = FeatureConfig::default();
+    let mut fx = FeatureExtractor::new(cfg);
+    let mut batch = WindowBatch::default();
+    let mut samples: Vec<Sample> = Vec::new();
+    // Window 0 touches all 16 pages of block 0 once, in order.
+    for a in generate(Pattern::Loop { base: 0, pages: 16 }, 16, 1, 0) {
+        fx.on_access(&a);
+    }
+    fx.end_window(&mut batch, &mut samples, 0);
+    let i = batch
+        .blocks
+        .iter()
+        .position(|&b| b == 0)
+        .expect("touched block stepped");
+    let f = batch.features[i];
+    assert_eq!(f.len(), NUM_FEATURES);
+    assert!((f[0] - (17f32).ln() / 10.0).abs() < 1e-6, "log count");
+    assert_eq!(f[1], 1.0, "touched flag");
+    assert_eq!(f[8], 1.0, "all pages of the block touched");
+    assert!(f[10] > 0.9, "sequential fraction {}", f[10]);
+    assert!(
+        (f[3] + f[4] + f[5] - 1.0).abs() < 1e-6,
+        "op fractions sum to one"
+    );
+    // The next block is a stepped candidate with no touches and a touched neighbour.
+    let j = batch
+        .blocks
+        .iter()
+        .position(|&b| b == 1)
+        .expect("neighbour stepped");
+    assert_eq!(batch.features[j][1], 0.0);
+    assert_eq!(batch.features[j][12], 1.0, "previous block touched");
+}
+
+#[test]
+fn labels_say_whether_the_block_comes_back_within_the_horizon() {
+    // Block 0 is touched every other window: each label must be 1 with horizon 2.
+    let cfg = FeatureConfig {
+        horizon: 2,
+        seq_len: 4,
+        ..FeatureConfig::default()
+    };
+    let mut fx = FeatureExtractor::new(cfg);
+    let (mut batch, mut samples) = (WindowBatch::default(), Vec::new());
+    for w in 0..20u64 {
+        let page = if w % 2 == 0 { 3 } else { 1000 };
+        for a in generate(
+            Pattern::Loop {
+                base: page,
+                pages: 1,
+            },
+            4,
+            w,
+            w * 1000,
+        ) {
+            fx.on_access(&a);
+        }
+        fx.end_window(&mut batch, &mut samples, 100);
+    }
+    let zero: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.features
+                .iter()
+                .any(|f| f[1] == 1.0 && f[9] > 0.0 && f[9] < 0.1)
+        })
+        .collect();
+    assert!(!zero.is_empty(), "samples of the periodic block");
+    for s in &zero {
+        assert_eq!(s.labels.len(), 4);
+        assert!(s.labels.iter().all(|&l| l == 1.0), "{:?}", s.labels);
+    }
+}
+
+fn test_cfg() -> FeatureConfig {
+    let mut cfg = FeatureConfig::default();
+    if let Some(h) = std::env::var("GRU_H").ok().and_then(|h| h.parse().ok()) {
+        cfg.horizon = h;
+    }
+    cfg
+}
+
+fn tiny_model() -> (AccessModel, ModelMeta) {
+    let cfg = test_cfg();
+    (AccessModel::new_cpu(8), ModelMeta::new(&cfg, 8, 256))
+}
+
+#[test]
+fn model_file_round_trip_and_errors() {
+    let (model, meta) = tiny_model();
+    let path = tmp("round.bpk");
+    model.save(&meta, &path).unwrap();
+    let (loaded, meta2) = AccessModel::load_cpu(&path).unwrap();
+    assert_eq!(meta, meta2);
+    let s = samples_for(Pattern::Loop { base: 0, pages: 64 }, 20_000);
+    let a = evaluate(&model, &s[..64], 0.5);
+    let b = evaluate(&loaded, &s[..64], 0.5);
+    assert!(
+        (a.loss - b.loss).abs() < 1e-6,
+        "same weights give the same loss"
+    );
+
+    let bytes = std::fs::read(&path).unwrap();
+    // Truncated weights.
+    let cut = tmp("cut.bpk");
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
+    assert!(matches!(
+        AccessModel::load_cpu(&cut),
+        Err(ModelFileError::Corrupt { .. })
+    ));
+    // Another format version in the header.
+    let mut m2 = meta.clone();
+    m2.format_version = 99;
+    let v = tmp("version.bpk");
+    model.save(&m2, &v).unwrap();
+    let err = AccessModel::load_cpu(&v)
+        .err()
+        .expect("version mismatch refused");
+    assert!(
+        matches!(err, ModelFileError::Version { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("retrain"), "{err}");
+    // Another feature set.
+    let mut m3 = meta.clone();
+    m3.feature_set = "other".into();
+    let f = tmp("features.bpk");
+    model.save(&m3, &f).unwrap();
+    assert!(matches!(
+        AccessModel::load_cpu(&f),
+        Err(ModelFileError::FeatureSet { .. })
+    ));
+    // Not a model at all.
+    let junk = tmp("junk.bpk");
+    std::fs::write(&junk, b"hello world, not a model").unwrap();
+    assert!(matches!(
+        AccessModel::load_cpu(&junk),
+        Err(ModelFileError::NotAModel { .. })
+    ));
+    // Missing file.
+    assert!(matches!(
+        AccessModel::load_cpu(&tmp("missing.bpk")),
+        Err(ModelFileError::Io { .. })
+    ));
+}
+
+fn samples_for(p: Pattern, n: usize) -> Vec<Sample> {
+    let mut s = Vec::new();
+    samples_from_accesses(generate(p, n, 7, 0), test_cfg(), 256, 32, &mut s);
+    s
+}
+
+#[test]
+fn training_reduces_loss_on_a_learnable_pattern() {
+    // A loop over 48 blocks at 256 accesses per window: each block comes back every
+    // 3 windows, a pattern recency and neighbour features make learnable.
+    let samples = samples_for(
+        Pattern::Loop {
+            base: 0,
+            pages: 768,
+        },
+        80_000,
+    );
+    assert!(samples.len() > 200, "{} samples", samples.len());
+    let (model, _) = tiny_model();
+    let before = evaluate(&model, &samples, 0.5);
+    let mut t = Trainer::new(
+        &model,
+        TrainConfig {
+            lr: 1e-2,
+            batch: 64,
+        },
+    );
+    for k in 0..60 {
+        let batch: Vec<&Sample> = samples
+            .iter()
+            .cycle()
+            .skip(k * 64 % samples.len())
+            .take(64)
+            .collect();
+        t.step(&batch, 1.0);
+    }
+    let after = evaluate(&t.inference_model(), &samples, 0.5);
+    assert!(
+        after.loss < before.loss * 0.8,
+        "loss {} -> {}",
+        before.loss,
+        after.loss
+    );
+    assert!(after.auc > 0.8, "AUC {}", after.auc);
+}
+
+/// A tiny model trained offline for a few seconds on `p`.
+fn pretrained(p: Pattern) -> (AccessModel, ModelMeta) {
+    let samples = samples_for(p, 120_000);
+    let (model, meta) = tiny_model();
+    let mut t = Trainer::new(
+        &model,
+        TrainConfig {
+            lr: 1e-2,
+            batch: 128,
+        },
+    );
+    for k in 0..80 {
+        let batch: Vec<&Sample> = samples
+            .iter()
+            .cycle()
+            .skip(k * 128 % samples.len())
+            .take(128)
+            .collect();
+        t.step(&batch, 1.0);
+    }
+    (t.inference_model(), meta)
+}
+
+fn inline_opts() -> GruOptions {
+    GruOptions {
+        online: OnlineConfig {
+            mode: OnlineMode::Inline,
+            train_every: 4,
+            ..OnlineConfig::default()
+        },
+        prefetch_threshold: 0.8,
+        min_window_events: 1,
+        ..GruOptions::default()
+    }
+}
+
+#[test]
+fn advisor_learns_a_repeating_pattern_and_beats_clock() {
+    // A loop over 1,024 pages with RAM for 512: CLOCK faults on every access after the
+    // first pass; the GRU learns from the replay itself (fresh weights, online only).
+    // A base model pre-trained on a loop of another size elsewhere, as `make model`
+    // does on other programs, then online learning on this stream.
+    let trace = generate(
+        Pattern::Loop {
+            base: 4096,
+            pages: 1024,
+        },
+        60_000,
+        3,
+        0,
+    );
+    let (model, meta) = pretrained(Pattern::Loop {
+        base: 1 << 20,
+        pages: 1536,
+    });
+    let mut gru = GruAdvisor::new(model, meta, inline_opts());
+    let g = mini_replay(&mut gru, &trace, 512, 256, 512);
+    let c = mini_replay(&mut ClockAdvisor::default(), &trace, 512, 256, 512);
+    assert!(gru.learner().inline_steps > 0);
+    eprintln!("gru {g:?} clock {c:?} stats {:?}", gru.stats);
+    assert!(
+        g.demand_faults * 4 < c.demand_faults * 3,
+        "gru {g:?} vs clock {c:?}"
+    );
+    let acc = g.prefetch_useful as f64 / g.prefetch_issued.max(1) as f64;
+    assert!(acc >= 0.9, "accuracy {acc} {g:?}");
+}
+
+#[test]
+fn background_learning_never_blocks_and_delivers_weights() {
+    let trace = generate(
+        Pattern::Loop {
+            base: 0,
+            pages: 1024,
+        },
+        40_000,
+        3,
+        0,
+    );
+    let (model, meta) = tiny_model();
+    let mut opts = inline_opts();
+    opts.online.mode = OnlineMode::Background;
+    opts.online.cpu_budget = 0.5;
+    let mut gru = GruAdvisor::new(model, meta, opts);
+    mini_replay(&mut gru, &trace, 512, 256, 512);
+    assert_eq!(
+        gru.learner().inline_steps,
+        0,
+        "no training in the caller's thread"
+    );
+}
+
+#[test]
+fn anomaly_detection_finds_an_injected_change() {
+    // Two skewed-random phases over disjoint regions, then a scan storm.
+    let (trace, changes) = phases(
+        &[
+            (
+                Pattern::Hot {
+                    base: 0,
+                    pages: 4096,
+                    hot: 256,
+                },
+                60_000,
+            ),
+            (
+                Pattern::Hot {
+                    base: 100_000,
+                    pages: 4096,
+                    hot: 256,
+                },
+                60_000,
+            ),
+            (
+                Pattern::Loop {
+                    base: 300_000,
+                    pages: 50_000,
+                },
+                40_000,
+            ),
+        ],
+        5,
+    );
+    let (model, meta) = tiny_model();
+    let mut opts = inline_opts();
+    opts.anomaly = AnomalyConfig::default();
+    let mut gru = GruAdvisor::new(model, meta, opts);
+    gru.detector_mut().keep_trace = true;
+    mini_replay(&mut gru, &trace, 2048, 256, 256);
+    if std::env::var_os("GRU_DEBUG").is_some() {
+        for (w, (l, d)) in gru.detector_mut().trace.iter().enumerate() {
+            eprintln!("w {w} loss {l:.3} drift {d:.3}");
+        }
+    }
+    let change_windows: Vec<u64> = changes.iter().map(|&i| i as u64 / 256).collect();
+    let detected: Vec<u64> = gru.anomalies().iter().map(|e| e.window).collect();
+    let score = score_detections(&change_windows, &detected, 8);
+    assert_eq!(
+        score.recall, 1.0,
+        "changes {change_windows:?} detected {detected:?}"
+    );
+    assert!(
+        score.precision >= 0.5,
+        "changes {change_windows:?} detected {detected:?}"
+    );
+}
+
+#[test]
+fn detection_scoring() {
+    let s = score_detections(&[100, 200], &[103, 150, 205, 206], 10);
+    assert_eq!(s.recall, 1.0);
+    assert_eq!(s.precision, 0.75);
+    assert_eq!(s.mean_delay, 4.0);
+}

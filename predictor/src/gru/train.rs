@@ -1,0 +1,193 @@
+//! Training: BCE on (feature sequence, outcome) samples, shared by `tiervisor train`
+//! (offline, many traces) and the online learner (one VM's recent windows).
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::features::{FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES};
+use super::model::{to_vec, AccessModel};
+use tiering::access::Access;
+
+/// Learning-rate and batch settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 3e-3,
+            batch: 128,
+        }
+    }
+}
+
+/// An autodiff copy of the model with its optimizer state.
+pub struct Trainer {
+    model: AccessModel,
+    optim: ModuleOptimizer,
+    device: Device,
+    pub cfg: TrainConfig,
+    pub steps: u64,
+}
+
+impl Trainer {
+    /// Continue training `model` (any device) on an autodiff flex device.
+    pub fn new(model: &AccessModel, cfg: TrainConfig) -> Self {
+        let device = Device::flex().autodiff();
+        Trainer {
+            model: model.clone().fork(&device).train(),
+            optim: AdamConfig::new().init(),
+            device,
+            cfg,
+            steps: 0,
+        }
+    }
+
+    /// One optimiser step on `batch`; returns the batch's mean loss.
+    pub fn step(&mut self, batch: &[&Sample], lr_scale: f64) -> f32 {
+        if batch.is_empty() {
+            return 0.0;
+        }
+        let (x, y) = batch_tensors(batch, &self.device);
+        let loss = bce_with_logits(self.model.forward_seq(x), y);
+        let value = to_vec(loss.clone()).first().copied().unwrap_or(f32::NAN);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.model = self
+            .optim
+            .step(self.cfg.lr * lr_scale, self.model.clone(), grads);
+        self.steps += 1;
+        value
+    }
+
+    /// A plain (no autodiff) copy of the current weights for inference.
+    pub fn inference_model(&self) -> AccessModel {
+        self.model.valid()
+    }
+}
+
+/// Features `[b, l, F]` and labels `[b, l]` of a batch.
+pub fn batch_tensors(batch: &[&Sample], device: &Device) -> (Tensor<3>, Tensor<2>) {
+    let l = batch[0].features.len();
+    let mut xs = Vec::with_capacity(batch.len() * l * NUM_FEATURES);
+    let mut ys = Vec::with_capacity(batch.len() * l);
+    for s in batch {
+        for f in &s.features {
+            xs.extend_from_slice(f);
+        }
+        ys.extend_from_slice(&s.labels);
+    }
+    let x = Tensor::from_data(TensorData::new(xs, [batch.len(), l, NUM_FEATURES]), device);
+    let y = Tensor::from_data(TensorData::new(ys, [batch.len(), l]), device);
+    (x, y)
+}
+
+/// Mean binary cross-entropy of logits `z` against labels `y`, in the stable form
+/// `max(z, 0) - z*y + ln(1 + exp(-|z|))`.
+pub fn bce_with_logits(z: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+    let pos = z.clone().clamp_min(0.0);
+    let soft = z.clone().abs().neg().exp().add_scalar(1.0).log();
+    (pos - z * y + soft).mean()
+}
+
+/// Held-out quality of a model on samples (prediction at each sample's last step).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalStats {
+    pub loss: f32,
+    pub precision: f32,
+    pub recall: f32,
+    pub auc: f32,
+    pub positives: usize,
+    pub samples: usize,
+}
+
+/// Evaluate `model` on `samples` at probability `threshold`.
+pub fn evaluate(model: &AccessModel, samples: &[Sample], threshold: f32) -> EvalStats {
+    let device = Device::flex();
+    let mut scored: Vec<(f32, bool)> = Vec::with_capacity(samples.len());
+    let mut loss_sum = 0.0f64;
+    for chunk in samples.chunks(512) {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let (x, _) = batch_tensors(&refs, &device);
+        let l = chunk[0].features.len();
+        let logits = to_vec(model.forward_seq(x));
+        for (i, s) in chunk.iter().enumerate() {
+            let z = logits[i * l + l - 1];
+            let y = s.labels[l - 1];
+            let p = 1.0 / (1.0 + (-z).exp());
+            loss_sum += f64::from(z.max(0.0) - z * y + (1.0 + (-z.abs()).exp()).ln());
+            scored.push((p, y > 0.5));
+        }
+    }
+    let n = scored.len();
+    let positives = scored.iter().filter(|s| s.1).count();
+    let tp = scored.iter().filter(|s| s.1 && s.0 >= threshold).count();
+    let predicted = scored.iter().filter(|s| s.0 >= threshold).count();
+    EvalStats {
+        loss: if n == 0 {
+            0.0
+        } else {
+            (loss_sum / n as f64) as f32
+        },
+        precision: if predicted == 0 {
+            0.0
+        } else {
+            tp as f32 / predicted as f32
+        },
+        recall: if positives == 0 {
+            0.0
+        } else {
+            tp as f32 / positives as f32
+        },
+        auc: auc(&mut scored),
+        positives,
+        samples: n,
+    }
+}
+
+/// Area under the ROC curve by the rank-sum formula (ties count half).
+fn auc(scored: &mut [(f32, bool)]) -> f32 {
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut pos, mut i) = (0.0f64, 0usize, 0usize);
+    while i < scored.len() {
+        let mut j = i;
+        while j < scored.len() && scored[j].0 == scored[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0; // average 1-based rank of the tie group
+        for s in &scored[i..j] {
+            if s.1 {
+                rank_sum += mid;
+                pos += 1;
+            }
+        }
+        i = j;
+    }
+    let neg = scored.len() - pos;
+    if pos == 0 || neg == 0 {
+        return 0.5;
+    }
+    ((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)) as f32
+}
+
+/// Run the feature extractor over `accesses` with a window every `window_accesses`
+/// accesses and collect up to `per_window` samples per window.
+pub fn samples_from_accesses<I: IntoIterator<Item = Access>>(
+    accesses: I,
+    cfg: FeatureConfig,
+    window_accesses: u64,
+    per_window: usize,
+    out: &mut Vec<Sample>,
+) {
+    let mut fx = FeatureExtractor::new(cfg);
+    let mut batch = WindowBatch::default();
+    for a in accesses {
+        fx.on_access(&a);
+        if fx.window_accesses() >= window_accesses {
+            fx.end_window(&mut batch, out, per_window);
+        }
+    }
+}
