@@ -105,7 +105,7 @@ fn footprint_mib(h: &TraceHeader, s: &TraceSummary) -> f64 {
 fn info_text(file: &Path, bytes: u64, h: &TraceHeader, s: &TraceSummary, top: usize) -> String {
     let pct = |n: u64| 100.0 * n as f64 / s.records.max(1) as f64;
     let mut o = String::new();
-    let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}{v}\n"));
+    let mut line = |k: &str, v: String| o.push_str(&format!("{k:<19} {v}\n"));
     line("file", format!("{} ({bytes} bytes)", file.display()));
     line(
         "format",
