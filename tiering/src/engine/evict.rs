@@ -141,33 +141,18 @@ impl Engine {
                 b
             }
         };
-        let tag = self.tag();
-        let req = IoRequest {
-            op: IoOp::Write,
+        let write = Op::EvictWrite {
+            index,
+            tier: tier as u8,
             slot,
-            buf,
-            priority: IoPriority::Writeback,
-            tag,
+            attempt: 1,
         };
-        let store = self.stores[tier].as_mut().expect("tier is open");
-        match store.backend.submit(req) {
-            Ok(()) => {
-                self.inflight.insert(
-                    tag,
-                    Op::EvictWrite {
-                        index,
-                        tier: tier as u8,
-                        slot,
-                        attempt: 1,
-                    },
-                );
-            }
-            Err(e) => {
-                log::warn!("write-back refused by tier {tier}: {}", e.error);
-                store.slots.release(slot);
-                self.meta[index].state = State::Present;
-                self.policy.evict_failed(self.layout.page_of_index(index));
-            }
+        if let Err(e) = self.submit_io(tier, IoOp::Write, slot, buf, IoPriority::Writeback, write) {
+            log::warn!("write-back refused by tier {tier}: {}", e.error);
+            let store = self.stores[tier].as_mut().expect("tier is open");
+            store.slots.release(slot);
+            self.meta[index].state = State::Present;
+            self.policy.evict_failed(self.layout.page_of_index(index));
         }
     }
 
@@ -271,25 +256,17 @@ impl Engine {
                 if let Err(e) = c.result {
                     self.counters.tiers[t].io_errors += 1;
                     if attempt < IO_ATTEMPTS {
-                        let tag = self.tag();
-                        let req = IoRequest {
-                            op: IoOp::Write,
+                        let retry = Op::EvictWrite {
+                            index,
+                            tier: t as u8,
                             slot,
-                            buf: c.buf,
-                            priority: IoPriority::Writeback,
-                            tag,
+                            attempt: attempt + 1,
                         };
-                        let store = self.stores[t].as_mut().expect("tier is open");
-                        if store.backend.submit(req).is_ok() {
-                            self.inflight.insert(
-                                tag,
-                                Op::EvictWrite {
-                                    index,
-                                    tier: t as u8,
-                                    slot,
-                                    attempt: attempt + 1,
-                                },
-                            );
+                        let priority = IoPriority::Writeback;
+                        if self
+                            .submit_io(t, IoOp::Write, slot, c.buf, priority, retry)
+                            .is_ok()
+                        {
                             return;
                         }
                     }
@@ -352,18 +329,14 @@ impl Engine {
                     self.meta[index].state = State::Absent;
                     return;
                 };
-                let tag = self.tag();
-                let req = IoRequest {
-                    op: IoOp::Write,
-                    slot,
-                    buf: c.buf,
-                    priority: IoPriority::Writeback,
-                    tag,
-                };
-                let store = self.stores[to as usize].as_mut().expect("tier is open");
-                if store.backend.submit(req).is_ok() {
-                    self.inflight.insert(tag, Op::MoveWrite { index, to, slot });
-                } else {
+                let write = Op::MoveWrite { index, to, slot };
+                let priority = IoPriority::Writeback;
+                let to = to as usize;
+                if self
+                    .submit_io(to, IoOp::Write, slot, c.buf, priority, write)
+                    .is_err()
+                {
+                    let store = self.stores[to].as_mut().expect("tier is open");
                     store.slots.release(slot);
                     self.meta[index].state = State::Absent;
                 }

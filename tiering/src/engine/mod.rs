@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use userfaultfd::{Event, FaultKind, ReadWrite};
 
 use crate::access::{Access, AccessOp, AccessSource, PageKind, PageNumber, PAGE_SIZE};
-use crate::backend::{IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, PagePool};
+use crate::backend::{IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, PagePool, SubmitError};
 use crate::layout::GuestLayout;
 use crate::metrics::Counters;
 use crate::policy::{AccessOutcome, Action, PagingPolicy};
@@ -574,6 +574,31 @@ impl Engine {
         self.next_tag
     }
 
+    /// Hands one page of I/O on `slot` to `tier` under a fresh tag and, once the
+    /// backend has taken it, records `op` as in flight under that tag.
+    fn submit_io(
+        &mut self,
+        tier: usize,
+        io: IoOp,
+        slot: u64,
+        buf: PageBuf,
+        priority: IoPriority,
+        op: Op,
+    ) -> Result<(), SubmitError> {
+        let tag = self.tag();
+        let req = IoRequest {
+            op: io,
+            slot,
+            buf,
+            priority,
+            tag,
+        };
+        let store = self.stores[tier].as_mut().expect("tier is open");
+        store.backend.submit(req)?;
+        self.inflight.insert(tag, op);
+        Ok(())
+    }
+
     fn queue_action(&mut self, a: Action) {
         match a {
             Action::Fill { page, .. } | Action::Prefetch { page, .. } => self.start_prefetch(page),
@@ -597,19 +622,11 @@ impl Engine {
             }
             State::Absent => {
                 let tier = m.copy_tier as usize;
-                let tag = self.tag();
-                let req = IoRequest {
-                    op: IoOp::Read,
-                    slot: m.copy_slot,
-                    buf: self.pool.get(),
-                    priority: IoPriority::Prefetch,
-                    tag,
-                };
-                let store = self.stores[tier].as_mut().expect("copy tier is open");
-                match store.backend.submit(req) {
+                let (buf, priority) = (self.pool.get(), IoPriority::Prefetch);
+                let read = Op::PrefetchRead { index };
+                match self.submit_io(tier, IoOp::Read, m.copy_slot, buf, priority, read) {
                     Ok(()) => {
                         self.meta[index].state = State::Prefetching;
-                        self.inflight.insert(tag, Op::PrefetchRead { index });
                         self.counters.tiers[tier].prefetch_issued += 1;
                     }
                     Err(e) => {
@@ -648,20 +665,14 @@ impl Engine {
         if m.state != State::Absent || m.copy_tier != from || self.stores[to as usize].is_none() {
             return;
         }
-        let tag = self.tag();
-        let req = IoRequest {
-            op: IoOp::Read,
-            slot: m.copy_slot,
-            buf: self.pool.get(),
-            priority: IoPriority::Writeback,
-            tag,
-        };
-        let store = self.stores[from as usize]
-            .as_mut()
-            .expect("copy tier is open");
-        if store.backend.submit(req).is_ok() {
+        let buf = self.pool.get();
+        let read = Op::MoveRead { index, to };
+        let priority = IoPriority::Writeback;
+        if self
+            .submit_io(from as usize, IoOp::Read, m.copy_slot, buf, priority, read)
+            .is_ok()
+        {
             self.meta[index].state = State::Moving;
-            self.inflight.insert(tag, Op::MoveRead { index, to });
         }
     }
 
