@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -76,15 +77,23 @@ fn guest_failure_status_propagates() {
     assert!(out.status.code().is_some());
 }
 
+/// Writes a tiny hand-assembled guest named `name` and runs it with 16 MiB of memory
+/// and `extra` options.
+fn run_tiny_guest(name: &str, code: &[u8], extra: &[&str]) -> Output {
+    let kernel = write_tiny_guest(name, code);
+    tiervisor()
+        .args(["run", "--memory", "16M"])
+        .args(extra)
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn debug_exit_value_becomes_exit_status() {
     for (value, status) in [(0u32, 0), (3, 3), (0x1ff, 0xff), (0x100, 0)] {
-        let kernel = write_tiny_guest(&format!("exit{value}"), &code_debug_exit(value));
-        let out = tiervisor()
-            .args(["run", "--memory", "16M", "--kernel"])
-            .arg(&kernel)
-            .output()
-            .unwrap();
+        let out = run_tiny_guest(&format!("exit{value}"), &code_debug_exit(value), &[]);
         assert_eq!(out.status.code(), Some(status), "{}", describe(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
         assert!(error_lines(&out).is_empty(), "{}", describe(&out));
@@ -113,23 +122,13 @@ fn runs_with_stdin_closed() {
 
 #[test]
 fn i8042_reset_ends_the_vm_with_status_0() {
-    let kernel = write_tiny_guest("reset", &code_i8042_reset());
-    let out = tiervisor()
-        .args(["run", "--memory", "16M", "--vcpus", "2", "--kernel"])
-        .arg(&kernel)
-        .output()
-        .unwrap();
+    let out = run_tiny_guest("reset", &code_i8042_reset(), &["--vcpus", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
 #[test]
 fn triple_fault_is_an_error_with_rip() {
-    let kernel = write_tiny_guest("triple", &code_triple_fault());
-    let out = tiervisor()
-        .args(["run", "--memory", "16M", "--kernel"])
-        .arg(&kernel)
-        .output()
-        .unwrap();
+    let out = run_tiny_guest("triple", &code_triple_fault(), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = error_lines(&out).join("\n");
     assert!(err.contains("rip=0x"), "{}", describe(&out));
@@ -137,12 +136,7 @@ fn triple_fault_is_an_error_with_rip() {
 
 #[test]
 fn guest_kvm_error_is_reported_with_rip() {
-    let kernel = write_tiny_guest("int3", &code_ring0_int3());
-    let out = tiervisor()
-        .args(["run", "--memory", "16M", "--kernel"])
-        .arg(&kernel)
-        .output()
-        .unwrap();
+    let out = run_tiny_guest("int3", &code_ring0_int3(), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = error_lines(&out);
     assert_eq!(err.len(), 1, "{}", describe(&out));
