@@ -17,7 +17,7 @@ export LC_ALL=C
 
 cd "$(dirname "$0")/../.."
 root=$PWD
-tiervisor=$(realpath "${TIERVISOR:-target/release/tiervisor}")
+tiervisor=$(realpath -m "${TIERVISOR:-target/release/tiervisor}")
 guest=$(realpath -m "${GUEST:-resources/out/testguest.elf}")
 out=$(realpath -m "${OUT:-resources/out/traces}")
 jobs=${JOBS:-2}
