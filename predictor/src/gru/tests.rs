@@ -242,6 +242,8 @@ fn inline_opts() -> GruOptions {
         },
         prefetch_threshold: 0.8,
         min_window_events: 1,
+        // The loop's next window is a quarter of RAM: let the plan cover it.
+        prefetch_ram_divisor: 1,
         ..GruOptions::default()
     }
 }

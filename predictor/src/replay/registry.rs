@@ -95,7 +95,7 @@ fn make_gru(ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
         .model
         .clone()
         .unwrap_or_else(crate::gru::base_model_path);
-    crate::gru::GruAdvisor::from_file(&path, crate::gru::GruOptions::default())
+    crate::gru::GruAdvisor::from_file(&path, crate::gru::GruOptions::from_env())
         .map(|a| Box::new(a) as Box<dyn Advisor>)
         .map_err(|e| UnknownAdvisor::Failed {
             name: "gru".into(),
