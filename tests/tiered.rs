@@ -239,6 +239,20 @@ fn bad_tier_files_name_the_line_and_field() {
     assert!(lines[0].contains("no tier"), "{lines:?}");
 }
 
+/// Asserts that the run failed with status 1 and an error line naming tier 5 and
+/// `what`.
+fn assert_fails_naming_tier_5(out: &Output, what: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", describe(out));
+    let lines = error_lines(out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tier 5") && l.contains(what)),
+        "{}",
+        describe(out)
+    );
+}
+
 #[test]
 fn a_missing_nbd_server_is_a_clear_error() {
     let dir = workdir("nonbd");
@@ -257,15 +271,7 @@ fn a_missing_nbd_server_is_a_clear_error() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let lines = error_lines(&out);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("tier 5") && l.contains("nbd.sock")),
-        "{}",
-        describe(&out)
-    );
+    assert_fails_naming_tier_5(&out, "nbd.sock");
 }
 
 #[test]
@@ -305,15 +311,7 @@ fn losing_the_nbd_server_stops_the_vm_with_a_clear_error() {
     };
     let out = child.wait_with_output().unwrap();
     let out = Output { status, ..out };
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let lines = error_lines(&out);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("tier 5") && l.contains("the VM is stopped")),
-        "{}",
-        describe(&out)
-    );
+    assert_fails_naming_tier_5(&out, "the VM is stopped");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("result=FAIL"), "{}", describe(&out));
 }
