@@ -206,8 +206,7 @@ fn replay_refuses_a_corrupt_model_clearly() {
         clock: Clock::Nanoseconds,
     };
     let names = vec!["gru".to_string()];
-    let err = replay_all(&input, &names, &ReplayConfig::default(), Some(junk))
-        .err()
-        .expect("refused");
+    let err =
+        replay_all(&input, &names, &ReplayConfig::default(), Some(junk)).expect_err("refused");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }

@@ -328,8 +328,8 @@ impl FeatureExtractor {
         }
         // Samples whose horizon has passed: features up to window w - horizon.
         let mut emitted = 0;
-        if max_samples > 0 {
-            let stride = (step.len() / max_samples).max(1);
+        if let Some(per) = step.len().checked_div(max_samples) {
+            let stride = per.max(1);
             let offset = (w as usize).wrapping_mul(7919) % stride;
             for &b in step.iter().skip(offset).step_by(stride) {
                 if emitted == max_samples {

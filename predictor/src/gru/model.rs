@@ -192,7 +192,7 @@ impl AccessModel {
             path: path.into(),
             reason,
         };
-        if buf.len() < MAGIC.len() || &buf[..MAGIC.len() - 1] != &MAGIC[..MAGIC.len() - 1] {
+        if buf.len() < MAGIC.len() || buf[..MAGIC.len() - 1] != MAGIC[..MAGIC.len() - 1] {
             return Err(ModelFileError::NotAModel { path: path.into() });
         }
         let rest = &buf[MAGIC.len()..];

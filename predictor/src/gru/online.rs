@@ -184,7 +184,7 @@ impl OnlineLearner {
                 (self.cfg.train_every, 1.0)
             };
             inl.windows += 1;
-            if inl.windows % every.max(1) != 0 {
+            if !inl.windows.is_multiple_of(every.max(1)) {
                 return None;
             }
             let batch = inl.buffer.batch(self.cfg.train.batch);
@@ -193,7 +193,10 @@ impl OnlineLearner {
             }
             self.last_loss = inl.trainer.step(&batch, scale);
             self.inline_steps += 1;
-            if self.inline_steps % self.cfg.publish_every.max(1) == 0 {
+            if self
+                .inline_steps
+                .is_multiple_of(self.cfg.publish_every.max(1))
+            {
                 return Some(inl.trainer.inference_model());
             }
             return None;
@@ -210,11 +213,8 @@ impl OnlineLearner {
                 }
             }
             let mut latest = None;
-            loop {
-                match bg.models.try_recv() {
-                    Ok(m) => latest = Some(m),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(m) = bg.models.try_recv() {
+                latest = Some(m);
             }
             return latest;
         }
@@ -303,7 +303,7 @@ fn train_loop(
         trainer.step(&batch, scale);
         fresh = fresh.saturating_sub(cfg.train.batch);
         boost_steps_left = boost_steps_left.saturating_sub(1);
-        if trainer.steps % cfg.publish_every.max(1) == 0
+        if trainer.steps.is_multiple_of(cfg.publish_every.max(1))
             && tx.try_send(trainer.inference_model()).is_err()
         {
             // The advisor has not picked up the previous weights yet; it will get newer ones.

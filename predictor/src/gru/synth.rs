@@ -27,14 +27,14 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -157,7 +157,7 @@ pub fn mini_replay(
             resident.insert(a.page);
             adv.on_fill(a.page, false);
         }
-        if (i as u64 + 1) % window_accesses == 0 {
+        if (i as u64 + 1).is_multiple_of(window_accesses) {
             adv.end_window(a.time_ns);
             pf.clear();
             adv.prefetch(a.time_ns, max_prefetch, &mut pf);

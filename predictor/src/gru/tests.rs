@@ -133,9 +133,7 @@ fn model_file_round_trip_and_errors() {
     m2.format_version = 99;
     let v = tmp("version.bpk");
     model.save(&m2, &v).unwrap();
-    let err = AccessModel::load_cpu(&v)
-        .err()
-        .expect("version mismatch refused");
+    let err = AccessModel::load_cpu(&v).expect_err("version mismatch refused");
     assert!(
         matches!(err, ModelFileError::Version { found: 99, .. }),
         "{err}"
