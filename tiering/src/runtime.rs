@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -120,6 +121,21 @@ pub enum TieringError {
     Thread(std::io::Error),
 }
 
+/// Why [`TieredMemory::prefetch`] could not pass a request on.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PrefetchError {
+    #[error("target tier {0} does not exist: tiers are 0 (hot set) to 5 (networked)")]
+    NoSuchTier(u8),
+    #[error("the fault-handler thread has stopped; no page can be moved any more")]
+    Stopped,
+}
+
+/// Pages to move to a tier, sent to the fault-handler thread.
+pub(crate) struct MoveRequest {
+    pub pages: Vec<PageNumber>,
+    pub target: u8,
+}
+
 /// State the handler thread publishes for the owner.
 pub(crate) struct Shared {
     pub report: Mutex<Option<TieringReport>>,
@@ -147,6 +163,7 @@ pub struct TieredMemory {
     stop_fd: Arc<File>,
     shared: Arc<Shared>,
     vcpus: VcpuRegistry,
+    moves: Sender<MoveRequest>,
 }
 
 fn eventfd() -> std::io::Result<File> {
@@ -200,6 +217,7 @@ impl TieredMemory {
             // Re-tiering moves cost a read and a write each: keep them a trickle.
             retier_per_window: 32,
             tier_capacity_pages: capacity,
+            hot_capacity_pages: options.tiers.capacity_pages(0, PAGE_SIZE) as usize,
             initial_tier: options.initial_tier,
             ..PolicyConfig::default()
         };
@@ -225,6 +243,7 @@ impl TieredMemory {
             }
             None => None,
         };
+        advise_huge_pages(regions);
         let uffd = GuestUffd::new()?;
         for r in regions {
             uffd.register(r.host_addr, r.len as usize)?;
@@ -255,6 +274,8 @@ impl TieredMemory {
         );
         engine.advisor_name = options.advisor_name.clone();
         engine.tiers = options.tiers.clone();
+        let (moves, move_requests) = channel();
+        engine.move_requests = Some(move_requests);
         if let Some(t) = options.initial_tier {
             if !engine.start_in_tier(t) {
                 return Err(TieringError::InitialTier {
@@ -277,7 +298,29 @@ impl TieredMemory {
             stop_fd,
             shared,
             vcpus,
+            moves,
         })
+    }
+
+    /// Ask for `pages` (guest page numbers) to be moved to `target_tier`: 0 or 1
+    /// prefetches them into RAM, 2-5 moves those not resident to that storage tier.
+    /// Returns at once; the fault-handler thread carries the request out in batches
+    /// between faults (see [`PagingPolicy::request_moves`] for what is skipped).
+    pub fn prefetch(&self, pages: &[PageNumber], target_tier: u8) -> Result<(), PrefetchError> {
+        if target_tier as usize >= TIER_COUNT {
+            return Err(PrefetchError::NoSuchTier(target_tier));
+        }
+        let request = MoveRequest {
+            pages: pages.to_vec(),
+            target: target_tier,
+        };
+        self.moves
+            .send(request)
+            .map_err(|_| PrefetchError::Stopped)?;
+        // Wake the handler if it is waiting in poll.
+        let one = 1u64.to_ne_bytes();
+        let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
+        Ok(())
     }
 
     /// For vCPU threads to say which vCPU they run (events carry the vCPU id).
@@ -315,6 +358,44 @@ impl Drop for TieredMemory {
     }
 }
 
+/// Where the kernel says whether shared memory (our memfd) may use huge pages.
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// Asks for transparent huge pages on guest RAM (tier 0 "on huge pages where
+/// possible") when the kernel allows them for shmem; a no-op when it says `never`
+/// or `deny`. Pages installed by UFFDIO_COPY are 4 KiB either way, so only pages
+/// the kernel fills itself (or collapses later) can become huge.
+fn advise_huge_pages(regions: &[GuestRegion]) {
+    let mode = std::fs::read_to_string(SHMEM_THP).unwrap_or_default();
+    let allowed = ["[always]", "[within_size]", "[advise]", "[force]"]
+        .iter()
+        .any(|m| mode.contains(m));
+    if !allowed {
+        log::info!(
+            "no transparent huge pages for guest RAM: {SHMEM_THP} is {}",
+            mode.trim()
+        );
+        return;
+    }
+    for r in regions {
+        // SAFETY: the region is a live mapping of guest RAM owned by the VMM for the
+        // VM's lifetime; MADV_HUGEPAGE only changes the kernel's paging hints.
+        let rc = unsafe {
+            libc::madvise(
+                r.host_addr as *mut libc::c_void,
+                r.len as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if rc != 0 {
+            log::warn!(
+                "madvise(MADV_HUGEPAGE) on guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 pub(crate) fn build_report(e: &Engine) -> TieringReport {
     let c = e.counters();
     let kinds = e.kind_totals();
@@ -342,8 +423,8 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
                     _ => e.stores[t].as_ref().map_or(0, |s| s.slots.capacity()),
                 },
                 resident_pages: match t {
-                    0 => 0,
-                    1 => e.resident_pages(),
+                    0 => tier_pages[0],
+                    1 => e.resident_pages().saturating_sub(tier_pages[0]),
                     _ => tier_pages[t],
                 },
                 demand_faults: tc.demand_faults,

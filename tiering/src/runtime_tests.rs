@@ -180,3 +180,78 @@ fn thread_touching_registered_memory_is_served_within_budget() {
     // The budget, plus a batch of evictions waiting and a batch waiting to be punched.
     assert!(report.per_tier[1].resident_pages <= 64 + 64, "{report:#?}");
 }
+
+#[test]
+fn requested_prefetch_brings_pages_back_before_they_are_touched() {
+    let dir = std::env::temp_dir().join(format!("tier-rt-pf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pages = 512usize; // 2 MiB
+    let map = Mapping::new(pages * PAGE_SIZE as usize);
+    let regions = [GuestRegion {
+        guest_addr: 0,
+        host_addr: map.addr,
+        len: map.len as u64,
+        file_offset: 0,
+    }];
+    let failed = Arc::new(Mutex::new(None));
+    let mut options = TieringOptions::new(tier_file(&dir), 64);
+    // Sampled minor faults are how a host-only run (no dirty log) sees the first use
+    // of a prefetched page.
+    options.sample_pages = 8;
+    options.sample_interval = std::time::Duration::from_millis(1);
+    let tm = TieredMemory::start(
+        &regions,
+        map.file.clone(),
+        options,
+        Box::new(Fifo::default()),
+        Box::new(HostOnlyHooks {
+            failed: failed.clone(),
+        }),
+    )
+    .unwrap();
+    let word = |p: usize| (map.addr + p * 4096) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { word(p).write_volatile(value(p, 0, 0)) };
+    }
+    // The first pages written were the first evicted (FIFO): they sit in tier 2.
+    let wanted: Vec<PageNumber> = (0..32).collect();
+    let before = wait_for_idle(&tm, |_| true);
+    tm.prefetch(&wanted, 1).unwrap();
+    assert_eq!(
+        tm.prefetch(&wanted, 9),
+        Err(crate::runtime::PrefetchError::NoSuchTier(9))
+    );
+    let issued = wait_for_idle(&tm, |r| r.prefetch_issued >= before.prefetch_issued + 32);
+    for &p in &wanted {
+        // SAFETY: as above.
+        let got = unsafe { word(p as usize).read_volatile() };
+        assert_eq!(got, value(p as usize, 0, 0), "page {p}");
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failed.lock().unwrap().is_none());
+    assert!(issued.per_tier[2].prefetch_issued >= 32, "{issued:#?}");
+    let demand = report.demand_faults - issued.demand_faults;
+    assert!(
+        demand < wanted.len() as u64,
+        "{demand} demand faults: {report:#?}"
+    );
+    assert!(report.prefetch_useful > 0, "{report:#?}");
+}
+
+/// The report once the handler has published one satisfying `done` and stayed idle
+/// long enough for its reads to complete and a few sampling rounds to pass.
+fn wait_for_idle(
+    tm: &TieredMemory,
+    done: impl Fn(&crate::metrics::TieringReport) -> bool,
+) -> crate::metrics::TieringReport {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(r) = tm.snapshot().filter(|r| done(r)) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:#?}", tm.snapshot());
+    }
+}

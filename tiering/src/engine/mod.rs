@@ -27,6 +27,7 @@ use crate::uffd::{self, GuestUffd};
 
 mod evict;
 mod monitor;
+mod requests;
 
 const PAGE: usize = PAGE_SIZE as usize;
 /// No tier holds a copy.
@@ -110,8 +111,12 @@ pub(crate) struct Engine {
     pub hooks: Box<dyn VmHooks>,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
+    /// Written to stop the thread or to wake it for a move request; drained on wake-up.
     pub stop_fd: Arc<File>,
     pub config: EngineConfig,
+    /// Move requests from [`crate::runtime::TieredMemory::prefetch`].
+    pub move_requests: Option<std::sync::mpsc::Receiver<crate::runtime::MoveRequest>>,
+    pending_moves: std::collections::VecDeque<crate::runtime::MoveRequest>,
     pub counters: Counters,
     pub vcpu_of_thread: Arc<Mutex<FxHashMap<i32, u16>>>,
     pub trace: Option<crate::trace::TraceWriter<std::io::BufWriter<File>>>,
@@ -167,6 +172,8 @@ impl Engine {
             stop,
             stop_fd,
             config,
+            move_requests: None,
+            pending_moves: std::collections::VecDeque::new(),
             counters: Counters::new(),
             vcpu_of_thread,
             trace,
@@ -308,6 +315,7 @@ impl Engine {
                 }
             }
             busy |= self.poll_completions();
+            busy |= self.serve_move_requests();
             if self.evict_queue.len() >= EVICT_BATCH || (!busy && !self.evict_queue.is_empty()) {
                 self.flush_evictions();
                 busy = true;
@@ -370,6 +378,12 @@ impl Engine {
         ];
         // SAFETY: fds is a valid array of two pollfd for the duration of the call.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            // Reset the eventfd (non-blocking) so the next poll waits again; the stop
+            // flag and the request channel carry the actual message.
+            let mut count = [0u8; 8];
+            let _ = std::io::Read::read(&mut &*self.stop_fd, &mut count);
+        }
     }
 
     /// Stop the VM: a page can no longer be produced, or the fault path broke.

@@ -16,10 +16,17 @@
 //!   accounting exact without telling the advisor;
 //! - periodically, even when no access arrives: [`PagingPolicy::tick`];
 //! - when the mechanism cannot carry out an action: [`PagingPolicy::fill_failed`] or
-//!   [`PagingPolicy::evict_failed`], which put the page back where it was.
+//!   [`PagingPolicy::evict_failed`], which put the page back where it was;
+//! - pages another component wants moved (the predictor, a vCPU scheduler):
+//!   [`PagingPolicy::request_moves`].
+//!
+//! Tier 0 (the hot set, [`hot`]) is a subset of the resident pages that eviction
+//! never takes; it is re-chosen at every window end.
 
+mod hot;
 mod tiers;
 
+pub use hot::HOT_MIN_HEAT;
 pub use tiers::*;
 
 use std::collections::VecDeque;
@@ -55,6 +62,9 @@ pub struct PolicyConfig {
     /// Capacity of each tier in pages; a full tier spills to the next slower one.
     /// Entries 0 and 1 are ignored (RAM is bounded by `ram_budget_pages`).
     pub tier_capacity_pages: [u64; TIER_COUNT],
+    /// Most pages in tier 0, the hot set (0: none). At most half the RAM budget is
+    /// used, so tier 1 keeps room for faults and prefetches.
+    pub hot_capacity_pages: usize,
 }
 
 impl Default for PolicyConfig {
@@ -69,6 +79,7 @@ impl Default for PolicyConfig {
             initial_tier: None,
             retier_per_window: 256,
             tier_capacity_pages: [u64::MAX; TIER_COUNT],
+            hot_capacity_pages: 0,
         }
     }
 }
@@ -82,6 +93,13 @@ pub enum PolicyError {
     BadThresholds(TierThresholds),
     #[error("initial tier {0} is not a storage tier (2-5)")]
     BadInitialTier(TierId),
+}
+
+/// Why [`PagingPolicy::request_moves`] refused a request.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MoveRequestError {
+    #[error("target tier {0} does not exist: tiers are 0 (hot set) to 5 (networked)")]
+    NoSuchTier(TierId),
 }
 
 /// What an observed access found.
@@ -145,6 +163,12 @@ pub struct PolicyStats {
     pub fallback_victims: u64,
     /// Fills and prefetches the mechanism reported as failed.
     pub fill_failures: u64,
+    /// Victims the advisor named that were skipped because they are in the hot set.
+    pub hot_victims_skipped: u64,
+    /// Pages that entered the hot set while not resident and were prefetched.
+    pub hot_prefetches: u64,
+    /// Pages named to [`PagingPolicy::request_moves`].
+    pub requested_moves: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +196,7 @@ pub struct PagingPolicy {
     tier_pages: [u64; TIER_COUNT],
     /// Non-resident pages in the order they are re-scored, with their eviction number.
     retier_queue: VecDeque<(PageNumber, u64)>,
+    hot: hot::HotSet,
     window_start_ns: Option<u64>,
     window_accesses: u64,
     stats: PolicyStats,
@@ -192,7 +217,9 @@ impl PagingPolicy {
                 return Err(PolicyError::BadInitialTier(t));
             }
         }
+        let hot_capacity = config.hot_capacity_pages.min(config.ram_budget_pages / 2);
         Ok(Self {
+            hot: hot::HotSet::new(hot_capacity),
             config,
             advisor,
             resident: FxHashMap::default(),
@@ -230,6 +257,20 @@ impl PagingPolicy {
         self.resident.len()
     }
 
+    /// Pages in tier 0, the hot set (all resident).
+    pub fn hot_pages(&self) -> usize {
+        self.hot.len()
+    }
+
+    /// Most pages the hot set holds (the configured capacity, at most half the budget).
+    pub fn hot_capacity(&self) -> usize {
+        self.hot.capacity()
+    }
+
+    pub fn is_hot(&self, page: PageNumber) -> bool {
+        self.hot.contains(page)
+    }
+
     /// Where `page` is: `Some(TIER_RAM)` if resident, its storage tier if evicted,
     /// `config.initial_tier` if never seen.
     pub fn tier_of(&self, page: PageNumber) -> Option<TierId> {
@@ -243,10 +284,12 @@ impl PagingPolicy {
         }
     }
 
-    /// Pages currently held by each storage tier (entries 2-5).
+    /// Pages currently held by each tier: 0 the hot set, 1 the other resident pages,
+    /// 2-5 the storage tiers.
     pub fn tier_pages(&self) -> [u64; TIER_COUNT] {
         let mut t = self.tier_pages;
-        t[TIER_RAM as usize] = self.resident.len() as u64;
+        t[TIER_HOT as usize] = self.hot.len() as u64;
+        t[TIER_RAM as usize] = (self.resident.len() - self.hot.len()) as u64;
         t
     }
 
@@ -254,6 +297,7 @@ impl PagingPolicy {
     pub fn on_access(&mut self, access: &Access, out: &mut Vec<Action>) -> AccessOutcome {
         self.stats.observed_accesses += 1;
         let page = access.page;
+        self.hot.note_access(page);
         let outcome = if let Some(entry) = self.resident.get_mut(&page) {
             self.stats.hits += 1;
             let first_use = std::mem::take(&mut entry.prefetched_unused);
@@ -323,16 +367,99 @@ impl PagingPolicy {
         self.window_start_ns = Some(now_ns);
         self.window_accesses = 0;
         self.advisor.end_window(now_ns);
+        let mut entered = std::mem::take(&mut self.scratch);
+        entered.clear();
+        self.hot.end_window(&mut entered);
+        // "Prefaulted": a page that became hot while out of RAM comes back now.
+        let mut prefetched = false;
+        for &page in &entered {
+            if !self.resident.contains_key(&page) {
+                let from = self.make_resident(page, true);
+                self.stats.prefetch_issued += 1;
+                self.stats.hot_prefetches += 1;
+                out.push(Action::Prefetch { page, from });
+                prefetched = true;
+            }
+        }
+        self.scratch = entered;
         if self.config.prefetch_per_window > 0 {
             self.issue_prefetches(now_ns, self.config.prefetch_per_window, out);
+        }
+        if prefetched || self.config.prefetch_per_window > 0 {
             self.make_room(None, out);
         }
         self.retier(out);
     }
 
+    /// Pages another component wants in tier `target`: into RAM (`target` 0 or 1:
+    /// a `Prefetch` for each non-resident page; the hot set itself is still chosen
+    /// from observed accesses), or, for a non-resident page, into storage tier
+    /// `target` (a `Move`, if that tier has room). Resident pages are not demoted on
+    /// request (eviction stays the policy's decision), and pages already in place
+    /// are skipped. Returns the number of actions appended to `out`, evictions that
+    /// make room for prefetched pages included.
+    pub fn request_moves(
+        &mut self,
+        pages: &[PageNumber],
+        target: TierId,
+        out: &mut Vec<Action>,
+    ) -> Result<usize, MoveRequestError> {
+        if target as usize >= TIER_COUNT {
+            return Err(MoveRequestError::NoSuchTier(target));
+        }
+        let before = out.len();
+        self.stats.requested_moves += pages.len() as u64;
+        for &page in pages {
+            if self.resident.contains_key(&page) {
+                continue;
+            }
+            if target <= TIER_RAM {
+                let from = self.make_resident(page, true);
+                self.stats.prefetch_issued += 1;
+                out.push(Action::Prefetch { page, from });
+                continue;
+            }
+            let Some(&Located {
+                tier: from,
+                eviction,
+            }) = self.location.get(&page)
+            else {
+                // Never stored: nothing to move (it is zero-filled or in the initial tier).
+                continue;
+            };
+            if from == target
+                || self.tier_pages[target as usize]
+                    >= self.config.tier_capacity_pages[target as usize]
+            {
+                continue;
+            }
+            self.tier_pages[from as usize] -= 1;
+            self.tier_pages[target as usize] += 1;
+            // The same eviction number keeps its re-tiering entry valid.
+            self.location.insert(
+                page,
+                Located {
+                    tier: target,
+                    eviction,
+                },
+            );
+            self.stats.moves += 1;
+            out.push(Action::Move {
+                page,
+                from,
+                to: target,
+            });
+        }
+        if target <= TIER_RAM {
+            self.make_room(None, out);
+        }
+        Ok(out.len() - before)
+    }
+
     /// The fill or prefetch of `page` could not be carried out: it stays in its tier.
     pub fn fill_failed(&mut self, page: PageNumber) {
         if let Some(entry) = self.resident.remove(&page) {
+            self.hot.remove(page);
             self.stats.fill_failures += 1;
             if let Some(t) = entry.from {
                 self.put_location(page, t);
@@ -397,7 +524,7 @@ impl PagingPolicy {
     }
 
     /// Evicts until RAM is within budget, never evicting `protect` (the page a demand
-    /// fault is bringing in).
+    /// fault is bringing in) nor a page of the hot set.
     fn make_room(&mut self, protect: Option<PageNumber>, out: &mut Vec<Action>) {
         let budget = self.config.ram_budget_pages;
         let mut victims = std::mem::take(&mut self.scratch);
@@ -412,7 +539,9 @@ impl PagingPolicy {
                 if self.resident.len() <= budget {
                     break;
                 }
-                if Some(v) != protect && self.resident.contains_key(&v) {
+                if self.hot.contains(v) {
+                    self.stats.hot_victims_skipped += 1;
+                } else if Some(v) != protect && self.resident.contains_key(&v) {
                     self.evict(v, out);
                 }
             }
@@ -422,7 +551,11 @@ impl PagingPolicy {
             }
             if self.resident.len() == before {
                 // The advisor named nothing usable; keep the budget anyway.
-                let v = self.resident.keys().copied().find(|&p| Some(p) != protect);
+                let v = self
+                    .resident
+                    .keys()
+                    .copied()
+                    .find(|&p| Some(p) != protect && !self.hot.contains(p));
                 match v {
                     Some(v) => {
                         self.stats.fallback_victims += 1;

@@ -307,3 +307,162 @@ fn cooled_pages_are_moved_down_by_retiering() {
     }));
     assert_eq!(policy.tier_of(1), Some(TIER_NET));
 }
+
+fn hot_config(budget: usize, hot: usize) -> PolicyConfig {
+    PolicyConfig {
+        hot_capacity_pages: hot,
+        ..config(budget)
+    }
+}
+
+/// Accesses `page` `n` times.
+fn touch(policy: &mut PagingPolicy, page: PageNumber, n: u64, out: &mut Vec<Action>) {
+    for i in 0..n {
+        policy.on_access(&access(i, page), out);
+    }
+}
+
+#[test]
+fn hot_pages_are_never_evicted_under_pressure() {
+    let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=4 {
+        touch(&mut policy, page, 3, &mut out);
+    }
+    policy.end_window(0, &mut out);
+    assert_eq!(policy.hot_pages(), 4);
+    // A stream of 200 cold pages through a budget of 10; FIFO names 1-4 first.
+    for (i, page) in (100..300).enumerate() {
+        policy.on_access(&access(i as u64, page), &mut out);
+        if i % 50 == 49 {
+            // The hot pages stay hot while they keep being accessed.
+            for hot in 1..=4 {
+                touch(&mut policy, hot, 2, &mut out);
+            }
+            policy.end_window(i as u64, &mut out);
+        }
+        assert!(policy.resident_pages() <= 10);
+        for hot in 1..=4 {
+            assert!(policy.is_resident(hot) && policy.is_hot(hot), "page {hot}");
+        }
+    }
+    assert!(!out
+        .iter()
+        .any(|a| matches!(a, Action::Evict { page, .. } if *page <= 4)));
+    assert!(policy.stats().hot_victims_skipped > 0);
+    assert_eq!(policy.tier_pages()[TIER_HOT as usize], 4);
+    assert_eq!(policy.tier_pages()[TIER_RAM as usize], 6);
+}
+
+#[test]
+fn hot_set_respects_its_capacity_and_picks_the_hottest() {
+    let mut policy = PagingPolicy::new(hot_config(100, 3), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    for page in 0..10 {
+        touch(&mut policy, page, page + 2, &mut out);
+    }
+    policy.end_window(0, &mut out);
+    assert_eq!(policy.hot_pages(), 3);
+    assert!((7..10).all(|p| policy.is_hot(p)));
+    // Capacity is capped at half the RAM budget so faults still find room.
+    let policy = PagingPolicy::new(hot_config(4, 10), Box::new(Fifo::new(0.3))).unwrap();
+    assert_eq!(policy.hot_capacity(), 2);
+    // No tier 0: no hot set.
+    let mut policy = PagingPolicy::new(config(10), Box::new(Fifo::new(0.3))).unwrap();
+    touch(&mut policy, 1, 5, &mut out);
+    policy.end_window(0, &mut out);
+    assert_eq!(policy.hot_pages(), 0);
+}
+
+#[test]
+fn cooled_pages_leave_the_hot_set_and_become_evictable() {
+    let mut policy = PagingPolicy::new(hot_config(4, 2), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    touch(&mut policy, 1, 4, &mut out);
+    policy.end_window(0, &mut out);
+    assert!(policy.is_hot(1));
+    // Heat halves each window without accesses: 4 -> 2 -> 1, below HOT_MIN_HEAT.
+    let mut windows = 0;
+    while policy.is_hot(1) {
+        policy.end_window(windows, &mut out);
+        windows += 1;
+        assert!(windows <= 3, "page 1 never cooled");
+    }
+    assert_eq!(policy.hot_pages(), 0);
+    for page in 10..20 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    assert!(
+        !policy.is_resident(1),
+        "a cooled page is evicted like any other"
+    );
+}
+
+#[test]
+fn a_page_that_turns_hot_out_of_ram_is_prefetched() {
+    let mut policy = PagingPolicy::new(hot_config(2, 1), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    touch(&mut policy, 1, 3, &mut out);
+    for page in 2..=4 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    assert!(!policy.is_resident(1));
+    out.clear();
+    policy.end_window(10, &mut out);
+    assert_eq!(
+        out[0],
+        Action::Prefetch {
+            page: 1,
+            from: Some(TIER_NVME)
+        }
+    );
+    assert!(policy.is_resident(1) && policy.is_hot(1));
+    assert!(policy.resident_pages() <= 2);
+    assert_eq!(policy.stats().hot_prefetches, 1);
+}
+
+#[test]
+fn requested_moves_prefetch_or_move_and_keep_the_books() {
+    let mut cfg = config(2);
+    cfg.tier_capacity_pages[TIER_SSD as usize] = 1;
+    let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=4 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    // 1 and 2 were evicted to NVMe; 3 and 4 are resident.
+    out.clear();
+    let n = policy.request_moves(&[1, 3], TIER_RAM, &mut out).unwrap();
+    assert_eq!(
+        out[0],
+        Action::Prefetch {
+            page: 1,
+            from: Some(TIER_NVME)
+        }
+    );
+    assert_eq!(n, out.len());
+    assert!(out
+        .iter()
+        .all(|a| !matches!(a, Action::Prefetch { page: 3, .. })));
+    assert!(policy.is_resident(1) && policy.resident_pages() <= 2);
+    // Storage targets move non-resident pages, within the target's capacity.
+    out.clear();
+    let evicted: Vec<_> = (2..=4).filter(|&p| !policy.is_resident(p)).collect();
+    assert_eq!(evicted.len(), 2);
+    let n = policy.request_moves(&evicted, TIER_SSD, &mut out).unwrap();
+    assert_eq!(n, 1, "tier 3 holds one page: {out:?}");
+    assert_eq!(policy.tier_of(evicted[0]), Some(TIER_SSD));
+    assert_eq!(policy.tier_of(evicted[1]), Some(TIER_NVME));
+    assert_eq!(policy.tier_pages()[TIER_SSD as usize], 1);
+    // A page that then faults comes from where it was moved.
+    assert_eq!(
+        policy.on_access(&access(9, evicted[0]), &mut out),
+        AccessOutcome::DemandFault {
+            from: Some(TIER_SSD)
+        }
+    );
+    assert_eq!(
+        policy.request_moves(&[1], 6, &mut out),
+        Err(MoveRequestError::NoSuchTier(6))
+    );
+}

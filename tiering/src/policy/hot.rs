@@ -1,0 +1,94 @@
+//! Tier 0, the hot set: the resident pages with the most observed accesses over
+//! recent windows, which eviction never takes while they stay hot.
+//!
+//! Each observed access adds one to its page's heat; at every window end the set is
+//! re-chosen from the hottest pages (at least [`HOT_MIN_HEAT`]) and then every heat
+//! halves, so a page that stops being accessed cools out of the set within a few
+//! windows. A per-page counter keeps this independent of the advisor: a policy
+//! without a predictor still has a hot set.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::access::PageNumber;
+
+/// Heat a page needs to enter the hot set: two observed accesses in the current
+/// window, or one a window over a few windows. A page touched once is not hot.
+pub const HOT_MIN_HEAT: u32 = 2;
+
+#[derive(Debug, Default)]
+pub(super) struct HotSet {
+    capacity: usize,
+    heat: FxHashMap<PageNumber, u32>,
+    members: FxHashSet<PageNumber>,
+    scratch: Vec<(u32, PageNumber)>,
+}
+
+impl HotSet {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn contains(&self, page: PageNumber) -> bool {
+        self.members.contains(&page)
+    }
+
+    pub fn note_access(&mut self, page: PageNumber) {
+        if self.capacity > 0 {
+            let h = self.heat.entry(page).or_insert(0);
+            *h = h.saturating_add(1);
+        }
+    }
+
+    /// The page left RAM against the policy's wish (its fill failed): it is no
+    /// longer in the set, which only holds resident pages.
+    pub fn remove(&mut self, page: PageNumber) {
+        self.members.remove(&page);
+    }
+
+    /// Re-chooses the set from the current heats, appends the pages that entered it
+    /// to `entered`, then decays every heat.
+    pub fn end_window(&mut self, entered: &mut Vec<PageNumber>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut ranked = std::mem::take(&mut self.scratch);
+        ranked.clear();
+        ranked.extend(
+            self.heat
+                .iter()
+                .filter(|&(_, &h)| h >= HOT_MIN_HEAT)
+                .map(|(&p, &h)| (h, p)),
+        );
+        // Hottest first; ties by page number so the choice does not depend on hashing.
+        let by_heat =
+            |a: &(u32, PageNumber), b: &(u32, PageNumber)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if ranked.len() > self.capacity {
+            ranked.select_nth_unstable_by(self.capacity, by_heat);
+            ranked.truncate(self.capacity);
+        }
+        ranked.sort_unstable_by(by_heat);
+        let previous = std::mem::take(&mut self.members);
+        for &(_, p) in &ranked {
+            self.members.insert(p);
+            if !previous.contains(&p) {
+                entered.push(p);
+            }
+        }
+        self.heat.retain(|_, h| {
+            *h /= 2;
+            *h > 0
+        });
+        self.scratch = ranked;
+    }
+}
