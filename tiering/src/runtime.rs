@@ -218,6 +218,9 @@ impl TieredMemory {
             retier_per_window: 32,
             tier_capacity_pages: capacity,
             hot_capacity_pages: options.tiers.capacity_pages(0, PAGE_SIZE) as usize,
+            // Heats halve once a second (100 windows): sampling sees a resident page
+            // about once a second, so a faster decay never lets one count as hot.
+            hot_decay_windows: 100,
             initial_tier: options.initial_tier,
             ..PolicyConfig::default()
         };

@@ -2,9 +2,9 @@
 //! recent windows, which eviction never takes while they stay hot.
 //!
 //! Each observed access adds one to its page's heat; at every window end the set is
-//! re-chosen from the hottest pages (at least [`HOT_MIN_HEAT`]) and then every heat
-//! halves, so a page that stops being accessed cools out of the set within a few
-//! windows. A per-page counter keeps this independent of the advisor: a policy
+//! re-chosen from the hottest pages (at least [`HOT_MIN_HEAT`]), and every
+//! `hot_decay_windows` windows every heat halves, so a page that stops being
+//! accessed cools out of the set within a few decay periods. A per-page counter keeps this independent of the advisor: a policy
 //! without a predictor still has a hot set.
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -18,15 +18,19 @@ pub const HOT_MIN_HEAT: u32 = 2;
 #[derive(Debug, Default)]
 pub(super) struct HotSet {
     capacity: usize,
+    /// Heats halve every this many windows (at least 1).
+    decay_every: u32,
+    windows_since_decay: u32,
     heat: FxHashMap<PageNumber, u32>,
     members: FxHashSet<PageNumber>,
     scratch: Vec<(u32, PageNumber)>,
 }
 
 impl HotSet {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, decay_every: u32) -> Self {
         Self {
             capacity,
+            decay_every: decay_every.max(1),
             ..Self::default()
         }
     }
@@ -57,7 +61,7 @@ impl HotSet {
     }
 
     /// Re-chooses the set from the current heats, appends the pages that entered it
-    /// to `entered`, then decays every heat.
+    /// to `entered`, then decays every heat if a decay period ended.
     pub fn end_window(&mut self, entered: &mut Vec<PageNumber>) {
         if self.capacity == 0 {
             return;
@@ -85,10 +89,14 @@ impl HotSet {
                 entered.push(p);
             }
         }
-        self.heat.retain(|_, h| {
-            *h /= 2;
-            *h > 0
-        });
         self.scratch = ranked;
+        self.windows_since_decay += 1;
+        if self.windows_since_decay >= self.decay_every {
+            self.windows_since_decay = 0;
+            self.heat.retain(|_, h| {
+                *h /= 2;
+                *h > 0
+            });
+        }
     }
 }

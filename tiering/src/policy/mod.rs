@@ -65,6 +65,10 @@ pub struct PolicyConfig {
     /// Most pages in tier 0, the hot set (0: none). At most half the RAM budget is
     /// used, so tier 1 keeps room for faults and prefetches.
     pub hot_capacity_pages: usize,
+    /// Hot-set heats halve every this many windows: long enough for the monitor to
+    /// see a hot page more than once (the live runtime observes resident pages only
+    /// through sampled minor faults).
+    pub hot_decay_windows: u32,
 }
 
 impl Default for PolicyConfig {
@@ -80,6 +84,7 @@ impl Default for PolicyConfig {
             retier_per_window: 256,
             tier_capacity_pages: [u64::MAX; TIER_COUNT],
             hot_capacity_pages: 0,
+            hot_decay_windows: 1,
         }
     }
 }
@@ -219,7 +224,7 @@ impl PagingPolicy {
         }
         let hot_capacity = config.hot_capacity_pages.min(config.ram_budget_pages / 2);
         Ok(Self {
-            hot: hot::HotSet::new(hot_capacity),
+            hot: hot::HotSet::new(hot_capacity, config.hot_decay_windows),
             config,
             advisor,
             resident: FxHashMap::default(),

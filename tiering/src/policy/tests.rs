@@ -466,3 +466,21 @@ fn requested_moves_prefetch_or_move_and_keep_the_books() {
         Err(MoveRequestError::NoSuchTier(6))
     );
 }
+
+#[test]
+fn a_longer_decay_period_keeps_pages_hot_longer() {
+    let cfg = PolicyConfig {
+        hot_decay_windows: 3,
+        ..hot_config(4, 2)
+    };
+    let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    touch(&mut policy, 1, 2, &mut out);
+    // Heat 2 lasts until the third window end halves it.
+    for w in 0..3 {
+        policy.end_window(w, &mut out);
+        assert!(policy.is_hot(1), "window {w}");
+    }
+    policy.end_window(3, &mut out);
+    assert!(!policy.is_hot(1));
+}
