@@ -55,7 +55,8 @@ cmdline="workload=zipf mem=16M iters=50000 seed=4"
 echo "\$ tiervisor run --kernel $guest --memory 64M --cmdline '$cmdline' --tiers resources/tiers/default.toml --ram-budget 4M"
 rc=0
 TIERVISOR_WORKDIR="$tiers" "$tiervisor" run --kernel "$guest" --memory 64M --cmdline "$cmdline" \
-    --tiers resources/tiers/default.toml --ram-budget 4M --metrics-out "$out/m.json" </dev/null \
+    --tiers resources/tiers/default.toml --ram-budget 4M --metrics-out "$out/m.json" \
+    --trace-out "$out/zipf.tvt" </dev/null \
     2> >(grep -v '^tiervisor: note:' >&2) | grep '^testguest: workload=' || rc=$?
 [ "$rc" -eq 0 ] || status=1
 if [ -s "$out/m.json" ]; then
@@ -65,4 +66,14 @@ if [ -s "$out/m.json" ]; then
         "$(field fault_latency_p99_us "$out/m.json")"
 fi
 echo
+# What the monitor saw in that run (faults and sampled accesses), replayed through the
+# same paging policy with each advisor: the baselines, the GRU and the oracle (the limit).
+if [ -s "$out/zipf.tvt" ]; then
+    echo "tiervisor demo: the recorded access trace replayed through each advisor at 25% RAM"
+    echo
+    echo "\$ tiervisor replay --trace zipf.tvt --ram-fraction 0.25 --advisor none,lru,leap,gru,oracle"
+    "$tiervisor" replay --trace "$out/zipf.tvt" --ram-fraction 0.25 \
+        --advisor none,lru,leap,gru,oracle || status=1
+    echo
+fi
 exit $status
