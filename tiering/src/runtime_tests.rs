@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, PageNumber, PAGE_SIZE};
@@ -104,11 +105,15 @@ fn value(page: usize, word: usize, round: u64) -> u64 {
     (page as u64) << 32 ^ (word as u64) << 8 ^ round ^ 0x5a5a_0000_0000_0000
 }
 
-#[test]
-fn thread_touching_registered_memory_is_served_within_budget() {
-    let dir = std::env::temp_dir().join(format!("tier-rt-{}", std::process::id()));
+/// A host-only tiered runtime over `pages` fresh pages with a 64-page RAM budget and a
+/// fast sampler (sampled minor faults are how a host-only run, with no dirty log, sees
+/// accesses to resident pages, such as the first use of a prefetched page).
+fn start_host_only(
+    tag: &str,
+    pages: usize,
+) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+    let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let pages = 1024usize; // 4 MiB
     let map = Mapping::new(pages * PAGE_SIZE as usize);
     let regions = [GuestRegion {
         guest_addr: 0,
@@ -130,6 +135,13 @@ fn thread_touching_registered_memory_is_served_within_budget() {
         }),
     )
     .unwrap();
+    (dir, map, tm, failed)
+}
+
+#[test]
+fn thread_touching_registered_memory_is_served_within_budget() {
+    let pages = 1024usize; // 4 MiB
+    let (dir, map, tm, failed) = start_host_only("", pages);
     let base = map.addr;
     let worker = std::thread::spawn(move || {
         let word = |p: usize, w: usize| (base + p * 4096 + w * 512) as *mut u64;
@@ -183,32 +195,8 @@ fn thread_touching_registered_memory_is_served_within_budget() {
 
 #[test]
 fn requested_prefetch_brings_pages_back_before_they_are_touched() {
-    let dir = std::env::temp_dir().join(format!("tier-rt-pf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let pages = 512usize; // 2 MiB
-    let map = Mapping::new(pages * PAGE_SIZE as usize);
-    let regions = [GuestRegion {
-        guest_addr: 0,
-        host_addr: map.addr,
-        len: map.len as u64,
-        file_offset: 0,
-    }];
-    let failed = Arc::new(Mutex::new(None));
-    let mut options = TieringOptions::new(tier_file(&dir), 64);
-    // Sampled minor faults are how a host-only run (no dirty log) sees the first use
-    // of a prefetched page.
-    options.sample_pages = 8;
-    options.sample_interval = std::time::Duration::from_millis(1);
-    let tm = TieredMemory::start(
-        &regions,
-        map.file.clone(),
-        options,
-        Box::new(Fifo::default()),
-        Box::new(HostOnlyHooks {
-            failed: failed.clone(),
-        }),
-    )
-    .unwrap();
+    let (dir, map, tm, failed) = start_host_only("pf-", pages);
     let word = |p: usize| (map.addr + p * 4096) as *mut u64;
     for p in 0..pages {
         // SAFETY: inside the mapping; the runtime serves the fault.
