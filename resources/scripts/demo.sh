@@ -23,14 +23,21 @@ runs=(
     "2 256M workload=kv mem=32M iters=200000 seed=3"
 )
 status=0
-for run in "${runs[@]}"; do
-    read -r vcpus memory cmdline <<<"$run"
-    echo "\$ tiervisor run --kernel $guest --memory $memory --vcpus $vcpus --cmdline '$cmdline'"
-    rc=0
-    "$tiervisor" run --kernel "$guest" --memory "$memory" --vcpus "$vcpus" \
-        --cmdline "$cmdline" --metrics-out "$out/m.json" </dev/null \
+# run_guest ARGS...: print the command, boot the test guest with ARGS (metrics to
+# $out/m.json), show its result line; a failed run makes the demo fail.
+run_guest() {
+    local shown="" arg rc=0
+    for arg in "$@"; do
+        if [[ $arg == *' '* ]]; then shown+=" '$arg'"; else shown+=" $arg"; fi
+    done
+    echo "\$ tiervisor run --kernel $guest$shown"
+    "$tiervisor" run --kernel "$guest" "$@" --metrics-out "$out/m.json" </dev/null \
         2> >(grep -v '^tiervisor: note:' >&2) | grep '^testguest: workload=' || rc=$?
     [ "$rc" -eq 0 ] || status=1
+}
+for run in "${runs[@]}"; do
+    read -r vcpus memory cmdline <<<"$run"
+    run_guest --memory "$memory" --vcpus "$vcpus" --cmdline "$cmdline"
     if [ -s "$out/m.json" ]; then
         printf '  exit=%s boot_ms=%.2f vmm_overhead_kib=%s guest_rss_kib=%s io_exits=%s\n' \
             "$(field exit_status "$out/m.json")" "$(field boot_ms "$out/m.json")" \
@@ -51,14 +58,8 @@ qemu-nbd -k "$tiers/nbd.sock" -f raw -x '' --cache=none --persistent "$tiers/tie
 nbd_pid=$!
 trap 'kill $nbd_pid 2>/dev/null; rm -rf "$out" "$tiers"' EXIT
 for _ in $(seq 100); do [ -S "$tiers/nbd.sock" ] && break; sleep 0.05; done
-cmdline="workload=zipf mem=16M iters=50000 seed=4"
-echo "\$ tiervisor run --kernel $guest --memory 64M --cmdline '$cmdline' --tiers resources/tiers/default.toml --ram-budget 4M"
-rc=0
-TIERVISOR_WORKDIR="$tiers" "$tiervisor" run --kernel "$guest" --memory 64M --cmdline "$cmdline" \
-    --tiers resources/tiers/default.toml --ram-budget 4M --metrics-out "$out/m.json" \
-    --trace-out "$out/zipf.tvt" </dev/null \
-    2> >(grep -v '^tiervisor: note:' >&2) | grep '^testguest: workload=' || rc=$?
-[ "$rc" -eq 0 ] || status=1
+TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M --cmdline "workload=zipf mem=16M iters=50000 seed=4" \
+    --tiers resources/tiers/default.toml --ram-budget 4M --trace-out "$out/zipf.tvt"
 if [ -s "$out/m.json" ]; then
     printf '  exit=%s demand_faults=%s evictions=%s fault_p50_us=%s fault_p99_us=%s\n' \
         "$(field exit_status "$out/m.json")" "$(field demand_faults "$out/m.json")" \
