@@ -48,6 +48,8 @@ pub(crate) struct Counters {
     pub page_table_walks: u64,
     pub page_tables_unreadable: u64,
     pub zero_drops: u64,
+    pub admission_waits: u64,
+    pub prefetches_dropped: u64,
 }
 
 impl Counters {
@@ -66,6 +68,8 @@ impl Counters {
             page_table_walks: 0,
             page_tables_unreadable: 0,
             zero_drops: 0,
+            admission_waits: 0,
+            prefetches_dropped: 0,
         }
     }
 
@@ -119,6 +123,10 @@ pub struct TieringReport {
     pub evictions_cancelled: u64,
     /// Evictions the policy asked for that found no free slot in any tier.
     pub evictions_refused: u64,
+    /// Waits of a demand fault for write-backs, RAM being at budget + slack.
+    pub admission_waits: u64,
+    /// Prefetches dropped because RAM was at budget + slack.
+    pub prefetches_dropped: u64,
     pub moves: u64,
     pub trace_events: u64,
     /// Walks of the guest page tables, tables skipped because they were not in RAM,

@@ -458,6 +458,8 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         dirty_harvests: c.dirty_harvests,
         evictions_cancelled: c.evictions_cancelled,
         evictions_refused: c.evictions_refused,
+        admission_waits: c.admission_waits,
+        prefetches_dropped: c.prefetches_dropped,
         moves: stats.moves,
         trace_events: c.events_traced,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,

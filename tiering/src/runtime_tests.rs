@@ -189,8 +189,10 @@ fn thread_touching_registered_memory_is_served_within_budget() {
     assert!(report.evictions >= (pages - 128) as u64, "{report:#?}");
     assert!(report.per_tier[2].demand_faults > 0, "{report:#?}");
     assert!(report.per_tier[3].demand_faults > 0, "{report:#?}");
-    // The budget, plus a batch of evictions waiting and a batch waiting to be punched.
-    assert!(report.per_tier[1].resident_pages <= 64 + 64, "{report:#?}");
+    // The budget plus the admission slack (a batch of evictions waiting and a batch
+    // waiting to be punched), however slow the write-backs were.
+    let bound = 64 + crate::engine::ADMISSION_SLACK as u64;
+    assert!(report.per_tier[1].resident_pages <= bound, "{report:#?}");
 }
 
 #[test]

@@ -6,6 +6,67 @@ use std::os::unix::fs::FileExt;
 use super::*;
 
 impl Engine {
+    /// Changes a page's state, keeping the count of pages being evicted.
+    pub(super) fn set_state(&mut self, index: usize, state: State) {
+        let old = std::mem::replace(&mut self.meta[index].state, state);
+        if old == State::Evicting {
+            self.evicting -= 1;
+        }
+        if state == State::Evicting {
+            self.evicting += 1;
+        }
+    }
+
+    /// Pages in the memfd or on their way into it: what the policy counts resident
+    /// (including prefetches in flight), plus evictions it decided that have not
+    /// freed their page yet (queued, or zapped and writing back / waiting to punch).
+    pub(super) fn pages_in_ram(&self) -> usize {
+        self.policy.resident_pages() + self.evict_queue.len() + self.evicting
+    }
+
+    /// Whether RAM is at the budget plus [`ADMISSION_SLACK`].
+    pub(super) fn ram_full(&self) -> bool {
+        self.pages_in_ram() > self.policy.config().ram_budget_pages + ADMISSION_SLACK
+    }
+
+    /// Admission bound for a demand fill: while RAM is over the budget plus
+    /// [`ADMISSION_SLACK`], carry out queued evictions and punches and wait for
+    /// write-backs to complete. Without this, slow write-backs (a loaded host, a slow
+    /// tier) let faults run ahead of them and RAM grows without bound: the policy
+    /// counts a page gone as soon as it decides to evict it.
+    pub(super) fn wait_for_room(&mut self) {
+        let mut got = Vec::new();
+        while self.ram_full() && !self.fatal {
+            if !self.evict_queue.is_empty() {
+                self.flush_evictions();
+                continue;
+            }
+            if !self.punch_queue.is_empty() {
+                self.flush_punches();
+                continue;
+            }
+            if self.poll_completions() {
+                continue;
+            }
+            let Some(tier) = (0..self.stores.len()).find(|&t| {
+                self.stores[t]
+                    .as_ref()
+                    .is_some_and(|s| s.backend.outstanding() > 0)
+            }) else {
+                // Nothing in flight will free a page (evictions refused): go over.
+                return;
+            };
+            self.counters.admission_waits += 1;
+            got.clear();
+            if let Some(store) = self.stores[tier].as_mut() {
+                store.backend.wait(&mut got, Duration::from_millis(1));
+            }
+            for c in got.drain(..) {
+                self.complete(tier, c);
+            }
+        }
+    }
+
     /// Harvest the dirty log into the page states (and the trace, as DirtyLog events).
     pub(super) fn harvest_dirty(&mut self) {
         if !self.hooks.has_dirty_log() {
@@ -65,7 +126,7 @@ impl Engine {
                     self.die(e.to_string());
                     return;
                 }
-                self.meta[index].state = State::Evicting;
+                self.set_state(index, State::Evicting);
                 victims.push((index, to as usize));
             }
         }
@@ -115,7 +176,7 @@ impl Engine {
                 None => {
                     log::debug!("no free slot in any storage tier; page stays in RAM");
                     self.counters.evictions_refused += 1;
-                    self.meta[index].state = State::Present;
+                    self.set_state(index, State::Present);
                     self.policy.evict_failed(self.layout.page_of_index(index));
                 }
             }
@@ -151,7 +212,7 @@ impl Engine {
             log::warn!("write-back refused by tier {tier}: {}", e.error);
             let store = self.stores[tier].as_mut().expect("tier is open");
             store.slots.release(slot);
-            self.meta[index].state = State::Present;
+            self.set_state(index, State::Present);
             self.policy.evict_failed(self.layout.page_of_index(index));
         }
     }
@@ -167,7 +228,7 @@ impl Engine {
     /// A cancelled or failed eviction ends: the page is resident again (with a clean
     /// copy in `copy_tier`, if given); if the policy evicted it meanwhile, queue that.
     pub(super) fn back_in_ram(&mut self, index: usize, copy_tier: Option<usize>) {
-        self.meta[index].state = State::Present;
+        self.set_state(index, State::Present);
         if let Some(t) = copy_tier {
             self.copy_holders[t].push(index);
         }
@@ -197,10 +258,10 @@ impl Engine {
                         return self.die(e.to_string());
                     }
                     if self.meta[index].zero {
-                        self.meta[index].state = State::Untouched;
+                        self.set_state(index, State::Untouched);
                         self.counters.zero_drops += 1;
                     } else {
-                        self.meta[index].state = State::Absent;
+                        self.set_state(index, State::Absent);
                         self.counters.tiers[tier as usize].evictions += 1;
                     }
                 }
@@ -303,7 +364,7 @@ impl Engine {
                         if let Err(e) = self.uffd.copy_page(&c.buf, host) {
                             return self.die(e.to_string());
                         }
-                        self.meta[index].state = State::Present;
+                        self.set_state(index, State::Present);
                         self.meta[index].dirty = false;
                         self.meta[index].zero = false;
                         self.counters.tiers[tier].bytes_read += PAGE as u64;
@@ -312,7 +373,7 @@ impl Engine {
                     Err(e) => {
                         log::warn!("prefetch of page {page:#x} from tier {tier} failed: {e}");
                         self.counters.tiers[tier].io_errors += 1;
-                        self.meta[index].state = State::Absent;
+                        self.set_state(index, State::Absent);
                         self.policy.fill_failed(page);
                     }
                 }
@@ -320,13 +381,13 @@ impl Engine {
             Op::MoveRead { index, to } => {
                 if self.meta[index].state != State::Moving || c.result.is_err() {
                     if self.meta[index].state == State::Moving {
-                        self.meta[index].state = State::Absent;
+                        self.set_state(index, State::Absent);
                     }
                     return;
                 }
                 self.counters.tiers[tier].bytes_read += PAGE as u64;
                 let Some(slot) = self.alloc_slot(to as usize) else {
-                    self.meta[index].state = State::Absent;
+                    self.set_state(index, State::Absent);
                     return;
                 };
                 let write = Op::MoveWrite { index, to, slot };
@@ -338,7 +399,7 @@ impl Engine {
                 {
                     let store = self.stores[to].as_mut().expect("tier is open");
                     store.slots.release(slot);
-                    self.meta[index].state = State::Absent;
+                    self.set_state(index, State::Absent);
                 }
             }
             Op::MoveWrite { index, to, slot } => {
@@ -357,7 +418,7 @@ impl Engine {
                         store.slots.release(slot);
                     }
                     if self.meta[index].state == State::Moving {
-                        self.meta[index].state = State::Absent;
+                        self.set_state(index, State::Absent);
                     }
                 }
             }

@@ -35,6 +35,11 @@ const NO_TIER: u8 = u8::MAX;
 /// Evictions are carried out in batches (one dirty-log harvest per batch); RAM may
 /// exceed the budget by at most this many pages in between.
 pub(crate) const EVICT_BATCH: usize = 32;
+/// Pages RAM may hold beyond the budget while evictions are pending (queued, zapped
+/// and writing back, or waiting to be punched): a batch waiting to be carried out
+/// plus a batch waiting to be punched. A demand fault that would go further waits
+/// for write-backs to complete; a prefetch is dropped (see `evict::wait_for_room`).
+pub(crate) const ADMISSION_SLACK: usize = 2 * EVICT_BATCH;
 /// How often the guest page tables are walked for page kinds.
 const KIND_WALK_INTERVAL: Duration = Duration::from_millis(500);
 /// Tries of a failed tier I/O before the page is left where it is.
@@ -122,6 +127,8 @@ pub(crate) struct Engine {
     pub trace: Option<crate::trace::TraceWriter<std::io::BufWriter<File>>>,
     pub start: Instant,
     meta: Vec<PageMeta>,
+    /// Pages in State::Evicting (still in the memfd, no longer counted by the policy).
+    evicting: usize,
     inflight: FxHashMap<u64, Op>,
     next_tag: u64,
     evict_queue: Vec<(PageNumber, u8)>,
@@ -189,6 +196,7 @@ impl Engine {
                 };
                 pages
             ],
+            evicting: 0,
             inflight: FxHashMap::default(),
             next_tag: 1,
             evict_queue: Vec::new(),
@@ -253,7 +261,7 @@ impl Engine {
                         .layout
                         .index_of_host(r.host_addr + (p as u64 - r.file_offset) as usize)
                         .expect("offset inside region");
-                    self.meta[index].state = State::Present;
+                    self.set_state(index, State::Present);
                     self.meta[index].dirty = true;
                     let access = Access {
                         time_ns: 0,
@@ -449,7 +457,7 @@ impl Engine {
             State::EvictCancelled => self.meta[index].reevict_to = NO_TIER,
             State::Evicting => {
                 // Touched while its write-back runs: keep it in RAM.
-                self.meta[index].state = State::EvictCancelled;
+                self.set_state(index, State::EvictCancelled);
                 self.counters.evictions_cancelled += 1;
                 self.policy.evict_failed(access.page);
             }
@@ -495,25 +503,25 @@ impl Engine {
         let mut actions = std::mem::take(&mut self.actions);
         actions.clear();
         let outcome = self.policy.on_access(access, &mut actions);
-        let mut filled = false;
+        let mut fill = false;
         for a in actions.drain(..) {
             match a {
-                Action::Fill { page, .. } if page == access.page => {
-                    self.fill_demand(index, t0);
-                    filled = true;
-                }
+                Action::Fill { page, .. } if page == access.page => fill = true,
                 other => self.queue_action(other),
             }
         }
         self.actions = actions;
-        if !filled {
-            if !matches!(outcome, AccessOutcome::DemandFault { .. }) {
-                log::debug!(
-                    "page {:#x} missing though the policy has it resident",
-                    access.page
-                );
-            }
-            self.fill_demand(index, t0);
+        // The evictions this fill needs are queued now: bound RAM before adding a page.
+        self.wait_for_room();
+        if self.fatal {
+            return;
+        }
+        self.fill_demand(index, t0);
+        if !fill && !matches!(outcome, AccessOutcome::DemandFault { .. }) {
+            log::debug!(
+                "page {:#x} missing though the policy has it resident",
+                access.page
+            );
         }
     }
 
@@ -569,7 +577,7 @@ impl Engine {
                 if let Err(e) = self.uffd.copy_page(&buf, host) {
                     return self.die(e.to_string());
                 }
-                self.meta[index].state = State::Present;
+                self.set_state(index, State::Present);
                 self.meta[index].dirty = false;
                 self.meta[index].zero = false;
                 self.copy_holders[tier].push(index);
@@ -635,12 +643,18 @@ impl Engine {
                 self.mark_zero_filled(index);
             }
             State::Absent => {
+                if self.ram_full() {
+                    // No room while write-backs lag: drop the prefetch, not the budget.
+                    self.counters.prefetches_dropped += 1;
+                    self.policy.fill_failed(page);
+                    return;
+                }
                 let tier = m.copy_tier as usize;
                 let (buf, priority) = (self.pool.get(), IoPriority::Prefetch);
                 let read = Op::PrefetchRead { index };
                 match self.submit_io(tier, IoOp::Read, m.copy_slot, buf, priority, read) {
                     Ok(()) => {
-                        self.meta[index].state = State::Prefetching;
+                        self.set_state(index, State::Prefetching);
                         self.counters.tiers[tier].prefetch_issued += 1;
                     }
                     Err(e) => {
@@ -686,7 +700,7 @@ impl Engine {
             .submit_io(from as usize, IoOp::Read, m.copy_slot, buf, priority, read)
             .is_ok()
         {
-            self.meta[index].state = State::Moving;
+            self.set_state(index, State::Moving);
         }
     }
 
