@@ -1,5 +1,8 @@
 //! Integration tests of the GRU predictor: `tiervisor train` on real trace files, its
-//! error handling, and `gru` in the replay simulator next to the baselines.
+//! error handling, `gru` in the replay simulator next to the baselines, `gru` in a live
+//! VM (background learning), and pattern-change detection on spliced real traces.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -211,4 +214,66 @@ fn replay_refuses_a_corrupt_model_clearly() {
     let err =
         replay_all(&input, &names, &ReplayConfig::default(), Some(junk)).expect_err("refused");
     assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+/// A tier file with RAM and one file tier in `dir` (no NBD server needed).
+fn ram_and_nvme_tiers(dir: &Path) -> PathBuf {
+    let tiers = dir.join("tiers.toml");
+    std::fs::write(
+        &tiers,
+        format!(
+            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"64M\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
+            dir.join("t2.img").display()
+        ),
+    )
+    .unwrap();
+    tiers
+}
+
+#[test]
+fn live_gru_learns_in_the_background_while_the_guest_verifies() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("predict-{}-live", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = dir.join("metrics.json");
+    // 8M of working memory at a RAM budget of 25% (2M), as tests/tiered.rs does.
+    let out = common::tiervisor()
+        .env("TIERVISOR_WORKDIR", &dir)
+        .env("RUST_LOG", "info")
+        .arg("run")
+        .arg("--kernel")
+        .arg(common::testguest())
+        .args(["--memory", "64M", "--ram-budget", "2M", "--advisor", "gru"])
+        .args(["--cmdline", "workload=zipf mem=8M iters=60000 seed=3"])
+        .arg("--tiers")
+        .arg(ram_and_nvme_tiers(&dir))
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("result=ok"),
+        "{}",
+        common::describe(&out)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let online = &m["tiers"]["advisor_online"];
+    assert_eq!(online["online_mode"], "background", "{online}");
+    let n = |v: &serde_json::Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("not a count: {online}"))
+    };
+    assert!(n(&online["model_windows"]) > 0, "{online}");
+    assert!(n(&online["background"]["steps"]) >= 1, "{online}");
+    assert!(n(&online["weight_updates"]) >= 1, "{online}");
+    assert!(n(&online["background"]["cpu_ns"]) > 0, "{online}");
+    // The summary line is logged at info level.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gru: online learning (background)"),
+        "{stderr}"
+    );
 }

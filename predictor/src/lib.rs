@@ -4,7 +4,11 @@
 pub mod baselines;
 pub mod replay;
 
-pub use replay::registry::{make_advisor, ReplayContext, UnknownAdvisor};
+pub use replay::registry::{
+    make_advisor, make_live_advisor, LiveAdvisor, ReplayContext, UnknownAdvisor,
+};
 
 #[cfg(feature = "gru")]
 pub mod gru;
+#[cfg(feature = "gru")]
+pub mod live;

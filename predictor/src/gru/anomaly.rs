@@ -174,7 +174,7 @@ impl AnomalyDetector {
             signal,
             score,
         };
-        log::info!("gru: pattern change at window {window} (t={time_ns} ns) by {signal:?}, score {score:.2}");
+        log::debug!("gru: pattern change at window {window} (t={time_ns} ns) by {signal:?}, score {score:.2}");
         self.events.push(ev);
         Some(ev)
     }

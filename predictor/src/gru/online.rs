@@ -6,9 +6,11 @@
 //! the advisor (and the fault path behind it) never waits. `Inline` mode runs the same
 //! training steps synchronously in `end_window`, for deterministic replays and tests.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::features::Sample;
 use super::model::AccessModel;
@@ -114,6 +116,59 @@ struct Background {
     samples: SyncSender<Msg>,
     models: Receiver<AccessModel>,
     thread: Option<JoinHandle<()>>,
+    counters: Arc<BackgroundCounters>,
+}
+
+/// What the background thread has done so far; readable from any thread while it
+/// runs (the live VMM reports them in --metrics-out).
+#[derive(Debug, Default)]
+pub struct BackgroundCounters {
+    /// Training steps (one Adam step on one batch each).
+    pub steps: AtomicU64,
+    /// Weight sets sent back to the advisor (it may skip some if it is slow to pick up).
+    pub published: AtomicU64,
+    /// Samples that reached the thread.
+    pub samples_received: AtomicU64,
+    /// CPU time of the thread (user + system, CLOCK_THREAD_CPUTIME_ID).
+    pub cpu_ns: AtomicU64,
+    /// Wall time since the thread started, for the CPU share.
+    pub wall_ns: AtomicU64,
+}
+
+/// A copy of [`BackgroundCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BackgroundSnapshot {
+    pub steps: u64,
+    pub published: u64,
+    pub samples_received: u64,
+    pub cpu_ns: u64,
+    pub wall_ns: u64,
+}
+
+impl BackgroundCounters {
+    pub fn snapshot(&self) -> BackgroundSnapshot {
+        BackgroundSnapshot {
+            steps: self.steps.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            samples_received: self.samples_received.load(Ordering::Relaxed),
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
+            wall_ns: self.wall_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass, which lives on this stack.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 enum Msg {
@@ -163,6 +218,15 @@ impl OnlineLearner {
     }
 
     /// Faster adaptation for the next `boost_windows` windows (after an anomaly).
+    pub fn mode(&self) -> OnlineMode {
+        self.cfg.mode
+    }
+
+    /// The background thread's counters (`None` unless the mode is `Background`).
+    pub fn background_counters(&self) -> Option<Arc<BackgroundCounters>> {
+        self.background.as_ref().map(|bg| bg.counters.clone())
+    }
+
     pub fn boost(&mut self) {
         self.boost_until = self.window + self.cfg.boost_windows;
         if let Some(bg) = &self.background {
@@ -237,14 +301,18 @@ fn spawn(model: &AccessModel, cfg: OnlineConfig) -> Background {
     let (stx, srx) = mpsc::sync_channel::<Msg>(64);
     let (mtx, mrx) = mpsc::sync_channel::<AccessModel>(2);
     let model = model.clone();
+    let counters = Arc::new(BackgroundCounters::default());
+    let thread_counters = counters.clone();
     let thread = std::thread::Builder::new()
         .name("gru-online".into())
-        .spawn(move || train_loop(model, cfg, srx, mtx))
+        .spawn(move || train_loop(model, cfg, srx, mtx, &thread_counters))
+        .map_err(|e| log::warn!("gru: no background learning (cannot start its thread: {e})"))
         .ok();
     Background {
         samples: stx,
         models: mrx,
         thread,
+        counters,
     }
 }
 
@@ -254,7 +322,10 @@ fn train_loop(
     cfg: OnlineConfig,
     rx: Receiver<Msg>,
     tx: SyncSender<AccessModel>,
+    counters: &BackgroundCounters,
 ) {
+    let started = std::time::Instant::now();
+    let cpu_at_start = thread_cpu_ns();
     // SAFETY: setpriority only changes this thread's nice value (Linux applies
     // PRIO_PROCESS with who = 0 to the calling thread); no memory is involved.
     unsafe {
@@ -283,6 +354,9 @@ fn train_loop(
         match msg {
             Some(Msg::Samples(s)) => {
                 fresh += s.len();
+                counters
+                    .samples_received
+                    .fetch_add(s.len() as u64, Ordering::Relaxed);
                 for x in s {
                     buffer.push(x);
                 }
@@ -298,20 +372,29 @@ fn train_loop(
         } else {
             1.0
         };
-        let start = Instant::now();
+        let cpu_before = thread_cpu_ns();
         let batch = buffer.batch(cfg.train.batch);
         trainer.step(&batch, scale);
         fresh = fresh.saturating_sub(cfg.train.batch);
         boost_steps_left = boost_steps_left.saturating_sub(1);
+        counters.steps.fetch_add(1, Ordering::Relaxed);
         if trainer.steps.is_multiple_of(cfg.publish_every.max(1))
-            && tx.try_send(trainer.inference_model()).is_err()
+            && tx.try_send(trainer.inference_model()).is_ok()
         {
-            // The advisor has not picked up the previous weights yet; it will get newer ones.
+            // (A full channel: the advisor has not picked up the previous weights yet;
+            // it will get newer ones.)
+            counters.published.fetch_add(1, Ordering::Relaxed);
         }
-        // Duty cycle: sleep so that training uses at most `budget` of a core.
-        let spent = start.elapsed();
-        std::thread::sleep(Duration::from_secs_f64(
-            spent.as_secs_f64() * (1.0 / budget - 1.0),
-        ));
+        let cpu_now = thread_cpu_ns();
+        counters
+            .cpu_ns
+            .store(cpu_now.saturating_sub(cpu_at_start), Ordering::Relaxed);
+        counters
+            .wall_ns
+            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        // Duty cycle on CPU time (not wall time, which a nice-19 thread spends partly
+        // preempted): sleep so that training uses at most `budget` of a core.
+        let spent_s = cpu_now.saturating_sub(cpu_before) as f64 / 1e9;
+        std::thread::sleep(Duration::from_secs_f64(spent_s * (1.0 / budget - 1.0)));
     }
 }

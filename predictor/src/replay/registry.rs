@@ -82,6 +82,61 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
     })
 }
 
+/// An advisor for a running VM, and how to read what it did once the VM has ended.
+pub struct LiveAdvisor {
+    pub advisor: Box<dyn Advisor>,
+    /// Learning counters and detected pattern changes (`gru` only), as JSON for the
+    /// metrics file; callable from any thread, during or after the run.
+    pub report: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+}
+
+/// Builds the advisor called `name` for a live VM. Unlike [`make_advisor`] (replays,
+/// which must be repeatable), `gru` learns in a background thread at nice 19 within a
+/// CPU budget, so the fault path never waits for a training step.
+pub fn make_live_advisor(name: &str, ctx: &ReplayContext) -> Result<LiveAdvisor, UnknownAdvisor> {
+    if name == "gru" {
+        return make_live_gru(ctx);
+    }
+    Ok(LiveAdvisor {
+        advisor: make_advisor(name, ctx)?,
+        report: None,
+    })
+}
+
+#[cfg(not(feature = "gru"))]
+fn make_live_gru(_ctx: &ReplayContext) -> Result<LiveAdvisor, UnknownAdvisor> {
+    Err(UnknownAdvisor::NotBuilt("gru".into()))
+}
+
+#[cfg(feature = "gru")]
+fn make_live_gru(ctx: &ReplayContext) -> Result<LiveAdvisor, UnknownAdvisor> {
+    let mut opts = crate::gru::GruOptions::from_env();
+    opts.online.mode = crate::gru::online::OnlineMode::Background;
+    let gru = load_gru(ctx, opts)?;
+    let (live, handle) = crate::live::LiveGru::new(gru);
+    Ok(LiveAdvisor {
+        advisor: Box::new(live),
+        report: Some(Box::new(move || {
+            serde_json::to_value(handle.report()).unwrap_or(serde_json::Value::Null)
+        })),
+    })
+}
+
+#[cfg(feature = "gru")]
+fn load_gru(
+    ctx: &ReplayContext,
+    opts: crate::gru::GruOptions,
+) -> Result<crate::gru::GruAdvisor, UnknownAdvisor> {
+    let path = ctx
+        .model
+        .clone()
+        .unwrap_or_else(crate::gru::base_model_path);
+    crate::gru::GruAdvisor::from_file(&path, opts).map_err(|e| UnknownAdvisor::Failed {
+        name: "gru".into(),
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(not(feature = "gru"))]
 fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
     Err(UnknownAdvisor::NotBuilt("gru".into()))
@@ -91,14 +146,5 @@ fn make_gru(_ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
 fn make_gru(ctx: &ReplayContext) -> Result<Box<dyn Advisor>, UnknownAdvisor> {
     // The shipped base model (or the one named), plus online learning on the trace as
     // it replays, inline so that a replay is repeatable.
-    let path = ctx
-        .model
-        .clone()
-        .unwrap_or_else(crate::gru::base_model_path);
-    crate::gru::GruAdvisor::from_file(&path, crate::gru::GruOptions::from_env())
-        .map(|a| Box::new(a) as Box<dyn Advisor>)
-        .map_err(|e| UnknownAdvisor::Failed {
-            name: "gru".into(),
-            reason: e.to_string(),
-        })
+    load_gru(ctx, crate::gru::GruOptions::from_env()).map(|a| Box::new(a) as Box<dyn Advisor>)
 }

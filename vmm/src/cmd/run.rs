@@ -261,12 +261,13 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                 future: None,
                 model: None,
             };
-            let advisor = match predictor::make_advisor(&req.advisor, &ctx) {
+            // Live: `gru` learns in a background thread (replay learns inline).
+            let live = match predictor::make_live_advisor(&req.advisor, &ctx) {
                 Ok(a) => a,
                 Err(e) => return super::usage_error(format!("--advisor: {e}")),
             };
-            match vmm::tiered::attach(&machine, req, advisor) {
-                Ok(t) => Some(t),
+            match vmm::tiered::attach(&machine, req, live.advisor) {
+                Ok(t) => Some((t, live.report)),
                 Err(e) => {
                     eprintln!("tiervisor: {e}");
                     return 1;
@@ -277,8 +278,13 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     };
     let outcome = match machine.run() {
         Ok(mut o) => {
-            if let Some(t) = tiered {
-                o.metrics.tiers = Some(t.finish());
+            if let Some((t, advisor_report)) = tiered {
+                let mut tiers = t.finish();
+                // The advisor's own counters (online learning, pattern changes).
+                if let (Some(report), Some(section)) = (advisor_report, tiers.as_object_mut()) {
+                    section.insert("advisor_online".into(), report());
+                }
+                o.metrics.tiers = Some(tiers);
             }
             o
         }

@@ -1,0 +1,180 @@
+//! The GRU advisor as a running VM uses it: it learns in the background, logs every
+//! pattern change with its time, and leaves a report (learning counters, anomalies)
+//! that the VMM reads once the VM has ended.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tiering::access::{Access, PageNumber};
+use tiering::advisor::Advisor;
+
+use crate::gru::anomaly::AnomalyEvent;
+use crate::gru::online::{BackgroundCounters, BackgroundSnapshot, OnlineMode};
+use crate::gru::GruAdvisor;
+
+/// One detected pattern change, for the metrics file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnomalyRecord {
+    /// The advisor's model window.
+    pub window: u64,
+    /// Milliseconds since tiered memory started (the advisor's clock).
+    pub time_ms: f64,
+    /// `Loss` or `Drift`.
+    pub signal: String,
+    pub score: f64,
+}
+
+impl From<&AnomalyEvent> for AnomalyRecord {
+    fn from(e: &AnomalyEvent) -> Self {
+        AnomalyRecord {
+            window: e.window,
+            time_ms: e.time_ns as f64 / 1e6,
+            signal: format!("{:?}", e.signal),
+            score: e.score,
+        }
+    }
+}
+
+/// What the advisor did while the VM ran (`tiers.advisor_online` in --metrics-out).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveGruReport {
+    /// `off`, `inline` or `background`.
+    pub online_mode: String,
+    /// Model windows (the model steps once per window).
+    pub model_windows: u64,
+    /// New weights the advisor installed from online learning.
+    pub weight_updates: u64,
+    /// Samples the background thread could not take (it was behind).
+    pub samples_dropped: u64,
+    /// The background thread's own counters.
+    pub background: BackgroundSnapshot,
+    /// Its CPU time in ms and as a share of one core over its lifetime.
+    pub background_cpu_ms: f64,
+    pub background_cpu_share: f64,
+    pub anomaly_count: usize,
+    pub anomalies: Vec<AnomalyRecord>,
+}
+
+/// Reads the report of a [`LiveGru`] from another thread, during or after the run.
+#[derive(Clone)]
+pub struct LiveGruHandle {
+    shared: Arc<Mutex<LiveGruReport>>,
+    background: Option<Arc<BackgroundCounters>>,
+}
+
+impl LiveGruHandle {
+    pub fn report(&self) -> LiveGruReport {
+        let mut r = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(c) = &self.background {
+            r.background = c.snapshot();
+            r.background_cpu_ms = r.background.cpu_ns as f64 / 1e6;
+            r.background_cpu_share = if r.background.wall_ns == 0 {
+                0.0
+            } else {
+                r.background.cpu_ns as f64 / r.background.wall_ns as f64
+            };
+        }
+        r.anomaly_count = r.anomalies.len();
+        r
+    }
+}
+
+/// [`GruAdvisor`] plus reporting: forwards every call, and after each window copies
+/// the counters and any new anomaly into the shared report.
+pub struct LiveGru {
+    inner: GruAdvisor,
+    shared: Arc<Mutex<LiveGruReport>>,
+    anomalies_seen: usize,
+}
+
+impl LiveGru {
+    pub fn new(inner: GruAdvisor) -> (Self, LiveGruHandle) {
+        let mode = match inner.learner().mode() {
+            OnlineMode::Off => "off",
+            OnlineMode::Inline => "inline",
+            OnlineMode::Background => "background",
+        };
+        let shared = Arc::new(Mutex::new(LiveGruReport {
+            online_mode: mode.into(),
+            ..LiveGruReport::default()
+        }));
+        let handle = LiveGruHandle {
+            shared: shared.clone(),
+            background: inner.learner().background_counters(),
+        };
+        let live = LiveGru {
+            inner,
+            shared,
+            anomalies_seen: 0,
+        };
+        (live, handle)
+    }
+
+    /// The wrapped advisor.
+    pub fn inner(&self) -> &GruAdvisor {
+        &self.inner
+    }
+}
+
+impl Advisor for LiveGru {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.inner.on_access(access, resident);
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.inner.on_fill(page, prefetched);
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.inner.on_evict(page);
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.inner.victims(n, out);
+    }
+    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        self.inner.prefetch(now_ns, max, out);
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        self.inner.probability(page)
+    }
+    fn end_window(&mut self, now_ns: u64) {
+        self.inner.end_window(now_ns);
+        let all = self.inner.anomalies();
+        let new = &all[self.anomalies_seen.min(all.len())..];
+        for e in new {
+            log::info!(
+                "gru: pattern change at t={:.1} ms (model window {}), signal {:?}, score {:.2}: adapting faster",
+                e.time_ns as f64 / 1e6,
+                e.window,
+                e.signal,
+                e.score
+            );
+        }
+        // Only the report reader contends for this lock, and only briefly.
+        let mut r = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        r.anomalies.extend(new.iter().map(AnomalyRecord::from));
+        self.anomalies_seen = all.len();
+        r.model_windows = self.inner.stats.windows;
+        r.weight_updates = self.inner.stats.weight_updates;
+        r.samples_dropped = self.inner.learner().dropped;
+    }
+}
+
+impl Drop for LiveGru {
+    fn drop(&mut self) {
+        let r = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        log::info!(
+            "gru: online learning ({}): {} weight updates over {} model windows, {} samples dropped, {} pattern changes",
+            r.online_mode,
+            r.weight_updates,
+            r.model_windows,
+            r.samples_dropped,
+            r.anomalies.len()
+        );
+    }
+}
