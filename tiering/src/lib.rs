@@ -16,6 +16,7 @@ pub mod policy;
 pub mod runtime;
 #[cfg(test)]
 mod runtime_tests;
+pub mod share;
 mod stores;
 pub mod trace;
 pub mod uffd;

@@ -50,6 +50,10 @@ pub(crate) struct Counters {
     pub zero_drops: u64,
     pub admission_waits: u64,
     pub prefetches_dropped: u64,
+    pub migrations: u64,
+    pub pages_hashed: u64,
+    pub shared_pages_peak: u64,
+    pub share_peers_peak: u64,
 }
 
 impl Counters {
@@ -70,6 +74,10 @@ impl Counters {
             zero_drops: 0,
             admission_waits: 0,
             prefetches_dropped: 0,
+            migrations: 0,
+            pages_hashed: 0,
+            shared_pages_peak: 0,
+            share_peers_peak: 0,
         }
     }
 
@@ -127,6 +135,13 @@ pub struct TieringReport {
     pub admission_waits: u64,
     /// Prefetches dropped because RAM was at budget + slack.
     pub prefetches_dropped: u64,
+    /// Prefetches and moves executed by the migrator thread.
+    pub migrations: u64,
+    /// `--share-dir`: pages whose content was hashed, the most of this VM's pages
+    /// found at once in another live VM (kind Shared), and the most live peer VMs.
+    pub pages_hashed: u64,
+    pub shared_pages: u64,
+    pub share_peers: u64,
     pub moves: u64,
     pub trace_events: u64,
     /// Walks of the guest page tables, tables skipped because they were not in RAM,

@@ -22,11 +22,12 @@ use rustc_hash::FxHashMap;
 use crate::access::{PageNumber, PAGE_SIZE};
 use crate::advisor::Advisor;
 use crate::config::{TierBackendSpec, TierConfig, TIER_COUNT};
+use crate::engine::MigratorHandle;
 use crate::engine::{Engine, EngineConfig};
 use crate::layout::{GuestLayout, GuestRegion};
 use crate::metrics::{percentile_us, TierReport, TieringReport};
 use crate::policy::{PagingPolicy, PolicyConfig, PolicyError};
-use crate::stores::{open_stores, StoreError};
+use crate::stores::{open_migrator_backends, open_stores, StoreError};
 use crate::uffd::{GuestUffd, UffdError};
 
 /// What the VMM lends the runtime.
@@ -83,6 +84,12 @@ pub struct TieringOptions {
     /// `Some(t)`: guest memory starts in storage tier `t`, page index i in slot i (a
     /// VM restored from an image of its memory); `None`: it starts empty (zero-filled).
     pub initial_tier: Option<u8>,
+    /// Execute prefetches and moves of file-backed tiers on a migrator thread (the
+    /// default); `false`: the fault-handler thread executes them (for comparison).
+    pub migrator: bool,
+    /// Publish page content hashes here and mark pages other live VMs also hold as
+    /// kind Shared (see [`crate::share`]); `None`: off.
+    pub share_dir: Option<PathBuf>,
 }
 
 impl TieringOptions {
@@ -96,6 +103,8 @@ impl TieringOptions {
             sample_interval: Duration::from_millis(50),
             advisor_name: "none".into(),
             initial_tier: None,
+            migrator: true,
+            share_dir: None,
         }
     }
 }
@@ -117,6 +126,8 @@ pub enum TieringError {
     Policy(#[from] PolicyError),
     #[error("cannot create trace file {path}: {detail}")]
     Trace { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
     #[error("cannot start the fault-handler thread: {0}")]
     Thread(std::io::Error),
 }
@@ -247,7 +258,7 @@ impl TieredMemory {
             None => None,
         };
         advise_huge_pages(regions);
-        let uffd = GuestUffd::new()?;
+        let uffd = Arc::new(GuestUffd::new()?);
         for r in regions {
             uffd.register(r.host_addr, r.len as usize)?;
         }
@@ -276,7 +287,17 @@ impl TieredMemory {
             vcpus.0.clone(),
         );
         engine.advisor_name = options.advisor_name.clone();
+        if let Some(dir) = &options.share_dir {
+            engine.share = Some(crate::share::ShareRegistry::new(dir, guest_pages as usize)?);
+        }
         engine.tiers = options.tiers.clone();
+        if options.migrator {
+            let backends = open_migrator_backends(&options.tiers)?;
+            engine.migrator = Some(
+                MigratorHandle::spawn(backends, engine.uffd.clone(), stop_fd.clone())
+                    .map_err(TieringError::Thread)?,
+            );
+        }
         let (moves, move_requests) = channel();
         engine.move_requests = Some(move_requests);
         if let Some(t) = options.initial_tier {
@@ -460,6 +481,10 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         evictions_refused: c.evictions_refused,
         admission_waits: c.admission_waits,
         prefetches_dropped: c.prefetches_dropped,
+        migrations: c.migrations,
+        pages_hashed: c.pages_hashed,
+        shared_pages: c.shared_pages_peak,
+        share_peers: c.share_peers_peak,
         moves: stats.moves,
         trace_events: c.events_traced,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,

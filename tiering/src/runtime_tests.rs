@@ -112,6 +112,14 @@ fn start_host_only(
     tag: &str,
     pages: usize,
 ) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+    start_host_only_with(tag, pages, true)
+}
+
+fn start_host_only_with(
+    tag: &str,
+    pages: usize,
+    migrator: bool,
+) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let map = Mapping::new(pages * PAGE_SIZE as usize);
@@ -125,6 +133,7 @@ fn start_host_only(
     let mut options = TieringOptions::new(tier_file(&dir), 64);
     options.sample_pages = 8;
     options.sample_interval = std::time::Duration::from_millis(1);
+    options.migrator = migrator;
     let tm = TieredMemory::start(
         &regions,
         map.file.clone(),
@@ -230,6 +239,55 @@ fn requested_prefetch_brings_pages_back_before_they_are_touched() {
     assert!(report.prefetch_useful > 0, "{report:#?}");
 }
 
+#[test]
+fn migrator_prefetches_a_batch_while_a_thread_faults_on_other_pages() {
+    let pages = 512usize; // 2 MiB
+    let (dir, map, tm, failed) = start_host_only("mig-", pages);
+    let base = map.addr;
+    let word = move |p: usize| (base + p * 4096 + 8) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { word(p).write_volatile(value(p, 1, 0)) };
+    }
+    // FIFO evicted the first pages written: 0..64 are in the storage tiers.
+    let before = wait_for_idle(&tm, |_| true);
+    // Another thread faults on pages 256..512 (all out of RAM by now: each of its
+    // reads is a demand fault) while the migrator prefetches 0..64.
+    let faulting = std::thread::spawn(move || {
+        let mut x = 99u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = 256 + (x % 256) as usize;
+            // SAFETY: as above.
+            let got = unsafe { word(p).read_volatile() };
+            if got != value(p, 1, 0) {
+                return Err(format!("page {p}: {got:#x}"));
+            }
+        }
+        Ok(())
+    });
+    let wanted: Vec<PageNumber> = (0..64).collect();
+    tm.prefetch(&wanted, 1).unwrap();
+    let result = faulting.join().unwrap();
+    let done = wait_for_idle(&tm, |r| r.migrations >= before.migrations + 64);
+    for &p in &wanted {
+        // SAFETY: as above.
+        let got = unsafe { word(p as usize).read_volatile() };
+        assert_eq!(got, value(p as usize, 1, 0), "page {p}");
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    result.unwrap();
+    assert!(failed.lock().unwrap().is_none());
+    assert!(done.per_tier[2].prefetch_issued >= 64, "{done:#?}");
+    assert!(
+        report.demand_faults > before.demand_faults + 100,
+        "{report:#?}"
+    );
+}
+
 /// The report once the handler has published one satisfying `done` and stayed idle
 /// long enough for its reads to complete and a few sampling rounds to pass.
 fn wait_for_idle(
@@ -243,5 +301,73 @@ fn wait_for_idle(
             return r;
         }
         assert!(std::time::Instant::now() < deadline, "{:#?}", tm.snapshot());
+    }
+}
+
+/// Demand-fault latency from the storage tiers with and without a concurrent
+/// prefetch stream, and with the stream executed by the migrator or by the handler.
+/// A measurement, not a check: `cargo test --release -p tiering --lib
+/// measure_demand_latency -- --ignored --nocapture` (docs/tiering.md, "Migrator").
+#[test]
+#[ignore]
+fn measure_demand_latency_under_a_prefetch_stream() {
+    for (label, stream, migrator) in [
+        ("no prefetch stream", false, true),
+        ("prefetch stream, migrator", true, true),
+        ("prefetch stream, handler", true, false),
+    ] {
+        let pages = 2048usize; // 8 MiB
+        let (dir, map, tm, failed) = start_host_only_with("lat-", pages, migrator);
+        let base = map.addr;
+        let word = move |p: usize| (base + p * 4096 + 16) as *mut u64;
+        for p in 0..pages {
+            // SAFETY: inside the mapping; the runtime serves the fault.
+            unsafe { word(p).write_volatile(value(p, 2, 0)) };
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let faulting = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 7u64;
+                for _ in 0..4000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let p = 1024 + (x % 1024) as usize;
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { word(p).read_volatile() }, value(p, 2, 0));
+                }
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            })
+        };
+        let mut requested = 0;
+        while stream && !stop.load(std::sync::atomic::Ordering::Acquire) {
+            // Pages 0..1024, which the faulting thread never touches, 64 at a time.
+            let first = (requested * 64) % 1024;
+            let batch: Vec<PageNumber> = (first..first + 64).map(|p| p as u64).collect();
+            tm.prefetch(&batch, 1).unwrap();
+            requested += 1;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        faulting.join().unwrap();
+        let r = tm.stop();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(failed.lock().unwrap().is_none());
+        let storage: Vec<_> = r.per_tier[2..4]
+            .iter()
+            .map(|t| {
+                format!(
+                    "tier {} {} faults p50 {:.0} us p99 {:.0} us",
+                    t.tier, t.demand_faults, t.fault_latency_p50_us, t.fault_latency_p99_us
+                )
+            })
+            .collect();
+        println!(
+            "{label}: {} prefetch requests, {} prefetches issued, {} migrations; {}",
+            requested,
+            r.prefetch_issued,
+            r.migrations,
+            storage.join("; ")
+        );
     }
 }

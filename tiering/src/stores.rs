@@ -117,6 +117,30 @@ pub(crate) fn open_stores(config: &TierConfig) -> Result<Vec<Option<Store>>, Sto
     Ok(stores)
 }
 
+/// A second instance of every file-backed storage tier (own descriptor and
+/// io_uring on the same file or device), for the migrator thread. NBD tiers are
+/// `None`: `qemu-nbd` serves one client at a time unless started with `--shared`.
+pub(crate) fn open_migrator_backends(
+    config: &TierConfig,
+) -> Result<Vec<Option<Box<dyn TierBackend>>>, StoreError> {
+    let mut backends: Vec<Option<Box<dyn TierBackend>>> = (0..TIER_COUNT).map(|_| None).collect();
+    for (tier, spec) in config.tiers.iter().enumerate() {
+        let Some(spec) = spec else { continue };
+        let pages = spec.capacity_bytes / backend::PAGE_SIZE as u64;
+        if let TierBackendSpec::File { path, profile } | TierBackendSpec::Device { path, profile } =
+            &spec.backend
+        {
+            let mut fc = FileConfig::new(path.clone(), pages);
+            if let Some(p) = profile {
+                fc = fc.with_profile(to_backend_profile(p));
+            }
+            let b = FileBackend::open(&fc).map_err(|source| StoreError::Open { tier, source })?;
+            backends[tier] = Some(Box::new(b));
+        }
+    }
+    Ok(backends)
+}
+
 fn open_nbd(
     tier: usize,
     address: &crate::config::NbdAddress,

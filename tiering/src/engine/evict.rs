@@ -92,7 +92,7 @@ impl Engine {
                     page,
                     vcpu: 0,
                     op: AccessOp::Write,
-                    kind: self.kinds.kind(index),
+                    kind: self.kind_of(index),
                     source: AccessSource::DirtyLog,
                 };
                 self.trace(&a);
@@ -111,6 +111,11 @@ impl Engine {
             let Some(index) = self.layout.index_of_page(page) else {
                 continue;
             };
+            if self.meta[index].migrating {
+                // The migrator may still install it: evict once it reports.
+                self.meta[index].reevict_to = to;
+                continue;
+            }
             if self.meta[index].state == State::Prefetching {
                 self.finish_prefetch_now(index);
             }
@@ -198,6 +203,10 @@ impl Engine {
                 if let Err(e) = self.memfd.read_exact_at(&mut b, off) {
                     self.die(format!("cannot read guest memory at offset {off:#x}: {e}"));
                     return;
+                }
+                // The content is at hand: hash it for sharing across VMs.
+                if let Some(share) = self.share.as_mut() {
+                    share.record(index, &b);
                 }
                 b
             }

@@ -1,11 +1,13 @@
 //! The fault-handler thread: serves userfaultfd faults, carries out the paging
 //! policy's actions and drives the tier backends.
 //!
-//! One thread owns everything (policy, page states, backends), so no page is ever
-//! handled by two paths at once and no locks sit on the fault path. Demand reads
-//! block this thread only for their own completion (the backend issues them ahead
-//! of queued prefetches and write-backs); write-backs, prefetches and moves are
+//! This thread owns every page state, slot and the policy, so no locks sit on the
+//! fault path. Demand reads block it only for their own completion (the backend
+//! issues them ahead of queued prefetches and write-backs); write-backs are
 //! asynchronous and finish when their completions come back between faults.
+//! Prefetches and moves of file-backed tiers are executed by the migrator thread
+//! (`migrator.rs`), so a demand fault never waits for one; those of the NBD tier
+//! stay here, asynchronous too.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -26,8 +28,12 @@ use crate::stores::{run_blocking, Store};
 use crate::uffd::{self, GuestUffd};
 
 mod evict;
+mod fill;
+mod migrator;
 mod monitor;
 mod requests;
+
+pub(crate) use migrator::MigratorHandle;
 
 const PAGE: usize = PAGE_SIZE as usize;
 /// No tier holds a copy.
@@ -76,6 +82,9 @@ struct PageMeta {
     /// Zero-filled and not written since (needs the dirty log to know): it can leave
     /// RAM without a write and come back as a zero fill.
     zero: bool,
+    /// A prefetch or move of this page is with the migrator thread: it is not
+    /// evicted (deferred to `reevict_to`) until the outcome comes back.
+    migrating: bool,
 }
 
 /// An I/O in flight, by tag.
@@ -108,7 +117,7 @@ pub(crate) struct EngineConfig {
 }
 
 pub(crate) struct Engine {
-    pub uffd: GuestUffd,
+    pub uffd: Arc<GuestUffd>,
     pub layout: GuestLayout,
     pub memfd: Arc<File>,
     pub policy: PagingPolicy,
@@ -121,6 +130,12 @@ pub(crate) struct Engine {
     pub config: EngineConfig,
     /// Move requests from [`crate::runtime::TieredMemory::prefetch`].
     pub move_requests: Option<std::sync::mpsc::Receiver<crate::runtime::MoveRequest>>,
+    /// Executes prefetches and moves of the tiers it serves (the others: this thread).
+    pub migrator: Option<MigratorHandle>,
+    /// Content hashes shared with other VMs (`--share-dir`).
+    pub share: Option<crate::share::ShareRegistry>,
+    share_cursor: usize,
+    last_share_scan: Option<Instant>,
     pending_moves: std::collections::VecDeque<crate::runtime::MoveRequest>,
     pub counters: Counters,
     pub vcpu_of_thread: Arc<Mutex<FxHashMap<i32, u16>>>,
@@ -154,7 +169,7 @@ fn io_fatal(msg: String) -> String {
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        uffd: GuestUffd,
+        uffd: Arc<GuestUffd>,
         layout: GuestLayout,
         memfd: Arc<File>,
         policy: PagingPolicy,
@@ -180,6 +195,10 @@ impl Engine {
             stop_fd,
             config,
             move_requests: None,
+            migrator: None,
+            share: None,
+            share_cursor: 0,
+            last_share_scan: None,
             pending_moves: std::collections::VecDeque::new(),
             counters: Counters::new(),
             vcpu_of_thread,
@@ -193,6 +212,7 @@ impl Engine {
                     dirty: true,
                     reevict_to: NO_TIER,
                     zero: false,
+                    migrating: false,
                 };
                 pages
             ],
@@ -323,6 +343,7 @@ impl Engine {
                 }
             }
             busy |= self.poll_completions();
+            busy |= self.collect_migrations();
             busy |= self.serve_move_requests();
             if self.evict_queue.len() >= EVICT_BATCH || (!busy && !self.evict_queue.is_empty()) {
                 self.flush_evictions();
@@ -332,6 +353,7 @@ impl Engine {
                 self.flush_punches();
                 busy = true;
             }
+            self.send_migrations();
             if self.fatal {
                 break;
             }
@@ -344,6 +366,7 @@ impl Engine {
                     self.queue_action(a);
                 }
                 self.actions = actions;
+                self.send_migrations();
                 if self
                     .last_walk
                     .is_none_or(|t| t.elapsed() >= KIND_WALK_INTERVAL)
@@ -356,6 +379,7 @@ impl Engine {
                     last_sample = Instant::now();
                     self.sample_resident();
                 }
+                self.scan_for_sharing();
                 self.publish();
                 let outstanding = self
                     .stores
@@ -434,7 +458,7 @@ impl Engine {
             } else {
                 AccessOp::Read
             },
-            kind: self.kinds.kind(index),
+            kind: self.kind_of(index),
             source: if kind == FaultKind::Minor {
                 AccessSource::SampledMinor
             } else {
@@ -452,7 +476,9 @@ impl Engine {
         self.counters.minor_faults += 1;
         let host = self.layout.host_of_index(index);
         match self.meta[index].state {
-            State::Present => {}
+            // The policy takes the page back: an eviction deferred while it was
+            // migrating is void.
+            State::Present => self.meta[index].reevict_to = NO_TIER,
             // The policy sees this access and takes the page back: no re-eviction.
             State::EvictCancelled => self.meta[index].reevict_to = NO_TIER,
             State::Evicting => {
@@ -496,7 +522,8 @@ impl Engine {
                 let _ = self.uffd.wake(host, PAGE);
                 return;
             }
-            State::Prefetching => self.finish_prefetch_now(index),
+            // The migrator's read is not waited for: the demand read below races it.
+            State::Prefetching if !self.meta[index].migrating => self.finish_prefetch_now(index),
             _ => {}
         }
         self.trace(access);
@@ -522,72 +549,6 @@ impl Engine {
                 "page {:#x} missing though the policy has it resident",
                 access.page
             );
-        }
-    }
-
-    /// Serve a demand fault: zero-fill a first touch or read the page from its tier.
-    fn fill_demand(&mut self, index: usize, t0: Instant) {
-        if self.meta[index].state == State::Prefetching {
-            self.finish_prefetch_now(index);
-        }
-        let host = self.layout.host_of_index(index);
-        let m = self.meta[index];
-        match m.state {
-            State::Untouched => {
-                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
-                    return self.die(e.to_string());
-                }
-                self.mark_zero_filled(index);
-                self.counters.zero_fills += 1;
-                self.counters
-                    .record_fault(1, t0.elapsed().as_nanos() as u64);
-            }
-            State::Absent | State::Moving => {
-                let tier = m.copy_tier as usize;
-                let mut attempt = 0;
-                let buf = loop {
-                    attempt += 1;
-                    let tag = self.tag();
-                    let mut others = Vec::new();
-                    let store = self.stores[tier].as_mut().expect("copy tier is open");
-                    let done = run_blocking(
-                        store,
-                        IoOp::Read,
-                        m.copy_slot,
-                        self.pool.get(),
-                        IoPriority::Demand,
-                        tag,
-                        &mut others,
-                    );
-                    self.deferred.extend(others.into_iter().map(|c| (tier, c)));
-                    match done.result {
-                        Ok(()) => break done.buf,
-                        Err(e) => {
-                            self.counters.tiers[tier].io_errors += 1;
-                            if attempt >= IO_ATTEMPTS {
-                                let page = self.layout.page_of_index(index);
-                                return self.die(format!(
-                                    "guest page {page:#x} cannot be read back from tier {tier} ({}) after {IO_ATTEMPTS} tries: {e}",
-                                    self.stores[tier].as_ref().map(|s| s.backend.describe()).unwrap_or_default()
-                                ));
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = self.uffd.copy_page(&buf, host) {
-                    return self.die(e.to_string());
-                }
-                self.set_state(index, State::Present);
-                self.meta[index].dirty = false;
-                self.meta[index].zero = false;
-                self.copy_holders[tier].push(index);
-                let c = &mut self.counters;
-                c.tiers[tier].bytes_read += PAGE as u64;
-                c.record_fault(tier, t0.elapsed().as_nanos() as u64);
-            }
-            _ => {
-                let _ = self.uffd.wake(host, PAGE);
-            }
         }
     }
 
@@ -629,81 +590,6 @@ impl Engine {
         }
     }
 
-    fn start_prefetch(&mut self, page: PageNumber) {
-        let Some(index) = self.layout.index_of_page(page) else {
-            return;
-        };
-        let m = self.meta[index];
-        match m.state {
-            State::Untouched => {
-                let host = self.layout.host_of_index(index);
-                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
-                    return self.die(e.to_string());
-                }
-                self.mark_zero_filled(index);
-            }
-            State::Absent => {
-                if self.ram_full() {
-                    // No room while write-backs lag: drop the prefetch, not the budget.
-                    self.counters.prefetches_dropped += 1;
-                    self.policy.fill_failed(page);
-                    return;
-                }
-                let tier = m.copy_tier as usize;
-                let (buf, priority) = (self.pool.get(), IoPriority::Prefetch);
-                let read = Op::PrefetchRead { index };
-                match self.submit_io(tier, IoOp::Read, m.copy_slot, buf, priority, read) {
-                    Ok(()) => {
-                        self.set_state(index, State::Prefetching);
-                        self.counters.tiers[tier].prefetch_issued += 1;
-                    }
-                    Err(e) => {
-                        log::warn!("prefetch of page {page:#x} refused: {}", e.error);
-                        self.policy.fill_failed(page);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A demand fault hit a page whose prefetch is in flight: wait for that read.
-    fn finish_prefetch_now(&mut self, index: usize) {
-        let tier = self.meta[index].copy_tier as usize;
-        while self.meta[index].state == State::Prefetching && !self.fatal {
-            let mut got = Vec::new();
-            if let Some(store) = self.stores[tier].as_mut() {
-                store.backend.wait(&mut got, Duration::from_millis(10));
-            }
-            for c in got {
-                self.complete(tier, c);
-            }
-            let deferred = std::mem::take(&mut self.deferred);
-            for (t, c) in deferred {
-                self.complete(t, c);
-            }
-        }
-    }
-
-    fn start_move(&mut self, page: PageNumber, from: u8, to: u8) {
-        let Some(index) = self.layout.index_of_page(page) else {
-            return;
-        };
-        let m = self.meta[index];
-        if m.state != State::Absent || m.copy_tier != from || self.stores[to as usize].is_none() {
-            return;
-        }
-        let buf = self.pool.get();
-        let read = Op::MoveRead { index, to };
-        let priority = IoPriority::Writeback;
-        if self
-            .submit_io(from as usize, IoOp::Read, m.copy_slot, buf, priority, read)
-            .is_ok()
-        {
-            self.set_state(index, State::Moving);
-        }
-    }
-
     /// A free slot in `tier`, taking one from a clean copy of a resident page if need be.
     fn alloc_slot(&mut self, tier: usize) -> Option<u64> {
         let store = self.stores[tier].as_mut()?;
@@ -733,6 +619,7 @@ impl Engine {
 
     /// Wait for every write-back, so no page is lost at shutdown.
     fn drain_io(&mut self) {
+        self.shut_down_migrator();
         if !self.fatal && !self.evict_queue.is_empty() {
             self.flush_evictions();
         }

@@ -1,0 +1,156 @@
+//! Bringing pages into RAM: demand fills (zero fill or a Demand-class read and
+//! UFFDIO_COPY), prefetches and moves started here or handed to the migrator.
+
+use super::*;
+
+impl Engine {
+    /// Serve a demand fault: zero-fill a first touch or read the page from its tier.
+    pub(super) fn fill_demand(&mut self, index: usize, t0: Instant) {
+        if self.meta[index].state == State::Prefetching && !self.meta[index].migrating {
+            self.finish_prefetch_now(index);
+        }
+        let host = self.layout.host_of_index(index);
+        let m = self.meta[index];
+        match m.state {
+            State::Untouched => {
+                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
+                    return self.die(e.to_string());
+                }
+                self.mark_zero_filled(index);
+                self.counters.zero_fills += 1;
+                self.counters
+                    .record_fault(1, t0.elapsed().as_nanos() as u64);
+            }
+            // Prefetching here: with the migrator, whose read this one races.
+            State::Absent | State::Moving | State::Prefetching => {
+                let tier = m.copy_tier as usize;
+                let mut attempt = 0;
+                let buf = loop {
+                    attempt += 1;
+                    let tag = self.tag();
+                    let mut others = Vec::new();
+                    let store = self.stores[tier].as_mut().expect("copy tier is open");
+                    let done = run_blocking(
+                        store,
+                        IoOp::Read,
+                        m.copy_slot,
+                        self.pool.get(),
+                        IoPriority::Demand,
+                        tag,
+                        &mut others,
+                    );
+                    self.deferred.extend(others.into_iter().map(|c| (tier, c)));
+                    match done.result {
+                        Ok(()) => break done.buf,
+                        Err(e) => {
+                            self.counters.tiers[tier].io_errors += 1;
+                            if attempt >= IO_ATTEMPTS {
+                                let page = self.layout.page_of_index(index);
+                                return self.die(format!(
+                                    "guest page {page:#x} cannot be read back from tier {tier} ({}) after {IO_ATTEMPTS} tries: {e}",
+                                    self.stores[tier].as_ref().map(|s| s.backend.describe()).unwrap_or_default()
+                                ));
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = self.uffd.copy_page(&buf, host) {
+                    return self.die(e.to_string());
+                }
+                self.set_state(index, State::Present);
+                self.meta[index].dirty = false;
+                self.meta[index].zero = false;
+                // The policy counts it resident again: no deferred eviction.
+                self.meta[index].reevict_to = NO_TIER;
+                self.copy_holders[tier].push(index);
+                let c = &mut self.counters;
+                c.tiers[tier].bytes_read += PAGE as u64;
+                c.record_fault(tier, t0.elapsed().as_nanos() as u64);
+            }
+            _ => {
+                let _ = self.uffd.wake(host, PAGE);
+            }
+        }
+    }
+
+    pub(super) fn start_prefetch(&mut self, page: PageNumber) {
+        let Some(index) = self.layout.index_of_page(page) else {
+            return;
+        };
+        let m = self.meta[index];
+        match m.state {
+            State::Untouched => {
+                let host = self.layout.host_of_index(index);
+                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
+                    return self.die(e.to_string());
+                }
+                self.mark_zero_filled(index);
+            }
+            State::Absent => {
+                if self.ram_full() {
+                    // No room while write-backs lag: drop the prefetch, not the budget.
+                    self.counters.prefetches_dropped += 1;
+                    self.policy.fill_failed(page);
+                    return;
+                }
+                let tier = m.copy_tier as usize;
+                if self.send_prefetch_to_migrator(index, tier as u8) {
+                    return;
+                }
+                let (buf, priority) = (self.pool.get(), IoPriority::Prefetch);
+                let read = Op::PrefetchRead { index };
+                match self.submit_io(tier, IoOp::Read, m.copy_slot, buf, priority, read) {
+                    Ok(()) => {
+                        self.set_state(index, State::Prefetching);
+                        self.counters.tiers[tier].prefetch_issued += 1;
+                    }
+                    Err(e) => {
+                        log::warn!("prefetch of page {page:#x} refused: {}", e.error);
+                        self.policy.fill_failed(page);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A demand fault hit a page whose prefetch is in flight: wait for that read.
+    pub(super) fn finish_prefetch_now(&mut self, index: usize) {
+        let tier = self.meta[index].copy_tier as usize;
+        while self.meta[index].state == State::Prefetching && !self.fatal {
+            let mut got = Vec::new();
+            if let Some(store) = self.stores[tier].as_mut() {
+                store.backend.wait(&mut got, Duration::from_millis(10));
+            }
+            for c in got {
+                self.complete(tier, c);
+            }
+            let deferred = std::mem::take(&mut self.deferred);
+            for (t, c) in deferred {
+                self.complete(t, c);
+            }
+        }
+    }
+
+    pub(super) fn start_move(&mut self, page: PageNumber, from: u8, to: u8) {
+        let Some(index) = self.layout.index_of_page(page) else {
+            return;
+        };
+        let m = self.meta[index];
+        if m.state != State::Absent || m.copy_tier != from || self.stores[to as usize].is_none() {
+            return;
+        }
+        if self.send_move_to_migrator(index, from, to) {
+            return;
+        }
+        let buf = self.pool.get();
+        let read = Op::MoveRead { index, to };
+        let priority = IoPriority::Writeback;
+        if self
+            .submit_io(from as usize, IoOp::Read, m.copy_slot, buf, priority, read)
+            .is_ok()
+        {
+            self.set_state(index, State::Moving);
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The migrator thread: executes prefetches and moves between tiers in batches, so
+//! the fault-handler thread only decides (the paging policy) and serves demand faults,
+//! and a demand fault never waits for a migration.
+//!
+//! The handler owns every page state and slot. For each `Prefetch` or `Move` the
+//! policy decides (including those of [`crate::runtime::TieredMemory::prefetch`]),
+//! it marks the page `migrating`, picks the slots and sends the job here. This
+//! thread has its own instance of each file-backed tier (its own O_DIRECT file
+//! descriptor and io_uring on the same file; NBD exports allow one client per
+//! connection in `qemu-nbd`'s default, so tier 5 migrations stay on the handler).
+//! A batch: every read at Prefetch (prefetch) or Writeback (move) priority, then for a
+//! prefetch `UFFDIO_COPY` into guest RAM, for a move the write to the new slot. The
+//! outcomes go back over a channel, the handler is woken through its eventfd, and
+//! it updates the page states.
+//!
+//! Races, and why no data is lost (see also docs/tiering.md, "Migrator"):
+//! - A demand fault on a page being prefetched: the handler reads the page from its
+//!   slot itself (Demand priority, its own backend) and installs it. Whichever
+//!   `UFFDIO_COPY` comes second gets EEXIST (shmem refuses to replace a page in the
+//!   page cache) and only wakes: both copies came from the same slot.
+//! - A page with a migration in flight is never evicted: the eviction is deferred
+//!   (`reevict_to`) until the migrator reports, so the migrator's late `UFFDIO_COPY`
+//!   can never re-install old data over a page that left RAM after being written.
+//! - A move reads the old slot, which is released only when the handler processes
+//!   the move's outcome; if the page came back to RAM meanwhile the new slot is
+//!   released instead and the page keeps its copy.
+//! - The guest may write a prefetched page between its `UFFDIO_COPY` here and the
+//!   handler learning of it: the page's dirty flag is cleared when the job is sent,
+//!   never when the outcome arrives, so a dirty-log harvest in between is kept.
+
+use std::fs::File;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::backend::{IoCompletion, IoOp, IoPriority, IoRequest, PagePool, TierBackend};
+use crate::config::TIER_COUNT;
+use crate::uffd::GuestUffd;
+
+/// Jobs executed together: their reads are all submitted before the first is awaited.
+pub(crate) const MIGRATE_BATCH: usize = 32;
+
+/// One migration, decided by the handler.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Job {
+    /// Read `slot` of `tier` and install it at `host` (guest page `index`).
+    Prefetch {
+        index: usize,
+        tier: u8,
+        slot: u64,
+        host: usize,
+    },
+    /// Copy `from_slot` of `from` to `to_slot` of `to`.
+    Move {
+        index: usize,
+        from: u8,
+        from_slot: u64,
+        to: u8,
+        to_slot: u64,
+    },
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Installed in guest RAM (or found there already: a demand fault won).
+    Prefetched { index: usize, tier: u8 },
+    /// The new slot holds the page.
+    Moved { index: usize, to: u8, to_slot: u64 },
+    /// The job failed; `fatal`: guest RAM could not be written (the VM must stop).
+    Failed {
+        job: Job,
+        error: String,
+        fatal: bool,
+    },
+}
+
+/// Which job an I/O belongs to, and which step it is.
+enum Step {
+    Read(Job),
+    MoveWrite(Job),
+}
+
+/// The handler's end: send jobs, collect outcomes.
+pub(crate) struct MigratorHandle {
+    jobs: Option<Sender<Vec<Job>>>,
+    pub outcomes: Receiver<Vec<Outcome>>,
+    thread: Option<JoinHandle<()>>,
+    /// Tiers the migrator has a backend for.
+    serves: [bool; TIER_COUNT],
+    /// Jobs collected during one loop iteration of the handler, sent together.
+    pub outgoing: Vec<Job>,
+    /// Jobs sent whose outcome has not come back yet.
+    pub in_flight: usize,
+}
+
+impl MigratorHandle {
+    /// Start the thread over `backends` (entries `None`: not served, the handler
+    /// migrates those tiers itself). `wake` is the handler's eventfd.
+    pub fn spawn(
+        backends: Vec<Option<Box<dyn TierBackend>>>,
+        uffd: Arc<GuestUffd>,
+        wake: Arc<File>,
+    ) -> std::io::Result<Self> {
+        let mut serves = [false; TIER_COUNT];
+        for (t, b) in backends.iter().enumerate() {
+            serves[t] = b.is_some();
+        }
+        let (jobs, job_rx) = std::sync::mpsc::channel();
+        let (out_tx, outcomes) = std::sync::mpsc::channel();
+        let mut worker = Worker {
+            backends,
+            uffd,
+            wake,
+            pool: PagePool::new(2 * MIGRATE_BATCH),
+            steps: rustc_hash::FxHashMap::default(),
+            next_tag: 0,
+            done: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tier-migrator".into())
+            .spawn(move || worker.run(job_rx, out_tx))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            outcomes,
+            thread: Some(thread),
+            serves,
+            outgoing: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    pub fn serves(&self, tier: u8) -> bool {
+        self.serves.get(tier as usize).copied().unwrap_or(false)
+    }
+
+    /// Send the jobs collected so far. Returns false if the thread is gone.
+    pub fn send(&mut self) -> bool {
+        if self.outgoing.is_empty() {
+            return true;
+        }
+        let jobs = std::mem::take(&mut self.outgoing);
+        let n = jobs.len();
+        match self.jobs.as_ref().map(|s| s.send(jobs)) {
+            Some(Ok(())) => {
+                self.in_flight += n;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Close the job channel and wait for the thread to finish the jobs it has.
+    pub fn shut_down(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    backends: Vec<Option<Box<dyn TierBackend>>>,
+    uffd: Arc<GuestUffd>,
+    wake: Arc<File>,
+    pool: PagePool,
+    steps: rustc_hash::FxHashMap<u64, Step>,
+    next_tag: u64,
+    done: Vec<Outcome>,
+}
+
+impl Worker {
+    fn run(&mut self, jobs: Receiver<Vec<Job>>, outcomes: Sender<Vec<Outcome>>) {
+        let mut queue: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        loop {
+            if queue.is_empty() {
+                match jobs.recv_timeout(Duration::from_millis(100)) {
+                    Ok(v) => queue.extend(v),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            queue.extend(jobs.try_iter().flatten());
+            let n = queue.len().min(MIGRATE_BATCH);
+            let batch: Vec<Job> = queue.drain(..n).collect();
+            self.run_batch(&batch);
+            if !self.done.is_empty() {
+                if outcomes.send(std::mem::take(&mut self.done)).is_err() {
+                    break;
+                }
+                // Wake the handler if it is waiting in poll.
+                let _ = std::io::Write::write(&mut &*self.wake, &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    /// All reads of the batch first, then each install or write as its read returns.
+    fn run_batch(&mut self, batch: &[Job]) {
+        for &job in batch {
+            let (tier, slot, priority) = match job {
+                Job::Prefetch { tier, slot, .. } => (tier, slot, IoPriority::Prefetch),
+                Job::Move {
+                    from, from_slot, ..
+                } => (from, from_slot, IoPriority::Writeback),
+            };
+            self.submit(tier, IoOp::Read, slot, priority, Step::Read(job), None);
+        }
+        let mut got = Vec::new();
+        while !self.steps.is_empty() {
+            let busy: Vec<usize> = (0..self.backends.len())
+                .filter(|&t| {
+                    self.backends[t]
+                        .as_ref()
+                        .is_some_and(|b| b.outstanding() > 0)
+                })
+                .collect();
+            if busy.is_empty() {
+                // Nothing outstanding yet steps remain: their completions were lost.
+                for (_, step) in self.steps.drain() {
+                    let job = match step {
+                        Step::Read(j) | Step::MoveWrite(j) => j,
+                    };
+                    self.done.push(Outcome::Failed {
+                        job,
+                        error: "the tier backend lost the request".into(),
+                        fatal: false,
+                    });
+                }
+                break;
+            }
+            for (i, &t) in busy.iter().enumerate() {
+                got.clear();
+                let backend = self.backends[t].as_mut().expect("busy tier is open");
+                if i == 0 {
+                    backend.wait(&mut got, Duration::from_millis(5));
+                } else {
+                    backend.poll(&mut got);
+                }
+                for c in got.drain(..) {
+                    self.complete(c);
+                }
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        tier: u8,
+        op: IoOp,
+        slot: u64,
+        priority: IoPriority,
+        step: Step,
+        buf: Option<crate::backend::PageBuf>,
+    ) {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let req = IoRequest {
+            op,
+            slot,
+            buf: buf.unwrap_or_else(|| self.pool.get()),
+            priority,
+            tag,
+        };
+        let Some(backend) = self.backends[tier as usize].as_mut() else {
+            return self.fail(step, format!("tier {tier} is not served by the migrator"));
+        };
+        match backend.submit(req) {
+            Ok(()) => {
+                self.steps.insert(tag, step);
+            }
+            Err(e) => self.fail(step, e.error.to_string()),
+        }
+    }
+
+    fn fail(&mut self, step: Step, error: String) {
+        let job = match step {
+            Step::Read(j) | Step::MoveWrite(j) => j,
+        };
+        self.done.push(Outcome::Failed {
+            job,
+            error,
+            fatal: false,
+        });
+    }
+
+    fn complete(&mut self, c: IoCompletion) {
+        let Some(step) = self.steps.remove(&c.tag) else {
+            return;
+        };
+        if let Err(e) = c.result {
+            return self.fail(step, e.to_string());
+        }
+        match step {
+            Step::Read(
+                job @ Job::Prefetch {
+                    index, tier, host, ..
+                },
+            ) => {
+                // EEXIST (a demand fault installed it first) is success: same slot.
+                let r = self.uffd.copy_page(&c.buf, host);
+                self.done.push(match r {
+                    Ok(()) => Outcome::Prefetched { index, tier },
+                    Err(e) => Outcome::Failed {
+                        job,
+                        error: e.to_string(),
+                        fatal: true,
+                    },
+                });
+            }
+            Step::Read(job @ Job::Move { to, to_slot, .. }) => {
+                let step = Step::MoveWrite(job);
+                self.submit(
+                    to,
+                    IoOp::Write,
+                    to_slot,
+                    IoPriority::Writeback,
+                    step,
+                    Some(c.buf),
+                );
+            }
+            Step::MoveWrite(Job::Move {
+                index, to, to_slot, ..
+            }) => self.done.push(Outcome::Moved { index, to, to_slot }),
+            // A write step is only ever made for a move.
+            Step::MoveWrite(job @ Job::Prefetch { .. }) => {
+                self.fail(Step::Read(job), "not a move".into())
+            }
+        }
+    }
+}
+
+// The handler's side: hand jobs over, take outcomes back.
+use super::{Engine, State, NO_TIER, PAGE};
+
+impl Engine {
+    /// Gives the prefetch of Absent page `index` (copy in `tier`) to the migrator if it
+    /// serves that tier; returns false if this thread must do it.
+    pub(super) fn send_prefetch_to_migrator(&mut self, index: usize, tier: u8) -> bool {
+        let Some(m) = self.migrator.as_mut().filter(|m| m.serves(tier)) else {
+            return false;
+        };
+        let host = self.layout.host_of_index(index);
+        m.outgoing.push(Job::Prefetch {
+            index,
+            tier,
+            slot: self.meta[index].copy_slot,
+            host,
+        });
+        let meta = &mut self.meta[index];
+        meta.migrating = true;
+        // Cleared now, not when the outcome comes: the guest may write the page as
+        // soon as the migrator installs it, and a harvest may mark it dirty before
+        // this thread hears of the install.
+        meta.dirty = false;
+        meta.zero = false;
+        self.set_state(index, State::Prefetching);
+        self.counters.tiers[tier as usize].prefetch_issued += 1;
+        self.counters.migrations += 1;
+        true
+    }
+
+    /// Gives the move of Absent page `index` from `from` to `to` to the migrator if it
+    /// serves both tiers (the new slot is taken here); returns false if this thread
+    /// must do it.
+    pub(super) fn send_move_to_migrator(&mut self, index: usize, from: u8, to: u8) -> bool {
+        if !self
+            .migrator
+            .as_ref()
+            .is_some_and(|m| m.serves(from) && m.serves(to))
+        {
+            return false;
+        }
+        let Some(to_slot) = self.alloc_slot(to as usize) else {
+            // No room in `to`: the page stays where it is.
+            return true;
+        };
+        let job = Job::Move {
+            index,
+            from,
+            from_slot: self.meta[index].copy_slot,
+            to,
+            to_slot,
+        };
+        if let Some(m) = self.migrator.as_mut() {
+            m.outgoing.push(job);
+        }
+        self.meta[index].migrating = true;
+        self.set_state(index, State::Moving);
+        self.counters.migrations += 1;
+        true
+    }
+
+    /// Sends the jobs collected in this loop iteration as one batch.
+    pub(super) fn send_migrations(&mut self) {
+        let sent = self.migrator.as_mut().is_none_or(|m| m.send());
+        if !sent {
+            self.die("the migrator thread has stopped".into());
+        }
+    }
+
+    /// Applies the outcomes the migrator sent back; returns whether there were any.
+    pub(super) fn collect_migrations(&mut self) -> bool {
+        let Some(m) = self.migrator.as_mut() else {
+            return false;
+        };
+        let outcomes: Vec<Outcome> = m.outcomes.try_iter().flatten().collect();
+        m.in_flight -= outcomes.len().min(m.in_flight);
+        let any = !outcomes.is_empty();
+        for o in outcomes {
+            self.apply_outcome(o);
+        }
+        any
+    }
+
+    fn apply_outcome(&mut self, outcome: Outcome) {
+        let index = match outcome {
+            Outcome::Prefetched { index, tier } => {
+                self.counters.tiers[tier as usize].bytes_read += PAGE as u64;
+                // Still Prefetching: installed by the migrator. Present: a demand fault
+                // installed it first (it holds the copy already).
+                if self.meta[index].state == State::Prefetching {
+                    self.set_state(index, State::Present);
+                    self.copy_holders[tier as usize].push(index);
+                }
+                index
+            }
+            Outcome::Moved { index, to, to_slot } => {
+                let from = self.meta[index].copy_tier as usize;
+                if from != NO_TIER as usize {
+                    self.counters.tiers[from].bytes_read += PAGE as u64;
+                }
+                self.counters.tiers[to as usize].bytes_written += PAGE as u64;
+                if self.meta[index].state == State::Moving {
+                    self.release_copy(index);
+                    let m = &mut self.meta[index];
+                    m.copy_tier = to;
+                    m.copy_slot = to_slot;
+                    self.set_state(index, State::Absent);
+                } else {
+                    // Back in RAM meanwhile, keeping its old copy: drop the new one.
+                    self.release_slot(to as usize, to_slot);
+                }
+                index
+            }
+            Outcome::Failed { job, error, fatal } => {
+                if fatal {
+                    self.die(error.clone());
+                }
+                match job {
+                    Job::Prefetch { index, tier, .. } => {
+                        log::warn!(
+                            "prefetch of page index {index} from tier {tier} failed: {error}"
+                        );
+                        self.counters.tiers[tier as usize].io_errors += 1;
+                        if self.meta[index].state == State::Prefetching {
+                            self.set_state(index, State::Absent);
+                            self.policy.fill_failed(self.layout.page_of_index(index));
+                        }
+                        index
+                    }
+                    Job::Move {
+                        index, to, to_slot, ..
+                    } => {
+                        log::warn!("move of page index {index} to tier {to} failed: {error}");
+                        self.release_slot(to as usize, to_slot);
+                        if self.meta[index].state == State::Moving {
+                            self.set_state(index, State::Absent);
+                        }
+                        index
+                    }
+                }
+            }
+        };
+        self.meta[index].migrating = false;
+        // An eviction deferred while the migrator had the page.
+        let to = std::mem::replace(&mut self.meta[index].reevict_to, NO_TIER);
+        if to != NO_TIER && self.meta[index].state == State::Present {
+            self.evict_queue
+                .push((self.layout.page_of_index(index), to));
+        }
+    }
+
+    fn release_slot(&mut self, tier: usize, slot: u64) {
+        if let Some(store) = self.stores[tier].as_mut() {
+            store.slots.release(slot);
+        }
+    }
+
+    /// Stops the migrator after the jobs it has, and applies their outcomes.
+    pub(super) fn shut_down_migrator(&mut self) {
+        self.send_migrations();
+        if let Some(m) = self.migrator.as_mut() {
+            m.shut_down();
+        }
+        self.collect_migrations();
+    }
+}
