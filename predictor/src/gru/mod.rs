@@ -5,6 +5,7 @@
 
 pub mod advisor;
 pub mod anomaly;
+pub mod cell;
 pub mod collect;
 pub mod features;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod synth;
 pub mod train;
 
 pub use advisor::{GruAdvisor, GruOptions};
+pub use cell::{CellError, GruCell, GruWeights, Isa};
 pub use model::{AccessModel, ModelFileError, ModelMeta};
 
 /// Where the project's base model lives in the source tree (`make model` writes it).

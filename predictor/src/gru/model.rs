@@ -103,6 +103,22 @@ impl AccessModel {
         }
     }
 
+    /// A freshly initialised model over `d_input` features instead of the feature
+    /// set's [`NUM_FEATURES`] (inference-cell tests and cost measurements of other
+    /// shapes; such a model cannot be saved as a model file for this feature set).
+    pub fn with_input(d_input: usize, hidden: usize, device: &Device) -> Self {
+        AccessModel {
+            gru: GruConfig::new(d_input, hidden, true).init(device),
+            head: LinearConfig::new(hidden, 1).init(device),
+        }
+    }
+
+    /// The weights as plain arrays, for the hand-written inference cell
+    /// ([`super::cell::GruCell`]).
+    pub fn export_weights(&self) -> Result<super::cell::GruWeights, super::cell::CellError> {
+        super::cell::GruWeights::from_burn(&self.gru, &self.head)
+    }
+
     /// A fresh model on the CPU (flex) device.
     pub fn new_cpu(hidden: usize) -> Self {
         Self::new(hidden, &Device::flex())
