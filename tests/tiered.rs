@@ -315,3 +315,80 @@ fn losing_the_nbd_server_stops_the_vm_with_a_clear_error() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("result=FAIL"), "{}", describe(&out));
 }
+
+/// Starts `tiervisor run` with the test guest over a RAM + file tier, publishing page
+/// content hashes to `share`, recording a trace in `dir`.
+fn start_sharing_vm(dir: &Path, share: &Path, iters: u32) -> Child {
+    let tiers = dir.join("tiers.toml");
+    std::fs::write(
+        &tiers,
+        "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"64M\"\nfile = \"t2.img\"\n",
+    )
+    .unwrap();
+    tiervisor()
+        .env("TIERVISOR_WORKDIR", dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args(["--memory", "64M", "--ram-budget", RAM_BUDGET])
+        .arg("--cmdline")
+        .arg(format!("workload=scan mem=4M iters={iters} seed=3"))
+        .arg("--tiers")
+        .arg(&tiers)
+        .arg("--metrics-out")
+        .arg(dir.join("metrics.json"))
+        .arg("--trace-out")
+        .arg(dir.join("run.tvt"))
+        .arg("--share-dir")
+        .arg(share)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The VM's `shared_pages` and `share_peers` metrics and its trace events of kind Shared.
+fn sharing_result(dir: &Path, child: Child) -> (u64, u64, usize) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
+        "{}",
+        describe(&out)
+    );
+    let text = std::fs::read_to_string(dir.join("metrics.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let t = &m["tiers"];
+    let (_header, records) = tiering::trace::read_all(dir.join("run.tvt")).unwrap();
+    let shared_events = records
+        .iter()
+        .filter(|a| a.kind == tiering::access::PageKind::Shared)
+        .count();
+    (u(t, "shared_pages"), u(t, "share_peers"), shared_events)
+}
+
+#[test]
+fn two_vms_with_the_same_guest_find_shared_pages_one_alone_none() {
+    let root = workdir("share");
+    let share = root.join("share");
+    let (a, b) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // Each runs ~2 s (peers are re-read once a second), at the same time.
+    let (vm_a, vm_b) = (
+        start_sharing_vm(&a, &share, 7000),
+        start_sharing_vm(&b, &share, 7000),
+    );
+    for (dir, vm) in [(&a, vm_a), (&b, vm_b)] {
+        let (pages, peers, events) = sharing_result(dir, vm);
+        assert!(
+            pages > 0 && peers == 1 && events > 0,
+            "{pages} shared pages, {peers} peers, {events} shared events"
+        );
+    }
+    // Both removed their hash files when they stopped.
+    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 0);
+    let alone = root.join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let vm = start_sharing_vm(&alone, &root.join("share-alone"), 3000);
+    assert_eq!(sharing_result(&alone, vm), (0, 0, 0));
+}

@@ -53,6 +53,8 @@ pub struct TieredRequest {
     pub ram_budget_bytes: Option<u64>,
     pub trace_out: Option<PathBuf>,
     pub advisor: String,
+    /// `--share-dir`: content hashes shared with other VMs (page kind Shared).
+    pub share_dir: Option<PathBuf>,
 }
 
 impl TieredRequest {
@@ -83,6 +85,7 @@ impl TieredRequest {
             ram_budget_bytes,
             trace_out: trace_out.cloned(),
             advisor: advisor.to_string(),
+            share_dir: None,
         }))
     }
 }
@@ -296,6 +299,7 @@ pub fn attach(
         .max(1);
     let mut options = TieringOptions::new(request.tiers, budget);
     options.trace_out = request.trace_out;
+    options.share_dir = request.share_dir;
     options.advisor_name = request.advisor;
     let cpus = tiering::uffd::online_cpus();
     options.handler_cpu = Some(0);

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Paging advisor: none (CLOCK demand paging), lru, lfu, stride, leap, gru.
     #[arg(long, value_name = "NAME", default_value = "none")]
     pub advisor: String,
+    /// Directory where tiered VMs publish page content hashes; pages another live
+    /// VM also holds are kind "shared" in the trace and metrics (default: off).
+    #[arg(long, value_name = "DIR", requires = "tiers")]
+    pub share_dir: Option<PathBuf>,
 }
 
 /// Bad input or a host that cannot run the request: one line, exit status 2.
@@ -231,7 +235,10 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         args.trace_out.as_ref(),
         &args.advisor,
     ) {
-        Ok(r) => r,
+        Ok(r) => r.map(|mut r| {
+            r.share_dir = args.share_dir.clone();
+            r
+        }),
         Err(e) => return super::usage_error(e),
     };
     let kvm = match open_kvm(args.vcpus) {
@@ -325,6 +332,7 @@ mod tests {
             ram_budget: None,
             trace_out: None,
             advisor: "none".into(),
+            share_dir: None,
         }
     }
 
