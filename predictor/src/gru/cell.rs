@@ -353,7 +353,7 @@ impl GruCell {
     fn dispatch(&self, xs: &[f32], hs: &mut [f32], probs: &mut [f32], scratch: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         match self.isa {
-            Isa::Portable => step_rows::<Unfused, 4>(self, xs, hs, probs, scratch),
+            Isa::Portable => step_rows::<Unfused, 2, false>(self, xs, hs, probs, scratch),
             // SAFETY: `isa` is only ever set to an instruction set that
             // `Isa::available()` found on this CPU (`from_weights`, `with_isa`).
             Isa::Avx2Fma => unsafe { x86::step_avx2(self, xs, hs, probs, scratch) },
@@ -361,7 +361,7 @@ impl GruCell {
             Isa::Avx512 => unsafe { x86::step_avx512(self, xs, hs, probs, scratch) },
         }
         #[cfg(not(target_arch = "x86_64"))]
-        step_rows::<Unfused, 4>(self, xs, hs, probs, scratch);
+        step_rows::<Unfused, 2, false>(self, xs, hs, probs, scratch);
     }
 }
 
@@ -385,7 +385,7 @@ mod x86 {
         probs: &mut [f32],
         scratch: &mut [f32],
     ) {
-        step_rows::<Fused, 4>(cell, xs, hs, probs, scratch);
+        step_rows::<Fused, 4, false>(cell, xs, hs, probs, scratch);
     }
 
     /// [`step_rows`] compiled for AVX-512.
@@ -397,7 +397,7 @@ mod x86 {
         probs: &mut [f32],
         scratch: &mut [f32],
     ) {
-        step_rows::<Fused, 4>(cell, xs, hs, probs, scratch);
+        step_rows::<Fused, 4, true>(cell, xs, hs, probs, scratch);
     }
 }
 
@@ -426,7 +426,7 @@ impl MulAdd for Unfused {
 
 /// Step all rows in tiles of `MR` rows, the remainder one row at a time.
 #[inline(always)]
-fn step_rows<M: MulAdd, const MR: usize>(
+fn step_rows<M: MulAdd, const MR: usize, const SPLIT: bool>(
     cell: &GruCell,
     xs: &[f32],
     hs: &mut [f32],
@@ -443,20 +443,20 @@ fn step_rows<M: MulAdd, const MR: usize>(
         .zip(hs_tiles.chunks_exact_mut(MR * h))
         .zip(p_tiles.chunks_exact_mut(MR))
     {
-        step_tile::<M, MR>(cell, x, hh, p, scratch);
+        step_tile::<M, MR, SPLIT>(cell, x, hh, p, scratch);
     }
     for ((x, hh), p) in xs_rest
         .chunks_exact(f)
         .zip(hs_rest.chunks_exact_mut(h))
         .zip(p_rest.chunks_exact_mut(1))
     {
-        step_tile::<M, 1>(cell, x, hh, p, scratch);
+        step_tile::<M, 1, SPLIT>(cell, x, hh, p, scratch);
     }
 }
 
 /// Step `R` rows: the two gate products, then the element-wise gate update and head.
 #[inline(always)]
-fn step_tile<M: MulAdd, const R: usize>(
+fn step_tile<M: MulAdd, const R: usize, const SPLIT: bool>(
     cell: &GruCell,
     xs: &[f32],
     hs: &mut [f32],
@@ -467,8 +467,8 @@ fn step_tile<M: MulAdd, const R: usize>(
     let (gx, rest) = scratch.split_at_mut(MAX_MR * cell.cols);
     let (gh, pack) = rest.split_at_mut(MAX_MR * cell.cols);
     let (gx, gh) = (&mut gx[..R * cols], &mut gh[..R * cols]);
-    gate_product::<M, R>(xs, cell.f, &cell.wx, &cell.bx, cols, pack, gx);
-    gate_product::<M, R>(hs, cell.h, &cell.wh, &cell.bh, cols, pack, gh);
+    gate_product::<M, R, SPLIT>(xs, cell.f, &cell.wx, &cell.bx, cols, pack, gx);
+    gate_product::<M, R, SPLIT>(hs, cell.h, &cell.wh, &cell.bh, cols, pack, gh);
     for (((h, p), gx), gh) in hs
         .chunks_exact_mut(cell.h)
         .zip(probs.iter_mut())
@@ -482,7 +482,7 @@ fn step_tile<M: MulAdd, const R: usize>(
 /// `out[r][..] = bias + a[r][..k] . w` for `R` rows: `a` is `R x k` row-major, `w`
 /// is in `[cols / NR][k][NR]` panels, `out` is `R x cols`.
 #[inline(always)]
-fn gate_product<M: MulAdd, const R: usize>(
+fn gate_product<M: MulAdd, const R: usize, const SPLIT: bool>(
     a: &[f32],
     k: usize,
     w: &[f32],
@@ -507,15 +507,43 @@ fn gate_product<M: MulAdd, const R: usize>(
         for row in acc.iter_mut() {
             row.copy_from_slice(bp);
         }
-        for (wk, ak) in wp.chunks_exact(NR).zip(pack.chunks_exact(R)) {
-            for (acc_r, &av) in acc.iter_mut().zip(ak) {
-                for (a, &wv) in acc_r.iter_mut().zip(wk) {
-                    *a = M::mul_add(av, wv, *a);
+        if SPLIT {
+            // Even and odd k into separate accumulators: twice the independent
+            // multiply-add chains, to cover the FMA latency when R rows of one
+            // vector each are too few (AVX-512). Two loops of R rows each, not one
+            // of 2R, so LLVM still unrolls them fully.
+            let mut odd = [[0.0f32; NR]; R];
+            let (wpairs, pairs) = (wp.chunks_exact(2 * NR), pack.chunks_exact(2 * R));
+            let (wlast, alast) = (wpairs.remainder(), pairs.remainder());
+            for (wk, ak) in wpairs.zip(pairs) {
+                mul_add_rows::<M, R>(&mut acc, &ak[..R], &wk[..NR]);
+                mul_add_rows::<M, R>(&mut odd, &ak[R..], &wk[NR..]);
+            }
+            if !alast.is_empty() {
+                mul_add_rows::<M, R>(&mut acc, alast, wlast);
+            }
+            for (a, o) in acc.iter_mut().zip(&odd) {
+                for (x, y) in a.iter_mut().zip(o) {
+                    *x += y;
                 }
+            }
+        } else {
+            for (wk, ak) in wp.chunks_exact(NR).zip(pack.chunks_exact(R)) {
+                mul_add_rows::<M, R>(&mut acc, ak, wk);
             }
         }
         for (r, acc_r) in acc.iter().enumerate() {
             out[r * cols + p * NR..r * cols + (p + 1) * NR].copy_from_slice(acc_r);
+        }
+    }
+}
+
+/// `acc[r][..] += a[r] * w[..]` for the `R` rows of a tile.
+#[inline(always)]
+fn mul_add_rows<M: MulAdd, const R: usize>(acc: &mut [[f32; NR]; R], a: &[f32], w: &[f32]) {
+    for (acc_r, &av) in acc.iter_mut().zip(a) {
+        for (x, &wv) in acc_r.iter_mut().zip(w) {
+            *x = M::mul_add(av, wv, *x);
         }
     }
 }
