@@ -166,6 +166,14 @@ fn main() {
         println!("| {name} | {blocks:.2} | {pages:.1} |");
     }
 
+    // What swapping in new weights costs (online learning rebuilds the cell).
+    let model = AccessModel::with_input(16, 32, &Device::flex());
+    let rebuild = median_ns(budget, 1, || {
+        std::hint::black_box(GruCell::from_model(&model));
+    });
+    println!();
+    println!("GruCell::from_model (16->32): {:.1} us", rebuild / 1e3);
+
     // Steady state: after a first call has grown the thread's scratch, a step of any
     // batch size allocates nothing.
     let (name, cell) = &shapes[0];

@@ -560,7 +560,7 @@ fn update_row<M: MulAdd>(cell: &GruCell, gx: &[f32], gh: &[f32], h: &mut [f32]) 
     let mut j = 0;
     while j < n {
         let len = NR.min(n - j);
-        // Gate inputs z, r, n from both products, the state and the head's weights.
+        // Gate inputs z, r, n from both products, and the head's weights.
         let sources = [
             &gx[j..j + len],
             &gh[j..j + len],
@@ -570,37 +570,43 @@ fn update_row<M: MulAdd>(cell: &GruCell, gx: &[f32], gh: &[f32], h: &mut [f32]) 
             &gh[2 * n + j..2 * n + j + len],
             &cell.head_w[j..j + len],
         ];
-        let mut lanes = [[0.0f32; NR]; 7];
-        let mut state = [0.0f32; NR];
-        if len == NR {
-            // Constant-size copies compile to a few vector moves, not memmove calls.
-            for (lane, src) in lanes.iter_mut().zip(sources) {
-                *lane = src.try_into().unwrap_or([0.0; NR]);
+        let full = match (
+            <&mut [f32; NR]>::try_from(&mut h[j..j + len]),
+            sources.map(<&[f32; NR]>::try_from),
+        ) {
+            // A full block is used in place (fixed-size references, no copies).
+            (Ok(state), [Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f), Ok(g)]) => {
+                update_lanes::<M>([a, b, c, d, e, f, g], state, &mut logit, clip);
+                true
             }
-            state = h[j..j + NR].try_into().unwrap_or([0.0; NR]);
-        } else {
+            _ => false,
+        };
+        if !full {
+            // The last, partial block goes through zero-padded copies (padded units
+            // have zero head weight, so they add nothing to the logit).
+            let mut lanes = [[0.0f32; NR]; 7];
             for (lane, src) in lanes.iter_mut().zip(sources) {
                 lane[..len].copy_from_slice(src);
             }
-            state[..len].copy_from_slice(&h[j..j + len]);
+            let mut padded = [0.0f32; NR];
+            padded[..len].copy_from_slice(&h[j..j + len]);
+            let [a, b, c, d, e, f, g] = &lanes;
+            update_lanes::<M>([a, b, c, d, e, f, g], &mut padded, &mut logit, clip);
+            h[j..j + len].copy_from_slice(&padded[..len]);
         }
-        update_lanes::<M>(&lanes, &mut state, &mut logit, clip);
-        h[j..j + len].copy_from_slice(&state[..len]);
         j += len;
     }
     sigmoid::<M>(lane_sum(logit) + cell.head_b)
 }
 
-/// [`NR`] units of the GRU update, and their part of the head's dot product. Padded
-/// units have zero head weight, so they add nothing to `logit`.
+/// [`NR`] units of the GRU update, and their part of the head's dot product.
 #[inline(always)]
 fn update_lanes<M: MulAdd>(
-    lanes: &[[f32; NR]; 7],
+    [xz, hz, xr, hr, xn, hn, head]: [&[f32; NR]; 7],
     state: &mut [f32; NR],
     logit: &mut [f32; NR],
     (lo, hi): (f32, f32),
 ) {
-    let [xz, hz, xr, hr, xn, hn, head] = lanes;
     for j in 0..NR {
         let z = sigmoid::<M>(xz[j] + hz[j]);
         let r = sigmoid::<M>(xr[j] + hr[j]);
