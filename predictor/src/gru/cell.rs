@@ -452,6 +452,10 @@ fn step_rows<M: MulAdd, const MR: usize, const SPLIT: bool>(
     {
         step_tile::<M, 1, SPLIT>(cell, x, hh, p, scratch);
     }
+    // The tiles left logits; one pass over all rows vectorises the head's sigmoid.
+    for p in probs.iter_mut() {
+        *p = sigmoid::<M>(*p);
+    }
 }
 
 /// Step `R` rows: the two gate products, then the element-wise gate update and head.
@@ -548,7 +552,7 @@ fn mul_add_rows<M: MulAdd, const R: usize>(acc: &mut [[f32; NR]; R], a: &[f32], 
     }
 }
 
-/// Gate non-linearities and the state update for one row; returns the probability.
+/// Gate non-linearities and the state update for one row; returns the head's logit.
 /// Works in fixed blocks of [`NR`] units (the last one zero-padded through a copy):
 /// a loop over a runtime `h` lets LLVM pick a vector width times unroll larger than
 /// `h` itself and run everything in its scalar remainder loop.
@@ -596,7 +600,7 @@ fn update_row<M: MulAdd>(cell: &GruCell, gx: &[f32], gh: &[f32], h: &mut [f32]) 
         }
         j += len;
     }
-    sigmoid::<M>(lane_sum(logit) + cell.head_b)
+    lane_sum(logit) + cell.head_b
 }
 
 /// [`NR`] units of the GRU update, and their part of the head's dot product.
