@@ -496,10 +496,11 @@ fn gate_product<M: MulAdd, const R: usize, const SPLIT: bool>(
     out: &mut [f32],
 ) {
     // Transpose the tile's inputs to `[k][R]` so the inner loop reads them in order.
+    // (Written store-contiguous: the other loop order vectorised into scatters.)
     let pack = &mut pack[..k * R];
-    for (r, row) in a.chunks_exact(k).enumerate().take(R) {
-        for (kk, &v) in row.iter().enumerate() {
-            pack[kk * R + r] = v;
+    for (kk, dst) in pack.chunks_exact_mut(R).enumerate() {
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = a[r * k + kk];
         }
     }
     for (p, (wp, bp)) in w
