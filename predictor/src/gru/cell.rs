@@ -1,6 +1,7 @@
 //! A hand-written GRU inference cell: the [`AccessModel`]'s GRU -> linear -> sigmoid,
-//! in plain Rust f32, so stepping a batch of blocks costs tens of ns per row instead
-//! of burn's per-call tensor overhead (~0.2 ms for a step of a few dozen blocks).
+//! in plain Rust f32, with no burn at inference: ~70-190 ns per row on this host
+//! (8->16 to 16->32, AVX-512) and ~0.35 us for a single row, where burn's `step`
+//! costs ~10 us per call plus 0.4-1.9 us per row.
 //!
 //! It computes exactly burn 0.22's `Gru` (reset gate applied after the hidden
 //! product, as in PyTorch):
