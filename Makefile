@@ -61,6 +61,11 @@ bench-predict: build
 	$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 $(OUT)/traces/eval/*.tvt
 	$(CARGO) run --release -p predictor --example gru_cost
 
+# Pattern-change detection on spliced evaluation traces with known change points (docs/anomaly.md).
+bench-anomaly: build
+	@ls $(OUT)/traces/eval/*.tvt >/dev/null 2>&1 || { echo "make bench-anomaly: no traces in $(OUT)/traces/eval (make traces)" >&2; exit 1; }
+	$(CARGO) run --release -p predictor --example anomaly_eval -- --set eval
+
 clean:
 	$(CARGO) clean
 	rm -rf $(OUT) resources/testguest/target

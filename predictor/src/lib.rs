@@ -2,6 +2,8 @@
 //! (baselines, the GRU) and the replay simulator that compares them.
 
 pub mod baselines;
+#[cfg(feature = "gru")]
+pub mod changepoints;
 pub mod replay;
 
 pub use replay::registry::{

@@ -1,0 +1,136 @@
+//! Pattern-change detection on real-program traces with known injected change points
+//! (`make bench-anomaly`): splices of the evaluation traces (program switches, scan
+//! storms) replayed with `gru` through the replay simulator, scored per splice.
+//!
+//! Usage: anomaly_eval [--set eval|train] [--tolerance WINDOWS] [--take RECORDS]
+//!                     [--detector default|baseline] [--confirm-z Z]
+//! `eval` (the default) splices the evaluation traces, which neither the base model nor
+//! the detector's tuning saw; `train` splices the training traces (used for tuning).
+//! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use predictor::changepoints::{build_splice, evaluate, format_table, Part, SpliceResult};
+use predictor::gru::anomaly::AnomalyConfig;
+use predictor::gru::GruOptions;
+use predictor::replay::ReplayConfig;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("anomaly_eval: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a number")),
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tolerance: u64 = arg(&args, "--tolerance", 16)?;
+    let take: usize = arg(&args, "--take", 2_000_000)?;
+    let skip = 1_000_000;
+    let word = |name: &str, default: &'static str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default.to_string(), String::clone)
+    };
+    let detector = word("--detector", "default");
+    let set = word("--set", "eval");
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/out/traces"
+    ))
+    .join(&set);
+    let prog = |name: &str| Part::Trace {
+        path: dir.join(format!("{name}.tvt")),
+        skip,
+        take,
+    };
+    // A program streaming through 16 MiB it never touched before, 32 loads per page.
+    let storm = Part::ScanStorm {
+        pages: 4096,
+        touches: 32,
+        gap: 4,
+    };
+    let eval_splices = [
+        ("gzip|sort-text", vec![prog("gzip"), prog("sort-text")]),
+        (
+            "awk|grep|storm",
+            vec![prog("awk-wordfreq"), prog("grep-regex"), storm.clone()],
+        ),
+        (
+            "sqlite-join|storm|gzip",
+            vec![prog("sqlite-join"), storm.clone(), prog("gzip")],
+        ),
+        (
+            "sort-text|awk|grep|sqlite-join",
+            vec![
+                prog("sort-text"),
+                prog("awk-wordfreq"),
+                prog("grep-regex"),
+                prog("sqlite-join"),
+            ],
+        ),
+    ];
+    let train_splices = [
+        ("xz|python-dict", vec![prog("xz"), prog("python-dict")]),
+        (
+            "cc1|storm|sort-numeric",
+            vec![prog("cc1"), storm.clone(), prog("sort-numeric")],
+        ),
+        (
+            "sqlite-insert|xz|cc1",
+            vec![prog("sqlite-insert"), prog("xz"), prog("cc1")],
+        ),
+    ];
+    let splices = match set.as_str() {
+        "eval" => eval_splices.to_vec(),
+        "train" => train_splices.to_vec(),
+        other => return Err(format!("--set {other}: use eval or train").into()),
+    };
+    let model = predictor::gru::base_model_path();
+    let mut opts = GruOptions::from_env();
+    opts.anomaly = match detector.as_str() {
+        "default" => AnomalyConfig::default(),
+        "baseline" => AnomalyConfig::baseline(),
+        other => return Err(format!("--detector {other}: use default or baseline").into()),
+    };
+    opts.anomaly.confirm_z = arg(&args, "--confirm-z", opts.anomaly.confirm_z)?;
+    let cfg = ReplayConfig::default();
+    println!(
+        "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",
+        cfg.ram_fraction, cfg.visibility
+    );
+    let started = Instant::now();
+    let mut results: Vec<SpliceResult> = Vec::new();
+    for (name, parts) in &splices {
+        let splice = build_splice(name, parts)?;
+        let r = evaluate(&splice, &cfg, &model, opts, tolerance)?;
+        println!(
+            "{name}: changes at windows {:?}, detections at {:?}",
+            r.changes.iter().map(|c| c.window).collect::<Vec<_>>(),
+            r.detections
+                .iter()
+                .map(|d| format!("{}{}", d.window, &d.signal[..1]))
+                .collect::<Vec<_>>()
+        );
+        results.push(r);
+    }
+    println!();
+    print!("{}", format_table(&results));
+    println!(
+        "(found = changes with a detection within {tolerance} model windows; delays in model windows and in ms of simulated time; FA/1kw = false alarms per 1,000 model windows; {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
