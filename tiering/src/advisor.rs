@@ -40,4 +40,9 @@ pub trait Advisor: Send {
 
     /// A monitoring window ended at `now_ns`: time to update models.
     fn end_window(&mut self, _now_ns: u64) {}
+
+    /// What became of a prefetched page: first used (`used`), or evicted unused. The
+    /// simulator knows every use; a live VM learns of writes from the dirty log, so an
+    /// advisor must not rely on hearing of every use.
+    fn on_prefetch_outcome(&mut self, _page: PageNumber, _used: bool) {}
 }

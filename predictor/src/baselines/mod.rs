@@ -24,6 +24,7 @@ mod lru;
 mod oracle;
 mod prefetchers;
 mod reap;
+mod workingset;
 
 pub use clock::ClockAdvisor;
 pub use lfu::LfuAdvisor;
@@ -31,6 +32,7 @@ pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};
 pub use prefetchers::{LeapAdvisor, StrideAdvisor};
 pub use reap::ReapAdvisor;
+pub use workingset::{WorkingSet, WorkingSetAdvisor};
 
 /// Probability the baselines report for every page: maps to tier 2 (NVMe) with the
 /// default thresholds.

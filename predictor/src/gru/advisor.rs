@@ -9,8 +9,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
+
+use crate::baselines::{LeapAdvisor, WorkingSet};
 
 use super::anomaly::{AnomalyConfig, AnomalyDetector, AnomalyEvent};
 use super::features::{
@@ -39,8 +42,18 @@ pub struct GruOptions {
     pub samples_per_window: usize,
     /// Reset the hidden states when a pattern change is detected.
     pub reset_on_anomaly: bool,
-    /// Victim order: probability buckets (0 = order by recency only).
-    pub prob_buckets: u32,
+    /// A page the eviction order names gets one more round on the active list when
+    /// its block's probability is at least this (the model expects it soon).
+    pub keep_threshold: f32,
+    /// After a demand fault, follow the fault stream's successor links this deep.
+    pub successor_depth: usize,
+    /// Also prefetch at window ends: previously used pages of likely blocks.
+    pub window_prefetch: bool,
+    /// A prefetch source (a successor link, the fault trend) is used while the share of
+    /// its prefetches that were used, with one used and one wasted as prior, is at least this.
+    pub source_threshold: f32,
+    /// Also take candidates from the fault stream's trend (Leap's majority delta).
+    pub trend_candidates: bool,
     pub online: OnlineConfig,
     pub anomaly: AnomalyConfig,
     pub max_stepped: usize,
@@ -55,13 +68,17 @@ impl Default for GruOptions {
     fn default() -> Self {
         GruOptions {
             prefetch_threshold: 0.9,
-            fault_block_threshold: 0.9,
+            fault_block_threshold: 0.0,
             max_prefetch_per_window: 512,
             prefetch_ram_divisor: 16,
             probability_floor: 0.25,
             samples_per_window: 32,
             reset_on_anomaly: false,
-            prob_buckets: 10,
+            keep_threshold: 1.01,
+            successor_depth: 4,
+            window_prefetch: false,
+            source_threshold: 0.6,
+            trend_candidates: true,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
             max_stepped: FeatureConfig::default().max_stepped,
@@ -87,6 +104,21 @@ impl GruOptions {
         if let Some(f) = var("TIERVISOR_GRU_PROBABILITY_FLOOR").and_then(|v| v.parse().ok()) {
             o.probability_floor = f;
         }
+        if let Some(k) = var("TIERVISOR_GRU_KEEP_THRESHOLD").and_then(|v| v.parse().ok()) {
+            o.keep_threshold = k;
+        }
+        if let Some(d) = var("TIERVISOR_GRU_SUCCESSOR_DEPTH").and_then(|v| v.parse().ok()) {
+            o.successor_depth = d;
+        }
+        if let Some(w) = var("TIERVISOR_GRU_WINDOW_PREFETCH") {
+            o.window_prefetch = w == "1";
+        }
+        if let Some(t) = var("TIERVISOR_GRU_SOURCE_THRESHOLD").and_then(|v| v.parse().ok()) {
+            o.source_threshold = t;
+        }
+        if let Some(w) = var("TIERVISOR_GRU_TREND") {
+            o.trend_candidates = w == "1";
+        }
         o
     }
 }
@@ -104,6 +136,36 @@ pub struct GruStats {
     pub weight_updates: u64,
 }
 
+/// Where a prefetch candidate came from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The page faulted after this page last time.
+    Successor(PageNumber),
+    Trend,
+}
+
+/// Used and wasted prefetches of one source.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outcomes {
+    used: u32,
+    wasted: u32,
+}
+
+impl Outcomes {
+    /// Share used, with one used prefetch as prior: a new source is tried, and one
+    /// that wastes more than it serves is dropped.
+    fn score(self) -> f32 {
+        (self.used + 1) as f32 / (self.used + self.wasted + 1) as f32
+    }
+    fn record(&mut self, used: bool) {
+        if used {
+            self.used += 1;
+        } else {
+            self.wasted += 1;
+        }
+    }
+}
+
 /// The GRU advisor.
 pub struct GruAdvisor {
     fx: FeatureExtractor,
@@ -116,9 +178,19 @@ pub struct GruAdvisor {
     /// Resident pages per block (bit i = page i of the block).
     resident: BlockMap<u64>,
     resident_pages: usize,
-    victim_order: Vec<u64>,
-    victim_cursor: usize,
-    victim_fresh: bool,
+    /// Eviction order: Linux's active/inactive lists with refault activation.
+    lists: WorkingSet,
+    /// For each faulting page, the page that faulted next (temporal correlation).
+    successor: FxHashMap<PageNumber, PageNumber>,
+    last_fault: Option<PageNumber>,
+    candidates: Vec<PageNumber>,
+    /// The fault-trend prefetcher whose candidates are scored too.
+    trend: LeapAdvisor,
+    /// Which source proposed each prefetched page not yet used or evicted.
+    origin: FxHashMap<PageNumber, Source>,
+    /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
+    link_outcomes: FxHashMap<PageNumber, Outcomes>,
+    trend_outcomes: Outcomes,
     prefetch_queue: Vec<PageNumber>,
     prefetch_cursor: usize,
     batch: WindowBatch,
@@ -127,8 +199,8 @@ pub struct GruAdvisor {
     sink: Option<super::collect::SampleSink>,
     /// Driver windows since the model last stepped.
     ticks: u64,
-    /// Block of the most recent demand fault, for fault-driven prefetch.
-    last_fault_block: Option<u64>,
+    /// Page of the most recent demand fault not yet followed by a prefetch call.
+    fault_page: Option<PageNumber>,
     pub stats: GruStats,
 }
 
@@ -148,9 +220,14 @@ impl GruAdvisor {
             prob: BlockMap::default(),
             resident: BlockMap::default(),
             resident_pages: 0,
-            victim_order: Vec::new(),
-            victim_cursor: 0,
-            victim_fresh: false,
+            lists: WorkingSet::default(),
+            successor: FxHashMap::default(),
+            last_fault: None,
+            candidates: Vec::new(),
+            trend: LeapAdvisor::new(),
+            origin: FxHashMap::default(),
+            link_outcomes: FxHashMap::default(),
+            trend_outcomes: Outcomes::default(),
             prefetch_queue: Vec::new(),
             prefetch_cursor: 0,
             batch: WindowBatch::default(),
@@ -158,7 +235,7 @@ impl GruAdvisor {
             detector: AnomalyDetector::new(opts.anomaly),
             sink: None,
             ticks: 0,
-            last_fault_block: None,
+            fault_page: None,
             stats: GruStats::default(),
         }
     }
@@ -323,48 +400,11 @@ impl GruAdvisor {
         self.opts.max_prefetch_per_window.min(by_ram)
     }
 
-    /// Resident blocks ordered least wanted first: blocks no longer stepped (cold, by
-    /// last touch), then stepped blocks by probability bucket, then by last touch.
-    fn rebuild_victims(&mut self) {
-        let buckets = self.opts.prob_buckets as f32;
-        let fx = &self.fx;
-        let prob = &self.prob;
-        let mut keyed: Vec<(u32, u64, u64)> = self
-            .resident
-            .iter()
-            .filter(|(_, m)| **m != 0)
-            .map(|(&b, _)| {
-                let last = fx
-                    .blocks
-                    .get(&b)
-                    .map_or(0, |t| t.last_touch.wrapping_add(1));
-                let bucket = prob.get(&b).map_or(0, |p| 1 + (p * buckets) as u32);
-                (bucket, last, b)
-            })
-            .collect();
-        keyed.sort_unstable();
-        self.victim_order = keyed.into_iter().map(|k| k.2).collect();
-        self.victim_cursor = 0;
-        self.victim_fresh = true;
-    }
-
-    fn emit_victims(&mut self, n: usize, out: &mut Vec<PageNumber>, skip_hot: bool) {
-        let bp = self.block_pages();
-        let start = out.len();
-        while out.len() - start < n && self.victim_cursor < self.victim_order.len() {
-            let b = self.victim_order[self.victim_cursor];
-            let mask = self.resident.get(&b).copied().unwrap_or(0);
-            if mask == 0 || (skip_hot && self.fx.touched_now(b * bp)) {
-                self.victim_cursor += 1;
-                continue;
-            }
-            for bit in 0..bp {
-                if mask >> bit & 1 == 1 && out.len() - start < n {
-                    out.push(b * bp + bit);
-                }
-            }
-            self.victim_cursor += 1;
-        }
+    fn block_probability(&self, page: PageNumber) -> f32 {
+        self.prob
+            .get(&self.fx.cfg.block_of(page))
+            .copied()
+            .unwrap_or(0.0)
     }
 }
 
@@ -375,12 +415,25 @@ impl Advisor for GruAdvisor {
 
     fn on_access(&mut self, access: &Access, resident: bool) {
         self.fx.on_access(access);
+        self.lists.on_access(access.page, resident);
+        if self.opts.trend_candidates {
+            self.trend.on_access(access, resident);
+        }
         if !resident {
-            self.last_fault_block = Some(self.fx.cfg.block_of(access.page));
+            let page = access.page;
+            if let Some(prev) = self.last_fault.filter(|&p| p != page) {
+                self.successor.insert(prev, page);
+            }
+            self.last_fault = Some(page);
+            self.fault_page = Some(page);
         }
     }
 
-    fn on_fill(&mut self, page: PageNumber, _prefetched: bool) {
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.lists.on_fill(page, prefetched);
+        if self.opts.trend_candidates {
+            self.trend.on_fill(page, prefetched);
+        }
         let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
         let m = self.resident.entry(b).or_insert(0);
         if *m >> bit & 1 == 0 {
@@ -390,6 +443,11 @@ impl Advisor for GruAdvisor {
     }
 
     fn on_evict(&mut self, page: PageNumber) {
+        self.lists.on_evict(page);
+        self.origin.remove(&page);
+        if self.opts.trend_candidates {
+            self.trend.on_evict(page);
+        }
         let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
         if let Some(m) = self.resident.get_mut(&b) {
             if *m >> bit & 1 == 1 {
@@ -403,49 +461,105 @@ impl Advisor for GruAdvisor {
     }
 
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        // The working-set order names candidates; pages of blocks the model expects
+        // soon get one more round on the active list (at most n per call, so the
+        // loop ends), the rest are the victims.
+        let mut cands = std::mem::take(&mut self.candidates);
+        cands.clear();
+        // Candidates stay on the lists until evicted, so one call names enough of them.
+        self.lists.victims(2 * n + 8, &mut cands);
         let start = out.len();
-        if !self.victim_fresh || self.victim_cursor >= self.victim_order.len() {
-            self.rebuild_victims();
+        let mut kept = 0;
+        for &page in &cands {
+            if out.len() - start >= n {
+                break;
+            }
+            if kept < n && self.block_probability(page) >= self.opts.keep_threshold {
+                self.lists.activate(page);
+                kept += 1;
+            } else {
+                out.push(page);
+            }
         }
-        self.emit_victims(n, out, true);
-        if out.len() - start < n {
-            // Everything left was touched in this window: fall back to any resident page.
-            self.rebuild_victims();
-            let got = out.len() - start;
-            self.emit_victims(n - got, out, false);
+        // Everything named is expected soon: evict the least recent anyway.
+        for &page in &cands {
+            if out.len() - start >= n {
+                break;
+            }
+            if !out[start..].contains(&page) {
+                out.push(page);
+            }
         }
+        self.candidates = cands;
     }
 
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        let mut given = 0;
-        // Right after a fault: the rest of the faulting block, if the model expects it.
-        let cap = self.prefetch_cap();
-        if let Some(b) = self.last_fault_block.take() {
-            if self
-                .prob
-                .get(&b)
-                .is_some_and(|&p| p >= self.opts.fault_block_threshold)
-            {
-                let bp = self.block_pages();
-                let ever = self.fx.blocks.get(&b).map_or(0, |t| t.ever_mask);
-                let missing = ever & !self.resident.get(&b).copied().unwrap_or(0);
-                for bit in 0..bp {
-                    if given < max.min(cap) && missing >> bit & 1 == 1 {
-                        out.push(b * bp + bit);
-                        given += 1;
+        let start = out.len();
+        let cap = self.prefetch_cap().min(max);
+        // Right after a demand fault: the pages that faulted after it last time, as far
+        // as the model expects their blocks to be used.
+        if let Some(mut page) = self.fault_page.take() {
+            for _ in 0..self.opts.successor_depth {
+                let Some(&next) = self.successor.get(&page) else {
+                    break;
+                };
+                if out.len() - start >= cap {
+                    break;
+                }
+                let link_ok = self
+                    .link_outcomes
+                    .get(&page)
+                    .copied()
+                    .unwrap_or_default()
+                    .score()
+                    >= self.opts.source_threshold;
+                if link_ok
+                    && !self.lists.contains(next)
+                    && !out[start..].contains(&next)
+                    && self.block_probability(next) >= self.opts.fault_block_threshold
+                {
+                    out.push(next);
+                    self.origin.insert(next, Source::Successor(page));
+                }
+                page = next;
+            }
+        }
+        if self.opts.trend_candidates {
+            let mut trend = std::mem::take(&mut self.candidates);
+            trend.clear();
+            self.trend.prefetch(_now_ns, cap, &mut trend);
+            if self.trend_outcomes.score() >= self.opts.source_threshold {
+                for &page in &trend {
+                    if out.len() - start >= cap {
+                        break;
+                    }
+                    if !self.lists.contains(page)
+                        && !out[start..].contains(&page)
+                        && self.block_probability(page) >= self.opts.fault_block_threshold
+                    {
+                        out.push(page);
+                        self.origin.entry(page).or_insert(Source::Trend);
                     }
                 }
             }
+            self.candidates = trend;
         }
-        while given < max && self.prefetch_cursor < self.prefetch_queue.len() {
+        while out.len() - start < max && self.prefetch_cursor < self.prefetch_queue.len() {
             let page = self.prefetch_queue[self.prefetch_cursor];
             self.prefetch_cursor += 1;
-            let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
-            if self.resident.get(&b).is_some_and(|m| m >> bit & 1 == 1) {
-                continue;
+            if !self.lists.contains(page) && !out[start..].contains(&page) {
+                out.push(page);
             }
-            out.push(page);
-            given += 1;
+        }
+    }
+
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        match self.origin.remove(&page) {
+            Some(Source::Successor(from)) => {
+                self.link_outcomes.entry(from).or_default().record(used)
+            }
+            Some(Source::Trend) => self.trend_outcomes.record(used),
+            None => {}
         }
     }
 
@@ -492,8 +606,9 @@ impl Advisor for GruAdvisor {
             self.model = m;
             self.stats.weight_updates += 1;
         }
-        self.plan_prefetch();
-        self.victim_fresh = false;
+        if self.opts.window_prefetch {
+            self.plan_prefetch();
+        }
         if window % 64 == 63 {
             let resident = &self.resident;
             self.fx.prune(|b| resident.contains_key(&b));

@@ -239,6 +239,10 @@ fn inline_opts() -> GruOptions {
             ..OnlineConfig::default()
         },
         prefetch_threshold: 0.8,
+        // The model-driven plan (off by default: it lost on the evaluation traces).
+        window_prefetch: true,
+        successor_depth: 0,
+        trend_candidates: false,
         min_window_events: 1,
         // The loop's next window is a quarter of RAM: let the plan cover it.
         prefetch_ram_divisor: 1,

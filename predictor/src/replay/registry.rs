@@ -8,12 +8,20 @@ use tiering::advisor::Advisor;
 
 use crate::baselines::{
     ClockAdvisor, LeapAdvisor, LfuAdvisor, LruAdvisor, OracleAdvisor, OracleFuture, ReapAdvisor,
-    StrideAdvisor,
+    StrideAdvisor, WorkingSetAdvisor,
 };
 
 /// Names `make_advisor` knows, in the order reports list them.
 pub const ADVISOR_NAMES: &[&str] = &[
-    "gru", "leap", "stride", "lru", "lfu", "none", "reap", "oracle",
+    "gru",
+    "leap",
+    "stride",
+    "lru",
+    "lfu",
+    "none",
+    "reap",
+    "oracle",
+    "workingset",
 ];
 
 /// What an advisor may know before the replay starts.
@@ -57,6 +65,7 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
     Ok(match name {
         "none" => Box::new(ClockAdvisor::new()),
         "lru" => Box::new(LruAdvisor::new()),
+        "workingset" => Box::new(WorkingSetAdvisor::new()),
         "lfu" => Box::new(LfuAdvisor::new()),
         "stride" => Box::new(StrideAdvisor::new()),
         "leap" => Box::new(LeapAdvisor::new()),

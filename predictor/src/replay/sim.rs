@@ -175,6 +175,9 @@ impl Advisor for TimedAdvisor {
     fn end_window(&mut self, now_ns: u64) {
         self.timed(|a| a.end_window(now_ns))
     }
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.timed(|a| a.on_prefetch_outcome(page, used))
+    }
 }
 
 /// Decides which resident pages are zapped in a window, without a list of them:

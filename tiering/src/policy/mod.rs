@@ -309,6 +309,7 @@ impl PagingPolicy {
             self.advisor.on_access(access, true);
             if first_use {
                 self.stats.prefetch_useful += 1;
+                self.advisor.on_prefetch_outcome(page, true);
                 // A prefetch proved useful: the stream goes on, as the kernel's async
                 // readahead does when a PG_readahead page is hit.
                 if self.config.max_prefetch_per_fault > 0 {
@@ -347,6 +348,7 @@ impl PagingPolicy {
         self.stats.unobserved_hits += 1;
         if std::mem::take(&mut entry.prefetched_unused) {
             self.stats.prefetch_useful += 1;
+            self.advisor.on_prefetch_outcome(page, true);
             Some(AccessOutcome::PrefetchHit)
         } else {
             Some(AccessOutcome::Hit)
@@ -579,6 +581,7 @@ impl PagingPolicy {
         };
         if entry.prefetched_unused {
             self.stats.prefetch_wasted += 1;
+            self.advisor.on_prefetch_outcome(page, false);
         }
         let wanted = self
             .config
