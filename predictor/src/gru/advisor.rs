@@ -16,10 +16,11 @@ use tiering::advisor::Advisor;
 use crate::baselines::{LeapAdvisor, WorkingSet};
 
 use super::anomaly::{AnomalyConfig, AnomalyDetector, AnomalyEvent};
+use super::cell::GruCell;
 use super::features::{
     BlockMap, FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES,
 };
-use super::model::{tensor2, to_vec, AccessModel, ModelFileError, ModelMeta};
+use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineConfig, OnlineLearner};
 
 /// Tunables of the advisor (the model's own shape comes from its file).
@@ -75,7 +76,7 @@ impl Default for GruOptions {
             samples_per_window: 32,
             reset_on_anomaly: false,
             keep_threshold: 1.01,
-            successor_depth: 4,
+            successor_depth: 8,
             window_prefetch: false,
             source_threshold: 0.6,
             trend_candidates: true,
@@ -118,6 +119,14 @@ impl GruOptions {
         }
         if let Some(w) = var("TIERVISOR_GRU_TREND") {
             o.trend_candidates = w == "1";
+        }
+        match var("TIERVISOR_GRU_ONLINE").as_deref() {
+            Some("off") => o.online.mode = super::online::OnlineMode::Off,
+            Some("inline") => o.online.mode = super::online::OnlineMode::Inline,
+            _ => {}
+        }
+        if let Some(n) = var("TIERVISOR_GRU_TRAIN_EVERY").and_then(|v| v.parse().ok()) {
+            o.online.train_every = n;
         }
         o
     }
@@ -170,8 +179,10 @@ impl Outcomes {
 pub struct GruAdvisor {
     fx: FeatureExtractor,
     model: AccessModel,
+    /// The model's weights for inference without burn (its per-call overhead was
+    /// most of the advisor's CPU time at these batch sizes).
+    cell: GruCell,
     meta: ModelMeta,
-    device: Device,
     opts: GruOptions,
     hidden: BlockMap<Vec<f32>>,
     prob: BlockMap<f32>,
@@ -212,9 +223,9 @@ impl GruAdvisor {
         let learner = OnlineLearner::new(&model, opts.online);
         GruAdvisor {
             fx: FeatureExtractor::new(cfg),
+            cell: GruCell::from_model(&model),
             model,
             meta,
-            device: Device::flex(),
             opts,
             hidden: BlockMap::default(),
             prob: BlockMap::default(),
@@ -329,11 +340,9 @@ impl GruAdvisor {
             }
         }
         let start = Instant::now();
-        let (new_h, p) = self.model.step(
-            tensor2(xs, n, NUM_FEATURES, &self.device),
-            tensor2(hs, n, h, &self.device),
-        );
-        let (new_h, p) = (to_vec(new_h), to_vec(p));
+        let mut p = vec![0.0f32; n];
+        self.cell.step(&xs, &mut hs, &mut p);
+        let new_h = hs;
         let ns = start.elapsed().as_nanos() as u64;
         self.stats.inference_ns += ns;
         self.stats.max_step_ns = self.stats.max_step_ns.max(ns);
@@ -503,9 +512,6 @@ impl Advisor for GruAdvisor {
                 let Some(&next) = self.successor.get(&page) else {
                     break;
                 };
-                if out.len() - start >= cap {
-                    break;
-                }
                 let link_ok = self
                     .link_outcomes
                     .get(&page)
@@ -513,8 +519,10 @@ impl Advisor for GruAdvisor {
                     .unwrap_or_default()
                     .score()
                     >= self.opts.source_threshold;
-                if link_ok
-                    && !self.lists.contains(next)
+                if !link_ok || out.len() - start >= cap {
+                    break;
+                }
+                if !self.lists.contains(next)
                     && !out[start..].contains(&next)
                     && self.block_probability(next) >= self.opts.fault_block_threshold
                 {
@@ -523,6 +531,10 @@ impl Advisor for GruAdvisor {
                 }
                 page = next;
             }
+            // The chain is expected to be used without faulting, so the next demand
+            // fault follows its last page, not the fault that started it: links then
+            // extend the chain instead of replacing its first link.
+            self.last_fault = Some(page);
         }
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
@@ -603,6 +615,7 @@ impl Advisor for GruAdvisor {
                 .extend(samples.iter().cloned());
         }
         if let Some(m) = self.learner.end_window(samples) {
+            self.cell = GruCell::from_model(&m);
             self.model = m;
             self.stats.weight_updates += 1;
         }

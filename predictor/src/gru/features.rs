@@ -63,7 +63,7 @@ impl Default for FeatureConfig {
             idle_windows: 8,
             seq_len: 8,
             horizon: 2,
-            max_stepped: 3072,
+            max_stepped: 16384,
         }
     }
 }
