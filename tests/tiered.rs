@@ -30,7 +30,9 @@ struct NbdServer {
 }
 
 impl NbdServer {
-    fn start(dir: &Path) -> Self {
+    /// `clients`: connections qemu-nbd serves at once (`-e`): 2 lets the migrator
+    /// thread have its own; with 1 the fault handler migrates tier 5 itself.
+    fn start(dir: &Path, clients: u32) -> Self {
         let image = dir.join("tier5.img");
         let status = Command::new("qemu-img")
             .args(["create", "-q", "-f", "raw"])
@@ -44,6 +46,8 @@ impl NbdServer {
             .arg("-k")
             .arg(&socket)
             .args(["-f", "raw", "-x", "", "--cache=none", "--persistent"])
+            .arg("-e")
+            .arg(clients.to_string())
             .arg(&image)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -117,7 +121,7 @@ fn u(v: &serde_json::Value, key: &str) -> u64 {
 #[test]
 fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
     let dir = workdir("workloads");
-    let _nbd = NbdServer::start(&dir);
+    let _nbd = NbdServer::start(&dir, 2);
     let mut total_evictions = 0;
     let mut faults_per_tier = [0u64; 6];
     for (workload, iters) in [
@@ -277,7 +281,8 @@ fn a_missing_nbd_server_is_a_clear_error() {
 #[test]
 fn losing_the_nbd_server_stops_the_vm_with_a_clear_error() {
     let dir = workdir("nbdloss");
-    let mut nbd = NbdServer::start(&dir);
+    // One client: the handler migrates tier 5 itself (the fallback path).
+    let mut nbd = NbdServer::start(&dir, 1);
     let metrics = dir.join("metrics.json");
     let mut child = tiervisor()
         .env("TIERVISOR_WORKDIR", &dir)

@@ -54,7 +54,8 @@ echo "tiervisor demo: tiered memory, RAM budget 25% of the working memory"
 echo
 tiers=$(cd "$(mktemp -d -p target demo-tiers.XXXXXX)" && pwd)
 qemu-img create -q -f raw "$tiers/tier5.img" 1G
-qemu-nbd -k "$tiers/nbd.sock" -f raw -x '' --cache=none --persistent "$tiers/tier5.img" &
+# -e 2: the fault handler and the migrator thread each have their own connection.
+qemu-nbd -k "$tiers/nbd.sock" -f raw -x '' --cache=none --persistent -e 2 "$tiers/tier5.img" &
 nbd_pid=$!
 trap 'kill $nbd_pid 2>/dev/null; rm -rf "$out" "$tiers"' EXIT
 for _ in $(seq 100); do [ -S "$tiers/nbd.sock" ] && break; sleep 0.05; done

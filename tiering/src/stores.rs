@@ -107,7 +107,9 @@ pub(crate) fn open_stores(config: &TierConfig) -> Result<Vec<Option<Store>>, Sto
                     FileBackend::open(&fc).map_err(|source| StoreError::Open { tier, source })?,
                 )
             }
-            TierBackendSpec::Nbd { address, export } => open_nbd(tier, address, export, pages)?,
+            TierBackendSpec::Nbd { address, export } => {
+                open_nbd(tier, address, export, pages, NBD_CONNECT_TIMEOUT)?
+            }
         };
         stores[tier] = Some(Store {
             slots: Slots::new(backend.capacity_pages().min(pages)),
@@ -117,9 +119,11 @@ pub(crate) fn open_stores(config: &TierConfig) -> Result<Vec<Option<Store>>, Sto
     Ok(stores)
 }
 
-/// A second instance of every file-backed storage tier (own descriptor and
-/// io_uring on the same file or device), for the migrator thread. NBD tiers are
-/// `None`: `qemu-nbd` serves one client at a time unless started with `--shared`.
+/// A second instance of every storage tier for the migrator thread: its own
+/// descriptor and io_uring on the same file or device, or its own connection to the
+/// same NBD export. `qemu-nbd` serves one client unless started with `-e N`
+/// (`--shared`); if the second connection is refused or not answered within
+/// [`MIGRATOR_NBD_TIMEOUT`] the tier is `None` and the handler migrates it itself.
 pub(crate) fn open_migrator_backends(
     config: &TierConfig,
 ) -> Result<Vec<Option<Box<dyn TierBackend>>>, StoreError> {
@@ -136,16 +140,29 @@ pub(crate) fn open_migrator_backends(
             }
             let b = FileBackend::open(&fc).map_err(|source| StoreError::Open { tier, source })?;
             backends[tier] = Some(Box::new(b));
+        } else if let TierBackendSpec::Nbd { address, export } = &spec.backend {
+            match open_nbd(tier, address, export, pages, MIGRATOR_NBD_TIMEOUT) {
+                Ok(b) => backends[tier] = Some(b),
+                Err(e) => log::info!(
+                    "{e}: no NBD connection of its own for the migrator, so the fault \
+                     handler migrates tier {tier} (start qemu-nbd with -e 2)"
+                ),
+            }
         }
     }
     Ok(backends)
 }
+
+/// How long the migrator waits for its own NBD connection before leaving the tier to
+/// the handler: a server that allows one client does not answer the handshake.
+const MIGRATOR_NBD_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn open_nbd(
     tier: usize,
     address: &crate::config::NbdAddress,
     export: &str,
     pages: u64,
+    timeout: Duration,
 ) -> Result<Box<dyn TierBackend>, StoreError> {
     let address = match address {
         crate::config::NbdAddress::Unix(p) => backend::NbdAddress::Unix(p.clone()),
@@ -162,10 +179,14 @@ fn open_nbd(
     };
     let mut config = backend::NbdConfig::new(address, export);
     config.capacity_pages = Some(pages);
+    config.connect_timeout = timeout;
     let b = backend::NbdBackend::connect(&config)
         .map_err(|source| StoreError::Open { tier, source })?;
     Ok(Box::new(b))
 }
+
+/// Connecting the handler's NBD tier (the backend's default).
+const NBD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a demand read may take before it counts as failed (an HDD profile with a
 /// deep queue stays far below this; a hung NBD server does not).
