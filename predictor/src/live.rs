@@ -142,6 +142,9 @@ impl Advisor for LiveGru {
     fn probability(&self, page: PageNumber) -> f32 {
         self.inner.probability(page)
     }
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.inner.on_prefetch_outcome(page, used);
+    }
     fn end_window(&mut self, now_ns: u64) {
         self.inner.end_window(now_ns);
         let all = self.inner.anomalies();
