@@ -55,6 +55,9 @@ pub struct GruOptions {
     pub source_threshold: f32,
     /// Also take candidates from the fault stream's trend (Leap's majority delta).
     pub trend_candidates: bool,
+    /// After a first touch next to a recent first touch, prefetch (zero-fill) this many
+    /// never-touched pages further along the run (0: off). Heaps and stacks grow so.
+    pub first_touch_run: u64,
     pub online: OnlineConfig,
     pub anomaly: AnomalyConfig,
     pub max_stepped: usize,
@@ -80,6 +83,7 @@ impl Default for GruOptions {
             window_prefetch: false,
             source_threshold: 0.6,
             trend_candidates: true,
+            first_touch_run: 0,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
             max_stepped: FeatureConfig::default().max_stepped,
@@ -117,6 +121,9 @@ impl GruOptions {
         if let Some(t) = var("TIERVISOR_GRU_SOURCE_THRESHOLD").and_then(|v| v.parse().ok()) {
             o.source_threshold = t;
         }
+        if let Some(n) = var("TIERVISOR_GRU_FIRST_TOUCH_RUN").and_then(|v| v.parse().ok()) {
+            o.first_touch_run = n;
+        }
         if let Some(w) = var("TIERVISOR_GRU_TREND") {
             o.trend_candidates = w == "1";
         }
@@ -151,6 +158,8 @@ enum Source {
     /// The page faulted after this page last time.
     Successor(PageNumber),
     Trend,
+    /// A page never touched, next to a run of first touches.
+    FirstTouch,
 }
 
 /// Used and wasted prefetches of one source.
@@ -202,6 +211,13 @@ pub struct GruAdvisor {
     /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
     link_outcomes: FxHashMap<PageNumber, Outcomes>,
     trend_outcomes: Outcomes,
+    /// Every page ever observed (first touches are not predicted by the other sources).
+    seen: rustc_hash::FxHashSet<PageNumber>,
+    /// The last first-touch faults, most recent last.
+    recent_first_touches: std::collections::VecDeque<PageNumber>,
+    /// Never-touched pages that continue a run of first touches, for the next prefetch.
+    first_touch_candidates: Vec<PageNumber>,
+    first_touch_outcomes: Outcomes,
     prefetch_queue: Vec<PageNumber>,
     prefetch_cursor: usize,
     batch: WindowBatch,
@@ -239,6 +255,10 @@ impl GruAdvisor {
             origin: FxHashMap::default(),
             link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
+            seen: Default::default(),
+            recent_first_touches: Default::default(),
+            first_touch_candidates: Vec::new(),
+            first_touch_outcomes: Outcomes::default(),
             prefetch_queue: Vec::new(),
             prefetch_cursor: 0,
             batch: WindowBatch::default(),
@@ -409,6 +429,37 @@ impl GruAdvisor {
         self.opts.max_prefetch_per_window.min(by_ram)
     }
 
+    /// A first touch of `page`: if it continues a recent first touch at `page -+ 1`,
+    /// the next never-touched pages in that direction become candidates.
+    fn note_first_touch(&mut self, page: PageNumber) {
+        self.first_touch_candidates.clear();
+        let run = self.opts.first_touch_run;
+        if run > 0 {
+            let up = self.recent_first_touches.contains(&page.wrapping_sub(1));
+            let down = self.recent_first_touches.contains(&page.wrapping_add(1));
+            for k in 1..=run {
+                let next = match (up, down) {
+                    (true, _) => page.wrapping_add(k),
+                    (false, true) => page.wrapping_sub(k),
+                    _ => break,
+                };
+                if self.seen.contains(&next) {
+                    break;
+                }
+                self.first_touch_candidates.push(next);
+            }
+        }
+        self.push_first_touch(page);
+    }
+
+    fn push_first_touch(&mut self, page: PageNumber) {
+        const RECENT: usize = 8;
+        if self.recent_first_touches.len() == RECENT {
+            self.recent_first_touches.pop_front();
+        }
+        self.recent_first_touches.push_back(page);
+    }
+
     fn block_probability(&self, page: PageNumber) -> f32 {
         self.prob
             .get(&self.fx.cfg.block_of(page))
@@ -435,6 +486,11 @@ impl Advisor for GruAdvisor {
             }
             self.last_fault = Some(page);
             self.fault_page = Some(page);
+            if self.seen.insert(page) {
+                self.note_first_touch(page);
+            }
+        } else {
+            self.seen.insert(access.page);
         }
     }
 
@@ -536,6 +592,22 @@ impl Advisor for GruAdvisor {
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
         }
+        if self.first_touch_outcomes.score() >= self.opts.source_threshold {
+            for i in 0..self.first_touch_candidates.len() {
+                let page = self.first_touch_candidates[i];
+                if out.len() - start >= cap {
+                    break;
+                }
+                if !self.lists.contains(page) && !out[start..].contains(&page) {
+                    out.push(page);
+                    self.origin.insert(page, Source::FirstTouch);
+                    // Expected to be first-touched without a fault: the run goes on
+                    // from here, as successor chains do.
+                    self.push_first_touch(page);
+                }
+            }
+        }
+        self.first_touch_candidates.clear();
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
             trend.clear();
@@ -571,6 +643,7 @@ impl Advisor for GruAdvisor {
                 self.link_outcomes.entry(from).or_default().record(used)
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
+            Some(Source::FirstTouch) => self.first_touch_outcomes.record(used),
             None => {}
         }
     }

@@ -250,15 +250,85 @@ fn inline_opts() -> GruOptions {
     }
 }
 
+/// `trace` through the replay simulator and PagingPolicy (what `tiervisor replay`
+/// and the VMM use) with `ram_pages` of RAM and the default (sampled) visibility.
+fn replay_in_sim(
+    trace: &[tiering::access::Access],
+    advisor: Box<dyn tiering::advisor::Advisor>,
+    ram_pages: usize,
+) -> crate::replay::AdvisorReport {
+    use crate::replay::registry::ReplayContext;
+    use crate::replay::{replay_advisor, ReplayConfig, TraceInput};
+    let distinct: std::collections::HashSet<u64> = trace.iter().map(|a| a.page).collect();
+    let input = TraceInput::Memory {
+        accesses: trace.to_vec().into(),
+        clock: tiering::trace::Clock::Nanoseconds,
+    };
+    let ctx = ReplayContext {
+        ram_budget_pages: ram_pages,
+        distinct_pages: distinct.len() as u64,
+        ..ReplayContext::default()
+    };
+    let name = advisor.name().to_string();
+    replay_advisor(
+        &input,
+        advisor,
+        &name,
+        &ReplayConfig::default(),
+        &ctx,
+        tiering::trace::Clock::Nanoseconds,
+        4096,
+    )
+    .unwrap()
+}
+
+#[test]
+fn first_touch_runs_are_prefetched_when_enabled() {
+    // A heap growing one page at a time, each new page used a few times: with the
+    // first-touch source on, most first touches are prefetched zero-fills.
+    let mut trace = Vec::new();
+    for (i, page) in (0..2000u64)
+        .flat_map(|p| std::iter::repeat_n(1000 + p, 4))
+        .enumerate()
+    {
+        trace.push(tiering::access::Access {
+            time_ns: i as u64 * 1000,
+            page,
+            vcpu: 0,
+            op: tiering::access::AccessOp::Write,
+            kind: tiering::access::PageKind::Data,
+            source: tiering::access::AccessSource::Full,
+        });
+    }
+    let (model, meta) = tiny_model();
+    let run = |first_touch_run| {
+        let opts = GruOptions {
+            first_touch_run,
+            online: OnlineConfig {
+                mode: OnlineMode::Off,
+                ..OnlineConfig::default()
+            },
+            ..GruOptions::default()
+        };
+        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+        replay_in_sim(&trace, Box::new(adv), 256)
+    };
+    let (off, on) = (run(0), run(2));
+    // Measured: 724 cold faults against 1,311 (the trend source alone); with a run of
+    // 2 at most two of every three first touches can be prefetched.
+    assert!(
+        on.cold_faults * 3 < off.cold_faults * 2,
+        "off {off:?} on {on:?}"
+    );
+    assert!(on.accuracy >= 0.9, "on {on:?}");
+}
+
 #[test]
 fn advisor_learns_a_repeating_pattern_and_beats_clock() {
     // A loop over 1,024 pages with RAM for 512, replayed through the same simulator and
     // PagingPolicy as `tiervisor replay` (sampled visibility): CLOCK faults on every
     // access; the GRU advisor follows the fault stream's successor chain ahead of the
     // loop. Base model pre-trained on a loop of another size, online learning inline.
-    use crate::replay::registry::ReplayContext;
-    use crate::replay::{replay_advisor, ReplayConfig, TraceInput};
-    use tiering::advisor::Advisor;
     let trace = generate(
         Pattern::Loop {
             base: 4096,
@@ -280,30 +350,8 @@ fn advisor_learns_a_repeating_pattern_and_beats_clock() {
         },
         ..GruOptions::default()
     };
-    let input = TraceInput::Memory {
-        accesses: trace.into(),
-        clock: tiering::trace::Clock::Nanoseconds,
-    };
-    let ctx = ReplayContext {
-        ram_budget_pages: 512,
-        distinct_pages: 1024,
-        ..ReplayContext::default()
-    };
-    let cfg = ReplayConfig::default();
-    let run = |adv: Box<dyn Advisor>, name: &str| {
-        replay_advisor(
-            &input,
-            adv,
-            name,
-            &cfg,
-            &ctx,
-            tiering::trace::Clock::Nanoseconds,
-            4096,
-        )
-        .unwrap()
-    };
-    let g = run(Box::new(GruAdvisor::new(model, meta, opts)), "gru");
-    let c = run(Box::new(crate::baselines::ClockAdvisor::new()), "none");
+    let g = replay_in_sim(&trace, Box::new(GruAdvisor::new(model, meta, opts)), 512);
+    let c = replay_in_sim(&trace, Box::new(crate::baselines::ClockAdvisor::new()), 512);
     // Measured 23,359 faults against CLOCK's ~59,000, accuracy 0.84: the chain runs
     // ahead of the loop; wasted prefetches are chain pages evicted before their turn.
     assert!(
