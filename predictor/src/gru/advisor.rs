@@ -53,6 +53,9 @@ pub struct GruOptions {
     /// A prefetch source (a successor link, the fault trend) is used while the share of
     /// its prefetches that were used, with one used and one wasted as prior, is at least this.
     pub source_threshold: f32,
+    /// Links never tried are followed while this share of the untried links followed
+    /// so far in this VM were used (same prior as `source_threshold`).
+    pub untried_threshold: f32,
     /// Also take candidates from the fault stream's trend (Leap's majority delta).
     pub trend_candidates: bool,
     /// After a first touch next to a recent first touch, prefetch (zero-fill) this many
@@ -82,6 +85,7 @@ impl Default for GruOptions {
             successor_depth: 8,
             window_prefetch: false,
             source_threshold: 0.6,
+            untried_threshold: 0.5,
             trend_candidates: true,
             first_touch_run: 0,
             online: OnlineConfig::default(),
@@ -124,6 +128,9 @@ impl GruOptions {
         if let Some(n) = var("TIERVISOR_GRU_FIRST_TOUCH_RUN").and_then(|v| v.parse().ok()) {
             o.first_touch_run = n;
         }
+        if let Some(t) = var("TIERVISOR_GRU_UNTRIED_THRESHOLD").and_then(|v| v.parse().ok()) {
+            o.untried_threshold = t;
+        }
         if let Some(w) = var("TIERVISOR_GRU_TREND") {
             o.trend_candidates = w == "1";
         }
@@ -156,7 +163,12 @@ pub struct GruStats {
 #[derive(Debug, Clone, Copy)]
 enum Source {
     /// The page faulted after this page last time.
-    Successor(PageNumber),
+    /// The page faulted after this page last time; `untried`: the link had no
+    /// outcome yet when it was followed.
+    Successor {
+        from: PageNumber,
+        untried: bool,
+    },
     Trend,
     /// A page never touched, next to a run of first touches.
     FirstTouch,
@@ -211,6 +223,9 @@ pub struct GruAdvisor {
     /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
     link_outcomes: FxHashMap<PageNumber, Outcomes>,
     trend_outcomes: Outcomes,
+    /// Outcomes of prefetches through links that had none yet.
+    untried_link_outcomes: Outcomes,
+    untried_seen: u64,
     /// Every page ever observed (first touches are not predicted by the other sources).
     seen: rustc_hash::FxHashSet<PageNumber>,
     /// The last first-touch faults, most recent last.
@@ -255,6 +270,8 @@ impl GruAdvisor {
             origin: FxHashMap::default(),
             link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
+            untried_link_outcomes: Outcomes::default(),
+            untried_seen: 0,
             seen: Default::default(),
             recent_first_touches: Default::default(),
             first_touch_candidates: Vec::new(),
@@ -568,13 +585,18 @@ impl Advisor for GruAdvisor {
                 let Some(&next) = self.successor.get(&page) else {
                     break;
                 };
-                let link_ok = self
-                    .link_outcomes
-                    .get(&page)
-                    .copied()
-                    .unwrap_or_default()
-                    .score()
-                    >= self.opts.source_threshold;
+                let record = self.link_outcomes.get(&page).copied();
+                // A link never tried is followed while untried links have been paying
+                // off in this VM; a tried one on its own record.
+                // One untried link in 8 is followed anyway, so the estimate can recover.
+                let link_ok = match record {
+                    Some(r) => r.score() >= self.opts.source_threshold,
+                    None => {
+                        self.untried_seen += 1;
+                        self.untried_link_outcomes.score() >= self.opts.untried_threshold
+                            || self.untried_seen % 8 == 0
+                    }
+                };
                 if !link_ok || out.len() - start >= cap {
                     break;
                 }
@@ -583,7 +605,13 @@ impl Advisor for GruAdvisor {
                     && self.block_probability(next) >= self.opts.fault_block_threshold
                 {
                     out.push(next);
-                    self.origin.insert(next, Source::Successor(page));
+                    self.origin.insert(
+                        next,
+                        Source::Successor {
+                            from: page,
+                            untried: record.is_none(),
+                        },
+                    );
                 }
                 page = next;
             }
@@ -639,8 +667,11 @@ impl Advisor for GruAdvisor {
 
     fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
         match self.origin.remove(&page) {
-            Some(Source::Successor(from)) => {
-                self.link_outcomes.entry(from).or_default().record(used)
+            Some(Source::Successor { from, untried }) => {
+                self.link_outcomes.entry(from).or_default().record(used);
+                if untried {
+                    self.untried_link_outcomes.record(used);
+                }
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
             Some(Source::FirstTouch) => self.first_touch_outcomes.record(used),
