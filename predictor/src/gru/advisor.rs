@@ -594,7 +594,7 @@ impl Advisor for GruAdvisor {
                     None => {
                         self.untried_seen += 1;
                         self.untried_link_outcomes.score() >= self.opts.untried_threshold
-                            || self.untried_seen % 8 == 0
+                            || self.untried_seen.is_multiple_of(8)
                     }
                 };
                 if !link_ok || out.len() - start >= cap {
