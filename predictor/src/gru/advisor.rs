@@ -22,6 +22,7 @@ use super::features::{
 };
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineConfig, OnlineLearner};
+use super::scorer::{CandidateFacts, CandidateScorer};
 
 /// Tunables of the advisor (the model's own shape comes from its file).
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +54,9 @@ pub struct GruOptions {
     /// A prefetch source (a successor link, the fault trend) is used while the share of
     /// its prefetches that were used, with one used and one wasted as prior, is at least this.
     pub source_threshold: f32,
+    /// Prefetch candidates are issued only if the online candidate scorer (block hidden
+    /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
+    pub scorer_threshold: f32,
     /// Links never tried are followed while this share of the untried links followed
     /// so far in this VM were used (same prior as `source_threshold`).
     pub untried_threshold: f32,
@@ -86,6 +90,7 @@ impl Default for GruOptions {
             window_prefetch: false,
             source_threshold: 0.6,
             untried_threshold: 0.5,
+            scorer_threshold: 0.0,
             trend_candidates: true,
             first_touch_run: 0,
             online: OnlineConfig::default(),
@@ -127,6 +132,9 @@ impl GruOptions {
         }
         if let Some(n) = var("TIERVISOR_GRU_FIRST_TOUCH_RUN").and_then(|v| v.parse().ok()) {
             o.first_touch_run = n;
+        }
+        if let Some(t) = var("TIERVISOR_GRU_SCORER_THRESHOLD").and_then(|v| v.parse().ok()) {
+            o.scorer_threshold = t;
         }
         if let Some(t) = var("TIERVISOR_GRU_UNTRIED_THRESHOLD").and_then(|v| v.parse().ok()) {
             o.untried_threshold = t;
@@ -226,6 +234,7 @@ pub struct GruAdvisor {
     /// Outcomes of prefetches through links that had none yet.
     untried_link_outcomes: Outcomes,
     untried_seen: u64,
+    scorer: CandidateScorer,
     /// Every page ever observed (first touches are not predicted by the other sources).
     seen: rustc_hash::FxHashSet<PageNumber>,
     /// The last first-touch faults, most recent last.
@@ -252,6 +261,7 @@ impl GruAdvisor {
         let mut cfg = meta.feature_config();
         cfg.max_stepped = opts.max_stepped;
         let learner = OnlineLearner::new(&model, opts.online);
+        let hidden = model.hidden();
         GruAdvisor {
             fx: FeatureExtractor::new(cfg),
             cell: GruCell::from_model(&model),
@@ -272,6 +282,7 @@ impl GruAdvisor {
             trend_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,
+            scorer: CandidateScorer::new(hidden),
             seen: Default::default(),
             recent_first_touches: Default::default(),
             first_touch_candidates: Vec::new(),
@@ -477,6 +488,31 @@ impl GruAdvisor {
         self.recent_first_touches.push_back(page);
     }
 
+    /// Asks the candidate scorer about `page`, proposed by `source` (0 successor,
+    /// 1 trend, 2 first touch) at chain `depth` with the source's record `outcomes`.
+    fn admit(&mut self, page: PageNumber, source: u8, depth: u32, outcomes: Outcomes) -> bool {
+        let block = self.fx.cfg.block_of(page);
+        let bp = self.block_pages() as f32;
+        let facts = CandidateFacts {
+            source,
+            depth,
+            used: outcomes.used,
+            wasted: outcomes.wasted,
+            block_probability: self.block_probability(page),
+            refault_ratio: self
+                .lists
+                .refault_distance(page)
+                .map(|d| d as f32 / self.lists.resident().max(1) as f32),
+            block_resident: self
+                .resident
+                .get(&block)
+                .map_or(0.0, |m| m.count_ones() as f32 / bp),
+        };
+        let hidden = self.hidden.get(&block).map(Vec::as_slice);
+        self.scorer
+            .admit(page, hidden, &facts, self.opts.scorer_threshold)
+    }
+
     fn block_probability(&self, page: PageNumber) -> f32 {
         self.prob
             .get(&self.fx.cfg.block_of(page))
@@ -527,6 +563,7 @@ impl Advisor for GruAdvisor {
     fn on_evict(&mut self, page: PageNumber) {
         self.lists.on_evict(page);
         self.origin.remove(&page);
+        self.scorer.forget(page);
         if self.opts.trend_candidates {
             self.trend.on_evict(page);
         }
@@ -581,7 +618,7 @@ impl Advisor for GruAdvisor {
         // Right after a demand fault: the pages that faulted after it last time, as far
         // as the model expects their blocks to be used.
         if let Some(mut page) = self.fault_page.take() {
-            for _ in 0..self.opts.successor_depth {
+            for depth in 0..self.opts.successor_depth as u32 {
                 let Some(&next) = self.successor.get(&page) else {
                     break;
                 };
@@ -603,6 +640,7 @@ impl Advisor for GruAdvisor {
                 if !self.lists.contains(next)
                     && !out[start..].contains(&next)
                     && self.block_probability(next) >= self.opts.fault_block_threshold
+                    && self.admit(next, 0, depth, record.unwrap_or_default())
                 {
                     out.push(next);
                     self.origin.insert(
@@ -626,7 +664,10 @@ impl Advisor for GruAdvisor {
                 if out.len() - start >= cap {
                     break;
                 }
-                if !self.lists.contains(page) && !out[start..].contains(&page) {
+                if !self.lists.contains(page)
+                    && !out[start..].contains(&page)
+                    && self.admit(page, 2, 0, self.first_touch_outcomes)
+                {
                     out.push(page);
                     self.origin.insert(page, Source::FirstTouch);
                     // Expected to be first-touched without a fault: the run goes on
@@ -648,6 +689,7 @@ impl Advisor for GruAdvisor {
                     if !self.lists.contains(page)
                         && !out[start..].contains(&page)
                         && self.block_probability(page) >= self.opts.fault_block_threshold
+                        && self.admit(page, 1, 0, self.trend_outcomes)
                     {
                         out.push(page);
                         self.origin.entry(page).or_insert(Source::Trend);
@@ -666,6 +708,7 @@ impl Advisor for GruAdvisor {
     }
 
     fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.scorer.outcome(page, used);
         match self.origin.remove(&page) {
             Some(Source::Successor { from, untried }) => {
                 self.link_outcomes.entry(from).or_default().record(used);
