@@ -54,6 +54,9 @@ pub struct GruOptions {
     /// A prefetch source (a successor link, the fault trend) is used while the share of
     /// its prefetches that were used, with one used and one wasted as prior, is at least this.
     pub source_threshold: f32,
+    /// Resident pages on a followed successor chain count as used (they are expected
+    /// soon), so the eviction order keeps them.
+    pub protect_chain: bool,
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
@@ -91,6 +94,7 @@ impl Default for GruOptions {
             source_threshold: 0.6,
             untried_threshold: 0.5,
             scorer_threshold: 0.0,
+            protect_chain: true,
             trend_candidates: true,
             first_touch_run: 0,
             online: OnlineConfig::default(),
@@ -132,6 +136,9 @@ impl GruOptions {
         }
         if let Some(n) = var("TIERVISOR_GRU_FIRST_TOUCH_RUN").and_then(|v| v.parse().ok()) {
             o.first_touch_run = n;
+        }
+        if let Some(w) = var("TIERVISOR_GRU_PROTECT_CHAIN") {
+            o.protect_chain = w == "1";
         }
         if let Some(t) = var("TIERVISOR_GRU_SCORER_THRESHOLD").and_then(|v| v.parse().ok()) {
             o.scorer_threshold = t;
@@ -636,6 +643,10 @@ impl Advisor for GruAdvisor {
                 };
                 if !link_ok || out.len() - start >= cap {
                     break;
+                }
+                if self.opts.protect_chain && self.lists.contains(next) {
+                    // Resident and expected soon: keep it from the eviction order's tail.
+                    self.lists.on_access(next, true);
                 }
                 if !self.lists.contains(next)
                     && !out[start..].contains(&next)
