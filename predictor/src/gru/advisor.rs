@@ -1,9 +1,12 @@
-//! `GruAdvisor`: per-block GRU hidden states stepped once per window.
+//! `GruAdvisor`: per-block GRU hidden states stepped once per model window, around
+//! Linux's working-set eviction order and feedback-gated prefetch sources.
 //!
-//! `on_access` only counts (the feature extractor); `end_window` steps the hidden
-//! states of the blocks that are active or candidates in one batched forward pass,
-//! learns online, watches for pattern changes, and prepares the victim order and the
-//! prefetch list that `victims` and `prefetch` then hand out.
+//! `on_access` counts (the feature extractor), keeps the working-set lists and the
+//! fault stream's successor table; `end_window` steps the hidden states of the active
+//! blocks through [`GruCell`], learns online and watches for pattern changes;
+//! `prefetch` follows successor chains and the fault trend while their prefetches are
+//! used (`on_prefetch_outcome`). The block probabilities give `probability()` (tier
+//! placement); as gates on the decisions they are optional (docs/predictor.md).
 
 use std::path::Path;
 use std::time::Instant;
@@ -622,8 +625,7 @@ impl Advisor for GruAdvisor {
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
         let start = out.len();
         let cap = self.prefetch_cap().min(max);
-        // Right after a demand fault: the pages that faulted after it last time, as far
-        // as the model expects their blocks to be used.
+        // Right after a demand fault: the pages that faulted after it last time.
         if let Some(mut page) = self.fault_page.take() {
             for depth in 0..self.opts.successor_depth as u32 {
                 let Some(&next) = self.successor.get(&page) else {
