@@ -113,52 +113,44 @@ impl GruOptions {
     /// Defaults, with `TIERVISOR_GRU_PREFETCH_THRESHOLD` and `TIERVISOR_GRU_PREFETCH_DIVISOR`
     /// overriding the prefetch threshold and RAM divisor (for experiments with replay).
     pub fn from_env() -> Self {
+        /// Sets `field` from variable `k` when it is set and parses.
+        fn set<T: std::str::FromStr>(field: &mut T, k: &str) {
+            if let Some(v) = std::env::var(k).ok().and_then(|v| v.parse().ok()) {
+                *field = v;
+            }
+        }
+        /// Sets a flag from `k` = 1 (on) or anything else (off) when it is set.
+        fn flag(field: &mut bool, k: &str) {
+            if let Ok(v) = std::env::var(k) {
+                *field = v == "1";
+            }
+        }
         let mut o = GruOptions::default();
-        let var = |k: &str| std::env::var(k).ok();
-        if let Some(t) = var("TIERVISOR_GRU_PREFETCH_THRESHOLD").and_then(|v| v.parse().ok()) {
-            o.prefetch_threshold = t;
-            o.fault_block_threshold = t;
-        }
-        if let Some(d) = var("TIERVISOR_GRU_PREFETCH_DIVISOR").and_then(|v| v.parse().ok()) {
-            o.prefetch_ram_divisor = d;
-        }
-        if let Some(f) = var("TIERVISOR_GRU_PROBABILITY_FLOOR").and_then(|v| v.parse().ok()) {
-            o.probability_floor = f;
-        }
-        if let Some(k) = var("TIERVISOR_GRU_KEEP_THRESHOLD").and_then(|v| v.parse().ok()) {
-            o.keep_threshold = k;
-        }
-        if let Some(d) = var("TIERVISOR_GRU_SUCCESSOR_DEPTH").and_then(|v| v.parse().ok()) {
-            o.successor_depth = d;
-        }
-        if let Some(w) = var("TIERVISOR_GRU_WINDOW_PREFETCH") {
-            o.window_prefetch = w == "1";
-        }
-        if let Some(t) = var("TIERVISOR_GRU_SOURCE_THRESHOLD").and_then(|v| v.parse().ok()) {
-            o.source_threshold = t;
-        }
-        if let Some(n) = var("TIERVISOR_GRU_FIRST_TOUCH_RUN").and_then(|v| v.parse().ok()) {
-            o.first_touch_run = n;
-        }
-        if let Some(w) = var("TIERVISOR_GRU_PROTECT_CHAIN") {
-            o.protect_chain = w == "1";
-        }
-        if let Some(t) = var("TIERVISOR_GRU_SCORER_THRESHOLD").and_then(|v| v.parse().ok()) {
-            o.scorer_threshold = t;
-        }
-        if let Some(t) = var("TIERVISOR_GRU_UNTRIED_THRESHOLD").and_then(|v| v.parse().ok()) {
-            o.untried_threshold = t;
-        }
-        if let Some(w) = var("TIERVISOR_GRU_TREND") {
-            o.trend_candidates = w == "1";
-        }
-        match var("TIERVISOR_GRU_ONLINE").as_deref() {
-            Some("off") => o.online.mode = super::online::OnlineMode::Off,
-            Some("inline") => o.online.mode = super::online::OnlineMode::Inline,
+        set(
+            &mut o.prefetch_threshold,
+            "TIERVISOR_GRU_PREFETCH_THRESHOLD",
+        );
+        o.fault_block_threshold = std::env::var("TIERVISOR_GRU_PREFETCH_THRESHOLD")
+            .map_or(o.fault_block_threshold, |_| o.prefetch_threshold);
+        set(
+            &mut o.prefetch_ram_divisor,
+            "TIERVISOR_GRU_PREFETCH_DIVISOR",
+        );
+        set(&mut o.probability_floor, "TIERVISOR_GRU_PROBABILITY_FLOOR");
+        set(&mut o.keep_threshold, "TIERVISOR_GRU_KEEP_THRESHOLD");
+        set(&mut o.successor_depth, "TIERVISOR_GRU_SUCCESSOR_DEPTH");
+        set(&mut o.source_threshold, "TIERVISOR_GRU_SOURCE_THRESHOLD");
+        set(&mut o.first_touch_run, "TIERVISOR_GRU_FIRST_TOUCH_RUN");
+        set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
+        set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
+        set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
+        flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
+        flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
+        flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
+        match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
+            Ok("off") => o.online.mode = super::online::OnlineMode::Off,
+            Ok("inline") => o.online.mode = super::online::OnlineMode::Inline,
             _ => {}
-        }
-        if let Some(n) = var("TIERVISOR_GRU_TRAIN_EVERY").and_then(|v| v.parse().ok()) {
-            o.online.train_every = n;
         }
         o
     }
