@@ -110,8 +110,8 @@ impl Default for GruOptions {
 }
 
 impl GruOptions {
-    /// Defaults, with `TIERVISOR_GRU_PREFETCH_THRESHOLD` and `TIERVISOR_GRU_PREFETCH_DIVISOR`
-    /// overriding the prefetch threshold and RAM divisor (for experiments with replay).
+    /// Defaults, overridden by the `TIERVISOR_GRU_*` variables docs/predictor.md lists
+    /// (for experiments with replay and run).
     pub fn from_env() -> Self {
         /// Sets `field` from variable `k` when it is set and parses.
         fn set<T: std::str::FromStr>(field: &mut T, k: &str) {
@@ -126,12 +126,15 @@ impl GruOptions {
             }
         }
         let mut o = GruOptions::default();
+        // One variable sets both model gates on prefetch (window plan and candidates).
         set(
             &mut o.prefetch_threshold,
             "TIERVISOR_GRU_PREFETCH_THRESHOLD",
         );
-        o.fault_block_threshold = std::env::var("TIERVISOR_GRU_PREFETCH_THRESHOLD")
-            .map_or(o.fault_block_threshold, |_| o.prefetch_threshold);
+        set(
+            &mut o.fault_block_threshold,
+            "TIERVISOR_GRU_PREFETCH_THRESHOLD",
+        );
         set(
             &mut o.prefetch_ram_divisor,
             "TIERVISOR_GRU_PREFETCH_DIVISOR",
