@@ -103,6 +103,19 @@ impl WorkingSet {
         self.inactive.remove(page);
         self.evictions += 1;
         self.evicted_at.insert(page, self.evictions);
+        // A shadow entry older than a RAM's worth of evictions can no longer activate
+        // its page, so it is dropped (amortised: only when they outnumber the resident
+        // pages twice over), as the kernel bounds its shadow entries.
+        let resident = self.resident() as u64;
+        if self.evicted_at.len() as u64 > 2 * resident + 1024 {
+            let now = self.evictions;
+            self.evicted_at.retain(|_, e| now - *e <= resident);
+        }
+    }
+
+    /// Shadow entries held (pages evicted recently enough to activate on refault).
+    pub fn shadow_entries(&self) -> usize {
+        self.evicted_at.len()
     }
 
     /// Gives `page` another round on the active list (a predictor expects it soon).
@@ -168,5 +181,40 @@ impl Advisor for WorkingSetAdvisor {
     fn prefetch(&mut self, _now_ns: u64, _max: usize, _out: &mut Vec<PageNumber>) {}
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_entries_stay_bounded_and_recent_refaults_still_activate() {
+        let mut ws = WorkingSet::default();
+        // 64 resident pages; a scan evicts 100,000 others through them.
+        for p in 0..64 {
+            ws.on_fill(p, false);
+        }
+        let mut victims = Vec::new();
+        for p in 64..100_064u64 {
+            victims.clear();
+            ws.victims(1, &mut victims);
+            ws.on_evict(victims[0]);
+            ws.on_fill(p, false);
+        }
+        assert!(
+            ws.shadow_entries() <= 2 * 64 + 1024 + 1,
+            "{}",
+            ws.shadow_entries()
+        );
+        // The page evicted last refaults within a RAM's worth: it is activated.
+        let last = victims[0];
+        assert_eq!(ws.refault_distance(last), Some(0));
+        ws.on_access(last, false);
+        victims.clear();
+        ws.victims(1, &mut victims);
+        ws.on_evict(victims[0]);
+        ws.on_fill(last, false);
+        assert!(ws.active.contains(last));
     }
 }

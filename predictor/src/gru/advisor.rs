@@ -172,6 +172,10 @@ pub struct GruStats {
     pub weight_updates: u64,
 }
 
+/// Most successor links kept (a link is two page numbers and a record): 1 M, so the
+/// tables stay in the tens of MB however much memory the VM touches.
+const MAX_LINKS: usize = 1 << 20;
+
 /// Where a prefetch candidate came from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -518,6 +522,15 @@ impl GruAdvisor {
             .admit(page, hidden, &facts, self.opts.scorer_threshold)
     }
 
+    /// The successor table and the link records start over once they hold more
+    /// entries than [`MAX_LINKS`]: chains are relearned from the next faults.
+    fn bound_successor_tables(&mut self) {
+        if self.successor.len() > MAX_LINKS {
+            self.successor.clear();
+            self.link_outcomes.clear();
+        }
+    }
+
     fn block_probability(&self, page: PageNumber) -> f32 {
         self.prob
             .get(&self.fx.cfg.block_of(page))
@@ -541,13 +554,15 @@ impl Advisor for GruAdvisor {
             let page = access.page;
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 self.successor.insert(prev, page);
+                self.bound_successor_tables();
             }
             self.last_fault = Some(page);
             self.fault_page = Some(page);
-            if self.seen.insert(page) {
+            // The set of pages ever seen serves the first-touch source only.
+            if self.opts.first_touch_run > 0 && self.seen.insert(page) {
                 self.note_first_touch(page);
             }
-        } else {
+        } else if self.opts.first_touch_run > 0 {
             self.seen.insert(access.page);
         }
     }
