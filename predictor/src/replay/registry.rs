@@ -39,7 +39,7 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle)")]
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, workingset)")]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
