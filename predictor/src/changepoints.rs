@@ -214,9 +214,8 @@ struct Marked {
 }
 
 impl Advisor for Marked {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+    forward_advisor!(inner);
+
     fn on_access(&mut self, access: &Access, resident: bool) {
         let seg = access.page >> SEGMENT_SHIFT;
         if seg > self.segment {
@@ -232,24 +231,6 @@ impl Advisor for Marked {
                 .push(mark);
         }
         self.inner.on_access(access, resident);
-    }
-    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        self.inner.on_fill(page, prefetched);
-    }
-    fn on_evict(&mut self, page: PageNumber) {
-        self.inner.on_evict(page);
-    }
-    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
-        self.inner.victims(n, out);
-    }
-    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        self.inner.prefetch(now_ns, max, out);
-    }
-    fn probability(&self, page: PageNumber) -> f32 {
-        self.inner.probability(page)
-    }
-    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
-        self.inner.on_prefetch_outcome(page, used);
     }
     fn end_window(&mut self, now_ns: u64) {
         self.inner.end_window(now_ns);

@@ -1,6 +1,37 @@
 //! Access prediction for tiervisor: advisors behind `tiering::advisor::Advisor`
 //! (baselines, the GRU) and the replay simulator that compares them.
 
+/// Inside `impl Advisor for W`: forwards the calls a wrapper passes through unchanged
+/// to its field `$inner` (every method but `on_access` and `end_window`, which the
+/// wrappers here observe). One list, so a method added to the trait is forwarded by
+/// every wrapper at once.
+#[cfg(feature = "gru")]
+macro_rules! forward_advisor {
+    ($inner:ident) => {
+        fn name(&self) -> &str {
+            self.$inner.name()
+        }
+        fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+            self.$inner.on_fill(page, prefetched);
+        }
+        fn on_evict(&mut self, page: PageNumber) {
+            self.$inner.on_evict(page);
+        }
+        fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+            self.$inner.victims(n, out);
+        }
+        fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+            self.$inner.prefetch(now_ns, max, out);
+        }
+        fn probability(&self, page: PageNumber) -> f32 {
+            self.$inner.probability(page)
+        }
+        fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+            self.$inner.on_prefetch_outcome(page, used);
+        }
+    };
+}
+
 pub mod baselines;
 #[cfg(feature = "gru")]
 pub mod changepoints;

@@ -145,14 +145,9 @@ impl AnomalyConfig {
     /// The detector as first shipped (session 1), kept to measure changes against.
     pub fn baseline() -> Self {
         AnomalyConfig {
-            loss: (0.5, 6.0, 0.02),
-            drift: (0.5, 6.0, 0.02),
-            alpha: 0.05,
-            warmup: 16,
-            cooldown: 8,
-            drift_span: 4,
             confirm_z: 0.0,
             restart: false,
+            ..Self::default()
         }
     }
 }
