@@ -500,6 +500,9 @@ impl GruAdvisor {
     /// Asks the candidate scorer about `page`, proposed by `source` (0 successor,
     /// 1 trend, 2 first touch) at chain `depth` with the source's record `outcomes`.
     fn admit(&mut self, page: PageNumber, source: u8, depth: u32, outcomes: Outcomes) -> bool {
+        if self.opts.scorer_threshold <= 0.0 {
+            return true; // scorer off: no facts to gather
+        }
         let block = self.fx.cfg.block_of(page);
         let bp = self.block_pages() as f32;
         let facts = CandidateFacts {
