@@ -2,7 +2,7 @@
 //! summed into one table, then the targets checked for `gru`.
 //!
 //! `cargo run --release -p predictor --example bench_predict -- [--ram-fraction F]
-//!  [--visibility full|sampled:N] TRACE...`
+//!  [--visibility full|sampled:N] [--probe-pages N] TRACE...`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ const ADVISORS: &[&str] = &[
     "workingset",
     "lru",
     "none",
+    "belady",
     "oracle",
 ];
 
@@ -25,6 +26,8 @@ struct Sum {
     issued: u64,
     useful: u64,
     stall: u64,
+    samples: u64,
+    sample_stall: u64,
     cpu: u64,
     windows: u64,
     none_faults: u64,
@@ -51,6 +54,12 @@ fn main() {
                     .and_then(|v| v.parse::<Visibility>().ok())
                     .unwrap_or_else(|| die("--visibility full|sampled:N"))
             }
+            "--probe-pages" => {
+                cfg.probe_pages = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| die("--probe-pages N"))
+            }
             _ => traces.push(PathBuf::from(a)),
         }
     }
@@ -63,8 +72,8 @@ fn main() {
     let mut sums: BTreeMap<&str, Sum> = BTreeMap::new();
     let mut guest_sums: BTreeMap<&str, Sum> = BTreeMap::new();
     println!(
-        "RAM fraction {}, visibility {}, window {} ns",
-        cfg.ram_fraction, cfg.visibility, cfg.policy.window_ns
+        "RAM fraction {}, visibility {}, probe pages {}, window {} ns",
+        cfg.ram_fraction, cfg.visibility, cfg.probe_pages, cfg.policy.window_ns
     );
     println!("\nper trace: demand faults (accuracy)");
     print!("| trace |");
@@ -102,6 +111,8 @@ fn main() {
             s.issued += r.prefetch_issued;
             s.useful += r.prefetch_useful;
             s.stall += r.stall_ns;
+            s.samples += r.samples;
+            s.sample_stall += r.sample_stall_ns;
             s.cpu += r.advisor_cpu_ns;
             s.windows += r.windows;
             s.none_faults += none;
@@ -144,6 +155,12 @@ fn main() {
         closed * 100.0,
         verdict(closed >= 0.5)
     );
+    let core = g.cpu as f64 / g.windows.max(1) as f64 / cfg.policy.window_ns.max(1) as f64;
+    println!(
+        "         gru advisor CPU {:.2}% of a core per window (target <= 2%): {}",
+        core * 100.0,
+        verdict(core <= 0.02)
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -160,8 +177,8 @@ fn die(msg: &str) -> ! {
 }
 
 fn print_sums(sums: &BTreeMap<&str, Sum>, window_ns: u64) {
-    println!("| advisor | demand_faults | prefetch_issued | accuracy | coverage | stall_ms | advisor_cpu_ms | cpu per 1 ms window |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| advisor | demand_faults | prefetch_issued | accuracy | coverage | minor faults (sampled) | stall_ms (of it sampling) | advisor_cpu_ms | cpu per 1 ms window |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in ADVISORS {
         let s = sums[n];
         let acc = if s.issued == 0 {
@@ -176,10 +193,12 @@ fn print_sums(sums: &BTreeMap<&str, Sum>, window_ns: u64) {
         };
         let per_window = s.cpu as f64 / s.windows.max(1) as f64;
         println!(
-            "| {n} | {} | {} | {acc:.3} | {cov:.3} | {:.1} | {:.1} | {:.1} us ({:.2}% of a core) |",
+            "| {n} | {} | {} | {acc:.3} | {cov:.3} | {} | {:.1} ({:.1}) | {:.1} | {:.1} us ({:.2}% of a core) |",
             s.faults,
             s.issued,
+            s.samples,
             s.stall as f64 / 1e6,
+            s.sample_stall as f64 / 1e6,
             s.cpu as f64 / 1e6,
             per_window / 1e3,
             per_window / window_ns as f64 * 100.0

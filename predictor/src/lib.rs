@@ -29,6 +29,9 @@ macro_rules! forward_advisor {
         fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
             self.$inner.on_prefetch_outcome(page, used);
         }
+        fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+            self.$inner.probes(max, out);
+        }
     };
 }
 

@@ -45,4 +45,12 @@ pub trait Advisor: Send {
     /// simulator knows every use; a live VM learns of writes from the dirty log, so an
     /// advisor must not rely on hearing of every use.
     fn on_prefetch_outcome(&mut self, _page: PageNumber, _used: bool) {}
+
+    /// Append up to `max` resident pages whose next touch the advisor wants to see,
+    /// asked once per window. The driver zaps them (a live VM: `MADV_DONTNEED` with
+    /// userfaultfd MINOR mode), so a touch comes back as a sampled minor fault, which
+    /// costs the guest a minor fault and reaches [`Advisor::on_access`]. Under sampled
+    /// visibility an advisor otherwise learns of hits only by chance; probing the pages
+    /// it is about to evict is the kernel's referenced-bit check at the inactive tail.
+    fn probes(&mut self, _max: usize, _out: &mut Vec<PageNumber>) {}
 }

@@ -39,6 +39,7 @@ pub(crate) struct Counters {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    pub probe_zaps: u64,
     pub write_backs_skipped_clean: u64,
     pub dirty_harvests: u64,
     pub evictions_cancelled: u64,
@@ -63,6 +64,7 @@ impl Counters {
             zero_fills: 0,
             minor_faults: 0,
             sampled_zaps: 0,
+            probe_zaps: 0,
             write_backs_skipped_clean: 0,
             dirty_harvests: 0,
             evictions_cancelled: 0,
@@ -122,6 +124,8 @@ pub struct TieringReport {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    /// Pages zapped because the advisor asked to watch them (`Advisor::probes`).
+    pub probe_zaps: u64,
     /// Evictions of zero-filled pages never written: dropped, no I/O, zero-filled again.
     pub zero_drops: u64,
     /// Evictions that needed no write-back (a clean copy was already in the tier).

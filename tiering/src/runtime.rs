@@ -79,6 +79,9 @@ pub struct TieringOptions {
     pub sample_pages: usize,
     /// Time between sampling rounds; with `sample_pages` it bounds the overhead.
     pub sample_interval: Duration,
+    /// Resident pages the advisor may ask to watch per sampling round
+    /// ([`crate::advisor::Advisor::probes`]), zapped before the random ones (0: off).
+    pub probe_pages: usize,
     /// Name of the advisor, for the report.
     pub advisor_name: String,
     /// `Some(t)`: guest memory starts in storage tier `t`, page index i in slot i (a
@@ -101,6 +104,7 @@ impl TieringOptions {
             handler_cpu: None,
             sample_pages: 64,
             sample_interval: Duration::from_millis(50),
+            probe_pages: 16,
             advisor_name: "none".into(),
             initial_tier: None,
             migrator: true,
@@ -282,6 +286,7 @@ impl TieredMemory {
                 cpu: options.handler_cpu,
                 sample_pages: options.sample_pages,
                 sample_interval: options.sample_interval,
+                probe_pages: options.probe_pages,
             },
             trace,
             vcpus.0.clone(),
@@ -474,6 +479,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         zero_fills: c.zero_fills,
         minor_faults: c.minor_faults,
         sampled_zaps: c.sampled_zaps,
+        probe_zaps: c.probe_zaps,
         write_backs_skipped_clean: c.write_backs_skipped_clean,
         dirty_log: e.hooks.has_dirty_log(),
         dirty_harvests: c.dirty_harvests,

@@ -112,13 +112,14 @@ fn start_host_only(
     tag: &str,
     pages: usize,
 ) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
-    start_host_only_with(tag, pages, true)
+    start_host_only_with(tag, pages, true, Box::new(Fifo::default()))
 }
 
 fn start_host_only_with(
     tag: &str,
     pages: usize,
     migrator: bool,
+    advisor: Box<dyn Advisor>,
 ) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -138,7 +139,7 @@ fn start_host_only_with(
         &regions,
         map.file.clone(),
         options,
-        Box::new(Fifo::default()),
+        advisor,
         Box::new(HostOnlyHooks {
             failed: failed.clone(),
         }),
@@ -202,6 +203,80 @@ fn thread_touching_registered_memory_is_served_within_budget() {
     // waiting to be punched), however slow the write-backs were.
     let bound = 64 + crate::engine::ADMISSION_SLACK as u64;
     assert!(report.per_tier[1].resident_pages <= bound, "{report:#?}");
+}
+
+/// FIFO that asks to watch a fixed set of pages and counts the touches it is shown.
+struct Watching {
+    fifo: Fifo,
+    watch: Vec<PageNumber>,
+    seen: Arc<Mutex<u64>>,
+}
+
+impl Advisor for Watching {
+    fn name(&self) -> &str {
+        "watching"
+    }
+    fn on_access(&mut self, a: &Access, resident: bool) {
+        if resident
+            && a.source == crate::access::AccessSource::SampledMinor
+            && self.watch.contains(&a.page)
+        {
+            *self.seen.lock().unwrap() += 1;
+        }
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.fifo.on_fill(page, prefetched);
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.fifo.on_evict(page);
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.fifo.victims(n, out);
+    }
+    fn prefetch(&mut self, _now: u64, _max: usize, _out: &mut Vec<PageNumber>) {}
+    fn probability(&self, _page: PageNumber) -> f32 {
+        1.0
+    }
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        out.extend(self.watch.iter().take(max));
+    }
+}
+
+#[test]
+fn probed_pages_are_zapped_and_their_next_touch_reaches_the_advisor_data_intact() {
+    let pages = 32usize;
+    let seen = Arc::new(Mutex::new(0));
+    let advisor = Watching {
+        fifo: Fifo::default(),
+        watch: (0..8).collect(),
+        seen: seen.clone(),
+    };
+    let (dir, map, tm, failed) = start_host_only_with("probe-", pages, true, Box::new(advisor));
+    let word = |p: usize| (map.addr + p * 4096 + 16) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { word(p).write_volatile(value(p, 2, 0)) };
+    }
+    // Everything fits the budget: only probes and random samples zap pages. Keep
+    // reading the watched pages across many 1 ms sampling rounds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < deadline {
+        for p in 0..8 {
+            // SAFETY: as above.
+            let got = unsafe { word(p).read_volatile() };
+            assert_eq!(got, value(p, 2, 0), "page {p}");
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failed.lock().unwrap().is_none());
+    assert_eq!(report.evictions, 0, "{report:#?}");
+    assert!(report.probe_zaps >= 8, "{report:#?}");
+    // A zapped page's next read is a MINOR fault the advisor is shown.
+    let seen = *seen.lock().unwrap();
+    assert!(seen >= 8, "watched pages seen {seen} times: {report:#?}");
+    assert!(report.minor_faults >= seen, "{report:#?}");
 }
 
 #[test]
@@ -317,7 +392,8 @@ fn measure_demand_latency_under_a_prefetch_stream() {
         ("prefetch stream, handler", true, false),
     ] {
         let pages = 2048usize; // 8 MiB
-        let (dir, map, tm, failed) = start_host_only_with("lat-", pages, migrator);
+        let (dir, map, tm, failed) =
+            start_host_only_with("lat-", pages, migrator, Box::new(Fifo::default()));
         let base = map.addr;
         let word = move |p: usize| (base + p * 4096 + 16) as *mut u64;
         for p in 0..pages {

@@ -92,6 +92,8 @@ pub struct OracleAdvisor {
     prefetch_next: FxHashMap<PageNumber, Pos>,
     cursor: usize,
     desyncs: u64,
+    /// `false` for `belady`: MIN eviction only, demand paging.
+    prefetches: bool,
 }
 
 impl OracleAdvisor {
@@ -107,6 +109,16 @@ impl OracleAdvisor {
             prefetch_next: FxHashMap::default(),
             cursor: 0,
             desyncs: 0,
+            prefetches: true,
+        }
+    }
+
+    /// `belady`: the oracle's MIN eviction without its prefetching, so a replay can
+    /// tell how much of the oracle's lead is eviction and how much prefetch.
+    pub fn without_prefetch(future: Arc<OracleFuture>, ram_budget_pages: usize) -> Self {
+        Self {
+            prefetches: false,
+            ..Self::new(future, ram_budget_pages)
         }
     }
 
@@ -150,7 +162,11 @@ impl OracleAdvisor {
 
 impl Advisor for OracleAdvisor {
     fn name(&self) -> &str {
-        "oracle"
+        if self.prefetches {
+            "oracle"
+        } else {
+            "belady"
+        }
     }
 
     fn on_access(&mut self, access: &Access, resident: bool) {
@@ -215,6 +231,9 @@ impl Advisor for OracleAdvisor {
     }
 
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        if !self.prefetches {
+            return;
+        }
         let future = Arc::clone(&self.future);
         let pages = &future.pages;
         // Look no further than a budget's worth of accesses: beyond that a prefetched

@@ -602,6 +602,11 @@ impl Advisor for GruAdvisor {
         }
     }
 
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        // The working-set order's own tail probes (the model is not asked).
+        self.lists.probes(max, out);
+    }
+
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
         // The working-set order names candidates; pages of blocks the model expects
         // soon get one more round on the active list (at most n per call, so the

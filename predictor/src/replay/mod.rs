@@ -9,7 +9,7 @@ mod sim;
 
 pub use latency::{DeviceQueues, LatencyModel, TierTiming};
 pub use report::{format_table, AdvisorReport};
-pub use sim::{replay_advisor, ReplayConfig, TraceInput, Visibility};
+pub use sim::{replay_advisor, ReplayConfig, TraceInput, Visibility, DEFAULT_PROBE_PAGES};
 
 use std::path::PathBuf;
 use std::sync::Arc;

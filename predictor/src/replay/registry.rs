@@ -21,6 +21,7 @@ pub const ADVISOR_NAMES: &[&str] = &[
     "none",
     "reap",
     "oracle",
+    "belady",
     "workingset",
 ];
 
@@ -39,7 +40,7 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, workingset)")]
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, workingset)")]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
@@ -51,13 +52,13 @@ pub enum UnknownAdvisor {
 
 /// Whether `name` must be built from the whole trace before replaying it.
 pub fn needs_future(name: &str) -> bool {
-    name == "oracle" || name == "reap"
+    name == "oracle" || name == "belady" || name == "reap"
 }
 
 /// Whether `name` is shown every access whatever the visibility setting (the
 /// oracle's next-use table is indexed by trace position).
 pub fn sees_everything(name: &str) -> bool {
-    name == "oracle"
+    name == "oracle" || name == "belady"
 }
 
 /// Builds the advisor called `name`.
@@ -75,6 +76,16 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
                 .clone()
                 .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
             Box::new(OracleAdvisor::new(future, ctx.ram_budget_pages))
+        }
+        "belady" => {
+            let future = ctx
+                .future
+                .clone()
+                .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
+            Box::new(OracleAdvisor::without_prefetch(
+                future,
+                ctx.ram_budget_pages,
+            ))
         }
         "reap" => {
             let future = ctx

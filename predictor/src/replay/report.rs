@@ -28,7 +28,10 @@ pub struct AdvisorReport {
     pub stall_ns: u64,
     /// Part of `stall_ns` spent on sampled minor faults (the price of visibility).
     pub sample_stall_ns: u64,
+    /// Sampled minor faults observed: random zaps and probes touched again.
     pub samples: u64,
+    /// Pages zapped because the advisor asked to watch them (`Advisor::probes`).
+    pub probes: u64,
     /// Wall time spent inside advisor calls (single-threaded replay, so CPU time).
     pub advisor_cpu_ns: u64,
     pub evictions: u64,

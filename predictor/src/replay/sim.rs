@@ -60,7 +60,8 @@ pub enum Visibility {
     /// Every access, hits included: what a full trace offers, not a live VM.
     Full,
     /// What a live VM can see: every fault, plus, per window, about `pages` resident
-    /// pages zapped at random whose next touch is observed (and costs a minor fault).
+    /// pages zapped at random whose next touch is observed (and costs a minor fault),
+    /// plus the pages the advisor asks to watch (`ReplayConfig::probe_pages`).
     Sampled { pages: u32 },
 }
 
@@ -91,6 +92,10 @@ impl std::str::FromStr for Visibility {
     }
 }
 
+/// Probes per window by default: 16 against 0 and 8 measured best in stall on the
+/// training traces' real programs (docs/predictor.md, "Probes").
+pub const DEFAULT_PROBE_PAGES: u32 = 16;
+
 /// Settings of a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -100,6 +105,9 @@ pub struct ReplayConfig {
     pub policy: PolicyConfig,
     pub latency: LatencyModel,
     pub visibility: Visibility,
+    /// Under sampled visibility, the most resident pages per window an advisor may
+    /// ask to have zapped and watched ([`Advisor::probes`]), besides the random ones.
+    pub probe_pages: u32,
     /// Nanoseconds per instruction for traces whose clock counts instructions.
     pub ns_per_instruction: f64,
 }
@@ -111,6 +119,7 @@ impl Default for ReplayConfig {
             policy: PolicyConfig::default(),
             latency: LatencyModel::default(),
             visibility: Visibility::Sampled { pages: 4 },
+            probe_pages: DEFAULT_PROBE_PAGES,
             ns_per_instruction: 0.4,
         }
     }
@@ -178,6 +187,9 @@ impl Advisor for TimedAdvisor {
     fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
         self.timed(|a| a.on_prefetch_outcome(page, used))
     }
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.probes(max, out))
+    }
 }
 
 /// Decides which resident pages are zapped in a window, without a list of them:
@@ -205,6 +217,10 @@ struct Sim<'a> {
     samples: u64,
     late_prefetches: u64,
     full: bool,
+    /// Pages the advisor asked to watch ([`Advisor::probes`]): zapped until touched.
+    probed: rustc_hash::FxHashSet<PageNumber>,
+    probe_scratch: Vec<PageNumber>,
+    probes: u64,
 }
 
 impl Sim<'_> {
@@ -220,6 +236,7 @@ impl Sim<'_> {
                 }
                 Action::Evict { page, to } => {
                     self.in_flight.remove(&page);
+                    self.probed.remove(&page);
                     if self.dirty.remove(&page) {
                         self.queues.background_write(m, to, now, self.page_size);
                     }
@@ -233,8 +250,10 @@ impl Sim<'_> {
         let m = &self.cfg.latency;
         let stall_at_start = self.stall_ns;
         let resident = self.policy.is_resident(a.page);
+        let probed = resident && !self.full && self.probed.remove(&a.page);
         let observed = !resident
             || self.full
+            || probed
             || (zapped(a.page, window, zap_threshold)
                 && self.sampled_in.insert(a.page, window) != Some(window));
         let outcome = if observed {
@@ -317,6 +336,9 @@ pub fn replay_advisor(
         samples: 0,
         late_prefetches: 0,
         full,
+        probed: Default::default(),
+        probe_scratch: Vec::new(),
+        probes: 0,
     };
     let scale = match clock {
         Clock::Nanoseconds => 1.0,
@@ -339,16 +361,26 @@ pub fn replay_advisor(
         let w = now / window_ns;
         if w != window {
             window = w;
-            // About `zap_pages` of the resident set are zapped per window.
+            // Windows end even when the advisor sees nothing (the live VMM's timer).
+            sim.policy.tick(now, &mut sim.actions);
+            sim.apply_actions(now);
+            // The pages the advisor asks to watch are zapped until touched; their
+            // touches cost a minor fault like any sample's.
+            if !sim.full && cfg.probe_pages > 0 {
+                let mut probes = std::mem::take(&mut sim.probe_scratch);
+                probes.clear();
+                sim.policy.probes(cfg.probe_pages as usize, &mut probes);
+                sim.probes += probes.len() as u64;
+                sim.probed.extend(probes.iter().copied());
+                sim.probe_scratch = probes;
+            }
+            // And about `zap_pages` of the resident set at random.
             let resident = sim.policy.resident_pages().max(1) as u64;
             zap_threshold = if zap_pages >= resident {
                 u64::MAX
             } else {
                 (u64::MAX / resident).saturating_mul(zap_pages)
             };
-            // Windows end even when the advisor sees nothing (the live VMM's timer).
-            sim.policy.tick(now, &mut sim.actions);
-            sim.apply_actions(now);
         }
         sim.step(a, now, w, zap_threshold);
     })?;
@@ -377,6 +409,7 @@ pub fn replay_advisor(
         stall_ns: sim.stall_ns,
         sample_stall_ns: sim.sample_stall_ns,
         samples: sim.samples,
+        probes: sim.probes,
         advisor_cpu_ns: spent.load(Ordering::Relaxed),
         evictions: s.evictions,
         moves: s.moves,

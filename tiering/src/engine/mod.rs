@@ -114,6 +114,7 @@ pub(crate) struct EngineConfig {
     pub cpu: Option<usize>,
     pub sample_pages: usize,
     pub sample_interval: Duration,
+    pub probe_pages: usize,
 }
 
 pub(crate) struct Engine {
@@ -373,7 +374,7 @@ impl Engine {
                 {
                     self.classify_pages();
                 }
-                if self.config.sample_pages > 0
+                if self.config.sample_pages + self.config.probe_pages > 0
                     && last_sample.elapsed() >= self.config.sample_interval
                 {
                     last_sample = Instant::now();

@@ -258,6 +258,22 @@ impl PagingPolicy {
         self.resident.contains_key(&page)
     }
 
+    /// Resident pages the advisor wants watched ([`Advisor::probes`]), at most `max`;
+    /// hot-set pages (tier 0 stays mapped) and pages not resident are left out.
+    pub fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        let start = out.len();
+        self.advisor.probes(max, out);
+        out.truncate(start + max);
+        let mut i = start;
+        while i < out.len() {
+            if self.resident.contains_key(&out[i]) && !self.hot.contains(out[i]) {
+                i += 1;
+            } else {
+                out.swap_remove(i);
+            }
+        }
+    }
+
     pub fn resident_pages(&self) -> usize {
         self.resident.len()
     }

@@ -26,6 +26,11 @@ pub struct ReplayArgs {
     /// window, as a live VM) or `full` (every access). The oracle always sees all.
     #[arg(long, default_value = "sampled:4")]
     pub visibility: Visibility,
+    /// Under sampled visibility, resident pages per window an advisor may ask to
+    /// watch besides the random ones (`workingset` and `gru` probe the pages next to
+    /// be evicted); a touched probe costs a minor fault like a sample. 0: none.
+    #[arg(long, default_value_t = predictor::replay::DEFAULT_PROBE_PAGES)]
+    pub probe_pages: u32,
     /// Monitoring window in microseconds of simulated time.
     #[arg(long, default_value_t = 1000)]
     pub window_us: u64,
@@ -92,6 +97,7 @@ pub fn run(args: ReplayArgs) -> i32 {
         },
         latency,
         visibility: args.visibility,
+        probe_pages: args.probe_pages,
         ns_per_instruction: args.ns_per_instruction,
     };
     let input = TraceInput::File(args.trace.clone());
