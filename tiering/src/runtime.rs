@@ -229,8 +229,6 @@ impl TieredMemory {
         let policy_config = PolicyConfig {
             ram_budget_pages: options.ram_budget_pages as usize,
             window_ns: 10_000_000,
-            // Re-tiering moves cost a read and a write each: keep them a trickle.
-            retier_per_window: 32,
             tier_capacity_pages: capacity,
             hot_capacity_pages: options.tiers.capacity_pages(0, PAGE_SIZE) as usize,
             // Heats halve once a second (100 windows): sampling sees a resident page

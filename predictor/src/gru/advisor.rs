@@ -20,9 +20,7 @@ use crate::baselines::{LeapAdvisor, WorkingSet};
 
 use super::anomaly::{AnomalyConfig, AnomalyDetector, AnomalyEvent};
 use super::cell::GruCell;
-use super::features::{
-    BlockMap, FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES,
-};
+use super::features::{BlockMap, FeatureConfig, FeatureExtractor, Sample, WindowBatch};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineConfig, OnlineLearner};
 use super::scorer::{CandidateFacts, CandidateScorer};
@@ -222,7 +220,9 @@ pub struct GruAdvisor {
     cell: GruCell,
     meta: ModelMeta,
     opts: GruOptions,
-    hidden: BlockMap<Vec<f32>>,
+    hidden: HiddenStates,
+    /// Buffers `step_model` reuses, so a model step allocates nothing in steady state.
+    step_buffers: StepBuffers,
     prob: BlockMap<f32>,
     /// Resident pages per block (bit i = page i of the block).
     resident: BlockMap<u64>,
@@ -277,7 +277,8 @@ impl GruAdvisor {
             model,
             meta,
             opts,
-            hidden: BlockMap::default(),
+            hidden: HiddenStates::default(),
+            step_buffers: StepBuffers::default(),
             prob: BlockMap::default(),
             resident: BlockMap::default(),
             resident_pages: 0,
@@ -387,36 +388,38 @@ impl GruAdvisor {
             return;
         }
         let h = self.model.hidden();
-        let mut xs = Vec::with_capacity(n * NUM_FEATURES);
-        let mut hs = Vec::with_capacity(n * h);
-        for (b, f) in self.batch.blocks.iter().zip(&self.batch.features) {
-            xs.extend_from_slice(f);
-            match self.hidden.get(b) {
-                Some(v) => hs.extend_from_slice(v),
-                None => hs.resize(hs.len() + h, 0.0),
+        let buf = &mut self.step_buffers;
+        buf.xs.clear();
+        buf.hs.clear();
+        for (&b, f) in self.batch.blocks.iter().zip(&self.batch.features) {
+            buf.xs.extend_from_slice(f);
+            match self.hidden.get(b, h) {
+                Some(v) => buf.hs.extend_from_slice(v),
+                None => buf.hs.resize(buf.hs.len() + h, 0.0),
             }
         }
+        buf.p.clear();
+        buf.p.resize(n, 0.0);
         let start = Instant::now();
-        let mut p = vec![0.0f32; n];
-        self.cell.step(&xs, &mut hs, &mut p);
-        let new_h = hs;
+        self.cell.step(&buf.xs, &mut buf.hs, &mut buf.p);
         let ns = start.elapsed().as_nanos() as u64;
         self.stats.inference_ns += ns;
         self.stats.max_step_ns = self.stats.max_step_ns.max(ns);
         self.stats.stepped_blocks += n as u64;
-        let mut next_hidden = BlockMap::default();
-        next_hidden.reserve(n);
+        buf.index.clear();
         for (i, &b) in self.batch.blocks.iter().enumerate() {
-            next_hidden.insert(b, new_h[i * h..(i + 1) * h].to_vec());
-            self.prob.insert(b, p[i]);
+            buf.index.insert(b, i as u32);
+            self.prob.insert(b, buf.p[i]);
         }
         // Blocks no longer stepped lose their state; their probability decays to "cold".
-        for b in self.hidden.keys() {
-            if !next_hidden.contains_key(b) {
+        for b in self.hidden.index.keys() {
+            if !buf.index.contains_key(b) {
                 self.prob.remove(b);
             }
         }
-        self.hidden = next_hidden;
+        // The stepped states become current; the old buffers are reused next time.
+        std::mem::swap(&mut self.hidden.index, &mut buf.index);
+        std::mem::swap(&mut self.hidden.data, &mut buf.hs);
     }
 
     /// Non-resident pages of high-probability blocks, most likely first.
@@ -520,7 +523,7 @@ impl GruAdvisor {
                 .get(&block)
                 .map_or(0.0, |m| m.count_ones() as f32 / bp),
         };
-        let hidden = self.hidden.get(&block).map(Vec::as_slice);
+        let hidden = self.hidden.get(block, self.model.hidden());
         self.scorer
             .admit(page, hidden, &facts, self.opts.scorer_threshold)
     }
@@ -540,6 +543,33 @@ impl GruAdvisor {
             .copied()
             .unwrap_or(0.0)
     }
+}
+
+/// Hidden states of the stepped blocks: row `index[b]` of `data` (`hidden` floats each).
+#[derive(Debug, Default)]
+struct HiddenStates {
+    index: BlockMap<u32>,
+    data: Vec<f32>,
+}
+
+impl HiddenStates {
+    fn get(&self, block: u64, hidden: usize) -> Option<&[f32]> {
+        let i = *self.index.get(&block)? as usize;
+        self.data.get(i * hidden..(i + 1) * hidden)
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.data.clear();
+    }
+}
+
+#[derive(Debug, Default)]
+struct StepBuffers {
+    xs: Vec<f32>,
+    hs: Vec<f32>,
+    p: Vec<f32>,
+    index: BlockMap<u32>,
 }
 
 impl Advisor for GruAdvisor {

@@ -81,7 +81,8 @@ impl Default for PolicyConfig {
             max_prefetch_per_fault: 8,
             thresholds: TierThresholds::default(),
             initial_tier: None,
-            retier_per_window: 256,
+            // Re-tiering moves cost a read and a write each: keep them a trickle.
+            retier_per_window: 32,
             tier_capacity_pages: [u64::MAX; TIER_COUNT],
             hot_capacity_pages: 0,
             hot_decay_windows: 1,
