@@ -52,7 +52,7 @@ traces: build
 # training traces of `make traces` (run that first; it takes a while).
 model: build
 	@ls $(OUT)/traces/train/*.tvt >/dev/null 2>&1 || { echo "make model: no traces in $(OUT)/traces/train (make traces)" >&2; exit 1; }
-	$(TIERVISOR) train --trace $(OUT)/traces/train/*.tvt -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 --visibility sampled:4
+	$(TIERVISOR) train --trace $(OUT)/traces/train/*.tvt -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 --visibility sampled:4 --hidden 16
 
 # gru against the baselines on the held-out evaluation traces at 25% RAM (one table),
 # then the GRU's cost for a 1 M-page VM.

@@ -147,7 +147,9 @@ const LEAP_MAX_WINDOW: usize = 8;
 /// neighbours of the faulting page.
 #[derive(Debug, Default)]
 pub struct LeapAdvisor {
+    /// Its LRU eviction order; not kept by [`LeapAdvisor::trend_only`].
     list: LruList,
+    trend_only: bool,
     history: VecDeque<i64>,
     last_page: Option<PageNumber>,
     prefetched_unused: FxHashSet<PageNumber>,
@@ -159,6 +161,34 @@ pub struct LeapAdvisor {
 impl LeapAdvisor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Leap's trend and prefetch window without its eviction order, for an advisor
+    /// that evicts by its own lists and takes candidates with [`Self::drain_pending`].
+    pub fn trend_only() -> Self {
+        Self {
+            trend_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Moves up to `max` pending candidates that are not resident (`resident`) to `out`.
+    pub fn drain_pending(
+        &mut self,
+        max: usize,
+        resident: impl Fn(PageNumber) -> bool,
+        out: &mut Vec<PageNumber>,
+    ) {
+        let mut n = 0;
+        while n < max {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if !resident(p) {
+                out.push(p);
+                n += 1;
+            }
+        }
     }
 
     /// Boyer-Moore majority of the newest deltas, widening the window as Leap does.
@@ -247,20 +277,26 @@ impl Advisor for LeapAdvisor {
             self.on_fault(access.page);
             return;
         }
-        self.list.touch(access.page);
+        if !self.trend_only {
+            self.list.touch(access.page);
+        }
         if self.prefetched_unused.remove(&access.page) {
             self.hits += 1;
             self.record(access.page);
         }
     }
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        self.list.touch(page);
+        if !self.trend_only {
+            self.list.touch(page);
+        }
         if prefetched {
             self.prefetched_unused.insert(page);
         }
     }
     fn on_evict(&mut self, page: PageNumber) {
-        self.list.remove(page);
+        if !self.trend_only {
+            self.list.remove(page);
+        }
         self.prefetched_unused.remove(&page);
     }
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {

@@ -36,6 +36,7 @@ pub struct WorkingSet {
     /// Pages a probe found in use: their next trip to the inactive tail goes back
     /// to the active list without a probe (a probe costs the guest a minor fault).
     reprieved: rustc_hash::FxHashSet<PageNumber>,
+    reprieve: bool,
 }
 
 impl Default for WorkingSet {
@@ -58,7 +59,14 @@ impl WorkingSet {
             scratch: Vec::new(),
             probed: Default::default(),
             reprieved: Default::default(),
+            reprieve: true,
         }
+    }
+
+    /// Whether a page a probe found in use skips its next probe (default: yes).
+    pub fn with_probe_reprieve(mut self, on: bool) -> Self {
+        self.reprieve = on;
+        self
     }
 
     pub fn resident(&self) -> usize {
@@ -83,7 +91,7 @@ impl WorkingSet {
     /// a page evicted less than a RAM's worth of evictions ago will enter the active list.
     pub fn on_access(&mut self, page: PageNumber, resident: bool) {
         if resident {
-            if self.probed.remove(&page) {
+            if self.probed.remove(&page) && self.reprieve {
                 self.reprieved.insert(page);
             }
             if self.inactive.contains(page) {

@@ -22,7 +22,7 @@ use super::anomaly::{AnomalyConfig, AnomalyDetector, AnomalyEvent};
 use super::cell::GruCell;
 use super::features::{BlockMap, FeatureConfig, FeatureExtractor, Sample, WindowBatch};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
-use super::online::{OnlineConfig, OnlineLearner};
+use super::online::{OnlineConfig, OnlineLearner, OnlineMode};
 use super::scorer::{CandidateFacts, CandidateScorer};
 
 /// Tunables of the advisor (the model's own shape comes from its file).
@@ -58,6 +58,8 @@ pub struct GruOptions {
     /// Resident pages on a followed successor chain count as used (they are expected
     /// soon), so the eviction order keeps them.
     pub protect_chain: bool,
+    /// A page a probe found in use skips its next probe (`WorkingSet::probes`).
+    pub probe_reprieve: bool,
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
@@ -87,7 +89,9 @@ impl Default for GruOptions {
             max_prefetch_per_window: 512,
             prefetch_ram_divisor: 16,
             probability_floor: 0.25,
-            samples_per_window: 32,
+            // Inline training takes 128 samples every 64 model windows: 8 per window
+            // keeps its buffer fresh at a quarter of the cost of 32.
+            samples_per_window: 8,
             reset_on_anomaly: false,
             keep_threshold: 1.01,
             successor_depth: 8,
@@ -96,6 +100,7 @@ impl Default for GruOptions {
             untried_threshold: 0.5,
             scorer_threshold: 0.0,
             protect_chain: true,
+            probe_reprieve: true,
             trend_candidates: true,
             first_touch_run: 0,
             online: OnlineConfig::default(),
@@ -147,6 +152,7 @@ impl GruOptions {
         set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
         flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
+        flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
         flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = super::online::OnlineMode::Off,
@@ -271,6 +277,7 @@ impl GruAdvisor {
         cfg.max_stepped = opts.max_stepped;
         let learner = OnlineLearner::new(&model, opts.online);
         let hidden = model.hidden();
+        let lists = WorkingSet::default().with_probe_reprieve(opts.probe_reprieve);
         GruAdvisor {
             fx: FeatureExtractor::new(cfg),
             cell: GruCell::from_model(&model),
@@ -282,11 +289,11 @@ impl GruAdvisor {
             prob: BlockMap::default(),
             resident: BlockMap::default(),
             resident_pages: 0,
-            lists: WorkingSet::default(),
+            lists,
             successor: FxHashMap::default(),
             last_fault: None,
             candidates: Vec::new(),
-            trend: LeapAdvisor::new(),
+            trend: LeapAdvisor::trend_only(),
             origin: FxHashMap::default(),
             link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
@@ -367,9 +374,9 @@ impl GruAdvisor {
             sum += bce(p, touched.binary_search(&b).is_ok());
             n += 1;
         }
-        let stepped: BlockMap<()> = self.batch.blocks.iter().map(|&b| (b, ())).collect();
+        // The hidden states are indexed by exactly the blocks of the last step.
         for &b in touched {
-            if !stepped.contains_key(&b) {
+            if !self.hidden.index.contains_key(&b) {
                 sum += bce(0.0, true); // a block nobody expected
                 n += 1;
             }
@@ -741,7 +748,9 @@ impl Advisor for GruAdvisor {
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
             trend.clear();
-            self.trend.prefetch(_now_ns, cap, &mut trend);
+            let lists = &self.lists;
+            self.trend
+                .drain_pending(cap, |p| lists.contains(p), &mut trend);
             if self.trend_outcomes.score() >= self.opts.source_threshold {
                 for &page in &trend {
                     if out.len() - start >= cap {
@@ -808,8 +817,13 @@ impl Advisor for GruAdvisor {
         let loss = self.window_loss(&touched);
         let event = self.detector.observe(window, now_ns, loss, &touched);
         let mut samples: Vec<Sample> = Vec::new();
-        self.fx
-            .end_window(&mut self.batch, &mut samples, self.opts.samples_per_window);
+        // Nobody learns from samples with online learning off and no sink.
+        let wanted = if self.learner.mode() == OnlineMode::Off && self.sink.is_none() {
+            0
+        } else {
+            self.opts.samples_per_window
+        };
+        self.fx.end_window(&mut self.batch, &mut samples, wanted);
         if event.is_some() {
             self.learner.boost();
             if self.opts.reset_on_anomaly {

@@ -112,7 +112,7 @@ pub struct BlockTrack {
     /// Whether the block is stepped every window.
     pub tracked: bool,
     /// Recent feature vectors, oldest first, contiguous windows ending at `hist_window`.
-    ring: Vec<[f32; NUM_FEATURES]>,
+    ring: std::collections::VecDeque<[f32; NUM_FEATURES]>,
 }
 
 impl BlockTrack {
@@ -124,7 +124,7 @@ impl BlockTrack {
             touch_hist: 0,
             hist_window: 0,
             tracked: false,
-            ring: Vec::new(),
+            ring: std::collections::VecDeque::new(),
         }
     }
     /// Whether the block was touched in window `w` (only reliable for the last 63).
@@ -162,6 +162,9 @@ pub struct FeatureExtractor {
     prev_page: Vec<(u64, i64)>,
     window: u64,
     window_accesses: u64,
+    /// Buffers `end_window` reuses (it runs every model window).
+    spare_step: Vec<u64>,
+    in_step: BlockMap<()>,
 }
 
 impl FeatureExtractor {
@@ -175,6 +178,8 @@ impl FeatureExtractor {
             prev_page: Vec::new(),
             window: 0,
             window_accesses: 0,
+            spare_step: Vec::new(),
+            in_step: BlockMap::default(),
         }
     }
 
@@ -246,7 +251,7 @@ impl FeatureExtractor {
         batch.window = w;
         batch.blocks.clear();
         batch.features.clear();
-        let active = std::mem::take(&mut self.active);
+        let mut active = std::mem::take(&mut self.active);
         let mean = if active.is_empty() {
             1.0
         } else {
@@ -254,9 +259,10 @@ impl FeatureExtractor {
         };
         // Touched blocks first, then untouched neighbours (scan candidates), then
         // recently touched idle ones; each block once.
-        let mut step: Vec<u64> = Vec::with_capacity(active.len() * 3 + self.tracked.len());
-        let mut in_step: BlockMap<()> = BlockMap::default();
-        in_step.reserve(active.len() * 3 + self.tracked.len());
+        let mut step = std::mem::take(&mut self.spare_step);
+        step.clear();
+        let mut in_step = std::mem::take(&mut self.in_step);
+        in_step.clear();
         for &b in &active {
             in_step.insert(b, ());
             step.push(b);
@@ -320,9 +326,9 @@ impl FeatureExtractor {
                 t.last_touch = w;
             }
             if t.ring.len() == need {
-                t.ring.remove(0);
+                t.ring.pop_front();
             }
-            t.ring.push(f);
+            t.ring.push_back(f);
             batch.blocks.push(b);
             batch.features.push(f);
         }
@@ -339,7 +345,7 @@ impl FeatureExtractor {
                 if t.ring.len() < need {
                     continue;
                 }
-                let features = t.ring[..self.cfg.seq_len].to_vec();
+                let features = t.ring.iter().take(self.cfg.seq_len).copied().collect();
                 let labels = (0..self.cfg.seq_len)
                     .map(|j| {
                         let win = w - (need - 1 - j) as u64;
@@ -360,7 +366,10 @@ impl FeatureExtractor {
                 t.counts = WindowCounts::default();
             }
         }
-        self.tracked = step;
+        active.clear();
+        self.active = active;
+        self.in_step = in_step;
+        self.spare_step = std::mem::replace(&mut self.tracked, step);
         self.window += 1;
         self.window_accesses = 0;
     }
