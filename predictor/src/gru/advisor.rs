@@ -623,7 +623,9 @@ impl Advisor for GruAdvisor {
     fn on_evict(&mut self, page: PageNumber) {
         self.lists.on_evict(page);
         self.origin.remove(&page);
-        self.scorer.forget(page);
+        if self.opts.scorer_threshold > 0.0 {
+            self.scorer.forget(page);
+        }
         if self.opts.trend_candidates {
             self.trend.on_evict(page);
         }
@@ -648,6 +650,11 @@ impl Advisor for GruAdvisor {
         // The working-set order names candidates; pages of blocks the model expects
         // soon get one more round on the active list (at most n per call, so the
         // loop ends), the rest are the victims.
+        if self.opts.keep_threshold > 1.0 {
+            // The keep gate is off (the default): the working-set order decides alone.
+            self.lists.victims(n, out);
+            return;
+        }
         let mut cands = std::mem::take(&mut self.candidates);
         cands.clear();
         // Candidates stay on the lists until evicted, so one call names enough of them.
