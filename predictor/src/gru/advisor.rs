@@ -150,6 +150,10 @@ impl GruOptions {
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
+        set(
+            &mut o.min_window_events,
+            "TIERVISOR_GRU_MODEL_WINDOW_EVENTS",
+        );
         flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
         flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");

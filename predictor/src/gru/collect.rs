@@ -42,7 +42,7 @@ pub fn collect_samples(
         let sink: SampleSink = Arc::default();
         let mut opts = GruOptions {
             samples_per_window: per_window,
-            ..GruOptions::default()
+            ..GruOptions::from_env()
         };
         opts.online.mode = OnlineMode::Off;
         let mut adv = GruAdvisor::new(model.clone(), meta.clone(), opts);

@@ -70,22 +70,17 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
         "lfu" => Box::new(LfuAdvisor::new()),
         "stride" => Box::new(StrideAdvisor::new()),
         "leap" => Box::new(LeapAdvisor::new()),
-        "oracle" => {
+        "oracle" | "belady" => {
             let future = ctx
                 .future
                 .clone()
                 .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
-            Box::new(OracleAdvisor::new(future, ctx.ram_budget_pages))
-        }
-        "belady" => {
-            let future = ctx
-                .future
-                .clone()
-                .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
-            Box::new(OracleAdvisor::without_prefetch(
-                future,
-                ctx.ram_budget_pages,
-            ))
+            let budget = ctx.ram_budget_pages;
+            Box::new(if name == "oracle" {
+                OracleAdvisor::new(future, budget)
+            } else {
+                OracleAdvisor::without_prefetch(future, budget)
+            })
         }
         "reap" => {
             let future = ctx
