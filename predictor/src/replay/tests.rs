@@ -160,7 +160,7 @@ fn visibility_parses() {
 }
 
 #[test]
-fn probing_the_pages_next_to_leave_keeps_a_hot_set_under_sampled_visibility() {
+fn probes_of_the_pages_next_to_leave_keep_a_hot_set_under_sampled_visibility() {
     // 24 hot pages touched over and over between the pages of a scan that is never
     // reused. Under sampled visibility the hot pages are rarely seen, so the working-set
     // order lets them reach the tail and leave; probes see them touched and keep them.
