@@ -75,13 +75,17 @@ impl LruList {
 
     /// Appends up to `n` pages from the least recently used end.
     pub fn least_recent(&self, n: usize, out: &mut Vec<PageNumber>) {
+        out.extend(self.iter_least_recent().take(n));
+    }
+
+    /// The pages from the least recently used end.
+    pub fn iter_least_recent(&self) -> impl Iterator<Item = PageNumber> + '_ {
         let mut cur = self.tail;
-        for _ in 0..n {
-            let Some(i) = cur else { break };
-            let node = self.nodes[i as usize];
-            out.push(node.page);
+        std::iter::from_fn(move || {
+            let node = self.nodes[cur? as usize];
             cur = (node.prev != NIL).then_some(node.prev);
-        }
+            Some(node.page)
+        })
     }
 
     /// Moves up to `max` pages that are not resident from the front of `queue` to

@@ -168,22 +168,25 @@ impl WorkingSet {
     /// tail without a probe: hot pages would otherwise pay a minor fault per trip
     /// (one reprieve measured best on the training traces, docs/predictor.md).
     pub fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        // Pages watched already sit at the tail (they are the next to leave): the walk
+        // looks that many further, without collecting the list first.
         self.scratch.clear();
-        self.inactive
-            .least_recent(max + self.probed.len(), &mut self.scratch);
         let start = out.len();
-        for i in 0..self.scratch.len() {
-            let page = self.scratch[i];
+        let reach = max + self.probed.len();
+        for page in self.inactive.iter_least_recent().take(reach) {
             if out.len() - start >= max {
                 break;
             }
-            if self.reprieved.remove(&page) {
-                self.activate(page);
-                continue;
-            }
-            if self.probed.insert(page) {
+            if self.reprieved.contains(&page) {
+                self.scratch.push(page);
+            } else if self.probed.insert(page) {
                 out.push(page);
             }
+        }
+        for i in 0..self.scratch.len() {
+            let page = self.scratch[i];
+            self.reprieved.remove(&page);
+            self.activate(page);
         }
     }
 

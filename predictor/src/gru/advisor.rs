@@ -233,7 +233,6 @@ pub struct GruAdvisor {
     hidden: HiddenStates,
     /// Buffers `step_model` reuses, so a model step allocates nothing in steady state.
     step_buffers: StepBuffers,
-    prob: BlockMap<f32>,
     /// Resident pages per block (bit i = page i of the block).
     resident: BlockMap<u64>,
     resident_pages: usize,
@@ -290,7 +289,6 @@ impl GruAdvisor {
             opts,
             hidden: HiddenStates::default(),
             step_buffers: StepBuffers::default(),
-            prob: BlockMap::default(),
             resident: BlockMap::default(),
             resident_pages: 0,
             lists,
@@ -373,8 +371,8 @@ impl GruAdvisor {
                 -(1.0 - p).ln()
             }
         };
-        for &b in &self.batch.blocks {
-            let p = self.prob.get(&b).copied().unwrap_or(0.0);
+        // The current states are the last step's, row i for block i of its batch.
+        for (&b, &p) in self.batch.blocks.iter().zip(&self.hidden.probs) {
             sum += bce(p, touched.binary_search(&b).is_ok());
             n += 1;
         }
@@ -420,17 +418,12 @@ impl GruAdvisor {
         buf.index.clear();
         for (i, &b) in self.batch.blocks.iter().enumerate() {
             buf.index.insert(b, i as u32);
-            self.prob.insert(b, buf.p[i]);
         }
-        // Blocks no longer stepped lose their state; their probability decays to "cold".
-        for b in self.hidden.index.keys() {
-            if !buf.index.contains_key(b) {
-                self.prob.remove(b);
-            }
-        }
-        // The stepped states become current; the old buffers are reused next time.
+        // The stepped states become current (blocks no longer stepped lose their state
+        // and their probability: they count as cold); the old buffers are reused.
         std::mem::swap(&mut self.hidden.index, &mut buf.index);
         std::mem::swap(&mut self.hidden.data, &mut buf.hs);
+        std::mem::swap(&mut self.hidden.probs, &mut buf.p);
     }
 
     /// Non-resident pages of high-probability blocks, most likely first.
@@ -441,7 +434,7 @@ impl GruAdvisor {
             .batch
             .blocks
             .iter()
-            .filter_map(|b| self.prob.get(b).map(|&p| (p, *b)))
+            .filter_map(|&b| self.hidden.prob(b).map(|p| (p, b)))
             .filter(|(p, _)| *p >= self.opts.prefetch_threshold)
             .collect();
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -549,18 +542,18 @@ impl GruAdvisor {
     }
 
     fn block_probability(&self, page: PageNumber) -> f32 {
-        self.prob
-            .get(&self.fx.cfg.block_of(page))
-            .copied()
-            .unwrap_or(0.0)
+        self.hidden.prob(self.fx.cfg.block_of(page)).unwrap_or(0.0)
     }
 }
 
-/// Hidden states of the stepped blocks: row `index[b]` of `data` (`hidden` floats each).
+/// The blocks of the last model step: block `b`'s hidden state is row `index[b]` of
+/// `data` (`hidden` floats each) and its probability `probs[index[b]]`; rows are in the
+/// order of that step's batch.
 #[derive(Debug, Default)]
 struct HiddenStates {
     index: BlockMap<u32>,
     data: Vec<f32>,
+    probs: Vec<f32>,
 }
 
 impl HiddenStates {
@@ -569,9 +562,17 @@ impl HiddenStates {
         self.data.get(i * hidden..(i + 1) * hidden)
     }
 
+    fn prob(&self, block: u64) -> Option<f32> {
+        let i = *self.index.get(&block)? as usize;
+        self.probs.get(i).copied()
+    }
+
+    /// Forgets every state (a pattern change); the model step that follows starts the
+    /// blocks it steps from zero.
     fn clear(&mut self) {
         self.index.clear();
         self.data.clear();
+        self.probs.clear();
     }
 }
 
@@ -804,12 +805,8 @@ impl Advisor for GruAdvisor {
     }
 
     fn probability(&self, page: PageNumber) -> f32 {
-        let p = self
-            .prob
-            .get(&self.fx.cfg.block_of(page))
-            .copied()
-            .unwrap_or(0.0);
-        p.max(self.opts.probability_floor)
+        self.block_probability(page)
+            .max(self.opts.probability_floor)
     }
 
     fn end_window(&mut self, now_ns: u64) {

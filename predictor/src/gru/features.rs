@@ -111,6 +111,9 @@ pub struct BlockTrack {
     hist_window: u64,
     /// Whether the block is stepped every window.
     pub tracked: bool,
+    /// `window + 1` of the last window whose step set took it (0: never), so building
+    /// the set needs no map of its own.
+    step_stamp: u64,
     /// Recent feature vectors, oldest first, contiguous windows ending at `hist_window`.
     ring: std::collections::VecDeque<[f32; NUM_FEATURES]>,
 }
@@ -124,6 +127,7 @@ impl BlockTrack {
             touch_hist: 0,
             hist_window: 0,
             tracked: false,
+            step_stamp: 0,
             ring: std::collections::VecDeque::new(),
         }
     }
@@ -164,7 +168,6 @@ pub struct FeatureExtractor {
     window_accesses: u64,
     /// Buffers `end_window` reuses (it runs every model window).
     spare_step: Vec<u64>,
-    in_step: BlockMap<()>,
 }
 
 impl FeatureExtractor {
@@ -179,7 +182,6 @@ impl FeatureExtractor {
             window: 0,
             window_accesses: 0,
             spare_step: Vec::new(),
-            in_step: BlockMap::default(),
         }
     }
 
@@ -261,40 +263,47 @@ impl FeatureExtractor {
         // recently touched idle ones; each block once.
         let mut step = std::mem::take(&mut self.spare_step);
         step.clear();
-        let mut in_step = std::mem::take(&mut self.in_step);
-        in_step.clear();
+        let stamp = w + 1;
         for &b in &active {
-            in_step.insert(b, ());
+            let t = self.blocks.entry(b).or_insert_with(BlockTrack::new);
+            t.step_stamp = stamp;
             step.push(b);
         }
         for &b in &active {
             for n in [b.wrapping_add(1), b.wrapping_sub(1)] {
-                if n != u64::MAX && !in_step.contains_key(&n) {
-                    self.blocks.entry(n).or_insert_with(BlockTrack::new);
-                    in_step.insert(n, ());
+                if n == u64::MAX {
+                    continue;
+                }
+                let t = self.blocks.entry(n).or_insert_with(BlockTrack::new);
+                if t.step_stamp != stamp {
+                    t.step_stamp = stamp;
                     step.push(n);
                 }
             }
         }
         for &b in &self.tracked {
-            if in_step.contains_key(&b) {
+            let Some(t) = self.blocks.get_mut(&b) else {
+                continue;
+            };
+            if t.step_stamp == stamp {
                 continue;
             }
-            let t = &self.blocks[&b];
             if t.last_touch != u64::MAX && w.saturating_sub(t.last_touch) <= self.cfg.idle_windows {
-                in_step.insert(b, ());
+                t.step_stamp = stamp;
                 step.push(b);
             }
         }
         if step.len() > self.cfg.max_stepped {
             for &b in &step[self.cfg.max_stepped..] {
-                in_step.remove(&b);
+                if let Some(t) = self.blocks.get_mut(&b) {
+                    t.step_stamp = 0;
+                }
             }
             step.truncate(self.cfg.max_stepped);
         }
         for &b in &self.tracked {
-            if !in_step.contains_key(&b) {
-                if let Some(t) = self.blocks.get_mut(&b) {
+            if let Some(t) = self.blocks.get_mut(&b) {
+                if t.step_stamp != stamp {
                     t.tracked = false;
                     t.ring.clear();
                 }
@@ -368,7 +377,6 @@ impl FeatureExtractor {
         }
         active.clear();
         self.active = active;
-        self.in_step = in_step;
         self.spare_step = std::mem::replace(&mut self.tracked, step);
         self.window += 1;
         self.window_accesses = 0;
