@@ -54,11 +54,13 @@ model: build
 	@ls $(OUT)/traces/train/*.tvt >/dev/null 2>&1 || { echo "make model: no traces in $(OUT)/traces/train (make traces)" >&2; exit 1; }
 	$(TIERVISOR) train --trace $(OUT)/traces/train/*.tvt -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 --visibility sampled:4 --hidden 16
 
-# gru against the baselines on the held-out evaluation traces at 25% RAM (one table),
-# then the GRU's cost for a 1 M-page VM.
+# gru against the baselines on the held-out evaluation traces at 25% RAM: unbounded
+# storage tiers, then little fast room (placement matters), then the GRU's cost for a
+# 1 M-page VM.
 bench-predict: build
 	@ls $(OUT)/traces/eval/*.tvt >/dev/null 2>&1 || { echo "make bench-predict: no traces in $(OUT)/traces/eval (make traces)" >&2; exit 1; }
 	$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 $(OUT)/traces/eval/*.tvt
+	$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 --tiers resources/tiers/bench-constrained.toml $(OUT)/traces/eval/*.tvt
 	$(CARGO) run --release -p predictor --example gru_cost
 
 # Pattern-change detection on spliced evaluation traces with known change points (docs/anomaly.md).

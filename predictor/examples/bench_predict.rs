@@ -2,7 +2,10 @@
 //! summed into one table, then the targets checked for `gru`.
 //!
 //! `cargo run --release -p predictor --example bench_predict -- [--ram-fraction F]
-//!  [--visibility full|sampled:N] [--probe-pages N] TRACE...`
+//!  [--visibility full|sampled:N] [--probe-pages N] [--tiers FILE] TRACE...`
+//!
+//! `--tiers FILE` (a tier file, as for `tiervisor replay --tiers`) sets the storage
+//! tiers' capacities and speeds; without it every storage tier is unbounded.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +45,7 @@ fn main() {
         ..ReplayConfig::default()
     };
     let mut traces = Vec::new();
+    let mut tiers: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -56,6 +60,17 @@ fn main() {
                     .next()
                     .and_then(|v| v.parse::<Visibility>().ok())
                     .unwrap_or_else(|| die("--visibility full|sampled:N"))
+            }
+            "--tiers" => {
+                let path = args.next().unwrap_or_else(|| die("--tiers FILE"));
+                let file = tiering::config::TierConfig::load(std::path::Path::new(&path))
+                    .unwrap_or_else(|e| die(&e.to_string()));
+                let (latency, capacity) = cfg
+                    .latency
+                    .with_tier_file(&file, tiering::access::PAGE_SIZE);
+                cfg.latency = latency;
+                cfg.policy.tier_capacity_pages = capacity;
+                tiers = Some(path);
             }
             "--probe-pages" => {
                 cfg.probe_pages = args
@@ -75,8 +90,12 @@ fn main() {
     let mut sums: BTreeMap<&str, Sum> = BTreeMap::new();
     let mut guest_sums: BTreeMap<&str, Sum> = BTreeMap::new();
     println!(
-        "RAM fraction {}, visibility {}, probe pages {}, window {} ns",
-        cfg.ram_fraction, cfg.visibility, cfg.probe_pages, cfg.policy.window_ns
+        "RAM fraction {}, visibility {}, probe pages {}, window {} ns, storage tiers: {}",
+        cfg.ram_fraction,
+        cfg.visibility,
+        cfg.probe_pages,
+        cfg.policy.window_ns,
+        tiers.as_deref().unwrap_or("unbounded (defaults)")
     );
     println!("\nper trace: demand faults (accuracy)");
     print!("| trace |");

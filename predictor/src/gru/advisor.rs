@@ -88,7 +88,7 @@ impl Default for GruOptions {
             fault_block_threshold: 0.0,
             max_prefetch_per_window: 512,
             prefetch_ram_divisor: 16,
-            probability_floor: 0.25,
+            probability_floor: 0.0,
             // Inline training takes 128 samples every 64 model windows: 8 per window
             // keeps its buffer fresh at a quarter of the cost of 32.
             samples_per_window: 8,

@@ -246,6 +246,8 @@ fn inline_opts() -> GruOptions {
         min_window_events: 1,
         // The loop's next window is a quarter of RAM: let the plan cover it.
         prefetch_ram_divisor: 1,
+        // These tests learn within a few hundred windows: more samples per window.
+        samples_per_window: 32,
         ..GruOptions::default()
     }
 }

@@ -77,13 +77,15 @@ impl LatencyModel {
     /// The model for a tier file: tiers with a device profile take its figures;
     /// tiers without one (a real device, an NBD export) keep the defaults, since
     /// the file does not say how fast they are. Also returns each tier's capacity
-    /// in pages (`u64::MAX` for tiers the file leaves out).
+    /// in pages (0 for tiers the file leaves out: they do not exist).
     pub fn with_tier_file(
         mut self,
         file: &TierConfig,
         page_size: u64,
     ) -> (Self, [u64; TIER_COUNT]) {
-        let mut capacity = [u64::MAX; TIER_COUNT];
+        // A storage tier the file does not list does not exist (as in `tiervisor run`);
+        // the policy's last resort, tier 5, still takes what no tier has room for.
+        let mut capacity = [0; TIER_COUNT];
         for (i, spec) in file.tiers.iter().enumerate() {
             let Some(spec) = spec else { continue };
             capacity[i] = file.capacity_pages(i, page_size);

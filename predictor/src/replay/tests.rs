@@ -217,3 +217,17 @@ fn belady_is_min_eviction_without_prefetch_between_lru_and_oracle() {
         "{oracle:?} {belady:?}"
     );
 }
+
+#[test]
+fn a_tier_file_sets_capacities_and_tiers_it_leaves_out_do_not_exist() {
+    let text = "[tier1]\ncapacity = \"1G\"\nbackend = \"ram\"\n\
+                [tier2]\ncapacity = \"128K\"\nfile = \"t2.img\"\nprofile = \"nvme\"\n\
+                [tier3]\ncapacity = \"256K\"\nfile = \"t3.img\"\nprofile = \"ssd\"\n";
+    let file =
+        tiering::config::TierConfig::parse("t.toml", text, std::path::Path::new("/tmp")).unwrap();
+    let (_, capacity) = LatencyModel::default().with_tier_file(&file, 4096);
+    assert_eq!(capacity[2], 32);
+    assert_eq!(capacity[3], 64);
+    assert_eq!(capacity[4], 0, "no HDD in the file");
+    assert_eq!(capacity[5], 0, "no network tier in the file");
+}

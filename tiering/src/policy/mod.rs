@@ -604,7 +604,7 @@ impl PagingPolicy {
             .config
             .thresholds
             .storage_tier_for(self.advisor.probability(page));
-        let to = self.tier_with_room(wanted);
+        let to = self.placement(wanted, None);
         self.stats.evictions += 1;
         self.put_location(page, to);
         if self.config.retier_per_window > 0 {
@@ -614,10 +614,25 @@ impl PagingPolicy {
         out.push(Action::Evict { page, to });
     }
 
-    /// `wanted`, or the next slower tier with room; the coldest tier takes the rest.
-    fn tier_with_room(&self, wanted: TierId) -> TierId {
+    /// Where an evicted page goes when its probability wants tier `wanted` (`from`: the
+    /// tier it is in now, whose slot it may keep). Spare room is better used than kept:
+    /// a faster storage tier with more than a quarter of its capacity free takes the page
+    /// (so an unbounded fast tier takes every page, whatever the advisor expects);
+    /// otherwise `wanted`, or the next slower tier with room.
+    fn placement(&self, wanted: TierId, from: Option<TierId>) -> TierId {
+        let free = |t: TierId| {
+            let cap = self.config.tier_capacity_pages[t as usize];
+            let used = self.tier_pages[t as usize] - u64::from(from == Some(t));
+            cap.saturating_sub(used)
+        };
+        if let Some(t) = (TIER_NVME..wanted).find(|&t| {
+            let cap = self.config.tier_capacity_pages[t as usize];
+            free(t) > 0 && free(t) > cap / 4
+        }) {
+            return t;
+        }
         (wanted..TIER_NET)
-            .find(|&t| self.tier_pages[t as usize] < self.config.tier_capacity_pages[t as usize])
+            .find(|&t| free(t) > 0)
             .unwrap_or(TIER_NET)
     }
 
@@ -639,17 +654,13 @@ impl PagingPolicy {
                 .thresholds
                 .storage_tier_for(self.advisor.probability(page));
             if wanted != from {
-                let to = if wanted < from {
-                    // Rising: only to a tier with room, else stay.
-                    if self.tier_pages[wanted as usize]
-                        < self.config.tier_capacity_pages[wanted as usize]
-                    {
-                        wanted
-                    } else {
-                        from
-                    }
+                let target = self.placement(wanted, Some(from));
+                // Rising only to a faster tier; sinking only where the placement rule
+                // says (a tier with spare room keeps its pages).
+                let to = if (wanted < from) == (target < from) {
+                    target
                 } else {
-                    self.tier_with_room(wanted)
+                    from
                 };
                 if to != from {
                     self.tier_pages[from as usize] -= 1;

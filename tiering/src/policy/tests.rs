@@ -168,9 +168,17 @@ fn unobserved_hits_keep_accounting_without_the_advisor() {
     assert_eq!(policy.stats().observed_accesses, 1);
 }
 
+/// `config(budget)` with no room in NVMe and SSD, so probabilities decide.
+fn fast_tiers_full(budget: usize) -> PolicyConfig {
+    let mut cfg = config(budget);
+    cfg.tier_capacity_pages[TIER_NVME as usize] = 0;
+    cfg.tier_capacity_pages[TIER_SSD as usize] = 0;
+    cfg
+}
+
 #[test]
 fn low_probability_pages_go_to_slow_tiers_and_full_tiers_spill() {
-    let mut cfg = config(1);
+    let mut cfg = fast_tiers_full(1);
     cfg.tier_capacity_pages[TIER_HDD as usize] = 1;
     let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.02))).unwrap();
     let mut out = Vec::new();
@@ -259,8 +267,9 @@ fn bad_configs_are_refused() {
 }
 
 #[test]
-fn cooled_pages_are_moved_down_by_retiering() {
-    struct Cooling(Fifo, f32);
+fn cooled_pages_are_moved_down_by_retiering_when_their_tier_is_short_of_room() {
+    /// Probability 0.03 (HDD) for the first windows, then 0.003 (network).
+    struct Cooling(Fifo, f32, u32);
     impl Advisor for Cooling {
         fn name(&self) -> &str {
             "cooling"
@@ -284,28 +293,65 @@ fn cooled_pages_are_moved_down_by_retiering() {
             self.1
         }
         fn end_window(&mut self, _: u64) {
-            self.1 /= 10.0;
+            if self.2 == 0 {
+                self.1 = 0.003;
+            } else {
+                self.2 -= 1;
+            }
         }
     }
-    let cfg = PolicyConfig {
+    let mut cfg = PolicyConfig {
         window_accesses: 1,
-        ..config(1)
+        ..fast_tiers_full(1)
     };
-    let mut policy = PagingPolicy::new(cfg, Box::new(Cooling(Fifo::new(0.0), 0.3))).unwrap();
+    cfg.tier_capacity_pages[TIER_HDD as usize] = 4;
+    let mut policy = PagingPolicy::new(cfg, Box::new(Cooling(Fifo::new(0.0), 0.03, 5))).unwrap();
     let mut out = Vec::new();
-    policy.on_access(&access(0, 1), &mut out);
-    // Each access ends a window: 0.3 -> 0.03 (HDD) at eviction -> 0.003 (network).
-    policy.on_access(&access(1, 2), &mut out);
-    assert!(out.contains(&Action::Evict {
-        page: 1,
-        to: TIER_HDD
-    }));
-    assert!(out.contains(&Action::Move {
-        page: 1,
-        from: TIER_HDD,
-        to: TIER_NET
-    }));
-    assert_eq!(policy.tier_of(1), Some(TIER_NET));
+    // Pages 1-4 are evicted to HDD (0.03), which is then full.
+    for page in 1..=5 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    assert_eq!(policy.tier_pages()[TIER_HDD as usize], 4);
+    assert!(!out.iter().any(|a| matches!(a, Action::Move { .. })));
+    // They cool down to 0.003: re-tiering sinks them to the network tier until HDD
+    // has spare room again (more than a quarter free), and no further.
+    out.clear();
+    for page in 6..=9 {
+        policy.on_access(&access(page % 2 + 100, page), &mut out);
+    }
+    let moved = out
+        .iter()
+        .filter(
+            |a| matches!(a, Action::Move { from, to, .. } if *from == TIER_HDD && *to == TIER_NET),
+        )
+        .count();
+    assert!(moved >= 1, "{out:?}");
+    let hdd = policy.tier_pages()[TIER_HDD as usize];
+    assert!((2..4).contains(&hdd), "{hdd} pages left in HDD");
+}
+
+#[test]
+fn spare_room_in_a_faster_tier_takes_pages_whatever_their_probability() {
+    // Unbounded NVMe: a page the advisor expects never again still goes there.
+    let mut policy = PagingPolicy::new(config(1), Box::new(Fifo::new(0.001))).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=3 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    assert_eq!(policy.tier_of(1), Some(TIER_NVME));
+    assert_eq!(policy.tier_of(2), Some(TIER_NVME));
+    // NVMe of 8 pages: it takes pages while more than a quarter of it is free (6 of
+    // 8), then only pages that want it; the rest go where their probability says.
+    let mut cfg = config(1);
+    cfg.tier_capacity_pages[TIER_NVME as usize] = 8;
+    cfg.tier_capacity_pages[TIER_SSD as usize] = 0;
+    let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.02))).unwrap();
+    for page in 1..=10 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    let t = policy.tier_pages();
+    assert_eq!(t[TIER_NVME as usize], 6, "{t:?}");
+    assert_eq!(t[TIER_HDD as usize], 3, "{t:?}");
 }
 
 fn hot_config(budget: usize, hot: usize) -> PolicyConfig {
