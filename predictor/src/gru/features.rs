@@ -413,10 +413,14 @@ fn block_features(
         w.saturating_sub(t.last_touch).min(MAX_GAP)
     };
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let tables = log_tables();
     [
-        (1.0 + n).ln() / 10.0,
+        match tables.count.get(c.count as usize) {
+            Some(&v) => v,
+            None => (1.0 + n).ln() / 10.0,
+        },
         flag(c.count > 0),
-        (1.0 + gap as f32).ln() / (1.0 + MAX_GAP as f32).ln(),
+        tables.gap[gap as usize],
         frac(c.reads),
         frac(c.writes),
         frac(c.execs),
@@ -429,6 +433,30 @@ fn block_features(
         flag(prev),
         flag(next),
         flag(c.vcpus.count_ones() > 1),
-        (1.0 + n / mean).ln() / 3.0,
+        if c.count == 0 {
+            0.0 // ln(1)
+        } else {
+            (1.0 + n / mean).ln() / 3.0
+        },
     ]
+}
+
+/// The logarithmic features for small arguments, computed once by the same
+/// expressions (so the values are identical): idle blocks, most of a model step,
+/// would otherwise pay three `ln` calls each.
+struct LogTables {
+    /// `ln(1 + count) / 10` for counts below 1,024.
+    count: Vec<f32>,
+    /// The recency feature for gaps 0..=MAX_GAP.
+    gap: Vec<f32>,
+}
+
+fn log_tables() -> &'static LogTables {
+    static TABLES: std::sync::OnceLock<LogTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| LogTables {
+        count: (0..1024u32).map(|c| (1.0 + c as f32).ln() / 10.0).collect(),
+        gap: (0..=MAX_GAP)
+            .map(|g| (1.0 + g as f32).ln() / (1.0 + MAX_GAP as f32).ln())
+            .collect(),
+    })
 }
