@@ -37,7 +37,23 @@ pub struct WorkingSet {
     /// to the active list without a probe (a probe costs the guest a minor fault).
     reprieved: rustc_hash::FxHashSet<PageNumber>,
     reprieve: bool,
+    /// Share of recent faults that were short refaults (evicted less than a RAM's
+    /// worth of evictions ago), a moving average over about 128 faults.
+    short_refaults: f32,
+    /// Whether probes are asked for now (see [`WorkingSet::probes`]).
+    probing: bool,
+    adaptive: bool,
 }
+
+/// Probing starts when this share of recent faults are short refaults, and stops below
+/// [`PROBE_OFF_SHARE`] (hysteresis: probes themselves lower the share). Probes pay
+/// when evicted pages come back soon (the working set nearly fits, and keeping a page
+/// a probe saw in use saves a refault); when most faults are first touches or long
+/// refaults (random access over far more than RAM), keeping one page only evicts
+/// another as likely to return, and every touched probe is a minor fault for nothing.
+/// Chosen on the training traces (docs/predictor.md, "Probes").
+const PROBE_ON_SHARE: f32 = 0.5;
+const PROBE_OFF_SHARE: f32 = 0.35;
 
 impl Default for WorkingSet {
     fn default() -> Self {
@@ -60,7 +76,16 @@ impl WorkingSet {
             probed: Default::default(),
             reprieved: Default::default(),
             reprieve: true,
+            short_refaults: 0.0,
+            probing: false,
+            adaptive: true,
         }
+    }
+
+    /// Probe whenever asked (no short-refault gate), for comparisons.
+    pub fn with_probes_always(mut self, always: bool) -> Self {
+        self.adaptive = !always;
+        self
     }
 
     /// Whether a page a probe found in use skips its next probe (default: yes).
@@ -100,11 +125,20 @@ impl WorkingSet {
             } else if self.active.contains(page) {
                 self.active.touch(page);
             }
-        } else if self
-            .refault_distance(page)
-            .is_some_and(|d| d as usize <= self.resident())
-        {
-            self.activate_next = Some(page);
+        } else {
+            let short = self
+                .refault_distance(page)
+                .is_some_and(|d| d as usize <= self.resident());
+            if short {
+                self.activate_next = Some(page);
+            }
+            let x = if short { 1.0 } else { 0.0 };
+            self.short_refaults += (x - self.short_refaults) / 128.0;
+            if self.short_refaults >= PROBE_ON_SHARE {
+                self.probing = true;
+            } else if self.short_refaults < PROBE_OFF_SHARE {
+                self.probing = false;
+            }
         }
     }
 
@@ -161,6 +195,12 @@ impl WorkingSet {
         }
     }
 
+    /// Whether probes are asked for now: always if built `with_probes_always`, else
+    /// while short refaults are a large share of faults.
+    pub fn probing(&self) -> bool {
+        !self.adaptive || self.probing
+    }
+
     /// The next inactive pages to leave that are not being watched already, up to
     /// `max`: a touch before they go (seen as a sampled minor fault) activates them,
     /// as the kernel's referenced-bit check at the inactive tail does. A page a probe
@@ -168,6 +208,9 @@ impl WorkingSet {
     /// tail without a probe: hot pages would otherwise pay a minor fault per trip
     /// (one reprieve measured best on the training traces, docs/predictor.md).
     pub fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        if !self.probing() {
+            return;
+        }
         // Pages watched already sit at the tail (they are the next to leave): the walk
         // looks that many further, without collecting the list first.
         self.scratch.clear();
@@ -211,6 +254,11 @@ pub struct WorkingSetAdvisor {
 impl WorkingSetAdvisor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The baseline over lists built otherwise (e.g. probing always).
+    pub fn with_lists(lists: WorkingSet) -> Self {
+        Self { lists }
     }
 }
 
@@ -276,7 +324,7 @@ mod tests {
     #[test]
     fn probes_name_the_next_to_leave_and_a_probed_touch_keeps_the_page() {
         // Keep every page inactive after the first balance, so order is plain.
-        let mut ws = WorkingSet::new(100);
+        let mut ws = WorkingSet::new(100).with_probes_always(true);
         for p in 0..4 {
             ws.on_fill(p, false);
         }
@@ -309,5 +357,40 @@ mod tests {
         probes.clear();
         ws.probes(4, &mut probes);
         assert_eq!(probes, [0]);
+    }
+
+    #[test]
+    fn probes_start_when_short_refaults_are_frequent_and_stop_when_they_are_not() {
+        let mut ws = WorkingSet::new(50);
+        let mut victims = Vec::new();
+        let mut fault = |ws: &mut WorkingSet, page: u64| {
+            ws.on_access(page, false);
+            victims.clear();
+            ws.victims(1, &mut victims);
+            ws.on_evict(victims[0]);
+            ws.on_fill(page, false);
+        };
+        for p in 0..64 {
+            ws.on_fill(p, false);
+        }
+        assert!(!ws.probing(), "no evidence yet");
+        // A loop just larger than RAM: every fault is a short refault.
+        for round in 0..8u64 {
+            for p in 0..72 {
+                if !ws.contains(p) {
+                    fault(&mut ws, p);
+                }
+                let _ = round;
+            }
+        }
+        assert!(ws.probing(), "short refaults {}", ws.short_refaults);
+        // First touches only (a scan of new pages): probing stops.
+        for p in 1_000..1_400 {
+            fault(&mut ws, p);
+        }
+        assert!(!ws.probing(), "short refaults {}", ws.short_refaults);
+        let mut out = Vec::new();
+        ws.probes(8, &mut out);
+        assert!(out.is_empty());
     }
 }

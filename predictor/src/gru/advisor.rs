@@ -60,6 +60,8 @@ pub struct GruOptions {
     pub protect_chain: bool,
     /// A page a probe found in use skips its next probe (`WorkingSet::probes`).
     pub probe_reprieve: bool,
+    /// Probe whenever the driver asks, not only while short refaults are frequent.
+    pub probes_always: bool,
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
@@ -101,6 +103,7 @@ impl Default for GruOptions {
             scorer_threshold: 0.0,
             protect_chain: true,
             probe_reprieve: true,
+            probes_always: false,
             trend_candidates: true,
             first_touch_run: 0,
             online: OnlineConfig::default(),
@@ -157,6 +160,7 @@ impl GruOptions {
         flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
         flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
+        flag(&mut o.probes_always, "TIERVISOR_GRU_PROBES_ALWAYS");
         flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = super::online::OnlineMode::Off,
@@ -280,7 +284,9 @@ impl GruAdvisor {
         cfg.max_stepped = opts.max_stepped;
         let learner = OnlineLearner::new(&model, opts.online);
         let hidden = model.hidden();
-        let lists = WorkingSet::default().with_probe_reprieve(opts.probe_reprieve);
+        let lists = WorkingSet::default()
+            .with_probe_reprieve(opts.probe_reprieve)
+            .with_probes_always(opts.probes_always);
         GruAdvisor {
             fx: FeatureExtractor::new(cfg),
             cell: GruCell::from_model(&model),

@@ -159,6 +159,40 @@ fn visibility_parses() {
     assert!("some".parse::<Visibility>().is_err());
 }
 
+/// `workingset` replayed with `advisor` lists over `t` at 25% RAM, `probe_pages` probes.
+fn replay_workingset(
+    t: &TraceInput,
+    lists: crate::baselines::WorkingSet,
+    probe_pages: u32,
+) -> AdvisorReport {
+    let cfg = ReplayConfig {
+        ram_fraction: 0.25,
+        probe_pages,
+        ..ReplayConfig::default()
+    };
+    let mut distinct = std::collections::HashSet::new();
+    t.for_each(|a| {
+        distinct.insert(a.page);
+    })
+    .unwrap();
+    let ctx = registry::ReplayContext {
+        ram_budget_pages: distinct.len() / 4,
+        distinct_pages: distinct.len() as u64,
+        ..Default::default()
+    };
+    let advisor = Box::new(crate::baselines::WorkingSetAdvisor::with_lists(lists));
+    replay_advisor(
+        t,
+        advisor,
+        "workingset",
+        &cfg,
+        &ctx,
+        Clock::Nanoseconds,
+        4096,
+    )
+    .unwrap()
+}
+
 #[test]
 fn probes_of_the_pages_next_to_leave_keep_a_hot_set_under_sampled_visibility() {
     // 24 hot pages touched over and over between the pages of a scan that is never
@@ -167,24 +201,11 @@ fn probes_of_the_pages_next_to_leave_keep_a_hot_set_under_sampled_visibility() {
     let hot = 24u64;
     let pages = (0..400u64).flat_map(|i| std::iter::once(1000 + i).chain(0..hot));
     let t = trace(pages, 2000);
-    let run = |probe_pages| {
-        let cfg = ReplayConfig {
-            ram_fraction: 0.25,
-            probe_pages,
-            ..ReplayConfig::default()
-        };
-        let r = replay_all(&t, &names(&["workingset", "lru"]), &cfg, None).unwrap();
-        (
-            by_name(&r, "workingset").clone(),
-            by_name(&r, "lru").clone(),
-        )
-    };
-    let (without, _) = run(0);
-    let (with, lru) = run(16);
+    let always = || crate::baselines::WorkingSet::default().with_probes_always(true);
+    let without = replay_workingset(&t, always(), 0);
+    let with = replay_workingset(&t, always(), 16);
     assert_eq!(without.probes, 0);
     assert!(with.probes > 0, "{with:?}");
-    // lru does not probe: the setting changes nothing for it.
-    assert_eq!(lru.probes, 0);
     assert!(
         with.demand_faults < without.demand_faults,
         "probes {} faults vs {} without",
@@ -193,6 +214,15 @@ fn probes_of_the_pages_next_to_leave_keep_a_hot_set_under_sampled_visibility() {
     );
     // Probes are paid for: their touches are sampled minor faults in the stall.
     assert!(with.samples > without.samples, "{with:?} {without:?}");
+    // Almost every fault here is a first touch, so the default (adaptive) lists do
+    // not ask for probes at all, and lru never does.
+    let cfg = ReplayConfig {
+        ram_fraction: 0.25,
+        ..ReplayConfig::default()
+    };
+    let r = replay_all(&t, &names(&["workingset", "lru"]), &cfg, None).unwrap();
+    assert_eq!(by_name(&r, "workingset").probes, 0);
+    assert_eq!(by_name(&r, "lru").probes, 0);
 }
 
 #[test]
