@@ -42,6 +42,7 @@ pub struct WorkingSet {
     short_refaults: f32,
     /// Whether probes are asked for now (see [`WorkingSet::probes`]).
     probing: bool,
+    /// `false`: probe whenever the driver asks ([`WorkingSet::with_probes_always`]).
     adaptive: bool,
 }
 
