@@ -92,8 +92,8 @@ impl std::str::FromStr for Visibility {
     }
 }
 
-/// Probes per window by default: 16 against 0 and 8 measured best in stall on the
-/// training traces' real programs (docs/predictor.md, "Probes").
+/// Probes per window by default: 16, with the advisors' own gate, measured best in
+/// stall over the training traces (docs/predictor.md, "Probes").
 pub const DEFAULT_PROBE_PAGES: u32 = 16;
 
 /// Settings of a replay.

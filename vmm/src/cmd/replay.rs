@@ -16,7 +16,7 @@ pub struct ReplayArgs {
     /// RAM budget as a fraction of the trace's distinct pages, in (0, 1].
     #[arg(long, default_value_t = 0.25)]
     pub ram_fraction: f64,
-    /// Advisors to compare, comma-separated: gru, leap, stride, lru, lfu, none, reap, oracle, workingset.
+    /// Advisors to compare, comma-separated: gru, leap, stride, lru, lfu, none, reap, oracle, belady (MIN eviction without prefetch), workingset.
     #[arg(long, default_value = "leap,stride,lru,lfu,none,oracle")]
     pub advisor: String,
     /// Tier file (TOML, as for `run --tiers`): device profiles set the tier latencies.
@@ -28,7 +28,8 @@ pub struct ReplayArgs {
     pub visibility: Visibility,
     /// Under sampled visibility, resident pages per window an advisor may ask to
     /// watch besides the random ones (`workingset` and `gru` probe the pages next to
-    /// be evicted); a touched probe costs a minor fault like a sample. 0: none.
+    /// be evicted, while short refaults are frequent); a touched probe costs a minor
+    /// fault like a sample. 0: none.
     #[arg(long, default_value_t = predictor::replay::DEFAULT_PROBE_PAGES)]
     pub probe_pages: u32,
     /// Monitoring window in microseconds of simulated time.
