@@ -622,7 +622,7 @@ impl PagingPolicy {
     fn placement(&self, wanted: TierId, from: Option<TierId>) -> TierId {
         let free = |t: TierId| {
             let cap = self.config.tier_capacity_pages[t as usize];
-            let used = self.tier_pages[t as usize] - u64::from(from == Some(t));
+            let used = self.tier_pages[t as usize].saturating_sub(u64::from(from == Some(t)));
             cap.saturating_sub(used)
         };
         if let Some(t) = (TIER_NVME..wanted).find(|&t| {
