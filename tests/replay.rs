@@ -147,6 +147,28 @@ fn table_output_and_usage_errors() {
         );
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     };
+    // The bench's constrained tier file parses and changes the tiers: with 32 pages
+    // of NVMe and 64 of SSD, and no HDD, more pages land in the slow network tier.
+    let constrained = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../resources/tiers/bench-constrained.toml");
+    let stall = |extra: &[&std::ffi::OsStr]| {
+        let out = tiervisor()
+            .args(["replay", "--advisor", "lru", "--json", "--trace"])
+            .arg(&trace)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap()[0]["stall_ns"].as_u64().unwrap()
+    };
+    let unbounded = stall(&[]);
+    let small = stall(&["--tiers".as_ref(), constrained.as_os_str()]);
+    assert!(small > unbounded, "{small} <= {unbounded}");
     bad(&["--advisor", "lru,magic"], "unknown advisor \"magic\"");
     bad(&["--ram-fraction", "1.5"], "--ram-fraction");
     let missing = scratch("missing.tvt");
