@@ -151,23 +151,13 @@ fn table_output_and_usage_errors() {
     // of NVMe and 64 of SSD, and no HDD, more pages land in the slow network tier.
     let constrained = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../resources/tiers/bench-constrained.toml");
-    let stall = |extra: &[&std::ffi::OsStr]| {
-        let out = tiervisor()
-            .args(["replay", "--advisor", "lru", "--json", "--trace"])
-            .arg(&trace)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap()[0]["stall_ns"].as_u64().unwrap()
+    let lru_stall = |extra: &[&str]| {
+        let reports = replay_json(&trace, extra);
+        let lru = reports.iter().find(|r| r["advisor"] == "lru").unwrap();
+        field(lru, "stall_ns")
     };
-    let unbounded = stall(&[]);
-    let small = stall(&["--tiers".as_ref(), constrained.as_os_str()]);
+    let unbounded = lru_stall(&[]);
+    let small = lru_stall(&["--tiers", constrained.to_str().unwrap()]);
     assert!(small > unbounded, "{small} <= {unbounded}");
     bad(&["--advisor", "lru,magic"], "unknown advisor \"magic\"");
     bad(&["--ram-fraction", "1.5"], "--ram-fraction");

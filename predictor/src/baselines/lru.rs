@@ -17,6 +17,24 @@ struct Node {
     next: u32,
 }
 
+/// Moves up to `max` pages for which `resident` is false from the front of `queue` to
+/// `out`; resident pages met on the way are dropped from the queue.
+pub(crate) fn drain_not_resident(
+    queue: &mut VecDeque<PageNumber>,
+    max: usize,
+    resident: impl Fn(PageNumber) -> bool,
+    out: &mut Vec<PageNumber>,
+) {
+    let mut n = 0;
+    while n < max {
+        let Some(p) = queue.pop_front() else { break };
+        if !resident(p) {
+            out.push(p);
+            n += 1;
+        }
+    }
+}
+
 /// Resident pages from most to least recently used; every operation is O(1).
 #[derive(Debug, Default)]
 pub struct LruList {
@@ -97,14 +115,7 @@ impl LruList {
         max: usize,
         out: &mut Vec<PageNumber>,
     ) {
-        let mut n = 0;
-        while n < max {
-            let Some(p) = queue.pop_front() else { break };
-            if !self.contains(p) {
-                out.push(p);
-                n += 1;
-            }
-        }
+        drain_not_resident(queue, max, |p| self.contains(p), out);
     }
 
     fn unlink(&mut self, i: u32) {

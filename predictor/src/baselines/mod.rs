@@ -28,6 +28,7 @@ mod workingset;
 
 pub use clock::ClockAdvisor;
 pub use lfu::LfuAdvisor;
+use lru::drain_not_resident;
 pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};
 pub use prefetchers::{LeapAdvisor, StrideAdvisor};

@@ -147,8 +147,9 @@ const LEAP_MAX_WINDOW: usize = 8;
 /// neighbours of the faulting page.
 #[derive(Debug, Default)]
 pub struct LeapAdvisor {
-    /// Its LRU eviction order; not kept by [`LeapAdvisor::trend_only`].
+    /// Its LRU eviction order.
     list: LruList,
+    /// [`LeapAdvisor::trend_only`]: `list` is not kept.
     trend_only: bool,
     history: VecDeque<i64>,
     last_page: Option<PageNumber>,
@@ -179,16 +180,7 @@ impl LeapAdvisor {
         resident: impl Fn(PageNumber) -> bool,
         out: &mut Vec<PageNumber>,
     ) {
-        let mut n = 0;
-        while n < max {
-            let Some(p) = self.pending.pop_front() else {
-                break;
-            };
-            if !resident(p) {
-                out.push(p);
-                n += 1;
-            }
-        }
+        super::drain_not_resident(&mut self.pending, max, resident, out);
     }
 
     /// Boyer-Moore majority of the newest deltas, widening the window as Leap does.

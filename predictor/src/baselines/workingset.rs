@@ -376,12 +376,11 @@ mod tests {
         }
         assert!(!ws.probing(), "no evidence yet");
         // A loop just larger than RAM: every fault is a short refault.
-        for round in 0..8u64 {
+        for _ in 0..8 {
             for p in 0..72 {
                 if !ws.contains(p) {
                     fault(&mut ws, p);
                 }
-                let _ = round;
             }
         }
         assert!(ws.probing(), "short refaults {}", ws.short_refaults);

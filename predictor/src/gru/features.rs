@@ -417,7 +417,7 @@ fn block_features(
     [
         match tables.count.get(c.count as usize) {
             Some(&v) => v,
-            None => (1.0 + n).ln() / 10.0,
+            None => count_feature(c.count),
         },
         flag(c.count > 0),
         tables.gap[gap as usize],
@@ -454,9 +454,14 @@ struct LogTables {
 fn log_tables() -> &'static LogTables {
     static TABLES: std::sync::OnceLock<LogTables> = std::sync::OnceLock::new();
     TABLES.get_or_init(|| LogTables {
-        count: (0..1024u32).map(|c| (1.0 + c as f32).ln() / 10.0).collect(),
+        count: (0..1024).map(count_feature).collect(),
         gap: (0..=MAX_GAP)
             .map(|g| (1.0 + g as f32).ln() / (1.0 + MAX_GAP as f32).ln())
             .collect(),
     })
+}
+
+/// The log access count feature.
+fn count_feature(count: u32) -> f32 {
+    (1.0 + count as f32).ln() / 10.0
 }

@@ -625,10 +625,9 @@ impl PagingPolicy {
             let used = self.tier_pages[t as usize].saturating_sub(u64::from(from == Some(t)));
             cap.saturating_sub(used)
         };
-        if let Some(t) = (TIER_NVME..wanted).find(|&t| {
-            let cap = self.config.tier_capacity_pages[t as usize];
-            free(t) > 0 && free(t) > cap / 4
-        }) {
+        if let Some(t) =
+            (TIER_NVME..wanted).find(|&t| free(t) > self.config.tier_capacity_pages[t as usize] / 4)
+        {
             return t;
         }
         (wanted..TIER_NET)
