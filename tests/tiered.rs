@@ -170,6 +170,36 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
     );
 }
 
+/// Every live advisor, the prefetching ones included, over an NVMe-profiled file tier
+/// (`make bench-live`'s tiers): the guest verifies every page it reads back. Prefetches
+/// go through the migrator thread and race demand faults and evictions; a stride
+/// readahead over the kernel image's pages once zero-filled pages the loader had
+/// written and dropped them as still-zero (a triple fault).
+#[test]
+fn every_advisor_keeps_the_guests_memory_intact() {
+    let dir = workdir("advisors");
+    let tiers = repo_root().join("resources/tiers/bench-live.toml");
+    for advisor in ["lru", "lfu", "workingset", "stride", "leap", "gru"] {
+        for cmdline in [
+            "workload=scan mem=8M iters=8000 seed=5",
+            "workload=zipf mem=8M iters=8000 seed=5",
+        ] {
+            let (out, m) = run_tiered(&dir, &tiers, cmdline, &["--advisor", advisor]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("result=ok"),
+                "{advisor}, {cmdline}: {}",
+                describe(&out)
+            );
+            let t = &m["tiers"];
+            assert_eq!(t["advisor"].as_str(), Some(advisor), "{t}");
+            if ["stride", "leap", "gru"].contains(&advisor) && cmdline.contains("scan") {
+                assert!(u(t, "prefetch_useful") > 0, "{advisor}: {t}");
+            }
+        }
+    }
+}
+
 #[test]
 fn recorded_trace_reads_back() {
     let dir = workdir("trace");

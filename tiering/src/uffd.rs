@@ -135,15 +135,17 @@ impl GuestUffd {
         })
     }
 
-    /// Install zero pages over `[dst, dst+len)` and wake waiters.
-    pub fn zero_pages(&self, dst: usize, len: usize) -> Result<(), UffdError> {
+    /// Install zero pages over `[dst, dst+len)` and wake waiters. A page that is
+    /// there already (e.g. written by the kernel loader before any fault) is left as
+    /// it is: [`ZeroFill::AlreadyPresent`] tells the caller its content is not zeros.
+    pub fn zero_pages(&self, dst: usize, len: usize) -> Result<ZeroFill, UffdError> {
         for _ in 0..EAGAIN_RETRIES {
             // SAFETY: the range lies in registered guest RAM; ZEROPAGE only fills
             // missing pages.
             match unsafe { self.uffd.zeropage(dst as *mut libc::c_void, len, true) } {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(ZeroFill::Zeroed),
                 Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
-                    return self.wake(dst, len);
+                    return self.wake(dst, len).map(|()| ZeroFill::AlreadyPresent);
                 }
                 Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN => {}
                 Err(e) => {
@@ -197,6 +199,15 @@ impl GuestUffd {
                 detail: e.to_string(),
             })
     }
+}
+
+/// What [`GuestUffd::zero_pages`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroFill {
+    /// Zero pages were installed.
+    Zeroed,
+    /// A page was present already; its content is whatever was written there.
+    AlreadyPresent,
 }
 
 fn errno_of(e: &userfaultfd::Error) -> String {

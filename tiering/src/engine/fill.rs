@@ -13,10 +13,10 @@ impl Engine {
         let m = self.meta[index];
         match m.state {
             State::Untouched => {
-                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
-                    return self.die(e.to_string());
+                match self.uffd.zero_pages(host, PAGE) {
+                    Ok(filled) => self.mark_zero_filled(index, filled),
+                    Err(e) => return self.die(e.to_string()),
                 }
-                self.mark_zero_filled(index);
                 self.counters.zero_fills += 1;
                 self.counters
                     .record_fault(1, t0.elapsed().as_nanos() as u64);
@@ -58,7 +58,14 @@ impl Engine {
                     return self.die(e.to_string());
                 }
                 self.set_state(index, State::Present);
-                self.meta[index].dirty = false;
+                // Racing the migrator, its UFFDIO_COPY may have come first and the
+                // guest may have written the page since (the fault event was queued
+                // before that install): the dirty flag was cleared when the job was
+                // sent, and a harvest since is a real write. Clearing it here lost
+                // such a write (the page was later dropped as clean).
+                if !m.migrating {
+                    self.meta[index].dirty = false;
+                }
                 self.meta[index].zero = false;
                 // The policy counts it resident again: no deferred eviction.
                 self.meta[index].reevict_to = NO_TIER;
@@ -81,10 +88,10 @@ impl Engine {
         match m.state {
             State::Untouched => {
                 let host = self.layout.host_of_index(index);
-                if let Err(e) = self.uffd.zero_pages(host, PAGE) {
-                    return self.die(e.to_string());
+                match self.uffd.zero_pages(host, PAGE) {
+                    Ok(filled) => self.mark_zero_filled(index, filled),
+                    Err(e) => return self.die(e.to_string()),
                 }
-                self.mark_zero_filled(index);
             }
             State::Absent => {
                 if self.ram_full() {

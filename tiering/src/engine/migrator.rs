@@ -26,7 +26,9 @@
 //!   released instead and the page keeps its copy.
 //! - The guest may write a prefetched page between its `UFFDIO_COPY` here and the
 //!   handler learning of it: the page's dirty flag is cleared when the job is sent,
-//!   never when the outcome arrives, so a dirty-log harvest in between is kept.
+//!   never when the outcome arrives nor when a racing demand fault installs it (that
+//!   fault's event may predate the migrator's install and the guest's write), so a
+//!   dirty-log harvest in between is kept.
 
 use std::fs::File;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};

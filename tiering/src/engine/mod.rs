@@ -25,7 +25,7 @@ use crate::metrics::Counters;
 use crate::policy::{AccessOutcome, Action, PagingPolicy};
 use crate::runtime::{Shared, VmHooks};
 use crate::stores::{run_blocking, Store};
-use crate::uffd::{self, GuestUffd};
+use crate::uffd::{self, GuestUffd, ZeroFill};
 
 mod evict;
 mod fill;
