@@ -6,7 +6,7 @@ OUT := resources/out
 GUEST := $(OUT)/testguest.elf
 TIERVISOR := target/release/tiervisor
 
-.PHONY: all setup build guest demo test lint linux bench-boot bench-fault traces model bench-predict clean
+.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live traces model bench-predict clean
 
 all: build
 
@@ -42,6 +42,11 @@ bench-boot: build
 # raw event + O_DIRECT read + UFFDIO_COPY, interleaved in one run (docs/benchmarks.md).
 bench-fault: setup
 	$(CARGO) run --release -p tiering --example bench_fault -- 4096 5 target/bench-fault
+
+# The paging advisors in live VMs: test-guest workloads at 25% RAM over an NVMe-profiled
+# file tier, each advisor against all-in-RAM, interleaved rounds (docs/benchmarks.md).
+bench-live: build
+	resources/scripts/bench-live.sh
 
 # Real-program traces (valgrind lackey) and test-guest recordings into
 # $(OUT)/traces/{train,eval}/ (docs/traces.md says which is which).

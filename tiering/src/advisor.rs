@@ -3,6 +3,10 @@
 //! The tier manager (live VMM) and the replay simulator drive an advisor through the
 //! same calls, in the same order, so an advisor cannot tell a replay from a live VM.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::access::{Access, PageNumber};
 
 /// Decides which pages to prefetch and which to evict.
@@ -53,4 +57,86 @@ pub trait Advisor: Send {
     /// visibility an advisor otherwise learns of hits only by chance; probing the pages
     /// it is about to evict is the kernel's referenced-bit check at the inactive tail.
     fn probes(&mut self, _max: usize, _out: &mut Vec<PageNumber>) {}
+}
+
+/// An advisor whose calls are timed: the wall time spent inside them is summed into a
+/// counter shared with whoever reports it (the replay's `advisor_cpu_ns`, the live
+/// report's `advisor_cpu_ms`). The cost of the two clock reads is subtracted from each.
+pub struct TimedAdvisor {
+    inner: Box<dyn Advisor>,
+    spent_ns: Arc<AtomicU64>,
+    /// Cost of one `Instant::now()` pair, subtracted from every measurement.
+    overhead_ns: u64,
+}
+
+impl TimedAdvisor {
+    pub fn new(inner: Box<dyn Advisor>) -> Self {
+        Self {
+            inner,
+            spent_ns: Arc::new(AtomicU64::new(0)),
+            overhead_ns: instant_overhead_ns(),
+        }
+    }
+
+    /// The running total of nanoseconds spent inside the advisor.
+    pub fn spent(&self) -> Arc<AtomicU64> {
+        self.spent_ns.clone()
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
+        let t = Instant::now();
+        let r = f(self.inner.as_mut());
+        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
+        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        r
+    }
+}
+
+fn instant_overhead_ns() -> u64 {
+    let mut samples: Vec<u64> = (0..1001)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(&t);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+impl Advisor for TimedAdvisor {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.timed(|a| a.on_access(access, resident))
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.timed(|a| a.on_fill(page, prefetched))
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.timed(|a| a.on_evict(page))
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.victims(n, out))
+    }
+    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.prefetch(now_ns, max, out))
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        let t = Instant::now();
+        let p = self.inner.probability(page);
+        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
+        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        p
+    }
+    fn end_window(&mut self, now_ns: u64) {
+        self.timed(|a| a.end_window(now_ns))
+    }
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.timed(|a| a.on_prefetch_outcome(page, used))
+    }
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        self.timed(|a| a.probes(max, out))
+    }
 }

@@ -157,6 +157,9 @@ pub struct TieringReport {
     pub pages_shared: u64,
     /// Time the fault handler slept waiting for work, in ms.
     pub handler_idle_ms: f64,
+    /// Time the fault handler spent inside the advisor's calls, in ms (a learner's
+    /// background thread is reported by the advisor itself, not here).
+    pub advisor_cpu_ms: f64,
     /// Demand-fault latency over all tiers (event read to page installed).
     pub fault_latency_p50_us: f64,
     pub fault_latency_p99_us: f64,

@@ -237,7 +237,10 @@ impl TieredMemory {
             initial_tier: options.initial_tier,
             ..PolicyConfig::default()
         };
-        let policy = PagingPolicy::new(policy_config, advisor)?;
+        // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.
+        let advisor = crate::advisor::TimedAdvisor::new(advisor);
+        let advisor_ns = advisor.spent();
+        let policy = PagingPolicy::new(policy_config, Box::new(advisor))?;
         let trace = match &options.trace_out {
             Some(path) => {
                 let mut header = crate::trace::TraceHeader {
@@ -290,6 +293,7 @@ impl TieredMemory {
             vcpus.0.clone(),
         );
         engine.advisor_name = options.advisor_name.clone();
+        engine.advisor_ns = advisor_ns;
         if let Some(dir) = &options.share_dir {
             engine.share = Some(crate::share::ShareRegistry::new(dir, guest_pages as usize)?);
         }
@@ -492,6 +496,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         moves: stats.moves,
         trace_events: c.events_traced,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,
+        advisor_cpu_ms: e.advisor_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
         page_table_walks: c.page_table_walks,
         page_tables_unreadable: c.page_tables_unreadable,
         pages_code: kinds.0,

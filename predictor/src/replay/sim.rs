@@ -1,13 +1,13 @@
 //! One replay of a trace with one advisor.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 use tiering::access::{Access, AccessSource, PageNumber};
-use tiering::advisor::Advisor;
+use tiering::advisor::{Advisor, TimedAdvisor};
 use tiering::policy::{AccessOutcome, Action, PagingPolicy, PolicyConfig};
 use tiering::trace::Clock;
 
@@ -122,73 +122,6 @@ impl Default for ReplayConfig {
             probe_pages: DEFAULT_PROBE_PAGES,
             ns_per_instruction: 0.4,
         }
-    }
-}
-
-/// Measures the wall time spent inside advisor calls.
-struct TimedAdvisor {
-    inner: Box<dyn Advisor>,
-    spent_ns: Arc<AtomicU64>,
-    /// Cost of one `Instant::now()` pair, subtracted from every measurement.
-    overhead_ns: u64,
-}
-
-impl TimedAdvisor {
-    fn timed<T>(&mut self, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
-        let t = Instant::now();
-        let r = f(self.inner.as_mut());
-        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
-        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
-        r
-    }
-}
-
-fn instant_overhead_ns() -> u64 {
-    let mut samples: Vec<u64> = (0..1001)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(&t);
-            t.elapsed().as_nanos() as u64
-        })
-        .collect();
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
-
-impl Advisor for TimedAdvisor {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn on_access(&mut self, access: &Access, resident: bool) {
-        self.timed(|a| a.on_access(access, resident))
-    }
-    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        self.timed(|a| a.on_fill(page, prefetched))
-    }
-    fn on_evict(&mut self, page: PageNumber) {
-        self.timed(|a| a.on_evict(page))
-    }
-    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.victims(n, out))
-    }
-    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.prefetch(now_ns, max, out))
-    }
-    fn probability(&self, page: PageNumber) -> f32 {
-        let t = Instant::now();
-        let p = self.inner.probability(page);
-        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
-        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
-        p
-    }
-    fn end_window(&mut self, now_ns: u64) {
-        self.timed(|a| a.end_window(now_ns))
-    }
-    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
-        self.timed(|a| a.on_prefetch_outcome(page, used))
-    }
-    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.probes(max, out))
     }
 }
 
@@ -311,12 +244,8 @@ pub fn replay_advisor(
     clock: Clock,
     page_size: u64,
 ) -> Result<AdvisorReport, ReplayError> {
-    let spent = Arc::new(AtomicU64::new(0));
-    let timed = TimedAdvisor {
-        inner: advisor,
-        spent_ns: spent.clone(),
-        overhead_ns: instant_overhead_ns(),
-    };
+    let timed = TimedAdvisor::new(advisor);
+    let spent = timed.spent();
     let policy_cfg = PolicyConfig {
         ram_budget_pages: ctx.ram_budget_pages,
         ..cfg.policy.clone()

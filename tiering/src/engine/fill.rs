@@ -90,7 +90,7 @@ impl Engine {
                 let host = self.layout.host_of_index(index);
                 match self.uffd.zero_pages(host, PAGE) {
                     Ok(filled) => self.mark_zero_filled(index, filled),
-                    Err(e) => return self.die(e.to_string()),
+                    Err(e) => self.die(e.to_string()),
                 }
             }
             State::Absent => {

@@ -160,6 +160,8 @@ pub(crate) struct Engine {
     last_walk: Option<Instant>,
     /// For the report.
     pub advisor_name: String,
+    /// Nanoseconds spent inside the advisor (its [`crate::advisor::TimedAdvisor`]).
+    pub advisor_ns: Arc<std::sync::atomic::AtomicU64>,
     pub tiers: crate::config::TierConfig,
 }
 
@@ -232,6 +234,7 @@ impl Engine {
             kinds: crate::pagekind::KindMap::new(pages),
             last_walk: None,
             advisor_name: String::new(),
+            advisor_ns: Default::default(),
             tiers: crate::config::TierConfig::default(),
         }
     }
