@@ -194,7 +194,10 @@ fn every_advisor_keeps_the_guests_memory_intact() {
             let t = &m["tiers"];
             assert_eq!(t["advisor"].as_str(), Some(advisor), "{t}");
             // The handler's time inside the advisor is measured and reported.
-            assert!(t["advisor_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{t}");
+            assert!(
+                t["advisor_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+                "{t}"
+            );
             if ["stride", "leap", "gru"].contains(&advisor) && cmdline.contains("scan") {
                 assert!(u(t, "prefetch_useful") > 0, "{advisor}: {t}");
             }
