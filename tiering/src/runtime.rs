@@ -359,7 +359,8 @@ impl TieredMemory {
         self.vcpus.clone()
     }
 
-    /// The latest published counters (updated whenever the handler is idle).
+    /// The latest published counters (updated when the handler is idle, at most every
+    /// 20 ms, and when it stops).
     pub fn snapshot(&self) -> Option<TieringReport> {
         self.shared.report.lock().ok().and_then(|r| r.clone())
     }
