@@ -19,14 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TIERVISOR=${TIERVISOR:-target/release/tiervisor}
-GUEST=${GUEST:-resources/out/testguest.elf}
-for f in "$TIERVISOR" "$GUEST"; do
-    if [ ! -e "$f" ]; then
-        echo "bench-boot: $f is missing: run \`make build\` first" >&2
-        exit 1
-    fi
-done
+. resources/scripts/built.sh bench-boot
 command -v qemu-system-x86_64 >/dev/null || {
     echo "bench-boot: qemu-system-x86_64 is missing: run \`make setup\`" >&2
     exit 1

@@ -18,14 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TIERVISOR=${TIERVISOR:-target/release/tiervisor}
-GUEST=${GUEST:-resources/out/testguest.elf}
-for f in "$TIERVISOR" "$GUEST"; do
-    if [ ! -e "$f" ]; then
-        echo "bench-live: $f is missing: run \`make build\` first" >&2
-        exit 1
-    fi
-done
+. resources/scripts/built.sh bench-live
 # O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
 mkdir -p target
 WORKDIR=$(cd "$(mktemp -d -p target bench-live.XXXXXX)" && pwd)

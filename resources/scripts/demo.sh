@@ -4,11 +4,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-tiervisor=${TIERVISOR:-target/release/tiervisor}
-guest=${GUEST:-resources/out/testguest.elf}
-for f in "$tiervisor" "$guest"; do
-    [ -e "$f" ] || { echo "demo: $f is missing; run 'make build' first" >&2; exit 1; }
-done
+. resources/scripts/built.sh demo
+tiervisor=$TIERVISOR
+guest=$GUEST
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
