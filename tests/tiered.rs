@@ -172,9 +172,11 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
 
 /// Every live advisor, the prefetching ones included, over an NVMe-profiled file tier
 /// (`make bench-live`'s tiers): the guest verifies every page it reads back. Prefetches
-/// go through the migrator thread and race demand faults and evictions; a stride
-/// readahead over the kernel image's pages once zero-filled pages the loader had
-/// written and dropped them as still-zero (a triple fault).
+/// go through the migrator thread and race demand faults and evictions. With `stride`
+/// this once lost data two ways (docs/tiering.md, "Migrator"): a demand fault served
+/// after the migrator's install cleared the page's dirty flag (the guest's check
+/// failed), and a readahead over the kernel image zero-filled pages the loader had
+/// written, which were then dropped as still-zero (a triple fault).
 #[test]
 fn every_advisor_keeps_the_guests_memory_intact() {
     let dir = workdir("advisors");
