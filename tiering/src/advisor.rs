@@ -84,12 +84,18 @@ impl TimedAdvisor {
     }
 
     fn timed<T>(&mut self, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
-        let t = Instant::now();
-        let r = f(self.inner.as_mut());
-        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
-        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
-        r
+        let inner = self.inner.as_mut();
+        measure(&self.spent_ns, self.overhead_ns, || f(inner))
     }
+}
+
+/// Runs `f`, adding its wall time less `overhead_ns` (the clock reads) to `spent_ns`.
+fn measure<T>(spent_ns: &AtomicU64, overhead_ns: u64, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    let ns = (t.elapsed().as_nanos() as u64).saturating_sub(overhead_ns);
+    spent_ns.fetch_add(ns, Ordering::Relaxed);
+    r
 }
 
 fn instant_overhead_ns() -> u64 {
@@ -124,11 +130,9 @@ impl Advisor for TimedAdvisor {
         self.timed(|a| a.prefetch(now_ns, max, out))
     }
     fn probability(&self, page: PageNumber) -> f32 {
-        let t = Instant::now();
-        let p = self.inner.probability(page);
-        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(self.overhead_ns);
-        self.spent_ns.fetch_add(ns, Ordering::Relaxed);
-        p
+        measure(&self.spent_ns, self.overhead_ns, || {
+            self.inner.probability(page)
+        })
     }
     fn end_window(&mut self, now_ns: u64) {
         self.timed(|a| a.end_window(now_ns))

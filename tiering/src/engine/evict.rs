@@ -226,20 +226,6 @@ impl Engine {
         }
     }
 
-    /// A never-touched page is in RAM after a zero fill. If the fill found the page
-    /// present already (written before any fault, e.g. by the kernel loader), its
-    /// content is not zeros: it stays dirty, so eviction writes it back instead of
-    /// dropping it as still-zero (which lost guest code and crashed the guest when a
-    /// prefetching advisor named such a page).
-    pub(super) fn mark_zero_filled(&mut self, index: usize, filled: ZeroFill) {
-        let dirty_log = self.hooks.has_dirty_log();
-        let zeroed = filled == ZeroFill::Zeroed;
-        let m = &mut self.meta[index];
-        m.state = State::Present;
-        m.dirty = !(dirty_log && zeroed);
-        m.zero = dirty_log && zeroed;
-    }
-
     /// A cancelled or failed eviction ends: the page is resident again (with a clean
     /// copy in `copy_tier`, if given); if the policy evicted it meanwhile, queue that.
     pub(super) fn back_in_ram(&mut self, index: usize, copy_tier: Option<usize>) {

@@ -4,6 +4,29 @@
 use super::*;
 
 impl Engine {
+    /// Brings never-touched page `index` into RAM as zeros; false if that failed (the
+    /// engine is stopping). If the fill found the page present already (written
+    /// before any fault, e.g. by the kernel loader), its content is not zeros: it stays
+    /// dirty, so eviction writes it back instead of dropping it as still-zero (which
+    /// lost guest code and crashed the guest when a prefetching advisor named such a
+    /// page).
+    fn zero_fill(&mut self, index: usize) -> bool {
+        let host = self.layout.host_of_index(index);
+        let zeroed = match self.uffd.zero_pages(host, PAGE) {
+            Ok(filled) => filled == ZeroFill::Zeroed,
+            Err(e) => {
+                self.die(e.to_string());
+                return false;
+            }
+        };
+        let dirty_log = self.hooks.has_dirty_log();
+        let m = &mut self.meta[index];
+        m.state = State::Present;
+        m.dirty = !(dirty_log && zeroed);
+        m.zero = dirty_log && zeroed;
+        true
+    }
+
     /// Serve a demand fault: zero-fill a first touch or read the page from its tier.
     pub(super) fn fill_demand(&mut self, index: usize, t0: Instant) {
         if self.meta[index].state == State::Prefetching && !self.meta[index].migrating {
@@ -13,9 +36,8 @@ impl Engine {
         let m = self.meta[index];
         match m.state {
             State::Untouched => {
-                match self.uffd.zero_pages(host, PAGE) {
-                    Ok(filled) => self.mark_zero_filled(index, filled),
-                    Err(e) => return self.die(e.to_string()),
+                if !self.zero_fill(index) {
+                    return;
                 }
                 self.counters.zero_fills += 1;
                 self.counters
@@ -87,11 +109,7 @@ impl Engine {
         let m = self.meta[index];
         match m.state {
             State::Untouched => {
-                let host = self.layout.host_of_index(index);
-                match self.uffd.zero_pages(host, PAGE) {
-                    Ok(filled) => self.mark_zero_filled(index, filled),
-                    Err(e) => self.die(e.to_string()),
-                }
+                self.zero_fill(index);
             }
             State::Absent => {
                 if self.ram_full() {
