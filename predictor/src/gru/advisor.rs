@@ -4,8 +4,8 @@
 //! `on_access` counts (the feature extractor), keeps the working-set lists and the
 //! fault stream's successor table; `end_window` steps the hidden states of the active
 //! blocks through [`GruCell`], learns online and watches for pattern changes;
-//! `prefetch` follows successor chains and the fault trend while their prefetches are
-//! used (`on_prefetch_outcome`). The block probabilities give `probability()` (tier
+//! `prefetch` follows successor chains and first-touch runs while their candidates are
+//! used (`on_prefetch_outcome`, and shadow outcomes of those not prefetched: `outcomes`). The block probabilities give `probability()` (tier
 //! placement); as gates on the decisions they are optional (docs/predictor.md).
 
 use std::path::Path;
@@ -23,6 +23,7 @@ use super::cell::GruCell;
 use super::features::{BlockMap, FeatureConfig, FeatureExtractor, Sample, WindowBatch};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineConfig, OnlineLearner, OnlineMode};
+use super::outcomes::{Outcomes, ShadowKey, Shadows, REGION_SHIFT};
 use super::scorer::{CandidateFacts, CandidateScorer};
 
 /// Tunables of the advisor (the model's own shape comes from its file).
@@ -65,11 +66,25 @@ pub struct GruOptions {
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
-    /// Links never tried are followed while this share of the untried links followed
-    /// so far in this VM were used (same prior as `source_threshold`).
+    /// Without shadow outcomes (`shadow_horizon` 0), links never tried are followed
+    /// while this share of the untried links followed so far in this VM were used
+    /// (same prior as `source_threshold`), and one in 8 anyway.
     pub untried_threshold: f32,
     /// Also take candidates from the fault stream's trend (Leap's majority delta).
     pub trend_candidates: bool,
+    /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
+    /// if it demand-faults within this x the resident pages' worth of demand faults
+    /// (about the time a prefetched page stays on the inactive list), wasted
+    /// otherwise. A link or region then earns its record without prefetching, and
+    /// links never tried are not followed. 0: off.
+    pub shadow_horizon: f32,
+    /// A link (or first-touch region) is followed only after this many used
+    /// candidates (prefetched or shadow).
+    pub min_uses: u32,
+    /// First-touch candidates are judged per 2 MiB region of guest memory, not by
+    /// one record for the whole VM. A region's first record comes from shadow
+    /// outcomes, so this needs `shadow_horizon` > 0.
+    pub first_touch_by_region: bool,
     /// After a first touch next to a recent first touch, prefetch (zero-fill) this many
     /// never-touched pages further along the run (0: off). Heaps and stacks grow so.
     pub first_touch_run: u64,
@@ -98,13 +113,16 @@ impl Default for GruOptions {
             keep_threshold: 1.01,
             successor_depth: 8,
             window_prefetch: false,
-            source_threshold: 0.6,
+            source_threshold: 0.9,
             untried_threshold: 0.5,
             scorer_threshold: 0.0,
             protect_chain: true,
             probe_reprieve: true,
             probes_always: false,
-            trend_candidates: true,
+            trend_candidates: false,
+            shadow_horizon: 0.25,
+            min_uses: 1,
+            first_touch_by_region: true,
             first_touch_run: 3,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
@@ -152,6 +170,12 @@ impl GruOptions {
         set(&mut o.first_touch_run, "TIERVISOR_GRU_FIRST_TOUCH_RUN");
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
+        set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
+        set(&mut o.min_uses, "TIERVISOR_GRU_MIN_USES");
+        flag(
+            &mut o.first_touch_by_region,
+            "TIERVISOR_GRU_FIRST_TOUCH_BY_REGION",
+        );
         set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
         set(
             &mut o.min_window_events,
@@ -203,28 +227,6 @@ enum Source {
     FirstTouch,
 }
 
-/// Used and wasted prefetches of one source.
-#[derive(Debug, Clone, Copy, Default)]
-struct Outcomes {
-    used: u32,
-    wasted: u32,
-}
-
-impl Outcomes {
-    /// Share used, with one used prefetch as prior: a new source is tried, and one
-    /// that wastes more than it serves is dropped.
-    fn score(self) -> f32 {
-        (self.used + 1) as f32 / (self.used + self.wasted + 1) as f32
-    }
-    fn record(&mut self, used: bool) {
-        if used {
-            self.used += 1;
-        } else {
-            self.wasted += 1;
-        }
-    }
-}
-
 /// The GRU advisor.
 pub struct GruAdvisor {
     fx: FeatureExtractor,
@@ -256,6 +258,10 @@ pub struct GruAdvisor {
     /// Outcomes of prefetches through links that had none yet.
     untried_link_outcomes: Outcomes,
     untried_seen: u64,
+    /// Candidates not prefetched, waiting for their outcome.
+    shadows: Shadows,
+    /// Outcomes of first-touch candidates per 2 MiB region.
+    first_touch_regions: FxHashMap<u64, Outcomes>,
     scorer: CandidateScorer,
     /// Every page ever observed (first touches are not predicted by the other sources).
     /// A compressed bitmap: a 4 GiB VM's million pages take about 128 KiB, where a
@@ -309,6 +315,8 @@ impl GruAdvisor {
             trend_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,
+            shadows: Shadows::default(),
+            first_touch_regions: FxHashMap::default(),
             scorer: CandidateScorer::new(hidden),
             seen: Default::default(),
             recent_first_touches: Default::default(),
@@ -549,6 +557,14 @@ impl GruAdvisor {
         }
     }
 
+    /// Judges `page`, named by `key` but not prefetched, by whether it faults soon.
+    fn add_shadow(&mut self, key: ShadowKey, page: PageNumber) {
+        if self.opts.shadow_horizon > 0.0 {
+            let horizon = self.opts.shadow_horizon * self.lists.resident() as f32;
+            self.shadows.add(key, page, horizon.max(4.0) as u64);
+        }
+    }
+
     fn block_probability(&self, page: PageNumber) -> f32 {
         self.hidden.prob(self.fx.cfg.block_of(page)).unwrap_or(0.0)
     }
@@ -605,6 +621,11 @@ impl Advisor for GruAdvisor {
         }
         if !resident {
             let page = access.page;
+            let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
+            self.shadows.on_demand_fault(page, |key, used| match key {
+                ShadowKey::Link(from) => links.entry(from).or_default().record(used),
+                ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
+            });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 self.successor.insert(prev, page);
                 self.bound_successor_tables();
@@ -621,6 +642,9 @@ impl Advisor for GruAdvisor {
     }
 
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        if prefetched {
+            self.shadows.forget(page);
+        }
         self.lists.on_fill(page, prefetched);
         if self.opts.trend_candidates {
             self.trend.on_fill(page, prefetched);
@@ -707,11 +731,13 @@ impl Advisor for GruAdvisor {
                     break;
                 };
                 let record = self.link_outcomes.get(&page).copied();
-                // A link never tried is followed while untried links have been paying
-                // off in this VM; a tried one on its own record.
-                // One untried link in 8 is followed anyway, so the estimate can recover.
+                // A link is followed on its own record. With shadow outcomes a link
+                // earns its first record without a prefetch; without them, a link
+                // never tried is followed while untried links have been paying off in
+                // this VM, and one in 8 anyway, so the estimate can recover.
                 let link_ok = match record {
-                    Some(r) => r.score() >= self.opts.source_threshold,
+                    Some(r) => r.trusted(self.opts.source_threshold, self.opts.min_uses),
+                    None if self.opts.shadow_horizon > 0.0 => false,
                     None => {
                         self.untried_seen += 1;
                         self.untried_link_outcomes.score() >= self.opts.untried_threshold
@@ -719,6 +745,9 @@ impl Advisor for GruAdvisor {
                     }
                 };
                 if !link_ok || out.len() - start >= cap {
+                    if !self.lists.contains(next) {
+                        self.add_shadow(ShadowKey::Link(page), next);
+                    }
                     break;
                 }
                 if self.opts.protect_chain && self.lists.contains(next) {
@@ -746,7 +775,24 @@ impl Advisor for GruAdvisor {
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
         }
-        if self.first_touch_outcomes.score() >= self.opts.source_threshold {
+        if self.opts.first_touch_by_region {
+            for i in 0..self.first_touch_candidates.len() {
+                let page = self.first_touch_candidates[i];
+                let region = page >> REGION_SHIFT;
+                let record = self.first_touch_regions.get(&region).copied();
+                if record.is_some_and(|r| r.trusted(self.opts.source_threshold, self.opts.min_uses))
+                    && out.len() - start < cap
+                    && !self.lists.contains(page)
+                    && !out[start..].contains(&page)
+                {
+                    out.push(page);
+                    self.origin.insert(page, Source::FirstTouch);
+                    self.push_first_touch(page);
+                } else if !self.lists.contains(page) {
+                    self.add_shadow(ShadowKey::FirstTouch(region), page);
+                }
+            }
+        } else if self.first_touch_outcomes.score() >= self.opts.source_threshold {
             for i in 0..self.first_touch_candidates.len() {
                 let page = self.first_touch_candidates[i];
                 if out.len() - start >= cap {
@@ -807,7 +853,13 @@ impl Advisor for GruAdvisor {
                 }
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
-            Some(Source::FirstTouch) => self.first_touch_outcomes.record(used),
+            Some(Source::FirstTouch) => {
+                self.first_touch_outcomes.record(used);
+                self.first_touch_regions
+                    .entry(page >> REGION_SHIFT)
+                    .or_default()
+                    .record(used);
+            }
             None => {}
         }
     }

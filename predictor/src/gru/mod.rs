@@ -10,6 +10,7 @@ pub mod collect;
 pub mod features;
 pub mod model;
 pub mod online;
+mod outcomes;
 pub mod scorer;
 pub mod synth;
 pub mod train;
