@@ -1,0 +1,501 @@
+//! `GruAdvisor`: per-block GRU hidden states stepped once per model window, around
+//! Linux's working-set eviction order and prefetch sources judged by their record.
+//!
+//! `on_access` counts (the feature extractor), keeps the working-set lists and the
+//! fault stream's successor table; `end_window` steps the hidden states of the active
+//! blocks through [`GruCell`], learns online and watches for pattern changes;
+//! `prefetch` follows successor chains and first-touch runs while their candidates are
+//! used (`sources.rs`; the records in `gru::outcomes`). The block probabilities give
+//! `probability()` (tier placement); as gates on the decisions they are optional
+//! (docs/predictor.md). Tunables: `options.rs`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use rustc_hash::FxHashMap;
+use tiering::access::{Access, PageNumber};
+use tiering::advisor::Advisor;
+
+use crate::baselines::{LeapAdvisor, WorkingSet};
+
+use super::anomaly::{AnomalyDetector, AnomalyEvent};
+use super::cell::GruCell;
+use super::features::{BlockMap, FeatureExtractor, Sample, WindowBatch};
+use super::model::{AccessModel, ModelFileError, ModelMeta};
+use super::online::{OnlineLearner, OnlineMode};
+use super::outcomes::{Outcomes, ShadowKey, Shadows};
+use super::scorer::CandidateScorer;
+
+mod options;
+mod sources;
+
+pub use options::GruOptions;
+
+/// Counters for reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GruStats {
+    pub windows: u64,
+    pub stepped_blocks: u64,
+    /// Time in `end_window` model inference only.
+    pub inference_ns: u64,
+    /// Time in `end_window` altogether (inference, training inline, bookkeeping).
+    pub end_window_ns: u64,
+    pub max_step_ns: u64,
+    pub weight_updates: u64,
+}
+
+/// Most successor links kept (a link is two page numbers and a record): 1 M, so the
+/// tables stay in the tens of MB however much memory the VM touches.
+const MAX_LINKS: usize = 1 << 20;
+
+/// Where a prefetch candidate came from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The page faulted after this page last time.
+    /// The page faulted after this page last time; `untried`: the link had no
+    /// outcome yet when it was followed.
+    Successor {
+        from: PageNumber,
+        untried: bool,
+    },
+    Trend,
+    /// A page never touched, next to a run of first touches.
+    FirstTouch,
+}
+
+/// The GRU advisor.
+pub struct GruAdvisor {
+    fx: FeatureExtractor,
+    model: AccessModel,
+    /// The model's weights for inference without burn (its per-call overhead was
+    /// most of the advisor's CPU time at these batch sizes).
+    cell: GruCell,
+    meta: ModelMeta,
+    opts: GruOptions,
+    hidden: HiddenStates,
+    /// Buffers `step_model` reuses, so a model step allocates nothing in steady state.
+    step_buffers: StepBuffers,
+    /// Resident pages per block (bit i = page i of the block).
+    resident: BlockMap<u64>,
+    resident_pages: usize,
+    /// Eviction order: Linux's active/inactive lists with refault activation.
+    lists: WorkingSet,
+    /// For each faulting page, the page that faulted next (temporal correlation).
+    successor: FxHashMap<PageNumber, PageNumber>,
+    last_fault: Option<PageNumber>,
+    candidates: Vec<PageNumber>,
+    /// The fault-trend prefetcher whose candidates are scored too.
+    trend: LeapAdvisor,
+    /// Which source proposed each prefetched page not yet used or evicted.
+    origin: FxHashMap<PageNumber, Source>,
+    /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
+    link_outcomes: FxHashMap<PageNumber, Outcomes>,
+    trend_outcomes: Outcomes,
+    /// Outcomes of prefetches through links that had none yet.
+    untried_link_outcomes: Outcomes,
+    untried_seen: u64,
+    /// Candidates not prefetched, waiting for their outcome.
+    shadows: Shadows,
+    /// Outcomes of first-touch candidates per 2 MiB region.
+    first_touch_regions: FxHashMap<u64, Outcomes>,
+    scorer: CandidateScorer,
+    /// Every page ever observed (first touches are not predicted by the other sources).
+    /// A compressed bitmap: a 4 GiB VM's million pages take about 128 KiB, where a
+    /// hash set of them needs 9-19 MiB (a 9-byte bucket each, 2^20-2^21 buckets).
+    seen: roaring::RoaringTreemap,
+    /// The last first-touch faults, most recent last.
+    recent_first_touches: std::collections::VecDeque<PageNumber>,
+    /// Never-touched pages that continue a run of first touches, for the next prefetch.
+    first_touch_candidates: Vec<PageNumber>,
+    first_touch_outcomes: Outcomes,
+    prefetch_queue: Vec<PageNumber>,
+    prefetch_cursor: usize,
+    batch: WindowBatch,
+    learner: OnlineLearner,
+    detector: AnomalyDetector,
+    sink: Option<super::collect::SampleSink>,
+    /// Driver windows since the model last stepped.
+    ticks: u64,
+    /// Page of the most recent demand fault not yet followed by a prefetch call.
+    fault_page: Option<PageNumber>,
+    pub stats: GruStats,
+}
+
+impl GruAdvisor {
+    /// An advisor around `model` (e.g. the shipped base model).
+    pub fn new(model: AccessModel, meta: ModelMeta, opts: GruOptions) -> Self {
+        let mut cfg = meta.feature_config();
+        cfg.max_stepped = opts.max_stepped;
+        let learner = OnlineLearner::new(&model, opts.online);
+        let hidden = model.hidden();
+        let lists = WorkingSet::default()
+            .with_probe_reprieve(opts.probe_reprieve)
+            .with_probes_always(opts.probes_always);
+        GruAdvisor {
+            fx: FeatureExtractor::new(cfg),
+            cell: GruCell::from_model(&model),
+            model,
+            meta,
+            opts,
+            hidden: HiddenStates::default(),
+            step_buffers: StepBuffers::default(),
+            resident: BlockMap::default(),
+            resident_pages: 0,
+            lists,
+            successor: FxHashMap::default(),
+            last_fault: None,
+            candidates: Vec::new(),
+            trend: LeapAdvisor::trend_only(),
+            origin: FxHashMap::default(),
+            link_outcomes: FxHashMap::default(),
+            trend_outcomes: Outcomes::default(),
+            untried_link_outcomes: Outcomes::default(),
+            untried_seen: 0,
+            shadows: Shadows::default(),
+            first_touch_regions: FxHashMap::default(),
+            scorer: CandidateScorer::new(hidden),
+            seen: Default::default(),
+            recent_first_touches: Default::default(),
+            first_touch_candidates: Vec::new(),
+            first_touch_outcomes: Outcomes::default(),
+            prefetch_queue: Vec::new(),
+            prefetch_cursor: 0,
+            batch: WindowBatch::default(),
+            learner,
+            detector: AnomalyDetector::new(opts.anomaly),
+            sink: None,
+            ticks: 0,
+            fault_page: None,
+            stats: GruStats::default(),
+        }
+    }
+
+    /// Load a model file and build an advisor around it.
+    pub fn from_file(path: &Path, opts: GruOptions) -> Result<Self, ModelFileError> {
+        let (model, meta) = AccessModel::load(path, &Device::flex())?;
+        Ok(Self::new(model, meta, opts))
+    }
+
+    /// Also hand every window's training samples to `sink` (offline collection).
+    pub fn set_sample_sink(&mut self, sink: super::collect::SampleSink) {
+        self.sink = Some(sink);
+    }
+
+    /// The model's metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// Pattern changes detected so far.
+    pub fn anomalies(&self) -> &[AnomalyEvent] {
+        &self.detector.events
+    }
+
+    /// The detector (for its signal trace).
+    pub fn detector_mut(&mut self) -> &mut AnomalyDetector {
+        &mut self.detector
+    }
+
+    /// The online learner (for its counters).
+    pub fn learner(&self) -> &OnlineLearner {
+        &self.learner
+    }
+
+    /// The current inference weights (after online learning).
+    pub fn model(&self) -> &AccessModel {
+        &self.model
+    }
+
+    fn block_pages(&self) -> u64 {
+        self.fx.cfg.block_pages()
+    }
+
+    /// Model loss on the window that just ended: last window's predictions (probability
+    /// of a touch within the horizon) against whether the block was touched now.
+    fn window_loss(&self, touched: &[u64]) -> f64 {
+        let mut sum = 0.0f64;
+        let mut n = 0usize;
+        let bce = |p: f32, y: bool| -> f64 {
+            let p = f64::from(p).clamp(1e-3, 1.0 - 1e-3);
+            if y {
+                -p.ln()
+            } else {
+                -(1.0 - p).ln()
+            }
+        };
+        // The current states are the last step's, row i for block i of its batch.
+        for (&b, &p) in self.batch.blocks.iter().zip(&self.hidden.probs) {
+            sum += bce(p, touched.binary_search(&b).is_ok());
+            n += 1;
+        }
+        // The hidden states are indexed by exactly the blocks of the last step.
+        for &b in touched {
+            if !self.hidden.index.contains_key(&b) {
+                sum += bce(0.0, true); // a block nobody expected
+                n += 1;
+            }
+        }
+        if n == 0 {
+            0.0
+        } else {
+            sum / n as f64
+        }
+    }
+
+    /// Step the hidden states of this window's blocks in one forward pass.
+    fn step_model(&mut self) {
+        let n = self.batch.blocks.len();
+        if n == 0 {
+            return;
+        }
+        let h = self.model.hidden();
+        let buf = &mut self.step_buffers;
+        buf.xs.clear();
+        buf.hs.clear();
+        for (&b, f) in self.batch.blocks.iter().zip(&self.batch.features) {
+            buf.xs.extend_from_slice(f);
+            match self.hidden.get(b, h) {
+                Some(v) => buf.hs.extend_from_slice(v),
+                None => buf.hs.resize(buf.hs.len() + h, 0.0),
+            }
+        }
+        buf.p.clear();
+        buf.p.resize(n, 0.0);
+        let start = Instant::now();
+        self.cell.step(&buf.xs, &mut buf.hs, &mut buf.p);
+        let ns = start.elapsed().as_nanos() as u64;
+        self.stats.inference_ns += ns;
+        self.stats.max_step_ns = self.stats.max_step_ns.max(ns);
+        self.stats.stepped_blocks += n as u64;
+        buf.index.clear();
+        for (i, &b) in self.batch.blocks.iter().enumerate() {
+            buf.index.insert(b, i as u32);
+        }
+        // The stepped states become current (blocks no longer stepped lose their state
+        // and their probability: they count as cold); the old buffers are reused.
+        std::mem::swap(&mut self.hidden.index, &mut buf.index);
+        std::mem::swap(&mut self.hidden.data, &mut buf.hs);
+        std::mem::swap(&mut self.hidden.probs, &mut buf.p);
+    }
+
+    fn block_probability(&self, page: PageNumber) -> f32 {
+        self.hidden.prob(self.fx.cfg.block_of(page)).unwrap_or(0.0)
+    }
+}
+
+/// The blocks of the last model step: block `b`'s hidden state is row `index[b]` of
+/// `data` (`hidden` floats each) and its probability `probs[index[b]]`; rows are in the
+/// order of that step's batch.
+#[derive(Debug, Default)]
+struct HiddenStates {
+    index: BlockMap<u32>,
+    data: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+impl HiddenStates {
+    fn get(&self, block: u64, hidden: usize) -> Option<&[f32]> {
+        let i = *self.index.get(&block)? as usize;
+        self.data.get(i * hidden..(i + 1) * hidden)
+    }
+
+    fn prob(&self, block: u64) -> Option<f32> {
+        let i = *self.index.get(&block)? as usize;
+        self.probs.get(i).copied()
+    }
+
+    /// Forgets every state (a pattern change); the model step that follows starts the
+    /// blocks it steps from zero.
+    fn clear(&mut self) {
+        self.index.clear();
+        self.data.clear();
+        self.probs.clear();
+    }
+}
+
+#[derive(Debug, Default)]
+struct StepBuffers {
+    xs: Vec<f32>,
+    hs: Vec<f32>,
+    p: Vec<f32>,
+    index: BlockMap<u32>,
+}
+
+impl Advisor for GruAdvisor {
+    fn name(&self) -> &str {
+        "gru"
+    }
+
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        self.fx.on_access(access);
+        self.lists.on_access(access.page, resident);
+        if self.opts.trend_candidates {
+            self.trend.on_access(access, resident);
+        }
+        if !resident {
+            let page = access.page;
+            let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
+            self.shadows.on_demand_fault(page, |key, used| match key {
+                ShadowKey::Link(from) => links.entry(from).or_default().record(used),
+                ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
+            });
+            if let Some(prev) = self.last_fault.filter(|&p| p != page) {
+                self.successor.insert(prev, page);
+                self.bound_successor_tables();
+            }
+            self.last_fault = Some(page);
+            self.fault_page = Some(page);
+            // The set of pages ever seen serves the first-touch source only.
+            if self.opts.first_touch_run > 0 && self.seen.insert(page) {
+                self.note_first_touch(page);
+            }
+        } else if self.opts.first_touch_run > 0 {
+            self.seen.insert(access.page);
+        }
+    }
+
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        if prefetched {
+            self.shadows.forget(page);
+        }
+        self.lists.on_fill(page, prefetched);
+        if self.opts.trend_candidates {
+            self.trend.on_fill(page, prefetched);
+        }
+        let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
+        let m = self.resident.entry(b).or_insert(0);
+        if *m >> bit & 1 == 0 {
+            self.resident_pages += 1;
+        }
+        *m |= 1 << bit;
+    }
+
+    fn on_evict(&mut self, page: PageNumber) {
+        self.lists.on_evict(page);
+        self.origin.remove(&page);
+        if self.opts.scorer_threshold > 0.0 {
+            self.scorer.forget(page);
+        }
+        if self.opts.trend_candidates {
+            self.trend.on_evict(page);
+        }
+        let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
+        if let Some(m) = self.resident.get_mut(&b) {
+            if *m >> bit & 1 == 1 {
+                self.resident_pages -= 1;
+            }
+            *m &= !(1 << bit);
+            if *m == 0 {
+                self.resident.remove(&b);
+            }
+        }
+    }
+
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        // The working-set order's own tail probes (the model is not asked).
+        self.lists.probes(max, out);
+    }
+
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        // The working-set order names candidates; pages of blocks the model expects
+        // soon get one more round on the active list (at most n per call, so the
+        // loop ends), the rest are the victims.
+        if self.opts.keep_threshold > 1.0 {
+            // The keep gate is off (the default): the working-set order decides alone.
+            self.lists.victims(n, out);
+            return;
+        }
+        let mut cands = std::mem::take(&mut self.candidates);
+        cands.clear();
+        // Candidates stay on the lists until evicted, so one call names enough of them.
+        self.lists.victims(2 * n + 8, &mut cands);
+        let start = out.len();
+        let mut kept = 0;
+        for &page in &cands {
+            if out.len() - start >= n {
+                break;
+            }
+            if kept < n && self.block_probability(page) >= self.opts.keep_threshold {
+                self.lists.activate(page);
+                kept += 1;
+            } else {
+                out.push(page);
+            }
+        }
+        // Everything named is expected soon: evict the least recent anyway.
+        for &page in &cands {
+            if out.len() - start >= n {
+                break;
+            }
+            if !out[start..].contains(&page) {
+                out.push(page);
+            }
+        }
+        self.candidates = cands;
+    }
+
+    fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        self.prefetch_candidates(max, out);
+    }
+
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.record_outcome(page, used);
+    }
+
+    fn probability(&self, page: PageNumber) -> f32 {
+        self.block_probability(page)
+            .max(self.opts.probability_floor)
+    }
+
+    fn end_window(&mut self, now_ns: u64) {
+        self.ticks += 1;
+        if self.fx.window_accesses() < self.opts.min_window_events
+            && self.ticks < self.opts.max_window_ticks
+        {
+            return;
+        }
+        self.ticks = 0;
+        let start = Instant::now();
+        let window = self.fx.window();
+        // Blocks touched in the window that just ended, for the loss and drift signals.
+        let mut touched: Vec<u64> = self.fx.active_blocks().to_vec();
+        touched.sort_unstable();
+        let loss = self.window_loss(&touched);
+        let event = self.detector.observe(window, now_ns, loss, &touched);
+        let mut samples: Vec<Sample> = Vec::new();
+        // Nobody learns from samples with online learning off and no sink.
+        let wanted = if self.learner.mode() == OnlineMode::Off && self.sink.is_none() {
+            0
+        } else {
+            self.opts.samples_per_window
+        };
+        self.fx.end_window(&mut self.batch, &mut samples, wanted);
+        if event.is_some() {
+            self.learner.boost();
+            if self.opts.reset_on_anomaly {
+                self.hidden.clear();
+            }
+        }
+        self.step_model();
+        if let Some(sink) = &self.sink {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(samples.iter().cloned());
+        }
+        if let Some(m) = self.learner.end_window(samples) {
+            self.cell = GruCell::from_model(&m);
+            self.model = m;
+            self.stats.weight_updates += 1;
+        }
+        if self.opts.window_prefetch {
+            self.plan_prefetch();
+        }
+        if window % 64 == 63 {
+            let resident = &self.resident;
+            self.fx.prune(|b| resident.contains_key(&b));
+        }
+        self.stats.windows += 1;
+        self.stats.end_window_ns += start.elapsed().as_nanos() as u64;
+    }
+}

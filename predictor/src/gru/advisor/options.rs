@@ -1,0 +1,174 @@
+//! The GRU advisor's tunables and their `TIERVISOR_GRU_*` overrides.
+
+use super::super::anomaly::AnomalyConfig;
+use super::super::features::FeatureConfig;
+use super::super::online::{OnlineConfig, OnlineMode};
+
+/// Tunables of the advisor (the model's own shape comes from its file).
+#[derive(Debug, Clone, Copy)]
+pub struct GruOptions {
+    /// Prefetch only blocks whose probability is at least this.
+    pub prefetch_threshold: f32,
+    /// After a demand fault, prefetch the rest of the faulting block (pages touched
+    /// before) when its probability is at least this.
+    pub fault_block_threshold: f32,
+    /// Lowest probability reported to the placement policy. The model is not calibrated
+    /// for "never again": with 0, cold blocks went to the network tier and replay stall
+    /// time was 8x LRU's at equal faults. 0.25 maps to tier 2 (NVMe), as the baselines do.
+    pub probability_floor: f32,
+    /// At most 1/this of the resident pages are prefetched per window.
+    pub prefetch_ram_divisor: usize,
+    /// At most this many pages are queued for prefetch per window.
+    pub max_prefetch_per_window: usize,
+    /// Training samples taken per window.
+    pub samples_per_window: usize,
+    /// Reset the hidden states when a pattern change is detected.
+    pub reset_on_anomaly: bool,
+    /// A page the eviction order names gets one more round on the active list when
+    /// its block's probability is at least this (the model expects it soon).
+    pub keep_threshold: f32,
+    /// After a demand fault, follow the fault stream's successor links this deep.
+    pub successor_depth: usize,
+    /// Also prefetch at window ends: previously used pages of likely blocks.
+    pub window_prefetch: bool,
+    /// A prefetch source (a successor link, the fault trend) is used while the share of
+    /// its prefetches that were used, with one used and one wasted as prior, is at least this.
+    pub source_threshold: f32,
+    /// Resident pages on a followed successor chain count as used (they are expected
+    /// soon), so the eviction order keeps them.
+    pub protect_chain: bool,
+    /// A page a probe found in use skips its next probe (`WorkingSet::probes`).
+    pub probe_reprieve: bool,
+    /// Probe whenever the driver asks, not only while short refaults are frequent.
+    pub probes_always: bool,
+    /// Prefetch candidates are issued only if the online candidate scorer (block hidden
+    /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
+    pub scorer_threshold: f32,
+    /// Without shadow outcomes (`shadow_horizon` 0), links never tried are followed
+    /// while this share of the untried links followed so far in this VM were used
+    /// (same prior as `source_threshold`), and one in 8 anyway.
+    pub untried_threshold: f32,
+    /// Also take candidates from the fault stream's trend (Leap's majority delta).
+    pub trend_candidates: bool,
+    /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
+    /// if it demand-faults within this x the resident pages' worth of demand faults
+    /// (about the time a prefetched page stays on the inactive list), wasted
+    /// otherwise. A link or region then earns its record without prefetching, and
+    /// links never tried are not followed. 0: off.
+    pub shadow_horizon: f32,
+    /// A link (or first-touch region) is followed only after this many used
+    /// candidates (prefetched or shadow).
+    pub min_uses: u32,
+    /// First-touch candidates are judged per 2 MiB region of guest memory, not by
+    /// one record for the whole VM. A region's first record comes from shadow
+    /// outcomes, so this needs `shadow_horizon` > 0.
+    pub first_touch_by_region: bool,
+    /// After a first touch next to a recent first touch, prefetch (zero-fill) this many
+    /// never-touched pages further along the run (0: off). Heaps and stacks grow so.
+    pub first_touch_run: u64,
+    pub online: OnlineConfig,
+    pub anomaly: AnomalyConfig,
+    pub max_stepped: usize,
+    /// The model steps once it has seen this many accesses since its last step...
+    pub min_window_events: u64,
+    /// ...or after this many of the driver's windows, whichever comes first: stepping
+    /// thousands of blocks every 1 ms driver window would cost a core.
+    pub max_window_ticks: u64,
+}
+
+impl Default for GruOptions {
+    fn default() -> Self {
+        GruOptions {
+            prefetch_threshold: 0.9,
+            fault_block_threshold: 0.0,
+            max_prefetch_per_window: 512,
+            prefetch_ram_divisor: 16,
+            probability_floor: 0.0,
+            // Inline training takes 128 samples every 64 model windows: 8 per window
+            // keeps its buffer fresh at a quarter of the cost of 32.
+            samples_per_window: 8,
+            reset_on_anomaly: false,
+            keep_threshold: 1.01,
+            successor_depth: 8,
+            window_prefetch: false,
+            source_threshold: 0.9,
+            untried_threshold: 0.5,
+            scorer_threshold: 0.0,
+            protect_chain: true,
+            probe_reprieve: true,
+            probes_always: false,
+            trend_candidates: false,
+            shadow_horizon: 0.25,
+            min_uses: 1,
+            first_touch_by_region: true,
+            first_touch_run: 3,
+            online: OnlineConfig::default(),
+            anomaly: AnomalyConfig::default(),
+            max_stepped: FeatureConfig::default().max_stepped,
+            min_window_events: 64,
+            max_window_ticks: 10,
+        }
+    }
+}
+
+impl GruOptions {
+    /// Defaults, overridden by the `TIERVISOR_GRU_*` variables docs/predictor.md lists
+    /// (for experiments with replay and run).
+    pub fn from_env() -> Self {
+        /// Sets `field` from variable `k` when it is set and parses.
+        fn set<T: std::str::FromStr>(field: &mut T, k: &str) {
+            if let Some(v) = std::env::var(k).ok().and_then(|v| v.parse().ok()) {
+                *field = v;
+            }
+        }
+        /// Sets a flag from `k` = 1 (on) or anything else (off) when it is set.
+        fn flag(field: &mut bool, k: &str) {
+            if let Ok(v) = std::env::var(k) {
+                *field = v == "1";
+            }
+        }
+        let mut o = GruOptions::default();
+        // One variable sets both model gates on prefetch (window plan and candidates).
+        set(
+            &mut o.prefetch_threshold,
+            "TIERVISOR_GRU_PREFETCH_THRESHOLD",
+        );
+        set(
+            &mut o.fault_block_threshold,
+            "TIERVISOR_GRU_PREFETCH_THRESHOLD",
+        );
+        set(
+            &mut o.prefetch_ram_divisor,
+            "TIERVISOR_GRU_PREFETCH_DIVISOR",
+        );
+        set(&mut o.probability_floor, "TIERVISOR_GRU_PROBABILITY_FLOOR");
+        set(&mut o.keep_threshold, "TIERVISOR_GRU_KEEP_THRESHOLD");
+        set(&mut o.successor_depth, "TIERVISOR_GRU_SUCCESSOR_DEPTH");
+        set(&mut o.source_threshold, "TIERVISOR_GRU_SOURCE_THRESHOLD");
+        set(&mut o.first_touch_run, "TIERVISOR_GRU_FIRST_TOUCH_RUN");
+        set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
+        set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
+        set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
+        set(&mut o.min_uses, "TIERVISOR_GRU_MIN_USES");
+        flag(
+            &mut o.first_touch_by_region,
+            "TIERVISOR_GRU_FIRST_TOUCH_BY_REGION",
+        );
+        set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
+        set(
+            &mut o.min_window_events,
+            "TIERVISOR_GRU_MODEL_WINDOW_EVENTS",
+        );
+        flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
+        flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
+        flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
+        flag(&mut o.probes_always, "TIERVISOR_GRU_PROBES_ALWAYS");
+        flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
+        match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
+            Ok("off") => o.online.mode = OnlineMode::Off,
+            Ok("inline") => o.online.mode = OnlineMode::Inline,
+            _ => {}
+        }
+        o
+    }
+}

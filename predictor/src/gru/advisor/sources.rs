@@ -1,0 +1,287 @@
+//! The prefetch candidate sources of [`GruAdvisor`]: successor chains of the fault
+//! stream, first-touch runs, the fault trend and (optionally) the model's window plan.
+//! Each source is followed on its record: prefetch outcomes, and the shadow outcomes
+//! of candidates that were not prefetched (`super::super::outcomes`).
+
+use tiering::access::PageNumber;
+
+use super::super::outcomes::{Outcomes, ShadowKey, REGION_SHIFT};
+use super::super::scorer::CandidateFacts;
+use super::{GruAdvisor, Source, MAX_LINKS};
+
+impl GruAdvisor {
+    /// Candidates right after a demand fault (and the window plan's), at most
+    /// `max` and the per-window cap, into `out`.
+    pub(super) fn prefetch_candidates(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        let start = out.len();
+        let cap = self.prefetch_cap().min(max);
+        // Right after a demand fault: the pages that faulted after it last time.
+        if let Some(mut page) = self.fault_page.take() {
+            for depth in 0..self.opts.successor_depth as u32 {
+                let Some(&next) = self.successor.get(&page) else {
+                    break;
+                };
+                let record = self.link_outcomes.get(&page).copied();
+                // A link is followed on its own record. With shadow outcomes a link
+                // earns its first record without a prefetch; without them, a link
+                // never tried is followed while untried links have been paying off in
+                // this VM, and one in 8 anyway, so the estimate can recover.
+                let link_ok = match record {
+                    Some(r) => r.trusted(self.opts.source_threshold, self.opts.min_uses),
+                    None if self.opts.shadow_horizon > 0.0 => false,
+                    None => {
+                        self.untried_seen += 1;
+                        self.untried_link_outcomes.score() >= self.opts.untried_threshold
+                            || self.untried_seen.is_multiple_of(8)
+                    }
+                };
+                if !link_ok || out.len() - start >= cap {
+                    if !self.lists.contains(next) {
+                        self.add_shadow(ShadowKey::Link(page), next);
+                    }
+                    break;
+                }
+                if self.opts.protect_chain && self.lists.contains(next) {
+                    // Resident and expected soon: keep it from the eviction order's tail.
+                    self.lists.on_access(next, true);
+                }
+                if !self.lists.contains(next)
+                    && !out[start..].contains(&next)
+                    && self.block_probability(next) >= self.opts.fault_block_threshold
+                    && self.admit(next, 0, depth, record.unwrap_or_default())
+                {
+                    out.push(next);
+                    self.origin.insert(
+                        next,
+                        Source::Successor {
+                            from: page,
+                            untried: record.is_none(),
+                        },
+                    );
+                }
+                page = next;
+            }
+            // The chain is expected to be used without faulting, so the next demand
+            // fault follows its last page, not the fault that started it: links then
+            // extend the chain instead of replacing its first link.
+            self.last_fault = Some(page);
+        }
+        if self.opts.first_touch_by_region {
+            for i in 0..self.first_touch_candidates.len() {
+                let page = self.first_touch_candidates[i];
+                let region = page >> REGION_SHIFT;
+                let record = self.first_touch_regions.get(&region).copied();
+                if record.is_some_and(|r| r.trusted(self.opts.source_threshold, self.opts.min_uses))
+                    && out.len() - start < cap
+                    && !self.lists.contains(page)
+                    && !out[start..].contains(&page)
+                {
+                    out.push(page);
+                    self.origin.insert(page, Source::FirstTouch);
+                    self.push_first_touch(page);
+                } else if !self.lists.contains(page) {
+                    self.add_shadow(ShadowKey::FirstTouch(region), page);
+                }
+            }
+        } else if self.first_touch_outcomes.score() >= self.opts.source_threshold {
+            for i in 0..self.first_touch_candidates.len() {
+                let page = self.first_touch_candidates[i];
+                if out.len() - start >= cap {
+                    break;
+                }
+                if !self.lists.contains(page)
+                    && !out[start..].contains(&page)
+                    && self.admit(page, 2, 0, self.first_touch_outcomes)
+                {
+                    out.push(page);
+                    self.origin.insert(page, Source::FirstTouch);
+                    // Expected to be first-touched without a fault: the run goes on
+                    // from here, as successor chains do.
+                    self.push_first_touch(page);
+                }
+            }
+        }
+        self.first_touch_candidates.clear();
+        if self.opts.trend_candidates {
+            let mut trend = std::mem::take(&mut self.candidates);
+            trend.clear();
+            let lists = &self.lists;
+            self.trend
+                .drain_pending(cap, |p| lists.contains(p), &mut trend);
+            if self.trend_outcomes.score() >= self.opts.source_threshold {
+                for &page in &trend {
+                    if out.len() - start >= cap {
+                        break;
+                    }
+                    if !self.lists.contains(page)
+                        && !out[start..].contains(&page)
+                        && self.block_probability(page) >= self.opts.fault_block_threshold
+                        && self.admit(page, 1, 0, self.trend_outcomes)
+                    {
+                        out.push(page);
+                        self.origin.entry(page).or_insert(Source::Trend);
+                    }
+                }
+            }
+            self.candidates = trend;
+        }
+        while out.len() - start < max && self.prefetch_cursor < self.prefetch_queue.len() {
+            let page = self.prefetch_queue[self.prefetch_cursor];
+            self.prefetch_cursor += 1;
+            if !self.lists.contains(page) && !out[start..].contains(&page) {
+                out.push(page);
+            }
+        }
+    }
+
+    /// A prefetched page was used, or evicted unused: its source's record.
+    pub(super) fn record_outcome(&mut self, page: PageNumber, used: bool) {
+        self.scorer.outcome(page, used);
+        match self.origin.remove(&page) {
+            Some(Source::Successor { from, untried }) => {
+                self.link_outcomes.entry(from).or_default().record(used);
+                if untried {
+                    self.untried_link_outcomes.record(used);
+                }
+            }
+            Some(Source::Trend) => self.trend_outcomes.record(used),
+            Some(Source::FirstTouch) => {
+                self.first_touch_outcomes.record(used);
+                self.first_touch_regions
+                    .entry(page >> REGION_SHIFT)
+                    .or_default()
+                    .record(used);
+            }
+            None => {}
+        }
+    }
+
+    /// Non-resident pages of high-probability blocks, most likely first.
+    pub(super) fn plan_prefetch(&mut self) {
+        self.prefetch_queue.clear();
+        self.prefetch_cursor = 0;
+        let mut cands: Vec<(f32, u64)> = self
+            .batch
+            .blocks
+            .iter()
+            .filter_map(|&b| self.hidden.prob(b).map(|p| (p, b)))
+            .filter(|(p, _)| *p >= self.opts.prefetch_threshold)
+            .collect();
+        cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let bp = self.block_pages();
+        let full = if bp == 64 { u64::MAX } else { (1u64 << bp) - 1 };
+        for (_, b) in cands {
+            let track = self.fx.blocks.get(&b);
+            let mut mask = track.map_or(0, |t| t.ever_mask);
+            if mask == 0 {
+                // Never touched: assume the layout of the neighbour that leads into it.
+                let nb = |n: u64| self.fx.blocks.get(&n).map_or(0, |t| t.ever_mask);
+                mask = nb(b.wrapping_sub(1)) | nb(b.wrapping_add(1));
+                if mask != full {
+                    continue; // only dense neighbours predict a dense new block
+                }
+            }
+            let missing = mask & !self.resident.get(&b).copied().unwrap_or(0);
+            for bit in 0..bp {
+                if missing >> bit & 1 == 1 {
+                    self.prefetch_queue.push(b * bp + bit);
+                }
+            }
+            let cap = self.prefetch_cap();
+            if self.prefetch_queue.len() >= cap {
+                self.prefetch_queue.truncate(cap);
+                break;
+            }
+        }
+    }
+
+    /// Pages to prefetch per window: bounded by a fraction of the resident set, since
+    /// every prefetch into a full RAM evicts something (measured: with a fixed 512 a
+    /// 150-page budget thrashed, accuracy 0.02-0.19 on the evaluation traces).
+    pub(super) fn prefetch_cap(&self) -> usize {
+        let by_ram = (self.resident_pages / self.opts.prefetch_ram_divisor.max(1)).max(2);
+        self.opts.max_prefetch_per_window.min(by_ram)
+    }
+
+    /// A first touch of `page`: if it continues a recent first touch at `page -+ 1`,
+    /// the next never-touched pages in that direction become candidates.
+    pub(super) fn note_first_touch(&mut self, page: PageNumber) {
+        self.first_touch_candidates.clear();
+        let run = self.opts.first_touch_run;
+        if run > 0 {
+            let up = self.recent_first_touches.contains(&page.wrapping_sub(1));
+            let down = self.recent_first_touches.contains(&page.wrapping_add(1));
+            for k in 1..=run {
+                let next = match (up, down) {
+                    (true, _) => page.wrapping_add(k),
+                    (false, true) => page.wrapping_sub(k),
+                    _ => break,
+                };
+                if self.seen.contains(next) {
+                    break;
+                }
+                self.first_touch_candidates.push(next);
+            }
+        }
+        self.push_first_touch(page);
+    }
+
+    pub(super) fn push_first_touch(&mut self, page: PageNumber) {
+        const RECENT: usize = 8;
+        if self.recent_first_touches.len() == RECENT {
+            self.recent_first_touches.pop_front();
+        }
+        self.recent_first_touches.push_back(page);
+    }
+
+    /// Asks the candidate scorer about `page`, proposed by `source` (0 successor,
+    /// 1 trend, 2 first touch) at chain `depth` with the source's record `outcomes`.
+    pub(super) fn admit(
+        &mut self,
+        page: PageNumber,
+        source: u8,
+        depth: u32,
+        outcomes: Outcomes,
+    ) -> bool {
+        if self.opts.scorer_threshold <= 0.0 {
+            return true; // scorer off: no facts to gather
+        }
+        let block = self.fx.cfg.block_of(page);
+        let bp = self.block_pages() as f32;
+        let facts = CandidateFacts {
+            source,
+            depth,
+            used: outcomes.used,
+            wasted: outcomes.wasted,
+            block_probability: self.block_probability(page),
+            refault_ratio: self
+                .lists
+                .refault_distance(page)
+                .map(|d| d as f32 / self.lists.resident().max(1) as f32),
+            block_resident: self
+                .resident
+                .get(&block)
+                .map_or(0.0, |m| m.count_ones() as f32 / bp),
+        };
+        let hidden = self.hidden.get(block, self.model.hidden());
+        self.scorer
+            .admit(page, hidden, &facts, self.opts.scorer_threshold)
+    }
+
+    /// The successor table and the link records start over once they hold more
+    /// entries than [`MAX_LINKS`]: chains are relearned from the next faults.
+    pub(super) fn bound_successor_tables(&mut self) {
+        if self.successor.len() > MAX_LINKS {
+            self.successor.clear();
+            self.link_outcomes.clear();
+        }
+    }
+
+    /// Judges `page`, named by `key` but not prefetched, by whether it faults soon.
+    pub(super) fn add_shadow(&mut self, key: ShadowKey, page: PageNumber) {
+        if self.opts.shadow_horizon > 0.0 {
+            let horizon = self.opts.shadow_horizon * self.lists.resident() as f32;
+            self.shadows.add(key, page, horizon.max(4.0) as u64);
+        }
+    }
+}
