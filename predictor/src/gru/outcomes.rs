@@ -3,8 +3,8 @@
 //!
 //! A source is followed only once its record says its candidates are used. Learning
 //! that by prefetching costs a wasted read and an eviction per wrong candidate, and
-//! exploring untried links that way was most of the wasted prefetches (session 5,
-//! docs/predictor.md). A candidate that is not prefetched can still be judged: the
+//! exploring untried links that way made nearly half of the wasted prefetches
+//! (docs/predictor.md, "Advisor"). A candidate that is not prefetched can still be judged: the
 //! advisor sees every demand fault, so if the candidate faults soon after it was
 //! named, a prefetch would have been used. Its record then grows without the cost.
 
