@@ -44,6 +44,9 @@ pub struct WorkingSet {
     probing: bool,
     /// `false`: probe whenever the driver asks ([`WorkingSet::with_probes_always`]).
     adaptive: bool,
+    /// A prefetched page that left RAM less than this many resident pages' worth of
+    /// evictions ago enters the active list (0: prefetched pages start inactive).
+    prefetch_activation: f32,
 }
 
 /// Probing starts when this share of recent faults are short refaults, and stops below
@@ -80,7 +83,17 @@ impl WorkingSet {
             short_refaults: 0.0,
             probing: false,
             adaptive: true,
+            prefetch_activation: 0.0,
         }
+    }
+
+    /// Prefetched pages with a refault distance under `ram_multiple` x the resident
+    /// pages enter the active list, as the kernel's `workingset_refault` activates a
+    /// readahead page whose shadow entry says it was evicted recently. Default 0: a
+    /// prefetched page starts inactive.
+    pub fn with_prefetch_activation(mut self, ram_multiple: f32) -> Self {
+        self.prefetch_activation = ram_multiple.max(0.0);
+        self
     }
 
     /// Probe whenever asked (no short-refault gate), for comparisons.
@@ -145,9 +158,15 @@ impl WorkingSet {
 
     /// `page` entered RAM. A prefetched page starts inactive: it has not been used yet.
     pub fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        let recent = self.prefetch_activation > 0.0
+            && self
+                .refault_distance(page)
+                .is_some_and(|d| d as f32 <= self.prefetch_activation * self.resident() as f32);
         self.evicted_at.remove(&page);
         if !prefetched && self.activate_next == Some(page) {
             self.activate_next = None;
+            self.active.touch(page);
+        } else if prefetched && recent {
             self.active.touch(page);
         } else if !self.active.contains(page) {
             self.inactive.touch(page);
@@ -320,6 +339,41 @@ mod tests {
         ws.on_evict(victims[0]);
         ws.on_fill(last, false);
         assert!(ws.active.contains(last));
+    }
+
+    #[test]
+    fn a_prefetch_of_a_recently_evicted_page_enters_the_active_list_when_asked() {
+        // The order in which pages 0 and 200 leave, evicting one page at a time.
+        let order = |ws: WorkingSet| {
+            let mut ws = ws;
+            for p in 0..8 {
+                ws.on_fill(p, false);
+            }
+            // Page 0 leaves and comes back by prefetch one eviction later (a refault
+            // distance well under a RAM's worth); 200, never in RAM, by prefetch too.
+            ws.on_evict(0);
+            ws.on_fill(100, false);
+            ws.on_evict(1);
+            ws.on_fill(0, true);
+            ws.on_fill(200, true);
+            let mut left = Vec::new();
+            while ws.resident() > 0 {
+                let mut v = Vec::new();
+                ws.victims(1, &mut v);
+                ws.on_evict(v[0]);
+                if v[0] == 0 || v[0] == 200 {
+                    left.push(v[0]);
+                }
+            }
+            left
+        };
+        // Default: both start inactive, 0 (prefetched first) leaves first.
+        assert_eq!(order(WorkingSet::default()), [0, 200]);
+        // Activated: 0 is on the active list; 200 has no shadow entry and is not.
+        assert_eq!(
+            order(WorkingSet::default().with_prefetch_activation(2.0)),
+            [200, 0]
+        );
     }
 
     #[test]

@@ -131,7 +131,8 @@ impl GruAdvisor {
         let hidden = model.hidden();
         let lists = WorkingSet::default()
             .with_probe_reprieve(opts.probe_reprieve)
-            .with_probes_always(opts.probes_always);
+            .with_probes_always(opts.probes_always)
+            .with_prefetch_activation(opts.prefetch_activation);
         GruAdvisor {
             fx: FeatureExtractor::new(cfg),
             cell: GruCell::from_model(&model),

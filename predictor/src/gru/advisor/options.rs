@@ -41,6 +41,10 @@ pub struct GruOptions {
     pub probe_reprieve: bool,
     /// Probe whenever the driver asks, not only while short refaults are frequent.
     pub probes_always: bool,
+    /// A prefetched page that left RAM less than this many resident pages' worth of
+    /// evictions ago enters the active list (`WorkingSet::with_prefetch_activation`;
+    /// 0: every prefetched page starts inactive).
+    pub prefetch_activation: f32,
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
@@ -97,6 +101,7 @@ impl Default for GruOptions {
             protect_chain: true,
             probe_reprieve: true,
             probes_always: false,
+            prefetch_activation: 2.0,
             trend_candidates: false,
             shadow_horizon: 0.25,
             min_uses: 1,
@@ -163,6 +168,10 @@ impl GruOptions {
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
         flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
         flag(&mut o.probes_always, "TIERVISOR_GRU_PROBES_ALWAYS");
+        set(
+            &mut o.prefetch_activation,
+            "TIERVISOR_GRU_PREFETCH_ACTIVATION",
+        );
         flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
