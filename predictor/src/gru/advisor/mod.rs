@@ -52,7 +52,6 @@ const MAX_LINKS: usize = 1 << 20;
 /// Where a prefetch candidate came from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
-    /// The page faulted after this page last time.
     /// The page faulted after this page last time; `untried`: the link had no
     /// outcome yet when it was followed.
     Successor {

@@ -75,9 +75,12 @@ impl GruAdvisor {
                     && out.len() - start < cap
                     && !self.lists.contains(page)
                     && !out[start..].contains(&page)
+                    && self.admit(page, 2, 0, record.unwrap_or_default())
                 {
                     out.push(page);
                     self.origin.insert(page, Source::FirstTouch);
+                    // Expected to be first-touched without a fault: the run goes on
+                    // from here, as successor chains do.
                     self.push_first_touch(page);
                 } else if !self.lists.contains(page) {
                     self.add_shadow(ShadowKey::FirstTouch(region), page);
