@@ -168,6 +168,7 @@ pub struct FeatureExtractor {
     window_accesses: u64,
     /// Buffers `end_window` reuses (it runs every model window).
     spare_step: Vec<u64>,
+    spare_touched: Vec<u64>,
 }
 
 impl FeatureExtractor {
@@ -182,6 +183,7 @@ impl FeatureExtractor {
             window: 0,
             window_accesses: 0,
             spare_step: Vec::new(),
+            spare_touched: Vec::new(),
         }
     }
 
@@ -281,6 +283,8 @@ impl FeatureExtractor {
                 }
             }
         }
+        // Tracked blocks idle too long stop being tracked here, in the same pass (one
+        // lookup each); those the cap below cuts stop there.
         for &b in &self.tracked {
             let Some(t) = self.blocks.get_mut(&b) else {
                 continue;
@@ -291,30 +295,34 @@ impl FeatureExtractor {
             if t.last_touch != u64::MAX && w.saturating_sub(t.last_touch) <= self.cfg.idle_windows {
                 t.step_stamp = stamp;
                 step.push(b);
+            } else {
+                t.tracked = false;
+                t.ring.clear();
             }
         }
         if step.len() > self.cfg.max_stepped {
             for &b in &step[self.cfg.max_stepped..] {
                 if let Some(t) = self.blocks.get_mut(&b) {
                     t.step_stamp = 0;
+                    if t.tracked {
+                        t.tracked = false;
+                        t.ring.clear();
+                    }
                 }
             }
             step.truncate(self.cfg.max_stepped);
         }
-        for &b in &self.tracked {
-            if let Some(t) = self.blocks.get_mut(&b) {
-                if t.step_stamp != stamp {
-                    t.tracked = false;
-                    t.ring.clear();
-                }
-            }
-        }
-        let touched =
-            |m: &BlockMap<BlockTrack>, b: u64| m.get(&b).is_some_and(|t| t.counts.count > 0);
+        // Whether a neighbour was touched this window: a search in the (small, sorted)
+        // list of touched blocks instead of two lookups in the map of all blocks.
+        let mut touched_now = std::mem::take(&mut self.spare_touched);
+        touched_now.clear();
+        touched_now.extend_from_slice(&active);
+        touched_now.sort_unstable();
+        let touched = |b: u64| touched_now.binary_search(&b).is_ok();
         let need = self.cfg.seq_len + self.cfg.horizon;
         for &b in &step {
-            let prev_touched = touched(&self.blocks, b.wrapping_sub(1));
-            let next_touched = touched(&self.blocks, b.wrapping_add(1));
+            let prev_touched = touched(b.wrapping_sub(1));
+            let next_touched = touched(b.wrapping_add(1));
             let bp = self.cfg.block_pages() as f32;
             let t = self.blocks.get_mut(&b).expect("stepped blocks exist");
             t.tracked = true;
@@ -378,6 +386,7 @@ impl FeatureExtractor {
         active.clear();
         self.active = active;
         self.spare_step = std::mem::replace(&mut self.tracked, step);
+        self.spare_touched = touched_now;
         self.window += 1;
         self.window_accesses = 0;
     }
