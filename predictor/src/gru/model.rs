@@ -124,6 +124,15 @@ impl AccessModel {
         Self::new(hidden, &Device::flex())
     }
 
+    /// A fresh model on the CPU (flex) device whose initial weights come from `seed`,
+    /// so the same seed and samples train the same model. (The backend's generator is
+    /// process-wide: this also reseeds other random draws on the device.)
+    pub fn new_cpu_seeded(hidden: usize, seed: u64) -> Self {
+        let device = Device::flex();
+        device.seed(seed);
+        Self::new(hidden, &device)
+    }
+
     /// Load a model file onto the CPU (flex) device.
     pub fn load_cpu(path: &Path) -> Result<(AccessModel, ModelMeta), ModelFileError> {
         Self::load(path, &Device::flex())

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// Start from this model instead of fresh weights (fine-tuning).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Seed of the fresh weights: the same seed, traces and options give the same
+    /// model file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[cfg(not(feature = "gru"))]
@@ -138,7 +142,7 @@ fn train(args: &TrainArgs) -> Result<(), String> {
             (m, meta)
         }
         None => (
-            AccessModel::new_cpu(args.hidden),
+            AccessModel::new_cpu_seeded(args.hidden, args.seed),
             ModelMeta::new(
                 &fcfg,
                 args.hidden,
