@@ -95,9 +95,46 @@ fn train_writes_a_model_that_replay_uses() {
         "validation reported: {stderr}"
     );
     assert!(stdout.contains("wrote"), "{stdout}");
-    let (_, meta) = predictor::gru::AccessModel::load_cpu(&model).expect("model loads");
+    let (trained, meta) = predictor::gru::AccessModel::load_cpu(&model).expect("model loads");
     assert_eq!(meta.hidden, 8);
     assert!(meta.trained_on.contains("train.tvt"));
+
+    // The same seed (the default), trace and options train the same weights, so
+    // `make model` reproduces the shipped model; another seed does not.
+    let weights_with = |extra: &[&str], name: &str| {
+        let m = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--trace",
+            t.to_str().unwrap(),
+            "-o",
+            m.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--max-samples",
+            "3000",
+            "--ram-fractions",
+            "0.25",
+        ];
+        args.extend_from_slice(extra);
+        let out = tiervisor(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (m, _) = predictor::gru::AccessModel::load_cpu(&m).expect("model loads");
+        m.export_weights().expect("weights")
+    };
+    let first = trained.export_weights().expect("weights");
+    assert_eq!(
+        weights_with(&[], "again.bpk"),
+        first,
+        "same seed, same weights"
+    );
+    assert_ne!(weights_with(&["--seed", "2"], "seed2.bpk"), first);
 
     // The model drives `gru` in the simulator next to the baselines, on a trace it
     // has not seen (another seed, another size).

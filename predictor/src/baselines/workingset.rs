@@ -156,7 +156,9 @@ impl WorkingSet {
         }
     }
 
-    /// `page` entered RAM. A prefetched page starts inactive: it has not been used yet.
+    /// `page` entered RAM. A prefetched page starts inactive (it has not been used yet),
+    /// unless it left RAM recently and prefetch activation is on
+    /// ([`WorkingSet::with_prefetch_activation`]).
     pub fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
         let recent = self.prefetch_activation > 0.0
             && self

@@ -68,8 +68,8 @@ pub struct TrainArgs {
     /// Start from this model instead of fresh weights (fine-tuning).
     #[arg(long)]
     pub init: Option<PathBuf>,
-    /// Seed of the fresh weights: the same seed, traces and options give the same
-    /// model file.
+    /// Seed of the fresh weights: the same seed, traces and options train the same
+    /// weights.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
