@@ -67,22 +67,31 @@ fn train_writes_a_model_that_replay_uses() {
     let dir = tmpdir("train");
     let t = dir.join("train.tvt");
     write_trace(&t, &training_trace());
-    let model = dir.join("m.bpk");
-    let out = tiervisor(&[
-        "train",
-        "--trace",
-        t.to_str().unwrap(),
-        "-o",
-        model.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--hidden",
-        "8",
-        "--max-samples",
-        "3000",
-        "--ram-fractions",
-        "0.25",
-    ]);
+    // `tiervisor train` on that trace into `name`, with `extra` options.
+    let train = |name: &str, extra: &[&str]| {
+        let m = dir.join(name);
+        let out = {
+            let mut args = vec![
+                "train",
+                "--trace",
+                t.to_str().unwrap(),
+                "-o",
+                m.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--hidden",
+                "8",
+                "--max-samples",
+                "3000",
+                "--ram-fractions",
+                "0.25",
+            ];
+            args.extend_from_slice(extra);
+            tiervisor(&args)
+        };
+        (m, out)
+    };
+    let (model, out) = train("m.bpk", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "train failed: {stderr}");
@@ -102,24 +111,7 @@ fn train_writes_a_model_that_replay_uses() {
     // The same seed (the default), trace and options train the same weights, so
     // `make model` reproduces the shipped model; another seed does not.
     let weights_with = |extra: &[&str], name: &str| {
-        let m = dir.join(name);
-        let mut args = vec![
-            "train",
-            "--trace",
-            t.to_str().unwrap(),
-            "-o",
-            m.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--hidden",
-            "8",
-            "--max-samples",
-            "3000",
-            "--ram-fractions",
-            "0.25",
-        ];
-        args.extend_from_slice(extra);
-        let out = tiervisor(&args);
+        let (m, out) = train(name, extra);
         assert!(
             out.status.success(),
             "{}",
