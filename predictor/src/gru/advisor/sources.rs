@@ -66,42 +66,33 @@ impl GruAdvisor {
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
         }
-        if self.opts.first_touch_by_region {
-            for i in 0..self.first_touch_candidates.len() {
-                let page = self.first_touch_candidates[i];
-                let region = page >> REGION_SHIFT;
-                let record = self.first_touch_regions.get(&region).copied();
-                if record.is_some_and(|r| r.trusted(self.opts.source_threshold, self.opts.min_uses))
-                    && out.len() - start < cap
-                    && !self.lists.contains(page)
-                    && !out[start..].contains(&page)
-                    && self.admit(page, 2, 0, record.unwrap_or_default())
-                {
-                    out.push(page);
-                    self.origin.insert(page, Source::FirstTouch);
-                    // Expected to be first-touched without a fault: the run goes on
-                    // from here, as successor chains do.
-                    self.push_first_touch(page);
-                } else if !self.lists.contains(page) {
-                    self.add_shadow(ShadowKey::FirstTouch(region), page);
-                }
-            }
-        } else if self.first_touch_outcomes.score() >= self.opts.source_threshold {
-            for i in 0..self.first_touch_candidates.len() {
-                let page = self.first_touch_candidates[i];
-                if out.len() - start >= cap {
-                    break;
-                }
-                if !self.lists.contains(page)
-                    && !out[start..].contains(&page)
-                    && self.admit(page, 2, 0, self.first_touch_outcomes)
-                {
-                    out.push(page);
-                    self.origin.insert(page, Source::FirstTouch);
-                    // Expected to be first-touched without a fault: the run goes on
-                    // from here, as successor chains do.
-                    self.push_first_touch(page);
-                }
+        // First-touch candidates, on their region's record or on one for the whole VM.
+        let by_region = self.opts.first_touch_by_region;
+        for i in 0..self.first_touch_candidates.len() {
+            let page = self.first_touch_candidates[i];
+            let region = page >> REGION_SHIFT;
+            let (record, trusted) = if by_region {
+                let r = self.first_touch_regions.get(&region).copied();
+                let ok =
+                    r.is_some_and(|r| r.trusted(self.opts.source_threshold, self.opts.min_uses));
+                (r.unwrap_or_default(), ok)
+            } else {
+                let r = self.first_touch_outcomes;
+                (r, r.score() >= self.opts.source_threshold)
+            };
+            if trusted
+                && out.len() - start < cap
+                && !self.lists.contains(page)
+                && !out[start..].contains(&page)
+                && self.admit(page, 2, 0, record)
+            {
+                out.push(page);
+                self.origin.insert(page, Source::FirstTouch);
+                // Expected to be first-touched without a fault: the run goes on
+                // from here, as successor chains do.
+                self.push_first_touch(page);
+            } else if by_region && !self.lists.contains(page) {
+                self.add_shadow(ShadowKey::FirstTouch(region), page);
             }
         }
         self.first_touch_candidates.clear();
