@@ -94,23 +94,36 @@ pub struct AccessModel {
     head: Linear,
 }
 
+/// The backend's random generator is process-wide: every initialisation draws from it
+/// under this lock, so a seeded one ([`AccessModel::new_cpu_seeded`]) is not
+/// interleaved with another thread's draws and gives the same weights every time.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn init_lock() -> std::sync::MutexGuard<'static, ()> {
+    INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl AccessModel {
-    /// A freshly initialised model.
-    pub fn new(hidden: usize, device: &Device) -> Self {
+    /// Random initial weights; the caller holds [`init_lock`].
+    fn init(d_input: usize, hidden: usize, device: &Device) -> Self {
         AccessModel {
-            gru: GruConfig::new(NUM_FEATURES, hidden, true).init(device),
+            gru: GruConfig::new(d_input, hidden, true).init(device),
             head: LinearConfig::new(hidden, 1).init(device),
         }
+    }
+
+    /// A freshly initialised model.
+    pub fn new(hidden: usize, device: &Device) -> Self {
+        let _lock = init_lock();
+        Self::init(NUM_FEATURES, hidden, device)
     }
 
     /// A freshly initialised model over `d_input` features instead of the feature
     /// set's [`NUM_FEATURES`] (inference-cell tests and cost measurements of other
     /// shapes; such a model cannot be saved as a model file for this feature set).
     pub fn with_input(d_input: usize, hidden: usize, device: &Device) -> Self {
-        AccessModel {
-            gru: GruConfig::new(d_input, hidden, true).init(device),
-            head: LinearConfig::new(hidden, 1).init(device),
-        }
+        let _lock = init_lock();
+        Self::init(d_input, hidden, device)
     }
 
     /// The weights as plain arrays, for the hand-written inference cell
@@ -125,12 +138,14 @@ impl AccessModel {
     }
 
     /// A fresh model on the CPU (flex) device whose initial weights come from `seed`,
-    /// so the same seed and samples train the same model. (The backend's generator is
-    /// process-wide: this also reseeds other random draws on the device.)
+    /// so the same seed and samples train the same model, whatever other threads
+    /// initialise meanwhile. (The backend's generator is process-wide: this also
+    /// reseeds later random draws on the device.)
     pub fn new_cpu_seeded(hidden: usize, seed: u64) -> Self {
+        let _lock = init_lock();
         let device = Device::flex();
         device.seed(seed);
-        Self::new(hidden, &device)
+        Self::init(NUM_FEATURES, hidden, &device)
     }
 
     /// Load a model file onto the CPU (flex) device.

@@ -102,7 +102,12 @@ fn test_cfg() -> FeatureConfig {
 
 fn tiny_model() -> (AccessModel, ModelMeta) {
     let cfg = test_cfg();
-    (AccessModel::new_cpu(8), ModelMeta::new(&cfg, 8, 256))
+    // Seeded, so these tests run the same every time (with unseeded weights the
+    // anomaly test failed once in a fresh clone; seeds 1-40 all pass it).
+    (
+        AccessModel::new_cpu_seeded(8, 1),
+        ModelMeta::new(&cfg, 8, 256),
+    )
 }
 
 #[test]
