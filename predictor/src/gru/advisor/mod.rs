@@ -49,6 +49,12 @@ pub struct GruStats {
 /// tables stay in the tens of MB however much memory the VM touches.
 const MAX_LINKS: usize = 1 << 20;
 
+/// The key of the fault pair (`before`, `page`) in the two-fault successor table: a
+/// hash, since a 64-bit collision only costs a wrong confirmation now and then.
+fn pair_key(before: PageNumber, page: PageNumber) -> u64 {
+    before.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ page
+}
+
 /// Where a prefetch candidate came from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -82,7 +88,12 @@ pub struct GruAdvisor {
     lists: WorkingSet,
     /// For each faulting page, the page that faulted next (temporal correlation).
     successor: FxHashMap<PageNumber, PageNumber>,
+    /// For each pair of successive faults ([`pair_key`]), the page that faulted next:
+    /// the two-fault context that confirms a link (`GruOptions::link_context`).
+    pair_successor: FxHashMap<u64, PageNumber>,
     last_fault: Option<PageNumber>,
+    /// The fault before `last_fault` (or the page before it on a followed chain).
+    fault_before_last: Option<PageNumber>,
     candidates: Vec<PageNumber>,
     /// The fault-trend prefetcher whose candidates are scored too.
     trend: LeapAdvisor,
@@ -144,7 +155,9 @@ impl GruAdvisor {
             resident_pages: 0,
             lists,
             successor: FxHashMap::default(),
+            pair_successor: FxHashMap::default(),
             last_fault: None,
+            fault_before_last: None,
             candidates: Vec::new(),
             trend: LeapAdvisor::trend_only(),
             origin: FxHashMap::default(),
@@ -342,6 +355,10 @@ impl Advisor for GruAdvisor {
             });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 self.successor.insert(prev, page);
+                if let Some(before) = self.fault_before_last {
+                    self.pair_successor.insert(pair_key(before, prev), page);
+                }
+                self.fault_before_last = Some(prev);
                 self.bound_successor_tables();
             }
             self.last_fault = Some(page);

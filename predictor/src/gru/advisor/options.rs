@@ -55,14 +55,17 @@ pub struct GruOptions {
     /// Also take candidates from the fault stream's trend (Leap's majority delta).
     pub trend_candidates: bool,
     /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
-    /// if it demand-faults within this x the resident pages' worth of demand faults
-    /// (about the time a prefetched page stays on the inactive list), wasted
-    /// otherwise. A link or region then earns its record without prefetching, and
+    /// if it demand-faults within this x the resident pages' worth of demand faults,
+    /// wasted otherwise. A link or region then earns its record without prefetching, and
     /// links never tried are not followed. 0: off.
     pub shadow_horizon: f32,
     /// A link (or first-touch region) is followed only after this many used
     /// candidates (prefetched or shadow).
     pub min_uses: u32,
+    /// A successor link is followed only where the two-fault context agrees: the
+    /// page that came after this page *and the one before it* last time is the
+    /// link's target too (as Domino-style temporal prefetchers index by two misses).
+    pub link_context: bool,
     /// First-touch candidates are judged per 2 MiB region of guest memory, not by
     /// one record for the whole VM. A region's first record comes from shadow
     /// outcomes, so this needs `shadow_horizon` > 0.
@@ -95,7 +98,7 @@ impl Default for GruOptions {
             keep_threshold: 1.01,
             successor_depth: 8,
             window_prefetch: false,
-            source_threshold: 0.9,
+            source_threshold: 0.8,
             untried_threshold: 0.5,
             scorer_threshold: 0.0,
             protect_chain: true,
@@ -103,10 +106,11 @@ impl Default for GruOptions {
             probes_always: false,
             prefetch_activation: 2.0,
             trend_candidates: false,
-            shadow_horizon: 0.25,
+            shadow_horizon: 1.0,
             min_uses: 1,
+            link_context: true,
             first_touch_by_region: true,
-            first_touch_run: 3,
+            first_touch_run: 1,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
             max_stepped: FeatureConfig::default().max_stepped,
@@ -155,6 +159,7 @@ impl GruOptions {
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
         set(&mut o.min_uses, "TIERVISOR_GRU_MIN_USES");
+        flag(&mut o.link_context, "TIERVISOR_GRU_LINK_CONTEXT");
         flag(
             &mut o.first_touch_by_region,
             "TIERVISOR_GRU_FIRST_TOUCH_BY_REGION",

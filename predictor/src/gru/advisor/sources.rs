@@ -7,7 +7,7 @@ use tiering::access::PageNumber;
 
 use super::super::outcomes::{Outcomes, ShadowKey, REGION_SHIFT};
 use super::super::scorer::CandidateFacts;
-use super::{GruAdvisor, Source, MAX_LINKS};
+use super::{pair_key, GruAdvisor, Source, MAX_LINKS};
 
 impl GruAdvisor {
     /// Candidates right after a demand fault (and the window plan's), at most
@@ -17,6 +17,7 @@ impl GruAdvisor {
         let cap = self.prefetch_cap().min(max);
         // Right after a demand fault: the pages that faulted after it last time.
         if let Some(mut page) = self.fault_page.take() {
+            let mut before = self.fault_before_last;
             for depth in 0..self.opts.successor_depth as u32 {
                 let Some(&next) = self.successor.get(&page) else {
                     break;
@@ -26,8 +27,16 @@ impl GruAdvisor {
                 // earns its first record without a prefetch; without them, a link
                 // never tried is followed while untried links have been paying off in
                 // this VM, and one in 8 anyway, so the estimate can recover.
+                // A one-fault link is often stale or one of several paths through the
+                // page; where the fault before also led here, the path repeats.
+                let confirmed = !self.opts.link_context
+                    || before.is_some_and(|b| {
+                        self.pair_successor.get(&pair_key(b, page)) == Some(&next)
+                    });
                 let link_ok = match record {
-                    Some(r) => r.trusted(self.opts.source_threshold, self.opts.min_uses),
+                    Some(r) => {
+                        confirmed && r.trusted(self.opts.source_threshold, self.opts.min_uses)
+                    }
                     None if self.opts.shadow_horizon > 0.0 => false,
                     None => {
                         self.untried_seen += 1;
@@ -59,12 +68,14 @@ impl GruAdvisor {
                         },
                     );
                 }
+                before = Some(page);
                 page = next;
             }
             // The chain is expected to be used without faulting, so the next demand
             // fault follows its last page, not the fault that started it: links then
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
+            self.fault_before_last = before;
         }
         // First-touch candidates, on their region's record or on one for the whole VM.
         let by_region = self.opts.first_touch_by_region;
@@ -265,8 +276,9 @@ impl GruAdvisor {
     /// The successor table and the link records start over once they hold more
     /// entries than [`MAX_LINKS`]: chains are relearned from the next faults.
     pub(super) fn bound_successor_tables(&mut self) {
-        if self.successor.len() > MAX_LINKS {
+        if self.successor.len() > MAX_LINKS || self.pair_successor.len() > MAX_LINKS {
             self.successor.clear();
+            self.pair_successor.clear();
             self.link_outcomes.clear();
         }
     }
