@@ -379,6 +379,82 @@ fn shadow_outcomes_keep_random_access_from_wasting_prefetches() {
 }
 
 #[test]
+fn a_successor_link_is_followed_only_where_the_fault_before_led_there_too() {
+    use tiering::access::{Access, AccessOp, AccessSource, PageKind};
+    use tiering::advisor::Advisor;
+    // Pages X -> A -> B fault twice: the link A -> B earns its record from a shadow
+    // outcome. Then A faults after Y: the one-fault link says B, but the path through
+    // A is new, so with the two-fault context on B is not read; after X it is.
+    const X: u64 = 100;
+    const Y: u64 = 200;
+    const A: u64 = 300;
+    const B: u64 = 400;
+    let (model, meta) = tiny_model();
+    let run = |link_context: bool| {
+        let opts = GruOptions {
+            link_context,
+            first_touch_run: 0,
+            online: OnlineConfig {
+                mode: OnlineMode::Off,
+                ..OnlineConfig::default()
+            },
+            ..GruOptions::default()
+        };
+        let mut adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+        let mut t = 0;
+        // Touches `before`, `page` and `B`: a page prefetched earlier in the round is
+        // a used prefetch, any other a demand fault followed by the advisor's
+        // prefetches. Returns the pages prefetched; then evicts everything.
+        let mut round = |adv: &mut GruAdvisor, before: u64, page: u64| {
+            let mut got: Vec<u64> = Vec::new();
+            for p in [before, page, B] {
+                if got.contains(&p) {
+                    adv.on_prefetch_outcome(p, true);
+                    continue;
+                }
+                t += 1000;
+                let access = Access {
+                    time_ns: t,
+                    page: p,
+                    vcpu: 0,
+                    op: AccessOp::Read,
+                    kind: PageKind::Data,
+                    source: AccessSource::Full,
+                };
+                adv.on_access(&access, false);
+                adv.on_fill(p, false);
+                let mut out = Vec::new();
+                adv.prefetch(t, 8, &mut out);
+                for &q in &out {
+                    adv.on_fill(q, true);
+                }
+                got.extend(out);
+            }
+            for p in [before, page, B] {
+                adv.on_evict(p);
+            }
+            got
+        };
+        round(&mut adv, X, A);
+        round(&mut adv, X, A);
+        let after_y = round(&mut adv, Y, A);
+        let after_x = round(&mut adv, X, A);
+        (after_y, after_x)
+    };
+    let (after_y, after_x) = run(true);
+    assert!(!after_y.contains(&B), "a new path through A: {after_y:?}");
+    assert!(
+        after_x.contains(&B),
+        "the path X -> A -> B repeats: {after_x:?}"
+    );
+    let (after_y, _) = run(false);
+    assert!(
+        after_y.contains(&B),
+        "one-fault links follow A -> B: {after_y:?}"
+    );
+}
+
+#[test]
 fn advisor_learns_a_repeating_pattern_and_beats_clock() {
     // A loop over 1,024 pages with RAM for 512, replayed through the same simulator and
     // PagingPolicy as `tiervisor replay` (sampled visibility): CLOCK faults on every
