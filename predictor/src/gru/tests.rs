@@ -366,7 +366,8 @@ fn shadow_outcomes_keep_random_access_from_wasting_prefetches() {
         replay_in_sim(&trace, Box::new(adv), 512)
     };
     let (shadows, explored) = (run(0.25, false), run(0.0, true));
-    // Measured: 2,105 prefetches, 321 used, against 181 and 26.
+    // Measured (session 6, the two-fault link context on in both): 1,696 prefetches,
+    // 654 used, against none (session 5, without it: 2,105 and 321 against 181 and 26).
     assert!(
         explored.prefetch_issued > 4 * shadows.prefetch_issued.max(25),
         "explored {explored:?} shadows {shadows:?}"
@@ -483,13 +484,14 @@ fn advisor_learns_a_repeating_pattern_and_beats_clock() {
     };
     let g = replay_in_sim(&trace, Box::new(GruAdvisor::new(model, meta, opts)), 512);
     let c = replay_in_sim(&trace, Box::new(crate::baselines::ClockAdvisor::new()), 512);
-    // Measured 23,359 faults against CLOCK's ~59,000, accuracy 0.84: the chain runs
-    // ahead of the loop; wasted prefetches are chain pages evicted before their turn.
+    // Measured 8,806 faults against CLOCK's 60,000, accuracy 1.00: the chain runs
+    // ahead of the loop. (Session 5, before the two-fault link context: 23,359 faults,
+    // accuracy 0.84, the waste being chain pages evicted before their turn.)
     assert!(
-        g.demand_faults * 2 < c.demand_faults,
+        g.demand_faults * 4 < c.demand_faults,
         "gru {g:?} vs clock {c:?}"
     );
-    assert!(g.accuracy >= 0.75, "accuracy {} {g:?}", g.accuracy);
+    assert!(g.accuracy >= 0.9, "accuracy {} {g:?}", g.accuracy);
 }
 
 #[test]

@@ -45,8 +45,9 @@ pub struct GruStats {
     pub weight_updates: u64,
 }
 
-/// Most successor links kept (a link is two page numbers and a record): 1 M, so the
-/// tables stay in the tens of MB however much memory the VM touches.
+/// Most successor links kept (a link is two page numbers and a record), and most
+/// fault pairs in the two-fault table: 1 M each, so the tables stay in the tens of MB
+/// however much memory the VM touches.
 const MAX_LINKS: usize = 1 << 20;
 
 /// The key of the fault pair (`before`, `page`) in the two-fault successor table: a
