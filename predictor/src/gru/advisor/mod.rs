@@ -140,7 +140,7 @@ impl GruAdvisor {
         cfg.max_stepped = opts.max_stepped;
         let learner = OnlineLearner::new(&model, opts.online);
         let hidden = model.hidden();
-        let lists = WorkingSet::default()
+        let lists = WorkingSet::new(opts.inactive_percent)
             .with_probe_reprieve(opts.probe_reprieve)
             .with_probes_always(opts.probes_always)
             .with_prefetch_activation(opts.prefetch_activation);

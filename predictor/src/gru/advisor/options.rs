@@ -45,6 +45,10 @@ pub struct GruOptions {
     /// evictions ago enters the active list (`WorkingSet::with_prefetch_activation`;
     /// 0: every prefetched page starts inactive).
     pub prefetch_activation: f32,
+    /// The eviction order keeps at least this share of the resident pages (percent)
+    /// on its inactive list (`WorkingSet::new`; the `workingset` baseline, like the
+    /// kernel for small memories, keeps half). Probes watch that list's tail.
+    pub inactive_percent: usize,
     /// Prefetch candidates are issued only if the online candidate scorer (block hidden
     /// state + facts, learned from prefetch outcomes) gives at least this (0: all).
     pub scorer_threshold: f32,
@@ -105,6 +109,7 @@ impl Default for GruOptions {
             probe_reprieve: true,
             probes_always: false,
             prefetch_activation: 2.0,
+            inactive_percent: 30,
             trend_candidates: false,
             shadow_horizon: 1.0,
             min_uses: 1,
@@ -159,6 +164,7 @@ impl GruOptions {
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
         set(&mut o.min_uses, "TIERVISOR_GRU_MIN_USES");
+        set(&mut o.inactive_percent, "TIERVISOR_GRU_INACTIVE_PERCENT");
         flag(&mut o.link_context, "TIERVISOR_GRU_LINK_CONTEXT");
         flag(
             &mut o.first_touch_by_region,
