@@ -100,6 +100,14 @@ fn test_cfg() -> FeatureConfig {
     cfg
 }
 
+/// Online learning off: the advisor's decisions do not depend on training.
+fn no_online_learning() -> OnlineConfig {
+    OnlineConfig {
+        mode: OnlineMode::Off,
+        ..OnlineConfig::default()
+    }
+}
+
 fn tiny_model() -> (AccessModel, ModelMeta) {
     let cfg = test_cfg();
     // Seeded, so these tests run the same every time (with unseeded weights the
@@ -311,10 +319,7 @@ fn first_touch_runs_are_prefetched_when_enabled() {
     let run = |first_touch_run| {
         let opts = GruOptions {
             first_touch_run,
-            online: OnlineConfig {
-                mode: OnlineMode::Off,
-                ..OnlineConfig::default()
-            },
+            online: no_online_learning(),
             ..GruOptions::default()
         };
         let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
@@ -351,10 +356,7 @@ fn shadow_outcomes_keep_random_access_from_wasting_prefetches() {
         let mut opts = GruOptions {
             shadow_horizon,
             first_touch_run: 0,
-            online: OnlineConfig {
-                mode: OnlineMode::Off,
-                ..OnlineConfig::default()
-            },
+            online: no_online_learning(),
             ..GruOptions::default()
         };
         if explore {
@@ -395,10 +397,7 @@ fn a_successor_link_is_followed_only_where_the_fault_before_led_there_too() {
         let opts = GruOptions {
             link_context,
             first_touch_run: 0,
-            online: OnlineConfig {
-                mode: OnlineMode::Off,
-                ..OnlineConfig::default()
-            },
+            online: no_online_learning(),
             ..GruOptions::default()
         };
         let mut adv = GruAdvisor::new(model.clone(), meta.clone(), opts);

@@ -27,14 +27,15 @@ impl GruAdvisor {
                 // earns its first record without a prefetch; without them, a link
                 // never tried is followed while untried links have been paying off in
                 // this VM, and one in 8 anyway, so the estimate can recover.
-                // A one-fault link is often stale or one of several paths through the
-                // page; where the fault before also led here, the path repeats.
-                let confirmed = !self.opts.link_context
-                    || before.is_some_and(|b| {
-                        self.pair_successor.get(&pair_key(b, page)) == Some(&next)
-                    });
                 let link_ok = match record {
                     Some(r) => {
+                        // A one-fault link is often stale or one of several paths
+                        // through the page; where the fault before also led here, the
+                        // path repeats.
+                        let confirmed = !self.opts.link_context
+                            || before.is_some_and(|b| {
+                                self.pair_successor.get(&pair_key(b, page)) == Some(&next)
+                            });
                         confirmed && r.trusted(self.opts.source_threshold, self.opts.min_uses)
                     }
                     None if self.opts.shadow_horizon > 0.0 => false,
