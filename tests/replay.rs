@@ -178,3 +178,23 @@ fn table_output_and_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a tiervisor trace"));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `tiervisor replay ... | head -1`: the pipe's reader closes before the report is
+    // written. That is not an error: no panic, no message, exit status 0.
+    let trace = scratch("pipe.tvt");
+    write_trace(&trace);
+    let mut child = tiervisor()
+        .args(["replay", "--advisor", "lru,none", "--json", "--trace"])
+        .arg(&trace)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the read end: every write now fails with EPIPE
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

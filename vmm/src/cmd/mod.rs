@@ -14,3 +14,16 @@ pub fn usage_error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("tiervisor: {msg}");
     EXIT_USAGE
 }
+
+/// Write a command's result to stdout. A reader that went away (`tiervisor replay
+/// ... | head`) is not an error: the rest of the output is not wanted.
+pub fn print_stdout(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}

@@ -106,13 +106,19 @@ pub fn run(args: ReplayArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return super::usage_error(format!("replay: {e}")),
     };
-    if args.json {
+    let text = if args.json {
         match serde_json::to_string_pretty(&reports) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => return super::usage_error(format!("replay: cannot print JSON: {e}")),
         }
     } else {
-        print!("{}", format_table(&reports));
+        format_table(&reports)
+    };
+    match super::print_stdout(&text) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tiervisor: replay: {e}");
+            1
+        }
     }
-    0
 }

@@ -95,7 +95,7 @@ fn info(file: &Path, top: usize, json: bool) -> Result<(), String> {
     } else {
         info_text(file, file_bytes, &header, &summary, top)
     };
-    print_stdout(&text)
+    super::print_stdout(&text)
 }
 
 fn footprint_mib(h: &TraceHeader, s: &TraceSummary) -> f64 {
@@ -203,15 +203,6 @@ fn info_json(file: &Path, bytes: u64, h: &TraceHeader, s: &TraceSummary, top: us
         "top_pages": s.top_pages(top).into_iter().map(|(p, n)| serde_json::json!({"page": p, "accesses": n})).collect::<Vec<_>>(),
     });
     format!("{v}\n")
-}
-
-fn print_stdout(text: &str) -> Result<(), String> {
-    match io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(format!("cannot write to stdout: {e}"))
-        }
-        _ => Ok(()),
-    }
 }
 
 fn format_record(out: &mut impl Write, a: &Access) -> io::Result<()> {
