@@ -221,3 +221,40 @@ fn damaged_traces_give_one_line_errors() {
 
     assert_one_line_error(&scratch("missing.tvt"), "No such file");
 }
+
+#[test]
+fn a_failed_import_leaves_the_output_as_it_was() {
+    let trace = scratch("kept.tvt");
+    std::fs::write(&trace, "an earlier file").unwrap();
+    let not_lackey = scratch("not-lackey.txt");
+    std::fs::write(&not_lackey, "root:x:0:0:root:/root:/bin/bash\nhello\n").unwrap();
+    let missing = scratch("missing.lackey");
+    for (input, expect) in [
+        (&not_lackey, "no lackey records"),
+        (&missing, "No such file"),
+    ] {
+        let o = tiervisor()
+            .args(["trace", "import", "--lackey"])
+            .arg(input)
+            .arg("-o")
+            .arg(&trace)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "expected {expect:?} in {err}");
+        assert_eq!(std::fs::read(&trace).unwrap(), b"an earlier file");
+    }
+    // Nothing half-written is left beside it either.
+    let dir = trace.parent().unwrap();
+    let partial = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".kept.tvt.partial-")
+        });
+    assert!(!partial, "a partial trace was left in {}", dir.display());
+}

@@ -269,19 +269,40 @@ fn import_lackey(
         InstrFetches::None => "none",
     };
     header.metadata.insert("instr-fetches".into(), mode.into());
-    let mut writer = TraceWriter::create(output, &header)
-        .map_err(|e| format!("trace {}: {e}", output.display()))?;
-    let start = Instant::now();
-    let stats = if from_stdin {
-        lackey::import(io::stdin().lock(), &mut writer, &opts)
+    let file = if from_stdin {
+        None
     } else {
-        let f = File::open(input).map_err(|e| format!("lackey input {}: {e}", input.display()))?;
-        lackey::import(f, &mut writer, &opts)
-    }
-    .map_err(|e| format!("import into {}: {e}", output.display()))?;
-    writer
-        .finish()
-        .map_err(|e| format!("trace {}: {e}", output.display()))?;
+        Some(File::open(input).map_err(|e| format!("lackey input {}: {e}", input.display()))?)
+    };
+    // The trace is written next to `output` and renamed over it only once complete,
+    // so a failed import leaves an existing file as it was.
+    let partial = partial_path(output);
+    let start = Instant::now();
+    let imported = (|| {
+        let mut writer = TraceWriter::create(&partial, &header)
+            .map_err(|e| format!("trace {}: {e}", output.display()))?;
+        let stats = match file {
+            Some(f) => lackey::import(f, &mut writer, &opts),
+            None => lackey::import(io::stdin().lock(), &mut writer, &opts),
+        }
+        .map_err(|e| format!("import into {}: {e}", output.display()))?;
+        if stats.records == 0 && !stats.stopped_at_limit {
+            return Err(format!(
+                "no lackey records in {} ({} lines): expected the output of valgrind --tool=lackey --trace-mem=yes",
+                if from_stdin { "stdin".into() } else { input.display().to_string() },
+                stats.lines
+            ));
+        }
+        writer
+            .finish()
+            .map_err(|e| format!("trace {}: {e}", output.display()))?;
+        std::fs::rename(&partial, output)
+            .map_err(|e| format!("trace {}: {e}", output.display()))?;
+        Ok(stats)
+    })();
+    let stats = imported.inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "tiervisor: imported {} lines{} ({} instructions, {} valgrind, {} skipped) -> {} records, {} pages ({:.1} MiB) in {:.2} s ({:.1} M lines/s, {:.0} MB/s)",
@@ -302,4 +323,12 @@ fn import_lackey(
         stats.bytes as f64 / secs / 1e6,
     );
     Ok(())
+}
+
+/// `DIR/.NAME.partial-PID` for `DIR/NAME`: same file system, so the final rename is atomic.
+fn partial_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map_or_else(|| "trace".into(), |n| n.to_string_lossy().into_owned());
+    output.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
