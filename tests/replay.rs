@@ -198,3 +198,16 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+#[test]
+fn every_command_help_has_examples() {
+    for cmd in [&["replay"][..], &["train"], &["trace"]] {
+        let out = tiervisor().args(cmd).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Examples:\n") && text.contains("Exit status:"),
+            "{cmd:?}: {text}"
+        );
+    }
+}

@@ -8,7 +8,21 @@ use predictor::replay::{
 };
 use tiering::policy::PolicyConfig;
 
+const REPLAY_EXAMPLES: &str = "\
+Examples:
+  Compare the baselines on a trace at 25% RAM (a table):
+    tiervisor replay --trace resources/out/traces/eval/gzip.tvt
+  The GRU advisor against leap and the oracle, as JSON:
+    tiervisor replay --trace prog.tvt --advisor gru,leap,oracle --json
+  Little fast room: the tiers of a tier file set the latencies and capacities:
+    tiervisor replay --trace prog.tvt --advisor gru,leap \\
+        --tiers resources/tiers/bench-constrained.toml
+
+Exit status: 0; 1 if stdout cannot be written; 2 for bad input (unreadable trace,
+unknown advisor, bad model file).";
+
 #[derive(clap::Args)]
+#[command(after_help = REPLAY_EXAMPLES)]
 pub struct ReplayArgs {
     /// Trace file to replay.
     #[arg(long)]

@@ -10,7 +10,23 @@ use tiering::trace::lackey::{self, InstrFetches, LackeyOptions};
 use tiering::trace::summary::TraceSummary;
 use tiering::trace::{TraceHeader, TraceReader, TraceWriter};
 
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  Record a real program's accesses with valgrind and import them:
+    valgrind --tool=lackey --trace-mem=yes --log-fd=3 gzip -c big.txt 3>&1 >/dev/null 2>&1 \\
+        | tiervisor trace import --lackey - -o gzip.tvt --description 'gzip -c big.txt'
+  Record a VM's accesses (tier files under /var/tmp/tv), then summarise them:
+    TIERVISOR_WORKDIR=/var/tmp/tv tiervisor run --kernel resources/out/testguest.elf \\
+        --tiers resources/tiers/bench-live.toml --ram-budget 16M \\
+        --cmdline 'workload=zipf mem=64M iters=200000 seed=1' --trace-out vm.tvt
+    tiervisor trace info vm.tvt --json
+  The first records as text:
+    tiervisor trace dump vm.tvt --limit 20
+
+Exit status: 0; 2 for bad input (unreadable or damaged trace, input without lackey records).";
+
 #[derive(clap::Subcommand)]
+#[command(after_help = TRACE_EXAMPLES)]
 pub enum TraceCommand {
     /// Summarise a trace file: header, records, duration, pages, op/kind/source/vCPU split.
     Info {

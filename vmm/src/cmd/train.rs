@@ -19,8 +19,20 @@ use predictor::gru::{
 #[cfg(feature = "gru")]
 use predictor::replay::{ReplayConfig, Visibility};
 
+const TRAIN_EXAMPLES: &str = "\
+Examples:
+  The shipped base model, as `make model` trains it:
+    tiervisor train --trace resources/out/traces/train/*.tvt \\
+        -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 \\
+        --visibility sampled:4 --hidden 16
+  Then replay with it:
+    tiervisor replay --trace prog.tvt --advisor gru --model resources/models/gru-base.bpk
+
+Exit status: 0; 2 for bad input (unreadable trace, bad option values).";
+
 /// Arguments of `tiervisor train`.
 #[derive(clap::Args)]
+#[command(after_help = TRAIN_EXAMPLES)]
 pub struct TrainArgs {
     /// Trace files to learn from.
     #[arg(long, num_args = 1.., required = true)]
