@@ -11,6 +11,7 @@ pub mod features;
 pub mod model;
 pub mod online;
 mod outcomes;
+mod pageset;
 pub mod scorer;
 pub mod synth;
 pub mod train;

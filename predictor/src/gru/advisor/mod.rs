@@ -112,9 +112,7 @@ pub struct GruAdvisor {
     first_touch_regions: FxHashMap<u64, Outcomes>,
     scorer: CandidateScorer,
     /// Every page ever observed (first touches are not predicted by the other sources).
-    /// A compressed bitmap: a 4 GiB VM's million pages take about 128 KiB, where a
-    /// hash set of them needs 9-19 MiB (a 9-byte bucket each, 2^20-2^21 buckets).
-    seen: roaring::RoaringTreemap,
+    seen: super::pageset::PageSet,
     /// The last first-touch faults, most recent last.
     recent_first_touches: std::collections::VecDeque<PageNumber>,
     /// Never-touched pages that continue a run of first touches, for the next prefetch.
