@@ -6,8 +6,6 @@
 //! Page-Hinkley test (a CUSUM for an upward shift of the mean). An alarm is an
 //! [`AnomalyEvent`]; the advisor answers it with faster adaptation.
 
-use super::features::BlockMap;
-
 /// Which signal raised the alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnomalySignal {
@@ -157,7 +155,14 @@ pub struct AnomalyDetector {
     cfg: AnomalyConfig,
     loss: PageHinkley,
     drift: PageHinkley,
-    recent: Vec<Vec<u64>>,
+    /// The blocks touched in each of the last `drift_span` windows, sorted, oldest first.
+    recent: std::collections::VecDeque<Vec<u64>>,
+    /// Buffers `drift_of` reuses: this window's blocks and the recent windows' union.
+    now: Vec<u64>,
+    union: Vec<u64>,
+    merged: Vec<u64>,
+    /// `TIERVISOR_ANOMALY_DEBUG` is set: print both signals every window.
+    debug: bool,
     windows: u64,
     quiet_until: u64,
     pub events: Vec<AnomalyEvent>,
@@ -176,7 +181,11 @@ impl AnomalyDetector {
             loss: test(cfg.loss),
             drift: test(cfg.drift),
             cfg,
-            recent: Vec::new(),
+            recent: Default::default(),
+            now: Vec::new(),
+            union: Vec::new(),
+            merged: Vec::new(),
+            debug: std::env::var_os("TIERVISOR_ANOMALY_DEBUG").is_some(),
             windows: 0,
             quiet_until: cfg.warmup,
             events: Vec::new(),
@@ -201,7 +210,7 @@ impl AnomalyDetector {
         }
         let l = self.loss.update(loss);
         let d = self.drift.update(drift);
-        if std::env::var_os("TIERVISOR_ANOMALY_DEBUG").is_some() {
+        if self.debug {
             eprintln!(
                 "anomaly: window {window} loss {loss:.3} (z {:.1}) drift {drift:.3} (z {:.1})",
                 self.loss.last_z, self.drift.last_z
@@ -238,26 +247,67 @@ impl AnomalyDetector {
     }
 
     /// Jaccard distance between `touched` and the union of the last `drift_span` windows.
+    /// The sets are sorted lists merged in place (no hashing, no allocation once the
+    /// buffers have grown): this runs every model window.
     fn drift_of(&mut self, touched: &[u64]) -> f64 {
-        let mut reference: BlockMap<()> = BlockMap::default();
+        self.now.clear();
+        self.now.extend_from_slice(touched);
+        self.now.sort_unstable();
+        self.now.dedup();
+        self.union.clear();
         for w in &self.recent {
-            for &b in w {
-                reference.insert(b, ());
-            }
+            merge_union(&self.union, w, &mut self.merged);
+            std::mem::swap(&mut self.union, &mut self.merged);
         }
-        let now: BlockMap<()> = touched.iter().map(|&b| (b, ())).collect();
-        let inter = now.keys().filter(|b| reference.contains_key(b)).count();
-        let union = reference.len() + now.len() - inter;
-        if self.recent.len() == self.cfg.drift_span {
-            self.recent.remove(0);
+        let inter = count_common(&self.now, &self.union);
+        let union = self.union.len() + self.now.len() - inter;
+        let mut slot = if self.recent.len() >= self.cfg.drift_span {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if self.cfg.drift_span > 0 {
+            slot.clear();
+            slot.extend_from_slice(&self.now);
+            self.recent.push_back(slot);
         }
-        self.recent.push(touched.to_vec());
         if union == 0 {
             0.0
         } else {
             1.0 - inter as f64 / union as f64
         }
     }
+}
+
+/// The union of the sorted, duplicate-free lists `a` and `b`, into `out`.
+fn merge_union(a: &[u64], b: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}
+
+/// How many values the sorted, duplicate-free lists `a` and `b` share.
+fn count_common(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Detection quality against known change points.
@@ -320,5 +370,39 @@ pub fn score_detections(changes: &[u64], detections: &[u64], tolerance: u64) -> 
         detections: detections.len(),
         changes: changes.len(),
         false_alarms: detections.len() - true_det,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_is_the_jaccard_distance_to_the_recent_windows_union() {
+        let mut d = AnomalyDetector::new(AnomalyConfig {
+            drift_span: 2,
+            ..AnomalyConfig::default()
+        });
+        assert_eq!(d.drift_of(&[3, 1, 2]), 1.0, "nothing to compare with yet");
+        // Against {1, 2, 3}: {2, 3, 4} shares 2 of 4.
+        assert_eq!(d.drift_of(&[4, 2, 3, 3]), 0.5);
+        // Against {1, 2, 3} u {2, 3, 4} = {1, 2, 3, 4}: the same set.
+        assert_eq!(d.drift_of(&[1, 2, 3, 4]), 0.0);
+        // The first window has left the span: {2, 3, 4} u {1, 2, 3, 4}; {9} is new.
+        assert_eq!(d.drift_of(&[9]), 1.0);
+        assert_eq!(d.drift_of(&[]), 1.0, "{{}} against {{1, 2, 3, 4, 9}}");
+        assert_eq!(d.drift_of(&[]), 1.0, "{{}} against {{9}}");
+        assert_eq!(d.drift_of(&[]), 0.0, "both empty");
+    }
+
+    #[test]
+    fn sorted_set_helpers() {
+        let mut out = Vec::new();
+        merge_union(&[1, 4, 9], &[2, 4, 10, 11], &mut out);
+        assert_eq!(out, [1, 2, 4, 9, 10, 11]);
+        merge_union(&[], &[5], &mut out);
+        assert_eq!(out, [5]);
+        assert_eq!(count_common(&[1, 4, 9, 11], &[2, 4, 10, 11]), 2);
+        assert_eq!(count_common(&[], &[1]), 0);
     }
 }
