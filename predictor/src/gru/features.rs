@@ -114,8 +114,15 @@ pub struct BlockTrack {
     /// `window + 1` of the last window whose step set took it (0: never), so building
     /// the set needs no map of its own.
     step_stamp: u64,
-    /// Recent feature vectors, oldest first, contiguous windows ending at `hist_window`.
-    ring: std::collections::VecDeque<[f32; NUM_FEATURES]>,
+    /// Whether the blocks before (bit 0) and after (bit 1) it were touched in the window
+    /// whose `step_stamp` is `neighbour_stamp`, set while the step set is built.
+    neighbour_stamp: u64,
+    neighbours_touched: u8,
+    /// Windows it was stepped in a row up to `hist_window` (at most the sample length):
+    /// its features of those windows are in the extractor's history.
+    run: u32,
+    /// Its row in the batch of window `hist_window`.
+    row: u32,
 }
 
 impl BlockTrack {
@@ -128,7 +135,10 @@ impl BlockTrack {
             hist_window: 0,
             tracked: false,
             step_stamp: 0,
-            ring: std::collections::VecDeque::new(),
+            neighbour_stamp: 0,
+            neighbours_touched: 0,
+            run: 0,
+            row: 0,
         }
     }
     /// Whether the block was touched in window `w` (only reliable for the last 63).
@@ -166,10 +176,24 @@ pub struct FeatureExtractor {
     prev_page: Vec<(u64, i64)>,
     window: u64,
     window_accesses: u64,
+    /// The stepped blocks' features of the last `seq_len + horizon` windows, oldest
+    /// first, for training samples. A block's row in one window links to its row in
+    /// the window before, so the features are written once, in batch order, instead of
+    /// into a ring per block (whose stores missed the cache on large VMs).
+    history: std::collections::VecDeque<HistoryWindow>,
     /// Buffers `end_window` reuses (it runs every model window).
     spare_step: Vec<u64>,
-    spare_touched: Vec<u64>,
 }
+
+/// The features of one window's stepped blocks, in batch order, and for each the row
+/// of the same block in the window before (`NO_ROW` if it was not stepped then).
+#[derive(Debug, Default)]
+struct HistoryWindow {
+    features: Vec<[f32; NUM_FEATURES]>,
+    prev: Vec<u32>,
+}
+
+const NO_ROW: u32 = u32::MAX;
 
 impl FeatureExtractor {
     pub fn new(cfg: FeatureConfig) -> Self {
@@ -182,8 +206,8 @@ impl FeatureExtractor {
             prev_page: Vec::new(),
             window: 0,
             window_accesses: 0,
+            history: Default::default(),
             spare_step: Vec::new(),
-            spare_touched: Vec::new(),
         }
     }
 
@@ -281,6 +305,12 @@ impl FeatureExtractor {
                     t.step_stamp = stamp;
                     step.push(n);
                 }
+                // `b` is the block before `n` or the one after it.
+                if t.neighbour_stamp != stamp {
+                    t.neighbour_stamp = stamp;
+                    t.neighbours_touched = 0;
+                }
+                t.neighbours_touched |= if n == b.wrapping_add(1) { 1 } else { 2 };
             }
         }
         // Tracked blocks idle too long stop being tracked here, in the same pass (one
@@ -297,7 +327,7 @@ impl FeatureExtractor {
                 step.push(b);
             } else {
                 t.tracked = false;
-                t.ring.clear();
+                t.run = 0;
             }
         }
         if step.len() > self.cfg.max_stepped {
@@ -306,32 +336,40 @@ impl FeatureExtractor {
                     t.step_stamp = 0;
                     if t.tracked {
                         t.tracked = false;
-                        t.ring.clear();
+                        t.run = 0;
                     }
                 }
             }
             step.truncate(self.cfg.max_stepped);
         }
-        // Whether a neighbour was touched this window: a search in the (small, sorted)
-        // list of touched blocks instead of two lookups in the map of all blocks.
-        let mut touched_now = std::mem::take(&mut self.spare_touched);
-        touched_now.clear();
-        touched_now.extend_from_slice(&active);
-        touched_now.sort_unstable();
-        let touched = |b: u64| touched_now.binary_search(&b).is_ok();
         let need = self.cfg.seq_len + self.cfg.horizon;
-        for &b in &step {
-            let prev_touched = touched(b.wrapping_sub(1));
-            let next_touched = touched(b.wrapping_add(1));
+        let mut window_rows = if self.history.len() >= need {
+            self.history.pop_front().unwrap_or_default()
+        } else {
+            HistoryWindow::default()
+        };
+        window_rows.prev.clear();
+        for (row, &b) in step.iter().enumerate() {
             let bp = self.cfg.block_pages() as f32;
             let t = self.blocks.get_mut(&b).expect("stepped blocks exist");
+            // Whether the blocks before and after it were touched this window.
+            let touched = if t.neighbour_stamp == stamp {
+                t.neighbours_touched
+            } else {
+                0
+            };
             t.tracked = true;
-            let f = block_features(t, w, mean, bp, prev_touched, next_touched);
-            // Advance the touch history to this window.
+            let f = block_features(t, w, mean, bp, touched & 1 != 0, touched & 2 != 0);
+            // Advance the touch history to this window; a window not stepped ends the run.
             let shift = w.saturating_sub(t.hist_window);
-            if shift > 0 && !t.ring.is_empty() && shift > 1 {
-                t.ring.clear(); // a gap: the ring is no longer contiguous
+            if shift <= 1 && t.run > 0 {
+                window_rows.prev.push(t.row);
+                t.run = (t.run + 1).min(need as u32);
+            } else {
+                window_rows.prev.push(NO_ROW);
+                t.run = 1;
             }
+            t.row = row as u32;
             t.touch_hist = if shift >= 64 {
                 0
             } else {
@@ -342,27 +380,26 @@ impl FeatureExtractor {
                 t.touch_hist |= 1;
                 t.last_touch = w;
             }
-            if t.ring.len() == need {
-                t.ring.pop_front();
-            }
-            t.ring.push_back(f);
             batch.blocks.push(b);
             batch.features.push(f);
         }
+        window_rows.features.clear();
+        window_rows.features.extend_from_slice(&batch.features);
+        self.history.push_back(window_rows);
         // Samples whose horizon has passed: features up to window w - horizon.
         let mut emitted = 0;
         if let Some(per) = step.len().checked_div(max_samples) {
             let stride = per.max(1);
             let offset = (w as usize).wrapping_mul(7919) % stride;
-            for &b in step.iter().skip(offset).step_by(stride) {
+            for (row, &b) in step.iter().enumerate().skip(offset).step_by(stride) {
                 if emitted == max_samples {
                     break;
                 }
                 let t = &self.blocks[&b];
-                if t.ring.len() < need {
+                if (t.run as usize) < need {
                     continue;
                 }
-                let features = t.ring.iter().take(self.cfg.seq_len).copied().collect();
+                let features = self.features_before(row, need);
                 let labels = (0..self.cfg.seq_len)
                     .map(|j| {
                         let win = w - (need - 1 - j) as u64;
@@ -386,9 +423,25 @@ impl FeatureExtractor {
         active.clear();
         self.active = active;
         self.spare_step = std::mem::replace(&mut self.tracked, step);
-        self.spare_touched = touched_now;
         self.window += 1;
         self.window_accesses = 0;
+    }
+
+    /// The features of the block in `row` of the newest history window over the
+    /// `seq_len` oldest of its last `need` windows (it was stepped in all of them).
+    fn features_before(&self, row: usize, need: usize) -> Vec<[f32; NUM_FEATURES]> {
+        let newest = self.history.len() - 1;
+        let mut rows = vec![NO_ROW; need];
+        let mut r = row as u32;
+        for back in 0..need {
+            rows[need - 1 - back] = r;
+            if back + 1 < need {
+                r = self.history[newest - back].prev[r as usize];
+            }
+        }
+        (0..self.cfg.seq_len)
+            .map(|j| self.history[newest + 1 - need + j].features[rows[j] as usize])
+            .collect()
     }
 
     /// Whether `page`'s block was touched in the window being accumulated.
