@@ -92,6 +92,51 @@ fn labels_say_whether_the_block_comes_back_within_the_horizon() {
     }
 }
 
+#[test]
+fn a_sample_holds_one_block_s_features_of_consecutive_windows() {
+    // Blocks come and go (random pages over 64 blocks, some windows skipped by each
+    // block), so steps have gaps; every sample must be the features the extractor
+    // produced for one block in the `seq_len` windows starting `need - 1` before the
+    // window that emitted it.
+    let cfg = FeatureConfig {
+        seq_len: 4,
+        horizon: 2,
+        idle_windows: 2,
+        ..FeatureConfig::default()
+    };
+    let need = (cfg.seq_len + cfg.horizon) as u64;
+    let mut fx = FeatureExtractor::new(cfg);
+    let (mut batch, mut samples) = (WindowBatch::default(), Vec::new());
+    let mut produced = std::collections::HashMap::new();
+    let mut emitted = Vec::new();
+    for w in 0..60u64 {
+        let pattern = Pattern::Random {
+            base: (w % 3) * 256,
+            pages: 1024,
+        };
+        for a in generate(pattern, 40, w + 1, w * 1000) {
+            fx.on_access(&a);
+        }
+        let before = samples.len();
+        fx.end_window(&mut batch, &mut samples, 8);
+        for (&b, f) in batch.blocks.iter().zip(&batch.features) {
+            produced.insert((w, b), *f);
+        }
+        emitted.extend((before..samples.len()).map(|i| (w, i)));
+    }
+    assert!(emitted.len() > 20, "{} samples", emitted.len());
+    let blocks: std::collections::BTreeSet<u64> = produced.keys().map(|&(_, b)| b).collect();
+    for (w, i) in emitted {
+        let s = &samples[i];
+        let first = w + 1 - need;
+        let matches = blocks.iter().any(|&b| {
+            (0..cfg.seq_len as u64)
+                .all(|j| produced.get(&(first + j, b)) == Some(&s.features[j as usize]))
+        });
+        assert!(matches, "sample {i} of window {w} is no block's history");
+    }
+}
+
 fn test_cfg() -> FeatureConfig {
     let mut cfg = FeatureConfig::default();
     if let Some(h) = std::env::var("GRU_H").ok().and_then(|h| h.parse().ok()) {
