@@ -37,6 +37,19 @@ fn tiervisor(args: &[&str]) -> std::process::Output {
         .expect("run tiervisor")
 }
 
+/// `tiervisor train --trace TRACE -o MODEL` with `extra` options.
+fn train(trace: &Path, model: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--trace",
+        trace.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tiervisor(&args)
+}
+
 /// A loop plus a skewed phase: structure a small model learns in a few steps.
 fn training_trace() -> Vec<Access> {
     phases(
@@ -67,31 +80,24 @@ fn train_writes_a_model_that_replay_uses() {
     let dir = tmpdir("train");
     let t = dir.join("train.tvt");
     write_trace(&t, &training_trace());
-    // `tiervisor train` on that trace into `name`, with `extra` options.
-    let train = |name: &str, extra: &[&str]| {
+    // A small model (2 epochs, 8 hidden units) trained on that trace into `name`.
+    let train_small = |name: &str, extra: &[&str]| {
         let m = dir.join(name);
-        let out = {
-            let mut args = vec![
-                "train",
-                "--trace",
-                t.to_str().unwrap(),
-                "-o",
-                m.to_str().unwrap(),
-                "--epochs",
-                "2",
-                "--hidden",
-                "8",
-                "--max-samples",
-                "3000",
-                "--ram-fractions",
-                "0.25",
-            ];
-            args.extend_from_slice(extra);
-            tiervisor(&args)
-        };
+        let mut args = vec![
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--max-samples",
+            "3000",
+            "--ram-fractions",
+            "0.25",
+        ];
+        args.extend_from_slice(extra);
+        let out = train(&t, &m, &args);
         (m, out)
     };
-    let (model, out) = train("m.bpk", &[]);
+    let (model, out) = train_small("m.bpk", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "train failed: {stderr}");
@@ -111,7 +117,7 @@ fn train_writes_a_model_that_replay_uses() {
     // The same seed (the default), trace and options train the same weights, so
     // `make model` reproduces the shipped model; another seed does not.
     let weights_with = |extra: &[&str], name: &str| {
-        let (m, out) = train(name, extra);
+        let (m, out) = train_small(name, extra);
         assert!(
             out.status.success(),
             "{}",
@@ -167,13 +173,7 @@ fn train_writes_a_model_that_replay_uses() {
 fn train_refuses_bad_input_with_one_line() {
     let dir = tmpdir("bad");
     let model = dir.join("m.bpk");
-    let missing = tiervisor(&[
-        "train",
-        "--trace",
-        "/nonexistent/x.tvt",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
+    let missing = train(Path::new("/nonexistent/x.tvt"), &model, &[]);
     assert_eq!(missing.status.code(), Some(2));
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(
@@ -197,28 +197,12 @@ fn train_refuses_bad_input_with_one_line() {
     );
     let junk = dir.join("junk.bpk");
     std::fs::write(&junk, b"not a model").unwrap();
-    let bad_init = tiervisor(&[
-        "train",
-        "--trace",
-        t.to_str().unwrap(),
-        "-o",
-        model.to_str().unwrap(),
-        "--init",
-        junk.to_str().unwrap(),
-    ]);
+    let bad_init = train(&t, &model, &["--init", junk.to_str().unwrap()]);
     assert_eq!(bad_init.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad_init.stderr);
     assert!(err.contains("not a tiervisor GRU model"), "{err}");
 
-    let bad_block = tiervisor(&[
-        "train",
-        "--trace",
-        t.to_str().unwrap(),
-        "-o",
-        model.to_str().unwrap(),
-        "--block-pages",
-        "24",
-    ]);
+    let bad_block = train(&t, &model, &["--block-pages", "24"]);
     assert_eq!(bad_block.status.code(), Some(2));
 }
 
