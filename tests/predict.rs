@@ -325,7 +325,11 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
         .join(format!("predict-{}-splice", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    // Two real recordings (the test guest in a tiered VM), then a scan storm.
+    // Two real recordings (the test guest in a tiered VM) with a scan storm between.
+    // The storm follows zipf, the quieter recording: the pointer chase raises false
+    // alarms at a rate that depends on the host's speed, and an alarm just before a
+    // change silences the detector (cooldown) through it. CI once lost both changes
+    // of zipf|chase|storm that way.
     let zipf = record_guest_trace(&dir, "zipf", "workload=zipf mem=8M iters=20000 seed=5");
     let chase = record_guest_trace(&dir, "chase", "workload=chase mem=8M iters=20000 seed=6");
     let whole = |p: &PathBuf| Part::Trace {
@@ -335,21 +339,21 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
     };
     let parts = [
         whole(&zipf),
-        whole(&chase),
         Part::ScanStorm {
-            pages: 2048,
+            pages: 8192,
             touches: 16,
             gap: 50,
         },
+        whole(&chase),
     ];
-    let splice = build_splice("zipf|chase|storm", &parts).unwrap();
+    let splice = build_splice("zipf|storm|chase", &parts).unwrap();
     // Segments live in disjoint page ranges and the clock runs on.
     assert!(splice
         .accesses
         .windows(2)
         .all(|w| w[0].time_ns <= w[1].time_ns));
     assert_eq!(splice.accesses.last().unwrap().page >> SEGMENT_SHIFT, 2);
-    assert_eq!(splice.segment_pages[2], 2048);
+    assert_eq!(splice.segment_pages[1], 8192);
 
     let r = evaluate(
         &splice,
@@ -364,10 +368,17 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
     assert_eq!(r.changes.len(), 2, "{:?}", r.changes);
     assert!(r.changes[0].window < r.changes[1].window, "{:?}", r.changes);
     assert!(r.changes[1].window < r.model_windows, "{:?}", r.changes);
+    // The storm (zipf -> thousands of never-seen pages) must be found within 16
+    // windows. Storm -> chase mostly is not: the chase's loss is lower than the
+    // storm's, and the detector looks for rises only (gru/anomaly.rs).
+    let storm = r.changes[0].window;
     assert!(
-        r.score.recall >= 0.5,
-        "no change found within 16 windows: changes {:?}, detections {:?}",
+        r.detections
+            .iter()
+            .any(|d| d.window >= storm && d.window <= storm + 16),
+        "the storm was not found within 16 windows: changes {:?}, detections {:?}",
         r.changes,
         r.detections
     );
+    assert!(r.score.recall >= 0.5, "{:?}", r.score);
 }
