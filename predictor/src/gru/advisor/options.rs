@@ -172,6 +172,12 @@ impl GruOptions {
         );
         set(&mut o.online.train_every, "TIERVISOR_GRU_TRAIN_EVERY");
         set(
+            &mut o.online.boost_train_every,
+            "TIERVISOR_GRU_BOOST_TRAIN_EVERY",
+        );
+        set(&mut o.online.boost_lr, "TIERVISOR_GRU_BOOST_LR");
+        set(&mut o.online.boost_windows, "TIERVISOR_GRU_BOOST_WINDOWS");
+        set(
             &mut o.min_window_events,
             "TIERVISOR_GRU_MODEL_WINDOW_EVENTS",
         );
