@@ -4,6 +4,9 @@
 # with `tiervisor run --trace-out`), split into training and evaluation sets:
 #   resources/out/traces/train/*.tvt   programs/inputs the predictor may learn from
 #   resources/out/traces/eval/*.tvt    held-out programs/inputs for replay benchmarks
+#   resources/out/traces/holdout/*.tvt a second held-out set (session 8), for checking
+#                                      a change whose idea came after the eval set
+#                                      had been seen
 # docs/traces.md says which is which and why. Inputs are generated here from fixed
 # seeds, so every run traces the same work. Run from anywhere after `make build`.
 #
@@ -23,7 +26,7 @@ out=$(realpath -m "${OUT:-resources/out/traces}")
 jobs=${JOBS:-2}
 max_records=${MAX_RECORDS:-12000000}
 only=${ONLY:-}
-for tool in valgrind sqlite3 xz gzip gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
+for tool in valgrind sqlite3 xz gzip bzip2 perl diff gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
     command -v "$tool" >/dev/null || { echo "make-traces: $tool is missing (make setup / make build)" >&2; exit 1; }
 done
 python=/usr/bin/python3 # the distribution's, not a version manager's shell shim
@@ -31,7 +34,7 @@ cc1=$(gcc -print-prog-name=cc1)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out/train" "$out/eval"
+mkdir -p "$out/train" "$out/eval" "$out/holdout"
 
 # ---------------------------------------------------------------- inputs (fixed seeds)
 # words SEED LINES: pseudo-English text, 8-12 words a line from a 2,000-word vocabulary
@@ -102,6 +105,26 @@ DELETE FROM ord WHERE amount < 100;
 SELECT count(*) FROM ord;
 SQL
 }
+sql_window() {
+    cat <<SQL
+PRAGMA cache_size = -16384;
+CREATE TABLE ev(id INTEGER PRIMARY KEY, dev INTEGER, t INTEGER, val INTEGER);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1)
+INSERT INTO ev SELECT x, (x * 31) % 23, x * 3 + (x * 7) % 5, (x * 69069) % 1000 FROM c;
+SELECT dev, max(s) FROM (SELECT dev, sum(val) OVER (PARTITION BY dev ORDER BY t ROWS 5 PRECEDING) AS s FROM ev) GROUP BY dev;
+SELECT dev, t, val, rank() OVER (PARTITION BY dev ORDER BY val DESC) AS r FROM ev ORDER BY r, dev LIMIT 20;
+SQL
+}
+py_json() {
+    cat <<'PY'
+import json
+rows = [{"id": i, "name": "n%05d" % ((i * 7919) % 30011), "tags": [i % 7, i % 11]} for i in range(600)]
+text = json.dumps(rows)
+back = json.loads(text)
+back.sort(key=lambda r: (r["tags"][1], r["name"]))
+print(len(text), back[0]["id"], back[-1]["id"])
+PY
+}
 py_dict() {
     cat <<'PY'
 d = {}
@@ -124,6 +147,17 @@ sql_insert 1000 >"$work/insert.sql"
 sql_query 1200 >"$work/query.sql"
 words 7 1500 >"$work/text-c.txt"      # ~100 KB for grep, eval
 py_dict >"$work/dict.py"
+# The holdout set's inputs (new seeds, new programs).
+words 8 1500 >"$work/text-d.txt"      # ~75 KB for bzip2 and perl
+words 9 800 >"$work/text-e.txt"
+sed 's/a/e/3; 7~5d' "$work/text-e.txt" >"$work/text-f.txt"   # an edited copy, for diff
+sql_window 1500 >"$work/window.sql"
+py_json >"$work/json.py"
+cat >"$work/subst.pl" <<'PL'
+my %c;
+while (<>) { s/([aeiou])([a-z])/$2$1/g; $c{$_}++ for split; }
+print scalar(keys %c), "\n";
+PL
 
 # ---------------------------------------------------------------- captures
 # program SET NAME DESCRIPTION -- COMMAND...: run COMMAND under lackey with its trace
@@ -177,6 +211,11 @@ captures=(
     "eval|grep-regex|grep -E -o -w of vowel-pair words in 100 KB of text|grep -E -o -w [a-z]*[aeiou][aeiou][a-z]* $work/text-c.txt"
     "eval|awk-wordfreq|awk word-frequency count|awk {for(i=1;i<=NF;i++)c[\$i]++}END{for(w\\ in\\ c)n++;print\\ n} $work/text-b.txt"
     "eval|sort-text|sort -k2 of 5k text keys|sort -k2 -S 64M --parallel=1 $work/numbers-b.txt"
+    "holdout|bzip2|bzip2 -9 compressing 75 KB of text|bzip2 -9 -c $work/text-d.txt"
+    "holdout|perl-subst|perl: regex substitutions and a word count over 75 KB of text|perl $work/subst.pl $work/text-d.txt"
+    "holdout|sqlite-window|sqlite3: window functions over 1.5k rows|sqlite3 $work/c.db .read\ $work/window.sql"
+    "holdout|python-json|python3: 600-record JSON dump, parse and sort|$python -S $work/json.py"
+    "holdout|diff|diff of two 800-line texts, one edited|diff $work/text-e.txt $work/text-f.txt"
 )
 guests=(
     "train|guest-zipf|workload=zipf mem=16M iters=100000 seed=11"

@@ -3,7 +3,7 @@
 # machine of this project's kind. Idempotent: installs only what is missing.
 set -euo pipefail
 
-pkgs=(libclang-dev clang qemu-system-x86 qemu-utils busybox-static valgrind cpio xz-utils lz4 sqlite3 python3 gcc gzip mawk)
+pkgs=(libclang-dev clang qemu-system-x86 qemu-utils busybox-static valgrind cpio xz-utils lz4 sqlite3 python3 gcc gzip mawk bzip2 perl diffutils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
