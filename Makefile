@@ -60,16 +60,18 @@ model: build
 	$(TIERVISOR) train --trace $(OUT)/traces/train/*.tvt -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 --visibility sampled:4 --hidden 16
 
 # gru against the baselines on the held-out evaluation traces at 25% RAM: unbounded
-# storage tiers, then little fast room (placement matters), then the GRU's cost for a
-# 1 M-page VM.
+# storage tiers, then little fast room (placement matters); the same on the holdout
+# set if `make traces` made it; then the GRU's cost for a 1 M-page VM.
+BENCH_PREDICT := $(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25
+CONSTRAINED := --tiers resources/tiers/bench-constrained.toml
 bench-predict: build
 	@ls $(OUT)/traces/eval/*.tvt >/dev/null 2>&1 || { echo "make bench-predict: no traces in $(OUT)/traces/eval (make traces)" >&2; exit 1; }
-	$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 $(OUT)/traces/eval/*.tvt
-	$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 --tiers resources/tiers/bench-constrained.toml $(OUT)/traces/eval/*.tvt
+	$(BENCH_PREDICT) $(OUT)/traces/eval/*.tvt
+	$(BENCH_PREDICT) $(CONSTRAINED) $(OUT)/traces/eval/*.tvt
 	@if ls $(OUT)/traces/holdout/*.tvt >/dev/null 2>&1; then \
 		echo "== the holdout set (a second held-out check; the targets are defined on the evaluation set above)"; \
-		$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 $(OUT)/traces/holdout/*.tvt && \
-		$(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25 --tiers resources/tiers/bench-constrained.toml $(OUT)/traces/holdout/*.tvt; \
+		$(BENCH_PREDICT) $(OUT)/traces/holdout/*.tvt && \
+		$(BENCH_PREDICT) $(CONSTRAINED) $(OUT)/traces/holdout/*.tvt; \
 	else echo "make bench-predict: no traces in $(OUT)/traces/holdout (make traces): holdout set skipped" >&2; fi
 	$(CARGO) run --release -p predictor --example gru_cost
 
