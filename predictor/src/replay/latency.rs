@@ -29,6 +29,9 @@ pub struct LatencyModel {
     /// The first touch of a sampled (zapped) resident page: MINOR fault + CONTINUE,
     /// 33 us measured.
     pub sample_fault_ns: u64,
+    /// The first write to a page after a dirty-log harvest: KVM's write-protect
+    /// fault, 2 us measured (HOST-NOTES); paid only with `--dirty-harvest`.
+    pub write_protect_fault_ns: u64,
 }
 
 impl Default for LatencyModel {
@@ -57,6 +60,7 @@ impl Default for LatencyModel {
             hit_ns: 0,
             fault_overhead_ns: 35_000,
             sample_fault_ns: 33_000,
+            write_protect_fault_ns: 2_000,
         }
     }
 }

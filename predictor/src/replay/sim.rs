@@ -110,6 +110,12 @@ pub struct ReplayConfig {
     pub probe_pages: u32,
     /// Nanoseconds per instruction for traces whose clock counts instructions.
     pub ns_per_instruction: f64,
+    /// Under sampled visibility, every this many windows the resident pages written
+    /// since the last harvest are shown to the advisor (`AccessSource::DirtyLog`), as
+    /// a KVM dirty-log harvest would; the first write to a page in each round pays a
+    /// write-protect fault. 0 (the default): the dirty log only settles prefetch
+    /// outcomes, as in the live VMM.
+    pub dirty_harvest_windows: u32,
 }
 
 impl Default for ReplayConfig {
@@ -121,6 +127,7 @@ impl Default for ReplayConfig {
             visibility: Visibility::Sampled { pages: 4 },
             probe_pages: DEFAULT_PROBE_PAGES,
             ns_per_instruction: 0.4,
+            dirty_harvest_windows: 0,
         }
     }
 }
@@ -154,9 +161,34 @@ struct Sim<'a> {
     probed: rustc_hash::FxHashSet<PageNumber>,
     probe_scratch: Vec<PageNumber>,
     probes: u64,
+    /// Pages written since the last dirty-log harvest (`dirty_harvest_windows`), in
+    /// the order of their first write, and the same as a set.
+    written: Vec<PageNumber>,
+    written_set: rustc_hash::FxHashSet<PageNumber>,
 }
 
 impl Sim<'_> {
+    /// Shows the advisor the resident pages written since the last harvest.
+    fn harvest_dirty_log(&mut self, now: u64) {
+        for i in 0..self.written.len() {
+            let page = self.written[i];
+            if self.policy.is_resident(page) {
+                let seen = Access {
+                    time_ns: now,
+                    page,
+                    vcpu: 0,
+                    op: tiering::access::AccessOp::Write,
+                    kind: Default::default(),
+                    source: AccessSource::DirtyLog,
+                };
+                self.policy.on_access(&seen, &mut self.actions);
+            }
+        }
+        self.written.clear();
+        self.written_set.clear();
+        self.apply_actions(now);
+    }
+
     fn apply_actions(&mut self, now: u64) {
         let m = &self.cfg.latency;
         for action in self.actions.drain(..) {
@@ -228,6 +260,12 @@ impl Sim<'_> {
         }
         if a.op == tiering::access::AccessOp::Write {
             self.dirty.insert(a.page);
+            if self.cfg.dirty_harvest_windows > 0 && !self.full && self.written_set.insert(a.page) {
+                // The page was write-protected by the last harvest.
+                self.written.push(a.page);
+                self.stall_ns += m.write_protect_fault_ns;
+                self.sample_stall_ns += m.write_protect_fault_ns;
+            }
         }
         // Prefetches and write-backs are issued once the access is served.
         self.apply_actions(now + (self.stall_ns - stall_at_start));
@@ -268,6 +306,8 @@ pub fn replay_advisor(
         probed: Default::default(),
         probe_scratch: Vec::new(),
         probes: 0,
+        written: Vec::new(),
+        written_set: Default::default(),
     };
     let scale = match clock {
         Clock::Nanoseconds => 1.0,
@@ -290,6 +330,10 @@ pub fn replay_advisor(
         let w = now / window_ns;
         if w != window {
             window = w;
+            let harvest = u64::from(cfg.dirty_harvest_windows);
+            if harvest > 0 && w.is_multiple_of(harvest) && !sim.written.is_empty() {
+                sim.harvest_dirty_log(now);
+            }
             // Windows end even when the advisor sees nothing (the live VMM's timer).
             sim.policy.tick(now, &mut sim.actions);
             sim.apply_actions(now);

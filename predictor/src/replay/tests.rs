@@ -261,3 +261,56 @@ fn a_tier_file_sets_capacities_and_tiers_it_leaves_out_do_not_exist() {
     assert_eq!(capacity[4], 0, "no HDD in the file");
     assert_eq!(capacity[5], 0, "no network tier in the file");
 }
+
+#[test]
+fn dirty_log_harvest_shows_written_pages_and_charges_write_protect_faults() {
+    // 16 pages written every round, then 40 pages read once each: under sampled
+    // visibility an LRU sees the written pages only through rare samples, so they age
+    // out behind the reads and fault again; the dirty log shows them every harvest.
+    let mut accesses = Vec::new();
+    for round in 0..30u64 {
+        let hot = (0..16u64).map(|p| (p, AccessOp::Write));
+        let scan = (0..40u64).map(|i| (1000 + round * 40 + i, AccessOp::Read));
+        for (page, op) in hot.chain(scan) {
+            accesses.push(Access {
+                time_ns: accesses.len() as u64 * 100_000,
+                page,
+                vcpu: 0,
+                op,
+                kind: PageKind::Data,
+                source: AccessSource::Full,
+            });
+        }
+    }
+    let t = TraceInput::Memory {
+        accesses: accesses.into(),
+        clock: Clock::Nanoseconds,
+    };
+    let run = |dirty_harvest_windows| {
+        let cfg = ReplayConfig {
+            ram_fraction: 0.25,
+            dirty_harvest_windows,
+            ..ReplayConfig::default()
+        };
+        replay_all(&t, &names(&["lru"]), &cfg, None)
+            .unwrap()
+            .remove(0)
+    };
+    let (off, on) = (run(0), run(1));
+    assert_eq!(
+        on.demand_faults,
+        16 + 30 * 40,
+        "with the dirty log: first touches only"
+    );
+    assert!(
+        off.demand_faults > on.demand_faults + 30,
+        "without the dirty log the written pages fault again: {} faults",
+        off.demand_faults
+    );
+    let m = LatencyModel::default();
+    assert_eq!(off.sample_stall_ns, off.samples * m.sample_fault_ns);
+    let write_protect = on.sample_stall_ns - on.samples * m.sample_fault_ns;
+    assert!(write_protect > 0 && write_protect % m.write_protect_fault_ns == 0);
+    // At most one write-protect fault per written page per 1 ms window.
+    assert!(write_protect / m.write_protect_fault_ns <= 16 * (on.windows + 1));
+}

@@ -46,6 +46,12 @@ pub struct ReplayArgs {
     /// fault like a sample. 0: none.
     #[arg(long, default_value_t = predictor::replay::DEFAULT_PROBE_PAGES)]
     pub probe_pages: u32,
+    /// Under sampled visibility, show advisors the pages written since the last
+    /// dirty-log harvest every N windows (each first write after a harvest costs a
+    /// 2 us write-protect fault). 0: the dirty log is not an access signal, as in
+    /// the live VMM.
+    #[arg(long, default_value_t = 0)]
+    pub dirty_harvest: u32,
     /// Monitoring window in microseconds of simulated time.
     #[arg(long, default_value_t = 1000)]
     pub window_us: u64,
@@ -114,6 +120,7 @@ pub fn run(args: ReplayArgs) -> i32 {
         visibility: args.visibility,
         probe_pages: args.probe_pages,
         ns_per_instruction: args.ns_per_instruction,
+        dirty_harvest_windows: args.dirty_harvest,
     };
     let input = TraceInput::File(args.trace.clone());
     let reports = match replay_all(&input, &names, &config, args.model) {

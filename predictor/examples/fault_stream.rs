@@ -1,0 +1,226 @@
+//! How predictable an advisor's demand-fault stream is: the ceiling of prefetchers that
+//! work from faults (successor links, neighbouring pages), on the faults that remain
+//! once the advisor's own eviction and prefetching have done their part.
+//!
+//! `cargo run --release -p predictor --example fault_stream -- [--advisor gru]
+//!  [--ram-fraction 0.25] TRACE...`
+//!
+//! Replays each trace as `tiervisor replay` does (sampled visibility, probes, the
+//! shipped model), records the demand faults the advisor sees, and reports, over the
+//! faults that are not a page's first touch (refaults), the share that was:
+//! - `succ`: the page that faulted after the previous fault last time;
+//! - `pair`: the page that faulted after the last two faults last time;
+//! - `chain`: within 8 links of successors from one of the last 4 faults;
+//! - `near`: within 8 pages of one of the last 8 faults;
+//! - `next`: a refault whose page + 1 faults within the next RAM's worth of faults
+//!   (an always-on next-page readahead's accuracy, judged as shadow outcomes are).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use predictor::replay::registry::{make_advisor, ReplayContext};
+use predictor::replay::{replay_advisor, summarize, ReplayConfig, TraceInput};
+use rustc_hash::{FxHashMap, FxHashSet};
+use tiering::access::{Access, PageNumber};
+use tiering::advisor::Advisor;
+
+/// Forwards every call to the advisor under test and records its demand faults.
+struct FaultRecorder {
+    inner: Box<dyn Advisor>,
+    filled: FxHashSet<PageNumber>,
+    /// (page, first touch) per demand fault, in order.
+    faults: Arc<Mutex<Vec<(PageNumber, bool)>>>,
+}
+
+impl Advisor for FaultRecorder {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn on_access(&mut self, access: &Access, resident: bool) {
+        if !resident {
+            let first = !self.filled.contains(&access.page);
+            self.faults.lock().unwrap().push((access.page, first));
+        }
+        self.inner.on_access(access, resident);
+    }
+    fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
+        self.filled.insert(page);
+        self.inner.on_fill(page, prefetched);
+    }
+    fn on_evict(&mut self, page: PageNumber) {
+        self.inner.on_evict(page);
+    }
+    fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        self.inner.victims(n, out);
+    }
+    fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
+        self.inner.prefetch(now_ns, max, out);
+    }
+    fn probability(&self, page: PageNumber) -> f32 {
+        self.inner.probability(page)
+    }
+    fn end_window(&mut self, now_ns: u64) {
+        self.inner.end_window(now_ns);
+    }
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.inner.on_prefetch_outcome(page, used);
+    }
+    fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
+        self.inner.probes(max, out);
+    }
+}
+
+/// Counts of refaults each fault-driven source would have named.
+#[derive(Default)]
+struct Ceiling {
+    faults: u64,
+    refaults: u64,
+    succ: u64,
+    pair: u64,
+    chain: u64,
+    near: u64,
+    next: u64,
+}
+
+fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
+    let mut c = Ceiling {
+        faults: faults.len() as u64,
+        ..Ceiling::default()
+    };
+    // Positions of each page's faults, for "faults again within a RAM's worth".
+    let mut at: FxHashMap<PageNumber, Vec<usize>> = FxHashMap::default();
+    for (i, &(p, _)) in faults.iter().enumerate() {
+        at.entry(p).or_default().push(i);
+    }
+    let faults_within = |page: PageNumber, i: usize| {
+        at.get(&page).is_some_and(|v| {
+            let k = v.partition_point(|&j| j <= i);
+            k < v.len() && v[k] - i <= ram_pages
+        })
+    };
+    let mut succ: FxHashMap<PageNumber, PageNumber> = FxHashMap::default();
+    let mut pair: HashMap<(PageNumber, PageNumber), PageNumber> = HashMap::new();
+    for i in 0..faults.len() {
+        let (page, first) = faults[i];
+        if !first && i > 0 {
+            c.refaults += 1;
+            let prev = faults[i - 1].0;
+            c.succ += u64::from(succ.get(&prev) == Some(&page));
+            if i > 1 {
+                c.pair += u64::from(pair.get(&(faults[i - 2].0, prev)) == Some(&page));
+            }
+            let chained = faults[i.saturating_sub(4)..i].iter().any(|&(from, _)| {
+                let mut x = from;
+                (0..8).any(|_| match succ.get(&x) {
+                    Some(&n) => {
+                        x = n;
+                        n == page
+                    }
+                    None => false,
+                })
+            });
+            c.chain += u64::from(chained);
+            c.near += u64::from(
+                faults[i.saturating_sub(8)..i]
+                    .iter()
+                    .any(|&(q, _)| q != page && q.abs_diff(page) <= 8),
+            );
+            c.next += u64::from(faults_within(page + 1, i));
+        }
+        if i > 0 {
+            succ.insert(faults[i - 1].0, page);
+        }
+        if i > 1 {
+            pair.insert((faults[i - 2].0, faults[i - 1].0), page);
+        }
+    }
+    c
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("fault_stream: {msg}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut cfg = ReplayConfig::default();
+    let mut advisor = "gru".to_string();
+    let mut traces = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--advisor" => advisor = args.next().unwrap_or_else(|| die("--advisor NAME")),
+            "--ram-fraction" => {
+                cfg.ram_fraction = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|f| *f > 0.0 && *f <= 1.0)
+                    .unwrap_or_else(|| die("--ram-fraction F, 0 < F <= 1"))
+            }
+            "-h" | "--help" => {
+                println!("usage: fault_stream [--advisor gru] [--ram-fraction 0.25] TRACE...");
+                return;
+            }
+            t => traces.push(t.to_string()),
+        }
+    }
+    if traces.is_empty() {
+        die("no trace given (try resources/out/traces/train/*.tvt)");
+    }
+    println!("| trace | faults | refaults | succ | pair | chain | near | next |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut total = Ceiling::default();
+    for path in &traces {
+        let input = TraceInput::File(path.into());
+        let summary = summarize(&input, false).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+        let budget = ((summary.distinct_pages as f64 * cfg.ram_fraction) as usize).max(1);
+        let ctx = ReplayContext {
+            ram_budget_pages: budget,
+            distinct_pages: summary.distinct_pages,
+            ..ReplayContext::default()
+        };
+        let faults = Arc::new(Mutex::new(Vec::new()));
+        let recorder = FaultRecorder {
+            inner: make_advisor(&advisor, &ctx).unwrap_or_else(|e| die(&e.to_string())),
+            filled: FxHashSet::default(),
+            faults: faults.clone(),
+        };
+        replay_advisor(
+            &input,
+            Box::new(recorder),
+            &advisor,
+            &cfg,
+            &ctx,
+            summary.clock,
+            summary.page_size,
+        )
+        .unwrap_or_else(|e| die(&format!("{path}: {e}")));
+        let c = analyse(&faults.lock().unwrap(), budget);
+        let name = std::path::Path::new(path)
+            .file_stem()
+            .map_or(path.clone(), |s| s.to_string_lossy().into_owned());
+        print_row(&name, &c);
+        total.faults += c.faults;
+        total.refaults += c.refaults;
+        total.succ += c.succ;
+        total.pair += c.pair;
+        total.chain += c.chain;
+        total.near += c.near;
+        total.next += c.next;
+    }
+    print_row("all", &total);
+}
+
+fn print_row(name: &str, c: &Ceiling) {
+    let share = |n: u64| n as f64 / c.refaults.max(1) as f64;
+    println!(
+        "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        c.faults,
+        c.refaults,
+        share(c.succ),
+        share(c.pair),
+        share(c.chain),
+        share(c.near),
+        share(c.next)
+    );
+}
