@@ -26,7 +26,7 @@ use std::cell::RefCell;
 
 use burn::nn::activation::Activation;
 use burn::nn::{Gru, Linear};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use super::model::AccessModel;
 
@@ -138,6 +138,32 @@ impl GruWeights {
         })
     }
 
+    /// Write these weights into a burn GRU and head of the same shape: the inverse of
+    /// [`GruWeights::from_burn`]. Each parameter keeps its id and save mapping (only its
+    /// value changes), so the module saves to the same model file format.
+    pub fn write_burn(&self, gru: &mut Gru, head: &mut Linear) -> Result<(), CellError> {
+        let burn = GruWeights::from_burn(gru, head)?;
+        if (burn.d_input, burn.d_hidden) != (self.d_input, self.d_hidden) {
+            return Err(CellError::Unsupported {
+                what: format!(
+                    "GRU is {}->{}, the weights are {}->{}",
+                    burn.d_input, burn.d_hidden, self.d_input, self.d_hidden
+                ),
+            });
+        }
+        self.check_shapes()?;
+        let (f, h) = (self.d_input, self.d_hidden);
+        let gates = [&mut gru.update_gate, &mut gru.reset_gate, &mut gru.new_gate];
+        for (g, gate) in gates.into_iter().enumerate() {
+            let bias = |b: &[f32]| b[g * h..(g + 1) * h].to_vec();
+            let wx = deinterleave_gate(&self.input_weight, f, h, g);
+            let wh = deinterleave_gate(&self.hidden_weight, h, h, g);
+            set_linear(&mut gate.input_transform, wx, bias(&self.input_bias))?;
+            set_linear(&mut gate.hidden_transform, wh, bias(&self.hidden_bias))?;
+        }
+        set_linear(head, self.head_weight.clone(), vec![self.head_bias])
+    }
+
     fn check_shapes(&self) -> Result<(), CellError> {
         let (f, h) = (self.d_input, self.d_hidden);
         let expect = [
@@ -174,6 +200,40 @@ fn interleave_gate(dst: &mut [f32], src: &[f32], rows: usize, h: usize, g: usize
     {
         d[g * h..(g + 1) * h].copy_from_slice(s);
     }
+}
+
+/// Gate `g`'s `[rows][h]` weights out of columns `g*h..(g+1)*h` of `[rows][3h]`.
+fn deinterleave_gate(src: &[f32], rows: usize, h: usize, g: usize) -> Vec<f32> {
+    src.chunks_exact(3 * h)
+        .take(rows)
+        .flat_map(|row| &row[g * h..(g + 1) * h])
+        .copied()
+        .collect()
+}
+
+/// Replace a linear layer's weight `[d_in, d_out]` and bias values in place. A layer
+/// without bias only accepts all-zero bias values (what `from_burn` reads for it).
+fn set_linear(lin: &mut Linear, weight: Vec<f32>, bias: Vec<f32>) -> Result<(), CellError> {
+    let dims = lin.weight.val().dims();
+    lin.weight = lin
+        .weight
+        .clone()
+        .map(|t| Tensor::from_data(TensorData::new(weight, dims), &t.device()));
+    match &mut lin.bias {
+        Some(b) => {
+            let n = bias.len();
+            *b = b
+                .clone()
+                .map(|t| Tensor::from_data(TensorData::new(bias, [n]), &t.device()));
+        }
+        None if bias.iter().all(|&v| v == 0.0) => {}
+        None => {
+            return Err(CellError::Unsupported {
+                what: "linear layer has no bias, the weights have one".into(),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// Instruction set a [`GruCell`] runs its kernels with.
@@ -404,12 +464,12 @@ mod x86 {
 
 /// How `a * b + c` is computed: fused where the target has FMA (one rounding, one
 /// instruction); separately where it does not (`mul_add` would call a slow libm fma).
-trait MulAdd {
+pub(super) trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
-struct Fused;
-struct Unfused;
+pub(super) struct Fused;
+pub(super) struct Unfused;
 
 impl MulAdd for Fused {
     #[inline(always)]
@@ -654,18 +714,18 @@ fn exp<M: MulAdd>(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid<M: MulAdd>(x: f32) -> f32 {
+pub(super) fn sigmoid<M: MulAdd>(x: f32) -> f32 {
     1.0 / (1.0 + exp::<M>(-x))
 }
 
 #[inline(always)]
-fn tanh<M: MulAdd>(x: f32) -> f32 {
+pub(super) fn tanh<M: MulAdd>(x: f32) -> f32 {
     2.0 / (1.0 + exp::<M>(-2.0 * x)) - 1.0
 }
 
 /// Sum of `NR` lanes by halving, so the adds are 4 deep rather than 16.
 #[inline(always)]
-fn lane_sum(mut v: [f32; NR]) -> f32 {
+pub(super) fn lane_sum(mut v: [f32; NR]) -> f32 {
     let mut width = NR / 2;
     while width > 0 {
         for i in 0..width {

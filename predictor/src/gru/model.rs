@@ -132,6 +132,27 @@ impl AccessModel {
         super::cell::GruWeights::from_burn(&self.gru, &self.head)
     }
 
+    /// This model (same architecture, device and parameter ids) with its weights
+    /// replaced by `w`: the inverse of [`AccessModel::export_weights`]. How the
+    /// hand-written trainer hands its weights back as a model.
+    pub fn with_weights(
+        &self,
+        w: &super::cell::GruWeights,
+    ) -> Result<AccessModel, super::cell::CellError> {
+        let mut model = self.clone();
+        w.write_burn(&mut model.gru, &mut model.head)?;
+        Ok(model)
+    }
+
+    /// This model with the GRU's hidden state clamped to `[-clip, clip]` after each
+    /// step (burn's `GruConfig::clip`): tests of the clipped path only, as the model
+    /// file does not record it.
+    #[cfg(test)]
+    pub(crate) fn with_clip(mut self, clip: f64) -> AccessModel {
+        self.gru.clip = Some(clip);
+        self
+    }
+
     /// A fresh model on the CPU (flex) device.
     pub fn new_cpu(hidden: usize) -> Self {
         Self::new(hidden, &Device::flex())
