@@ -5,6 +5,7 @@
 
 pub mod advisor;
 pub mod anomaly;
+pub mod backprop;
 pub mod cell;
 pub mod collect;
 pub mod features;

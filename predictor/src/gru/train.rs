@@ -1,10 +1,14 @@
 //! Training: BCE on (feature sequence, outcome) samples, shared by `tiervisor train`
-//! (offline, many traces) and the online learner (one VM's recent windows).
+//! (offline, many traces) and the online learner (one VM's recent windows). The step
+//! itself is hand-written ([`super::backprop`]); burn's autodiff version is kept as
+//! [`BurnTrainer`], the reference it is tested against.
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::backprop::BpttTrainer;
+use super::cell::{CellError, GruWeights};
 use super::features::{FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES};
 use super::model::{to_vec, AccessModel};
 use tiering::access::Access;
@@ -25,8 +29,72 @@ impl Default for TrainConfig {
     }
 }
 
-/// An autodiff copy of the model with its optimizer state.
+/// The model being trained, with its optimiser state: the hand-written forward,
+/// backward and Adam step of [`BpttTrainer`] (which computes what [`BurnTrainer`],
+/// burn's autodiff and Adam, computes, several times faster), and the model it
+/// started from, to hand the trained weights back as an [`AccessModel`].
 pub struct Trainer {
+    net: BpttTrainer,
+    /// The starting model (plain device): the architecture and parameter ids that
+    /// [`Trainer::inference_model`] fills with the trained weights.
+    template: AccessModel,
+    pub cfg: TrainConfig,
+    pub steps: u64,
+}
+
+impl Trainer {
+    /// Continue training `model` (any device).
+    ///
+    /// # Panics
+    /// If the model's GRU is not the one the hand-written step implements (burn's
+    /// default GRU with a one-logit head). `AccessModel` only builds that, and the
+    /// unit tests compare the step with burn on it; [`Trainer::try_new`] returns
+    /// the reason instead.
+    pub fn new(model: &AccessModel, cfg: TrainConfig) -> Self {
+        Self::try_new(model, cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Trainer::new`], or why the model's architecture is not supported.
+    pub fn try_new(model: &AccessModel, cfg: TrainConfig) -> Result<Self, CellError> {
+        let template = model.valid().fork(&Device::flex());
+        Ok(Trainer {
+            net: BpttTrainer::new(&template.export_weights()?)?,
+            template,
+            cfg,
+            steps: 0,
+        })
+    }
+
+    /// One optimiser step on `batch` (samples of equal length) at `cfg.lr *
+    /// lr_scale`; returns the batch's mean loss before the step.
+    pub fn step(&mut self, batch: &[&Sample], lr_scale: f64) -> f32 {
+        if batch.is_empty() {
+            return 0.0;
+        }
+        let loss = self
+            .net
+            .step_samples(batch, (self.cfg.lr * lr_scale) as f32);
+        self.steps += 1;
+        loss
+    }
+
+    /// The current weights as plain arrays (what [`Trainer::inference_model`] holds).
+    pub fn weights(&self) -> GruWeights {
+        self.net.weights()
+    }
+
+    /// A plain (no autodiff) model with the current weights, for inference.
+    pub fn inference_model(&self) -> AccessModel {
+        self.template
+            .with_weights(&self.net.weights())
+            .unwrap_or_else(|e| panic!("trained weights do not fit their own model: {e}"))
+    }
+}
+
+/// The training step on burn: autodiff through `AccessModel::forward_seq` and
+/// [`bce_with_logits`], then burn's Adam. What [`Trainer`] used before the
+/// hand-written step; kept as its reference in the tests and cost measurements.
+pub struct BurnTrainer {
     model: AccessModel,
     optim: ModuleOptimizer,
     device: Device,
@@ -34,11 +102,11 @@ pub struct Trainer {
     pub steps: u64,
 }
 
-impl Trainer {
+impl BurnTrainer {
     /// Continue training `model` (any device) on an autodiff flex device.
     pub fn new(model: &AccessModel, cfg: TrainConfig) -> Self {
         let device = Device::flex().autodiff();
-        Trainer {
+        BurnTrainer {
             model: model.clone().fork(&device).train(),
             optim: AdamConfig::new().init(),
             device,
