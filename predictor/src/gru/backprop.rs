@@ -33,7 +33,7 @@
 //! and picked at run time like [`super::cell::GruCell`]'s.
 
 use super::cell::{
-    lane_sum, sigmoid, tanh, CellError, Fused, GruWeights, Isa, MulAdd, Unfused, NR,
+    exp, lane_sum, sigmoid, tanh, CellError, Fused, GruWeights, Isa, MulAdd, Unfused, NR,
 };
 use super::features::Sample;
 
@@ -174,9 +174,9 @@ struct Scratch {
     dh: Vec<f32>,
 }
 
-/// Grow `v` to `n` values (keeping its allocation when it is big enough).
+/// Make `v` `n` values long, keeping its allocation when it is big enough. The
+/// values are left as they are: each pass writes every value it reads.
 fn fit(v: &mut Vec<f32>, n: usize) {
-    v.clear();
     v.resize(n, 0.0);
 }
 
@@ -191,6 +191,8 @@ impl Scratch {
         fit(&mut self.acts, rows * 4 * l.hp);
         fit(&mut self.logits, rows);
         fit(&mut self.dh, batch * l.hp);
+        // Every sequence starts from the zero state.
+        self.hs[..batch * l.hp].fill(0.0);
     }
 }
 
@@ -496,14 +498,25 @@ impl Pass<'_> {
         let s = &mut *self.s;
         let n = s.logits.len();
         let inv_n = 1.0 / n as f32;
-        let mut sum = 0.0f64;
-        for (z, &y) in s.logits.iter_mut().zip(&s.y) {
-            // The stable form burn's `bce_with_logits` computes.
-            let loss = z.max(0.0) - *z * y + (-z.abs()).exp().ln_1p();
-            sum += f64::from(loss);
-            *z = (sigmoid::<M>(*z) - y) * inv_n;
+        // The stable form burn's `bce_with_logits` computes,
+        // `max(z, 0) - z y + ln(1 + e^-|z|)`, with the logarithms summed as the
+        // logarithm of their product (in f64, each factor in (1, 2], so 512 of them
+        // stay far from overflow): one `ln` per 512 labels instead of a libm call each.
+        let mut linear = 0.0f64;
+        let mut log_sum = 0.0f64;
+        for (zs, ys) in s.logits.chunks_mut(512).zip(s.y.chunks(512)) {
+            let mut product = 1.0f64;
+            for (z, &y) in zs.iter_mut().zip(ys) {
+                let e = exp::<M>(-z.abs());
+                linear += f64::from(z.max(0.0) - *z * y);
+                product *= f64::from(1.0 + e);
+                // sigmoid(z) from the same e^-|z|.
+                let p = if *z >= 0.0 { 1.0 } else { e } / (1.0 + e);
+                *z = (p - y) * inv_n;
+            }
+            log_sum += product.ln();
         }
-        (sum / n as f64) as f32
+        ((linear + log_sum) / n as f64) as f32
     }
 
     #[inline(always)]

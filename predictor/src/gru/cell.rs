@@ -688,7 +688,7 @@ fn update_lanes<M: MulAdd>(
 /// 5 polynomial, ~1 ulp), written without branches or libm calls so loops over it
 /// vectorise. Inputs are clamped to where the result is a normal float.
 #[inline(always)]
-fn exp<M: MulAdd>(x: f32) -> f32 {
+pub(super) fn exp<M: MulAdd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so `x - n ln 2` stays exact for |n| <= 127.
     const LN2_HI: f32 = 0.693_359_4;
