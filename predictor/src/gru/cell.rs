@@ -92,8 +92,9 @@ fn linear_values(lin: &Linear, what: &'static str) -> Result<(Vec<f32>, Vec<f32>
 }
 
 impl GruWeights {
-    /// Copy the weights out of a burn GRU and its linear head.
-    pub fn from_burn(gru: &Gru, head: &Linear) -> Result<GruWeights, CellError> {
+    /// The `(d_input, d_hidden)` of a burn GRU and head of the architecture these
+    /// weights describe, or why they are another.
+    fn burn_shape(gru: &Gru, head: &Linear) -> Result<(usize, usize), CellError> {
         let unsupported = |what: String| Err(CellError::Unsupported { what });
         if !gru.reset_after {
             return unsupported("GRU applies the reset gate before the hidden product".into());
@@ -111,6 +112,12 @@ impl GruWeights {
                 "head maps {head_in} -> {head_out} values, not {d_hidden} -> 1"
             ));
         }
+        Ok((d_input, d_hidden))
+    }
+
+    /// Copy the weights out of a burn GRU and its linear head.
+    pub fn from_burn(gru: &Gru, head: &Linear) -> Result<GruWeights, CellError> {
+        let (d_input, d_hidden) = Self::burn_shape(gru, head)?;
         let gates = [&gru.update_gate, &gru.reset_gate, &gru.new_gate];
         let mut input_weight = vec![0.0; d_input * 3 * d_hidden];
         let mut hidden_weight = vec![0.0; d_hidden * 3 * d_hidden];
@@ -142,12 +149,12 @@ impl GruWeights {
     /// [`GruWeights::from_burn`]. Each parameter keeps its id and save mapping (only its
     /// value changes), so the module saves to the same model file format.
     pub fn write_burn(&self, gru: &mut Gru, head: &mut Linear) -> Result<(), CellError> {
-        let burn = GruWeights::from_burn(gru, head)?;
-        if (burn.d_input, burn.d_hidden) != (self.d_input, self.d_hidden) {
+        let (f_burn, h_burn) = Self::burn_shape(gru, head)?;
+        if (f_burn, h_burn) != (self.d_input, self.d_hidden) {
             return Err(CellError::Unsupported {
                 what: format!(
-                    "GRU is {}->{}, the weights are {}->{}",
-                    burn.d_input, burn.d_hidden, self.d_input, self.d_hidden
+                    "GRU is {f_burn}->{h_burn}, the weights are {}->{}",
+                    self.d_input, self.d_hidden
                 ),
             });
         }

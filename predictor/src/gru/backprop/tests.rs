@@ -354,3 +354,13 @@ fn inference_model_holds_the_trained_weights() {
     assert_eq!(loaded_meta, meta);
     assert_eq!(loaded.export_weights().expect("burn GRU"), weights);
 }
+
+#[test]
+fn with_weights_refuses_weights_of_another_shape() {
+    let mut rng = Rng(8);
+    let w = random_model(16, 16, &mut rng)
+        .export_weights()
+        .expect("burn GRU");
+    let other = AccessModel::with_input(8, 16, &Device::flex());
+    assert!(other.with_weights(&w).is_err());
+}
