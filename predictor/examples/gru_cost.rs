@@ -2,7 +2,8 @@
 //! `GruCell` on each instruction set this CPU has, in ns per stepped row, for several
 //! model shapes and batch sizes; then the time to step one window of a 1 M-page (4 GiB)
 //! VM if every one of its 65,536 16-page blocks, or every one of its 1,048,576 pages,
-//! were stepped; and whether a steady-state step allocates.
+//! were stepped; whether a steady-state step allocates; and one training step (Adam
+//! on 128 samples x 8 windows) on burn's autodiff against the hand-written step.
 //!
 //! `cargo run --release -p predictor --example gru_cost [-- --quick]`
 //!
@@ -14,7 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
+use predictor::gru::backprop::BpttTrainer;
+use predictor::gru::features::{Sample, NUM_FEATURES};
 use predictor::gru::model::{tensor2, to_vec};
+use predictor::gru::train::{BurnTrainer, TrainConfig};
 use predictor::gru::{base_model_path, AccessModel, GruCell, Isa};
 
 /// Counts heap allocations so the example can show the cell's step makes none.
@@ -192,7 +196,79 @@ fn main() {
     println!(
         "heap allocations in 100 steady-state steps of {n} rows + 100 step_one ({name}): {allocs}"
     );
+    training_step_cost(budget);
     advisor_window_cost();
+}
+
+/// One training step (loss, gradients, Adam) on a batch of 128 samples x 8 windows:
+/// burn's autodiff and Adam (`BurnTrainer`, what `Trainer` ran before) against the
+/// hand-written step (`BpttTrainer`, what `Trainer` runs) on each instruction set.
+fn training_step_cost(budget: Duration) {
+    const BATCH: usize = 128;
+    const SEQ: usize = 8;
+    let isas = Isa::available();
+    let values = inputs(BATCH * SEQ * (NUM_FEATURES + 1), 4);
+    let samples: Vec<Sample> = values
+        .chunks_exact(SEQ * (NUM_FEATURES + 1))
+        .map(|s| Sample {
+            features: s
+                .chunks_exact(NUM_FEATURES + 1)
+                .map(|w| std::array::from_fn(|i| w[i]))
+                .collect(),
+            labels: s
+                .chunks_exact(NUM_FEATURES + 1)
+                .map(|w| f32::from(w[NUM_FEATURES] > 0.7))
+                .collect(),
+        })
+        .collect();
+    let batch: Vec<&Sample> = samples.iter().collect();
+    // A small rate: the timed steps should not drive the weights anywhere unusual.
+    let cfg = TrainConfig {
+        lr: 1e-4,
+        batch: BATCH,
+    };
+    println!();
+    println!("Training step, batch {BATCH} x seq {SEQ}, median us of CPU per step:");
+    print!("| shape | burn (autodiff + Adam) |");
+    for isa in &isas {
+        print!(" hand-written {isa:?} |");
+    }
+    println!(" burn / best hand-written |");
+    println!("|---|---|{}---|", "---|".repeat(isas.len()));
+    let mut allocs = None;
+    for h in [16, 32] {
+        let model = AccessModel::with_input(NUM_FEATURES, h, &Device::flex());
+        let mut burn = BurnTrainer::new(&model, cfg);
+        let burn_ns = median_ns(budget, 1, || {
+            std::hint::black_box(burn.step(&batch, 1.0));
+        });
+        print!("| {NUM_FEATURES}->{h} | {:.0} |", burn_ns / 1e3);
+        let weights = model.export_weights().expect("burn GRU");
+        let mut best = f64::MAX;
+        for &isa in &isas {
+            let mut t = BpttTrainer::new(&weights)
+                .expect("burn GRU")
+                .with_isa(isa)
+                .expect("available isa");
+            let ns = median_ns(budget, 8, || {
+                std::hint::black_box(t.step_samples(&batch, cfg.lr as f32));
+            });
+            best = best.min(ns);
+            print!(" {:.0} |", ns / 1e3);
+            if allocs.is_none() {
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                for _ in 0..100 {
+                    t.step_samples(&batch, cfg.lr as f32);
+                }
+                allocs = Some(ALLOCATIONS.load(Ordering::Relaxed) - before);
+            }
+        }
+        println!(" {:.1}x |", burn_ns / best);
+    }
+    println!(
+        "heap allocations in 100 steady-state hand-written training steps: {}",
+        allocs.unwrap_or(0)
+    );
 }
 
 /// The whole advisor's `end_window` (features, inference through the cell, victim and
