@@ -379,7 +379,7 @@ impl BpttTrainer {
         };
         #[cfg(target_arch = "x86_64")]
         let loss = match self.isa {
-            Isa::Portable => pass.run::<Unfused>(),
+            Isa::Portable => pass.run::<Unfused, 2>(),
             // SAFETY: `isa` is only ever set to an instruction set that
             // `Isa::available()` found on this CPU (`new`, `with_isa`).
             Isa::Avx2Fma => unsafe { x86::run_avx2(&mut pass) },
@@ -387,7 +387,7 @@ impl BpttTrainer {
             Isa::Avx512 => unsafe { x86::run_avx512(&mut pass) },
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let loss = pass.run::<Unfused>();
+        let loss = pass.run::<Unfused, 2>();
         loss
     }
 
@@ -422,13 +422,13 @@ mod x86 {
     /// [`Pass::run`] compiled for AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn run_avx2(pass: &mut Pass<'_>) -> f32 {
-        pass.run::<Fused>()
+        pass.run::<Fused, 4>()
     }
 
     /// [`Pass::run`] compiled for AVX-512.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) fn run_avx512(pass: &mut Pass<'_>) -> f32 {
-        pass.run::<Fused>()
+        pass.run::<Fused, 4>()
     }
 }
 
@@ -445,17 +445,20 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// Loss (returned) and gradients (into `grads`).
+    /// Loss (returned) and gradients (into `grads`). `MR` rows per register tile of
+    /// the matrix products: as many as the instruction set's registers hold
+    /// accumulators for (16 floats a row: 2 on SSE's 16 registers of 4). Not more
+    /// than 4: a tile of 8 x 16 was no longer kept in registers (AVX-512, 8x slower).
     #[inline(always)]
-    fn run<M: MulAdd>(&mut self) -> f32 {
-        self.forward::<M>();
-        let loss = self.loss_gradients::<M>();
-        self.backward::<M>();
+    fn run<M: MulAdd, const MR: usize>(&mut self) -> f32 {
+        self.forward::<M, MR>();
+        let loss = self.loss_gradients::<M, MR>();
+        self.backward::<M, MR>();
         loss
     }
 
     #[inline(always)]
-    fn forward<M: MulAdd>(&mut self) {
+    fn forward<M: MulAdd, const MR: usize>(&mut self) {
         let (l, b, p) = (self.l, self.batch, self.params);
         let s = &mut *self.s;
         let (wx, bx) = (&p[l.wx..l.bx], &p[l.bx..l.wh]);
@@ -467,14 +470,14 @@ impl Pass<'_> {
         };
         let head_b = p[l.head_b];
         // All steps' input products at once; only the hidden products are sequential.
-        gemm::<M>(&s.x, l.f, wx, l.cols, Some(bx), &mut s.gx);
+        gemm::<M, MR>(&s.x, l.f, wx, l.cols, Some(bx), &mut s.gx);
         let step_rows = b * l.cols;
         for t in 0..self.seq {
             let (done, next) = s.hs.split_at_mut((t + 1) * b * l.hp);
             let h_prev = &done[t * b * l.hp..];
             let h_next = &mut next[..b * l.hp];
             let gh = &mut s.gh[t * step_rows..(t + 1) * step_rows];
-            gemm::<M>(h_prev, l.hp, wh, l.cols, Some(bh), gh);
+            gemm::<M, MR>(h_prev, l.hp, wh, l.cols, Some(bh), gh);
             let gx = &s.gx[t * step_rows..(t + 1) * step_rows];
             let acts = &mut s.acts[t * b * 4 * l.hp..(t + 1) * b * 4 * l.hp];
             let logits = &mut s.logits[t * b..(t + 1) * b];
@@ -494,7 +497,7 @@ impl Pass<'_> {
     /// Mean loss over all labels; replaces each logit with the loss's gradient with
     /// respect to it, `(sigmoid(z) - y) / n`.
     #[inline(always)]
-    fn loss_gradients<M: MulAdd>(&mut self) -> f32 {
+    fn loss_gradients<M: MulAdd, const MR: usize>(&mut self) -> f32 {
         let s = &mut *self.s;
         let n = s.logits.len();
         let inv_n = 1.0 / n as f32;
@@ -520,7 +523,7 @@ impl Pass<'_> {
     }
 
     #[inline(always)]
-    fn backward<M: MulAdd>(&mut self) {
+    fn backward<M: MulAdd, const MR: usize>(&mut self) {
         let (l, b) = (self.l, self.batch);
         let s = &mut *self.s;
         let p = self.params;
@@ -565,7 +568,7 @@ impl Pass<'_> {
             }
             if t > 0 {
                 // The states' gradient through the hidden products: dh += gh . Wh^T.
-                gemm::<M>(gh, l.cols, self.wh_t, l.hp, None, &mut s.dh);
+                gemm::<M, MR>(gh, l.cols, self.wh_t, l.hp, None, &mut s.dh);
             }
         }
         head_b_grad[0] = s.logits.iter().sum();
@@ -573,10 +576,10 @@ impl Pass<'_> {
         let (wx_grad, rest) = rest.split_at_mut(l.bx);
         let (bx_grad, rest) = rest.split_at_mut(l.cols);
         let (wh_grad, bh_grad) = rest.split_at_mut(l.hp * l.cols);
-        gemm_at::<M>(&s.x, l.f, &s.gx, l.cols, wx_grad);
+        gemm_at::<M, MR>(&s.x, l.f, &s.gx, l.cols, wx_grad);
         col_sums(&s.gx, l.cols, bx_grad);
         // The hidden products saw the states before each step: `hs[0..seq]`.
-        gemm_at::<M>(&s.hs[..rows * l.hp], l.hp, &s.gh, l.cols, wh_grad);
+        gemm_at::<M, MR>(&s.hs[..rows * l.hp], l.hp, &s.gh, l.cols, wh_grad);
         col_sums(&s.gh, l.cols, bh_grad);
     }
 }

@@ -5,14 +5,12 @@
 
 use super::{block, MulAdd, NR};
 
-/// Rows per register tile.
-const MR: usize = 4;
-
 /// `out[i] = init[i] + a[i] . w` for every row `i`: `a` is `rows x k`, `w` is
 /// `k x cols`, `out` is `rows x cols`; `init` is `bias` (one row, `cols`) for every
-/// row, or `out`'s current values when `bias` is `None`.
+/// row, or `out`'s current values when `bias` is `None`. `MR` rows per register
+/// tile.
 #[inline(always)]
-pub(super) fn gemm<M: MulAdd>(
+pub(super) fn gemm<M: MulAdd, const MR: usize>(
     a: &[f32],
     k: usize,
     w: &[f32],
@@ -69,9 +67,16 @@ fn gemm_tile<M: MulAdd, const R: usize>(
 }
 
 /// `out = a^T . g`: `a` is `rows x k`, `g` is `rows x cols`, `out` is `k x cols` (the
-/// weight gradient of a product `a . w` whose output gradient is `g`).
+/// weight gradient of a product `a . w` whose output gradient is `g`). `MR` output
+/// rows per register tile.
 #[inline(always)]
-pub(super) fn gemm_at<M: MulAdd>(a: &[f32], k: usize, g: &[f32], cols: usize, out: &mut [f32]) {
+pub(super) fn gemm_at<M: MulAdd, const MR: usize>(
+    a: &[f32],
+    k: usize,
+    g: &[f32],
+    cols: usize,
+    out: &mut [f32],
+) {
     debug_assert_eq!(a.len() / k, g.len() / cols);
     debug_assert_eq!(out.len(), k * cols);
     let full = k / MR * MR;
