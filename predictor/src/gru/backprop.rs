@@ -16,11 +16,12 @@
 //! loss = mean over all samples and steps of BCE(logit, label)
 //! ```
 //!
-//! Backward, with `d` the gradient reaching `h'` (from its logit and from step t+1):
-//! `dz = d (h - n) z (1 - z)`, `dn = d (1 - z) (1 - n^2)`, `dm = dn r`,
-//! `dr = dn m r (1 - r)`; the input side's gate gradients are `[dz | dr | dn]`, the
-//! hidden side's `[dz | dr | dm]`; the gradient to `h` is `d z` plus the hidden side's
-//! gradients times `Wh` transposed.
+//! Backward, with `d` the gradient reaching `h'` (from its logit and from step t+1),
+//! the gradients of the gates' pre-activations are `dz = d (h - n) z (1 - z)`,
+//! `dn = d (1 - z) (1 - n^2)`, `dr = dn m r (1 - r)`, and of `m`, `dm = dn r`. The
+//! input side's products get `[dz | dr | dn]`, the hidden side's `[dz | dr | dm]`
+//! (weight gradients: inputs transposed times these); the gradient to `h` is `d z`
+//! plus the hidden side's times `Wh` transposed.
 //!
 //! Layout: each gate's `d_hidden` units are padded to a multiple of [`NR`] (`hp`), and
 //! all per-row arrays (states, gates, gate gradients) use that padded width, so every
@@ -28,8 +29,8 @@
 //! matrix product is row x panel of `NR` columns. Padded units have zero weights and
 //! biases, so their state stays 0 and their gradients are 0 (Adam leaves them at 0).
 //! Batch rows are stored time-major (`[t][b]`), so one time step's rows are contiguous.
-//! All buffers live in the trainer and only grow, so a steady-state step does not
-//! allocate. The kernels are compiled for the portable target, AVX2+FMA and AVX-512
+//! All buffers live in the trainer and keep their allocations, so a steady-state step
+//! does not allocate. The kernels are compiled for the portable target, AVX2+FMA and AVX-512
 //! and picked at run time like [`super::cell::GruCell`]'s.
 
 use super::cell::{
@@ -276,15 +277,25 @@ impl BpttTrainer {
     }
 
     /// One Adam step at learning rate `lr` on a batch of samples of equal length;
-    /// returns the batch's mean loss (before the step).
+    /// returns the batch's mean loss (before the step). A batch without labels
+    /// (no samples, or empty ones) takes no step and returns 0.
     ///
     /// # Panics
     /// If the samples' lengths differ or their features are not `d_input` wide
     /// (samples of one model's feature extractor always agree).
     pub fn step_samples(&mut self, batch: &[&Sample], lr: f32) -> f32 {
+        if batch.first().is_none_or(|s| s.labels.is_empty()) {
+            return 0.0;
+        }
         let loss = self.loss_and_grads_samples(batch);
         self.adam_step(lr);
         loss
+    }
+
+    /// The loss and gradients of a batch without labels: 0.
+    fn no_labels(&mut self) -> f32 {
+        self.grads.fill(0.0);
+        0.0
     }
 
     /// [`BpttTrainer::loss_and_grads`] for samples.
@@ -292,8 +303,8 @@ impl BpttTrainer {
     /// # Panics
     /// As [`BpttTrainer::step_samples`].
     pub fn loss_and_grads_samples(&mut self, batch: &[&Sample]) -> f32 {
-        let Some(first) = batch.first() else {
-            return 0.0;
+        let Some(first) = batch.first().filter(|s| !s.labels.is_empty()) else {
+            return self.no_labels();
         };
         let (b, seq, l) = (batch.len(), first.features.len(), self.layout);
         assert_eq!(
@@ -343,7 +354,7 @@ impl BpttTrainer {
             }
         }
         if batch * seq == 0 {
-            return Ok(0.0);
+            return Ok(self.no_labels());
         }
         self.scratch.fit(&l, batch, seq);
         let s = &mut self.scratch;

@@ -364,3 +364,19 @@ fn with_weights_refuses_weights_of_another_shape() {
     let other = AccessModel::with_input(8, 16, &Device::flex());
     assert!(other.with_weights(&w).is_err());
 }
+
+#[test]
+fn a_batch_without_labels_takes_no_step() {
+    let mut rng = Rng(9);
+    let w = random_model(NUM_FEATURES, 16, &mut rng)
+        .export_weights()
+        .expect("burn GRU");
+    let mut t = BpttTrainer::new(&w).expect("supported");
+    let empty = Sample {
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
+    assert_eq!(t.step_samples(&[], 1e-2), 0.0);
+    assert_eq!(t.step_samples(&[&empty, &empty], 1e-2), 0.0);
+    assert_eq!((t.weights(), t.adam_steps()), (w, 0));
+}
