@@ -21,9 +21,10 @@ use super::train::{TrainConfig, Trainer};
 pub struct OnlineConfig {
     pub mode: OnlineMode,
     /// Inline mode: one training step every this many model windows in normal
-    /// operation (a step of 128 samples costs about 1 ms of CPU here; one in 64 keeps
-    /// training within about 1% of a core on the replayed real programs, so the whole
-    /// advisor can stay near the 2% target).
+    /// operation (chosen when the step ran on burn, about ten times the hand-written
+    /// step's CPU, docs/predictor.md "Online learning": one in 64 kept training
+    /// within about 1% of a core on the replayed real programs, so the whole advisor
+    /// could stay near the 2% target).
     pub train_every: u64,
     /// Inline: a step every this many windows while adapting after an anomaly; both
     /// modes: the learning-rate multiplier then.
