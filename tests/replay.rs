@@ -161,6 +161,19 @@ fn table_output_and_usage_errors() {
     assert!(small > unbounded, "{small} <= {unbounded}");
     bad(&["--advisor", "lru,magic"], "unknown advisor \"magic\"");
     bad(&["--ram-fraction", "1.5"], "--ram-fraction");
+    bad(
+        &["--visibility", "full", "--dirty-harvest", "1"],
+        "--dirty-harvest",
+    );
+    // A harvest every window shows lru the written pages, at a write-protect fault
+    // each: stall for sampling beyond the sampled minor faults (33 us each).
+    let write_protect = |extra: &[&str]| {
+        let reports = replay_json(&trace, extra);
+        let lru = reports.iter().find(|r| r["advisor"] == "lru").unwrap();
+        field(lru, "sample_stall_ns") - field(lru, "samples") * 33_000
+    };
+    assert_eq!(write_protect(&[]), 0);
+    assert!(write_protect(&["--dirty-harvest", "1"]) > 0);
     let missing = scratch("missing.tvt");
     let out = tiervisor()
         .args(["replay", "--trace"])

@@ -90,6 +90,11 @@ pub fn run(args: ReplayArgs) -> i32 {
     if names.is_empty() {
         return super::usage_error("replay: --advisor names no advisor");
     }
+    if args.dirty_harvest > 0 && args.visibility == Visibility::Full {
+        return super::usage_error(
+            "replay: --dirty-harvest shows written pages to advisors that see only samples; with --visibility full they see every access already",
+        );
+    }
     if !(args.ns_per_instruction > 0.0 && args.ns_per_instruction.is_finite()) {
         return super::usage_error("replay: --ns-per-instruction must be a positive number");
     }
