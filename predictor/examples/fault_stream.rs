@@ -82,6 +82,18 @@ struct Ceiling {
     next: u64,
 }
 
+impl Ceiling {
+    fn add(&mut self, c: &Ceiling) {
+        self.faults += c.faults;
+        self.refaults += c.refaults;
+        self.succ += c.succ;
+        self.pair += c.pair;
+        self.chain += c.chain;
+        self.near += c.near;
+        self.next += c.next;
+    }
+}
+
 fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
     let mut c = Ceiling {
         faults: faults.len() as u64,
@@ -200,13 +212,7 @@ fn main() {
             .file_stem()
             .map_or(path.clone(), |s| s.to_string_lossy().into_owned());
         print_row(&name, &c);
-        total.faults += c.faults;
-        total.refaults += c.refaults;
-        total.succ += c.succ;
-        total.pair += c.pair;
-        total.chain += c.chain;
-        total.near += c.near;
-        total.next += c.next;
+        total.add(&c);
     }
     print_row("all", &total);
 }

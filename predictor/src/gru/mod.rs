@@ -36,4 +36,6 @@ pub fn base_model_path() -> std::path::PathBuf {
 }
 
 #[cfg(test)]
+mod test_rng;
+#[cfg(test)]
 mod tests;
