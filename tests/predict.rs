@@ -355,16 +355,21 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
     assert_eq!(splice.accesses.last().unwrap().page >> SEGMENT_SHIFT, 2);
     assert_eq!(splice.segment_pages[1], 8192);
 
-    let r = evaluate(
-        &splice,
-        &predictor::replay::ReplayConfig::default(),
-        &predictor::gru::base_model_path(),
-        predictor::gru::GruOptions::default(),
-        16,
-    )
-    .unwrap();
-    eprintln!("{}", format_table(std::slice::from_ref(&r)));
-    eprintln!("changes {:?}\ndetections {:?}", r.changes, r.detections);
+    let detect = |opts: predictor::gru::GruOptions| {
+        let r = evaluate(
+            &splice,
+            &predictor::replay::ReplayConfig::default(),
+            &predictor::gru::base_model_path(),
+            opts,
+            16,
+        )
+        .unwrap();
+        eprintln!("{}", format_table(std::slice::from_ref(&r)));
+        eprintln!("changes {:?}\ndetections {:?}", r.changes, r.detections);
+        r
+    };
+    let opts = predictor::gru::GruOptions::default();
+    let r = detect(opts);
     assert_eq!(r.changes.len(), 2, "{:?}", r.changes);
     assert!(r.changes[0].window < r.changes[1].window, "{:?}", r.changes);
     assert!(r.changes[1].window < r.model_windows, "{:?}", r.changes);
@@ -372,10 +377,37 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
     // windows. Storm -> chase mostly is not: the chase's loss is lower than the
     // storm's, and the detector looks for rises only (gru/anomaly.rs).
     let storm = r.changes[0].window;
-    assert!(
+    let found = |r: &predictor::changepoints::SpliceResult| {
         r.detections
             .iter()
-            .any(|d| d.window >= storm && d.window <= storm + 16),
+            .any(|d| d.window >= storm && d.window <= storm + 16)
+    };
+    // After an alarm the detector reports nothing for `cooldown` windows, by design
+    // (one change, one alarm). When one of zipf's own loss spikes (more of them on a
+    // loaded host) raises an alarm just before the storm, the storm falls in that
+    // blind spot, as the change after the storm of the bench's sqlite-join|storm|gzip
+    // does (docs/anomaly.md). The signal must still be there: without the cooldown the
+    // storm is found.
+    let cooldown = opts.anomaly.cooldown;
+    let blinded = r
+        .detections
+        .iter()
+        .any(|d| d.window < storm && d.window + cooldown >= storm);
+    if blinded && !found(&r) {
+        eprintln!("an alarm just before the storm hid it; again without the cooldown");
+        let mut no_cooldown = opts;
+        no_cooldown.anomaly.cooldown = 0;
+        let r = detect(no_cooldown);
+        assert!(
+            found(&r),
+            "the storm was not found within 16 windows even without the cooldown: changes {:?}, detections {:?}",
+            r.changes,
+            r.detections
+        );
+        return;
+    }
+    assert!(
+        found(&r),
         "the storm was not found within 16 windows: changes {:?}, detections {:?}",
         r.changes,
         r.detections
