@@ -15,7 +15,6 @@
 //! - `next`: a refault whose page + 1 faults within the next RAM's worth of faults
 //!   (an always-on next-page readahead's accuracy, judged as shadow outcomes are).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use predictor::replay::registry::{make_advisor, ReplayContext};
@@ -111,7 +110,7 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
         })
     };
     let mut succ: FxHashMap<PageNumber, PageNumber> = FxHashMap::default();
-    let mut pair: HashMap<(PageNumber, PageNumber), PageNumber> = HashMap::new();
+    let mut pair: FxHashMap<(PageNumber, PageNumber), PageNumber> = FxHashMap::default();
     for i in 0..faults.len() {
         let (page, first) = faults[i];
         if !first && i > 0 {
