@@ -13,7 +13,12 @@
 //! - `chain`: within 8 links of successors from one of the last 4 faults;
 //! - `near`: within 8 pages of one of the last 8 faults;
 //! - `next`: a refault whose page + 1 faults within the next RAM's worth of faults
-//!   (an always-on next-page readahead's accuracy, judged as shadow outcomes are).
+//!   (an always-on next-page readahead's accuracy, judged as shadow outcomes are);
+//! - `period`: a refault that came when the page's previous interval between faults
+//!   said it would (within a quarter, counted in faults), as a timer that prefetches
+//!   each page one interval after its last fault would name it; `timer acc` is the
+//!   share of such a timer's predictions (one per fault of a page whose interval is
+//!   known) that came true.
 
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +84,10 @@ struct Ceiling {
     chain: u64,
     near: u64,
     next: u64,
+    period: u64,
+    /// Predictions the `period` timer makes: one per fault of a page with a known
+    /// interval.
+    timer_fired: u64,
 }
 
 impl Ceiling {
@@ -90,6 +99,8 @@ impl Ceiling {
         self.chain += c.chain;
         self.near += c.near;
         self.next += c.next;
+        self.period += c.period;
+        self.timer_fired += c.timer_fired;
     }
 }
 
@@ -111,8 +122,18 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
     };
     let mut succ: FxHashMap<PageNumber, PageNumber> = FxHashMap::default();
     let mut pair: FxHashMap<(PageNumber, PageNumber), PageNumber> = FxHashMap::default();
+    // Per page: the position of its last fault, and the interval before that one.
+    let mut last: FxHashMap<PageNumber, (usize, Option<usize>)> = FxHashMap::default();
     for i in 0..faults.len() {
         let (page, first) = faults[i];
+        let before = last.insert(page, (i, None));
+        if let Some((at, interval)) = before {
+            last.insert(page, (i, Some(i - at)));
+            if let Some(d) = interval {
+                c.timer_fired += 1;
+                c.period += u64::from((i - at).abs_diff(d) * 4 <= d);
+            }
+        }
         if !first && i > 0 {
             c.refaults += 1;
             let prev = faults[i - 1].0;
@@ -145,6 +166,11 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
             pair.insert((faults[i - 2].0, faults[i - 1].0), page);
         }
     }
+    // The last prediction of each page counts too where it fell inside the trace.
+    c.timer_fired += last
+        .values()
+        .filter(|&&(at, interval)| interval.is_some_and(|d| at + d < faults.len()))
+        .count() as u64;
     c
 }
 
@@ -178,8 +204,10 @@ fn main() {
     if traces.is_empty() {
         die("no trace given (try resources/out/traces/train/*.tvt)");
     }
-    println!("| trace | faults | refaults | succ | pair | chain | near | next |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| trace | faults | refaults | succ | pair | chain | near | next | period | timer acc |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut total = Ceiling::default();
     for path in &traces {
         let input = TraceInput::File(path.into());
@@ -219,13 +247,15 @@ fn main() {
 fn print_row(name: &str, c: &Ceiling) {
     let share = |n: u64| n as f64 / c.refaults.max(1) as f64;
     println!(
-        "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
         c.faults,
         c.refaults,
         share(c.succ),
         share(c.pair),
         share(c.chain),
         share(c.near),
-        share(c.next)
+        share(c.next),
+        share(c.period),
+        c.period as f64 / c.timer_fired.max(1) as f64
     );
 }
