@@ -19,6 +19,11 @@
 //!   each page one interval after its last fault would name it; `timer acc` is the
 //!   share of such a timer's predictions (one per fault of a page whose interval is
 //!   known) that came true.
+//!
+//! A second table splits the refaults by refault distance (evictions between the
+//! page's eviction and its refault, in RAMs: the resident pages' worth), and gives the
+//! share of the short ones (under one RAM) whose page had a short refault before: the
+//! pages the eviction order keeps losing.
 
 use std::sync::{Arc, Mutex};
 
@@ -32,8 +37,20 @@ use tiering::advisor::Advisor;
 struct FaultRecorder {
     inner: Box<dyn Advisor>,
     filled: FxHashSet<PageNumber>,
-    /// (page, first touch) per demand fault, in order.
-    faults: Arc<Mutex<Vec<(PageNumber, bool)>>>,
+    evictions: u64,
+    /// Eviction number at which each evicted page left.
+    left_at: FxHashMap<PageNumber, u64>,
+    /// The demand faults, in order.
+    faults: Arc<Mutex<Vec<Fault>>>,
+}
+
+/// One demand fault the advisor saw.
+#[derive(Clone, Copy)]
+struct Fault {
+    page: PageNumber,
+    first: bool,
+    /// Evictions since the page left RAM, for a refault.
+    distance: Option<u64>,
 }
 
 impl Advisor for FaultRecorder {
@@ -42,8 +59,11 @@ impl Advisor for FaultRecorder {
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
         if !resident {
-            let first = !self.filled.contains(&access.page);
-            self.faults.lock().unwrap().push((access.page, first));
+            self.faults.lock().unwrap().push(Fault {
+                page: access.page,
+                first: !self.filled.contains(&access.page),
+                distance: self.left_at.get(&access.page).map(|&e| self.evictions - e),
+            });
         }
         self.inner.on_access(access, resident);
     }
@@ -52,6 +72,8 @@ impl Advisor for FaultRecorder {
         self.inner.on_fill(page, prefetched);
     }
     fn on_evict(&mut self, page: PageNumber) {
+        self.evictions += 1;
+        self.left_at.insert(page, self.evictions);
         self.inner.on_evict(page);
     }
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
@@ -88,6 +110,10 @@ struct Ceiling {
     /// Predictions the `period` timer makes: one per fault of a page with a known
     /// interval.
     timer_fired: u64,
+    /// Refaults by refault distance: under 1, 1-2, 2-4 and 4 or more RAMs.
+    distance: [u64; 4],
+    /// Short refaults (under 1 RAM) of pages that had a short refault before.
+    short_again: u64,
 }
 
 impl Ceiling {
@@ -101,18 +127,36 @@ impl Ceiling {
         self.next += c.next;
         self.period += c.period;
         self.timer_fired += c.timer_fired;
+        for (a, b) in self.distance.iter_mut().zip(c.distance) {
+            *a += b;
+        }
+        self.short_again += c.short_again;
     }
 }
 
-fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
+fn analyse(faults: &[Fault], ram_pages: usize) -> Ceiling {
     let mut c = Ceiling {
         faults: faults.len() as u64,
         ..Ceiling::default()
     };
     // Positions of each page's faults, for "faults again within a RAM's worth".
     let mut at: FxHashMap<PageNumber, Vec<usize>> = FxHashMap::default();
-    for (i, &(p, _)) in faults.iter().enumerate() {
-        at.entry(p).or_default().push(i);
+    for (i, f) in faults.iter().enumerate() {
+        at.entry(f.page).or_default().push(i);
+    }
+    let mut short_before: FxHashSet<PageNumber> = FxHashSet::default();
+    for f in faults.iter().filter(|f| !f.first) {
+        let Some(d) = f.distance else { continue };
+        let rams = d as f64 / ram_pages.max(1) as f64;
+        c.distance[match rams {
+            r if r < 1.0 => 0,
+            r if r < 2.0 => 1,
+            r if r < 4.0 => 2,
+            _ => 3,
+        }] += 1;
+        if rams < 1.0 && !short_before.insert(f.page) {
+            c.short_again += 1;
+        }
     }
     let faults_within = |page: PageNumber, i: usize| {
         at.get(&page).is_some_and(|v| {
@@ -125,7 +169,7 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
     // Per page: the position of its last fault, and the interval before that one.
     let mut last: FxHashMap<PageNumber, (usize, Option<usize>)> = FxHashMap::default();
     for i in 0..faults.len() {
-        let (page, first) = faults[i];
+        let Fault { page, first, .. } = faults[i];
         let before = last.insert(page, (i, None));
         if let Some((at, interval)) = before {
             last.insert(page, (i, Some(i - at)));
@@ -136,13 +180,13 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
         }
         if !first && i > 0 {
             c.refaults += 1;
-            let prev = faults[i - 1].0;
+            let prev = faults[i - 1].page;
             c.succ += u64::from(succ.get(&prev) == Some(&page));
             if i > 1 {
-                c.pair += u64::from(pair.get(&(faults[i - 2].0, prev)) == Some(&page));
+                c.pair += u64::from(pair.get(&(faults[i - 2].page, prev)) == Some(&page));
             }
-            let chained = faults[i.saturating_sub(4)..i].iter().any(|&(from, _)| {
-                let mut x = from;
+            let chained = faults[i.saturating_sub(4)..i].iter().any(|f| {
+                let mut x = f.page;
                 (0..8).any(|_| match succ.get(&x) {
                     Some(&n) => {
                         x = n;
@@ -155,15 +199,15 @@ fn analyse(faults: &[(PageNumber, bool)], ram_pages: usize) -> Ceiling {
             c.near += u64::from(
                 faults[i.saturating_sub(8)..i]
                     .iter()
-                    .any(|&(q, _)| q != page && q.abs_diff(page) <= 8),
+                    .any(|f| f.page != page && f.page.abs_diff(page) <= 8),
             );
             c.next += u64::from(faults_within(page + 1, i));
         }
         if i > 0 {
-            succ.insert(faults[i - 1].0, page);
+            succ.insert(faults[i - 1].page, page);
         }
         if i > 1 {
-            pair.insert((faults[i - 2].0, faults[i - 1].0), page);
+            pair.insert((faults[i - 2].page, faults[i - 1].page), page);
         }
     }
     // The last prediction of each page counts too where it fell inside the trace.
@@ -209,6 +253,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut total = Ceiling::default();
+    let mut rows = Vec::new();
     for path in &traces {
         let input = TraceInput::File(path.into());
         let summary = summarize(&input, false).unwrap_or_else(|e| die(&format!("{path}: {e}")));
@@ -222,6 +267,8 @@ fn main() {
         let recorder = FaultRecorder {
             inner: make_advisor(&advisor, &ctx).unwrap_or_else(|e| die(&e.to_string())),
             filled: FxHashSet::default(),
+            evictions: 0,
+            left_at: FxHashMap::default(),
             faults: faults.clone(),
         };
         replay_advisor(
@@ -240,8 +287,32 @@ fn main() {
             .map_or(path.clone(), |s| s.to_string_lossy().into_owned());
         print_row(&name, &c);
         total.add(&c);
+        rows.push((name, c));
     }
     print_row("all", &total);
+    println!("\n| trace | refaults | refault distance < 1 RAM | 1-2 | 2-4 | >= 4 | short again |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, c) in rows
+        .iter()
+        .map(|(n, c)| (n.as_str(), c))
+        .chain([("all", &total)])
+    {
+        print_distance_row(name, c);
+    }
+}
+
+fn print_distance_row(name: &str, c: &Ceiling) {
+    let d = c.distance;
+    let share = |n: u64| n as f64 / d.iter().sum::<u64>().max(1) as f64;
+    println!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        c.refaults,
+        share(d[0]),
+        share(d[1]),
+        share(d[2]),
+        share(d[3]),
+        c.short_again as f64 / d[0].max(1) as f64
+    );
 }
 
 fn print_row(name: &str, c: &Ceiling) {
