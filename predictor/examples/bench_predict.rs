@@ -192,8 +192,12 @@ fn main() {
         fewer * 100.0,
         verdict(fewer >= 0.25)
     );
+    let (lo, hi) = wilson_interval(g.useful, g.issued);
     println!(
-        "         gru accuracy {acc:.3} (target >= 0.9): {}",
+        "         gru accuracy {acc:.3} ({} of {} prefetches used; 95% interval {lo:.3}-{hi:.3} \
+         counting prefetches as independent) (target >= 0.9): {}",
+        g.useful,
+        g.issued,
         verdict(acc >= 0.9)
     );
     println!(
@@ -207,6 +211,19 @@ fn main() {
         core * 100.0,
         verdict(core <= 0.02)
     );
+}
+
+/// Wilson score interval (95%) for `k` successes in `n` trials: how far a share
+/// measured on this few prefetches can be from the advisor's long-run one.
+fn wilson_interval(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.96f64);
+    let p = k / n;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    (centre - half, centre + half)
 }
 
 fn verdict(ok: bool) -> &'static str {
