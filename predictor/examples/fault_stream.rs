@@ -24,13 +24,20 @@
 //! page's eviction and its refault, in RAMs: the resident pages' worth), and gives the
 //! share of the short ones (under one RAM) whose page had a short refault before: the
 //! pages the eviction order keeps losing.
+//!
+//! A third table, over all the traces given, asks whether anything the advisor could
+//! see marks the victims that come back: per class of victim (code or data, earlier
+//! short refaults, a prefetched page never seen used, the advisor's `probability` of
+//! the page's block at eviction), the share that faulted again within a RAM's worth
+//! of evictions. For the model's raw probability set
+//! `TIERVISOR_GRU_PROBABILITY_FLOOR=0` (with unbounded tiers it changes no decision).
 
 use std::sync::{Arc, Mutex};
 
 use predictor::replay::registry::{make_advisor, ReplayContext};
 use predictor::replay::{replay_advisor, summarize, ReplayConfig, TraceInput};
 use rustc_hash::{FxHashMap, FxHashSet};
-use tiering::access::{Access, PageNumber};
+use tiering::access::{Access, AccessOp, PageKind, PageNumber};
 use tiering::advisor::Advisor;
 
 /// Forwards every call to the advisor under test and records its demand faults.
@@ -42,6 +49,30 @@ struct FaultRecorder {
     left_at: FxHashMap<PageNumber, u64>,
     /// The demand faults, in order.
     faults: Arc<Mutex<Vec<Fault>>>,
+    ram_pages: u64,
+    facts: FxHashMap<PageNumber, PageFacts>,
+    /// Every eviction, in order, and the index of each page's last one.
+    evicted: Arc<Mutex<Vec<Victim>>>,
+    last_eviction: FxHashMap<PageNumber, usize>,
+}
+
+/// What the advisor could have known of a page when it was evicted.
+#[derive(Default, Clone, Copy)]
+struct PageFacts {
+    /// An exec access or a code page was seen.
+    code: bool,
+    /// Refaults within a RAM's worth of evictions so far.
+    short_refaults: u32,
+    /// Brought in by a prefetch and not seen accessed since.
+    prefetched_unseen: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Victim {
+    facts: PageFacts,
+    probability: f32,
+    /// It faulted again within a RAM's worth of evictions.
+    came_back: bool,
 }
 
 /// One demand fault the advisor saw.
@@ -58,22 +89,42 @@ impl Advisor for FaultRecorder {
         self.inner.name()
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
+        let facts = self.facts.entry(access.page).or_default();
+        facts.code |= access.op == AccessOp::Exec || access.kind == PageKind::Code;
+        facts.prefetched_unseen &= !resident;
+        let distance = self.left_at.get(&access.page).map(|&e| self.evictions - e);
+        if !resident && distance.is_some_and(|d| d <= self.ram_pages) {
+            facts.short_refaults += 1;
+            if let Some(&i) = self.last_eviction.get(&access.page) {
+                self.evicted.lock().unwrap()[i].came_back = true;
+            }
+        }
         if !resident {
             self.faults.lock().unwrap().push(Fault {
                 page: access.page,
                 first: !self.filled.contains(&access.page),
-                distance: self.left_at.get(&access.page).map(|&e| self.evictions - e),
+                distance,
             });
         }
         self.inner.on_access(access, resident);
     }
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
         self.filled.insert(page);
+        self.facts.entry(page).or_default().prefetched_unseen = prefetched;
         self.inner.on_fill(page, prefetched);
     }
     fn on_evict(&mut self, page: PageNumber) {
         self.evictions += 1;
         self.left_at.insert(page, self.evictions);
+        let victim = Victim {
+            facts: self.facts.get(&page).copied().unwrap_or_default(),
+            probability: self.inner.probability(page),
+            came_back: false,
+        };
+        let mut evicted = self.evicted.lock().unwrap();
+        self.last_eviction.insert(page, evicted.len());
+        evicted.push(victim);
+        drop(evicted);
         self.inner.on_evict(page);
     }
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
@@ -254,6 +305,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut total = Ceiling::default();
     let mut rows = Vec::new();
+    let evicted = Arc::new(Mutex::new(Vec::new()));
     for path in &traces {
         let input = TraceInput::File(path.into());
         let summary = summarize(&input, false).unwrap_or_else(|e| die(&format!("{path}: {e}")));
@@ -270,6 +322,10 @@ fn main() {
             evictions: 0,
             left_at: FxHashMap::default(),
             faults: faults.clone(),
+            ram_pages: budget as u64,
+            facts: FxHashMap::default(),
+            evicted: evicted.clone(),
+            last_eviction: FxHashMap::default(),
         };
         replay_advisor(
             &input,
@@ -298,6 +354,42 @@ fn main() {
         .chain([("all", &total)])
     {
         print_distance_row(name, c);
+    }
+    print_victims(&evicted.lock().unwrap());
+}
+
+/// Per class of victim, how many there were and the share that came back within a
+/// RAM's worth of evictions.
+fn print_victims(victims: &[Victim]) {
+    type Class<'a> = (&'a str, &'a dyn Fn(&Victim) -> bool);
+    let classes: [Class; 14] = [
+        ("every victim", &|_| true),
+        ("code", &|v| v.facts.code),
+        ("data", &|v| !v.facts.code),
+        ("no short refault before", &|v| v.facts.short_refaults == 0),
+        ("1 short refault before", &|v| v.facts.short_refaults == 1),
+        ("2 or more", &|v| v.facts.short_refaults >= 2),
+        ("prefetched, never seen used", &|v| {
+            v.facts.prefetched_unseen
+        }),
+        ("probability < 0.2", &|v| v.probability < 0.2),
+        ("0.2-0.4", &|v| (0.2..0.4).contains(&v.probability)),
+        ("0.4-0.5", &|v| (0.4..0.5).contains(&v.probability)),
+        ("0.5-0.6", &|v| (0.5..0.6).contains(&v.probability)),
+        ("0.6-0.7", &|v| (0.6..0.7).contains(&v.probability)),
+        ("0.7-0.8", &|v| (0.7..0.8).contains(&v.probability)),
+        (">= 0.8", &|v| v.probability >= 0.8),
+    ];
+    println!("\n| victims (all traces) | evictions | back within a RAM's worth |");
+    println!("|---|---|---|");
+    for (name, is) in classes {
+        let (n, back) = victims
+            .iter()
+            .filter(|v| is(v))
+            .fold((0u64, 0u64), |(n, b), v| {
+                (n + 1, b + u64::from(v.came_back))
+            });
+        println!("| {name} | {n} | {:.2} |", back as f64 / n.max(1) as f64);
     }
 }
 
