@@ -61,7 +61,8 @@ struct FaultRecorder {
 struct PageFacts {
     /// An exec access or a code page was seen.
     code: bool,
-    /// Refaults within a RAM's worth of evictions so far.
+    /// Refaults within a RAM's worth of evictions so far (under one RAM, as in the
+    /// refault-distance table).
     short_refaults: u32,
     /// Brought in by a prefetch and not seen accessed since.
     prefetched_unseen: bool,
@@ -93,7 +94,7 @@ impl Advisor for FaultRecorder {
         facts.code |= access.op == AccessOp::Exec || access.kind == PageKind::Code;
         facts.prefetched_unseen &= !resident;
         let distance = self.left_at.get(&access.page).map(|&e| self.evictions - e);
-        if !resident && distance.is_some_and(|d| d <= self.ram_pages) {
+        if !resident && distance.is_some_and(|d| d < self.ram_pages) {
             facts.short_refaults += 1;
             if let Some(&i) = self.last_eviction.get(&access.page) {
                 self.evicted.lock().unwrap()[i].came_back = true;
