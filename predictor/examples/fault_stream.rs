@@ -43,17 +43,23 @@ use tiering::advisor::Advisor;
 /// Forwards every call to the advisor under test and records its demand faults.
 struct FaultRecorder {
     inner: Box<dyn Advisor>,
-    filled: FxHashSet<PageNumber>,
     evictions: u64,
-    /// Eviction number at which each evicted page left.
-    left_at: FxHashMap<PageNumber, u64>,
+    pages: FxHashMap<PageNumber, PageState>,
     /// The demand faults, in order.
     faults: Arc<Mutex<Vec<Fault>>>,
     ram_pages: u64,
-    facts: FxHashMap<PageNumber, PageFacts>,
-    /// Every eviction, in order, and the index of each page's last one.
+    /// Every eviction, in order (of every trace replayed).
     evicted: Arc<Mutex<Vec<Victim>>>,
-    last_eviction: FxHashMap<PageNumber, usize>,
+}
+
+/// What the recorder keeps per page.
+#[derive(Default)]
+struct PageState {
+    facts: PageFacts,
+    /// It was in RAM before (so its next fault is not a first touch).
+    filled: bool,
+    /// Its last eviction: the eviction number, and its index in `evicted`.
+    left: Option<(u64, usize)>,
 }
 
 /// What the advisor could have known of a page when it was evicted.
@@ -90,41 +96,43 @@ impl Advisor for FaultRecorder {
         self.inner.name()
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        let facts = self.facts.entry(access.page).or_default();
+        let state = self.pages.entry(access.page).or_default();
+        let facts = &mut state.facts;
         facts.code |= access.op == AccessOp::Exec || access.kind == PageKind::Code;
         facts.prefetched_unseen &= !resident;
-        let distance = self.left_at.get(&access.page).map(|&e| self.evictions - e);
-        if !resident && distance.is_some_and(|d| d < self.ram_pages) {
-            facts.short_refaults += 1;
-            if let Some(&i) = self.last_eviction.get(&access.page) {
-                self.evicted.lock().unwrap()[i].came_back = true;
-            }
-        }
         if !resident {
+            let distance = state.left.map(|(at, _)| self.evictions - at);
+            if let (Some(d), Some((_, victim))) = (distance, state.left) {
+                if d < self.ram_pages {
+                    facts.short_refaults += 1;
+                    self.evicted.lock().unwrap()[victim].came_back = true;
+                }
+            }
             self.faults.lock().unwrap().push(Fault {
                 page: access.page,
-                first: !self.filled.contains(&access.page),
+                first: !state.filled,
                 distance,
             });
         }
         self.inner.on_access(access, resident);
     }
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        self.filled.insert(page);
-        self.facts.entry(page).or_default().prefetched_unseen = prefetched;
+        let state = self.pages.entry(page).or_default();
+        state.filled = true;
+        state.facts.prefetched_unseen = prefetched;
         self.inner.on_fill(page, prefetched);
     }
     fn on_evict(&mut self, page: PageNumber) {
         self.evictions += 1;
-        self.left_at.insert(page, self.evictions);
-        let victim = Victim {
-            facts: self.facts.get(&page).copied().unwrap_or_default(),
-            probability: self.inner.probability(page),
-            came_back: false,
-        };
+        let probability = self.inner.probability(page);
+        let state = self.pages.entry(page).or_default();
         let mut evicted = self.evicted.lock().unwrap();
-        self.last_eviction.insert(page, evicted.len());
-        evicted.push(victim);
+        state.left = Some((self.evictions, evicted.len()));
+        evicted.push(Victim {
+            facts: state.facts,
+            probability,
+            came_back: false,
+        });
         drop(evicted);
         self.inner.on_evict(page);
     }
@@ -319,14 +327,11 @@ fn main() {
         let faults = Arc::new(Mutex::new(Vec::new()));
         let recorder = FaultRecorder {
             inner: make_advisor(&advisor, &ctx).unwrap_or_else(|e| die(&e.to_string())),
-            filled: FxHashSet::default(),
             evictions: 0,
-            left_at: FxHashMap::default(),
+            pages: FxHashMap::default(),
             faults: faults.clone(),
             ram_pages: budget as u64,
-            facts: FxHashMap::default(),
             evicted: evicted.clone(),
-            last_eviction: FxHashMap::default(),
         };
         replay_advisor(
             &input,
