@@ -181,7 +181,16 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
 fn every_advisor_keeps_the_guests_memory_intact() {
     let dir = workdir("advisors");
     let tiers = repo_root().join("resources/tiers/bench-live.toml");
-    for advisor in ["lru", "lfu", "workingset", "stride", "leap", "gru"] {
+    for advisor in [
+        "lru",
+        "lfu",
+        "arc",
+        "lirs",
+        "workingset",
+        "stride",
+        "leap",
+        "gru",
+    ] {
         for cmdline in [
             "workload=scan mem=8M iters=8000 seed=5",
             "workload=zipf mem=8M iters=8000 seed=5",

@@ -96,6 +96,11 @@ impl LruList {
         out.extend(self.iter_least_recent().take(n));
     }
 
+    /// The least recently used page.
+    pub fn oldest(&self) -> Option<PageNumber> {
+        self.tail.map(|i| self.nodes[i as usize].page)
+    }
+
     /// The pages from the least recently used end.
     pub fn iter_least_recent(&self) -> impl Iterator<Item = PageNumber> + '_ {
         let mut cur = self.tail;

@@ -6,6 +6,8 @@
 //! | `none` | CLOCK (second chance) | none: demand paging |
 //! | `lru` | least recently used | none |
 //! | `lfu` | least frequently used with dynamic aging (LFU-DA) | none |
+//! | `arc` | ARC (FAST'03): recency and frequency lists sized by ghost hits | none |
+//! | `lirs` | LIRS (SIGMETRICS'02): keeps the pages of shortest reuse distance | none |
 //! | `stride` | LRU | kernel-style readahead on a constant fault stride |
 //! | `leap` | LRU | Leap (ATC'20): majority trend of recent fault deltas |
 //! | `reap` | LRU | the recorded working set (first-touch order), once, up front |
@@ -18,16 +20,20 @@
 //! (B0). Their results measure eviction and prefetching alone; placing cold pages
 //! in slower tiers is left to advisors that predict (the GRU).
 
+mod arc;
 mod clock;
 mod lfu;
+mod lirs;
 mod lru;
 mod oracle;
 mod prefetchers;
 mod reap;
 mod workingset;
 
+pub use arc::ArcAdvisor;
 pub use clock::ClockAdvisor;
 pub use lfu::LfuAdvisor;
+pub use lirs::LirsAdvisor;
 use lru::drain_not_resident;
 pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};

@@ -96,6 +96,38 @@ fn lfu_keeps_the_frequent_page() {
 }
 
 #[test]
+fn lirs_keeps_a_fixed_part_of_a_loop_larger_than_ram() {
+    // 150 pages in a loop, RAM for 100: LRU evicts every page before its reuse, MIN
+    // keeps 99 of them and faults on about 51 a round; LIRS keeps its LIR set.
+    let looped: Vec<PageNumber> = (0..3000).map(|i| i % 150).collect();
+    let lru = faults(Box::new(LruAdvisor::new()), &looped, 100, 0);
+    let lirs = faults(Box::new(LirsAdvisor::new(100, 1.0)), &looped, 100, 0);
+    let min = faults(oracle(&looped, 100), &looped, 100, 0);
+    assert_eq!(lru, 3000);
+    assert!(
+        lirs <= min + min / 10,
+        "lirs {lirs} faults, MIN {min}, lru {lru}"
+    );
+}
+
+#[test]
+fn arc_keeps_pages_seen_twice_through_a_scan() {
+    // 20 hot pages, each touched twice, then touched in turn between pages of a scan
+    // that are never touched again: 60 distinct pages between two touches of a hot
+    // page, RAM for 40, so LRU faults on nearly every access; ARC keeps the hot pages
+    // in its list of pages seen twice and evicts the scan.
+    let warm = (0..20u64).flat_map(|p| [p, p]);
+    let pages: Vec<PageNumber> = warm
+        .chain((0..3000u64).flat_map(|k| [k % 20, 1_000 + 2 * k, 1_001 + 2 * k]))
+        .collect();
+    let lru = faults(Box::new(LruAdvisor::new()), &pages, 40, 0);
+    let arc = faults(Box::new(ArcAdvisor::new(40)), &pages, 40, 0);
+    assert!(lru > 8_900, "lru {lru} faults");
+    // The warm-up's 20 and the scan's 6,000 fault whatever the policy.
+    assert!(arc <= 6_020 + 20, "arc {arc} faults, lru {lru}");
+}
+
+#[test]
 fn leap_detects_a_stride_and_prefetches_along_it() {
     let mut leap = LeapAdvisor::new();
     for i in 0..6u64 {
@@ -171,7 +203,15 @@ fn oracle_never_faults_more_than_lru_or_none_on_random_traces() {
         let lru = faults(Box::new(LruAdvisor::new()), &pages, budget, 0);
         let none = faults(Box::new(ClockAdvisor::new()), &pages, budget, 0);
         let lfu = faults(Box::new(LfuAdvisor::new()), &pages, budget, 0);
-        for (name, other) in [("lru", lru), ("none", none), ("lfu", lfu)] {
+        let arc = faults(Box::new(ArcAdvisor::new(budget)), &pages, budget, 0);
+        let lirs = faults(Box::new(LirsAdvisor::new(budget, 1.0)), &pages, budget, 0);
+        for (name, other) in [
+            ("lru", lru),
+            ("none", none),
+            ("lfu", lfu),
+            ("arc", arc),
+            ("lirs", lirs),
+        ] {
             assert!(min <= other, "seed {seed}: MIN {min} > {name} {other}");
             assert!(
                 min_prefetch <= other,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tiering::advisor::Advisor;
 
 use crate::baselines::{
-    ClockAdvisor, LeapAdvisor, LfuAdvisor, LruAdvisor, OracleAdvisor, OracleFuture, ReapAdvisor,
-    StrideAdvisor, WorkingSetAdvisor,
+    ArcAdvisor, ClockAdvisor, LeapAdvisor, LfuAdvisor, LirsAdvisor, LruAdvisor, OracleAdvisor,
+    OracleFuture, ReapAdvisor, StrideAdvisor, WorkingSetAdvisor,
 };
 
 /// Names `make_advisor` knows, in the order reports list them.
@@ -23,6 +23,8 @@ pub const ADVISOR_NAMES: &[&str] = &[
     "oracle",
     "belady",
     "workingset",
+    "arc",
+    "lirs",
 ];
 
 /// What an advisor may know before the replay starts.
@@ -40,7 +42,7 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, workingset)")]
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, workingset, arc, lirs)")]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
@@ -68,6 +70,8 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
         "lru" => Box::new(LruAdvisor::new()),
         "workingset" => Box::new(WorkingSetAdvisor::new()),
         "lfu" => Box::new(LfuAdvisor::new()),
+        "arc" => Box::new(ArcAdvisor::new(ctx.ram_budget_pages)),
+        "lirs" => Box::new(LirsAdvisor::from_env(ctx.ram_budget_pages)),
         "stride" => Box::new(StrideAdvisor::new()),
         "leap" => Box::new(LeapAdvisor::new()),
         "oracle" | "belady" => {
