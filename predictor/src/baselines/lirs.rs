@@ -8,8 +8,8 @@ use super::{LruList, NO_OPINION};
 
 /// Share of RAM, in percent, for resident HIR pages when
 /// `TIERVISOR_LIRS_HIR_PERCENT` is not set: the paper's 1%. On the real-program
-/// traces, with 58-911 pages of RAM at `--ram-fraction 0.25`, larger shares fault less and approach LRU
-/// from above (docs/predictor.md, "What online eviction can do").
+/// traces (58-911 pages of RAM at `--ram-fraction 0.25`) larger shares fault less,
+/// approaching LRU from above (docs/predictor.md, "What online eviction can do").
 pub const DEFAULT_HIR_PERCENT: f64 = 1.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +23,10 @@ enum State {
     Ghost,
 }
 
-/// The stack `s` orders pages by recency down to the least recent LIR page; the
-/// queue `q` holds the resident HIR pages, oldest first, and victims come from it.
-/// A HIR page touched while still in the stack has re-used sooner than the oldest LIR
-/// page did, so the two swap roles. On a loop over more pages than RAM, LRU evicts
+/// The `stack` orders pages by recency down to the least recent LIR page; the
+/// `queue` holds the resident HIR pages, oldest first, and victims come from it.
+/// A HIR page touched again while still in the stack came back sooner than the
+/// oldest LIR page did, so the two swap roles. On a loop over more pages than RAM, LRU evicts
 /// every page before its reuse; LIRS keeps a fixed LIR set resident, as MIN would.
 /// Ghosts (evicted HIR pages still in the stack) are bounded to the RAM budget, oldest
 /// dropped first. Every call is O(1) amortised.
