@@ -31,6 +31,7 @@ struct Sum {
     faults: u64,
     issued: u64,
     useful: u64,
+    wasted: u64,
     stall: u64,
     samples: u64,
     sample_stall: u64,
@@ -152,6 +153,7 @@ fn main() {
             s.faults += r.demand_faults;
             s.issued += r.prefetch_issued;
             s.useful += r.prefetch_useful;
+            s.wasted += r.prefetch_wasted;
             s.stall += r.stall_ns;
             s.samples += r.samples;
             s.sample_stall += r.sample_stall_ns;
@@ -194,10 +196,13 @@ fn main() {
     );
     let (lo, hi) = wilson_interval(g.useful, g.issued);
     println!(
-        "         gru accuracy {acc:.3} ({} of {} prefetches used; 95% interval {lo:.3}-{hi:.3} \
-         counting prefetches as independent) (target >= 0.9): {}",
+        "         gru accuracy {acc:.3} ({} of {} prefetches used, {} evicted unused, {} unused in RAM \
+         at the end; 95% interval {lo:.3}-{hi:.3} counting prefetches as independent) \
+         (target >= 0.9): {}",
         g.useful,
         g.issued,
+        g.wasted,
+        g.issued - g.useful - g.wasted,
         verdict(acc >= 0.9)
     );
     println!(

@@ -19,6 +19,9 @@ pub struct AdvisorReport {
     pub prefetch_useful: u64,
     /// Useful prefetches whose data was not there yet when accessed.
     pub prefetch_late: u64,
+    /// Prefetched pages evicted before any access. The rest of `prefetch_issued`
+    /// (issued - useful - wasted) were still in RAM, unused, when the trace ended.
+    pub prefetch_wasted: u64,
     /// prefetch_useful / prefetch_issued (0 when nothing was issued).
     pub accuracy: f64,
     /// (faults of `none` - faults of this advisor) / faults of `none`, same trace,

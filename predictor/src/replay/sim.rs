@@ -373,6 +373,7 @@ pub fn replay_advisor(
         prefetch_issued: s.prefetch_issued,
         prefetch_useful: s.prefetch_useful,
         prefetch_late: sim.late_prefetches,
+        prefetch_wasted: s.prefetch_wasted,
         accuracy: if s.prefetch_issued == 0 {
             0.0
         } else {

@@ -62,7 +62,7 @@ fn accuracy_and_coverage_arithmetic() {
         assert_eq!(r.accuracy, expect_acc);
         let expect_cov = (1200.0 - r.demand_faults as f64) / 1200.0;
         assert_eq!(r.coverage, Some(expect_cov));
-        assert!(r.prefetch_useful <= r.prefetch_issued);
+        assert!(r.prefetch_useful + r.prefetch_wasted <= r.prefetch_issued);
     }
     let stride = by_name(&reports, "stride");
     assert!(
