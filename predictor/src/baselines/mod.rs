@@ -12,6 +12,8 @@
 //! | `leap` | LRU | Leap (ATC'20): majority trend of recent fault deltas |
 //! | `reap` | LRU | the recorded working set (first-touch order), once, up front |
 //! | `oracle` | Belady MIN (future knowledge) | the next pages the trace uses |
+//! | `belady` | Belady MIN | none |
+//! | `prefetch-oracle` | LRU, every access seen | the oracle's |
 //!
 //! Every call is O(1) or O(log n): traces have tens of millions of accesses.
 //!

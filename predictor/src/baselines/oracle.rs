@@ -15,6 +15,9 @@
 //!   (every page needed again stays in the fastest storage tier), 1 at most; a page
 //!   never used again -> 0 (the coldest tier).
 //!
+//! `belady` is the same without prefetching, `prefetch-oracle` the same prefetch over
+//! LRU eviction: together they split the oracle's lead into eviction and prefetch.
+//!
 //! Costs: O(log n) per access (a lazy max-heap of next uses), the prefetch walk is
 //! amortised by a cursor that never moves back.
 
@@ -24,6 +27,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
+
+use super::LruList;
 
 /// Index of the next access; `NEVER` for "not used again".
 type Pos = u32;
@@ -94,6 +99,9 @@ pub struct OracleAdvisor {
     desyncs: u64,
     /// `false` for `belady`: MIN eviction only, demand paging.
     prefetches: bool,
+    /// `Some` for `prefetch-oracle`: resident pages in LRU order, evicted from the
+    /// least recent end instead of by MIN.
+    lru: Option<LruList>,
 }
 
 impl OracleAdvisor {
@@ -110,6 +118,7 @@ impl OracleAdvisor {
             cursor: 0,
             desyncs: 0,
             prefetches: true,
+            lru: None,
         }
     }
 
@@ -122,6 +131,33 @@ impl OracleAdvisor {
         }
     }
 
+    /// `prefetch-oracle`: the oracle's perfect prefetch over LRU eviction (the
+    /// eviction `leap` uses, here with every access seen), so a replay can tell how
+    /// far knowing what comes next goes without knowing what to evict.
+    pub fn with_lru_eviction(future: Arc<OracleFuture>, ram_budget_pages: usize) -> Self {
+        Self {
+            lru: Some(LruList::default()),
+            ..Self::new(future, ram_budget_pages)
+        }
+    }
+
+    /// Next use of the resident page eviction would take for the prefetch after
+    /// `named` others in this call, never `protect`. Under LRU that is the next page
+    /// in LRU order after the ones those prefetches push out; under MIN it is the
+    /// furthest page, the oracle's estimate as it always was.
+    fn next_victim(&mut self, protect: Option<PageNumber>, named: usize) -> Option<Pos> {
+        match &self.lru {
+            Some(lru) => {
+                let pushed_out = (self.resident.len() + named).saturating_sub(self.budget);
+                lru.iter_least_recent()
+                    .filter(|&p| Some(p) != protect)
+                    .nth(pushed_out)
+                    .and_then(|p| self.resident.get(&p).copied())
+            }
+            None => self.furthest_valid(protect),
+        }
+    }
+
     /// Accesses whose page did not match the trace it was built from (non-zero
     /// means it was not given every access, and its decisions are not MIN).
     pub fn desyncs(&self) -> u64 {
@@ -129,6 +165,9 @@ impl OracleAdvisor {
     }
 
     fn set_resident(&mut self, page: PageNumber, next: Pos) {
+        if let Some(lru) = self.lru.as_mut() {
+            lru.touch(page);
+        }
         self.resident.insert(page, next);
         self.heap.push((next, page));
     }
@@ -162,10 +201,10 @@ impl OracleAdvisor {
 
 impl Advisor for OracleAdvisor {
     fn name(&self) -> &str {
-        if self.prefetches {
-            "oracle"
-        } else {
-            "belady"
+        match (self.prefetches, self.lru.is_some()) {
+            (false, _) => "belady",
+            (true, false) => "oracle",
+            (true, true) => "prefetch-oracle",
         }
     }
 
@@ -205,15 +244,26 @@ impl Advisor for OracleAdvisor {
     }
 
     fn on_evict(&mut self, page: PageNumber) {
+        if let Some(lru) = self.lru.as_mut() {
+            lru.remove(page);
+        }
         if let Some(next) = self.resident.remove(&page) {
             self.evicted.insert(page, next);
         }
     }
 
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
+        let protect = self.current_page();
+        if let Some(lru) = &self.lru {
+            out.extend(
+                lru.iter_least_recent()
+                    .filter(|&p| Some(p) != protect)
+                    .take(n),
+            );
+            return;
+        }
         // Pop the n furthest valid entries, then push them back: the policy may
         // evict fewer than it was offered, and evicted ones go stale lazily.
-        let protect = self.current_page();
         let mut taken = Vec::with_capacity(n + 1);
         while out.len() < n {
             let Some((next, page)) = self.heap.pop() else {
@@ -251,7 +301,7 @@ impl Advisor for OracleAdvisor {
                 let room = self.resident.len() + named < self.budget;
                 if !room {
                     // Do no harm: only if it is needed before the page it would push out.
-                    match self.furthest_valid(protect) {
+                    match self.next_victim(protect, named) {
                         Some(victim_next) if (i as Pos) < victim_next => {}
                         _ => break,
                     }

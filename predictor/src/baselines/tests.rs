@@ -172,6 +172,27 @@ fn oracle_prefetch_removes_faults_on_a_scan() {
     assert!(n < 60, "oracle faulted {n} times");
 }
 
+#[test]
+fn prefetch_oracle_prefetches_over_lru_eviction() {
+    // A scan of pages touched once: every access faults under any eviction without
+    // prefetching; `prefetch-oracle` reads ahead of it, evicting least recent first.
+    let scan: Vec<PageNumber> = (0..2000).collect();
+    let future = Arc::new(OracleFuture::new(scan.clone()).unwrap());
+    let with_lru = || Box::new(OracleAdvisor::with_lru_eviction(Arc::clone(&future), 100));
+    assert_eq!(with_lru().name(), "prefetch-oracle");
+    let lru = faults(Box::new(LruAdvisor::new()), &scan, 100, 0);
+    assert_eq!(
+        faults(with_lru(), &scan, 100, 0),
+        lru,
+        "without prefetch it is LRU"
+    );
+    let prefetched = faults(with_lru(), &scan, 100, 8);
+    assert!(
+        prefetched < lru / 4,
+        "prefetch-oracle faulted {prefetched} times, lru {lru}"
+    );
+}
+
 /// xorshift64*: deterministic pseudo-random traces without a dependency.
 fn rng(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed.max(1);

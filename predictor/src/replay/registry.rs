@@ -22,6 +22,7 @@ pub const ADVISOR_NAMES: &[&str] = &[
     "reap",
     "oracle",
     "belady",
+    "prefetch-oracle",
     "workingset",
     "arc",
     "lirs",
@@ -42,7 +43,7 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, workingset, arc, lirs)")]
+    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, prefetch-oracle, workingset, arc, lirs)")]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
@@ -54,13 +55,13 @@ pub enum UnknownAdvisor {
 
 /// Whether `name` must be built from the whole trace before replaying it.
 pub fn needs_future(name: &str) -> bool {
-    name == "oracle" || name == "belady" || name == "reap"
+    matches!(name, "oracle" | "belady" | "prefetch-oracle" | "reap")
 }
 
 /// Whether `name` is shown every access whatever the visibility setting (the
 /// oracle's next-use table is indexed by trace position).
 pub fn sees_everything(name: &str) -> bool {
-    name == "oracle" || name == "belady"
+    matches!(name, "oracle" | "belady" | "prefetch-oracle")
 }
 
 /// Builds the advisor called `name`.
@@ -74,16 +75,16 @@ pub fn make_advisor(name: &str, ctx: &ReplayContext) -> Result<Box<dyn Advisor>,
         "lirs" => Box::new(LirsAdvisor::from_env(ctx.ram_budget_pages)),
         "stride" => Box::new(StrideAdvisor::new()),
         "leap" => Box::new(LeapAdvisor::new()),
-        "oracle" | "belady" => {
+        "oracle" | "belady" | "prefetch-oracle" => {
             let future = ctx
                 .future
                 .clone()
                 .ok_or(UnknownAdvisor::NoFuture(name.into()))?;
             let budget = ctx.ram_budget_pages;
-            Box::new(if name == "oracle" {
-                OracleAdvisor::new(future, budget)
-            } else {
-                OracleAdvisor::without_prefetch(future, budget)
+            Box::new(match name {
+                "oracle" => OracleAdvisor::new(future, budget),
+                "belady" => OracleAdvisor::without_prefetch(future, budget),
+                _ => OracleAdvisor::with_lru_eviction(future, budget),
             })
         }
         "reap" => {

@@ -30,7 +30,7 @@ pub struct ReplayArgs {
     /// RAM budget as a fraction of the trace's distinct pages, in (0, 1].
     #[arg(long, default_value_t = 0.25)]
     pub ram_fraction: f64,
-    /// Advisors to compare, comma-separated: gru, leap, stride, lru, lfu, arc, lirs, none, reap, oracle, belady (MIN eviction without prefetch), workingset.
+    /// Advisors to compare, comma-separated: gru, leap, stride, lru, lfu, arc, lirs, none, reap, oracle, belady (MIN eviction without prefetch), prefetch-oracle (perfect prefetch over LRU eviction), workingset.
     #[arg(long, default_value = "leap,stride,lru,lfu,none,oracle")]
     pub advisor: String,
     /// Tier file (TOML, as for `run --tiers`): device profiles set the tier latencies.
