@@ -165,11 +165,12 @@ impl OracleAdvisor {
     }
 
     fn set_resident(&mut self, page: PageNumber, next: Pos) {
-        if let Some(lru) = self.lru.as_mut() {
-            lru.touch(page);
-        }
         self.resident.insert(page, next);
-        self.heap.push((next, page));
+        match self.lru.as_mut() {
+            Some(lru) => lru.touch(page),
+            // Only MIN reads the heap (and pops its stale entries).
+            None => self.heap.push((next, page)),
+        }
     }
 
     /// Next use of the resident page that MIN would evict, skipping `protect`.
