@@ -47,7 +47,9 @@ pub enum UnknownAdvisor {
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
-    #[error("advisor \"{0}\" needs the whole trace before the replay (ReplayContext::future)")]
+    #[error(
+        "advisor \"{0}\" needs the whole trace in advance, so only `tiervisor replay` can run it"
+    )]
     NoFuture(String),
     #[error("advisor \"{name}\" could not start: {reason}")]
     Failed { name: String, reason: String },
