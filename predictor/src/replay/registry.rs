@@ -43,7 +43,7 @@ pub struct ReplayContext {
 /// Why an advisor could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnknownAdvisor {
-    #[error("unknown advisor \"{0}\" (known: gru, leap, stride, lru, lfu, none, reap, oracle, belady, prefetch-oracle, workingset, arc, lirs)")]
+    #[error("unknown advisor \"{0}\" (known: {known})", known = ADVISOR_NAMES.join(", "))]
     Unknown(String),
     #[error("advisor \"{0}\" is not built in: rebuild with the `gru` feature")]
     NotBuilt(String),
@@ -57,7 +57,7 @@ pub enum UnknownAdvisor {
 
 /// Whether `name` must be built from the whole trace before replaying it.
 pub fn needs_future(name: &str) -> bool {
-    matches!(name, "oracle" | "belady" | "prefetch-oracle" | "reap")
+    sees_everything(name) || name == "reap"
 }
 
 /// Whether `name` is shown every access whatever the visibility setting (the
