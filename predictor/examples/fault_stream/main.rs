@@ -3,7 +3,7 @@
 //! once the advisor's own eviction and prefetching have done their part.
 //!
 //! `cargo run --release -p predictor --example fault_stream -- [--advisor gru]
-//!  [--ram-fraction 0.25] TRACE...`
+//!  [--ram-fraction 0.25] [--fit N] TRACE...`
 //!
 //! Replays each trace as `tiervisor replay` does (sampled visibility, probes, the
 //! shipped model), records the demand faults the advisor sees, and reports, over the
@@ -31,6 +31,14 @@
 //! the page's block at eviction), the share that faulted again within a RAM's worth
 //! of evictions. For the model's raw probability set
 //! `TIERVISOR_GRU_PROBABILITY_FLOOR=0` (with unbounded tiers it changes no decision).
+//!
+//! With `--fit N`, a fourth table asks the same of classifiers (`victims.rs`): fit
+//! on the victims of the first N traces, each feature alone and together, scored by
+//! AUC on those victims, on the other traces' victims, and within each trace (fit on
+//! its first half of victims, tested on the second half, as a learner in the VM would;
+//! over the traces after the first N).
+
+mod victims;
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +47,7 @@ use predictor::replay::{replay_advisor, summarize, ReplayConfig, TraceInput};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tiering::access::{Access, AccessOp, PageKind, PageNumber};
 use tiering::advisor::Advisor;
+use victims::{PageFacts, Victim};
 
 /// Forwards every call to the advisor under test and records its demand faults.
 struct FaultRecorder {
@@ -50,6 +59,8 @@ struct FaultRecorder {
     ram_pages: u64,
     /// Every eviction, in order (of every trace replayed).
     evicted: Arc<Mutex<Vec<Victim>>>,
+    /// The trace's index among those given.
+    trace: usize,
 }
 
 /// What the recorder keeps per page.
@@ -60,26 +71,6 @@ struct PageState {
     filled: bool,
     /// Its last eviction: the eviction number, and its index in `evicted`.
     left: Option<(u64, usize)>,
-}
-
-/// What the advisor could have known of a page when it was evicted.
-#[derive(Default, Clone, Copy)]
-struct PageFacts {
-    /// An exec access or a code page was seen.
-    code: bool,
-    /// Refaults within a RAM's worth of evictions so far (under one RAM, as in the
-    /// refault-distance table).
-    short_refaults: u32,
-    /// Brought in by a prefetch and not seen accessed since.
-    prefetched_unseen: bool,
-}
-
-#[derive(Clone, Copy)]
-struct Victim {
-    facts: PageFacts,
-    probability: f32,
-    /// It faulted again within a RAM's worth of evictions.
-    came_back: bool,
 }
 
 /// One demand fault the advisor saw.
@@ -99,12 +90,12 @@ impl Advisor for FaultRecorder {
         let state = self.pages.entry(access.page).or_default();
         let facts = &mut state.facts;
         facts.code |= access.op == AccessOp::Exec || access.kind == PageKind::Code;
-        facts.prefetched_unseen &= !resident;
+        facts.on_access(self.evictions, resident);
         if !resident {
             let distance = state.left.map(|(at, _)| self.evictions - at);
             if let (Some(d), Some((_, victim))) = (distance, state.left) {
+                facts.on_refault(d, self.ram_pages);
                 if d < self.ram_pages {
-                    facts.short_refaults += 1;
                     self.evicted.lock().unwrap()[victim].came_back = true;
                 }
             }
@@ -119,7 +110,7 @@ impl Advisor for FaultRecorder {
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
         let state = self.pages.entry(page).or_default();
         state.filled = true;
-        state.facts.prefetched_unseen = prefetched;
+        state.facts.on_fill(self.evictions, prefetched);
         self.inner.on_fill(page, prefetched);
     }
     fn on_evict(&mut self, page: PageNumber) {
@@ -132,6 +123,9 @@ impl Advisor for FaultRecorder {
             facts: state.facts,
             probability,
             came_back: false,
+            at: self.evictions,
+            ram_pages: self.ram_pages,
+            trace: self.trace,
         });
         drop(evicted);
         self.inner.on_evict(page);
@@ -287,6 +281,7 @@ fn main() {
     let mut cfg = ReplayConfig::default();
     let mut advisor = "gru".to_string();
     let mut traces = Vec::new();
+    let mut fit_traces = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -298,8 +293,18 @@ fn main() {
                     .filter(|f| *f > 0.0 && *f <= 1.0)
                     .unwrap_or_else(|| die("--ram-fraction F, 0 < F <= 1"))
             }
+            "--fit" => {
+                fit_traces = Some(
+                    args.next()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .filter(|n| *n > 0)
+                        .unwrap_or_else(|| die("--fit N, N >= 1 traces")),
+                )
+            }
             "-h" | "--help" => {
-                println!("usage: fault_stream [--advisor gru] [--ram-fraction 0.25] TRACE...");
+                println!(
+                    "usage: fault_stream [--advisor gru] [--ram-fraction 0.25] [--fit N] TRACE..."
+                );
                 return;
             }
             t => traces.push(t.to_string()),
@@ -307,6 +312,9 @@ fn main() {
     }
     if traces.is_empty() {
         die("no trace given (try resources/out/traces/train/*.tvt)");
+    }
+    if fit_traces.is_some_and(|n| n >= traces.len()) {
+        die("--fit N needs more than N traces: the rest are the test set");
     }
     println!(
         "| trace | faults | refaults | succ | pair | chain | near | next | period | timer acc |"
@@ -332,6 +340,7 @@ fn main() {
             faults: faults.clone(),
             ram_pages: budget as u64,
             evicted: evicted.clone(),
+            trace: rows.len(),
         };
         replay_advisor(
             &input,
@@ -361,41 +370,10 @@ fn main() {
     {
         print_distance_row(name, c);
     }
-    print_victims(&evicted.lock().unwrap());
-}
-
-/// Per class of victim, how many there were and the share that came back within a
-/// RAM's worth of evictions.
-fn print_victims(victims: &[Victim]) {
-    type Class<'a> = (&'a str, &'a dyn Fn(&Victim) -> bool);
-    let classes: [Class; 14] = [
-        ("every victim", &|_| true),
-        ("code", &|v| v.facts.code),
-        ("data", &|v| !v.facts.code),
-        ("no short refault before", &|v| v.facts.short_refaults == 0),
-        ("1 short refault before", &|v| v.facts.short_refaults == 1),
-        ("2 or more", &|v| v.facts.short_refaults >= 2),
-        ("prefetched, never seen used", &|v| {
-            v.facts.prefetched_unseen
-        }),
-        ("probability < 0.2", &|v| v.probability < 0.2),
-        ("0.2-0.4", &|v| (0.2..0.4).contains(&v.probability)),
-        ("0.4-0.5", &|v| (0.4..0.5).contains(&v.probability)),
-        ("0.5-0.6", &|v| (0.5..0.6).contains(&v.probability)),
-        ("0.6-0.7", &|v| (0.6..0.7).contains(&v.probability)),
-        ("0.7-0.8", &|v| (0.7..0.8).contains(&v.probability)),
-        (">= 0.8", &|v| v.probability >= 0.8),
-    ];
-    println!("\n| victims (all traces) | evictions | back within a RAM's worth |");
-    println!("|---|---|---|");
-    for (name, is) in classes {
-        let (n, back) = victims
-            .iter()
-            .filter(|v| is(v))
-            .fold((0u64, 0u64), |(n, b), v| {
-                (n + 1, b + u64::from(v.came_back))
-            });
-        println!("| {name} | {n} | {:.2} |", back as f64 / n.max(1) as f64);
+    let evicted = evicted.lock().unwrap();
+    victims::print_classes(&evicted);
+    if let Some(n) = fit_traces {
+        victims::print_classifiers(&evicted, n, traces.len());
     }
 }
 
