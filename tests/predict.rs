@@ -204,6 +204,17 @@ fn train_refuses_bad_input_with_one_line() {
 
     let bad_block = train(&t, &model, &["--block-pages", "24"]);
     assert_eq!(bad_block.status.code(), Some(2));
+
+    // An unwritable model path is refused before the traces are replayed, not after
+    // the training it would throw away.
+    for output in [dir.join("no-such-dir").join("m.bpk"), dir.clone()] {
+        let out = train(&t, &output, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot write the model file"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(out.stdout.is_empty(), "nothing trained first");
+    }
 }
 
 #[test]

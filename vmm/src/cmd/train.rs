@@ -28,7 +28,8 @@ Examples:
   Then replay with it:
     tiervisor replay --trace prog.tvt --advisor gru --model resources/models/gru-base.bpk
 
-Exit status: 0; 2 for bad input (unreadable trace, bad option values).";
+Exit status: 0; 2 for bad input (unreadable trace, bad option values, a model
+path that cannot be written, checked before training starts).";
 
 /// Arguments of `tiervisor train`.
 #[derive(clap::Args)]
@@ -148,6 +149,7 @@ fn train(args: &TrainArgs) -> Result<(), String> {
         ..FeatureConfig::default()
     };
     let configs = replay_configs(args)?;
+    check_output(&args.output)?;
     let (model, mut meta) = match &args.init {
         Some(p) => {
             let (m, meta) = AccessModel::load_cpu(p).map_err(|e| e.to_string())?;
@@ -261,6 +263,21 @@ fn train(args: &TrainArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("wrote {} ({})", args.output.display(), meta.trained_on);
     Ok(())
+}
+
+/// Fails before any training if the model file could not be written at the end: a
+/// missing directory or a directory named as the file would otherwise cost the whole
+/// run. Probes with the temporary name `AccessModel::save` writes first.
+#[cfg(feature = "gru")]
+fn check_output(output: &std::path::Path) -> Result<(), String> {
+    let cannot = |why: String| format!("cannot write the model file {}: {why}", output.display());
+    if output.is_dir() {
+        return Err(cannot("it is a directory".into()));
+    }
+    let probe = output.with_extension("bpk.tmp");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| cannot(e.to_string()))
 }
 
 /// Keep at most `max` samples, evenly spread over the input.
