@@ -104,6 +104,13 @@ pub enum RunInputError {
         path: String,
         source: std::io::Error,
     },
+    /// An output file named on the command line could not be written when the run ends.
+    #[error("cannot write {what} {path}: {why}")]
+    Output {
+        what: &'static str,
+        path: String,
+        why: String,
+    },
     /// /dev/kvm missing.
     #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel/kvm_amd, or run where virtualization is available)")]
     NoKvm,
@@ -137,6 +144,12 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
             })
     };
     check_file("kernel", &args.kernel)?;
+    if let Some(path) = &args.metrics_out {
+        check_output("metrics", path)?;
+    }
+    if let Some(path) = &args.trace_out {
+        check_output("trace", path)?;
+    }
     if let Some(initrd) = &args.initrd {
         check_file("initrd", initrd)?;
     }
@@ -184,6 +197,31 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
         // Checked against KVM's limit (<= 255 is enforced there) in open_kvm.
         vcpus: u8::try_from(args.vcpus).unwrap_or(u8::MAX),
     })
+}
+
+/// Refuses, before the guest runs, an output path whose file could not be written at
+/// the end of the run (a missing directory, a directory named as the file), so a run
+/// is not thrown away for it. It creates nothing.
+fn check_output(what: &'static str, path: &std::path::Path) -> Result<(), RunInputError> {
+    let fail = |why: &str| RunInputError::Output {
+        what,
+        path: path.display().to_string(),
+        why: why.to_string(),
+    };
+    if path.is_dir() {
+        return Err(fail("it is a directory"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.exists() {
+        return Err(fail(&format!("there is no directory {}", dir.display())));
+    }
+    if !dir.is_dir() {
+        return Err(fail(&format!("{} is not a directory", dir.display())));
+    }
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {
@@ -364,6 +402,25 @@ mod tests {
                 max: 2047
             }
         ));
+    }
+
+    #[test]
+    fn an_unwritable_metrics_path_is_refused_before_the_run() {
+        let mut a = args("64M", "");
+        a.metrics_out = Some(PathBuf::from("/nonexistent/m.json"));
+        let e = validate(&a).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cannot write metrics /nonexistent/m.json: there is no directory /nonexistent"
+        );
+        a.metrics_out = Some(std::env::temp_dir());
+        let e = validate(&a).unwrap_err().to_string();
+        assert!(e.ends_with("it is a directory"), "{e}");
+        a.metrics_out = Some(PathBuf::from("m.json"));
+        assert!(
+            validate(&a).is_ok(),
+            "a bare name is in the current directory"
+        );
     }
 
     #[test]
