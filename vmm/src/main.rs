@@ -6,11 +6,28 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+const EXAMPLES: &str = "\
+Examples:
+  Boot the test guest with its memory in tiers, the GRU advisor deciding:
+    tiervisor run --kernel resources/out/testguest.elf --memory 64M --ram-budget 16M \\
+        --tiers resources/tiers/bench-live.toml --advisor gru \\
+        --cmdline 'workload=zipf mem=32M iters=200000 seed=1'
+  Compare paging advisors on a recorded trace:
+    tiervisor replay --trace resources/out/traces/eval/gzip.tvt --ram-fraction 0.25 \\
+        --advisor gru,leap,stride,lru,none,oracle
+  Train a model, summarise a trace:
+    tiervisor train --trace resources/out/traces/train/*.tvt -o model.bpk
+    tiervisor trace info resources/out/traces/eval/gzip.tvt
+
+Each command's --help has more examples and its exit status. `make demo` builds
+everything and runs the main job; docs/ describes each part.";
+
 #[derive(Parser)]
 #[command(
     name = "tiervisor",
     version,
-    about = "KVM VMM whose guest memory spans six tiers, moved ahead of need by a learned predictor"
+    about = "KVM VMM whose guest memory spans six tiers, moved ahead of need by a learned predictor",
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(subcommand)]
