@@ -104,7 +104,7 @@ pub enum RunInputError {
         path: String,
         source: std::io::Error,
     },
-    /// An output file named on the command line could not be written when the run ends.
+    /// An output file named on the command line could not be written at the end of the run.
     #[error("cannot write {what} {path}: {why}")]
     Output {
         what: &'static str,
