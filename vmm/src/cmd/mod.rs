@@ -15,6 +15,26 @@ pub fn usage_error(msg: impl std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
+/// Why a file could not be written at `path` once a long command ends (a directory
+/// named as the file, no such directory), or `None`. Commands check their output paths
+/// with it before the work, so a run is not thrown away for a typo. It creates nothing.
+pub fn unwritable_output(path: &std::path::Path) -> Option<String> {
+    if path.is_dir() {
+        return Some("it is a directory".into());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.exists() {
+        Some(format!("there is no directory {}", dir.display()))
+    } else if !dir.is_dir() {
+        Some(format!("{} is not a directory", dir.display()))
+    } else {
+        None
+    }
+}
+
 /// Write a command's result to stdout. A reader that went away (`tiervisor replay
 /// ... | head`) is not an error: the rest of the output is not wanted.
 pub fn print_stdout(text: &str) -> Result<(), String> {

@@ -200,28 +200,16 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
 }
 
 /// Refuses, before the guest runs, an output path whose file could not be written at
-/// the end of the run (a missing directory, a directory named as the file), so a run
-/// is not thrown away for it. It creates nothing.
+/// the end of the run ([`super::unwritable_output`]).
 fn check_output(what: &'static str, path: &std::path::Path) -> Result<(), RunInputError> {
-    let fail = |why: &str| RunInputError::Output {
-        what,
-        path: path.display().to_string(),
-        why: why.to_string(),
-    };
-    if path.is_dir() {
-        return Err(fail("it is a directory"));
+    match super::unwritable_output(path) {
+        Some(why) => Err(RunInputError::Output {
+            what,
+            path: path.display().to_string(),
+            why,
+        }),
+        None => Ok(()),
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    if !dir.exists() {
-        return Err(fail(&format!("there is no directory {}", dir.display())));
-    }
-    if !dir.is_dir() {
-        return Err(fail(&format!("{} is not a directory", dir.display())));
-    }
-    Ok(())
 }
 
 fn human(bytes: u64) -> String {

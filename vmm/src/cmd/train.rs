@@ -265,14 +265,14 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Fails before any training if the model file could not be written at the end: a
-/// missing directory or a directory named as the file would otherwise cost the whole
-/// run. Probes with the temporary name `AccessModel::save` writes first.
+/// Fails before any training if the model file could not be written at the end
+/// ([`super::unwritable_output`]; then a probe with the temporary name
+/// `AccessModel::save` writes first, for a directory this user cannot write).
 #[cfg(feature = "gru")]
 fn check_output(output: &std::path::Path) -> Result<(), String> {
     let cannot = |why: String| format!("cannot write the model file {}: {why}", output.display());
-    if output.is_dir() {
-        return Err(cannot("it is a directory".into()));
+    if let Some(why) = super::unwritable_output(output) {
+        return Err(cannot(why));
     }
     let probe = output.with_extension("bpk.tmp");
     std::fs::write(&probe, b"")
