@@ -5,6 +5,7 @@
 //! LRB (Song et al., NSDI'20: per-object gaps between requests, no instruction
 //! addresses) would have to predict it.
 
+use predictor::gru::train::auc;
 use rustc_hash::FxHashMap;
 
 /// What the advisor could have known of a page when it was evicted. Times are counted
@@ -198,28 +199,6 @@ fn naive_bayes(fit: &[(&[u8], bool)]) -> impl Fn(&[u8]) -> f64 {
     }
 }
 
-/// The area under the ROC curve of (score, came back) pairs: the chance that a victim
-/// that came back scores above one that did not (ties count a half).
-fn auc(scored: &mut [(f64, bool)]) -> f64 {
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = scored.iter().filter(|s| s.1).count() as f64;
-    let negatives = scored.len() as f64 - positives;
-    if positives == 0.0 || negatives == 0.0 {
-        return f64::NAN;
-    }
-    let (mut rank_sum, mut i) = (0.0, 0);
-    while i < scored.len() {
-        let j = i + scored[i..]
-            .iter()
-            .take_while(|s| s.0 == scored[i].0)
-            .count();
-        let mean_rank = (i + 1 + j) as f64 / 2.0;
-        rank_sum += mean_rank * scored[i..j].iter().filter(|s| s.1).count() as f64;
-        i = j;
-    }
-    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
-}
-
 /// How well classifiers fit on the victims of the first `fit_traces` traces separate
 /// those that come back among the other traces' victims, and, as a learner inside one
 /// VM would, among the second half of each other trace's victims when fit on its first
@@ -268,12 +247,13 @@ pub fn print_classifiers(victims: &[Victim], fit_traces: usize, traces: usize) {
         let (in_sample, out_of_sample) = (score(&m, &fit), score(&m, &test));
         // Online, per trace: fit on its first half of victims, test on the second.
         let mut per_trace: Vec<f64> = (fit_traces..traces)
-            .map(|t| {
+            .filter_map(|t| {
                 let all = view(&|tr| tr == t);
-                let half = all.len() / 2;
-                score(&model(&all[..half]), &all[half..])
+                let (first, second) = all.split_at(all.len() / 2);
+                // An AUC needs victims of both kinds in the half it is scored on.
+                let both = second.iter().any(|v| v.1) && second.iter().any(|v| !v.1);
+                both.then(|| score(&model(first), second))
             })
-            .filter(|a| a.is_finite())
             .collect();
         per_trace.sort_by(f64::total_cmp);
         let median = per_trace
@@ -285,20 +265,5 @@ pub fn print_classifiers(victims: &[Victim], fit_traces: usize, traces: usize) {
             per_trace.first().copied().unwrap_or(f64::NAN),
             per_trace.last().copied().unwrap_or(f64::NAN),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::auc;
-
-    #[test]
-    fn auc_of_perfect_reversed_and_tied_scores() {
-        let mut s = vec![(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
-        assert_eq!(auc(&mut s), 1.0);
-        let mut s = vec![(0.9, false), (0.1, true)];
-        assert_eq!(auc(&mut s), 0.0);
-        let mut s = vec![(0.5, false), (0.5, true)];
-        assert_eq!(auc(&mut s), 0.5);
     }
 }

@@ -175,7 +175,7 @@ pub struct EvalStats {
 /// Evaluate `model` on `samples` at probability `threshold`.
 pub fn evaluate(model: &AccessModel, samples: &[Sample], threshold: f32) -> EvalStats {
     let device = Device::flex();
-    let mut scored: Vec<(f32, bool)> = Vec::with_capacity(samples.len());
+    let mut scored: Vec<(f64, bool)> = Vec::with_capacity(samples.len());
     let mut loss_sum = 0.0f64;
     for chunk in samples.chunks(512) {
         let refs: Vec<&Sample> = chunk.iter().collect();
@@ -187,11 +187,13 @@ pub fn evaluate(model: &AccessModel, samples: &[Sample], threshold: f32) -> Eval
             let y = s.labels[l - 1];
             let p = 1.0 / (1.0 + (-z).exp());
             loss_sum += f64::from(z.max(0.0) - z * y + (1.0 + (-z.abs()).exp()).ln());
-            scored.push((p, y > 0.5));
+            scored.push((f64::from(p), y > 0.5));
         }
     }
     let n = scored.len();
     let positives = scored.iter().filter(|s| s.1).count();
+    // The scores are f32 probabilities held exactly in f64, so the comparison is unchanged.
+    let threshold = f64::from(threshold);
     let tp = scored.iter().filter(|s| s.1 && s.0 >= threshold).count();
     let predicted = scored.iter().filter(|s| s.0 >= threshold).count();
     EvalStats {
@@ -210,14 +212,15 @@ pub fn evaluate(model: &AccessModel, samples: &[Sample], threshold: f32) -> Eval
         } else {
             tp as f32 / positives as f32
         },
-        auc: auc(&mut scored),
+        auc: auc(&mut scored) as f32,
         positives,
         samples: n,
     }
 }
 
-/// Area under the ROC curve by the rank-sum formula (ties count half).
-fn auc(scored: &mut [(f32, bool)]) -> f32 {
+/// Area under the ROC curve of (score, positive) pairs by the rank-sum formula (ties
+/// count half); 0.5 when one class is missing.
+pub fn auc(scored: &mut [(f64, bool)]) -> f64 {
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mut rank_sum, mut pos, mut i) = (0.0f64, 0usize, 0usize);
     while i < scored.len() {
@@ -238,7 +241,7 @@ fn auc(scored: &mut [(f32, bool)]) -> f32 {
     if pos == 0 || neg == 0 {
         return 0.5;
     }
-    ((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)) as f32
+    (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
 }
 
 /// Run the feature extractor over `accesses` with a window every `window_accesses`
@@ -257,5 +260,20 @@ pub fn samples_from_accesses<I: IntoIterator<Item = Access>>(
         if fx.window_accesses() >= window_accesses {
             fx.end_window(&mut batch, out, per_window);
         }
+    }
+}
+
+#[cfg(test)]
+mod auc_tests {
+    use super::auc;
+
+    #[test]
+    fn auc_of_perfect_reversed_and_tied_scores() {
+        let mut s = vec![(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
+        assert_eq!(auc(&mut s), 1.0);
+        let mut s = vec![(0.9, false), (0.1, true)];
+        assert_eq!(auc(&mut s), 0.0);
+        let mut s = vec![(0.5, false), (0.5, true)];
+        assert_eq!(auc(&mut s), 0.5);
     }
 }
