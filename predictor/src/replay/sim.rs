@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
-use tiering::access::{Access, AccessSource, PageNumber};
+use tiering::access::{Access, AccessOp, AccessSource, PageNumber};
 use tiering::advisor::{Advisor, TimedAdvisor};
 use tiering::policy::{AccessOutcome, Action, PagingPolicy, PolicyConfig};
 use tiering::trace::Clock;
@@ -165,6 +165,10 @@ struct Sim<'a> {
     /// the order of their first write, and the same as a set.
     written: Vec<PageNumber>,
     written_set: rustc_hash::FxHashSet<PageNumber>,
+    /// Prefetched pages first used unseen and written since the last eviction: the
+    /// live VMM harvests the dirty log when it carries out evictions, and that is when
+    /// it learns such a page was used (`PagingPolicy::note_use_revealed`).
+    unharvested_writes: rustc_hash::FxHashSet<PageNumber>,
 }
 
 impl Sim<'_> {
@@ -177,7 +181,7 @@ impl Sim<'_> {
                     time_ns: now,
                     page,
                     vcpu: 0,
-                    op: tiering::access::AccessOp::Write,
+                    op: AccessOp::Write,
                     kind: Default::default(),
                     source: AccessSource::DirtyLog,
                 };
@@ -191,6 +195,7 @@ impl Sim<'_> {
 
     fn apply_actions(&mut self, now: u64) {
         let m = &self.cfg.latency;
+        let mut evicted = false;
         for action in self.actions.drain(..) {
             match action {
                 // Demand fills are charged by the access that waits on them.
@@ -200,6 +205,7 @@ impl Sim<'_> {
                     self.in_flight.insert(page, ready);
                 }
                 Action::Evict { page, to } => {
+                    evicted = true;
                     self.in_flight.remove(&page);
                     self.probed.remove(&page);
                     if self.dirty.remove(&page) {
@@ -207,6 +213,13 @@ impl Sim<'_> {
                     }
                 }
                 Action::Move { to, .. } => self.queues.background_write(m, to, now, self.page_size),
+            }
+        }
+        if evicted {
+            // The live VMM's eviction flush harvests the dirty log after the policy
+            // chose its victims (a victim's outcome was settled by then).
+            for page in self.unharvested_writes.drain() {
+                self.policy.note_use_revealed(page);
             }
         }
     }
@@ -239,9 +252,14 @@ impl Sim<'_> {
             };
             self.policy.on_access(&seen, &mut self.actions)
         } else {
-            self.policy
+            let outcome = self
+                .policy
                 .note_unobserved_hit(a.page)
-                .unwrap_or(AccessOutcome::Hit)
+                .unwrap_or(AccessOutcome::Hit);
+            if a.op == AccessOp::Write && self.policy.use_unseen(a.page) {
+                self.unharvested_writes.insert(a.page);
+            }
+            outcome
         };
         match outcome {
             AccessOutcome::Hit | AccessOutcome::PrefetchHit => {
@@ -258,7 +276,7 @@ impl Sim<'_> {
                 self.stall_ns += m.fault_overhead_ns + (done - now);
             }
         }
-        if a.op == tiering::access::AccessOp::Write {
+        if a.op == AccessOp::Write {
             self.dirty.insert(a.page);
             if self.cfg.dirty_harvest_windows > 0 && !self.full && self.written_set.insert(a.page) {
                 // The page was write-protected by the last harvest.
@@ -308,6 +326,7 @@ pub fn replay_advisor(
         probes: 0,
         written: Vec::new(),
         written_set: Default::default(),
+        unharvested_writes: Default::default(),
     };
     let scale = match clock {
         Clock::Nanoseconds => 1.0,

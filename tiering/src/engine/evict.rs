@@ -96,7 +96,7 @@ impl Engine {
                     source: AccessSource::DirtyLog,
                 };
                 self.trace(&a);
-                self.policy.note_unobserved_hit(page);
+                self.policy.note_dirty(page);
             }
         }
         self.dirty_scratch = pages;

@@ -11,9 +11,12 @@
 //! Call protocol:
 //! - every observed access: [`PagingPolicy::on_access`]; a `DemandFault` outcome
 //!   means the access waits until the page is filled (the first action is its `Fill`);
-//! - accesses to resident pages the monitor did not see (only a simulator or a dirty
-//!   log knows them): [`PagingPolicy::note_unobserved_hit`], which keeps prefetch
-//!   accounting exact without telling the advisor;
+//! - accesses to resident pages the monitor did not see (only a simulator knows
+//!   them): [`PagingPolicy::note_unobserved_hit`], which keeps prefetch accounting
+//!   exact without telling the advisor;
+//! - pages a dirty-log harvest found written: [`PagingPolicy::note_dirty`], which
+//!   also tells the advisor that a prefetched page among them was used (the only use
+//!   of a prefetched page a live VMM learns of without a fault);
 //! - periodically, even when no access arrives: [`PagingPolicy::tick`];
 //! - when the mechanism cannot carry out an action: [`PagingPolicy::fill_failed`] or
 //!   [`PagingPolicy::evict_failed`], which put the page back where it was;
@@ -189,6 +192,11 @@ struct ResidentPage {
     from: Option<TierId>,
     /// Filled by a prefetch and not accessed since.
     prefetched_unused: bool,
+    /// Filled by a prefetch, and the advisor has not been told whether it was used:
+    /// it learns of a use only through an observed access or the dirty log, as a live
+    /// VMM does (a read of a mapped page tells the host nothing), and of a waste at
+    /// eviction, where a page used unseen counts as wasted to it too.
+    outcome_unseen: bool,
 }
 
 /// The paging decision core; see the module documentation.
@@ -323,9 +331,13 @@ impl PagingPolicy {
         let outcome = if let Some(entry) = self.resident.get_mut(&page) {
             self.stats.hits += 1;
             let first_use = std::mem::take(&mut entry.prefetched_unused);
-            self.advisor.on_access(access, true);
             if first_use {
                 self.stats.prefetch_useful += 1;
+            }
+            // The first use the advisor sees (a live VMM: the first it can know of).
+            let first_seen_use = std::mem::take(&mut entry.outcome_unseen);
+            self.advisor.on_access(access, true);
+            if first_seen_use {
                 self.advisor.on_prefetch_outcome(page, true);
                 // A prefetch proved useful: the stream goes on, as the kernel's async
                 // readahead does when a PG_readahead page is hit.
@@ -333,6 +345,8 @@ impl PagingPolicy {
                     self.issue_prefetches(access.time_ns, self.config.max_prefetch_per_fault, out);
                     self.make_room(Some(page), out);
                 }
+            }
+            if first_use {
                 AccessOutcome::PrefetchHit
             } else {
                 AccessOutcome::Hit
@@ -357,18 +371,47 @@ impl PagingPolicy {
         outcome
     }
 
-    /// An access to a resident page that the advisor did not see. Returns `None`
-    /// (and changes nothing) if `page` is not resident: such an access is a fault and
-    /// must go through [`PagingPolicy::on_access`].
+    /// An access to a resident page that the advisor did not see (a simulator knows
+    /// every access; a live VMM does not). It counts in the prefetch statistics, but
+    /// the advisor is not told: a live VMM would not know of it. Returns `None` (and
+    /// changes nothing) if `page` is not resident: such an access is a fault and must
+    /// go through [`PagingPolicy::on_access`].
     pub fn note_unobserved_hit(&mut self, page: PageNumber) -> Option<AccessOutcome> {
         let entry = self.resident.get_mut(&page)?;
         self.stats.unobserved_hits += 1;
         if std::mem::take(&mut entry.prefetched_unused) {
             self.stats.prefetch_useful += 1;
-            self.advisor.on_prefetch_outcome(page, true);
             Some(AccessOutcome::PrefetchHit)
         } else {
             Some(AccessOutcome::Hit)
+        }
+    }
+
+    /// A resident page written since the last dirty-log harvest: an access the
+    /// advisor did not see, as [`PagingPolicy::note_unobserved_hit`], except that a
+    /// prefetched page's use is now known, so the advisor is told.
+    pub fn note_dirty(&mut self, page: PageNumber) -> Option<AccessOutcome> {
+        let outcome = self.note_unobserved_hit(page)?;
+        self.note_use_revealed(page);
+        Some(outcome)
+    }
+
+    /// Whether `page` is a prefetched page used unseen: the advisor still waits for
+    /// its outcome, which a dirty-log harvest would reveal if the use was a write.
+    pub fn use_unseen(&self, page: PageNumber) -> bool {
+        self.resident
+            .get(&page)
+            .is_some_and(|e| e.outcome_unseen && !e.prefetched_unused)
+    }
+
+    /// A use of resident `page` that went unseen (and was counted then, by
+    /// [`PagingPolicy::note_unobserved_hit`]) has come to light: if it was a prefetched
+    /// page whose outcome the advisor waits for, it is told the page was used.
+    pub fn note_use_revealed(&mut self, page: PageNumber) {
+        if let Some(entry) = self.resident.get_mut(&page) {
+            if std::mem::take(&mut entry.outcome_unseen) {
+                self.advisor.on_prefetch_outcome(page, true);
+            }
         }
     }
 
@@ -510,6 +553,7 @@ impl PagingPolicy {
             ResidentPage {
                 from,
                 prefetched_unused: prefetched,
+                outcome_unseen: prefetched,
             },
         );
         self.advisor.on_fill(page, prefetched);
@@ -598,6 +642,8 @@ impl PagingPolicy {
         };
         if entry.prefetched_unused {
             self.stats.prefetch_wasted += 1;
+        }
+        if entry.outcome_unseen {
             self.advisor.on_prefetch_outcome(page, false);
         }
         let wanted = self

@@ -9,6 +9,8 @@ struct Fifo {
     to_prefetch: Vec<PageNumber>,
     p: f32,
     bogus_victims: bool,
+    /// Prefetch outcomes the advisor was told, in order.
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<(PageNumber, bool)>>>,
 }
 
 impl Fifo {
@@ -18,6 +20,7 @@ impl Fifo {
             to_prefetch: Vec::new(),
             p,
             bogus_victims: false,
+            outcomes: Default::default(),
         }
     }
 }
@@ -45,6 +48,9 @@ impl Advisor for Fifo {
     }
     fn probability(&self, _: PageNumber) -> f32 {
         self.p
+    }
+    fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
+        self.outcomes.lock().unwrap().push((page, used));
     }
 }
 
@@ -166,6 +172,54 @@ fn unobserved_hits_keep_accounting_without_the_advisor() {
     assert_eq!(policy.note_unobserved_hit(99), None);
     assert_eq!(policy.stats().prefetch_useful, 1);
     assert_eq!(policy.stats().observed_accesses, 1);
+}
+
+/// What the advisor hears of its prefetches is what a live VMM can know: a use it did
+/// not see reaches it only through the dirty log (a write) or a later observed access;
+/// a page used unseen and evicted counts as wasted to the advisor, used in the stats.
+#[test]
+fn the_advisor_hears_only_of_uses_a_live_vmm_can_see() {
+    let mut advisor = Fifo::new(0.3);
+    advisor.to_prefetch = vec![5, 6, 7, 8];
+    let told = advisor.outcomes.clone();
+    let cfg = PolicyConfig {
+        max_prefetch_per_fault: 4,
+        ..config(5)
+    };
+    let mut policy = PagingPolicy::new(cfg, Box::new(advisor)).unwrap();
+    let mut out = Vec::new();
+    policy.on_access(&access(0, 1), &mut out);
+    // 5: read unseen; 6: read unseen, then written (the dirty log says so);
+    // 7: read unseen, then seen by a sample; 8: never used.
+    for page in [5, 6, 7] {
+        assert_eq!(
+            policy.note_unobserved_hit(page),
+            Some(AccessOutcome::PrefetchHit)
+        );
+    }
+    assert!(policy.use_unseen(5) && policy.use_unseen(6) && policy.use_unseen(7));
+    assert!(!policy.use_unseen(8), "8 is not used yet");
+    assert!(told.lock().unwrap().is_empty(), "no use was seen yet");
+    assert_eq!(policy.note_dirty(6), Some(AccessOutcome::Hit));
+    let sampled = Access {
+        source: AccessSource::SampledMinor,
+        ..access(1, 7)
+    };
+    assert_eq!(policy.on_access(&sampled, &mut out), AccessOutcome::Hit);
+    assert_eq!(*told.lock().unwrap(), vec![(6, true), (7, true)]);
+    // Five new pages push out 1 and the four prefetched pages (FIFO).
+    for (t, page) in (10..15).enumerate() {
+        policy.on_access(&access(2 + t as u64, page), &mut out);
+    }
+    assert_eq!(
+        *told.lock().unwrap(),
+        vec![(6, true), (7, true), (5, false), (8, false)]
+    );
+    let s = policy.stats();
+    assert_eq!(
+        (s.prefetch_issued, s.prefetch_useful, s.prefetch_wasted),
+        (4, 3, 1)
+    );
 }
 
 /// `config(budget)` with no room in NVMe and SSD, so probabilities decide.
