@@ -7,6 +7,9 @@
 #
 #   resources/scripts/bench-live.sh                 (make bench-live builds what it needs)
 #   ROUNDS=5 ADVISORS=none,leap,gru WORKLOADS=zipf,kv resources/scripts/bench-live.sh
+#   ADVISORS=gru,gru@TIERVISOR_GRU_CHAIN_INFERENCE=1 resources/scripts/bench-live.sh
+#     (an entry ADVISOR@VAR=VALUE[@VAR=VALUE...] runs ADVISOR with those environment
+#     variables: two settings of one advisor, interleaved like any two advisors)
 #
 # Reports per workload: the guest's own ns per operation (its result line), the
 # slowdown against all-in-RAM, demand faults, prefetches and their accuracy, sampled
@@ -41,19 +44,28 @@ TIERS = "resources/tiers/bench-live.toml"
 RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
 
 
-def run(workload, advisor, seed):
-    """One VM run; advisor None means all memory in RAM. Returns (ns/op, checksum, metrics)."""
+def run(workload, config, seed):
+    """One VM run; config None means all memory in RAM, else ADVISOR[@VAR=VALUE...].
+    Returns (ns/op, checksum, metrics)."""
     metrics = os.path.join(WORKDIR, "m.json")
+    advisor, env = None, dict(os.environ, TIERVISOR_WORKDIR=WORKDIR)
+    if config is not None:
+        advisor, *assignments = config.split("@")
+        for a in assignments:
+            var, sep, value = a.partition("=")
+            if not sep or not var:
+                sys.exit(f"bench-live: {config}: expected ADVISOR@VAR=VALUE")
+            env[var] = value
     cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", "64M", "--vcpus", "1",
            "--cmdline", f"workload={workload} mem={MEM} iters={ITERS} seed={seed}",
            "--metrics-out", metrics]
     if advisor is not None:
         cmd += ["--tiers", TIERS, "--ram-budget", RAM_BUDGET, "--advisor", advisor]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=dict(os.environ, TIERVISOR_WORKDIR=WORKDIR))
+                       env=env)
     m = RESULT.search(p.stdout)
     if p.returncode != 0 or not m or m.group(5) != "ok":
-        sys.exit(f"bench-live: {workload} with {advisor or 'all RAM'} failed "
+        sys.exit(f"bench-live: {workload} with {config or 'all RAM'} failed "
                  f"(status {p.returncode}):\n{p.stdout}{p.stderr}")
     with open(metrics) as f:
         return int(m.group(3)) / int(m.group(2)), m.group(4), json.load(f)
@@ -113,14 +125,16 @@ def geo(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+first = ADVISORS[0]
 print("Geometric mean over the workloads:")
-print("| advisor | slowdown vs all RAM | run time vs none | run time vs leap | faults vs leap |")
-print("|---|---|---|---|---|")
+print("| advisor | slowdown vs all RAM | run time vs none | run time vs leap | faults vs leap "
+      f"| run time vs {first} | faults vs {first} |")
+print("|---|---|---|---|---|---|---|")
 for a in ADVISORS:
     slow = geo([med_ns(w, a) / med_ns(w, None) for w in WORKLOADS])
     def rel(b, f):
         return f"{geo([f(w, a) / f(w, b) for w in WORKLOADS]):.3f}" if b in ADVISORS else "-"
     faults = lambda w, c: max(med_tier(w, c, "demand_faults"), 1)
     print(f"| {a} | {slow:.1f}x | {rel('none', med_ns)} | {rel('leap', med_ns)} "
-          f"| {rel('leap', faults)} |")
+          f"| {rel('leap', faults)} | {rel(first, med_ns)} | {rel(first, faults)} |")
 PY

@@ -128,6 +128,9 @@ pub struct GruAdvisor {
     ticks: u64,
     /// Page of the most recent demand fault not yet followed by a prefetch call.
     fault_page: Option<PageNumber>,
+    /// The pages the last followed chain prefetched, in order, and the page it ended on.
+    last_chain: Vec<PageNumber>,
+    last_chain_end: Option<PageNumber>,
     pub stats: GruStats,
 }
 
@@ -178,6 +181,8 @@ impl GruAdvisor {
             detector: AnomalyDetector::new(opts.anomaly),
             sink: None,
             ticks: 0,
+            last_chain: Vec::new(),
+            last_chain_end: None,
             fault_page: None,
             stats: GruStats::default(),
         }
@@ -347,6 +352,7 @@ impl Advisor for GruAdvisor {
         }
         if !resident {
             let page = access.page;
+            self.infer_chain_use(page);
             let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
             self.shadows.on_demand_fault(page, |key, used| match key {
                 ShadowKey::Link(from) => links.entry(from).or_default().record(used),

@@ -41,6 +41,10 @@ pub struct GruOptions {
     pub probe_reprieve: bool,
     /// Probe whenever the driver asks, not only while short refaults are frequent.
     pub probes_always: bool,
+    /// When the demand fault after a followed successor chain continues the chain's
+    /// recorded path, count the chain's prefetched pages whose use went unseen as used
+    /// (the program walked them without faulting).
+    pub chain_inference: bool,
     /// A prefetched page that left RAM less than this many resident pages' worth of
     /// evictions ago enters the active list (`WorkingSet::with_prefetch_activation`;
     /// 0: every prefetched page starts inactive).
@@ -108,6 +112,7 @@ impl Default for GruOptions {
             protect_chain: true,
             probe_reprieve: true,
             probes_always: false,
+            chain_inference: false,
             prefetch_activation: 2.0,
             inactive_percent: 30,
             trend_candidates: false,
@@ -185,6 +190,7 @@ impl GruOptions {
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
         flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
         flag(&mut o.probes_always, "TIERVISOR_GRU_PROBES_ALWAYS");
+        flag(&mut o.chain_inference, "TIERVISOR_GRU_CHAIN_INFERENCE");
         set(
             &mut o.prefetch_activation,
             "TIERVISOR_GRU_PREFETCH_ACTIVATION",

@@ -17,6 +17,7 @@ impl GruAdvisor {
         let cap = self.prefetch_cap().min(max);
         // Right after a demand fault: the pages that faulted after it last time.
         if let Some(mut page) = self.fault_page.take() {
+            self.last_chain.clear();
             let mut before = self.fault_before_last;
             for depth in 0..self.opts.successor_depth as u32 {
                 let Some(&next) = self.successor.get(&page) else {
@@ -61,6 +62,7 @@ impl GruAdvisor {
                     && self.admit(next, 0, depth, record.unwrap_or_default())
                 {
                     out.push(next);
+                    self.last_chain.push(next);
                     self.origin.insert(
                         next,
                         Source::Successor {
@@ -77,6 +79,7 @@ impl GruAdvisor {
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
             self.fault_before_last = before;
+            self.last_chain_end = (!self.last_chain.is_empty()).then_some(page);
         }
         // First-touch candidates, on their region's record or on one for the whole VM.
         let by_region = self.opts.first_touch_by_region;
@@ -138,6 +141,27 @@ impl GruAdvisor {
                 out.push(page);
             }
         }
+    }
+
+    /// A demand fault on `page` right after a followed chain
+    /// (`GruOptions::chain_inference`): if the fault stream goes on from the chain's end
+    /// as it did before (the chain's last page links to `page`), the program walked the
+    /// chain without faulting, so its prefetched pages whose use went unseen were used.
+    /// A live VMM sees no reads of mapped pages; this is how it can know of them.
+    pub(super) fn infer_chain_use(&mut self, page: PageNumber) {
+        let Some(end) = self.last_chain_end.take() else {
+            return;
+        };
+        if !self.opts.chain_inference || self.successor.get(&end) != Some(&page) {
+            return;
+        }
+        for i in 0..self.last_chain.len() {
+            let p = self.last_chain[i];
+            if self.origin.contains_key(&p) && self.lists.contains(p) {
+                self.record_outcome(p, true);
+            }
+        }
+        self.last_chain.clear();
     }
 
     /// A prefetched page was used, or evicted unused: its source's record.
