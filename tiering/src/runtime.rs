@@ -79,9 +79,14 @@ pub struct TieringOptions {
     pub sample_pages: usize,
     /// Time between sampling rounds; with `sample_pages` it bounds the overhead.
     pub sample_interval: Duration,
-    /// Resident pages the advisor may ask to watch per sampling round
-    /// ([`crate::advisor::Advisor::probes`]), zapped before the random ones (0: off).
+    /// Resident pages the advisor may ask to watch per probe round
+    /// ([`crate::advisor::Advisor::probes`]; 0: off).
     pub probe_pages: usize,
+    /// Time between probe rounds: 1 ms, the replay's window, so that a live VM probes
+    /// as often as `tiervisor replay` assumes (16 pages per 1 ms window; until session
+    /// 13 probes came with the 50 ms sampling rounds, 50 times fewer: docs/replay.md).
+    /// `TIERVISOR_PROBE_INTERVAL_US` overrides it, for comparisons.
+    pub probe_interval: Duration,
     /// Name of the advisor, for the report.
     pub advisor_name: String,
     /// `Some(t)`: guest memory starts in storage tier `t`, page index i in slot i (a
@@ -105,6 +110,12 @@ impl TieringOptions {
             sample_pages: 64,
             sample_interval: Duration::from_millis(50),
             probe_pages: 16,
+            probe_interval: Duration::from_micros(
+                std::env::var("TIERVISOR_PROBE_INTERVAL_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1_000),
+            ),
             advisor_name: "none".into(),
             initial_tier: None,
             migrator: true,
@@ -288,6 +299,7 @@ impl TieredMemory {
                 sample_pages: options.sample_pages,
                 sample_interval: options.sample_interval,
                 probe_pages: options.probe_pages,
+                probe_interval: options.probe_interval,
             },
             trace,
             vcpus.0.clone(),

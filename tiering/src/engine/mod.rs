@@ -120,6 +120,7 @@ pub(crate) struct EngineConfig {
     pub sample_pages: usize,
     pub sample_interval: Duration,
     pub probe_pages: usize,
+    pub probe_interval: Duration,
 }
 
 pub(crate) struct Engine {
@@ -328,6 +329,7 @@ impl Engine {
         }
         let mut events = userfaultfd::EventBuffer::new(64);
         let mut last_sample = Instant::now();
+        let mut last_probe = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let mut busy = false;
             match self.uffd.raw().read_events(&mut events) {
@@ -384,7 +386,15 @@ impl Engine {
                 {
                     self.classify_pages();
                 }
-                if self.config.sample_pages + self.config.probe_pages > 0
+                // Probes (pages the advisor is about to evict) come first and more
+                // often than random samples, as the replay models them.
+                if self.config.probe_pages > 0
+                    && last_probe.elapsed() >= self.config.probe_interval
+                {
+                    last_probe = Instant::now();
+                    self.probe_resident();
+                }
+                if self.config.sample_pages > 0
                     && last_sample.elapsed() >= self.config.sample_interval
                 {
                     last_sample = Instant::now();

@@ -105,27 +105,29 @@ impl Engine {
         self.kinds.totals()
     }
 
-    /// Zap the resident pages the advisor wants watched, then a random sample; the
-    /// MINOR faults that come back are access events for pages a MISSING fault never
-    /// shows.
+    /// Zap the resident pages the advisor wants watched; a MINOR fault that comes back
+    /// is an access event for a page a MISSING fault never shows.
+    pub(super) fn probe_resident(&mut self) {
+        let mut pages = Vec::with_capacity(self.config.probe_pages);
+        self.policy.probes(self.config.probe_pages, &mut pages);
+        for page in pages {
+            let Some(index) = self.layout.index_of_page(page) else {
+                continue;
+            };
+            if self.meta[index].state == State::Present
+                && uffd::zap(self.layout.host_of_index(index), PAGE).is_ok()
+            {
+                self.counters.probe_zaps += 1;
+            }
+        }
+    }
+
+    /// Zap a random sample of resident pages, as [`Engine::probe_resident`] zaps the
+    /// advisor's.
     pub(super) fn sample_resident(&mut self) {
         let n = self.meta.len();
         if n == 0 {
             return;
-        }
-        if self.config.probe_pages > 0 {
-            let mut pages = Vec::with_capacity(self.config.probe_pages);
-            self.policy.probes(self.config.probe_pages, &mut pages);
-            for page in pages {
-                let Some(index) = self.layout.index_of_page(page) else {
-                    continue;
-                };
-                if self.meta[index].state == State::Present
-                    && uffd::zap(self.layout.host_of_index(index), PAGE).is_ok()
-                {
-                    self.counters.probe_zaps += 1;
-                }
-            }
         }
         let mut zapped = 0;
         for _ in 0..self.config.sample_pages * 4 {
