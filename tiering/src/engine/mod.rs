@@ -388,8 +388,7 @@ impl Engine {
                 }
                 // Probes (pages the advisor is about to evict) come first and more
                 // often than random samples, as the replay models them.
-                if self.config.probe_pages > 0
-                    && last_probe.elapsed() >= self.config.probe_interval
+                if self.config.probe_pages > 0 && last_probe.elapsed() >= self.config.probe_interval
                 {
                     last_probe = Instant::now();
                     self.probe_resident();
