@@ -146,16 +146,22 @@ impl OracleAdvisor {
     /// in LRU order after the ones those prefetches push out; under MIN it is the
     /// furthest page, the oracle's estimate as it always was.
     fn next_victim(&mut self, protect: Option<PageNumber>, named: usize) -> Option<Pos> {
-        match &self.lru {
-            Some(lru) => {
-                let pushed_out = (self.resident.len() + named).saturating_sub(self.budget);
-                lru.iter_least_recent()
-                    .filter(|&p| Some(p) != protect)
-                    .nth(pushed_out)
-                    .and_then(|p| self.resident.get(&p).copied())
-            }
-            None => self.furthest_valid(protect),
+        if self.lru.is_none() {
+            return self.furthest_valid(protect);
         }
+        let pushed_out = (self.resident.len() + named).saturating_sub(self.budget);
+        self.lru_victims(protect)
+            .nth(pushed_out)
+            .and_then(|p| self.resident.get(&p).copied())
+    }
+
+    /// `prefetch-oracle`'s victims in eviction order: least recent first, never
+    /// `protect` (nothing without the LRU list).
+    fn lru_victims(&self, protect: Option<PageNumber>) -> impl Iterator<Item = PageNumber> + '_ {
+        self.lru
+            .iter()
+            .flat_map(|lru| lru.iter_least_recent())
+            .filter(move |&p| Some(p) != protect)
     }
 
     /// Accesses whose page did not match the trace it was built from (non-zero
@@ -255,12 +261,8 @@ impl Advisor for OracleAdvisor {
 
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
         let protect = self.current_page();
-        if let Some(lru) = &self.lru {
-            out.extend(
-                lru.iter_least_recent()
-                    .filter(|&p| Some(p) != protect)
-                    .take(n),
-            );
+        if self.lru.is_some() {
+            out.extend(self.lru_victims(protect).take(n));
             return;
         }
         // Pop the n furthest valid entries, then push them back: the policy may
