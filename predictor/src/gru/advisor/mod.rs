@@ -128,9 +128,9 @@ pub struct GruAdvisor {
     ticks: u64,
     /// Page of the most recent demand fault not yet followed by a prefetch call.
     fault_page: Option<PageNumber>,
-    /// The pages the last followed chain prefetched, in order, and the page it ended on.
+    /// The pages the last followed chain prefetched, in order, until the next demand
+    /// fault (`GruOptions::chain_inference` only; the chain ended on `last_fault`).
     last_chain: Vec<PageNumber>,
-    last_chain_end: Option<PageNumber>,
     pub stats: GruStats,
 }
 
@@ -182,7 +182,6 @@ impl GruAdvisor {
             sink: None,
             ticks: 0,
             last_chain: Vec::new(),
-            last_chain_end: None,
             fault_page: None,
             stats: GruStats::default(),
         }

@@ -62,7 +62,9 @@ impl GruAdvisor {
                     && self.admit(next, 0, depth, record.unwrap_or_default())
                 {
                     out.push(next);
-                    self.last_chain.push(next);
+                    if self.opts.chain_inference {
+                        self.last_chain.push(next);
+                    }
                     self.origin.insert(
                         next,
                         Source::Successor {
@@ -79,7 +81,6 @@ impl GruAdvisor {
             // extend the chain instead of replacing its first link.
             self.last_fault = Some(page);
             self.fault_before_last = before;
-            self.last_chain_end = (!self.last_chain.is_empty()).then_some(page);
         }
         // First-touch candidates, on their region's record or on one for the whole VM.
         let by_region = self.opts.first_touch_by_region;
@@ -149,16 +150,19 @@ impl GruAdvisor {
     /// chain without faulting, so its prefetched pages whose use went unseen were used.
     /// A live VMM sees no reads of mapped pages; this is how it can know of them.
     pub(super) fn infer_chain_use(&mut self, page: PageNumber) {
-        let Some(end) = self.last_chain_end.take() else {
-            return;
-        };
-        if !self.opts.chain_inference || self.successor.get(&end) != Some(&page) {
+        if self.last_chain.is_empty() {
             return;
         }
-        for i in 0..self.last_chain.len() {
-            let p = self.last_chain[i];
-            if self.origin.contains_key(&p) && self.lists.contains(p) {
-                self.record_outcome(p, true);
+        // `last_fault` is still the chain's last page: this fault has not moved it yet.
+        let walked = self
+            .last_fault
+            .is_some_and(|end| self.successor.get(&end) == Some(&page));
+        if walked {
+            for i in 0..self.last_chain.len() {
+                let p = self.last_chain[i];
+                if self.origin.contains_key(&p) && self.lists.contains(p) {
+                    self.record_outcome(p, true);
+                }
             }
         }
         self.last_chain.clear();
