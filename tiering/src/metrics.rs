@@ -51,6 +51,7 @@ pub(crate) struct Counters {
     pub zero_drops: u64,
     pub admission_waits: u64,
     pub prefetches_dropped: u64,
+    pub prefetches_late: u64,
     pub migrations: u64,
     pub pages_hashed: u64,
     pub shared_pages_peak: u64,
@@ -76,6 +77,7 @@ impl Counters {
             zero_drops: 0,
             admission_waits: 0,
             prefetches_dropped: 0,
+            prefetches_late: 0,
             migrations: 0,
             pages_hashed: 0,
             shared_pages_peak: 0,
@@ -139,6 +141,9 @@ pub struct TieringReport {
     pub admission_waits: u64,
     /// Prefetches dropped because RAM was at budget + slack.
     pub prefetches_dropped: u64,
+    /// Demand faults on a page whose prefetch read was still in flight (the replay's
+    /// `prefetch_late`): the prefetch was right but too late to save the fault.
+    pub prefetches_late: u64,
     /// Prefetches and moves executed by the migrator thread.
     pub migrations: u64,
     /// `--share-dir`: pages whose content was hashed, the most of this VM's pages

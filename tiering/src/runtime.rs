@@ -502,6 +502,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         evictions_refused: c.evictions_refused,
         admission_waits: c.admission_waits,
         prefetches_dropped: c.prefetches_dropped,
+        prefetches_late: c.prefetches_late,
         migrations: c.migrations,
         pages_hashed: c.pages_hashed,
         shared_pages: c.shared_pages_peak,

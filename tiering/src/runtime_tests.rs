@@ -94,12 +94,9 @@ impl Drop for Mapping {
     }
 }
 
-fn tier_file(dir: &std::path::Path) -> TierConfig {
-    let text = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
-                [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
-                [tier3]\ncapacity = \"8M\"\nfile = \"t3.img\"\n";
-    TierConfig::parse("test.toml", text, dir).unwrap()
-}
+const TIERS: &str = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
+                     [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
+                     [tier3]\ncapacity = \"8M\"\nfile = \"t3.img\"\n";
 
 fn value(page: usize, word: usize, round: u64) -> u64 {
     (page as u64) << 32 ^ (word as u64) << 8 ^ round ^ 0x5a5a_0000_0000_0000
@@ -121,6 +118,17 @@ fn start_host_only_with(
     migrator: bool,
     advisor: Box<dyn Advisor>,
 ) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+    start_host_only_over(tag, pages, TIERS, migrator, advisor)
+}
+
+/// As [`start_host_only_with`], over the tiers of tier-file text `tiers`.
+fn start_host_only_over(
+    tag: &str,
+    pages: usize,
+    tiers: &str,
+    migrator: bool,
+    advisor: Box<dyn Advisor>,
+) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let map = Mapping::new(pages * PAGE_SIZE as usize);
@@ -131,7 +139,8 @@ fn start_host_only_with(
         file_offset: 0,
     }];
     let failed = Arc::new(Mutex::new(None));
-    let mut options = TieringOptions::new(tier_file(&dir), 64);
+    let tiers = TierConfig::parse("test.toml", tiers, &dir).unwrap();
+    let mut options = TieringOptions::new(tiers, 64);
     options.sample_pages = 8;
     options.sample_interval = std::time::Duration::from_millis(1);
     options.migrator = migrator;
@@ -359,6 +368,49 @@ fn migrator_prefetches_a_batch_while_a_thread_faults_on_other_pages() {
     assert!(done.per_tier[2].prefetch_issued >= 64, "{done:#?}");
     assert!(
         report.demand_faults > before.demand_faults + 100,
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
+    // A slow tier (300 ms a request), so the touches below come while the migrator's
+    // reads are in flight.
+    let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
+                 [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\nlatency_us = 300000\n";
+    let pages = 96usize;
+    let (dir, map, tm, failed) =
+        start_host_only_over("late-", pages, tiers, true, Box::new(Fifo::default()));
+    let word = |p: usize| (map.addr + p * 4096 + 16) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { word(p).write_volatile(value(p, 2, 0)) };
+    }
+    // FIFO evicted the first pages written: 0..32 are in tier 2.
+    let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
+    let wanted: Vec<PageNumber> = (0..16).collect();
+    tm.prefetch(&wanted, 1).unwrap();
+    // Once the jobs are with the migrator (reports come every 20 ms), touch the pages.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tm
+        .snapshot()
+        .is_none_or(|r| r.migrations < before.migrations + 16)
+    {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", tm.snapshot());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    for &p in &wanted {
+        // SAFETY: as above. Each read faults on a page whose read is in flight.
+        let got = unsafe { word(p as usize).read_volatile() };
+        assert_eq!(got, value(p as usize, 2, 0), "page {p}");
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failed.lock().unwrap().is_none());
+    // The touches waited for the migrator's reads instead of reading the pages again.
+    assert!(report.prefetches_late >= 1, "{report:#?}");
+    assert_eq!(
+        report.per_tier[2].demand_faults, before.per_tier[2].demand_faults,
         "{report:#?}"
     );
 }

@@ -1,6 +1,6 @@
 //! The migrator thread: executes prefetches and moves between tiers in batches, so
 //! the fault-handler thread only decides (the paging policy) and serves demand faults,
-//! and a demand fault never waits for a migration.
+//! and a demand fault never waits behind a migration.
 //!
 //! The handler owns every page state and slot. For each `Prefetch` or `Move` the
 //! policy decides (including those of [`crate::runtime::TieredMemory::prefetch`]),
@@ -14,10 +14,10 @@
 //! it updates the page states.
 //!
 //! Races, and why no data is lost (see also docs/tiering.md, "Migrator"):
-//! - A demand fault on a page being prefetched: the handler reads the page from its
-//!   slot itself (Demand priority, its own backend) and installs it. Whichever
-//!   `UFFDIO_COPY` comes second gets EEXIST (shmem refuses to replace a page in the
-//!   page cache) and only wakes: both copies came from the same slot.
+//! - A demand fault on a page being prefetched: the handler leaves it pending and
+//!   this thread's `UFFDIO_COPY` wakes the vCPU (a second read would cost a whole
+//!   device latency); if the read fails, the handler wakes the vCPU to fault again.
+//!   A copy that finds the page present (EEXIST) only wakes.
 //! - A page with a migration in flight is never evicted: the eviction is deferred
 //!   (`reevict_to`) until the migrator reports, so the migrator's late `UFFDIO_COPY`
 //!   can never re-install old data over a page that left RAM after being written.
@@ -458,6 +458,9 @@ impl Engine {
                         if self.meta[index].state == State::Prefetching {
                             self.set_state(index, State::Absent);
                             self.policy.fill_failed(self.layout.page_of_index(index));
+                            // A vCPU may wait on this prefetch (`on_missing`): it
+                            // faults again and is served from the tier.
+                            let _ = self.uffd.wake(self.layout.host_of_index(index), PAGE);
                         }
                         index
                     }

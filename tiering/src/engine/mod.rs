@@ -542,15 +542,18 @@ impl Engine {
 
     fn on_missing(&mut self, index: usize, access: &Access, t0: Instant) {
         let host = self.layout.host_of_index(index);
+        let late = self.meta[index].state == State::Prefetching;
         match self.meta[index].state {
             State::Present | State::Evicting | State::EvictCancelled => {
                 // Already filled (a stale event, or filled by a prefetch just now).
                 let _ = self.uffd.wake(host, PAGE);
                 return;
             }
-            // The migrator's read is not waited for: the demand read below races it.
             State::Prefetching if !self.meta[index].migrating => self.finish_prefetch_now(index),
             _ => {}
+        }
+        if late {
+            self.counters.prefetches_late += 1;
         }
         self.trace(access);
         let mut actions = std::mem::take(&mut self.actions);
@@ -564,6 +567,13 @@ impl Engine {
             }
         }
         self.actions = actions;
+        if self.meta[index].state == State::Prefetching && self.meta[index].migrating {
+            // The migrator's read is under way: its UFFDIO_COPY wakes the vCPU, as the
+            // kernel's fault on a page under readahead waits on the page. A second read
+            // would cost a whole device latency and hold this thread meanwhile. If the
+            // prefetch fails, `apply_outcome` wakes the vCPU to fault again.
+            return;
+        }
         // The evictions this fill needs are queued now: bound RAM before adding a page.
         self.wait_for_room();
         if self.fatal {
