@@ -32,7 +32,13 @@ done
 python=/usr/bin/python3 # the distribution's, not a version manager's shell shim
 cc1=$(gcc -print-prog-name=cc1)
 
-work=$(mktemp -d)
+# A fixed work directory: programs see its path (Python makes the script's path
+# absolute), and a random name there changes their traces. One run at a time.
+work=/tmp/tiervisor-make-traces
+exec 9>"$work.lock"
+flock 9
+rm -rf "$work"
+mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out/train" "$out/eval" "$out/holdout"
 
@@ -160,6 +166,7 @@ print scalar(keys %c), "\n";
 PL
 
 # ---------------------------------------------------------------- captures
+# Commands run in $work and name its files relative to it.
 # program SET NAME DESCRIPTION -- COMMAND...: run COMMAND under lackey with its trace
 # (on fd 3) piped straight into the importer. The program writes to a scratch file,
 # not /dev/null: GNU grep, for one, stops at the first match when output is /dev/null.
@@ -168,7 +175,12 @@ program() {
     shift 4
     local dest="$out/$set/$name.tvt" fifo="$work/$name.fifo"
     mkfifo "$fifo"
-    (cd "$work" && exec valgrind --tool=lackey --trace-mem=yes --log-fd=3 "$@" 3>"$fifo" >"$work/$name.out" 2>&1 </dev/null) &
+    # Reproducible traces: no address-space randomisation (setarch -R), fixed hash
+    # seeds for Python and Perl, and one fixed environment (its size moves the stack).
+    (cd "$work" && exec env -i PATH=/usr/bin:/bin LC_ALL=C HOME=/nonexistent \
+        PYTHONHASHSEED=0 PERL_HASH_SEED=0 PERL_PERTURB_KEYS=0 \
+        setarch "$(uname -m)" -R \
+        valgrind --tool=lackey --trace-mem=yes --log-fd=3 "$@" 3>"$fifo" >"$work/$name.out" 2>&1 </dev/null) &
     local vg=$!
     "$tiervisor" trace import --lackey "$fifo" -o "$dest" --max-records "$max_records" \
         --description "$desc" 2>"$work/$name.log" || true
@@ -201,21 +213,21 @@ guest_run() {
 
 captures=(
     # set   name            description                                         command
-    "train|sqlite-insert|sqlite3: 1k-row insert, index build, range scan, update|sqlite3 $work/a.db .read\\ $work/insert.sql"
-    "train|xz|xz -6 compressing 50 KB of text|xz -6 -T1 -c $work/text-a.txt"
-    "train|cc1|gcc cc1 -O2 on a generated 6-function C file|$cc1 -quiet -O2 $work/prog-a.c -o /dev/null"
-    "train|python-dict|python3: 800-entry dict build and sort|$python -S $work/dict.py"
-    "train|sort-numeric|sort -n of 8k lines|sort -n -S 64M --parallel=1 $work/numbers-a.txt"
-    "eval|sqlite-join|sqlite3: two-table join, group by, subquery, delete (1.2k rows)|sqlite3 $work/b.db .read\\ $work/query.sql"
-    "eval|gzip|gzip -6 compressing 75 KB of different text|gzip -6 -c $work/text-b.txt"
-    "eval|grep-regex|grep -E -o -w of vowel-pair words in 100 KB of text|grep -E -o -w [a-z]*[aeiou][aeiou][a-z]* $work/text-c.txt"
-    "eval|awk-wordfreq|awk word-frequency count|awk {for(i=1;i<=NF;i++)c[\$i]++}END{for(w\\ in\\ c)n++;print\\ n} $work/text-b.txt"
-    "eval|sort-text|sort -k2 of 5k text keys|sort -k2 -S 64M --parallel=1 $work/numbers-b.txt"
-    "holdout|bzip2|bzip2 -9 compressing 75 KB of text|bzip2 -9 -c $work/text-d.txt"
-    "holdout|perl-subst|perl: regex substitutions and a word count over 75 KB of text|perl $work/subst.pl $work/text-d.txt"
-    "holdout|sqlite-window|sqlite3: window functions over 1.5k rows|sqlite3 $work/c.db .read\ $work/window.sql"
-    "holdout|python-json|python3: 600-record JSON dump, parse and sort|$python -S $work/json.py"
-    "holdout|diff|diff of two 800-line texts, one edited|diff $work/text-e.txt $work/text-f.txt"
+    "train|sqlite-insert|sqlite3: 1k-row insert, index build, range scan, update|sqlite3 a.db .read\\ insert.sql"
+    "train|xz|xz -6 compressing 50 KB of text|xz -6 -T1 -c text-a.txt"
+    "train|cc1|gcc cc1 -O2 on a generated 6-function C file|$cc1 -quiet -O2 prog-a.c -o /dev/null"
+    "train|python-dict|python3: 800-entry dict build and sort|$python -P -S dict.py"
+    "train|sort-numeric|sort -n of 8k lines|sort -n -S 64M --parallel=1 numbers-a.txt"
+    "eval|sqlite-join|sqlite3: two-table join, group by, subquery, delete (1.2k rows)|sqlite3 b.db .read\\ query.sql"
+    "eval|gzip|gzip -6 compressing 75 KB of different text|gzip -6 -c text-b.txt"
+    "eval|grep-regex|grep -E -o -w of vowel-pair words in 100 KB of text|grep -E -o -w [a-z]*[aeiou][aeiou][a-z]* text-c.txt"
+    "eval|awk-wordfreq|awk word-frequency count|awk {for(i=1;i<=NF;i++)c[\$i]++}END{for(w\\ in\\ c)n++;print\\ n} text-b.txt"
+    "eval|sort-text|sort -k2 of 5k text keys|sort -k2 -S 64M --parallel=1 numbers-b.txt"
+    "holdout|bzip2|bzip2 -9 compressing 75 KB of text|bzip2 -9 -c text-d.txt"
+    "holdout|perl-subst|perl: regex substitutions and a word count over 75 KB of text|perl subst.pl text-d.txt"
+    "holdout|sqlite-window|sqlite3: window functions over 1.5k rows|sqlite3 c.db .read\ window.sql"
+    "holdout|python-json|python3: 600-record JSON dump, parse and sort|$python -P -S json.py"
+    "holdout|diff|diff of two 800-line texts, one edited|diff text-e.txt text-f.txt"
 )
 guests=(
     "train|guest-zipf|workload=zipf mem=16M iters=100000 seed=11"
