@@ -26,7 +26,7 @@ out=$(realpath -m "${OUT:-resources/out/traces}")
 jobs=${JOBS:-2}
 max_records=${MAX_RECORDS:-12000000}
 only=${ONLY:-}
-for tool in valgrind sqlite3 xz gzip bzip2 perl diff gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
+for tool in valgrind setarch flock sqlite3 xz gzip bzip2 perl diff gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
     command -v "$tool" >/dev/null || { echo "make-traces: $tool is missing (make setup / make build)" >&2; exit 1; }
 done
 python=/usr/bin/python3 # the distribution's, not a version manager's shell shim

@@ -26,8 +26,7 @@ const STRIDE_MAX_DISTANCE: i64 = 1024;
 /// non-zero distance start a stream; each confirmation (a fault where the readahead
 /// ended, or an observed access to the first page of the last window, the kernel's
 /// `PG_readahead` marker) doubles the window up to 32 pages. The `stride` baseline is
-/// this over LRU eviction; `gru` may take its candidates too
-/// (`GruOptions::readahead_min_window`).
+/// this over LRU eviction.
 #[derive(Debug, Default)]
 pub struct Readahead {
     last_fault: Option<PageNumber>,
@@ -101,11 +100,6 @@ impl Readahead {
                 self.read_ahead_from(next);
             }
         }
-    }
-
-    /// The current readahead window in pages (0: no stream).
-    pub fn window(&self) -> usize {
-        self.window as usize
     }
 
     /// Up to `max` queued pages that are not `resident`, oldest first, into `out`.

@@ -49,8 +49,6 @@ pub(super) enum ShadowKey {
     Link(PageNumber),
     /// First-touch candidates in this region (page number >> [`REGION_SHIFT`]).
     FirstTouch(u64),
-    /// A readahead window's pages.
-    Readahead,
 }
 
 /// First-touch candidates are judged per 2 MiB region (512 pages): a heap grows

@@ -112,33 +112,6 @@ impl GruAdvisor {
             }
         }
         self.first_touch_candidates.clear();
-        if self.opts.readahead_min_window > 0
-            && self.readahead.window() >= self.opts.readahead_min_window
-        {
-            let mut ahead = std::mem::take(&mut self.candidates);
-            ahead.clear();
-            let lists = &self.lists;
-            let room = cap.saturating_sub(out.len() - start);
-            self.readahead
-                .drain(room, |p| lists.contains(p), &mut ahead);
-            // Untrusted, the window's pages are judged as shadows: a stream the
-            // program really walks earns the record by faulting on them.
-            let trusted = self
-                .readahead_outcomes
-                .trusted(self.opts.readahead_threshold, self.opts.min_uses);
-            for &page in &ahead {
-                if out[start..].contains(&page) {
-                    continue;
-                }
-                if trusted {
-                    out.push(page);
-                    self.origin.entry(page).or_insert(Source::Readahead);
-                } else {
-                    self.add_shadow(ShadowKey::Readahead, page);
-                }
-            }
-            self.candidates = ahead;
-        }
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
             trend.clear();
@@ -206,7 +179,6 @@ impl GruAdvisor {
                 }
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
-            Some(Source::Readahead) => self.readahead_outcomes.record(used),
             Some(Source::FirstTouch) => {
                 self.first_touch_outcomes.record(used);
                 self.first_touch_regions
