@@ -22,13 +22,13 @@ const STRIDE_MAX_WINDOW: i64 = 32;
 /// Larger fault distances are not treated as a stream.
 const STRIDE_MAX_DISTANCE: i64 = 1024;
 
-/// Sequential/stride readahead as the kernel does for files. Two faults with the same
-/// non-zero distance start a stream; each confirmation (a fault where the readahead
-/// ended, or an observed access to the first page of the last window, the kernel's
-/// `PG_readahead` marker) doubles the window up to 32 pages. The `stride` baseline is
-/// this over LRU eviction.
+/// `stride`: sequential/stride readahead as the kernel does for files. Two faults
+/// with the same non-zero distance start a stream; each confirmation (a fault where
+/// the readahead ended, or an observed access to the first page of the last window,
+/// the kernel's `PG_readahead` marker) doubles the window up to 32 pages.
 #[derive(Debug, Default)]
-pub struct Readahead {
+pub struct StrideAdvisor {
+    list: LruList,
     last_fault: Option<PageNumber>,
     stride: i64,
     window: i64,
@@ -38,7 +38,11 @@ pub struct Readahead {
     pending: VecDeque<PageNumber>,
 }
 
-impl Readahead {
+impl StrideAdvisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     fn read_ahead_from(&mut self, from: PageNumber) {
         self.marker = Some(from);
         for k in 0..self.window {
@@ -57,8 +61,7 @@ impl Readahead {
         self.window = (self.window * 2).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
     }
 
-    /// A demand fault on `page`.
-    pub fn on_fault(&mut self, page: PageNumber) {
+    fn on_fault(&mut self, page: PageNumber) {
         let delta = self
             .last_fault
             .map(|l| page.wrapping_sub(l) as i64)
@@ -89,41 +92,6 @@ impl Readahead {
             self.pending.clear();
         }
     }
-
-    /// An observed access to resident `page`: the marker page of the last window
-    /// queues the next, larger one (the kernel's asynchronous readahead).
-    pub fn on_observed(&mut self, page: PageNumber) {
-        if Some(page) == self.marker {
-            self.marker = None;
-            self.grow();
-            if let Some(next) = self.next_ahead {
-                self.read_ahead_from(next);
-            }
-        }
-    }
-
-    /// Up to `max` queued pages that are not `resident`, oldest first, into `out`.
-    pub fn drain(
-        &mut self,
-        max: usize,
-        resident: impl Fn(PageNumber) -> bool,
-        out: &mut Vec<PageNumber>,
-    ) {
-        super::drain_not_resident(&mut self.pending, max, resident, out);
-    }
-}
-
-/// `stride`: [`Readahead`] over LRU eviction.
-#[derive(Debug, Default)]
-pub struct StrideAdvisor {
-    list: LruList,
-    readahead: Readahead,
-}
-
-impl StrideAdvisor {
-    pub fn new() -> Self {
-        Self::default()
-    }
 }
 
 impl Advisor for StrideAdvisor {
@@ -132,11 +100,17 @@ impl Advisor for StrideAdvisor {
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
         if !resident {
-            self.readahead.on_fault(access.page);
+            self.on_fault(access.page);
             return;
         }
         self.list.touch(access.page);
-        self.readahead.on_observed(access.page);
+        if Some(access.page) == self.marker {
+            self.marker = None;
+            self.grow();
+            if let Some(next) = self.next_ahead {
+                self.read_ahead_from(next);
+            }
+        }
     }
     fn on_fill(&mut self, page: PageNumber, _prefetched: bool) {
         self.list.touch(page);
@@ -148,8 +122,7 @@ impl Advisor for StrideAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        let list = &self.list;
-        self.readahead.drain(max, |p| list.contains(p), out);
+        self.list.drain_absent(&mut self.pending, max, out);
     }
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION
