@@ -141,8 +141,8 @@ pub struct TieringReport {
     pub admission_waits: u64,
     /// Prefetches dropped because RAM was at budget + slack.
     pub prefetches_dropped: u64,
-    /// Demand faults on a page whose prefetch read was still in flight (the replay's
-    /// `prefetch_late`): the prefetch was right but too late to save the fault.
+    /// Faults on a page whose prefetch read was still in flight: they wait for that
+    /// read and are not counted in `demand_faults` (the replay's `prefetch_late`).
     pub prefetches_late: u64,
     /// Prefetches and moves executed by the migrator thread.
     pub migrations: u64,
