@@ -156,6 +156,8 @@ pub(crate) struct Engine {
     evict_queue: Vec<(PageNumber, u8)>,
     punch_queue: Vec<usize>,
     actions: Vec<Action>,
+    /// The pages of a probe round (every 1 ms), kept to save an allocation a round.
+    probe_scratch: Vec<PageNumber>,
     deferred: Vec<(usize, IoCompletion)>,
     copy_holders: Vec<Vec<usize>>,
     pool: PagePool,
@@ -232,6 +234,7 @@ impl Engine {
             evict_queue: Vec::new(),
             punch_queue: Vec::new(),
             actions: Vec::new(),
+            probe_scratch: Vec::new(),
             deferred: Vec::new(),
             copy_holders: (0..crate::config::TIER_COUNT).map(|_| Vec::new()).collect(),
             pool: PagePool::new(256),

@@ -108,9 +108,10 @@ impl Engine {
     /// Zap the resident pages the advisor wants watched; a MINOR fault that comes back
     /// is an access event for a page a MISSING fault never shows.
     pub(super) fn probe_resident(&mut self) {
-        let mut pages = Vec::with_capacity(self.config.probe_pages);
+        let mut pages = std::mem::take(&mut self.probe_scratch);
+        pages.clear();
         self.policy.probes(self.config.probe_pages, &mut pages);
-        for page in pages {
+        for &page in &pages {
             let Some(index) = self.layout.index_of_page(page) else {
                 continue;
             };
@@ -120,6 +121,7 @@ impl Engine {
                 self.counters.probe_zaps += 1;
             }
         }
+        self.probe_scratch = pages;
     }
 
     /// Zap a random sample of resident pages, as [`Engine::probe_resident`] zaps the
