@@ -39,7 +39,7 @@ pub use lirs::LirsAdvisor;
 use lru::drain_not_resident;
 pub use lru::{LruAdvisor, LruList};
 pub use oracle::{OracleAdvisor, OracleFuture};
-pub use prefetchers::{LeapAdvisor, StrideAdvisor};
+pub use prefetchers::{LeapAdvisor, Readahead, StrideAdvisor};
 pub use reap::ReapAdvisor;
 pub use workingset::{WorkingSet, WorkingSetAdvisor};
 

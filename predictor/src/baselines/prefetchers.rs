@@ -22,13 +22,14 @@ const STRIDE_MAX_WINDOW: i64 = 32;
 /// Larger fault distances are not treated as a stream.
 const STRIDE_MAX_DISTANCE: i64 = 1024;
 
-/// `stride`: sequential/stride readahead as the kernel does for files. Two faults
-/// with the same non-zero distance start a stream; each confirmation (a fault where
-/// the readahead ended, or an observed access to the first page of the last window,
-/// the kernel's `PG_readahead` marker) doubles the window up to 32 pages.
+/// Sequential/stride readahead as the kernel does for files. Two faults with the same
+/// non-zero distance start a stream; each confirmation (a fault where the readahead
+/// ended, or an observed access to the first page of the last window, the kernel's
+/// `PG_readahead` marker) doubles the window up to 32 pages. The `stride` baseline is
+/// this over LRU eviction; `gru` may take its candidates too
+/// (`GruOptions::readahead_min_window`).
 #[derive(Debug, Default)]
-pub struct StrideAdvisor {
-    list: LruList,
+pub struct Readahead {
     last_fault: Option<PageNumber>,
     stride: i64,
     window: i64,
@@ -38,11 +39,7 @@ pub struct StrideAdvisor {
     pending: VecDeque<PageNumber>,
 }
 
-impl StrideAdvisor {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl Readahead {
     fn read_ahead_from(&mut self, from: PageNumber) {
         self.marker = Some(from);
         for k in 0..self.window {
@@ -61,17 +58,14 @@ impl StrideAdvisor {
         self.window = (self.window * 2).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
     }
 
-    fn on_fault(&mut self, page: PageNumber) {
+    /// A demand fault on `page`.
+    pub fn on_fault(&mut self, page: PageNumber) {
         let delta = self
             .last_fault
             .map(|l| page.wrapping_sub(l) as i64)
             .unwrap_or(0);
         self.last_fault = Some(page);
-        // The stream goes on if the fault is where the readahead ended or on a page
-        // it had queued but not yet read.
-        let continues =
-            self.window > 0 && (Some(page) == self.next_ahead || self.pending.contains(&page));
-        if continues || (delta != 0 && delta == self.stride) {
+        if self.continues(page) || (delta != 0 && delta == self.stride) {
             if self.window == 0 {
                 self.window = STRIDE_INITIAL_WINDOW;
             } else {
@@ -92,6 +86,67 @@ impl StrideAdvisor {
             self.pending.clear();
         }
     }
+
+    /// An observed access to resident `page`: the marker page of the last window
+    /// queues the next, larger one (the kernel's asynchronous readahead).
+    pub fn on_observed(&mut self, page: PageNumber) {
+        if Some(page) == self.marker {
+            self.marker = None;
+            self.grow();
+            if let Some(next) = self.next_ahead {
+                self.read_ahead_from(next);
+            }
+        }
+    }
+
+    /// Whether a demand fault on `page` continues the stream: it is where the
+    /// readahead ended or on a page it had queued but not yet read.
+    pub fn continues(&self, page: PageNumber) -> bool {
+        self.window > 0 && (Some(page) == self.next_ahead || self.pending.contains(&page))
+    }
+
+    /// Whether `page` lies ahead of the last fault along the stream. The queue also
+    /// holds pages the stream has passed (queued twice, or read and evicted since).
+    pub fn is_ahead(&self, page: PageNumber) -> bool {
+        let (Some(last), stride) = (self.last_fault, self.stride) else {
+            return false;
+        };
+        let d = page.wrapping_sub(last) as i64;
+        stride != 0 && d % stride == 0 && d / stride > 0
+    }
+
+    /// The stream's stride in pages (0: none).
+    pub fn stride(&self) -> i64 {
+        self.stride
+    }
+
+    /// The current readahead window in pages (0: no stream).
+    pub fn window(&self) -> usize {
+        self.window as usize
+    }
+
+    /// Up to `max` queued pages that are not `resident`, oldest first, into `out`.
+    pub fn drain(
+        &mut self,
+        max: usize,
+        resident: impl Fn(PageNumber) -> bool,
+        out: &mut Vec<PageNumber>,
+    ) {
+        super::drain_not_resident(&mut self.pending, max, resident, out);
+    }
+}
+
+/// `stride`: [`Readahead`] over LRU eviction.
+#[derive(Debug, Default)]
+pub struct StrideAdvisor {
+    list: LruList,
+    readahead: Readahead,
+}
+
+impl StrideAdvisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 impl Advisor for StrideAdvisor {
@@ -100,17 +155,11 @@ impl Advisor for StrideAdvisor {
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
         if !resident {
-            self.on_fault(access.page);
+            self.readahead.on_fault(access.page);
             return;
         }
         self.list.touch(access.page);
-        if Some(access.page) == self.marker {
-            self.marker = None;
-            self.grow();
-            if let Some(next) = self.next_ahead {
-                self.read_ahead_from(next);
-            }
-        }
+        self.readahead.on_observed(access.page);
     }
     fn on_fill(&mut self, page: PageNumber, _prefetched: bool) {
         self.list.touch(page);
@@ -122,7 +171,8 @@ impl Advisor for StrideAdvisor {
         self.list.least_recent(n, out);
     }
     fn prefetch(&mut self, _now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        self.list.drain_absent(&mut self.pending, max, out);
+        let list = &self.list;
+        self.readahead.drain(max, |p| list.contains(p), out);
     }
     fn probability(&self, _page: PageNumber) -> f32 {
         NO_OPINION

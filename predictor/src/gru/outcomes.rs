@@ -49,57 +49,86 @@ pub(super) enum ShadowKey {
     Link(PageNumber),
     /// First-touch candidates in this region (page number >> [`REGION_SHIFT`]).
     FirstTouch(u64),
+    /// A readahead window's pages.
+    Readahead,
 }
 
 /// First-touch candidates are judged per 2 MiB region (512 pages): a heap grows
 /// densely, other mappings are touched sparsely.
 pub(super) const REGION_SHIFT: u32 = 9;
 
+impl ShadowKey {
+    /// Which source: each source judges a page on its own, so one source naming a
+    /// page does not take the judgement another needs to earn its record.
+    fn source(self) -> u8 {
+        match self {
+            ShadowKey::Link(_) => 0,
+            ShadowKey::FirstTouch(_) => 1,
+            ShadowKey::Readahead => 2,
+        }
+    }
+}
+
 /// Candidates not prefetched, waiting for their outcome: used if the page
 /// demand-faults before its deadline (counted in demand faults), wasted otherwise.
 #[derive(Debug, Default)]
 pub(super) struct Shadows {
-    pending: FxHashMap<PageNumber, (ShadowKey, u64)>,
+    /// By page and source ([`ShadowKey::source`]).
+    pending: FxHashMap<(PageNumber, u8), (ShadowKey, u64)>,
     /// The pending pages by deadline, oldest first; entries whose page was forgotten
     /// or renamed since are skipped when they come up.
-    deadlines: VecDeque<(u64, PageNumber)>,
+    deadlines: VecDeque<(u64, PageNumber, u8)>,
     demand_faults: u64,
 }
 
+/// Sources a page can be pending for at once.
+const SOURCES: u8 = 3;
+
 impl Shadows {
-    /// A demand fault on `page`: its pending candidate (if any) was used in time, and
-    /// those past their deadline now were not. `record` gets every outcome.
+    /// A demand fault on `page`: its pending candidates (if any) were used in time,
+    /// and those past their deadline now were not. `record` gets every outcome.
     pub fn on_demand_fault(&mut self, page: PageNumber, mut record: impl FnMut(ShadowKey, bool)) {
         self.demand_faults += 1;
-        if let Some((key, _)) = self.pending.remove(&page) {
-            record(key, true);
+        if !self.pending.is_empty() {
+            for source in 0..SOURCES {
+                if let Some((key, _)) = self.pending.remove(&(page, source)) {
+                    record(key, true);
+                }
+            }
         }
-        while let Some(&(deadline, page)) = self.deadlines.front() {
+        while let Some(&(deadline, page, source)) = self.deadlines.front() {
             if deadline > self.demand_faults {
                 break;
             }
             self.deadlines.pop_front();
-            if self.pending.get(&page).is_some_and(|&(_, d)| d == deadline) {
-                let (key, _) = self.pending.remove(&page).expect("just looked up");
+            let slot = (page, source);
+            if self.pending.get(&slot).is_some_and(|&(_, d)| d == deadline) {
+                let (key, _) = self.pending.remove(&slot).expect("just looked up");
                 record(key, false);
             }
         }
     }
 
     /// Judges `page`, named by `key` but not prefetched, over the next `horizon`
-    /// demand faults. A page already pending keeps its first judge.
+    /// demand faults. A page already pending for the same source keeps its first
+    /// judge.
     pub fn add(&mut self, key: ShadowKey, page: PageNumber, horizon: u64) {
-        if self.pending.contains_key(&page) {
+        let slot = (page, key.source());
+        if self.pending.contains_key(&slot) {
             return;
         }
         let deadline = self.demand_faults + horizon.max(1);
-        self.pending.insert(page, (key, deadline));
-        self.deadlines.push_back((deadline, page));
+        self.pending.insert(slot, (key, deadline));
+        self.deadlines.push_back((deadline, page, slot.1));
     }
 
     /// `page` came in by a prefetch: whether it would have faulted is unknown now.
     pub fn forget(&mut self, page: PageNumber) {
-        self.pending.remove(&page);
+        if !self.pending.is_empty() {
+            for source in 0..SOURCES {
+                self.pending.remove(&(page, source));
+            }
+        }
     }
 
     #[cfg(test)]
@@ -118,7 +147,7 @@ mod tests {
         let mut seen = Vec::new();
         s.add(ShadowKey::Link(1), 10, 2);
         s.add(ShadowKey::Link(2), 20, 2);
-        s.add(ShadowKey::Link(3), 20, 5); // already pending: the first judge stays
+        s.add(ShadowKey::Link(3), 20, 5); // already pending: the source's first judge stays
         s.on_demand_fault(10, |k, u| seen.push((k, u)));
         assert_eq!(seen, vec![(ShadowKey::Link(1), true)]);
         s.on_demand_fault(99, |k, u| seen.push((k, u)));
@@ -130,6 +159,32 @@ mod tests {
         s.on_demand_fault(20, |k, u| seen.push((k, u)));
         assert_eq!(seen.len(), 2, "an expired candidate is not judged twice");
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn each_source_judges_a_page_on_its_own() {
+        // A stream's readahead and a link naming the same page: both learn the page
+        // was used, so neither source's record starves the other.
+        let mut s = Shadows::default();
+        let mut seen = Vec::new();
+        s.add(ShadowKey::Readahead, 5, 1);
+        s.add(ShadowKey::Link(4), 5, 1);
+        s.add(ShadowKey::Readahead, 6, 1);
+        s.add(ShadowKey::Link(5), 6, 1);
+        s.on_demand_fault(5, |k, u| seen.push((k, u)));
+        assert_eq!(
+            seen,
+            vec![
+                (ShadowKey::Link(4), true),
+                (ShadowKey::Readahead, true),
+                (ShadowKey::Readahead, false),
+                (ShadowKey::Link(5), false),
+            ]
+        );
+        s.add(ShadowKey::Readahead, 7, 3);
+        s.add(ShadowKey::FirstTouch(0), 7, 3);
+        s.forget(7);
+        assert_eq!(s.pending(), 0, "a prefetch ends every source's judgement");
     }
 
     #[test]

@@ -678,3 +678,66 @@ fn detection_scoring() {
     assert_eq!(s.precision, 0.75);
     assert_eq!(s.mean_delay, 4.0);
 }
+
+/// Reads of `passes` sweeps over `pages` pages from `base`, each page read `reps`
+/// times in a row.
+fn scan_trace(base: u64, pages: u64, passes: u64, reps: usize) -> Vec<tiering::access::Access> {
+    (0..passes)
+        .flat_map(|_| base..base + pages)
+        .flat_map(|p| std::iter::repeat_n(p, reps))
+        .enumerate()
+        .map(|(i, page)| tiering::access::Access {
+            time_ns: i as u64 * 1000,
+            page,
+            vcpu: 0,
+            op: tiering::access::AccessOp::Read,
+            kind: tiering::access::PageKind::Data,
+            source: tiering::access::AccessSource::Full,
+        })
+        .collect()
+}
+
+#[test]
+fn readahead_follows_read_streams_that_links_cannot() {
+    // Reads only, so a live VMM (and the replay's sampled visibility) rarely sees a
+    // prefetched page used: without the walk inference the readahead record goes bad.
+    let (model, meta) = tiny_model();
+    let run = |trace: &[tiering::access::Access], min_window, walk_inference| {
+        let opts = GruOptions {
+            readahead_min_window: min_window,
+            readahead_walk_inference: walk_inference,
+            online: no_online_learning(),
+            ..GruOptions::default()
+        };
+        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+        replay_in_sim(trace, Box::new(adv), 256)
+    };
+    // One pass over 16,384 never-touched pages: successor links have nothing to
+    // follow, first-touch runs name one page at a time. Measured: 12,276 faults off,
+    // 11,121 without the walk inference, 1,644 with it (`stride`: 1,411).
+    let once = scan_trace(4096, 16384, 1, 4);
+    let (off, blind, on) = (
+        run(&once, 0, true),
+        run(&once, 8, false),
+        run(&once, 8, true),
+    );
+    assert!(
+        on.demand_faults * 4 < off.demand_faults,
+        "off {off:?} on {on:?}"
+    );
+    assert!(
+        on.demand_faults * 4 < blind.demand_faults,
+        "blind {blind:?} on {on:?}"
+    );
+    assert!(on.accuracy >= 0.9, "on {on:?}");
+    // Passes over 1,024 pages with RAM for 256: links follow the loop too, and the
+    // stream's shadows must not take the judgement the links' shadows need (each
+    // source judges a page on its own). Measured: 4,825 faults off, 752 on.
+    let looping = scan_trace(4096, 1024, 8, 4);
+    let (off, on) = (run(&looping, 0, true), run(&looping, 8, true));
+    assert!(
+        on.demand_faults * 2 < off.demand_faults,
+        "off {off:?} on {on:?}"
+    );
+    assert!(on.accuracy >= 0.9, "on {on:?}");
+}

@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use crate::baselines::{LeapAdvisor, WorkingSet};
+use crate::baselines::{LeapAdvisor, Readahead, WorkingSet};
 
 use super::anomaly::{AnomalyDetector, AnomalyEvent};
 use super::cell::GruCell;
@@ -68,6 +68,8 @@ enum Source {
     Trend,
     /// A page never touched, next to a run of first touches.
     FirstTouch,
+    /// The window of a confirmed fault stream (kernel-style readahead).
+    Readahead,
 }
 
 /// The GRU advisor.
@@ -103,6 +105,9 @@ pub struct GruAdvisor {
     /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
     link_outcomes: FxHashMap<PageNumber, Outcomes>,
     trend_outcomes: Outcomes,
+    /// Readahead of fault streams, and the record of its candidates.
+    readahead: Readahead,
+    readahead_outcomes: Outcomes,
     /// Outcomes of prefetches through links that had none yet.
     untried_link_outcomes: Outcomes,
     untried_seen: u64,
@@ -165,6 +170,8 @@ impl GruAdvisor {
             origin: FxHashMap::default(),
             link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
+            readahead: Readahead::default(),
+            readahead_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,
             shadows: Shadows::default(),
@@ -349,13 +356,25 @@ impl Advisor for GruAdvisor {
         if self.opts.trend_candidates {
             self.trend.on_access(access, resident);
         }
+        if self.opts.readahead_min_window > 0 {
+            if !resident && self.opts.readahead_walk_inference {
+                self.infer_stream_use(access.page);
+            }
+            if resident {
+                self.readahead.on_observed(access.page);
+            } else {
+                self.readahead.on_fault(access.page);
+            }
+        }
         if !resident {
             let page = access.page;
             self.infer_chain_use(page);
             let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
+            let ahead = &mut self.readahead_outcomes;
             self.shadows.on_demand_fault(page, |key, used| match key {
                 ShadowKey::Link(from) => links.entry(from).or_default().record(used),
                 ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
+                ShadowKey::Readahead => ahead.record(used),
             });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 self.successor.insert(prev, page);

@@ -62,6 +62,17 @@ pub struct GruOptions {
     pub untried_threshold: f32,
     /// Also take candidates from the fault stream's trend (Leap's majority delta).
     pub trend_candidates: bool,
+    /// Also take candidates from kernel-style readahead of the fault stream
+    /// (`baselines::Readahead`) while a stream's window is at least this many pages,
+    /// i.e. the stream was confirmed (0: off). Followed on the source's record for the
+    /// VM, which starts empty and is earned by shadow outcomes as links' are.
+    pub readahead_min_window: usize,
+    /// The readahead record needed to follow it (the other sources use
+    /// `source_threshold`).
+    pub readahead_threshold: f32,
+    /// A fault where the readahead window ended counts the window's prefetched pages
+    /// still in RAM as used (a live VMM does not see reads of mapped pages).
+    pub readahead_walk_inference: bool,
     /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
     /// if it demand-faults within this x the resident pages' worth of demand faults,
     /// wasted otherwise. A link or region then earns its record without prefetching, and
@@ -116,6 +127,9 @@ impl Default for GruOptions {
             prefetch_activation: 2.0,
             inactive_percent: 30,
             trend_candidates: false,
+            readahead_min_window: 0,
+            readahead_threshold: 0.9,
+            readahead_walk_inference: true,
             shadow_horizon: 0.75,
             min_uses: 1,
             link_context: true,
@@ -196,6 +210,18 @@ impl GruOptions {
             "TIERVISOR_GRU_PREFETCH_ACTIVATION",
         );
         flag(&mut o.trend_candidates, "TIERVISOR_GRU_TREND");
+        set(
+            &mut o.readahead_min_window,
+            "TIERVISOR_GRU_READAHEAD_MIN_WINDOW",
+        );
+        set(
+            &mut o.readahead_threshold,
+            "TIERVISOR_GRU_READAHEAD_THRESHOLD",
+        );
+        flag(
+            &mut o.readahead_walk_inference,
+            "TIERVISOR_GRU_READAHEAD_WALK_INFERENCE",
+        );
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
             Ok("inline") => o.online.mode = OnlineMode::Inline,

@@ -1,5 +1,6 @@
 //! The prefetch candidate sources of [`GruAdvisor`]: successor chains of the fault
-//! stream, first-touch runs, the fault trend and (optionally) the model's window plan.
+//! stream, first-touch runs, readahead of fault streams (off by default), the fault
+//! trend and (optionally) the model's window plan.
 //! Each source is followed on its record: prefetch outcomes, and the shadow outcomes
 //! of candidates that were not prefetched (`super::super::outcomes`).
 
@@ -112,6 +113,34 @@ impl GruAdvisor {
             }
         }
         self.first_touch_candidates.clear();
+        if self.opts.readahead_min_window > 0
+            && self.readahead.window() >= self.opts.readahead_min_window
+        {
+            let mut ahead = std::mem::take(&mut self.candidates);
+            ahead.clear();
+            let lists = &self.lists;
+            let room = cap.saturating_sub(out.len() - start);
+            self.readahead
+                .drain(room, |p| lists.contains(p), &mut ahead);
+            // Untrusted, the window's pages are judged as shadows: a stream the
+            // program really walks earns the record by faulting on them.
+            let trusted = self
+                .readahead_outcomes
+                .trusted(self.opts.readahead_threshold, self.opts.min_uses);
+            ahead.retain(|&p| self.readahead.is_ahead(p));
+            for &page in &ahead {
+                if out[start..].contains(&page) {
+                    continue;
+                }
+                if trusted {
+                    out.push(page);
+                    self.origin.entry(page).or_insert(Source::Readahead);
+                } else {
+                    self.add_shadow(ShadowKey::Readahead, page);
+                }
+            }
+            self.candidates = ahead;
+        }
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
             trend.clear();
@@ -168,6 +197,26 @@ impl GruAdvisor {
         self.last_chain.clear();
     }
 
+    /// A demand fault on `page` further along the readahead stream: the program walked
+    /// the stream up to it without faulting, so the stream's prefetched pages behind
+    /// it still in RAM were used, whether or not a sample saw them (the kernel's
+    /// readahead reads the same confirmation from a fault at the window's end).
+    pub(super) fn infer_stream_use(&mut self, page: PageNumber) {
+        if !self.readahead.continues(page) {
+            return;
+        }
+        let stride = self.readahead.stride();
+        // The pending queue holds at most two full windows.
+        for k in 1..=64 {
+            let Some(p) = page.checked_add_signed(-stride * k) else {
+                break;
+            };
+            if matches!(self.origin.get(&p), Some(Source::Readahead)) && self.lists.contains(p) {
+                self.record_outcome(p, true);
+            }
+        }
+    }
+
     /// A prefetched page was used, or evicted unused: its source's record.
     pub(super) fn record_outcome(&mut self, page: PageNumber, used: bool) {
         self.scorer.outcome(page, used);
@@ -179,6 +228,7 @@ impl GruAdvisor {
                 }
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
+            Some(Source::Readahead) => self.readahead_outcomes.record(used),
             Some(Source::FirstTouch) => {
                 self.first_touch_outcomes.record(used);
                 self.first_touch_regions
