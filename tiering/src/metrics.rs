@@ -160,6 +160,11 @@ pub struct TieringReport {
     pub pages_code: u64,
     pub pages_data: u64,
     pub pages_shared: u64,
+    /// Victims the policy picked itself because the advisor named none it could use
+    /// (an arbitrary non-hot resident page: a healthy run has few).
+    pub fallback_victims: u64,
+    /// Victims the advisor named that the policy skipped as hot (tier 0).
+    pub hot_victims_skipped: u64,
     /// Time the fault handler slept waiting for work, in ms.
     pub handler_idle_ms: f64,
     /// Time the fault handler spent inside the advisor's calls, in ms (a learner's

@@ -211,6 +211,8 @@ pub struct PagingPolicy {
     /// Non-resident pages in the order they are re-scored, with their eviction number.
     retier_queue: VecDeque<(PageNumber, u64)>,
     hot: hot::HotSet,
+    /// Hot pages the advisor named before its first usable victim, last time.
+    hot_at_tail: usize,
     window_start_ns: Option<u64>,
     window_accesses: u64,
     stats: PolicyStats,
@@ -234,6 +236,7 @@ impl PagingPolicy {
         let hot_capacity = config.hot_capacity_pages.min(config.ram_budget_pages / 2);
         Ok(Self {
             hot: hot::HotSet::new(hot_capacity, config.hot_decay_windows),
+            hot_at_tail: 0,
             config,
             advisor,
             resident: FxHashMap::default(),
@@ -597,22 +600,38 @@ impl PagingPolicy {
         let budget = self.config.ram_budget_pages;
         let mut victims = std::mem::take(&mut self.scratch);
         let mut retried = false;
+        // Advisors keep hot pages on their lists, and a hot page, never sampled or
+        // probed, sinks to their tails: the advisor is asked for that many more
+        // victims, learned from the last call (the order changes little between
+        // faults) and doubled while a round names nothing but hot pages. Without it,
+        // every victim behind them was the fallback's arbitrary pick.
+        let mut past_hot = self.hot_at_tail;
         while self.resident.len() > budget {
             // After a round that named only the protected page, ask for one more.
             let need = self.resident.len() - budget + usize::from(retried);
             victims.clear();
-            self.advisor.victims(need, &mut victims);
+            let asked = need + past_hot;
+            self.advisor.victims(asked, &mut victims);
             let before = self.resident.len();
+            let mut hot_named = 0;
             for &v in victims.iter() {
                 if self.resident.len() <= budget {
                     break;
                 }
                 if self.hot.contains(v) {
                     self.stats.hot_victims_skipped += 1;
+                    hot_named += 1;
                 } else if Some(v) != protect && self.resident.contains_key(&v) {
                     self.evict(v, out);
                 }
             }
+            self.hot_at_tail = hot_named;
+            if self.resident.len() == before && hot_named > 0 && victims.len() >= asked {
+                // Nothing but hot pages: the advisor may have more behind them.
+                past_hot = 2 * asked;
+                continue;
+            }
+            past_hot = hot_named;
             if self.resident.len() == before && protect.is_some() && !retried {
                 retried = true;
                 continue;

@@ -423,6 +423,37 @@ fn touch(policy: &mut PagingPolicy, page: PageNumber, n: u64, out: &mut Vec<Acti
 }
 
 #[test]
+fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
+    // FIFO names the hot pages 1-4 first on every call. The policy must ask past
+    // them and evict the oldest other page each time, never an arbitrary one (until
+    // session 15 it took the fallback's pick whenever the victims it asked for were
+    // all hot: live, most evictions).
+    let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=4 {
+        touch(&mut policy, page, 3, &mut out);
+    }
+    policy.end_window(0, &mut out);
+    assert_eq!(policy.hot_pages(), 4);
+    out.clear();
+    for (i, page) in (100..200).enumerate() {
+        policy.on_access(&access(i as u64, page), &mut out);
+    }
+    let evicted: Vec<PageNumber> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { page, .. } => Some(*page),
+            _ => None,
+        })
+        .collect();
+    // Pages 100-105 fill the six other slots; from then on each fault evicts the
+    // oldest of them.
+    let want: Vec<PageNumber> = (100..194).collect();
+    assert_eq!(evicted, want);
+    assert_eq!(policy.stats().fallback_victims, 0);
+}
+
+#[test]
 fn hot_pages_are_never_evicted_under_pressure() {
     let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(Fifo::new(0.3))).unwrap();
     let mut out = Vec::new();
