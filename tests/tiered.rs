@@ -209,6 +209,13 @@ fn every_advisor_keeps_the_guests_memory_intact() {
                 t["advisor_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0),
                 "{t}"
             );
+            // Victims are the advisor's own: with a hot set (tier 0) the policy asks
+            // past the hot pages at the advisor's tail instead of picking arbitrary
+            // pages itself (until session 15, most of the victims here).
+            assert!(
+                u(t, "fallback_victims") * 20 <= u(t, "evictions"),
+                "{advisor}, {cmdline}: {t}"
+            );
             if ["stride", "leap", "gru"].contains(&advisor) && cmdline.contains("scan") {
                 assert!(u(t, "prefetch_useful") > 0, "{advisor}: {t}");
             }

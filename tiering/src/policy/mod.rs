@@ -211,7 +211,8 @@ pub struct PagingPolicy {
     /// Non-resident pages in the order they are re-scored, with their eviction number.
     retier_queue: VecDeque<(PageNumber, u64)>,
     hot: hot::HotSet,
-    /// Hot pages the advisor named before its first usable victim, last time.
+    /// Hot pages among the victims the advisor named in the last round: the next call
+    /// asks for that many more.
     hot_at_tail: usize,
     window_start_ns: Option<u64>,
     window_accesses: u64,
@@ -601,10 +602,11 @@ impl PagingPolicy {
         let mut victims = std::mem::take(&mut self.scratch);
         let mut retried = false;
         // Advisors keep hot pages on their lists, and a hot page, never sampled or
-        // probed, sinks to their tails: the advisor is asked for that many more
-        // victims, learned from the last call (the order changes little between
-        // faults) and doubled while a round names nothing but hot pages. Without it,
-        // every victim behind them was the fallback's arbitrary pick.
+        // probed, sinks to their tails. So the advisor is asked for as many more
+        // victims as the last round met hot pages (the order changes little between
+        // faults), and for twice as many while a round names nothing but hot pages.
+        // Asked for only what it needed, it named hot pages alone, and every victim
+        // was the fallback's arbitrary pick.
         let mut past_hot = self.hot_at_tail;
         while self.resident.len() > budget {
             // After a round that named only the protected page, ask for one more.

@@ -70,8 +70,8 @@ pub struct GruOptions {
     /// The readahead record needed to follow it (the other sources use
     /// `source_threshold`).
     pub readahead_threshold: f32,
-    /// A fault where the readahead window ended counts the window's prefetched pages
-    /// still in RAM as used (a live VMM does not see reads of mapped pages).
+    /// A fault that continues a stream counts the stream's prefetched pages behind it
+    /// that are still in RAM as used (a live VMM does not see reads of mapped pages).
     pub readahead_walk_inference: bool,
     /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
     /// if it demand-faults within this x the resident pages' worth of demand faults,
