@@ -10,6 +10,8 @@
 #   ADVISORS=gru,gru@TIERVISOR_GRU_CHAIN_INFERENCE=1 resources/scripts/bench-live.sh
 #     (an entry ADVISOR@VAR=VALUE[@VAR=VALUE...] runs ADVISOR with those environment
 #     variables: two settings of one advisor, interleaved like any two advisors)
+#   ADVISORS=gru,gru@TIERS=resources/tiers/bench-live-no-tier0.toml resources/scripts/bench-live.sh
+#     (@TIERS=FILE is not an environment variable: that entry runs over another tier file)
 #
 # Reports per workload: the guest's own ns per operation (its result line), the
 # slowdown against all-in-RAM, demand faults, prefetches and their accuracy, sampled
@@ -49,18 +51,22 @@ def run(workload, config, seed):
     Returns (ns/op, checksum, metrics)."""
     metrics = os.path.join(WORKDIR, "m.json")
     advisor, env = None, dict(os.environ, TIERVISOR_WORKDIR=WORKDIR)
+    tiers = TIERS
     if config is not None:
         advisor, *assignments = config.split("@")
         for a in assignments:
             var, sep, value = a.partition("=")
             if not sep or not var:
                 sys.exit(f"bench-live: {config}: expected ADVISOR@VAR=VALUE")
-            env[var] = value
+            if var == "TIERS":
+                tiers = value
+            else:
+                env[var] = value
     cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", "64M", "--vcpus", "1",
            "--cmdline", f"workload={workload} mem={MEM} iters={ITERS} seed={seed}",
            "--metrics-out", metrics]
     if advisor is not None:
-        cmd += ["--tiers", TIERS, "--ram-budget", RAM_BUDGET, "--advisor", advisor]
+        cmd += ["--tiers", tiers, "--ram-budget", RAM_BUDGET, "--advisor", advisor]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        env=env)
     m = RESULT.search(p.stdout)
