@@ -422,12 +422,8 @@ fn touch(policy: &mut PagingPolicy, page: PageNumber, n: u64, out: &mut Vec<Acti
     }
 }
 
-#[test]
-fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
-    // FIFO names the hot pages 1-4 first on every call. The policy must ask past
-    // them and evict the oldest other page each time, never an arbitrary one (until
-    // session 15 it took the fallback's pick whenever the victims it asked for were
-    // all hot: live, most evictions).
+/// A FIFO policy with a budget of 10 whose hot set is pages 1-4, and the actions so far.
+fn fifo_with_hot_pages_1_to_4() -> (PagingPolicy, Vec<Action>) {
     let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(Fifo::new(0.3))).unwrap();
     let mut out = Vec::new();
     for page in 1..=4 {
@@ -435,6 +431,16 @@ fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
     }
     policy.end_window(0, &mut out);
     assert_eq!(policy.hot_pages(), 4);
+    (policy, out)
+}
+
+#[test]
+fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
+    // FIFO names the hot pages 1-4 first on every call. The policy must ask past
+    // them and evict the oldest other page each time, never an arbitrary one (until
+    // session 15 it took the fallback's pick whenever the victims it asked for were
+    // all hot: live, most evictions).
+    let (mut policy, mut out) = fifo_with_hot_pages_1_to_4();
     out.clear();
     for (i, page) in (100..200).enumerate() {
         policy.on_access(&access(i as u64, page), &mut out);
@@ -455,13 +461,7 @@ fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
 
 #[test]
 fn hot_pages_are_never_evicted_under_pressure() {
-    let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(Fifo::new(0.3))).unwrap();
-    let mut out = Vec::new();
-    for page in 1..=4 {
-        touch(&mut policy, page, 3, &mut out);
-    }
-    policy.end_window(0, &mut out);
-    assert_eq!(policy.hot_pages(), 4);
+    let (mut policy, mut out) = fifo_with_hot_pages_1_to_4();
     // A stream of 200 cold pages through a budget of 10; FIFO names 1-4 first.
     for (i, page) in (100..300).enumerate() {
         policy.on_access(&access(i as u64, page), &mut out);
