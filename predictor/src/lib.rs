@@ -32,6 +32,9 @@ macro_rules! forward_advisor {
         fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
             self.$inner.probes(max, out);
         }
+        fn wants_hot_set(&self) -> bool {
+            self.$inner.wants_hot_set()
+        }
     };
 }
 

@@ -57,6 +57,15 @@ pub trait Advisor: Send {
     /// visibility an advisor otherwise learns of hits only by chance; probing the pages
     /// it is about to evict is the kernel's referenced-bit check at the inactive tail.
     fn probes(&mut self, _max: usize, _out: &mut Vec<PageNumber>) {}
+
+    /// Whether the policy keeps a hot set (tier 0) over this advisor: the resident
+    /// pages with the most observed accesses, which are never evicted, and brought
+    /// back when they turn hot while out of RAM. The set is chosen by access counts,
+    /// not by the advisor, so an advisor that orders eviction by its own prediction
+    /// may decline it (docs/benchmarks.md, "Session 15, without tier 0").
+    fn wants_hot_set(&self) -> bool {
+        true
+    }
 }
 
 /// An advisor whose calls are timed: the wall time spent inside them is summed into a
@@ -142,6 +151,9 @@ impl Advisor for TimedAdvisor {
     }
     fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
         self.timed(|a| a.probes(max, out))
+    }
+    fn wants_hot_set(&self) -> bool {
+        self.inner.wants_hot_set()
     }
 }
 

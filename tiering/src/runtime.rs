@@ -251,7 +251,14 @@ impl TieredMemory {
         // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.
         let advisor = crate::advisor::TimedAdvisor::new(advisor);
         let advisor_ns = advisor.spent();
+        let tier0_pages = policy_config.hot_capacity_pages;
         let policy = PagingPolicy::new(policy_config, Box::new(advisor))?;
+        if tier0_pages > 0 && policy.hot_capacity() == 0 {
+            log::info!(
+                "tier 0 (the hot set) is not kept: the {} advisor orders eviction by its own prediction",
+                options.advisor_name
+            );
+        }
         let trace = match &options.trace_out {
             Some(path) => {
                 let mut header = crate::trace::TraceHeader {

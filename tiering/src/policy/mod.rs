@@ -234,7 +234,11 @@ impl PagingPolicy {
                 return Err(PolicyError::BadInitialTier(t));
             }
         }
-        let hot_capacity = config.hot_capacity_pages.min(config.ram_budget_pages / 2);
+        let hot_capacity = if advisor.wants_hot_set() {
+            config.hot_capacity_pages.min(config.ram_budget_pages / 2)
+        } else {
+            0
+        };
         Ok(Self {
             hot: hot::HotSet::new(hot_capacity, config.hot_decay_windows),
             hot_at_tail: 0,

@@ -9,6 +9,8 @@ struct Fifo {
     to_prefetch: Vec<PageNumber>,
     p: f32,
     bogus_victims: bool,
+    /// Declines the hot set ([`Advisor::wants_hot_set`]).
+    no_hot_set: bool,
     /// Prefetch outcomes the advisor was told, in order.
     outcomes: std::sync::Arc<std::sync::Mutex<Vec<(PageNumber, bool)>>>,
 }
@@ -20,6 +22,7 @@ impl Fifo {
             to_prefetch: Vec::new(),
             p,
             bogus_victims: false,
+            no_hot_set: false,
             outcomes: Default::default(),
         }
     }
@@ -51,6 +54,9 @@ impl Advisor for Fifo {
     }
     fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
         self.outcomes.lock().unwrap().push((page, used));
+    }
+    fn wants_hot_set(&self) -> bool {
+        !self.no_hot_set
     }
 }
 
@@ -457,6 +463,25 @@ fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
     let want: Vec<PageNumber> = (100..194).collect();
     assert_eq!(evicted, want);
     assert_eq!(policy.stats().fallback_victims, 0);
+}
+
+#[test]
+fn an_advisor_that_declines_the_hot_set_gets_none() {
+    let mut advisor = Fifo::new(0.3);
+    advisor.no_hot_set = true;
+    let mut policy = PagingPolicy::new(hot_config(10, 4), Box::new(advisor)).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=4 {
+        touch(&mut policy, page, 3, &mut out);
+    }
+    policy.end_window(0, &mut out);
+    assert_eq!(policy.hot_capacity(), 0);
+    assert_eq!(policy.hot_pages(), 0);
+    // Every page is the advisor's to evict: FIFO's first victims are pages 1-4.
+    for (i, page) in (100..110).enumerate() {
+        policy.on_access(&access(i as u64, page), &mut out);
+    }
+    assert!((1..=4).all(|p| !policy.is_resident(p)));
 }
 
 #[test]

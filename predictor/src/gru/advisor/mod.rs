@@ -483,6 +483,10 @@ impl Advisor for GruAdvisor {
         self.record_outcome(page, used);
     }
 
+    fn wants_hot_set(&self) -> bool {
+        self.opts.hot_set
+    }
+
     fn probability(&self, page: PageNumber) -> f32 {
         self.block_probability(page)
             .max(self.opts.probability_floor)

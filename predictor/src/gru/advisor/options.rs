@@ -73,6 +73,9 @@ pub struct GruOptions {
     /// A fault that continues a stream counts the stream's prefetched pages behind it
     /// that are still in RAM as used (a live VMM does not see reads of mapped pages).
     pub readahead_walk_inference: bool,
+    /// Let the policy keep a hot set (tier 0) over gru's eviction order
+    /// (`tiering::advisor::Advisor::wants_hot_set`).
+    pub hot_set: bool,
     /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
     /// if it demand-faults within this x the resident pages' worth of demand faults,
     /// wasted otherwise. A link or region then earns its record without prefetching, and
@@ -130,6 +133,7 @@ impl Default for GruOptions {
             readahead_min_window: 0,
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
+            hot_set: true,
             shadow_horizon: 0.75,
             min_uses: 1,
             link_context: true,
@@ -222,6 +226,7 @@ impl GruOptions {
             &mut o.readahead_walk_inference,
             "TIERVISOR_GRU_READAHEAD_WALK_INFERENCE",
         );
+        flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
             Ok("inline") => o.online.mode = OnlineMode::Inline,
