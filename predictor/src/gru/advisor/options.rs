@@ -73,8 +73,10 @@ pub struct GruOptions {
     /// A fault that continues a stream counts the stream's prefetched pages behind it
     /// that are still in RAM as used (a live VMM does not see reads of mapped pages).
     pub readahead_walk_inference: bool,
-    /// Let the policy keep a hot set (tier 0) over gru's eviction order
-    /// (`tiering::advisor::Advisor::wants_hot_set`).
+    /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
+    /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
+    /// gru ran in 0.917 of its time without it (docs/benchmarks.md, "Session 15,
+    /// without tier 0").
     pub hot_set: bool,
     /// Candidates not prefetched are judged too (shadow outcomes): one counts as used
     /// if it demand-faults within this x the resident pages' worth of demand faults,
@@ -133,7 +135,7 @@ impl Default for GruOptions {
             readahead_min_window: 0,
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
-            hot_set: true,
+            hot_set: false,
             shadow_horizon: 0.75,
             min_uses: 1,
             link_context: true,
