@@ -7,6 +7,8 @@
 #   resources/out/traces/holdout/*.tvt a second held-out set (session 8), for checking
 #                                      a change whose idea came after the eval set
 #                                      had been seen
+#   resources/out/traces/holdout2/*.tvt a third (session 15), for a change the
+#                                      holdout set has already judged
 # docs/traces.md says which is which and why. Inputs are generated here from fixed
 # seeds, so every run traces the same work. Run from anywhere after `make build`.
 #
@@ -26,7 +28,7 @@ out=$(realpath -m "${OUT:-resources/out/traces}")
 jobs=${JOBS:-2}
 max_records=${MAX_RECORDS:-12000000}
 only=${ONLY:-}
-for tool in valgrind setarch flock sqlite3 xz gzip bzip2 perl diff gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
+for tool in valgrind setarch flock sqlite3 xz gzip bzip2 lz4 tar sed perl diff gcc sort awk grep /usr/bin/python3 "$tiervisor"; do
     command -v "$tool" >/dev/null || { echo "make-traces: $tool is missing (make setup / make build)" >&2; exit 1; }
 done
 python=/usr/bin/python3 # the distribution's, not a version manager's shell shim
@@ -40,7 +42,7 @@ flock 9
 rm -rf "$work"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out/train" "$out/eval" "$out/holdout"
+mkdir -p "$out/train" "$out/eval" "$out/holdout" "$out/holdout2"
 
 # ---------------------------------------------------------------- inputs (fixed seeds)
 # words SEED LINES: pseudo-English text, 8-12 words a line from a 2,000-word vocabulary
@@ -159,6 +161,10 @@ words 9 800 >"$work/text-e.txt"
 sed 's/a/e/3; 7~5d' "$work/text-e.txt" >"$work/text-f.txt"   # an edited copy, for diff
 sql_window 1500 >"$work/window.sql"
 py_json >"$work/json.py"
+# The holdout2 set's inputs (session 15: new seeds, programs in no other set).
+words 10 2000 >"$work/text-g.txt"     # ~130 KB for lz4 and sed
+words 11 600 >"$work/text-h.txt"
+words 12 600 >"$work/text-i.txt"
 cat >"$work/subst.pl" <<'PL'
 my %c;
 while (<>) { s/([aeiou])([a-z])/$2$1/g; $c{$_}++ for split; }
@@ -228,6 +234,9 @@ captures=(
     "holdout|sqlite-window|sqlite3: window functions over 1.5k rows|sqlite3 c.db .read\ window.sql"
     "holdout|python-json|python3: 600-record JSON dump, parse and sort|$python -P -S json.py"
     "holdout|diff|diff of two 800-line texts, one edited|diff text-e.txt text-f.txt"
+    "holdout2|lz4-hc|lz4 -9 compressing 130 KB of text|lz4 -9 -c text-g.txt"
+    "holdout2|tar|tar archive of three texts (210 KB)|tar cf - text-g.txt text-h.txt text-i.txt"
+    "holdout2|sed-regex|sed -E: two regex substitutions over 130 KB of text|sed -E s/([aeiou])([a-z]+)/\\\\2\\\\1/g;s/^(.{20}).*/\\\\1/ text-g.txt"
 )
 guests=(
     "train|guest-zipf|workload=zipf mem=16M iters=100000 seed=11"
