@@ -379,6 +379,9 @@ fn first_touch_runs_are_prefetched_when_enabled() {
     let run = |first_touch_run| {
         let opts = GruOptions {
             first_touch_run,
+            // The first-touch source alone: readahead (on by default since session
+            // 15) follows this growing heap as well.
+            readahead_min_window: 0,
             online: no_online_learning(),
             ..GruOptions::default()
         };

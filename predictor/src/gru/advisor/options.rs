@@ -64,8 +64,10 @@ pub struct GruOptions {
     pub trend_candidates: bool,
     /// Also take candidates from kernel-style readahead of the fault stream
     /// (`baselines::Readahead`) while a stream's window is at least this many pages,
-    /// i.e. the stream was confirmed (0: off). Followed on the source's record for the
-    /// VM, which starts empty and is earned by shadow outcomes as links' are.
+    /// i.e. the stream was confirmed (0: off; 8 since session 15, by a rule written
+    /// before its holdout2 and live runs, docs/predictor.md). Followed on the source's
+    /// record for the VM, which starts empty and is earned by shadow outcomes as
+    /// links' are.
     pub readahead_min_window: usize,
     /// The readahead record needed to follow it (the other sources use
     /// `source_threshold`).
@@ -132,7 +134,7 @@ impl Default for GruOptions {
             prefetch_activation: 2.0,
             inactive_percent: 30,
             trend_candidates: false,
-            readahead_min_window: 0,
+            readahead_min_window: 8,
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
             hot_set: false,
