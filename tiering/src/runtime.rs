@@ -251,14 +251,13 @@ impl TieredMemory {
         // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.
         let advisor = crate::advisor::TimedAdvisor::new(advisor);
         let advisor_ns = advisor.spent();
-        let tier0_pages = policy_config.hot_capacity_pages;
-        let policy = PagingPolicy::new(policy_config, Box::new(advisor))?;
-        if tier0_pages > 0 && policy.hot_capacity() == 0 {
+        if policy_config.hot_capacity_pages > 0 && !advisor.wants_hot_set() {
             log::info!(
                 "tier 0 (the hot set) is not kept: the {} advisor orders eviction by its own prediction",
                 options.advisor_name
             );
         }
+        let policy = PagingPolicy::new(policy_config, Box::new(advisor))?;
         let trace = match &options.trace_out {
             Some(path) => {
                 let mut header = crate::trace::TraceHeader {
