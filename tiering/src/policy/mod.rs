@@ -605,8 +605,8 @@ impl PagingPolicy {
         let budget = self.config.ram_budget_pages;
         let mut victims = std::mem::take(&mut self.scratch);
         let mut retried = false;
-        // Advisors keep hot pages on their lists, and a hot page, never sampled or
-        // probed, sinks to their tails. So the advisor is asked for as many more
+        // Advisors keep hot pages on their lists, and a hot page, mapped and never
+        // probed (a random sample sees it now and then), sinks to their tails. So the advisor is asked for as many more
         // victims as the last round met hot pages (the order changes little between
         // faults), and for twice as many while a round names nothing but hot pages.
         // Asked for only what it needed, it named hot pages alone, and every victim
