@@ -61,7 +61,7 @@ model: build
 
 # gru against the baselines on the held-out evaluation traces at 25% RAM: unbounded
 # storage tiers, then little fast room (placement matters); the same on the holdout
-# set if `make traces` made it; then the GRU's cost for a 1 M-page VM.
+# and holdout2 sets if `make traces` made them; then the GRU's cost for a 1 M-page VM.
 BENCH_PREDICT := $(CARGO) run --release -p predictor --example bench_predict -- --ram-fraction 0.25
 CONSTRAINED := --tiers resources/tiers/bench-constrained.toml
 bench-predict: build
@@ -73,6 +73,11 @@ bench-predict: build
 		$(BENCH_PREDICT) $(OUT)/traces/holdout/*.tvt && \
 		$(BENCH_PREDICT) $(CONSTRAINED) $(OUT)/traces/holdout/*.tvt; \
 	else echo "make bench-predict: no traces in $(OUT)/traces/holdout (make traces): holdout set skipped" >&2; fi
+	@if ls $(OUT)/traces/holdout2/*.tvt >/dev/null 2>&1; then \
+		echo "== the holdout2 set (a third held-out check, session 15)"; \
+		$(BENCH_PREDICT) $(OUT)/traces/holdout2/*.tvt && \
+		$(BENCH_PREDICT) $(CONSTRAINED) $(OUT)/traces/holdout2/*.tvt; \
+	else echo "make bench-predict: no traces in $(OUT)/traces/holdout2 (make traces): holdout2 set skipped" >&2; fi
 	$(CARGO) run --release -p predictor --example gru_cost
 
 # Pattern-change detection on spliced evaluation traces with known change points (docs/anomaly.md).
