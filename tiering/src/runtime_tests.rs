@@ -390,15 +390,11 @@ fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
     let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
     let wanted: Vec<PageNumber> = (0..16).collect();
     tm.prefetch(&wanted, 1).unwrap();
-    // Once the jobs are with the migrator (reports come every 20 ms), touch the pages.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tm
-        .snapshot()
-        .is_none_or(|r| r.migrations < before.migrations + 16)
-    {
-        assert!(std::time::Instant::now() < deadline, "{:#?}", tm.snapshot());
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    // Once the jobs are with the migrator (reports come every 20 ms), touch the pages,
+    // well before their 300 ms reads end.
+    poll_until(&tm, std::time::Duration::from_millis(2), |r| {
+        r.migrations >= before.migrations + 16
+    });
     for &p in &wanted {
         // SAFETY: as above. Each read faults on a page whose read is in flight.
         let got = unsafe { word(p as usize).read_volatile() };
@@ -421,9 +417,19 @@ fn wait_for_idle(
     tm: &TieredMemory,
     done: impl Fn(&crate::metrics::TieringReport) -> bool,
 ) -> crate::metrics::TieringReport {
+    poll_until(tm, std::time::Duration::from_millis(100), done)
+}
+
+/// The first published report satisfying `done`, looked at every `every`; fails after
+/// 10 s.
+fn poll_until(
+    tm: &TieredMemory,
+    every: std::time::Duration,
+    done: impl Fn(&crate::metrics::TieringReport) -> bool,
+) -> crate::metrics::TieringReport {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(every);
         if let Some(r) = tm.snapshot().filter(|r| done(r)) {
             return r;
         }

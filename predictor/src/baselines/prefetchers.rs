@@ -58,14 +58,17 @@ impl Readahead {
         self.window = (self.window * 2).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
     }
 
-    /// A demand fault on `page`.
-    pub fn on_fault(&mut self, page: PageNumber) {
+    /// A demand fault on `page`. Returns whether it continued the stream: it came where
+    /// the readahead ended or on a page it had queued, so the program walked the
+    /// stream up to it.
+    pub fn on_fault(&mut self, page: PageNumber) -> bool {
         let delta = self
             .last_fault
             .map(|l| page.wrapping_sub(l) as i64)
             .unwrap_or(0);
         self.last_fault = Some(page);
-        if self.continues(page) || (delta != 0 && delta == self.stride) {
+        let continued = self.continues(page);
+        if continued || (delta != 0 && delta == self.stride) {
             if self.window == 0 {
                 self.window = STRIDE_INITIAL_WINDOW;
             } else {
@@ -85,6 +88,7 @@ impl Readahead {
             self.marker = None;
             self.pending.clear();
         }
+        continued
     }
 
     /// An observed access to resident `page`: the marker page of the last window
@@ -101,7 +105,7 @@ impl Readahead {
 
     /// Whether a demand fault on `page` continues the stream: it is where the
     /// readahead ended or on a page it had queued but not yet read.
-    pub fn continues(&self, page: PageNumber) -> bool {
+    fn continues(&self, page: PageNumber) -> bool {
         self.window > 0 && (Some(page) == self.next_ahead || self.pending.contains(&page))
     }
 

@@ -606,11 +606,11 @@ impl PagingPolicy {
         let mut victims = std::mem::take(&mut self.scratch);
         let mut retried = false;
         // Advisors keep hot pages on their lists, and a hot page, mapped and never
-        // probed (a random sample sees it now and then), sinks to their tails. So the advisor is asked for as many more
-        // victims as the last round met hot pages (the order changes little between
-        // faults), and for twice as many while a round names nothing but hot pages.
-        // Asked for only what it needed, it named hot pages alone, and every victim
-        // was the fallback's arbitrary pick.
+        // probed (a random sample sees it now and then), sinks to their tails. So the
+        // advisor is asked for as many more victims as the last round met hot pages
+        // (the order changes little between faults), and for twice as many while a
+        // round names nothing but hot pages. Asked for only what it needed, it named
+        // hot pages alone, and every victim was the fallback's arbitrary pick.
         let mut past_hot = self.hot_at_tail;
         while self.resident.len() > budget {
             // After a round that named only the protected page, ask for one more.

@@ -357,13 +357,10 @@ impl Advisor for GruAdvisor {
             self.trend.on_access(access, resident);
         }
         if self.opts.readahead_min_window > 0 {
-            if !resident && self.opts.readahead_walk_inference {
-                self.infer_stream_use(access.page);
-            }
             if resident {
                 self.readahead.on_observed(access.page);
-            } else {
-                self.readahead.on_fault(access.page);
+            } else if self.readahead.on_fault(access.page) && self.opts.readahead_walk_inference {
+                self.infer_stream_use(access.page);
             }
         }
         if !resident {

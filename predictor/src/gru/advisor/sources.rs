@@ -197,14 +197,11 @@ impl GruAdvisor {
         self.last_chain.clear();
     }
 
-    /// A demand fault on `page` further along the readahead stream: the program walked
-    /// the stream up to it without faulting, so the stream's prefetched pages behind
-    /// it still in RAM were used, whether or not a sample saw them (the kernel's
+    /// A demand fault on `page` continued the readahead stream: the program walked the
+    /// stream up to it without faulting, so the stream's prefetched pages behind it
+    /// still in RAM were used, whether or not a sample saw them (the kernel's
     /// readahead reads the same confirmation from a fault at the window's end).
     pub(super) fn infer_stream_use(&mut self, page: PageNumber) {
-        if !self.readahead.continues(page) {
-            return;
-        }
         let stride = self.readahead.stride();
         // The pending queue holds at most two full windows.
         for k in 1..=64 {
