@@ -240,6 +240,10 @@ fn bad_inputs_give_one_line_and_status_2() {
         &["run", "--kernel", tiny, "--initrd", "/nonexistent/initrd"],
         "cannot read initrd",
     );
+    assert_bad_input(
+        &["run", "--kernel", tiny, "--advisor", "gru"],
+        "--advisor gru needs --tiers",
+    );
 }
 
 #[test]

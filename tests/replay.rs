@@ -161,6 +161,7 @@ fn table_output_and_usage_errors() {
     assert!(small > unbounded, "{small} <= {unbounded}");
     bad(&["--advisor", "lru,magic"], "unknown advisor \"magic\"");
     bad(&["--ram-fraction", "1.5"], "--ram-fraction");
+    bad(&["--window-us", "0"], "--window-us must be at least 1");
     bad(
         &["--visibility", "full", "--dirty-harvest", "1"],
         "--dirty-harvest",

@@ -31,6 +31,8 @@ pub enum TieredInputError {
     Budget(String),
     #[error("--ram-budget needs --tiers FILE (where the pages beyond the budget go)")]
     BudgetWithoutTiers,
+    #[error("--advisor {0} needs --tiers FILE (without tiers all guest memory is RAM and nothing is paged)")]
+    AdvisorWithoutTiers(String),
     #[error("--advisor: {0}")]
     Advisor(String),
 }
@@ -68,6 +70,9 @@ impl TieredRequest {
         let Some(path) = tiers else {
             if ram_budget.is_some() {
                 return Err(TieredInputError::BudgetWithoutTiers);
+            }
+            if advisor != "none" {
+                return Err(TieredInputError::AdvisorWithoutTiers(advisor.to_string()));
             }
             return Ok(None);
         };

@@ -52,7 +52,7 @@ pub struct ReplayArgs {
     /// the live VMM.
     #[arg(long, default_value_t = 0)]
     pub dirty_harvest: u32,
-    /// Monitoring window in microseconds of simulated time.
+    /// Monitoring window in microseconds of simulated time (at least 1).
     #[arg(long, default_value_t = 1000)]
     pub window_us: u64,
     /// Prefetches per window.
@@ -94,6 +94,9 @@ pub fn run(args: ReplayArgs) -> i32 {
         return super::usage_error(
             "replay: --dirty-harvest shows written pages to advisors that see only samples; with --visibility full they see every access already",
         );
+    }
+    if args.window_us == 0 {
+        return super::usage_error("replay: --window-us must be at least 1");
     }
     if !(args.ns_per_instruction > 0.0 && args.ns_per_instruction.is_finite()) {
         return super::usage_error("replay: --ns-per-instruction must be a positive number");

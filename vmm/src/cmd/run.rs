@@ -53,7 +53,8 @@ pub struct RunArgs {
     /// Record guest memory access events to this trace file.
     #[arg(long, value_name = "FILE", requires = "tiers")]
     pub trace_out: Option<PathBuf>,
-    /// Paging advisor: none (CLOCK demand paging), lru, lfu, arc, lirs, workingset, stride, leap, gru.
+    /// Paging advisor: none (CLOCK demand paging), lru, lfu, arc, lirs, workingset, stride, leap, gru
+    /// (any but none needs --tiers).
     #[arg(long, value_name = "NAME", default_value = "none")]
     pub advisor: String,
     /// Directory where tiered VMs publish page content hashes; pages another live
