@@ -202,8 +202,21 @@ fn train_refuses_bad_input_with_one_line() {
     let err = String::from_utf8_lossy(&bad_init.stderr);
     assert!(err.contains("not a tiervisor GRU model"), "{err}");
 
-    let bad_block = train(&t, &model, &["--block-pages", "24"]);
-    assert_eq!(bad_block.status.code(), Some(2));
+    for (args, expect) in [
+        (&["--block-pages", "24"][..], "--block-pages 24"),
+        (&["--lr", "NaN"][..], "--lr NaN must be a positive number"),
+        (&["--threshold", "2"][..], "--threshold 2 must be in [0, 1]"),
+        (&["--max-samples", "0"][..], "must be positive"),
+    ] {
+        let out = train(&t, &model, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("tiervisor: train: ") && err.contains(expect),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 
     // An unwritable model path is refused before the traces are replayed, not after
     // the training it would throw away.

@@ -224,7 +224,9 @@ pub fn auc(scored: &mut [(f64, bool)]) -> f64 {
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mut rank_sum, mut pos, mut i) = (0.0f64, 0usize, 0usize);
     while i < scored.len() {
-        let mut j = i;
+        // The group holds scored[i] itself even when it is NaN (NaN != NaN): a model
+        // with NaN weights once hung `tiervisor train` here.
+        let mut j = i + 1;
         while j < scored.len() && scored[j].0 == scored[i].0 {
             j += 1;
         }
@@ -275,5 +277,12 @@ mod auc_tests {
         assert_eq!(auc(&mut s), 0.0);
         let mut s = vec![(0.5, false), (0.5, true)];
         assert_eq!(auc(&mut s), 0.5);
+    }
+
+    #[test]
+    fn auc_of_nan_scores_ends() {
+        // NaN sorts last and ranks above every number: here, like a perfect score.
+        let mut s = vec![(f64::NAN, true), (0.2, false), (f64::NAN, true)];
+        assert_eq!(auc(&mut s), 1.0);
     }
 }

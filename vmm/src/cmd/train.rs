@@ -71,8 +71,10 @@ pub struct TrainArgs {
     /// Cap on training samples over all traces (evenly thinned beyond it).
     #[arg(long, default_value_t = 60_000)]
     pub max_samples: usize,
+    /// Learning rate (positive).
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
+    /// Samples per training batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
     /// Probability threshold for the reported precision/recall (the prefetch threshold).
@@ -141,6 +143,16 @@ fn train(args: &TrainArgs) -> Result<(), String> {
         || args.epochs == 0
     {
         return Err("--hidden, --horizon, --seq-len, --batch and --epochs must be positive".into());
+    }
+    if args.samples_per_window == 0 || args.max_samples == 0 {
+        return Err("--samples-per-window and --max-samples must be positive".into());
+    }
+    // A NaN rate never converges and never stops being NaN: training ran on forever.
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(format!("--lr {} must be a positive number", args.lr));
+    }
+    if !(0.0..=1.0).contains(&args.threshold) {
+        return Err(format!("--threshold {} must be in [0, 1]", args.threshold));
     }
     let fcfg = FeatureConfig {
         block_shift: args.block_pages.trailing_zeros(),
