@@ -170,6 +170,70 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
     );
 }
 
+/// Storage tiers smaller than what the guest touches beyond its RAM budget: once they
+/// are full, evictions are refused and RAM holds the rest. Before the policy waited for
+/// room, it zapped and took back a page for every page RAM was over budget at every
+/// fault, and this run (0.4 s now) had not finished after a minute.
+#[test]
+fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
+    let dir = workdir("full");
+    let tiers = dir.join("small.toml");
+    std::fs::write(
+        &tiers,
+        format!(
+            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"1M\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
+            dir.join("t2.img").display()
+        ),
+    )
+    .unwrap();
+    let metrics = dir.join("metrics.json");
+    let mut child = tiervisor()
+        .env("TIERVISOR_WORKDIR", &dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args(["--memory", "64M", "--ram-budget", RAM_BUDGET])
+        .args(["--cmdline", "workload=scan mem=8M iters=4000 seed=7"])
+        .arg("--tiers")
+        .arg(&tiers)
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the run did not end within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("result=ok"),
+        "{}",
+        describe(&out)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let t = &m["tiers"];
+    // The 1M tier filled up (256 pages), so RAM holds more than its 512-page budget.
+    assert_eq!(u(&t["per_tier"][2], "capacity_pages"), 256, "{t}");
+    let refused = u(t, "evictions_refused");
+    assert!(
+        (1..=64).contains(&refused),
+        "{refused} evictions refused: {t}"
+    );
+    let resident = u(&t["per_tier"][1], "resident_pages");
+    assert!(
+        resident > u(t, "ram_budget_pages") + 1000,
+        "{resident} resident: {t}"
+    );
+}
+
 /// Every live advisor, the prefetching ones included, over an NVMe-profiled file tier
 /// (`make bench-live`'s tiers): the guest verifies every page it reads back. Prefetches
 /// go through the migrator thread and race demand faults and evictions. With `stride`

@@ -182,7 +182,8 @@ impl Engine {
                     log::debug!("no free slot in any storage tier; page stays in RAM");
                     self.counters.evictions_refused += 1;
                     self.set_state(index, State::Present);
-                    self.policy.evict_failed(self.layout.page_of_index(index));
+                    self.policy
+                        .evict_refused_storage_full(self.layout.page_of_index(index));
                 }
             }
         }

@@ -214,6 +214,12 @@ pub struct PagingPolicy {
     /// Hot pages among the victims the advisor named in the last round: the next call
     /// asks for that many more.
     hot_at_tail: usize,
+    /// Free storage slots known since the engine refused an eviction for want of one
+    /// (`None`: not known to be short). Each page back from storage frees one, and no
+    /// more evictions are tried than that: RAM stays over budget rather than zapping
+    /// pages and taking them back at every fault (each fault then cost as many zaps as
+    /// RAM was over budget, and a guest touching more than the tiers hold crawled).
+    storage_room: Option<u64>,
     window_start_ns: Option<u64>,
     window_accesses: u64,
     stats: PolicyStats,
@@ -242,6 +248,7 @@ impl PagingPolicy {
         Ok(Self {
             hot: hot::HotSet::new(hot_capacity, config.hot_decay_windows),
             hot_at_tail: 0,
+            storage_room: None,
             config,
             advisor,
             resident: FxHashMap::default(),
@@ -543,6 +550,19 @@ impl PagingPolicy {
         }
     }
 
+    /// The eviction of `page` was refused because no storage tier had a free slot: it
+    /// stays in RAM, and no eviction is tried until a page comes back from storage.
+    pub fn evict_refused_storage_full(&mut self, page: PageNumber) {
+        self.evict_failed(page);
+        self.storage_room = Some(0);
+    }
+
+    /// Whether evictions wait for room in the storage tiers
+    /// ([`PagingPolicy::evict_refused_storage_full`]).
+    pub fn storage_full(&self) -> bool {
+        self.storage_room == Some(0)
+    }
+
     /// The eviction of `page` could not be carried out: it stays in RAM (the budget
     /// is enforced again at the next fault or window).
     pub fn evict_failed(&mut self, page: PageNumber) {
@@ -556,6 +576,10 @@ impl PagingPolicy {
     /// the initial tier for a page never stored), and tells the advisor of the fill.
     fn make_resident(&mut self, page: PageNumber, prefetched: bool) -> Option<TierId> {
         let from = self.take_location(page);
+        if let (Some(_), Some(room)) = (from, self.storage_room.as_mut()) {
+            // Its slot can take an evicted page now.
+            *room += 1;
+        }
         self.resident.insert(
             page,
             ResidentPage {
@@ -612,7 +636,7 @@ impl PagingPolicy {
         // round names nothing but hot pages. Asked for only what it needed, it named
         // hot pages alone, and every victim was the fallback's arbitrary pick.
         let mut past_hot = self.hot_at_tail;
-        while self.resident.len() > budget {
+        while self.resident.len() > budget && !self.storage_full() {
             // After a round that named only the protected page, ask for one more.
             let need = self.resident.len() - budget + usize::from(retried);
             victims.clear();
@@ -621,7 +645,7 @@ impl PagingPolicy {
             let before = self.resident.len();
             let mut hot_named = 0;
             for &v in victims.iter() {
-                if self.resident.len() <= budget {
+                if self.resident.len() <= budget || self.storage_full() {
                     break;
                 }
                 if self.hot.contains(v) {
@@ -658,6 +682,10 @@ impl PagingPolicy {
                 }
             }
         }
+        if self.resident.len() <= budget {
+            // Within budget again: the engine will say if the tiers fill up again.
+            self.storage_room = None;
+        }
         self.scratch = victims;
     }
 
@@ -665,6 +693,9 @@ impl PagingPolicy {
         let Some(entry) = self.resident.remove(&page) else {
             return;
         };
+        if let Some(room) = self.storage_room.as_mut() {
+            *room = room.saturating_sub(1);
+        }
         if entry.prefetched_unused {
             self.stats.prefetch_wasted += 1;
         }

@@ -309,6 +309,39 @@ fn failed_actions_put_pages_back() {
     assert!(policy.is_resident(2));
 }
 
+/// Evictions refused for want of storage room are not retried at every fault: only
+/// as many as pages came back from storage since (each frees a slot).
+#[test]
+fn evictions_wait_for_storage_room_after_a_refusal() {
+    let mut policy = PagingPolicy::new(config(2), Box::new(Fifo::new(0.3))).unwrap();
+    let mut out = Vec::new();
+    let mut fault = |policy: &mut PagingPolicy, t: u64, page: PageNumber| {
+        out.clear();
+        policy.on_access(&access(t, page), &mut out);
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Evict { page, .. } => Some(*page),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for page in [1, 2] {
+        assert!(fault(&mut policy, page, page).is_empty());
+    }
+    assert_eq!(fault(&mut policy, 3, 3), [1], "1 goes to storage");
+    assert_eq!(fault(&mut policy, 4, 4), [2]);
+    // The engine found no slot for page 2: it stays, and RAM is over budget.
+    policy.evict_refused_storage_full(2);
+    assert!(policy.storage_full() && policy.is_resident(2));
+    assert!(fault(&mut policy, 5, 5).is_empty());
+    assert!(fault(&mut policy, 6, 6).is_empty());
+    assert_eq!(policy.resident_pages(), 5);
+    // Page 1 comes back from storage: its slot takes one page, no more.
+    assert_eq!(fault(&mut policy, 7, 1), [3]);
+    assert!(policy.storage_full());
+    assert_eq!(policy.resident_pages(), 5);
+}
+
 #[test]
 fn bad_configs_are_refused() {
     let fifo = || Box::new(Fifo::new(0.0));
