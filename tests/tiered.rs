@@ -170,6 +170,77 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
     );
 }
 
+/// SIGTERM during a tiered run with the learning advisor: an orderly stop with the
+/// run's metrics. The tiered-memory threads start before the VM runs; until they
+/// inherited the blocked signal mask, the signal could land in one of them and its
+/// default action ended the process at once, without metrics.
+#[test]
+fn sigterm_stops_a_tiered_run_and_keeps_its_metrics() {
+    let dir = workdir("sigterm");
+    let tiers = nvme_tiers(&dir, "64M");
+    let metrics = dir.join("metrics.json");
+    let mut child = tiervisor()
+        .env("TIERVISOR_WORKDIR", &dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args([
+            "--memory",
+            "64M",
+            "--ram-budget",
+            RAM_BUDGET,
+            "--advisor",
+            "gru",
+        ])
+        .args(["--cmdline", "workload=random mem=8M iters=100000000 seed=7"])
+        .arg("--tiers")
+        .arg(&tiers)
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("tiervisor did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        describe(&out)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let t = &m["tiers"];
+    assert_eq!(t["advisor"], "gru", "{t}");
+    assert!(u(t, "demand_faults") > 0, "{t}");
+}
+
+/// A tier file in `dir`: 64M of RAM (tier 1) and an NVMe-profiled file tier 2 of
+/// `nvme` (a size).
+fn nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
+    let tiers = dir.join("tiers.toml");
+    std::fs::write(
+        &tiers,
+        format!(
+            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"{nvme}\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
+            dir.join("t2.img").display()
+        ),
+    )
+    .unwrap();
+    tiers
+}
+
 /// Storage tiers smaller than what the guest touches beyond its RAM budget: once they
 /// are full, evictions are refused and RAM holds the rest. Before the policy waited for
 /// room, it zapped and took back a page for every page RAM was over budget at every
@@ -177,15 +248,7 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
 #[test]
 fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
     let dir = workdir("full");
-    let tiers = dir.join("small.toml");
-    std::fs::write(
-        &tiers,
-        format!(
-            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"1M\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
-            dir.join("t2.img").display()
-        ),
-    )
-    .unwrap();
+    let tiers = nvme_tiers(&dir, "1M");
     let metrics = dir.join("metrics.json");
     let mut child = tiervisor()
         .env("TIERVISOR_WORKDIR", &dir)

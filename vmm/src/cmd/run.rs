@@ -252,6 +252,12 @@ pub fn open_kvm(vcpus: u32) -> Result<Kvm, RunInputError> {
 
 /// `tiervisor run`; returns the exit status.
 pub fn run(args: RunArgs, process_start: Instant) -> i32 {
+    // Before any thread starts (tiered memory and its advisor start theirs before the
+    // VM runs), so a SIGTERM waits for the VM's signalfd instead of killing the process.
+    if let Err(e) = vmm::event_loop::block_stop_signals() {
+        eprintln!("tiervisor: cannot block SIGINT/SIGTERM: {e}");
+        return 1;
+    }
     let config = match validate(&args) {
         Ok(c) => c,
         Err(e) => return super::usage_error(e),
