@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# Baseline B1 of docs/design.md: stock QEMU (microvm, KVM) with its memory in a cgroup-v1
+# memory controller over a Linux swap file, against tiervisor paging the same guest to a
+# plain file on the same disk (O_DIRECT, no emulated latency: the disk as it is, like
+# the swap file). The test guest's workloads of `make bench-live` (8 MiB of working
+# memory in a 64 MiB guest):
+#   - QEMU under memory limits of LIMITS MiB (QEMU's own memory and the guest's). QEMU
+#     starts paused with the kernel loaded and the limit is set then (its start-up
+#     would thrash under a limit this small, and the reclaim of what it touched
+#     starting up is not what is measured). Transparent huge pages are off for QEMU
+#     (PR_SET_THP_DISABLE), or they stay resident and the cgroup kills QEMU
+#     (HOST-NOTES.md). The kernel decides how much of the limit the guest's RAM gets:
+#     the guest RAM mapping's resident size is sampled every 10 ms and its median
+#     reported, so runs compare at the guest memory they really had.
+#   - after each QEMU run that finished, tiervisor with a `--ram-budget` of the guest
+#     memory QEMU's guest had resident (rounded down to 1/4 MiB), the rest on the
+#     tier-2 file: the two compare at the same guest RAM.
+# Each VMM's slowdown is against its own all-in-RAM run; ns/op are the guest's own (its
+# result line), so VMM start-up and exit are not in them.
+#
+#   resources/scripts/bench-swap.sh            (make bench-swap builds what it needs)
+#   ROUNDS=3 LIMITS=6,8 WORKLOADS=zipf,random ADVISORS=none,gru \
+#       resources/scripts/bench-swap.sh
+#
+# Needs root, a cgroup-v1 memory controller at /sys/fs/cgroup/memory, swapon, and
+# qemu-system-x86_64 (`make setup`). The swap file is made under target/ (a disk file
+# system) and removed, with the cgroup, on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+. resources/scripts/built.sh bench-swap
+fail() { echo "bench-swap: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "needs root (cgroup limits and swapon)"
+CG_ROOT=/sys/fs/cgroup/memory
+[ -w "$CG_ROOT/memory.limit_in_bytes" ] || [ -d "$CG_ROOT" ] ||
+    fail "no cgroup-v1 memory controller at $CG_ROOT"
+command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing: run \`make setup\`"
+command -v swapon >/dev/null || fail "swapon is missing"
+
+mkdir -p target
+WORKDIR=$(cd "$(mktemp -d -p target bench-swap.XXXXXX)" && pwd)
+CGROUP="$CG_ROOT/tiervisor-bench-swap-$$"
+SWAPFILE="$WORKDIR/swapfile"
+cleanup() {
+    swapoff "$SWAPFILE" 2>/dev/null || true
+    rmdir "$CGROUP" 2>/dev/null || true
+    rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+# Written out and synced before mkswap: a swap file still in dirty page cache stalls
+# the first runs into OOM kills (HOST-NOTES.md).
+dd if=/dev/zero of="$SWAPFILE" bs=1M count=512 conv=fsync status=none
+chmod 600 "$SWAPFILE"
+mkswap -q "$SWAPFILE"
+swapon -p 32767 "$SWAPFILE" || fail "swapon $SWAPFILE failed"
+mkdir "$CGROUP"
+export TIERVISOR GUEST WORKDIR CGROUP
+
+python3 - "$@" <<'PY'
+import ctypes, json, math, os, re, socket, statistics, subprocess, sys, threading, time
+
+TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
+WORKDIR, CGROUP = os.environ["WORKDIR"], os.environ["CGROUP"]
+ROUNDS = int(os.environ.get("ROUNDS", "1"))
+LIMITS = [float(x) for x in os.environ.get("LIMITS", "4,5,6,8,10").split(",")]
+ADVISORS = os.environ.get("ADVISORS", "none,leap,gru").split(",")
+WORKLOADS = os.environ.get("WORKLOADS", "scan,stride,random,zipf,chase,phases,kv").split(",")
+ITERS = int(os.environ.get("ITERS", "20000"))
+MEM_MIB = 8          # the workload's working memory
+GUEST_MEM_MIB = 64
+GUEST_MEM = f"{GUEST_MEM_MIB}M"
+RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
+MIB = 1 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_THP_DISABLE = 41
+
+
+def cg(name, value=None):
+    path = os.path.join(CGROUP, name)
+    if value is None:
+        with open(path) as f:
+            return f.read()
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def qmp(path):
+    """Connects to QEMU's QMP socket; returns (socket, command function)."""
+    started = time.monotonic()
+    while True:
+        try:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(path)
+            break
+        except OSError:
+            sock.close()
+            if time.monotonic() - started > 10:
+                raise
+            time.sleep(0.005)
+    f = sock.makefile("rw")
+    f.readline()  # the greeting
+
+    def command(name):
+        f.write(json.dumps({"execute": name}) + "\n")
+        f.flush()
+        while True:
+            reply = json.loads(f.readline())
+            if "return" in reply or "error" in reply:
+                return reply
+
+    command("qmp_capabilities")
+    return sock, command
+
+
+def guest_resident_kib(pid):
+    """Resident KiB of QEMU's guest RAM (its anonymous mapping of GUEST_MEM), or None."""
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        size = re.search(r"^Size:\s+(\d+) kB", block, re.M)
+        if size and int(size.group(1)) == GUEST_MEM_MIB * 1024:
+            return int(re.search(r"^Rss:\s+(\d+) kB", block, re.M).group(1))
+    return None
+
+
+def qemu(cmdline, limit):
+    """The guest under stock QEMU in the cgroup. QEMU starts paused (-S) with the
+    kernel loaded; the limit (bytes, or None) is set then, so the reclaim of what QEMU
+    touched starting up is neither thrashed through nor timed; QMP `cont` starts the
+    guest. Returns (ns/op, checksum, median resident MiB of the guest's RAM while it
+    ran) or (None, why it failed, None)."""
+    cg("memory.limit_in_bytes", -1)
+    # Start each run from an empty cgroup: the last run's page cache is charged here.
+    cg("memory.force_empty", 0)
+    sock_path = os.path.join(WORKDIR, "qmp.sock")
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+
+    def enter():
+        libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
+        with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    cmd = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-m", GUEST_MEM,
+           "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", GUEST,
+           "-append", cmdline, "-S", "-qmp", f"unix:{sock_path},server=on,wait=off"]
+    p = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sock, command = qmp(sock_path)
+    if limit is not None:
+        try:
+            cg("memory.limit_in_bytes", limit)
+        except OSError as e:
+            p.kill()
+            p.communicate()
+            sock.close()
+            return None, f"limit {limit} refused ({e.strerror})", None
+    resident = []
+
+    def sample():
+        while p.poll() is None:
+            kib = guest_resident_kib(p.pid)
+            if kib is not None:
+                resident.append(kib)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    command("cont")
+    sampler.start()
+    out, _ = p.communicate()
+    sampler.join()
+    sock.close()
+    m = RESULT.search(out)
+    if not m or m.group(5) != "ok":
+        why = "OOM-killed" if p.returncode == -9 else f"status {p.returncode}"
+        return None, why, None
+    mib = statistics.median(resident) / 1024 if resident else None
+    return int(m.group(3)) / int(m.group(2)), m.group(4), mib
+
+
+def tiervisor(cmdline, budget_mib, advisor):
+    tiers = os.path.join(WORKDIR, "tiers.toml")
+    with open(tiers, "w") as f:
+        f.write(f'[tier1]\ncapacity = "{GUEST_MEM}"\nbackend = "ram"\n'
+                f'[tier2]\ncapacity = "{GUEST_MEM}"\nfile = "{WORKDIR}/tier2.img"\n')
+    cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", GUEST_MEM, "--cmdline", cmdline]
+    if advisor is not None:
+        budget_kib = int(budget_mib * 1024)
+        cmd += ["--tiers", tiers, "--ram-budget", f"{budget_kib}K", "--advisor", advisor]
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env=dict(os.environ, TIERVISOR_WORKDIR=WORKDIR))
+    m = RESULT.search(p.stdout)
+    if p.returncode != 0 or not m or m.group(5) != "ok":
+        sys.exit(f"bench-swap: tiervisor {advisor or 'all RAM'} failed "
+                 f"(status {p.returncode}):\n{p.stdout}{p.stderr}")
+    return int(m.group(3)) / int(m.group(2)), m.group(4)
+
+
+def cmdline(workload, mem=f"{MEM_MIB}M"):
+    return f"workload={workload} mem={mem} iters={ITERS} seed=7"
+
+
+# Per workload and round: each VMM all in RAM; then per limit, QEMU under it, and
+# tiervisor with a RAM budget of the guest memory QEMU's guest had resident in that
+# run (rounded down to 1/4 MiB), so the two compare at the same guest RAM.
+runs = []        # (workload, limit, qemu ns/op or None, why, resident MiB, {advisor: ns/op})
+ram = {}         # (workload, vmm) -> [ns/op all in RAM]
+checksums = {}
+total = ROUNDS * len(WORKLOADS) * (2 + len(LIMITS) * (1 + len(ADVISORS)))
+done = 0
+
+
+def progress(what):
+    global done
+    done += 1
+    print(f"\rbench-swap: run {done}/{total} ({what})          ", end="", file=sys.stderr,
+          flush=True)
+
+
+def check(w, checksum, who):
+    if checksums.setdefault(w, checksum) != checksum:
+        sys.exit(f"bench-swap: {w} under {who} gave checksum {checksum}, "
+                 f"expected {checksums[w]}")
+
+
+for r in range(ROUNDS):
+    for w in WORKLOADS:
+        ns, checksum, _ = qemu(cmdline(w), None)
+        if ns is None:
+            sys.exit(f"bench-swap: {w} under QEMU without a limit failed: {checksum}")
+        check(w, checksum, "QEMU")
+        ram.setdefault((w, "qemu"), []).append(ns)
+        progress(f"round {r + 1}, {w}, QEMU all in RAM")
+        ns, checksum = tiervisor(cmdline(w), None, None)
+        check(w, checksum, "tiervisor")
+        ram.setdefault((w, "tiervisor"), []).append(ns)
+        progress(f"round {r + 1}, {w}, tiervisor all in RAM")
+        for limit in LIMITS:
+            ns, why, resident = qemu(cmdline(w), int(limit * MIB))
+            progress(f"round {r + 1}, {w}, QEMU at {limit:g} MiB")
+            row = [w, limit, ns, why, resident, {}]
+            runs.append(row)
+            if ns is None:
+                done += len(ADVISORS)
+                continue
+            check(w, why, "QEMU")
+            budget = math.floor(resident * 4) / 4
+            for a in ADVISORS:
+                t_ns, checksum = tiervisor(cmdline(w), budget, a)
+                check(w, checksum, f"tiervisor {a}")
+                row[5][a] = (budget, t_ns)
+                progress(f"round {r + 1}, {w}, tiervisor {a} at {budget:g} MiB")
+print(file=sys.stderr)
+
+
+def geo(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+print(f"Test guest, mem={MEM_MIB}M iters={ITERS} seed=7 in a {GUEST_MEM} guest; swap file "
+      f"and tier-2 file on the same disk; {ROUNDS} round(s), medians where runs repeat\n")
+for limit in LIMITS:
+    print(f"QEMU memory limit {limit:g} MiB; tiervisor with the guest RAM QEMU's guest had "
+          "resident (ns/op, slowdown against the same VMM all in RAM)")
+    head = ["workload", "QEMU + swap", "guest RAM resident MiB"] + \
+           [f"tiervisor {a}" for a in ADVISORS] + [f"{a} / QEMU" for a in ADVISORS]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for w in WORKLOADS:
+        rows = [x for x in runs if x[0] == w and x[1] == limit]
+        ok = [x for x in rows if x[2] is not None]
+        q_ram = statistics.median(ram[(w, "qemu")])
+        t_ram = statistics.median(ram[(w, "tiervisor")])
+        if not ok:
+            fails = ", ".join(sorted({x[3] for x in rows}))
+            print(f"| {w} | {fails} | - | " + " | ".join("-" for _ in ADVISORS * 2) + " |")
+            continue
+        q = statistics.median(x[2] for x in ok)
+        res = statistics.median(x[4] for x in ok)
+        note = "" if len(ok) == len(rows) else f" ({len(rows) - len(ok)} of {len(rows)} failed)"
+        cells = [w, f"{q:,.0f} ({q / q_ram:.1f}x){note}", f"{res:.2f}"]
+        ts = {a: statistics.median(x[5][a][1] for x in ok) for a in ADVISORS}
+        cells += [f"{ts[a]:,.0f} ({ts[a] / t_ram:.1f}x)" for a in ADVISORS]
+        cells += [f"{ts[a] / q:.3f}" for a in ADVISORS]
+        print("| " + " | ".join(cells) + " |")
+    print()
+print("Geometric mean of tiervisor's run time against QEMU + swap's at the same guest RAM, "
+      "over the QEMU runs that finished (how many; QEMU runs that failed)")
+print("| advisor | " + " | ".join(f"limit {m:g} MiB" for m in LIMITS) + " | all |")
+print("|---|" + "---|" * (len(LIMITS) + 1))
+for a in ADVISORS:
+    cells, every = [a], []
+    for limit in LIMITS:
+        rows = [x for x in runs if x[1] == limit]
+        ratios = [x[5][a][1] / x[2] for x in rows if x[2] is not None]
+        every += ratios
+        failed = sum(1 for x in rows if x[2] is None)
+        cells.append(f"{fmt(geo(ratios), '.3f')} ({len(ratios)}; {failed} failed)")
+    cells.append(f"{fmt(geo(every), '.3f')} ({len(every)})")
+    print("| " + " | ".join(cells) + " |")
+PY
