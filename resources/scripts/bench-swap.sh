@@ -131,7 +131,8 @@ def qemu(cmdline, limit):
     kernel loaded; the limit (bytes, or None) is set then, so the reclaim of what QEMU
     touched starting up is neither thrashed through nor timed; QMP `cont` starts the
     guest. Returns (ns/op, checksum, the most the guest's RAM had resident while it ran,
-    in MiB: under the limit, its steady state) or (None, why it failed, None)."""
+    in MiB: under the limit, its steady state, and the cgroup's major faults: swap-ins,
+    QEMU's own included) or (None, why it failed, None, None)."""
     cg("memory.limit_in_bytes", -1)
     # Start each run from an empty cgroup: the last run's page cache is charged here.
     cg("memory.force_empty", 0)
@@ -158,7 +159,7 @@ def qemu(cmdline, limit):
             p.kill()
             p.communicate()
             sock.close()
-            return None, f"limit {limit} refused ({e.strerror})", None
+            return None, f"limit {limit} refused ({e.strerror})", None, None
     resident = []
 
     def sample():
@@ -168,6 +169,14 @@ def qemu(cmdline, limit):
             if kib is not None:
                 resident.append(kib)
 
+    def majfaults():
+        for line in cg("memory.stat").splitlines():
+            key, value = line.split()
+            if key == "pgmajfault":
+                return int(value)
+        return 0
+
+    faults_before = majfaults()
     sampler = threading.Thread(target=sample, daemon=True)
     command("cont")
     sampler.start()
@@ -177,9 +186,9 @@ def qemu(cmdline, limit):
     m = RESULT.search(out)
     if not m or m.group(5) != "ok":
         why = "OOM-killed" if p.returncode == -9 else f"status {p.returncode}"
-        return None, why, None
+        return None, why, None, None
     mib = max(resident) / 1024 if resident else None
-    return int(m.group(3)) / int(m.group(2)), m.group(4), mib
+    return int(m.group(3)) / int(m.group(2)), m.group(4), mib, majfaults() - faults_before
 
 
 def tiervisor(cmdline, budget_mib, advisor):
@@ -187,7 +196,9 @@ def tiervisor(cmdline, budget_mib, advisor):
     with open(tiers, "w") as f:
         f.write(f'[tier1]\ncapacity = "{GUEST_MEM}"\nbackend = "ram"\n'
                 f'[tier2]\ncapacity = "{GUEST_MEM}"\nfile = "{WORKDIR}/tier2.img"\n')
-    cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", GUEST_MEM, "--cmdline", cmdline]
+    metrics = os.path.join(WORKDIR, "metrics.json")
+    cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", GUEST_MEM, "--cmdline", cmdline,
+           "--metrics-out", metrics]
     if advisor is not None:
         budget_kib = int(budget_mib * 1024)
         cmd += ["--tiers", tiers, "--ram-budget", f"{budget_kib}K", "--advisor", advisor]
@@ -197,7 +208,9 @@ def tiervisor(cmdline, budget_mib, advisor):
     if p.returncode != 0 or not m or m.group(5) != "ok":
         sys.exit(f"bench-swap: tiervisor {advisor or 'all RAM'} failed "
                  f"(status {p.returncode}):\n{p.stdout}{p.stderr}")
-    return int(m.group(3)) / int(m.group(2)), m.group(4)
+    with open(metrics) as f:
+        faults = (json.load(f).get("tiers") or {}).get("demand_faults")
+    return int(m.group(3)) / int(m.group(2)), m.group(4), faults
 
 
 def cmdline(workload, mem=f"{MEM_MIB}M"):
@@ -229,20 +242,20 @@ def check(w, checksum, who):
 
 for r in range(ROUNDS):
     for w in WORKLOADS:
-        ns, checksum, _ = qemu(cmdline(w), None)
+        ns, checksum, _, _ = qemu(cmdline(w), None)
         if ns is None:
             sys.exit(f"bench-swap: {w} under QEMU without a limit failed: {checksum}")
         check(w, checksum, "QEMU")
         ram.setdefault((w, "qemu"), []).append(ns)
         progress(f"round {r + 1}, {w}, QEMU all in RAM")
-        ns, checksum = tiervisor(cmdline(w), None, None)
+        ns, checksum, _ = tiervisor(cmdline(w), None, None)
         check(w, checksum, "tiervisor")
         ram.setdefault((w, "tiervisor"), []).append(ns)
         progress(f"round {r + 1}, {w}, tiervisor all in RAM")
         for limit in LIMITS:
-            ns, why, resident = qemu(cmdline(w), int(limit * MIB))
+            ns, why, resident, faults = qemu(cmdline(w), int(limit * MIB))
             progress(f"round {r + 1}, {w}, QEMU at {limit:g} MiB")
-            row = [w, limit, ns, why, resident, {}]
+            row = [w, limit, ns, why, resident, {}, faults]
             runs.append(row)
             if ns is None:
                 done += len(ADVISORS)
@@ -250,9 +263,9 @@ for r in range(ROUNDS):
             check(w, why, "QEMU")
             budget = math.floor(resident * 4) / 4
             for a in ADVISORS:
-                t_ns, checksum = tiervisor(cmdline(w), budget, a)
+                t_ns, checksum, t_faults = tiervisor(cmdline(w), budget, a)
                 check(w, checksum, f"tiervisor {a}")
-                row[5][a] = (budget, t_ns)
+                row[5][a] = (budget, t_ns, t_faults)
                 progress(f"round {r + 1}, {w}, tiervisor {a} at {budget:g} MiB")
 print(file=sys.stderr)
 
@@ -269,7 +282,8 @@ print(f"Test guest, mem={MEM_MIB}M iters={ITERS} seed=7 in a {GUEST_MEM} guest; 
       f"and tier-2 file on the same disk; {ROUNDS} round(s), medians where runs repeat\n")
 for limit in LIMITS:
     print(f"QEMU memory limit {limit:g} MiB; tiervisor with the guest RAM QEMU's guest had "
-          "resident (ns/op, slowdown against the same VMM all in RAM)")
+          "resident (ns/op: slowdown against the same VMM all in RAM; faults: QEMU's "
+          "major faults, tiervisor's demand faults)")
     head = ["workload", "QEMU + swap", "guest RAM resident MiB"] + \
            [f"tiervisor {a}" for a in ADVISORS] + [f"{a} / QEMU" for a in ADVISORS]
     print("| " + " | ".join(head) + " |")
@@ -284,11 +298,13 @@ for limit in LIMITS:
             print(f"| {w} | {fails} | - | " + " | ".join("-" for _ in ADVISORS * 2) + " |")
             continue
         q = statistics.median(x[2] for x in ok)
+        qf = statistics.median(x[6] for x in ok)
         res = statistics.median(x[4] for x in ok)
         note = "" if len(ok) == len(rows) else f" ({len(rows) - len(ok)} of {len(rows)} failed)"
-        cells = [w, f"{q:,.0f} ({q / q_ram:.1f}x){note}", f"{res:.2f}"]
+        cells = [w, f"{q:,.0f} ({q / q_ram:.1f}x; {qf:,.0f}){note}", f"{res:.2f}"]
         ts = {a: statistics.median(x[5][a][1] for x in ok) for a in ADVISORS}
-        cells += [f"{ts[a]:,.0f} ({ts[a] / t_ram:.1f}x)" for a in ADVISORS]
+        tf = {a: statistics.median(x[5][a][2] for x in ok) for a in ADVISORS}
+        cells += [f"{ts[a]:,.0f} ({ts[a] / t_ram:.1f}x; {tf[a]:,.0f})" for a in ADVISORS]
         cells += [f"{ts[a] / q:.3f}" for a in ADVISORS]
         print("| " + " | ".join(cells) + " |")
     print()
