@@ -275,8 +275,16 @@ impl Engine {
 
     /// Pages already in the memfd when tiering starts (kernel image, boot data) are
     /// resident: tell the policy, which may already evict some of them.
+    ///
+    /// The pages are listed before the policy hears of any: its actions are carried out
+    /// as they come, and a prefetch zero-fills pages further on in the file. When the
+    /// adoption went through `on_access`, the readahead of a prefetching advisor took
+    /// the kernel image's pages for a stream, its zero-fills became data the scan then
+    /// adopted as used prefetches, and the stream marched through all of guest RAM:
+    /// 16,182 prefetches for 25 present pages with `gru`, before the guest ran.
     pub fn adopt_present_pages(&mut self) {
         let fd = self.memfd.as_raw_fd();
+        let mut present = Vec::new();
         let regions: Vec<_> = self.layout.regions().copied().collect();
         for r in regions {
             let mut off = r.file_offset as i64;
@@ -292,35 +300,28 @@ impl Engine {
                 let hole = if hole < 0 { end } else { hole.min(end) };
                 let mut p = data & !(PAGE as i64 - 1);
                 while p < hole {
-                    let index = self
-                        .layout
-                        .index_of_host(r.host_addr + (p as u64 - r.file_offset) as usize)
-                        .expect("offset inside region");
-                    self.set_state(index, State::Present);
-                    self.meta[index].dirty = true;
-                    let access = Access {
-                        time_ns: 0,
-                        page: self.layout.page_of_index(index),
-                        vcpu: 0,
-                        op: AccessOp::Write,
-                        kind: PageKind::Unknown,
-                        source: AccessSource::Full,
-                    };
-                    let mut actions = std::mem::take(&mut self.actions);
-                    actions.clear();
-                    self.policy.on_access(&access, &mut actions);
-                    for a in actions.drain(..) {
-                        match a {
-                            Action::Fill { .. } => {}
-                            other => self.queue_action(other),
-                        }
-                    }
-                    self.actions = actions;
+                    present.push(
+                        self.layout
+                            .index_of_host(r.host_addr + (p as u64 - r.file_offset) as usize)
+                            .expect("offset inside region"),
+                    );
                     p += PAGE as i64;
                 }
                 off = hole;
             }
         }
+        let mut actions = std::mem::take(&mut self.actions);
+        for index in present {
+            self.set_state(index, State::Present);
+            self.meta[index].dirty = true;
+            actions.clear();
+            self.policy
+                .adopt_resident(self.layout.page_of_index(index), &mut actions);
+            for a in actions.drain(..) {
+                self.queue_action(a);
+            }
+        }
+        self.actions = actions;
     }
 
     /// The thread's main loop; returns when asked to stop (or after a fatal error).

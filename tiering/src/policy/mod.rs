@@ -386,6 +386,17 @@ impl PagingPolicy {
         outcome
     }
 
+    /// `page` was in RAM before paging started (a live VMM's kernel image and boot data):
+    /// it is resident, the advisor hears of it as a fill, and the budget is kept. Not an
+    /// access: no fault is counted and nothing is prefetched.
+    pub fn adopt_resident(&mut self, page: PageNumber, out: &mut Vec<Action>) {
+        if self.resident.contains_key(&page) {
+            return;
+        }
+        self.make_resident(page, false);
+        self.make_room(Some(page), out);
+    }
+
     /// An access to a resident page that the advisor did not see (a simulator knows
     /// every access; a live VMM does not). It counts in the prefetch statistics, but
     /// the advisor is not told: a live VMM would not know of it. Returns `None` (and

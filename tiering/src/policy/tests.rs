@@ -309,6 +309,33 @@ fn failed_actions_put_pages_back() {
     assert!(policy.is_resident(2));
 }
 
+/// Pages present before paging starts are resident without an access: no fault is
+/// counted and the advisor is not asked to prefetch; the budget still holds.
+#[test]
+fn adopted_pages_are_resident_without_a_fault_or_a_prefetch() {
+    let cfg = PolicyConfig {
+        max_prefetch_per_fault: 8,
+        ..config(2)
+    };
+    let mut fifo = Fifo::new(0.3);
+    fifo.to_prefetch = vec![10, 11, 12];
+    let mut policy = PagingPolicy::new(cfg, Box::new(fifo)).unwrap();
+    let mut out = Vec::new();
+    for page in [1, 2, 3] {
+        policy.adopt_resident(page, &mut out);
+    }
+    assert_eq!(policy.stats().demand_faults, 0);
+    assert_eq!(policy.stats().prefetch_issued, 0);
+    assert!(!policy.is_resident(1) && policy.is_resident(2) && policy.is_resident(3));
+    assert_eq!(
+        out,
+        [Action::Evict {
+            page: 1,
+            to: TIER_NVME
+        }]
+    );
+}
+
 /// Evictions refused for want of storage room are not retried at every fault: only
 /// as many as pages came back from storage since (each frees a slot).
 #[test]
