@@ -94,8 +94,27 @@ fn run_tiered_with_budget(
     budget: &str,
     extra: &[&str],
 ) -> (Output, serde_json::Value) {
+    let (mut command, metrics) = tiered_command(dir, tiers, cmdline, budget, extra);
+    let out = command.output().unwrap();
+    let json = std::fs::read_to_string(&metrics)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out, json)
+}
+
+/// `tiervisor run` of the test guest over `tiers` with RAM budget `budget`, and where
+/// its metrics will be.
+fn tiered_command(
+    dir: &Path,
+    tiers: &Path,
+    cmdline: &str,
+    budget: &str,
+    extra: &[&str],
+) -> (Command, PathBuf) {
     let metrics = dir.join("metrics.json");
-    let out = tiervisor()
+    let mut command = tiervisor();
+    command
         .env("TIERVISOR_WORKDIR", dir)
         .arg("run")
         .arg("--kernel")
@@ -112,14 +131,8 @@ fn run_tiered_with_budget(
         .arg(tiers)
         .arg("--metrics-out")
         .arg(&metrics)
-        .args(extra)
-        .output()
-        .unwrap();
-    let json = std::fs::read_to_string(&metrics)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (out, json)
+        .args(extra);
+    (command, metrics)
 }
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {
@@ -188,41 +201,16 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
 fn sigterm_stops_a_tiered_run_and_keeps_its_metrics() {
     let dir = workdir("sigterm");
     let tiers = nvme_tiers(&dir, "64M");
-    let metrics = dir.join("metrics.json");
-    let mut child = tiervisor()
-        .env("TIERVISOR_WORKDIR", &dir)
-        .arg("run")
-        .arg("--kernel")
-        .arg(testguest())
-        .args([
-            "--memory",
-            "64M",
-            "--ram-budget",
-            RAM_BUDGET,
-            "--advisor",
-            "gru",
-        ])
-        .args(["--cmdline", "workload=random mem=8M iters=100000000 seed=7"])
-        .arg("--tiers")
-        .arg(&tiers)
-        .arg("--metrics-out")
-        .arg(&metrics)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, metrics) = spawn_tiered(
+        &dir,
+        &tiers,
+        "workload=random mem=8M iters=100000000 seed=7",
+        &["--advisor", "gru"],
+    );
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: plain kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("tiervisor did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_within(child, 20, "tiervisor did not stop on SIGTERM");
     assert_eq!(
         out.status.code(),
         Some(128 + libc::SIGTERM),
@@ -234,6 +222,31 @@ fn sigterm_stops_a_tiered_run_and_keeps_its_metrics() {
     let t = &m["tiers"];
     assert_eq!(t["advisor"], "gru", "{t}");
     assert!(u(t, "demand_faults") > 0, "{t}");
+}
+
+/// Starts the test guest over `tiers` at the usual budget, its output piped; returns
+/// the child and where its metrics will be.
+fn spawn_tiered(dir: &Path, tiers: &Path, cmdline: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let (mut command, metrics) = tiered_command(dir, tiers, cmdline, RAM_BUDGET, extra);
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, metrics)
+}
+
+/// Waits for `child` at most `secs` seconds; kills it and fails with `why` after that.
+fn wait_within(mut child: Child, secs: u64, why: &str) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("{why}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A tier file in `dir`: 64M of RAM (tier 1) and an NVMe-profiled file tier 2 of
@@ -285,31 +298,9 @@ fn prefetching_advisors_do_not_prefetch_guest_ram_the_guest_never_touches() {
 fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
     let dir = workdir("full");
     let tiers = nvme_tiers(&dir, "1M");
-    let metrics = dir.join("metrics.json");
-    let mut child = tiervisor()
-        .env("TIERVISOR_WORKDIR", &dir)
-        .arg("run")
-        .arg("--kernel")
-        .arg(testguest())
-        .args(["--memory", "64M", "--ram-budget", RAM_BUDGET])
-        .args(["--cmdline", "workload=scan mem=8M iters=4000 seed=7"])
-        .arg("--tiers")
-        .arg(&tiers)
-        .arg("--metrics-out")
-        .arg(&metrics)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("the run did not end within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (child, metrics) =
+        spawn_tiered(&dir, &tiers, "workload=scan mem=8M iters=4000 seed=7", &[]);
+    let out = wait_within(child, 60, "the run did not end within 60 s");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("result=ok"),
