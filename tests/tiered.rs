@@ -268,7 +268,7 @@ fn nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
 /// taken for accesses: adopting them through the fault path once let a readahead
 /// follow them as a stream whose zero-fill prefetches the adoption then found present,
 /// so it prefetched all 64 MiB of guest RAM (about 18,000 prefetches and as many
-/// evictions for a workload touching 2,200 pages; the guest ran 3.8x slower with gru).
+/// evictions for a workload touching 2,200 pages; the guest ran 3.7x slower with gru).
 #[test]
 fn prefetching_advisors_do_not_prefetch_guest_ram_the_guest_never_touches() {
     let dir = workdir("adopt");
