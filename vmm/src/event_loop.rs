@@ -139,8 +139,10 @@ fn stop_signal_set() -> libc::sigset_t {
 pub fn block_stop_signals() -> std::io::Result<()> {
     let set = stop_signal_set();
     // SAFETY: set is a valid sigset_t; the call only changes this thread's mask.
-    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // pthread_sigmask returns the error number; it does not set errno.
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
     Ok(())
 }

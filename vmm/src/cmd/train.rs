@@ -147,7 +147,7 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     if args.samples_per_window == 0 || args.max_samples == 0 {
         return Err("--samples-per-window and --max-samples must be positive".into());
     }
-    // A NaN rate never converges and never stops being NaN: training ran on forever.
+    // A NaN rate makes NaN weights (and once hung the validation's AUC on their scores).
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(format!("--lr {} must be a positive number", args.lr));
     }
