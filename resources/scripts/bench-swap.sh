@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Baseline B1 of docs/design.md: stock QEMU (microvm, KVM) with its memory in a cgroup-v1
+# Baseline B1 of DESIGN.md (docs/benchmarks.md): stock QEMU (microvm, KVM) with its memory in a cgroup-v1
 # memory controller over a Linux swap file, against tiervisor paging the same guest to a
 # plain file on the same disk (O_DIRECT, no emulated latency: the disk as it is, like
 # the swap file). The test guest's workloads of `make bench-live` (8 MiB of working
@@ -18,7 +18,8 @@
 # Each VMM's slowdown is against its own all-in-RAM run; ns/op are the guest's own (its
 # result line), so VMM start-up and exit are not in them.
 #
-#   resources/scripts/bench-swap.sh            (make bench-swap builds what it needs)
+#   resources/scripts/bench-swap.sh            (make bench-swap builds what it needs;
+#                                               1 round by default, about 4 minutes)
 #   ROUNDS=3 LIMITS=6,8 WORKLOADS=zipf,random ADVISORS=none,gru \
 #       resources/scripts/bench-swap.sh
 #
@@ -32,8 +33,7 @@ cd "$(dirname "$0")/../.."
 fail() { echo "bench-swap: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "needs root (cgroup limits and swapon)"
 CG_ROOT=/sys/fs/cgroup/memory
-[ -w "$CG_ROOT/memory.limit_in_bytes" ] || [ -d "$CG_ROOT" ] ||
-    fail "no cgroup-v1 memory controller at $CG_ROOT"
+[ -e "$CG_ROOT/memory.limit_in_bytes" ] || fail "no cgroup-v1 memory controller at $CG_ROOT"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing: run \`make setup\`"
 command -v swapon >/dev/null || fail "swapon is missing"
 
@@ -213,14 +213,16 @@ def tiervisor(cmdline, budget_mib, advisor):
     return int(m.group(3)) / int(m.group(2)), m.group(4), faults
 
 
-def cmdline(workload, mem=f"{MEM_MIB}M"):
-    return f"workload={workload} mem={mem} iters={ITERS} seed=7"
+def cmdline(workload):
+    return f"workload={workload} mem={MEM_MIB}M iters={ITERS} seed=7"
 
 
 # Per workload and round: each VMM all in RAM; then per limit, QEMU under it, and
 # tiervisor with a RAM budget of the guest memory QEMU's guest had resident in that
 # run (rounded down to 1/4 MiB), so the two compare at the same guest RAM.
-runs = []        # (workload, limit, qemu ns/op or None, why, resident MiB, {advisor: ns/op})
+# [workload, limit, QEMU ns/op or None, checksum or why it failed, guest RAM resident
+#  MiB, {advisor: (budget MiB, ns/op, demand faults)}, QEMU's major faults]
+runs = []
 ram = {}         # (workload, vmm) -> [ns/op all in RAM]
 checksums = {}
 total = ROUNDS * len(WORKLOADS) * (2 + len(LIMITS) * (1 + len(ADVISORS)))
