@@ -53,6 +53,9 @@ dd if=/dev/zero of="$SWAPFILE" bs=1M count=512 conv=fsync status=none
 chmod 600 "$SWAPFILE"
 mkswap -q "$SWAPFILE"
 swapon -p 32767 "$SWAPFILE" || fail "swapon $SWAPFILE failed"
+# Swap is host-wide: other areas, and other processes' pages, share the disk with it.
+others=$(tail -n +2 /proc/swaps | awk -v f="$SWAPFILE" '$1 != f {print $1}')
+[ -z "$others" ] || echo "bench-swap: note: other swap areas are on ($others): other processes' swapping can disturb the QEMU runs" >&2
 mkdir "$CGROUP"
 export TIERVISOR GUEST WORKDIR CGROUP
 
