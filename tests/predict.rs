@@ -253,20 +253,6 @@ fn replay_refuses_a_corrupt_model_clearly() {
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
-/// A tier file with RAM and one file tier in `dir` (no NBD server needed).
-fn ram_and_nvme_tiers(dir: &Path) -> PathBuf {
-    let tiers = dir.join("tiers.toml");
-    std::fs::write(
-        &tiers,
-        format!(
-            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"64M\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
-            dir.join("t2.img").display()
-        ),
-    )
-    .unwrap();
-    tiers
-}
-
 #[test]
 fn live_gru_learns_in_the_background_while_the_guest_verifies() {
     let dir =
@@ -284,7 +270,7 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
         .args(["--memory", "64M", "--ram-budget", "2M", "--advisor", "gru"])
         .args(["--cmdline", "workload=zipf mem=8M iters=60000 seed=3"])
         .arg("--tiers")
-        .arg(ram_and_nvme_tiers(&dir))
+        .arg(common::ram_and_nvme_tiers(&dir, "64M"))
         .arg("--metrics-out")
         .arg(&metrics)
         .output()
@@ -332,7 +318,7 @@ fn record_guest_trace(dir: &Path, name: &str, cmdline: &str) -> PathBuf {
             cmdline,
         ])
         .arg("--tiers")
-        .arg(ram_and_nvme_tiers(dir))
+        .arg(common::ram_and_nvme_tiers(dir, "64M"))
         .arg("--trace-out")
         .arg(&trace)
         .output()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{describe, error_lines, repo_root, testguest, tiervisor};
+use common::{describe, error_lines, ram_and_nvme_tiers, repo_root, testguest, tiervisor};
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
 const WORKLOAD_MEM: &str = "8M";
@@ -200,7 +200,7 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
 #[test]
 fn sigterm_stops_a_tiered_run_and_keeps_its_metrics() {
     let dir = workdir("sigterm");
-    let tiers = nvme_tiers(&dir, "64M");
+    let tiers = ram_and_nvme_tiers(&dir, "64M");
     let (child, metrics) = spawn_tiered(
         &dir,
         &tiers,
@@ -249,21 +249,6 @@ fn wait_within(mut child: Child, secs: u64, why: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// A tier file in `dir`: 64M of RAM (tier 1) and an NVMe-profiled file tier 2 of
-/// `nvme` (a size).
-fn nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
-    let tiers = dir.join("tiers.toml");
-    std::fs::write(
-        &tiers,
-        format!(
-            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"{nvme}\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
-            dir.join("t2.img").display()
-        ),
-    )
-    .unwrap();
-    tiers
-}
-
 /// Pages present before paging starts (the kernel image) are adopted without being
 /// taken for accesses: adopting them through the fault path once let a readahead
 /// follow them as a stream whose zero-fill prefetches the adoption then found present,
@@ -272,7 +257,7 @@ fn nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
 #[test]
 fn prefetching_advisors_do_not_prefetch_guest_ram_the_guest_never_touches() {
     let dir = workdir("adopt");
-    let tiers = nvme_tiers(&dir, "64M");
+    let tiers = ram_and_nvme_tiers(&dir, "64M");
     for advisor in ["stride", "gru"] {
         let (out, m) = run_tiered_with_budget(
             &dir,
@@ -297,7 +282,7 @@ fn prefetching_advisors_do_not_prefetch_guest_ram_the_guest_never_touches() {
 #[test]
 fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
     let dir = workdir("full");
-    let tiers = nvme_tiers(&dir, "1M");
+    let tiers = ram_and_nvme_tiers(&dir, "1M");
     let (child, metrics) =
         spawn_tiered(&dir, &tiers, "workload=scan mem=8M iters=4000 seed=7", &[]);
     let out = wait_within(child, 60, "the run did not end within 60 s");

@@ -179,3 +179,18 @@ pub fn write_tiny_guest(name: &str, code: &[u8]) -> PathBuf {
     std::fs::write(&path, pvh_elf(code)).unwrap();
     path
 }
+
+/// A tier file in `dir`: 64M of RAM (tier 1) and an NVMe-profiled file tier 2 of
+/// `nvme` (a size), so no NBD server is needed.
+pub fn ram_and_nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
+    let tiers = dir.join("tiers.toml");
+    std::fs::write(
+        &tiers,
+        format!(
+            "[tier1]\ncapacity = \"64M\"\nbackend = \"ram\"\n[tier2]\ncapacity = \"{nvme}\"\nfile = \"{}\"\nprofile = \"nvme\"\n",
+            dir.join("t2.img").display()
+        ),
+    )
+    .unwrap();
+    tiers
+}
