@@ -10,8 +10,8 @@
 #     starting up is not what is measured). Transparent huge pages are off for QEMU
 #     (PR_SET_THP_DISABLE), or they stay resident and the cgroup kills QEMU
 #     (HOST-NOTES.md). The kernel decides how much of the limit the guest's RAM gets:
-#     the guest RAM mapping's resident size (smaps) is sampled throughout the run and
-#     its largest value reported, so runs compare at the guest memory they really had.
+#     the guest RAM mapping's resident size (smaps) is sampled every 5 ms and its
+#     largest value reported, so runs compare at the guest memory they really had.
 #   - after each QEMU run that finished, tiervisor with a `--ram-budget` of the guest
 #     memory QEMU's guest had resident (rounded down to 1/4 MiB), the rest on the
 #     tier-2 file: the two compare at the same guest RAM.
@@ -166,11 +166,14 @@ def qemu(cmdline, limit):
     resident = []
 
     def sample():
-        # As often as smaps can be read: a run all in RAM lasts only milliseconds.
-        while p.poll() is None:
+        # Every 5 ms, and only under a limit: reading smaps costs a core's worth of
+        # parsing and takes QEMU's mmap lock, so reading it without pause (as the
+        # first runs did) competed with the VM it measures on this 2-core host.
+        while limit is not None and p.poll() is None:
             kib = guest_resident_kib(p.pid)
             if kib is not None:
                 resident.append(kib)
+            time.sleep(0.005)
 
     def majfaults():
         for line in cg("memory.stat").splitlines():
