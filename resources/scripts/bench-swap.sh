@@ -20,8 +20,8 @@
 #
 #   resources/scripts/bench-swap.sh            (make bench-swap builds what it needs;
 #                                               1 round by default, about 4 minutes)
-#   ROUNDS=3 LIMITS=6,8 WORKLOADS=zipf,random ADVISORS=none,gru \
-#       resources/scripts/bench-swap.sh
+#   ROUNDS=3 LIMITS=6,8 WORKLOADS=zipf,random ADVISORS=none,gru TIMEOUT=300 \
+#       resources/scripts/bench-swap.sh     (TIMEOUT: seconds a QEMU run may take, 120)
 #
 # Needs root, a cgroup-v1 memory controller at /sys/fs/cgroup/memory, swapon, and
 # qemu-system-x86_64 (`make setup`). The swap file is made under target/ (a disk file
@@ -42,11 +42,22 @@ WORKDIR=$(cd "$(mktemp -d -p target bench-swap.XXXXXX)" && pwd)
 CGROUP="$CG_ROOT/tiervisor-bench-swap-$$"
 SWAPFILE="$WORKDIR/swapfile"
 cleanup() {
-    swapoff "$SWAPFILE" 2>/dev/null || true
+    # A QEMU still in the cgroup (the run was interrupted) holds swap: end it first.
+    if [ -e "$CGROUP/cgroup.procs" ]; then
+        xargs -r kill -9 <"$CGROUP/cgroup.procs" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            [ -s "$CGROUP/cgroup.procs" ] || break
+            sleep 0.2
+        done
+    fi
+    swapoff "$SWAPFILE" || true
     rmdir "$CGROUP" 2>/dev/null || true
     rm -rf "$WORKDIR"
 }
 trap cleanup EXIT
+# On INT/TERM too: bash runs traps only between commands, so the Python below runs in
+# the background and is waited for.
+trap 'kill "${child:-}" 2>/dev/null; exit 130' INT TERM
 # Written out and synced before mkswap: a swap file still in dirty page cache stalls
 # the first runs into OOM kills (HOST-NOTES.md).
 dd if=/dev/zero of="$SWAPFILE" bs=1M count=512 conv=fsync status=none
@@ -59,7 +70,7 @@ others=$(tail -n +2 /proc/swaps | awk -v f="$SWAPFILE" '$1 != f {print $1}')
 mkdir "$CGROUP"
 export TIERVISOR GUEST WORKDIR CGROUP
 
-python3 - "$@" <<'PY'
+python3 - "$@" <<'PY' &
 import ctypes, json, math, os, re, socket, statistics, subprocess, sys, threading, time
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
@@ -69,6 +80,7 @@ LIMITS = [float(x) for x in os.environ.get("LIMITS", "4,5,6,8").split(",")]
 ADVISORS = os.environ.get("ADVISORS", "none,leap,gru").split(",")
 WORKLOADS = os.environ.get("WORKLOADS", "scan,stride,random,zipf,chase,phases,kv").split(",")
 ITERS = int(os.environ.get("ITERS", "20000"))
+TIMEOUT_S = int(os.environ.get("TIMEOUT", "120"))  # per QEMU run
 MEM_MIB = 8          # the workload's working memory
 GUEST_MEM_MIB = 64
 GUEST_MEM = f"{GUEST_MEM_MIB}M"
@@ -186,7 +198,15 @@ def qemu(cmdline, limit):
     sampler = threading.Thread(target=sample, daemon=True)
     command("cont")
     sampler.start()
-    out, _ = p.communicate()
+    try:
+        out, _ = p.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # Thrashing under a tight limit can go on for many minutes.
+        p.kill()
+        p.communicate()
+        sampler.join()
+        sock.close()
+        return None, f"over {TIMEOUT_S} s", None, None
     sampler.join()
     sock.close()
     m = RESULT.search(out)
@@ -331,3 +351,5 @@ for a in ADVISORS:
     cells.append(f"{fmt(geo(every), '.3f')} ({len(every)})")
     print("| " + " | ".join(cells) + " |")
 PY
+child=$!
+wait "$child"
