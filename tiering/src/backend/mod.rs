@@ -218,4 +218,4 @@ fn blocking(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

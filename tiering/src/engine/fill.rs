@@ -59,6 +59,7 @@ impl Engine {
                         self.pool.get(),
                         IoPriority::Demand,
                         tag,
+                        self.config.demand_spin,
                         &mut others,
                     );
                     self.deferred.extend(others.into_iter().map(|c| (tier, c)));

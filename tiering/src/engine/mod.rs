@@ -121,6 +121,8 @@ pub(crate) struct EngineConfig {
     pub sample_interval: Duration,
     pub probe_pages: usize,
     pub probe_interval: Duration,
+    /// How long a demand read is polled for before the handler sleeps on it.
+    pub demand_spin: Duration,
 }
 
 pub(crate) struct Engine {
