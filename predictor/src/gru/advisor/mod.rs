@@ -358,7 +358,9 @@ impl Advisor for GruAdvisor {
         }
         if self.opts.readahead_min_window > 0 {
             if resident {
-                self.readahead.on_observed(access.page);
+                if self.opts.readahead_marker {
+                    self.readahead.on_observed(access.page);
+                }
             } else if self.readahead.on_fault(access.page) && self.opts.readahead_walk_inference {
                 self.infer_stream_use(access.page);
             }

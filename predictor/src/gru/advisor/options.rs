@@ -75,6 +75,12 @@ pub struct GruOptions {
     /// A fault that continues a stream counts the stream's prefetched pages behind it
     /// that are still in RAM as used (a live VMM does not see reads of mapped pages).
     pub readahead_walk_inference: bool,
+    /// An observed use of the last window's first page (the marker) reads the next
+    /// window at once, as the kernel's asynchronous readahead does; off, windows are
+    /// read only on a fault where the last one ended. Live, the marker is mostly seen
+    /// through a late prefetch, and the extra window is what overruns a stream's end
+    /// (session 17, docs/predictor.md).
+    pub readahead_marker: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
     /// gru ran in 0.917 of its time without it (docs/benchmarks.md, "Session 15,
@@ -137,6 +143,7 @@ impl Default for GruOptions {
             readahead_min_window: 8,
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
+            readahead_marker: true,
             hot_set: false,
             shadow_horizon: 0.75,
             min_uses: 1,
@@ -230,6 +237,7 @@ impl GruOptions {
             &mut o.readahead_walk_inference,
             "TIERVISOR_GRU_READAHEAD_WALK_INFERENCE",
         );
+        flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
