@@ -744,3 +744,34 @@ fn readahead_follows_read_streams_that_links_cannot() {
     );
     assert!(on.accuracy >= 0.9, "on {on:?}");
 }
+
+#[test]
+fn readahead_without_the_marker_stays_one_window_ahead() {
+    // Live, the marker (the last window's first page) is seen when the guest reaches
+    // it while it is still being read; with every access seen it is seen on every
+    // window. Reading the next window then runs the stream two windows ahead, and with
+    // RAM for 256 pages the pages furthest ahead are evicted before the scan gets
+    // there. Measured: 7,661 faults and accuracy 0.891 with the marker, 5,472 and
+    // 0.999 without it; with sampled visibility 1,644 and 1,652, both 1.000.
+    let (model, meta) = tiny_model();
+    let once = scan_trace(4096, 16384, 1, 4);
+    let run = |marker| {
+        let opts = GruOptions {
+            readahead_marker: marker,
+            online: no_online_learning(),
+            ..GruOptions::default()
+        };
+        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+        let cfg = crate::replay::ReplayConfig {
+            visibility: crate::replay::Visibility::Full,
+            ..crate::replay::ReplayConfig::default()
+        };
+        replay_in_sim_seeing(&once, Box::new(adv), 256, cfg)
+    };
+    let (with, without) = (run(true), run(false));
+    assert!(without.accuracy >= 0.99, "without {without:?}");
+    assert!(
+        without.accuracy > with.accuracy && without.demand_faults < with.demand_faults,
+        "with {with:?} without {without:?}"
+    );
+}

@@ -77,9 +77,10 @@ pub struct GruOptions {
     pub readahead_walk_inference: bool,
     /// An observed use of the last window's first page (the marker) reads the next
     /// window at once, as the kernel's asynchronous readahead does; off, windows are
-    /// read only on a fault where the last one ended. Live, the marker is mostly seen
-    /// through a late prefetch, and the extra window is what overruns a stream's end
-    /// (session 17, docs/predictor.md).
+    /// read only on a fault where the last one ended (the default since session 17,
+    /// by a rule written before its holdout and live runs). Live, the marker is mostly
+    /// seen through a late prefetch, and the extra window is what overran a stream's
+    /// end (docs/predictor.md, "Readahead without the marker").
     pub readahead_marker: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
@@ -143,7 +144,7 @@ impl Default for GruOptions {
             readahead_min_window: 8,
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
-            readahead_marker: true,
+            readahead_marker: false,
             hot_set: false,
             shadow_horizon: 0.75,
             min_uses: 1,
