@@ -197,9 +197,9 @@ const DEMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// Demand request ahead of queued prefetches and write-backs.
 ///
 /// For the first `spin` the caller polls the backend instead of sleeping on it: a vCPU
-/// is stalled on this read, and on PVM waking a thread that slept on the completion
-/// costs about as much as a fast device's read (docs/tiering.md, "Spinning on demand
-/// reads").
+/// is stalled on this read, and on this PVM host a CPU that goes idle meanwhile halts,
+/// so the wake-ups cost tens of microseconds a fault (docs/tiering.md, "Spinning on
+/// demand reads").
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_blocking(
     store: &mut Store,
@@ -235,9 +235,9 @@ pub(crate) fn run_blocking(
     loop {
         got.clear();
         if started.elapsed() < spin {
-            // A pure spin: a yield now and then cost the guest ~15% of its run time
-            // in the measurement of docs/tiering.md, and the scheduler still preempts
-            // the spin for other threads on this CPU at the end of its slice.
+            // A pure spin: with a yield every 20 us the guest ran about 17% longer
+            // (docs/tiering.md), and the scheduler still preempts the spin for other
+            // threads on this CPU at the end of its slice.
             store.backend.poll(&mut got);
             if got.is_empty() {
                 std::hint::spin_loop();
