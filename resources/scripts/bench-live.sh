@@ -27,10 +27,15 @@ cd "$(dirname "$0")/../.."
 # O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
 mkdir -p target
 WORKDIR=$(cd "$(mktemp -d -p target bench-live.XXXXXX)" && pwd)
+# Not `exec python3`: the EXIT trap would never run and every run would leave its
+# 256 MiB tier file behind (it did until session 17). On INT/TERM bash runs traps only
+# between commands, so the Python below runs in the background and is waited for; a
+# signal ends the VM it is running too.
 trap 'rm -rf "$WORKDIR"' EXIT
+trap 'pkill -TERM -P "${child:-0}" 2>/dev/null; kill "${child:-}" 2>/dev/null; exit 130' INT TERM
 export TIERVISOR GUEST WORKDIR
 
-exec python3 - "$@" <<'PY'
+python3 - "$@" <<'PY' &
 import json, math, os, re, statistics, subprocess, sys
 
 TIERVISOR = os.environ["TIERVISOR"]
@@ -145,3 +150,5 @@ for a in ADVISORS:
     print(f"| {a} | {slow:.1f}x | {rel('none', med_ns)} | {rel('leap', med_ns)} "
           f"| {rel('leap', faults)} | {rel(first, med_ns)} | {rel(first, faults)} |")
 PY
+child=$!
+wait "$child"
