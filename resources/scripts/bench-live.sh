@@ -32,7 +32,7 @@ WORKDIR=$(cd "$(mktemp -d -p target bench-live.XXXXXX)" && pwd)
 # between commands, so the Python below runs in the background and is waited for; a
 # signal ends the VM it is running too.
 trap 'rm -rf "$WORKDIR"' EXIT
-trap 'pkill -TERM -P "${child:-0}" 2>/dev/null; kill "${child:-}" 2>/dev/null; exit 130' INT TERM
+trap 'if [ -n "${child:-}" ]; then pkill -TERM -P "$child"; kill "$child"; fi 2>/dev/null; exit 130' INT TERM
 export TIERVISOR GUEST WORKDIR
 
 python3 - "$@" <<'PY' &
