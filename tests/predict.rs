@@ -281,8 +281,7 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
         "{}",
         common::describe(&out)
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let m = common::read_metrics(&metrics);
     let online = &m["tiers"]["advisor_online"];
     assert_eq!(online["online_mode"], "background", "{online}");
     let n = |v: &serde_json::Value| {

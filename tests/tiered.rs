@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{describe, error_lines, ram_and_nvme_tiers, repo_root, testguest, tiervisor};
+use common::{
+    describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest, tiervisor,
+};
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
 const WORKLOAD_MEM: &str = "8M";
@@ -217,8 +219,7 @@ fn sigterm_stops_a_tiered_run_and_keeps_its_metrics() {
         "{}",
         describe(&out)
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let m = read_metrics(&metrics);
     let t = &m["tiers"];
     assert_eq!(t["advisor"], "gru", "{t}");
     assert!(u(t, "demand_faults") > 0, "{t}");
@@ -292,8 +293,7 @@ fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
         "{}",
         describe(&out)
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let m = read_metrics(&metrics);
     let t = &m["tiers"];
     // The 1M tier filled up (256 pages), so RAM holds more than its 512-page budget.
     assert_eq!(u(&t["per_tier"][2], "capacity_pages"), 256, "{t}");

@@ -194,3 +194,11 @@ pub fn ram_and_nvme_tiers(dir: &Path, nvme: &str) -> PathBuf {
     .unwrap();
     tiers
 }
+
+/// The metrics JSON a run wrote to `path` (`--metrics-out`); panics if it is missing
+/// or not JSON.
+pub fn read_metrics(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no metrics at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("metrics at {}: {e}", path.display()))
+}
