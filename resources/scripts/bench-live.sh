@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live advisor benchmark: the test guest's workloads in real VMs (KVM, userfaultfd,
-# io_uring) with 25% of their working memory in RAM and the rest on an NVMe-profiled
+# io_uring) with 25% (RAM_SHARES) of their working memory in RAM and the rest on an NVMe-profiled
 # file tier (resources/tiers/bench-live.toml), once per advisor, against the same
 # workload all in RAM. Rounds are interleaved (every configuration once per round) so
 # the host's load drifts over all of them alike; medians over the rounds.
@@ -12,6 +12,10 @@
 #     variables: two settings of one advisor, interleaved like any two advisors)
 #   ADVISORS=gru,gru@TIERS=resources/tiers/bench-live-no-tier0.toml resources/scripts/bench-live.sh
 #     (@TIERS=FILE is not an environment variable: that entry runs over another tier file)
+#   RAM_SHARES=25,50,75 resources/scripts/bench-live.sh
+#     (the RAM budget as percentages of the working memory, 25 by default; with more
+#     than one, every share is a configuration of each advisor, interleaved like the
+#     rest, and a last table gives each advisor's geometric means per share)
 #
 # Reports per workload: the guest's own ns per operation (its result line), the
 # slowdown against all-in-RAM, demand faults, prefetches and their accuracy, sampled
@@ -45,15 +49,29 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ADVISORS = os.environ.get("ADVISORS", "none,lru,stride,leap,workingset,gru").split(",")
 WORKLOADS = os.environ.get("WORKLOADS", "scan,stride,random,zipf,chase,phases,kv").split(",")
 MEM = "8M"           # the workload's working memory
-RAM_BUDGET = "2M"    # 25% of it
+MEM_KIB = 8 * 1024
+try:
+    SHARES = [int(x) for x in os.environ.get("RAM_SHARES", "25").split(",")]
+except ValueError:
+    sys.exit("bench-live: RAM_SHARES must be comma-separated integers (percent), "
+             f"got {os.environ['RAM_SHARES']!r}")
+if not SHARES or any(not 1 <= x < 100 for x in SHARES):
+    sys.exit(f"bench-live: every RAM share must be 1-99 (percent), got {SHARES}")
 ITERS = int(os.environ.get("ITERS", "20000"))
 TIERS = "resources/tiers/bench-live.toml"
 RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
 
 
-def run(workload, config, seed):
-    """One VM run; config None means all memory in RAM, else ADVISOR[@VAR=VALUE...].
-    Returns (ns/op, checksum, metrics)."""
+def budget(share):
+    """The RAM budget at `share` percent of the working memory, in whole pages."""
+    kib = MEM_KIB * share // 100 // 4 * 4
+    return f"{kib // 1024}M" if kib % 1024 == 0 else f"{kib}K"
+
+
+def run(workload, config, share, seed):
+    """One VM run; config None means all memory in RAM, else ADVISOR[@VAR=VALUE...]
+    with `share` percent of the working memory in RAM. Returns (ns/op, checksum,
+    metrics)."""
     metrics = os.path.join(WORKDIR, "m.json")
     advisor, env = None, dict(os.environ, TIERVISOR_WORKDIR=WORKDIR)
     tiers = TIERS
@@ -71,7 +89,7 @@ def run(workload, config, seed):
            "--cmdline", f"workload={workload} mem={MEM} iters={ITERS} seed={seed}",
            "--metrics-out", metrics]
     if advisor is not None:
-        cmd += ["--tiers", tiers, "--ram-budget", RAM_BUDGET, "--advisor", advisor]
+        cmd += ["--tiers", tiers, "--ram-budget", budget(share), "--advisor", advisor]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        env=env)
     m = RESULT.search(p.stdout)
@@ -82,73 +100,97 @@ def run(workload, config, seed):
         return int(m.group(3)) / int(m.group(2)), m.group(4), json.load(f)
 
 
-configs = [None] + ADVISORS
-samples = {}   # (workload, config) -> list of (ns/op, metrics)
+# (advisor config, RAM share); (None, None) is all memory in RAM.
+configs = [(None, None)] + [(a, share) for share in SHARES for a in ADVISORS]
+samples = {}   # (workload, config, share) -> list of (ns/op, metrics)
 checksums = {}
 total = ROUNDS * len(WORKLOADS) * len(configs)
 done = 0
 for r in range(ROUNDS):
     for w in WORKLOADS:
-        for c in configs:
-            ns_op, checksum, m = run(w, c, seed=7)
+        for c, share in configs:
+            ns_op, checksum, m = run(w, c, share, seed=7)
+            label = f"{c} at {share}%" if c else "all RAM"
             if checksums.setdefault(w, checksum) != checksum:
-                sys.exit(f"bench-live: {w} with {c or 'all RAM'} gave checksum {checksum}, "
+                sys.exit(f"bench-live: {w} with {label} gave checksum {checksum}, "
                          f"all RAM gave {checksums[w]}")
-            samples.setdefault((w, c), []).append((ns_op, m))
+            samples.setdefault((w, c, share), []).append((ns_op, m))
             done += 1
-            print(f"\rbench-live: run {done}/{total} (round {r + 1}, {w}, {c or 'all RAM'})",
+            print(f"\rbench-live: run {done}/{total} (round {r + 1}, {w}, {label})",
                   end="", file=sys.stderr, flush=True)
 print(file=sys.stderr)
 
 
-def med_ns(w, c):
-    return statistics.median(ns for ns, _ in samples[(w, c)])
+def med_ns(w, c, share):
+    return statistics.median(ns for ns, _ in samples[(w, c, share)])
 
 
-def med_tier(w, c, key):
-    return statistics.median(m["tiers"][key] for _, m in samples[(w, c)])
-
-
-print(f"Test guest, mem={MEM} iters={ITERS} seed=7, RAM budget {RAM_BUDGET} (25%), "
-      f"tiers {TIERS}; median of {ROUNDS} interleaved rounds\n")
-for w in WORKLOADS:
-    ram = med_ns(w, None)
-    print(f"{w} (all in RAM: {ram:,.0f} ns/op)")
-    print("| advisor | ns/op | slowdown | demand faults | prefetches | late prefetches "
-          "| accuracy | minor faults | advisor ms | learner CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for a in ADVISORS:
-        ns = med_ns(w, a)
-        issued = med_tier(w, a, "prefetch_issued")
-        useful = med_tier(w, a, "prefetch_useful")
-        acc = f"{useful / issued:.3f}" if issued else "-"
-        online = [m["tiers"].get("advisor_online") for _, m in samples[(w, a)]]
-        learner = "-"
-        if all(online):
-            learner = f"{statistics.median(o['background_cpu_share'] for o in online):.2%}"
-        print(f"| {a} | {ns:,.0f} | {ns / ram:.1f}x | {med_tier(w, a, 'demand_faults'):,.0f} "
-              f"| {issued:,.0f} | {med_tier(w, a, 'prefetches_late'):,.0f} | {acc} "
-              f"| {med_tier(w, a, 'minor_faults'):,.0f} "
-              f"| {med_tier(w, a, 'advisor_cpu_ms'):,.1f} | {learner} |")
-    print()
+def med_tier(w, c, share, key):
+    return statistics.median(m["tiers"][key] for _, m in samples[(w, c, share)])
 
 
 def geo(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-first = ADVISORS[0]
-print("Geometric mean over the workloads:")
-print("| advisor | slowdown vs all RAM | run time vs none | run time vs leap | faults vs leap "
-      f"| run time vs {first} | faults vs {first} |")
-print("|---|---|---|---|---|---|---|")
-for a in ADVISORS:
-    slow = geo([med_ns(w, a) / med_ns(w, None) for w in WORKLOADS])
-    def rel(b, f):
-        return f"{geo([f(w, a) / f(w, b) for w in WORKLOADS]):.3f}" if b in ADVISORS else "-"
-    faults = lambda w, c: max(med_tier(w, c, "demand_faults"), 1)
-    print(f"| {a} | {slow:.1f}x | {rel('none', med_ns)} | {rel('leap', med_ns)} "
-          f"| {rel('leap', faults)} | {rel(first, med_ns)} | {rel(first, faults)} |")
+def slowdown(a, share):
+    return geo([med_ns(w, a, share) / med_ns(w, None, None) for w in WORKLOADS])
+
+
+for share in SHARES:
+    print(f"Test guest, mem={MEM} iters={ITERS} seed=7, RAM budget "
+          f"{budget(share)} ({share}%), tiers {TIERS}; median of {ROUNDS} interleaved rounds\n")
+    for w in WORKLOADS:
+        ram = med_ns(w, None, None)
+        print(f"{w} (all in RAM: {ram:,.0f} ns/op)")
+        print("| advisor | ns/op | slowdown | demand faults | prefetches | late prefetches "
+              "| accuracy | minor faults | advisor ms | learner CPU |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for a in ADVISORS:
+            ns = med_ns(w, a, share)
+            issued = med_tier(w, a, share, "prefetch_issued")
+            useful = med_tier(w, a, share, "prefetch_useful")
+            acc = f"{useful / issued:.3f}" if issued else "-"
+            online = [m["tiers"].get("advisor_online") for _, m in samples[(w, a, share)]]
+            learner = "-"
+            if all(online):
+                learner = f"{statistics.median(o['background_cpu_share'] for o in online):.2%}"
+            print(f"| {a} | {ns:,.0f} | {ns / ram:.1f}x "
+                  f"| {med_tier(w, a, share, 'demand_faults'):,.0f} "
+                  f"| {issued:,.0f} | {med_tier(w, a, share, 'prefetches_late'):,.0f} | {acc} "
+                  f"| {med_tier(w, a, share, 'minor_faults'):,.0f} "
+                  f"| {med_tier(w, a, share, 'advisor_cpu_ms'):,.1f} | {learner} |")
+        print()
+
+    first = ADVISORS[0]
+    print(f"Geometric mean over the workloads ({share}% in RAM):")
+    print("| advisor | slowdown vs all RAM | run time vs none | run time vs leap | faults vs leap "
+          f"| run time vs {first} | faults vs {first} |")
+    print("|---|---|---|---|---|---|---|")
+    for a in ADVISORS:
+        def rel(b, f):
+            if b not in ADVISORS:
+                return "-"
+            return f"{geo([f(w, a, share) / f(w, b, share) for w in WORKLOADS]):.3f}"
+        faults = lambda w, c, s: max(med_tier(w, c, s, "demand_faults"), 1)
+        print(f"| {a} | {slowdown(a, share):.1f}x | {rel('none', med_ns)} "
+              f"| {rel('leap', med_ns)} | {rel('leap', faults)} | {rel(first, med_ns)} "
+              f"| {rel(first, faults)} |")
+    print()
+
+if len(SHARES) > 1:
+    print("By RAM share: geometric-mean slowdown vs all RAM (run time vs none)")
+    print("| advisor | " + " | ".join(f"{s}% in RAM" for s in SHARES) + " |")
+    print("|---|" + "---|" * len(SHARES))
+    for a in ADVISORS:
+        cells = []
+        for share in SHARES:
+            vs_none = ""
+            if "none" in ADVISORS:
+                vs_none = " ({:.3f})".format(
+                    geo([med_ns(w, a, share) / med_ns(w, "none", share) for w in WORKLOADS]))
+            cells.append(f"{slowdown(a, share):.1f}x{vs_none}")
+        print(f"| {a} | " + " | ".join(cells) + " |")
 PY
 child=$!
 wait "$child"
