@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Live advisor benchmark: the test guest's workloads in real VMs (KVM, userfaultfd,
-# io_uring) with 25% (RAM_SHARES) of their working memory in RAM and the rest on an NVMe-profiled
-# file tier (resources/tiers/bench-live.toml), once per advisor, against the same
+# io_uring) with 25% of their working memory in RAM (RAM_SHARES) and the rest on an
+# NVMe-profiled file tier (resources/tiers/bench-live.toml; TIERS), once per advisor, against the same
 # workload all in RAM. Rounds are interleaved (every configuration once per round) so
 # the host's load drifts over all of them alike; medians over the rounds.
 #
@@ -12,6 +12,9 @@
 #     variables: two settings of one advisor, interleaved like any two advisors)
 #   ADVISORS=gru,gru@TIERS=resources/tiers/bench-live-no-tier0.toml resources/scripts/bench-live.sh
 #     (@TIERS=FILE is not an environment variable: that entry runs over another tier file)
+#   TIERS=resources/tiers/default.toml resources/scripts/bench-live.sh
+#     (another tier file for every advisor; a file with an NBD tier gets a qemu-nbd
+#     on ${WORKDIR}/nbd.sock, export "", started here)
 #   RAM_SHARES=25,50,75 resources/scripts/bench-live.sh
 #     (the RAM budget as percentages of the working memory, 25 by default; with more
 #     than one, every share is a configuration of each advisor, interleaved like the
@@ -35,9 +38,36 @@ WORKDIR=$(cd "$(mktemp -d -p target bench-live.XXXXXX)" && pwd)
 # 256 MiB tier file behind (it did until session 17). On INT/TERM bash runs traps only
 # between commands, so the Python below runs in the background and is waited for; a
 # signal ends the VM it is running too.
-trap 'rm -rf "$WORKDIR"' EXIT
+trap 'if [ -n "${nbd_pid:-}" ]; then kill "$nbd_pid" 2>/dev/null; wait "$nbd_pid" 2>/dev/null; fi; rm -rf "$WORKDIR"' EXIT
 trap 'if [ -n "${child:-}" ]; then pkill -TERM -P "$child"; kill "$child"; fi 2>/dev/null; exit 130' INT TERM
-export TIERVISOR GUEST WORKDIR
+TIERS=${TIERS:-resources/tiers/bench-live.toml}
+export TIERVISOR GUEST WORKDIR TIERS
+
+# Tier files with an NBD tier (the TIERS one and any ADVISOR@TIERS=FILE) expect a server
+# at ${WORKDIR}/nbd.sock: one qemu-nbd serves every run, two clients at a time (the
+# fault handler and the migrator each connect).
+tier_files=("$TIERS")
+IFS=, read -ra entries <<<"${ADVISORS:-}"
+for e in "${entries[@]}"; do
+    if [[ $e =~ @TIERS=([^@]*) ]]; then tier_files+=("${BASH_REMATCH[1]}"); fi
+done
+for f in "${tier_files[@]}"; do
+    if [ ! -r "$f" ]; then
+        echo "bench-live: tier file $f cannot be read" >&2
+        exit 1
+    fi
+done
+if grep -qs '^ *nbd *=' "${tier_files[@]}"; then
+    qemu-img create -q -f raw "$WORKDIR/tier5.img" 1G
+    qemu-nbd -k "$WORKDIR/nbd.sock" -f raw -x '' --cache=none --persistent -e 2 \
+        "$WORKDIR/tier5.img" &
+    nbd_pid=$!
+    for _ in $(seq 100); do [ -S "$WORKDIR/nbd.sock" ] && break; sleep 0.05; done
+    if [ ! -S "$WORKDIR/nbd.sock" ]; then
+        echo "bench-live: qemu-nbd did not start" >&2
+        exit 1
+    fi
+fi
 
 python3 - "$@" <<'PY' &
 import json, math, os, re, statistics, subprocess, sys
@@ -58,7 +88,7 @@ except ValueError:
 if not SHARES or any(not 1 <= x < 100 for x in SHARES):
     sys.exit(f"bench-live: every RAM share must be 1-99 (percent), got {SHARES}")
 ITERS = int(os.environ.get("ITERS", "20000"))
-TIERS = "resources/tiers/bench-live.toml"
+TIERS = os.environ["TIERS"]
 RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
 
 
