@@ -78,11 +78,12 @@ echo "tiervisor demo: the same VM with demand paging (none) and with the GRU adv
 echo
 declare -A ns_op
 for advisor in none gru; do
-    line=$(TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M \
+    # Into a file, not $(...): run_guest must set `status` in this shell.
+    TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M \
         --cmdline "workload=chase mem=8M iters=10000 seed=7" \
-        --tiers resources/tiers/default.toml --ram-budget 2M --advisor "$advisor")
-    echo "$line"
-    ns_op[$advisor]=$(grep -o 'ns=[0-9]*' <<<"$line" | head -1 | cut -d= -f2)
+        --tiers resources/tiers/default.toml --ram-budget 2M --advisor "$advisor" >"$out/run.txt"
+    cat "$out/run.txt"
+    ns_op[$advisor]=$(grep -o ' ns=[0-9]*' "$out/run.txt" | head -1 | cut -d= -f2)
     if [ -s "$out/m.json" ]; then
         printf '  demand_faults=%s prefetch_issued=%s prefetch_useful=%s fault_p50_us=%s\n' \
             "$(tier_field demand_faults "$out/m.json")" "$(tier_field prefetch_issued "$out/m.json")" \
