@@ -37,9 +37,22 @@ pub struct Readahead {
     next_ahead: Option<PageNumber>,
     marker: Option<PageNumber>,
     pending: VecDeque<PageNumber>,
+    /// A fault up to one window past where the readahead ended continues the stream too.
+    lenient: bool,
 }
 
 impl Readahead {
+    /// A readahead that also takes a fault up to one window past where it ended as
+    /// the stream going on (pages other prefetch sources brought in were walked
+    /// without a fault), where the strict one starts over. The kernel's context
+    /// readahead likewise counts pages already in the page cache as the stream's.
+    pub fn lenient() -> Self {
+        Self {
+            lenient: true,
+            ..Self::default()
+        }
+    }
+
     fn read_ahead_from(&mut self, from: PageNumber) {
         self.marker = Some(from);
         for k in 0..self.window {
@@ -104,9 +117,20 @@ impl Readahead {
     }
 
     /// Whether a demand fault on `page` continues the stream: it is where the
-    /// readahead ended or on a page it had queued but not yet read.
+    /// readahead ended or on a page it had queued but not yet read, or (lenient)
+    /// at most one window past the end.
     fn continues(&self, page: PageNumber) -> bool {
-        self.window > 0 && (Some(page) == self.next_ahead || self.pending.contains(&page))
+        if self.window == 0 {
+            return false;
+        }
+        if Some(page) == self.next_ahead || self.pending.contains(&page) {
+            return true;
+        }
+        let (true, Some(next)) = (self.lenient && self.stride != 0, self.next_ahead) else {
+            return false;
+        };
+        let steps = page.wrapping_sub(next) as i64;
+        steps % self.stride == 0 && (1..=self.window).contains(&(steps / self.stride))
     }
 
     /// Whether `page` lies ahead of the last fault along the stream. The queue also

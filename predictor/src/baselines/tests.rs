@@ -166,6 +166,32 @@ fn stride_reads_ahead_a_growing_window() {
 }
 
 #[test]
+fn a_lenient_readahead_keeps_a_stream_others_brought_in() {
+    // Faults at 100, 101, 102 start a stream: 103..=106 queued, the window ends at 107.
+    // Another source brought in 107 and 108, so the next fault is at 109.
+    for (lenient, keeps) in [(false, false), (true, true)] {
+        let mut ra = if lenient {
+            Readahead::lenient()
+        } else {
+            Readahead::default()
+        };
+        for p in 100..=102 {
+            ra.on_fault(p);
+        }
+        assert_eq!(ra.window(), 4);
+        assert_eq!(ra.on_fault(109), keeps, "lenient {lenient}");
+        assert_eq!(ra.window(), if keeps { 8 } else { 0 }, "lenient {lenient}");
+    }
+    // More than one window past the end is another stream, lenient or not.
+    let mut ra = Readahead::lenient();
+    for p in 100..=102 {
+        ra.on_fault(p);
+    }
+    assert!(!ra.on_fault(107 + 5));
+    assert_eq!(ra.window(), 0);
+}
+
+#[test]
 fn oracle_prefetch_removes_faults_on_a_scan() {
     let scan: Vec<PageNumber> = (0..300).chain(0..300).collect();
     let n = faults(oracle(&scan, 100), &scan, 100, 8);

@@ -170,7 +170,11 @@ impl GruAdvisor {
             origin: FxHashMap::default(),
             link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
-            readahead: Readahead::default(),
+            readahead: if opts.readahead_lenient {
+                Readahead::lenient()
+            } else {
+                Readahead::default()
+            },
             readahead_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,

@@ -82,6 +82,11 @@ pub struct GruOptions {
     /// seen through a late prefetch, and the extra window is what overran a stream's
     /// end (docs/predictor.md, "Readahead without the marker").
     pub readahead_marker: bool,
+    /// A fault up to one window past where the readahead ended continues the stream
+    /// (`baselines::Readahead::lenient`): the other sources (links, first-touch runs)
+    /// bring in pages of the stream, the guest walks them without a fault, and the
+    /// strict readahead then lost the stream and started over.
+    pub readahead_lenient: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
     /// gru ran in 0.917 of its time without it (docs/benchmarks.md, "Session 15,
@@ -145,6 +150,7 @@ impl Default for GruOptions {
             readahead_threshold: 0.9,
             readahead_walk_inference: true,
             readahead_marker: false,
+            readahead_lenient: false,
             hot_set: false,
             shadow_horizon: 0.75,
             min_uses: 1,
@@ -239,6 +245,7 @@ impl GruOptions {
             "TIERVISOR_GRU_READAHEAD_WALK_INFERENCE",
         );
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
+        flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
