@@ -85,7 +85,9 @@ pub struct GruOptions {
     /// A fault up to one window past where the readahead ended continues the stream
     /// (`baselines::Readahead::lenient`): the other sources (links, first-touch runs)
     /// bring in pages of the stream, the guest walks them without a fault, and the
-    /// strict readahead then lost the stream and started over.
+    /// strict readahead then lost the stream and started over. Off: a rule written
+    /// before its holdout and live runs turned it down (live, 1.003 of gru's run time;
+    /// docs/predictor.md, "Lenient readahead continuation").
     pub readahead_lenient: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
