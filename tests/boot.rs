@@ -151,7 +151,8 @@ fn guest_kvm_error_is_reported_with_rip() {
 #[test]
 fn sigterm_stops_a_spinning_guest_cleanly() {
     let kernel = write_tiny_guest("spin", &code_spin());
-    let metrics = scratch("spin").join("m.json");
+    let dir = scratch("spin");
+    let metrics = dir.join("m.json");
     let mut child = tiervisor()
         .args(["run", "--memory", "16M", "--vcpus", "2", "--kernel"])
         .arg(&kernel)

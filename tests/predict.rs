@@ -255,10 +255,7 @@ fn replay_refuses_a_corrupt_model_clearly() {
 
 #[test]
 fn live_gru_learns_in_the_background_while_the_guest_verifies() {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("predict-{}-live", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new("predict-live");
     let metrics = dir.join("metrics.json");
     // 8M of working memory at a RAM budget of 25% (2M), as tests/tiered.rs does.
     let out = common::tiervisor()
@@ -330,10 +327,7 @@ fn record_guest_trace(dir: &Path, name: &str, cmdline: &str) -> PathBuf {
 fn anomaly_detector_finds_changes_in_a_small_real_splice() {
     use predictor::changepoints::{build_splice, evaluate, format_table, Part, SEGMENT_SHIFT};
 
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("predict-{}-splice", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new("predict-splice");
     // Two real recordings (the test guest in a tiered VM) with a scan storm between.
     // The storm follows zipf, the quieter recording: the pointer chase raises false
     // alarms at a rate that depends on the host's speed, and an alarm just before a

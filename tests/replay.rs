@@ -1,21 +1,13 @@
 //! `tiervisor replay` end to end: a trace written with the trace writer, replayed by
 //! the real binary, JSON and table output, and the usage errors.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{tiervisor, Scratch};
+use std::path::Path;
 
 use tiering::access::{Access, AccessOp, AccessSource, PageKind};
 use tiering::trace::{TraceHeader, TraceWriter};
-
-fn tiervisor() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tiervisor"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tiervisor-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 /// A scan over 2,000 pages repeated 5 times, with a hot set of 50 pages touched
 /// between scan steps: structure the advisors differ on.
@@ -76,7 +68,8 @@ fn field(r: &serde_json::Value, key: &str) -> u64 {
 
 #[test]
 fn replay_reports_every_advisor_and_the_oracle_is_the_limit() {
-    let trace = scratch("mixed.tvt");
+    let dir = Scratch::new("replay-advisors");
+    let trace = dir.join("mixed.tvt");
     write_trace(&trace);
     for visibility in ["full", "sampled:4"] {
         let reports = replay_json(&trace, &["--visibility", visibility]);
@@ -118,7 +111,8 @@ fn replay_reports_every_advisor_and_the_oracle_is_the_limit() {
 
 #[test]
 fn table_output_and_usage_errors() {
-    let trace = scratch("table.tvt");
+    let dir = Scratch::new("replay-table");
+    let trace = dir.join("table.tvt");
     write_trace(&trace);
     let out = tiervisor()
         .args(["replay", "--advisor", "lru,none", "--trace"])
@@ -175,14 +169,14 @@ fn table_output_and_usage_errors() {
     };
     assert_eq!(write_protect(&[]), 0);
     assert!(write_protect(&["--dirty-harvest", "1"]) > 0);
-    let missing = scratch("missing.tvt");
+    let missing = dir.join("missing.tvt");
     let out = tiervisor()
         .args(["replay", "--trace"])
         .arg(&missing)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let garbage = scratch("garbage.tvt");
+    let garbage = dir.join("garbage.tvt");
     std::fs::write(&garbage, b"not a trace at all").unwrap();
     let out = tiervisor()
         .args(["replay", "--trace"])
@@ -195,9 +189,10 @@ fn table_output_and_usage_errors() {
 
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = Scratch::new("replay-pipe");
     // `tiervisor replay ... | head -1`: the pipe's reader closes before the report is
     // written. That is not an error: no panic, no message, exit status 0.
-    let trace = scratch("pipe.tvt");
+    let trace = dir.join("pipe.tvt");
     write_trace(&trace);
     let mut child = tiervisor()
         .args(["replay", "--advisor", "lru,none", "--json", "--trace"])

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest, tiervisor,
+    Scratch,
 };
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
@@ -18,12 +19,8 @@ const WORKLOAD_MEM: &str = "8M";
 const RAM_BUDGET: &str = "2M";
 
 /// A scratch directory for one test (tier files, the NBD socket and image).
-fn workdir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("tiered-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn workdir(name: &str) -> Scratch {
+    Scratch::new(&format!("tiered-{name}"))
 }
 
 /// qemu-nbd serving a fresh raw image on `dir/nbd.sock`; killed on drop.

@@ -2,20 +2,11 @@
 //! import of a real program's valgrind lackey output, info/dump agreement, and
 //! one-line errors (status 2, no panic) for damaged files.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{tiervisor, Scratch};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn tiervisor() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiervisor"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tiervisor-trace-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -52,7 +43,8 @@ fn dump(trace: &Path, limit: Option<u64>) -> Vec<Vec<String>> {
 
 /// `tiervisor trace import --lackey -` fed straight from a running valgrind.
 fn import_real_program(program: &[&str], trace: &Path) -> (Output, String) {
-    let log = scratch("valgrind.log");
+    // Next to the trace, in the test's scratch directory.
+    let log = trace.with_file_name("valgrind.log");
     let mut valgrind = Command::new("valgrind")
         .args(["--tool=lackey", "--trace-mem=yes"])
         .arg(format!("--log-file={}", log.display()))
@@ -73,7 +65,8 @@ fn import_real_program(program: &[&str], trace: &Path) -> (Output, String) {
 
 #[test]
 fn real_program_under_lackey_imports_and_info_dump_agree() {
-    let trace = scratch("true.tvt");
+    let dir = Scratch::new("trace-true");
+    let trace = dir.join("true.tvt");
     let (import, lackey_log) = import_real_program(&["/bin/true"], &trace);
     let summary = stderr(&import);
     assert!(import.status.success(), "{summary}");
@@ -117,13 +110,14 @@ fn real_program_under_lackey_imports_and_info_dump_agree() {
 
 #[test]
 fn handwritten_lackey_lines_dump_exactly() {
-    let input = scratch("small.lackey");
+    let dir = Scratch::new("trace-handwritten");
+    let input = dir.join("small.lackey");
     std::fs::write(
         &input,
         "==1== Lackey\nI  00401000,3\n L 7ff000ffc,8\n S 00602010,4\nprogram output\nI  00401003,2\n M 00602010,4\nI  00402000,5\n",
     )
     .unwrap();
-    let trace = scratch("small.tvt");
+    let trace = dir.join("small.tvt");
     let o = tiervisor()
         .args(["trace", "import", "--description", "hand made", "--lackey"])
         .arg(&input)
@@ -151,7 +145,7 @@ fn handwritten_lackey_lines_dump_exactly() {
     );
     assert_eq!(info_json(&trace)["description"], "hand made");
 
-    let no_instr = scratch("small-noinstr.tvt");
+    let no_instr = dir.join("small-noinstr.tvt");
     let o = tiervisor()
         .args(["trace", "import", "--no-instr", "--lackey"])
         .arg(&input)
@@ -182,12 +176,13 @@ fn assert_one_line_error(trace: &Path, expect: &str) {
 
 #[test]
 fn damaged_traces_give_one_line_errors() {
-    let input = scratch("damage.lackey");
+    let dir = Scratch::new("trace-damaged");
+    let input = dir.join("damage.lackey");
     let text: String = (0..20_000u64)
         .map(|i| format!(" L {:x},8\n", 0x10000 + i * 64))
         .collect();
     std::fs::write(&input, text).unwrap();
-    let trace = scratch("damage.tvt");
+    let trace = dir.join("damage.tvt");
     let o = tiervisor()
         .args(["trace", "import", "--lackey"])
         .arg(&input)
@@ -201,34 +196,35 @@ fn damaged_traces_give_one_line_errors() {
     let mut flipped = bytes.clone();
     let mid = bytes.len() / 2;
     flipped[mid] ^= 0x55;
-    let path = scratch("flipped.tvt");
+    let path = dir.join("flipped.tvt");
     std::fs::write(&path, &flipped).unwrap();
     assert_one_line_error(&path, "corrupt trace at byte offset");
 
-    let path = scratch("cut.tvt");
+    let path = dir.join("cut.tvt");
     std::fs::write(&path, &bytes[..mid]).unwrap();
     assert_one_line_error(&path, "truncated trace");
 
-    let path = scratch("text.tvt");
+    let path = dir.join("text.tvt");
     std::fs::write(&path, "this is not a trace\n").unwrap();
     assert_one_line_error(&path, "not a tiervisor trace");
 
     let mut future = bytes.clone();
     future[8] = 9;
-    let path = scratch("future.tvt");
+    let path = dir.join("future.tvt");
     std::fs::write(&path, &future).unwrap();
     assert_one_line_error(&path, "version 9 is not supported");
 
-    assert_one_line_error(&scratch("missing.tvt"), "No such file");
+    assert_one_line_error(&dir.join("missing.tvt"), "No such file");
 }
 
 #[test]
 fn a_failed_import_leaves_the_output_as_it_was() {
-    let trace = scratch("kept.tvt");
+    let dir = Scratch::new("trace-failed-import");
+    let trace = dir.join("kept.tvt");
     std::fs::write(&trace, "an earlier file").unwrap();
-    let not_lackey = scratch("not-lackey.txt");
+    let not_lackey = dir.join("not-lackey.txt");
     std::fs::write(&not_lackey, "root:x:0:0:root:/root:/bin/bash\nhello\n").unwrap();
-    let missing = scratch("missing.lackey");
+    let missing = dir.join("missing.lackey");
     for (input, expect) in [
         (&not_lackey, "no lackey records"),
         (&missing, "No such file"),

@@ -32,13 +32,56 @@ pub fn testguest() -> PathBuf {
     path
 }
 
-/// A scratch directory unique to this test process and `name`.
-pub fn scratch(name: &str) -> PathBuf {
-    // Cargo's per-target scratch space: nothing is left in /tmp.
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory for one test, `NAME-PID` in Cargo's per-target scratch space
+/// (nothing goes to /tmp), emptied if it was there and removed when dropped. A test
+/// that fails keeps it for a look. Tier files are 256 MiB each: left behind, every
+/// `make test` used to add over a GiB under target/.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A scratch directory for one test of tests/boot.rs.
+pub fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("boot-{name}"))
 }
 
 /// stdout, stderr and status of a finished run, for assertion messages.
@@ -173,11 +216,31 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Write a tiny guest to a scratch file and return its path.
-pub fn write_tiny_guest(name: &str, code: &[u8]) -> PathBuf {
-    let path = scratch(name).join(format!("{name}.elf"));
+/// A tiny guest's ELF file in its own scratch directory, removed with it.
+pub struct TinyGuest {
+    _dir: Scratch,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TinyGuest {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TinyGuest {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+/// Write a tiny guest to a scratch file; the guard holds its path.
+pub fn write_tiny_guest(name: &str, code: &[u8]) -> TinyGuest {
+    let dir = Scratch::new(&format!("boot-guest-{name}"));
+    let path = dir.join(format!("{name}.elf"));
     std::fs::write(&path, pvh_elf(code)).unwrap();
-    path
+    TinyGuest { _dir: dir, path }
 }
 
 /// A tier file in `dir`: 64M of RAM (tier 1) and an NVMe-profiled file tier 2 of
