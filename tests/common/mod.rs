@@ -34,8 +34,8 @@ pub fn testguest() -> PathBuf {
 
 /// A scratch directory for one test, `NAME-PID` in Cargo's per-target scratch space
 /// (nothing goes to /tmp), emptied if it was there and removed when dropped. A test
-/// that fails keeps it for a look. Tier files are 256 MiB each: left behind, every
-/// `make test` used to add over a GiB under target/.
+/// that fails keeps it for a look. Left behind, the tests' tier files added up to
+/// gigabytes under target/ over a day of `make test` runs.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
