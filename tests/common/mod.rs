@@ -46,10 +46,6 @@ impl Scratch {
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
 }
 
 impl std::ops::Deref for Scratch {
