@@ -44,8 +44,7 @@ TIERS=${TIERS:-resources/tiers/bench-live.toml}
 export TIERVISOR GUEST WORKDIR TIERS
 
 # Tier files with an NBD tier (the TIERS one and any ADVISOR@TIERS=FILE) expect a server
-# at ${WORKDIR}/nbd.sock: one qemu-nbd serves every run, two clients at a time (the
-# fault handler and the migrator each connect).
+# at ${WORKDIR}/nbd.sock: one qemu-nbd serves every run.
 tier_files=("$TIERS")
 IFS=, read -ra entries <<<"${ADVISORS:-}"
 for e in "${entries[@]}"; do
@@ -58,15 +57,8 @@ for f in "${tier_files[@]}"; do
     fi
 done
 if grep -qs '^ *nbd *=' "${tier_files[@]}"; then
-    qemu-img create -q -f raw "$WORKDIR/tier5.img" 1G
-    qemu-nbd -k "$WORKDIR/nbd.sock" -f raw -x '' --cache=none --persistent -e 2 \
-        "$WORKDIR/tier5.img" &
-    nbd_pid=$!
-    for _ in $(seq 100); do [ -S "$WORKDIR/nbd.sock" ] && break; sleep 0.05; done
-    if [ ! -S "$WORKDIR/nbd.sock" ]; then
-        echo "bench-live: qemu-nbd did not start" >&2
-        exit 1
-    fi
+    . resources/scripts/nbd.sh
+    start_nbd "$WORKDIR" bench-live
 fi
 
 python3 - "$@" <<'PY' &

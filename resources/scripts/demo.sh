@@ -56,12 +56,9 @@ done
 echo "tiervisor demo: tiered memory, RAM budget 25% of the working memory"
 echo
 tiers=$(cd "$(mktemp -d -p target demo-tiers.XXXXXX)" && pwd)
-qemu-img create -q -f raw "$tiers/tier5.img" 1G
-# -e 2: the fault handler and the migrator thread each have their own connection.
-qemu-nbd -k "$tiers/nbd.sock" -f raw -x '' --cache=none --persistent -e 2 "$tiers/tier5.img" &
-nbd_pid=$!
-trap 'kill $nbd_pid 2>/dev/null; rm -rf "$out" "$tiers"' EXIT
-for _ in $(seq 100); do [ -S "$tiers/nbd.sock" ] && break; sleep 0.05; done
+trap 'if [ -n "${nbd_pid:-}" ]; then kill "$nbd_pid" 2>/dev/null; fi; rm -rf "$out" "$tiers"' EXIT
+. resources/scripts/nbd.sh
+start_nbd "$tiers" demo
 TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M --cmdline "workload=zipf mem=16M iters=50000 seed=4" \
     --tiers resources/tiers/default.toml --ram-budget 4M --trace-out "$out/zipf.tvt"
 if [ -s "$out/m.json" ]; then
