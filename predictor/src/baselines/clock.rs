@@ -11,17 +11,59 @@ const EMPTY: PageNumber = PageNumber::MAX;
 /// Resident pages sit in a ring of slots with a referenced bit; the hand clears set
 /// bits and names the first page whose bit is already clear, as the kernel's
 /// active/inactive aging approximates. No prefetch.
+///
+/// The policy may evict fewer pages than it was offered (it skips hot-set pages, asks
+/// for more to get past them, and stops once within budget), so the hand stops after
+/// the last named page that was evicted: named pages the policy kept are named again
+/// first. A hand that moved past them gave them a whole revolution more in RAM and
+/// aged the rest of the ring the faster; live, at 75% RAM, `none` then took 40% more
+/// demand faults than `lru` on the scan and stride workloads (docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub struct ClockAdvisor {
-    slots: Vec<(PageNumber, bool)>,
+    slots: Vec<Slot>,
     index: FxHashMap<PageNumber, usize>,
     free: Vec<usize>,
     hand: usize,
+    /// The slots the last `victims` call named, in the order named.
+    named: Vec<usize>,
+    /// How many of `named` lead up to the last one evicted since (0: none was).
+    evicted_through: u32,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    page: PageNumber,
+    referenced: bool,
+    /// Position + 1 in `named` if the last `victims` call named this page, else 0.
+    named: u32,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    page: EMPTY,
+    referenced: false,
+    named: 0,
+};
 
 impl ClockAdvisor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Puts the hand just past the last page the previous call named that was
+    /// evicted since, or back on the first it named if none was.
+    fn rewind(&mut self) {
+        let Some(&first) = self.named.first() else {
+            return;
+        };
+        self.hand = match self.evicted_through {
+            0 => first,
+            k => (self.named[k as usize - 1] + 1) % self.slots.len(),
+        };
+        for &i in &self.named {
+            self.slots[i].named = 0;
+        }
+        self.named.clear();
+        self.evicted_through = 0;
     }
 }
 
@@ -32,7 +74,7 @@ impl Advisor for ClockAdvisor {
     fn on_access(&mut self, access: &Access, resident: bool) {
         if resident {
             if let Some(&i) = self.index.get(&access.page) {
-                self.slots[i].1 = true;
+                self.slots[i].referenced = true;
             }
         }
     }
@@ -41,7 +83,11 @@ impl Advisor for ClockAdvisor {
             return;
         }
         // A demand-filled page was just used; a prefetched one not yet.
-        let entry = (page, !prefetched);
+        let entry = Slot {
+            page,
+            referenced: !prefetched,
+            named: 0,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = entry;
@@ -56,7 +102,8 @@ impl Advisor for ClockAdvisor {
     }
     fn on_evict(&mut self, page: PageNumber) {
         if let Some(i) = self.index.remove(&page) {
-            self.slots[i] = (EMPTY, false);
+            self.evicted_through = self.evicted_through.max(self.slots[i].named);
+            self.slots[i] = EMPTY_SLOT;
             self.free.push(i);
         }
     }
@@ -65,20 +112,22 @@ impl Advisor for ClockAdvisor {
         if len == 0 {
             return;
         }
+        self.rewind();
         // Two sweeps clear every bit, so the loop always ends; a page is named once
-        // per call because the hand passes it once per sweep and its bit is clear
-        // only in the second.
+        // per call (its slot says so).
         let start = out.len();
         for _ in 0..2 * len {
             if out.len() - start >= n {
                 break;
             }
-            let (page, referenced) = self.slots[self.hand];
-            if page != EMPTY {
-                if referenced {
-                    self.slots[self.hand].1 = false;
-                } else if !out[start..].contains(&page) {
-                    out.push(page);
+            let slot = &mut self.slots[self.hand];
+            if slot.page != EMPTY {
+                if slot.referenced {
+                    slot.referenced = false;
+                } else if slot.named == 0 {
+                    self.named.push(self.hand);
+                    slot.named = self.named.len() as u32;
+                    out.push(slot.page);
                 }
             }
             self.hand = (self.hand + 1) % len;

@@ -89,6 +89,33 @@ fn clock_gives_referenced_pages_a_second_chance() {
 }
 
 #[test]
+fn clock_names_again_the_pages_the_policy_did_not_evict() {
+    let mut clock = ClockAdvisor::new();
+    for p in 1..=6 {
+        clock.on_fill(p, true);
+    }
+    let mut out = Vec::new();
+    clock.victims(3, &mut out);
+    assert_eq!(out, vec![1, 2, 3]);
+    // The policy took only the first (it skipped 2 as hot and was within budget).
+    clock.on_evict(1);
+    out.clear();
+    clock.victims(2, &mut out);
+    assert_eq!(
+        out,
+        vec![2, 3],
+        "the hand stopped after page 1, the last evicted"
+    );
+    clock.on_evict(3);
+    clock.on_fill(7, false);
+    out.clear();
+    clock.victims(3, &mut out);
+    // Page 2 was kept again: passed now, as the hand stops after 3; page 7 took 1's
+    // slot, behind the hand, and is not reached before 4, 5 and 6.
+    assert_eq!(out, vec![4, 5, 6]);
+}
+
+#[test]
 fn lfu_keeps_the_frequent_page() {
     let pages = [1, 1, 1, 2, 3, 4, 1, 5, 1];
     // 1 is never evicted: only its first access faults.
