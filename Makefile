@@ -6,7 +6,7 @@ OUT := resources/out
 GUEST := $(OUT)/testguest.elf
 TIERVISOR := target/release/tiervisor
 
-.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-swap traces model bench-predict clean
+.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-swap traces model prior bench-predict clean
 
 all: build
 
@@ -63,6 +63,12 @@ traces: build
 model: build
 	@ls $(OUT)/traces/train/*.tvt >/dev/null 2>&1 || { echo "make model: no traces in $(OUT)/traces/train (make traces)" >&2; exit 1; }
 	$(TIERVISOR) train --trace $(OUT)/traces/train/*.tvt -o resources/models/gru-base.bpk --epochs 4 --ram-fractions 0.25 --visibility sampled:4 --hidden 16
+
+# The first-touch prior gru follows (TIERVISOR_GRU_FIRST_TOUCH_PRIOR), from the same
+# training traces as the model; seconds.
+prior: build
+	@ls $(OUT)/traces/train/*.tvt >/dev/null 2>&1 || { echo "make prior: no traces in $(OUT)/traces/train (make traces)" >&2; exit 1; }
+	$(TIERVISOR) train-prior --trace $(OUT)/traces/train/*.tvt -o resources/models/first-touch-prior.json
 
 # gru against the baselines on the held-out evaluation traces at 25% RAM: unbounded
 # storage tiers, then little fast room (placement matters); the same on the holdout

@@ -43,6 +43,8 @@ enum Command {
     Trace(cmd::trace::TraceCommand),
     /// Train a GRU access model from traces.
     Train(cmd::train::TrainArgs),
+    /// Learn the first-touch prior (what programs touch first, as page deltas) from traces
+    TrainPrior(cmd::train_prior::TrainPriorArgs),
     /// Replay a trace through simulated tiered memory and compare advisors.
     Replay(cmd::replay::ReplayArgs),
 }
@@ -57,6 +59,7 @@ fn main() {
         Command::Run(args) => cmd::run::run(args, process_start),
         Command::Trace(c) => cmd::trace::run(c),
         Command::Train(args) => cmd::train::run(args),
+        Command::TrainPrior(args) => cmd::train_prior::run(args),
         Command::Replay(args) => cmd::replay::run(args),
     };
     std::process::exit(code);

@@ -13,6 +13,7 @@ pub mod model;
 pub mod online;
 mod outcomes;
 mod pageset;
+pub mod prior;
 pub mod scorer;
 pub mod synth;
 pub mod train;

@@ -775,3 +775,62 @@ fn readahead_without_the_marker_stays_one_window_ahead() {
         "with {with:?} without {without:?}"
     );
 }
+
+#[test]
+fn the_first_touch_prior_zero_fills_a_start_other_programs_shared() {
+    use super::prior::{FirstTouchPrior, PriorConfig};
+    use std::sync::Arc;
+    // A start sequence of scattered first touches (no runs), the same deltas in every
+    // program wherever it starts, then each program's own pages.
+    let start: Vec<u64> = (0..40u64)
+        .map(|i| (i * 7919 + i * i * 104_729) % 100_003)
+        .collect();
+    let program = |base: u64, own: u64| -> Vec<u64> {
+        let mut v: Vec<u64> = start.iter().map(|p| base + p).collect();
+        // Not a run nor a stride, which other sources follow.
+        v.extend((0..30).map(|i| own + i * i * 13 + i * 3));
+        v
+    };
+    let prior = FirstTouchPrior::learn(
+        &[program(1 << 20, 50_000), program(3 << 20, 90_000)],
+        PriorConfig::default(),
+    );
+    assert!(prior.len() >= 30, "{} transitions", prior.len());
+    // A third program, elsewhere: each page touched a few times.
+    let mut trace = Vec::new();
+    for (i, page) in program(5 << 20, 70_000)
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, 4))
+        .enumerate()
+    {
+        trace.push(tiering::access::Access {
+            time_ns: i as u64 * 1000,
+            page,
+            vcpu: 0,
+            op: tiering::access::AccessOp::Read,
+            kind: tiering::access::PageKind::Data,
+            source: tiering::access::AccessSource::Full,
+        });
+    }
+    let (model, meta) = tiny_model();
+    let prior = Arc::new(prior);
+    let run = |on: bool| {
+        let opts = GruOptions {
+            first_touch_prior: on,
+            online: no_online_learning(),
+            ..GruOptions::default()
+        };
+        let mut adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+        adv.set_first_touch_prior(prior.clone());
+        replay_in_sim(&trace, Box::new(adv), 256)
+    };
+    let (off, on) = (run(false), run(true));
+    assert_eq!(
+        off.cold_faults, 70,
+        "every page's first touch faults: {off:?}"
+    );
+    // The first three first touches give the prior its context; most of the start's
+    // other 37 are zero-filled ahead, and nothing of the program's own pages is.
+    assert!(on.cold_faults <= 70 - 30, "off {off:?} on {on:?}");
+    assert!(on.accuracy >= 0.95, "on {on:?}");
+}

@@ -153,10 +153,19 @@ fn load_gru(
         .model
         .clone()
         .unwrap_or_else(crate::gru::base_model_path);
-    crate::gru::GruAdvisor::from_file(&path, opts).map_err(|e| UnknownAdvisor::Failed {
+    let failed = |reason: String| UnknownAdvisor::Failed {
         name: "gru".into(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let with_prior = opts.first_touch_prior;
+    let mut gru =
+        crate::gru::GruAdvisor::from_file(&path, opts).map_err(|e| failed(e.to_string()))?;
+    if with_prior {
+        let prior = crate::gru::prior::FirstTouchPrior::load(&crate::gru::prior::base_prior_path())
+            .map_err(|e| failed(e.to_string()))?;
+        gru.set_first_touch_prior(std::sync::Arc::new(prior));
+    }
+    Ok(gru)
 }
 
 #[cfg(not(feature = "gru"))]

@@ -5,6 +5,7 @@ pub mod replay;
 pub mod run;
 pub mod trace;
 pub mod train;
+pub mod train_prior;
 
 /// Exit status for bad input or a host that cannot run the request.
 pub const EXIT_USAGE: i32 = 2;

@@ -10,6 +10,7 @@
 //! (docs/predictor.md). Tunables: `options.rs`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -25,6 +26,7 @@ use super::features::{BlockMap, FeatureExtractor, Sample, WindowBatch};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineLearner, OnlineMode};
 use super::outcomes::{Outcomes, ShadowKey, Shadows};
+use super::prior::{FirstTouchPrior, PriorCursor};
 use super::scorer::CandidateScorer;
 
 mod options;
@@ -70,6 +72,8 @@ enum Source {
     FirstTouch,
     /// The window of a confirmed fault stream (kernel-style readahead).
     Readahead,
+    /// A page the first-touch prior expects to be touched next.
+    Prior,
 }
 
 /// The GRU advisor.
@@ -122,6 +126,12 @@ pub struct GruAdvisor {
     recent_first_touches: std::collections::VecDeque<PageNumber>,
     /// Never-touched pages that continue a run of first touches, for the next prefetch.
     first_touch_candidates: Vec<PageNumber>,
+    /// The first-touch prior (`GruOptions::first_touch_prior`), where this VM is in
+    /// it, the pages it named at the last first-touch fault, and their record.
+    prior: Option<Arc<FirstTouchPrior>>,
+    prior_cursor: PriorCursor,
+    prior_candidates: Vec<PageNumber>,
+    prior_outcomes: Outcomes,
     first_touch_outcomes: Outcomes,
     prefetch_queue: Vec<PageNumber>,
     prefetch_cursor: usize,
@@ -184,6 +194,10 @@ impl GruAdvisor {
             seen: Default::default(),
             recent_first_touches: Default::default(),
             first_touch_candidates: Vec::new(),
+            prior: None,
+            prior_cursor: PriorCursor::default(),
+            prior_candidates: Vec::new(),
+            prior_outcomes: Outcomes::default(),
             first_touch_outcomes: Outcomes::default(),
             prefetch_queue: Vec::new(),
             prefetch_cursor: 0,
@@ -202,6 +216,11 @@ impl GruAdvisor {
     pub fn from_file(path: &Path, opts: GruOptions) -> Result<Self, ModelFileError> {
         let (model, meta) = AccessModel::load(path, &Device::flex())?;
         Ok(Self::new(model, meta, opts))
+    }
+
+    /// The first-touch prior to follow when `GruOptions::first_touch_prior` is on.
+    pub fn set_first_touch_prior(&mut self, prior: Arc<FirstTouchPrior>) {
+        self.prior = Some(prior);
     }
 
     /// Also hand every window's training samples to `sink` (offline collection).
@@ -232,6 +251,10 @@ impl GruAdvisor {
     /// The current inference weights (after online learning).
     pub fn model(&self) -> &AccessModel {
         &self.model
+    }
+
+    fn tracks_first_touches(&self) -> bool {
+        self.opts.first_touch_run > 0 || self.prior.is_some()
     }
 
     fn block_pages(&self) -> u64 {
@@ -389,11 +412,11 @@ impl Advisor for GruAdvisor {
             }
             self.last_fault = Some(page);
             self.fault_page = Some(page);
-            // The set of pages ever seen serves the first-touch source only.
-            if self.opts.first_touch_run > 0 && self.seen.insert(page) {
+            // The set of pages ever seen serves the first-touch sources only.
+            if self.tracks_first_touches() && self.seen.insert(page) {
                 self.note_first_touch(page);
             }
-        } else if self.opts.first_touch_run > 0 {
+        } else if self.tracks_first_touches() {
             self.seen.insert(access.page);
         }
     }

@@ -113,6 +113,12 @@ pub struct GruOptions {
     /// After a first touch next to a recent first touch, prefetch (zero-fill) this many
     /// never-touched pages further along the run (0: off). Heaps and stacks grow so.
     pub first_touch_run: u64,
+    /// Follow the first-touch prior learned from the training traces
+    /// (`super::super::prior`, loaded beside the model by whoever builds the advisor):
+    /// after a first-touch fault, zero-fill the pages it expects next.
+    pub first_touch_prior: bool,
+    /// Most pages the prior names after one first-touch fault.
+    pub prior_depth: usize,
     pub online: OnlineConfig,
     pub anomaly: AnomalyConfig,
     pub max_stepped: usize,
@@ -159,6 +165,8 @@ impl Default for GruOptions {
             link_context: true,
             first_touch_by_region: true,
             first_touch_run: 1,
+            first_touch_prior: false,
+            prior_depth: 4,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
             max_stepped: FeatureConfig::default().max_stepped,
@@ -249,6 +257,8 @@ impl GruOptions {
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
+        flag(&mut o.first_touch_prior, "TIERVISOR_GRU_FIRST_TOUCH_PRIOR");
+        set(&mut o.prior_depth, "TIERVISOR_GRU_PRIOR_DEPTH");
         match std::env::var("TIERVISOR_GRU_ONLINE").as_deref() {
             Ok("off") => o.online.mode = OnlineMode::Off,
             Ok("inline") => o.online.mode = OnlineMode::Inline,

@@ -164,6 +164,19 @@ impl GruAdvisor {
             }
             self.candidates = trend;
         }
+        // The prior's pages last: the sources above follow this VM's own record, the
+        // prior what other programs did.
+        for i in 0..self.prior_candidates.len() {
+            let page = self.prior_candidates[i];
+            if out.len() - start < cap
+                && !self.lists.contains(page)
+                && !out[start..].contains(&page)
+            {
+                out.push(page);
+                self.origin.entry(page).or_insert(Source::Prior);
+            }
+        }
+        self.prior_candidates.clear();
         while out.len() - start < max && self.prefetch_cursor < self.prefetch_queue.len() {
             let page = self.prefetch_queue[self.prefetch_cursor];
             self.prefetch_cursor += 1;
@@ -226,6 +239,7 @@ impl GruAdvisor {
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
             Some(Source::Readahead) => self.readahead_outcomes.record(used),
+            Some(Source::Prior) => self.prior_outcomes.record(used),
             Some(Source::FirstTouch) => {
                 self.first_touch_outcomes.record(used);
                 self.first_touch_regions
@@ -287,6 +301,19 @@ impl GruAdvisor {
     /// A first touch of `page`: if it continues a recent first touch at `page -+ 1`,
     /// the next never-touched pages in that direction become candidates.
     pub(super) fn note_first_touch(&mut self, page: PageNumber) {
+        self.prior_candidates.clear();
+        if let Some(prior) = &self.prior {
+            if self.opts.first_touch_prior {
+                let seen = &self.seen;
+                self.prior_cursor.on_first_touch(
+                    prior,
+                    page,
+                    self.opts.prior_depth,
+                    |p| seen.contains(p),
+                    &mut self.prior_candidates,
+                );
+            }
+        }
         self.first_touch_candidates.clear();
         let run = self.opts.first_touch_run;
         if run > 0 {
