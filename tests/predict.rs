@@ -458,10 +458,10 @@ fn train_prior_writes_a_prior_that_replay_follows_and_bad_input_is_one_line() {
 
     let cold_faults = |prior_env: Option<&Path>| {
         let mut cmd = common::tiervisor();
-        if let Some(p) = prior_env {
-            cmd.env("TIERVISOR_GRU_FIRST_TOUCH_PRIOR", "1")
-                .env("TIERVISOR_GRU_PRIOR", p);
-        }
+        match prior_env {
+            Some(p) => cmd.env("TIERVISOR_GRU_PRIOR", p),
+            None => cmd.env("TIERVISOR_GRU_FIRST_TOUCH_PRIOR", "0"),
+        };
         let out = cmd
             .args([
                 "replay",
@@ -491,7 +491,6 @@ fn train_prior_writes_a_prior_that_replay_follows_and_bad_input_is_one_line() {
     // A prior that is not there: one line naming it, exit 2, nothing on stdout.
     let absent = dir.join("absent.json");
     let out = common::tiervisor()
-        .env("TIERVISOR_GRU_FIRST_TOUCH_PRIOR", "1")
         .env("TIERVISOR_GRU_PRIOR", &absent)
         .args(["replay", "--advisor", "gru", "--trace"])
         .arg(&c)

@@ -8,8 +8,8 @@ Examples:
   The shipped prior, as `make prior` learns it:
     tiervisor train-prior --trace resources/out/traces/train/*.tvt \\
         -o resources/models/first-touch-prior.json
-  Then replay with it:
-    TIERVISOR_GRU_FIRST_TOUCH_PRIOR=1 tiervisor replay --trace prog.tvt --advisor gru
+  Replay with another prior (gru follows the shipped one by default):
+    TIERVISOR_GRU_PRIOR=my-prior.json tiervisor replay --trace prog.tvt --advisor gru
 
 Exit status: 0; 2 for bad input (unreadable trace, bad option values, an output
 path that cannot be written).";

@@ -115,7 +115,9 @@ pub struct GruOptions {
     pub first_touch_run: u64,
     /// Follow the first-touch prior learned from the training traces
     /// (`super::super::prior`, loaded beside the model by whoever builds the advisor):
-    /// after a first-touch fault, zero-fill the pages it expects next.
+    /// after a first-touch fault, zero-fill the pages it expects next. On since session
+    /// 19, by a rule written before its holdout and live runs (docs/predictor.md, "The
+    /// first-touch prior").
     pub first_touch_prior: bool,
     /// Most pages the prior names after one first-touch fault.
     pub prior_depth: usize,
@@ -165,7 +167,7 @@ impl Default for GruOptions {
             link_context: true,
             first_touch_by_region: true,
             first_touch_run: 1,
-            first_touch_prior: false,
+            first_touch_prior: true,
             prior_depth: 4,
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
