@@ -13,12 +13,6 @@ use predictor::replay::{replay_all, ReplayConfig, TraceInput, Visibility};
 use tiering::access::Access;
 use tiering::trace::{Clock, TraceHeader, TraceWriter};
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tv-predict-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn write_trace(path: &Path, accesses: &[Access]) {
     let header = TraceHeader {
         clock: Clock::Nanoseconds,
@@ -77,7 +71,7 @@ fn training_trace() -> Vec<Access> {
 
 #[test]
 fn train_writes_a_model_that_replay_uses() {
-    let dir = tmpdir("train");
+    let dir = common::Scratch::new("predict-train");
     let t = dir.join("train.tvt");
     write_trace(&t, &training_trace());
     // A small model (2 epochs, 8 hidden units) trained on that trace into `name`.
@@ -171,7 +165,7 @@ fn train_writes_a_model_that_replay_uses() {
 
 #[test]
 fn train_refuses_bad_input_with_one_line() {
-    let dir = tmpdir("bad");
+    let dir = common::Scratch::new("predict-bad");
     let model = dir.join("m.bpk");
     let missing = train(Path::new("/nonexistent/x.tvt"), &model, &[]);
     assert_eq!(missing.status.code(), Some(2));
@@ -220,7 +214,7 @@ fn train_refuses_bad_input_with_one_line() {
 
     // An unwritable model path is refused before the traces are replayed, not after
     // the training it would throw away.
-    for output in [dir.join("no-such-dir").join("m.bpk"), dir.clone()] {
+    for output in [dir.join("no-such-dir").join("m.bpk"), dir.to_path_buf()] {
         let out = train(&t, &output, &[]);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -232,7 +226,7 @@ fn train_refuses_bad_input_with_one_line() {
 
 #[test]
 fn replay_refuses_a_corrupt_model_clearly() {
-    let dir = tmpdir("corrupt");
+    let dir = common::Scratch::new("predict-corrupt");
     let junk = dir.join("junk.bpk");
     std::fs::write(&junk, b"TVGRU\0\0\x01garbage").unwrap();
     let input = TraceInput::Memory {

@@ -178,10 +178,15 @@ impl FirstTouchPrior {
             serde_json::Value::from(learned_from),
             rows.join(",\n")
         );
-        std::fs::write(path, text).map_err(|source| PriorError::Io {
+        // A temp file renamed over the target, as model files are, so a reader never
+        // sees half a prior.
+        let io = |source| PriorError::Io {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     pub fn load(path: &Path) -> Result<Self, PriorError> {

@@ -218,6 +218,8 @@ fn model_file_round_trip_and_errors() {
         AccessModel::load_cpu(&tmp("missing.bpk")),
         Err(ModelFileError::Io { .. })
     ));
+    // The only user of the scratch directory: leave nothing in /tmp.
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 fn samples_for(p: Pattern, n: usize) -> Vec<Sample> {
