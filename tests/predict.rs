@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use predictor::gru::synth::{generate, phases, Pattern};
+use predictor::gru::synth::{generate, phases, repeated, Pattern};
 use predictor::replay::{replay_all, ReplayConfig, TraceInput, Visibility};
 use tiering::access::Access;
 use tiering::trace::{Clock, TraceHeader, TraceWriter};
@@ -417,19 +417,7 @@ fn anomaly_detector_finds_changes_in_a_small_real_splice() {
 fn program_with_shared_start(base: u64, own: u64) -> Vec<Access> {
     let start = (0..40u64).map(|i| base + (i * 7919 + i * i * 104_729) % 100_003);
     let mine = (0..30u64).map(|i| own + i * i * 13 + i * 3);
-    start
-        .chain(mine)
-        .flat_map(|p| std::iter::repeat_n(p, 4))
-        .enumerate()
-        .map(|(i, page)| Access {
-            time_ns: i as u64 * 1000,
-            page,
-            vcpu: 0,
-            op: tiering::access::AccessOp::Read,
-            kind: tiering::access::PageKind::Data,
-            source: tiering::access::AccessSource::Full,
-        })
-        .collect()
+    repeated(start.chain(mine), 4, tiering::access::AccessOp::Read)
 }
 
 #[test]

@@ -38,6 +38,32 @@ impl Rng {
     }
 }
 
+/// Accesses of `pages` in order, each `reps` times in a row, 1 us apart.
+pub fn repeated(
+    pages: impl IntoIterator<Item = PageNumber>,
+    reps: usize,
+    op: AccessOp,
+) -> Vec<Access> {
+    pages
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, reps))
+        .enumerate()
+        .map(|(i, page)| data_access(i as u64 * 1000, page, op))
+        .collect()
+}
+
+/// A data access by vCPU 0 that the monitor saw (every synthetic access is one).
+fn data_access(time_ns: u64, page: PageNumber, op: AccessOp) -> Access {
+    Access {
+        time_ns,
+        page,
+        vcpu: 0,
+        op,
+        kind: PageKind::Data,
+        source: AccessSource::Full,
+    }
+}
+
 /// `n` accesses of `pattern`, timestamps continuing from `t0` at 100 ns per access.
 pub fn generate(pattern: Pattern, n: usize, seed: u64, t0: u64) -> Vec<Access> {
     let mut rng = Rng::new(seed);
@@ -73,14 +99,7 @@ pub fn generate(pattern: Pattern, n: usize, seed: u64, t0: u64) -> Vec<Access> {
             } else {
                 AccessOp::Read
             };
-            Access {
-                time_ns: t0 + i * 100,
-                page,
-                vcpu: 0,
-                op,
-                kind: PageKind::Data,
-                source: AccessSource::Full,
-            }
+            data_access(t0 + i * 100, page, op)
         })
         .collect()
 }

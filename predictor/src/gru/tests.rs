@@ -6,7 +6,7 @@ use super::anomaly::{score_detections, AnomalyConfig};
 use super::features::{FeatureConfig, FeatureExtractor, Sample, WindowBatch, NUM_FEATURES};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineConfig, OnlineMode};
-use super::synth::{generate, mini_replay, phases, Pattern};
+use super::synth::{generate, mini_replay, phases, repeated, Pattern};
 use super::train::{evaluate, samples_from_accesses, TrainConfig, Trainer};
 use super::{GruAdvisor, GruOptions};
 
@@ -363,20 +363,7 @@ fn replay_in_sim_seeing(
 fn first_touch_runs_are_prefetched_when_enabled() {
     // A heap growing one page at a time, each new page used a few times: with the
     // first-touch source on, most first touches are prefetched zero-fills.
-    let mut trace = Vec::new();
-    for (i, page) in (0..2000u64)
-        .flat_map(|p| std::iter::repeat_n(1000 + p, 4))
-        .enumerate()
-    {
-        trace.push(tiering::access::Access {
-            time_ns: i as u64 * 1000,
-            page,
-            vcpu: 0,
-            op: tiering::access::AccessOp::Write,
-            kind: tiering::access::PageKind::Data,
-            source: tiering::access::AccessSource::Full,
-        });
-    }
+    let trace = repeated(1000..3000, 4, tiering::access::AccessOp::Write);
     let (model, meta) = tiny_model();
     let run = |first_touch_run| {
         let opts = GruOptions {
@@ -687,19 +674,11 @@ fn detection_scoring() {
 /// Reads of `passes` sweeps over `pages` pages from `base`, each page read `reps`
 /// times in a row.
 fn scan_trace(base: u64, pages: u64, passes: u64, reps: usize) -> Vec<tiering::access::Access> {
-    (0..passes)
-        .flat_map(|_| base..base + pages)
-        .flat_map(|p| std::iter::repeat_n(p, reps))
-        .enumerate()
-        .map(|(i, page)| tiering::access::Access {
-            time_ns: i as u64 * 1000,
-            page,
-            vcpu: 0,
-            op: tiering::access::AccessOp::Read,
-            kind: tiering::access::PageKind::Data,
-            source: tiering::access::AccessSource::Full,
-        })
-        .collect()
+    repeated(
+        (0..passes).flat_map(|_| base..base + pages),
+        reps,
+        tiering::access::AccessOp::Read,
+    )
 }
 
 #[test]
@@ -799,21 +778,7 @@ fn the_first_touch_prior_zero_fills_a_start_other_programs_shared() {
     );
     assert!(prior.len() >= 30, "{} transitions", prior.len());
     // A third program, elsewhere: each page touched a few times.
-    let mut trace = Vec::new();
-    for (i, page) in program(5 << 20, 70_000)
-        .into_iter()
-        .flat_map(|p| std::iter::repeat_n(p, 4))
-        .enumerate()
-    {
-        trace.push(tiering::access::Access {
-            time_ns: i as u64 * 1000,
-            page,
-            vcpu: 0,
-            op: tiering::access::AccessOp::Read,
-            kind: tiering::access::PageKind::Data,
-            source: tiering::access::AccessSource::Full,
-        });
-    }
+    let trace = repeated(program(5 << 20, 70_000), 4, tiering::access::AccessOp::Read);
     let (model, meta) = tiny_model();
     let prior = Arc::new(prior);
     let run = |on: bool| {
