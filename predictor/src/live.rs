@@ -46,6 +46,10 @@ pub struct LiveGruReport {
     pub weight_updates: u64,
     /// Samples the background thread could not take (it was behind).
     pub samples_dropped: u64,
+    /// Pages the first-touch prior zero-filled ahead that the guest used, and that
+    /// were evicted unused (as far as the VMM could tell).
+    pub prior_used: u64,
+    pub prior_wasted: u64,
     /// The background thread's own counters.
     pub background: BackgroundSnapshot,
     /// Its CPU time in ms and as a share of one core over its lifetime.
@@ -145,6 +149,8 @@ impl Advisor for LiveGru {
         self.anomalies_seen = all.len();
         r.model_windows = self.inner.stats.windows;
         r.weight_updates = self.inner.stats.weight_updates;
+        r.prior_used = self.inner.stats.prior_used;
+        r.prior_wasted = self.inner.stats.prior_wasted;
         r.samples_dropped = self.inner.learner().dropped;
     }
 }

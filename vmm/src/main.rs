@@ -15,8 +15,9 @@ Examples:
   Compare paging advisors on a recorded trace:
     tiervisor replay --trace resources/out/traces/eval/gzip.tvt --ram-fraction 0.25 \\
         --advisor gru,leap,stride,lru,none,oracle
-  Train a model, summarise a trace:
+  Train a model and a first-touch prior, summarise a trace:
     tiervisor train --trace resources/out/traces/train/*.tvt -o model.bpk
+    tiervisor train-prior --trace resources/out/traces/train/*.tvt -o prior.json
     tiervisor trace info resources/out/traces/eval/gzip.tvt
 
 Each command's --help has more examples and its exit status. `make demo` builds
@@ -43,7 +44,7 @@ enum Command {
     Trace(cmd::trace::TraceCommand),
     /// Train a GRU access model from traces.
     Train(cmd::train::TrainArgs),
-    /// Learn the first-touch prior (what programs touch first, as page deltas) from traces
+    /// Learn the first-touch prior (what programs touch first, as page deltas) from traces.
     TrainPrior(cmd::train_prior::TrainPriorArgs),
     /// Replay a trace through simulated tiered memory and compare advisors.
     Replay(cmd::replay::ReplayArgs),

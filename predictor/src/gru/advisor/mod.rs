@@ -45,6 +45,9 @@ pub struct GruStats {
     pub end_window_ns: u64,
     pub max_step_ns: u64,
     pub weight_updates: u64,
+    /// The first-touch prior's zero fills that were used, and evicted unused.
+    pub prior_used: u64,
+    pub prior_wasted: u64,
 }
 
 /// Most successor links kept (a link is two page numbers and a record), and most
@@ -127,11 +130,10 @@ pub struct GruAdvisor {
     /// Never-touched pages that continue a run of first touches, for the next prefetch.
     first_touch_candidates: Vec<PageNumber>,
     /// The first-touch prior (`GruOptions::first_touch_prior`), where this VM is in
-    /// it, the pages it named at the last first-touch fault, and their record.
+    /// it, and the pages it named at the last first-touch fault.
     prior: Option<Arc<FirstTouchPrior>>,
     prior_cursor: PriorCursor,
     prior_candidates: Vec<PageNumber>,
-    prior_outcomes: Outcomes,
     first_touch_outcomes: Outcomes,
     prefetch_queue: Vec<PageNumber>,
     prefetch_cursor: usize,
@@ -197,7 +199,6 @@ impl GruAdvisor {
             prior: None,
             prior_cursor: PriorCursor::default(),
             prior_candidates: Vec::new(),
-            prior_outcomes: Outcomes::default(),
             first_touch_outcomes: Outcomes::default(),
             prefetch_queue: Vec::new(),
             prefetch_cursor: 0,

@@ -239,7 +239,8 @@ impl GruAdvisor {
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
             Some(Source::Readahead) => self.readahead_outcomes.record(used),
-            Some(Source::Prior) => self.prior_outcomes.record(used),
+            Some(Source::Prior) if used => self.stats.prior_used += 1,
+            Some(Source::Prior) => self.stats.prior_wasted += 1,
             Some(Source::FirstTouch) => {
                 self.first_touch_outcomes.record(used);
                 self.first_touch_regions
