@@ -145,6 +145,8 @@ pub struct GruAdvisor {
     ticks: u64,
     /// Page of the most recent demand fault not yet followed by a prefetch call.
     fault_page: Option<PageNumber>,
+    /// The last demand fault continued the readahead's stream.
+    fault_in_stream: bool,
     /// The pages the last followed chain prefetched, in order, until the next demand
     /// fault (`GruOptions::chain_inference` only; the chain ended on `last_fault`).
     last_chain: Vec<PageNumber>,
@@ -209,6 +211,7 @@ impl GruAdvisor {
             ticks: 0,
             last_chain: Vec::new(),
             fault_page: None,
+            fault_in_stream: false,
             stats: GruStats::default(),
         }
     }
@@ -389,8 +392,11 @@ impl Advisor for GruAdvisor {
                 if self.opts.readahead_marker {
                     self.readahead.on_observed(access.page);
                 }
-            } else if self.readahead.on_fault(access.page) && self.opts.readahead_walk_inference {
-                self.infer_stream_use(access.page);
+            } else {
+                self.fault_in_stream = self.readahead.on_fault(access.page);
+                if self.fault_in_stream && self.opts.readahead_walk_inference {
+                    self.infer_stream_use(access.page);
+                }
             }
         }
         if !resident {

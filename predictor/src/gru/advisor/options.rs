@@ -89,6 +89,10 @@ pub struct GruOptions {
     /// before its holdout and live runs turned it down (live, 1.003 of gru's run time;
     /// docs/predictor.md, "Lenient readahead continuation").
     pub readahead_lenient: bool,
+    /// No successor chain after a fault that continues a stream the readahead follows
+    /// on a trusted record: the readahead covers the stream, and live the links cost
+    /// gru on the stream workloads (docs/predictor.md, "What did not work", session 18).
+    pub links_off_streams: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
     /// gru ran in 0.917 of its time without it (docs/benchmarks.md, "Session 15,
@@ -161,6 +165,7 @@ impl Default for GruOptions {
             readahead_walk_inference: true,
             readahead_marker: false,
             readahead_lenient: false,
+            links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
             min_uses: 1,
@@ -258,6 +263,7 @@ impl GruOptions {
         );
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
+        flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         flag(&mut o.first_touch_prior, "TIERVISOR_GRU_FIRST_TOUCH_PRIOR");
         set(&mut o.prior_depth, "TIERVISOR_GRU_PRIOR_DEPTH");

@@ -17,7 +17,13 @@ impl GruAdvisor {
         let start = out.len();
         let cap = self.prefetch_cap().min(max);
         // Right after a demand fault: the pages that faulted after it last time.
-        if let Some(mut page) = self.fault_page.take() {
+        let stream_covers = self.opts.links_off_streams
+            && self.fault_in_stream
+            && self
+                .readahead_outcomes
+                .trusted(self.opts.readahead_threshold, self.opts.min_uses);
+        let fault_page = self.fault_page.take().filter(|_| !stream_covers);
+        if let Some(mut page) = fault_page {
             self.last_chain.clear();
             let mut before = self.fault_before_last;
             for depth in 0..self.opts.successor_depth as u32 {
