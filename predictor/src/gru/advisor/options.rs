@@ -92,6 +92,9 @@ pub struct GruOptions {
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor.md, "What did not work", session 18).
+    /// Off: a rule written before its holdout and live runs turned it down (live,
+    /// 1.001 of gru's run time, phases 1.068; docs/predictor.md, "No successor chain on
+    /// a stream the readahead covers").
     pub links_off_streams: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
