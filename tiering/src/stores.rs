@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{
-    self, FileBackend, FileConfig, IoCompletion, IoOp, IoPriority, IoRequest, PageBuf, TierBackend,
+    self, FileBackend, FileConfig, IoCompletion, IoRequest, PageBuf, TierBackend,
 };
 use crate::config::{DeviceProfile, TierBackendSpec, TierConfig, TIER_COUNT};
 
@@ -200,24 +200,19 @@ const DEMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// is stalled on this read, and on this PVM host a CPU that goes idle meanwhile halts,
 /// so the wake-ups cost tens of microseconds a fault (docs/tiering.md, "Spinning on
 /// demand reads").
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_blocking(
     store: &mut Store,
-    op: IoOp,
-    slot: u64,
-    buf: PageBuf,
-    priority: IoPriority,
-    tag: u64,
+    req: IoRequest,
     spin: Duration,
     others: &mut Vec<IoCompletion>,
 ) -> IoCompletion {
-    let req = IoRequest {
+    let IoRequest {
         op,
         slot,
-        buf,
         priority,
         tag,
-    };
+        ..
+    } = req;
     if let Err(e) = store.backend.submit(req) {
         let backend::SubmitError { error, request } = e;
         return IoCompletion {
@@ -278,7 +273,7 @@ pub(crate) fn run_blocking(
 mod tests {
     use super::*;
     use crate::backend::tests::{collect_all, pattern, submit_pattern_writes, TempDir};
-    use crate::backend::PagePool;
+    use crate::backend::{IoOp, IoPriority, PagePool};
 
     /// A demand read comes back with its page whether it completes while the caller
     /// spins or after the spin, when the caller sleeps on the backend; completions of
@@ -313,16 +308,14 @@ mod tests {
                     tag: 100 + slot,
                 })
                 .expect("submit prefetch");
-            let done = run_blocking(
-                &mut store,
-                IoOp::Read,
+            let demand = IoRequest {
+                op: IoOp::Read,
                 slot,
-                pool.get(),
-                IoPriority::Demand,
-                slot,
-                spin,
-                &mut others,
-            );
+                buf: pool.get(),
+                priority: IoPriority::Demand,
+                tag: slot,
+            };
+            let done = run_blocking(&mut store, demand, spin, &mut others);
             done.result.expect("demand read");
             assert_eq!(done.tag, slot);
             assert!(

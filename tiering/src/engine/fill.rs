@@ -52,16 +52,14 @@ impl Engine {
                     let tag = self.tag();
                     let mut others = Vec::new();
                     let store = self.stores[tier].as_mut().expect("copy tier is open");
-                    let done = run_blocking(
-                        store,
-                        IoOp::Read,
-                        m.copy_slot,
-                        self.pool.get(),
-                        IoPriority::Demand,
+                    let read = IoRequest {
+                        op: IoOp::Read,
+                        slot: m.copy_slot,
+                        buf: self.pool.get(),
+                        priority: IoPriority::Demand,
                         tag,
-                        self.config.demand_spin,
-                        &mut others,
-                    );
+                    };
+                    let done = run_blocking(store, read, self.config.demand_spin, &mut others);
                     self.deferred.extend(others.into_iter().map(|c| (tier, c)));
                     match done.result {
                         Ok(()) => break done.buf,
