@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use predictor::gru::synth::{generate, phases, repeated, Pattern};
@@ -24,8 +23,9 @@ fn write_trace(path: &Path, accesses: &[Access]) {
     w.finish().unwrap();
 }
 
+/// `tiervisor ARGS` run to completion (common's command: stdin closed).
 fn tiervisor(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tiervisor"))
+    common::tiervisor()
         .args(args)
         .output()
         .expect("run tiervisor")
