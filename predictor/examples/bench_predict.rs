@@ -216,7 +216,7 @@ fn main() {
     );
     if let Some(b) = sums.get("belady") {
         // The issue names the oracle "Belady with future knowledge"; MIN alone is the
-        // other reading of it (docs/predictor.md, "Where it stands").
+        // other reading of it (docs/predictor-experiments.md, "History of the targets").
         println!(
             "         (against belady, MIN eviction without prefetch, the other reading of \
              the issue's oracle: {:.1}%)",

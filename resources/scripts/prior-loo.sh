@@ -4,8 +4,8 @@
 # train-prior), then that trace replayed with gru following it (online learning off,
 # as the replay loop that chose gru's other defaults). Prints the real programs'
 # summed demand faults, accuracy and stall, and the geometric mean of stall over all
-# training traces against gru without the prior. docs/predictor.md, "The first-touch
-# prior", has the table this made.
+# training traces against gru without the prior. docs/predictor-experiments.md,
+# "The first-touch prior", has the table this made.
 #
 #   resources/scripts/prior-loo.sh                         (the shipped settings)
 #   resources/scripts/prior-loo.sh --min-traces 3           (options go to train-prior)

@@ -5,7 +5,7 @@
 //! Every process starts the same way (the dynamic loader maps and relocates the
 //! libraries, libc initialises itself), so the first ~150 first touches of the
 //! training programs repeat, as deltas, in programs they do not include
-//! (docs/predictor.md, "The first-touch prior"). A first touch costs a demand fault;
+//! (docs/predictor-experiments.md, "The first-touch prior"). A first touch costs a demand fault;
 //! a zero fill ahead of it costs nothing but the page of RAM. The table maps the last
 //! two deltas of the first-touch sequence to the next; `+-1` is left out, as the
 //! first-touch run source follows runs without a table.
@@ -46,7 +46,8 @@ pub struct PriorConfig {
 
 impl Default for PriorConfig {
     fn default() -> Self {
-        // Chosen on the training traces, each left out in turn (docs/predictor.md).
+        // Chosen on the training traces, each left out in turn
+        // (docs/predictor-experiments.md, "The first-touch prior").
         PriorConfig {
             min_traces: 2,
             min_share: 0.6,

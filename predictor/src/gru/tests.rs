@@ -554,7 +554,7 @@ fn advisor_learns_a_repeating_pattern_and_beats_clock() {
     // As a live VM sees it, gru learns that a prefetched page was used only when it is
     // written (three accesses in four here are reads) or sampled, and counts the rest
     // as wasted when they leave RAM, so it stops following most links: 35,248 faults
-    // (docs/predictor.md, "What the advisor hears of its prefetches"). It still beats
+    // (docs/predictor-experiments.md, "What the advisor hears of its prefetches"). It still beats
     // CLOCK, and what it prefetches is used.
     let g = replay_in_sim(
         &trace,

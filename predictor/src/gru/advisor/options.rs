@@ -80,21 +80,22 @@ pub struct GruOptions {
     /// read only on a fault where the last one ended (the default since session 17,
     /// by a rule written before its holdout and live runs). Live, the marker is mostly
     /// seen through a late prefetch, and the extra window is what overran a stream's
-    /// end (docs/predictor.md, "Readahead without the marker").
+    /// end (docs/predictor-experiments.md, "Readahead without the marker").
     pub readahead_marker: bool,
     /// A fault up to one window past where the readahead ended continues the stream
     /// (`baselines::Readahead::lenient`): the other sources (links, first-touch runs)
     /// bring in pages of the stream, the guest walks them without a fault, and the
     /// strict readahead then lost the stream and started over. Off: a rule written
     /// before its holdout and live runs turned it down (live, 1.003 of gru's run time;
-    /// docs/predictor.md, "Lenient readahead continuation").
+    /// docs/predictor-experiments.md, "Lenient readahead continuation").
     pub readahead_lenient: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
-    /// gru on the stream workloads (docs/predictor.md, "What did not work", session 18).
+    /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
+    /// session 18).
     /// Off: a rule written before its holdout and live runs turned it down (live,
-    /// 1.001 of gru's run time, phases 1.068; docs/predictor.md, "No successor chain on
-    /// a stream the readahead covers").
+    /// 1.001 of gru's run time, phases 1.068; docs/predictor-experiments.md, "No
+    /// successor chain on a stream the readahead covers").
     pub links_off_streams: bool,
     /// Let the policy keep its counter-based hot set (tier 0) over gru's eviction
     /// order (`tiering::advisor::Advisor::wants_hot_set`). Off since session 15: live,
@@ -123,8 +124,8 @@ pub struct GruOptions {
     /// Follow the first-touch prior learned from the training traces
     /// (`super::super::prior`, loaded beside the model by whoever builds the advisor):
     /// after a first-touch fault, zero-fill the pages it expects next. On since session
-    /// 19, by a rule written before its holdout and live runs (docs/predictor.md, "The
-    /// first-touch prior").
+    /// 19, by a rule written before its holdout and live runs
+    /// (docs/predictor-experiments.md, "The first-touch prior").
     pub first_touch_prior: bool,
     /// Most pages the prior names after one first-touch fault.
     pub prior_depth: usize,
