@@ -30,6 +30,10 @@ use crate::policy::{PagingPolicy, PolicyConfig, PolicyError};
 use crate::stores::{open_migrator_backends, open_stores, StoreError};
 use crate::uffd::{GuestUffd, UffdError};
 
+/// The live policy's window: the advisor's models step and prefetches and re-tiering
+/// are decided once per window (faults are served at once).
+const LIVE_WINDOW_NS: u64 = 10_000_000;
+
 /// What the VMM lends the runtime.
 pub trait VmHooks: Send {
     /// Whether [`VmHooks::harvest_dirty`] works (KVM dirty logging is on).
@@ -248,7 +252,8 @@ impl TieredMemory {
         let stores = open_stores(&options.tiers)?;
         let policy_config = PolicyConfig {
             ram_budget_pages: options.ram_budget_pages as usize,
-            window_ns: 10_000_000,
+            window_ns: LIVE_WINDOW_NS,
+            retier_per_window: PolicyConfig::retier_for_window(LIVE_WINDOW_NS),
             tier_capacity_pages: capacity,
             hot_capacity_pages: options.tiers.capacity_pages(0, PAGE_SIZE) as usize,
             // Heats halve once a second (100 windows): sampling sees a resident page

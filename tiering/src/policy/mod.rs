@@ -74,6 +74,23 @@ pub struct PolicyConfig {
     pub hot_decay_windows: u32,
 }
 
+/// Re-tiering budget in pages re-scored per second of guest time, whatever the window:
+/// the live engine's 32 per 10 ms policy window. Re-tiering moves cost a read and a
+/// write each, so they stay a trickle. The replay, whose windows are 1 ms, re-tiers
+/// at the same rate. At ten times that rate, live runs over six tiers slowed down by
+/// up to 46% (docs/replay.md, "What this leaves out").
+pub const RETIER_PAGES_PER_SECOND: u64 = 3_200;
+
+impl PolicyConfig {
+    /// `retier_per_window` for windows of `window_ns` at [`RETIER_PAGES_PER_SECOND`]
+    /// (at least 1).
+    pub fn retier_for_window(window_ns: u64) -> usize {
+        let pages =
+            (RETIER_PAGES_PER_SECOND as u128 * window_ns as u128 + 500_000_000) / 1_000_000_000;
+        pages.max(1) as usize
+    }
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
@@ -84,8 +101,7 @@ impl Default for PolicyConfig {
             max_prefetch_per_fault: 8,
             thresholds: TierThresholds::default(),
             initial_tier: None,
-            // Re-tiering moves cost a read and a write each: keep them a trickle.
-            retier_per_window: 32,
+            retier_per_window: Self::retier_for_window(1_000_000),
             tier_capacity_pages: [u64::MAX; TIER_COUNT],
             hot_capacity_pages: 0,
             hot_decay_windows: 1,

@@ -700,3 +700,17 @@ fn a_longer_decay_period_keeps_pages_hot_longer() {
     policy.end_window(3, &mut out);
     assert!(!policy.is_hot(1));
 }
+
+#[test]
+fn retiering_runs_at_one_rate_whatever_the_window() {
+    // The live engine's 10 ms windows and the replay's 1 ms ones re-score pages at
+    // the same rate per second of guest time.
+    assert_eq!(PolicyConfig::retier_for_window(10_000_000), 32);
+    assert_eq!(PolicyConfig::retier_for_window(1_000_000), 3);
+    assert_eq!(PolicyConfig::default().retier_per_window, 3);
+    assert_eq!(
+        PolicyConfig::retier_for_window(1_000),
+        1,
+        "at least one page"
+    );
+}

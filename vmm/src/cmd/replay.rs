@@ -118,6 +118,7 @@ pub fn run(args: ReplayArgs) -> i32 {
         ram_fraction: args.ram_fraction,
         policy: PolicyConfig {
             window_ns: args.window_us.saturating_mul(1000),
+            retier_per_window: PolicyConfig::retier_for_window(args.window_us.saturating_mul(1000)),
             prefetch_per_window: args.prefetch_per_window,
             max_prefetch_per_fault: args.max_prefetch_per_fault,
             initial_tier: args.initial_tier,
