@@ -114,11 +114,13 @@ pub fn run(args: ReplayArgs) -> i32 {
             Err(e) => return super::usage_error(format!("replay: {e}")),
         }
     }
+    let window_ns = args.window_us.saturating_mul(1000);
     let config = ReplayConfig {
         ram_fraction: args.ram_fraction,
         policy: PolicyConfig {
-            window_ns: args.window_us.saturating_mul(1000),
-            retier_per_window: PolicyConfig::retier_for_window(args.window_us.saturating_mul(1000)),
+            window_ns,
+            // The live engine's rate per second of guest time, whatever the window.
+            retier_per_window: PolicyConfig::retier_for_window(window_ns),
             prefetch_per_window: args.prefetch_per_window,
             max_prefetch_per_fault: args.max_prefetch_per_fault,
             initial_tier: args.initial_tier,
