@@ -33,6 +33,40 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
     }
 }
 
+/// The evaluation recording of the test guest's phases workload (`make traces`:
+/// `workload=phases mem=16M`), cut where it moves to another region: its initial fill
+/// of all four regions, then eight segments (sequential, uniform, Zipf, strided, twice).
+/// Each segment is a part of the splice, so each move is a known change; as in the
+/// program splices, a segment's pages get their own range, so a region the run
+/// returns to is new pages here.
+fn phase_segments(path: &std::path::Path) -> Result<Vec<Part>, Box<dyn std::error::Error>> {
+    // The guest's working memory starts at 4 MiB (docs/testguest.md); 16 MiB in four
+    // regions. A run of under 64 records in a region is a dirty-log flicker.
+    const FIRST_PAGE: u64 = 0x400;
+    const REGION_PAGES: u64 = 1024;
+    let (runs, records) =
+        predictor::changepoints::trace_region_runs(path, FIRST_PAGE, REGION_PAGES, 4, 64)?;
+    if runs.len() != 12 {
+        return Err(format!(
+            "{}: expected the initial fill of 4 regions and 8 phase segments, found {} region runs",
+            path.display(),
+            runs.len()
+        )
+        .into());
+    }
+    let mut starts: Vec<usize> = vec![0];
+    starts.extend(runs[4..].iter().map(|r| r.0));
+    starts.push(records);
+    Ok(starts
+        .windows(2)
+        .map(|w| Part::Trace {
+            path: path.to_path_buf(),
+            skip: w[0],
+            take: w[1] - w[0],
+        })
+        .collect())
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tolerance: u64 = arg(&args, "--tolerance", 16)?;
@@ -94,7 +128,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     let splices = match set.as_str() {
-        "eval" => eval_splices.to_vec(),
+        "eval" => {
+            let mut v = eval_splices.to_vec();
+            v.push(("guest-phases", phase_segments(&dir.join("guest-phases.tvt"))?));
+            v
+        }
         "train" => train_splices.to_vec(),
         other => return Err(format!("--set {other}: use eval or train").into()),
     };

@@ -123,6 +123,65 @@ fn read_part(
     Ok((clock, out))
 }
 
+/// Where a run of a test-guest workload that walks `regions` regions of
+/// `region_pages` pages from `first_page` on (the phases workload) moves from one
+/// region to the next: `(record index, region)` for the first record of each run of
+/// records in one region. Records outside the regions (code, stack) are skipped, and a
+/// run of fewer than `min_run` in-region records is folded into the run before it
+/// (a dirty-log harvest lists pages out of time order, so a phase switch can flicker).
+pub fn region_runs(
+    pages: impl IntoIterator<Item = PageNumber>,
+    first_page: PageNumber,
+    region_pages: u64,
+    regions: u64,
+    min_run: usize,
+) -> Vec<(usize, u64)> {
+    let end = first_page + region_pages * regions;
+    // Raw runs: (first record index, region, in-region records).
+    let mut raw: Vec<(usize, u64, usize)> = Vec::new();
+    for (i, page) in pages.into_iter().enumerate() {
+        if !(first_page..end).contains(&page) {
+            continue;
+        }
+        let region = (page - first_page) / region_pages.max(1);
+        match raw.last_mut() {
+            Some(run) if run.1 == region => run.2 += 1,
+            _ => raw.push((i, region, 1)),
+        }
+    }
+    let mut runs: Vec<(usize, u64)> = Vec::new();
+    for (i, region, n) in raw {
+        if n < min_run || runs.last().is_some_and(|r| r.1 == region) {
+            continue;
+        }
+        runs.push((i, region));
+    }
+    runs
+}
+
+/// [`region_runs`] over a trace file's records.
+pub fn trace_region_runs(
+    path: &Path,
+    first_page: PageNumber,
+    region_pages: u64,
+    regions: u64,
+    min_run: usize,
+) -> Result<(Vec<(usize, u64)>, usize), ChangeEvalError> {
+    let err = |source| ChangeEvalError::Trace {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut pages = Vec::new();
+    for a in TraceReader::open(path).map_err(err)? {
+        pages.push(a.map_err(err)?.page);
+    }
+    let records = pages.len();
+    Ok((
+        region_runs(pages, first_page, region_pages, regions, min_run),
+        records,
+    ))
+}
+
 /// Builds a splice: each part's pages moved to its own range, its clock continuing
 /// where the previous part ended.
 pub fn build_splice(name: &str, parts: &[Part]) -> Result<Splice, ChangeEvalError> {
@@ -420,4 +479,20 @@ pub fn format_table(results: &[SpliceResult]) -> String {
     }
     row("TOTAL", &Totals::of(results));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::region_runs;
+
+    #[test]
+    fn region_runs_skip_other_pages_and_fold_flickers() {
+        // Regions of 10 pages from page 100: 0, a flicker of 1 inside 2, then 2, 0.
+        let pages = [5, 100, 101, 5, 102, 120, 121, 130, 122, 123, 124, 101, 102, 103];
+        let runs = region_runs(pages, 100, 10, 4, 2);
+        assert_eq!(runs, vec![(1, 0), (5, 2), (11, 0)]);
+        // Every run counts with min_run 1.
+        let runs = region_runs(pages, 100, 10, 4, 1);
+        assert_eq!(runs, vec![(1, 0), (5, 2), (7, 3), (8, 2), (11, 0)]);
+    }
 }
