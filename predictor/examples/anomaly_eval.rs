@@ -130,7 +130,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let splices = match set.as_str() {
         "eval" => {
             let mut v = eval_splices.to_vec();
-            v.push(("guest-phases", phase_segments(&dir.join("guest-phases.tvt"))?));
+            v.push((
+                "guest-phases",
+                phase_segments(&dir.join("guest-phases.tvt"))?,
+            ));
             v
         }
         "train" => train_splices.to_vec(),

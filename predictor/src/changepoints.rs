@@ -488,7 +488,9 @@ mod tests {
     #[test]
     fn region_runs_skip_other_pages_and_fold_flickers() {
         // Regions of 10 pages from page 100: 0, a flicker of 1 inside 2, then 2, 0.
-        let pages = [5, 100, 101, 5, 102, 120, 121, 130, 122, 123, 124, 101, 102, 103];
+        let pages = [
+            5, 100, 101, 5, 102, 120, 121, 130, 122, 123, 124, 101, 102, 103,
+        ];
         let runs = region_runs(pages, 100, 10, 4, 2);
         assert_eq!(runs, vec![(1, 0), (5, 2), (11, 0)]);
         // Every run counts with min_run 1.
