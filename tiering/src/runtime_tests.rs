@@ -411,6 +411,56 @@ fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
     );
 }
 
+#[test]
+fn a_prefetch_does_not_wait_behind_a_slow_move() {
+    // Tier 3 takes 300 ms a request: a move into it holds one of the migrator's I/Os
+    // that long. Prefetches sent meanwhile from the fast tier 2 must not wait for it.
+    let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
+                 [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
+                 [tier3]\ncapacity = \"1M\"\nfile = \"t3.img\"\nlatency_us = 300000\n";
+    let pages = 96usize;
+    let (dir, map, tm, failed) =
+        start_host_only_over("hol-", pages, tiers, true, Box::new(Fifo::default()));
+    let word = |p: usize| (map.addr + p * 4096 + 24) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { word(p).write_volatile(value(p, 3, 0)) };
+    }
+    // FIFO evicted the first pages written: 0..32 are in tier 2.
+    let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
+    tm.prefetch(&[0, 1], 3).unwrap();
+    poll_until(&tm, std::time::Duration::from_millis(2), |r| {
+        r.migrations >= before.migrations + 2
+    });
+    // The moves are with the migrator, their writes to tier 3 under way.
+    let wanted: Vec<PageNumber> = (8..24).collect();
+    tm.prefetch(&wanted, 1).unwrap();
+    poll_until(&tm, std::time::Duration::from_millis(1), |r| {
+        r.migrations >= before.migrations + 2 + wanted.len() as u64
+    });
+    let started = std::time::Instant::now();
+    for &p in &wanted {
+        // SAFETY: as above. A page whose prefetch is still on its way waits for it.
+        let got = unsafe { word(p as usize).read_volatile() };
+        assert_eq!(got, value(p as usize, 3, 0), "page {p}");
+    }
+    let waited = started.elapsed();
+    let done = wait_for_idle(&tm, |r| r.per_tier[3].bytes_written >= 2 * PAGE_SIZE);
+    for p in [0usize, 1] {
+        // SAFETY: as above; the moved pages come back from tier 3.
+        let got = unsafe { word(p).read_volatile() };
+        assert_eq!(got, value(p, 3, 0), "page {p}");
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failed.lock().unwrap().is_none());
+    assert!(
+        waited < std::time::Duration::from_millis(150),
+        "the prefetched pages took {waited:?}, behind the 300 ms move: {report:#?}"
+    );
+    assert!(done.per_tier[3].bytes_written >= 2 * PAGE_SIZE, "{done:#?}");
+}
+
 /// The report once the handler has published one satisfying `done` and stayed idle
 /// long enough for its reads to complete and a few sampling rounds to pass.
 fn wait_for_idle(

@@ -30,6 +30,7 @@ pub use buf::{PageBuf, PagePool};
 pub use error::{BackendError, OpenError, SubmitError};
 pub use file::{FileBackend, FileConfig};
 pub use nbd::{NbdAddress, NbdBackend, NbdConfig};
+pub(crate) use notify::EventFd;
 pub use profile::{DeviceProfile, ProfileError};
 pub use sched::QueueLimits;
 

@@ -1,5 +1,5 @@
-//! The migrator thread: executes prefetches and moves between tiers in batches, so
-//! the fault-handler thread only decides (the paging policy) and serves demand faults,
+//! The migrator thread: executes prefetches and moves between tiers, so the
+//! fault-handler thread only decides (the paging policy) and serves demand faults,
 //! and a demand fault never waits behind a migration.
 //!
 //! The handler owns every page state and slot. For each `Prefetch` or `Move` the
@@ -8,10 +8,11 @@
 //! thread has its own instance of each file-backed tier (its own O_DIRECT file
 //! descriptor and io_uring on the same file; NBD exports allow one client per
 //! connection in `qemu-nbd`'s default, so tier 5 migrations stay on the handler).
-//! A batch: every read at Prefetch (prefetch) or Writeback (move) priority, then for a
+//! A job starts as soon as it arrives (prefetches first, at most [`MOVES_IN_FLIGHT`]
+//! moves): its read at Prefetch (prefetch) or Writeback (move) priority, then for a
 //! prefetch `UFFDIO_COPY` into guest RAM, for a move the write to the new slot. The
-//! outcomes go back over a channel, the handler is woken through its eventfd, and
-//! it updates the page states.
+//! outcomes go back over a channel in groups, the handler is woken through its
+//! eventfd, and it updates the page states.
 //!
 //! Races, and why no data is lost (see also docs/tiering.md, "Migrator"):
 //! - A demand fault on a page being prefetched: the handler leaves it pending and
@@ -30,18 +31,26 @@
 //!   fault's event may predate the migrator's install and the guest's write), so a
 //!   dirty-log harvest in between is kept.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::backend::{IoCompletion, IoOp, IoPriority, IoRequest, PagePool, TierBackend};
+use crate::backend::{EventFd, IoCompletion, IoOp, IoPriority, IoRequest, PagePool, TierBackend};
 use crate::config::TIER_COUNT;
 use crate::uffd::GuestUffd;
 
-/// Jobs executed together: their reads are all submitted before the first is awaited.
+/// Most migration steps (reads, and a move's write) in flight at once.
 pub(crate) const MIGRATE_BATCH: usize = 32;
+
+/// Most moves in flight at once: re-tiering is background work, prefetches are not.
+const MOVES_IN_FLIGHT: usize = 4;
+
+/// Longest a finished job's outcome waits to go back to the handler.
+const REPORT_EVERY: Duration = Duration::from_millis(2);
 
 /// One migration, decided by the handler.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +96,8 @@ enum Step {
 /// The handler's end: send jobs, collect outcomes.
 pub(crate) struct MigratorHandle {
     jobs: Option<Sender<Vec<Job>>>,
+    /// Signalled with every send, so the thread wakes for new jobs at once.
+    job_signal: Arc<EventFd>,
     pub outcomes: Receiver<Vec<Outcome>>,
     thread: Option<JoinHandle<()>>,
     /// Tiers the migrator has a backend for.
@@ -111,7 +122,9 @@ impl MigratorHandle {
         }
         let (jobs, job_rx) = std::sync::mpsc::channel();
         let (out_tx, outcomes) = std::sync::mpsc::channel();
+        let job_signal = Arc::new(EventFd::new()?);
         let mut worker = Worker {
+            job_signal: job_signal.clone(),
             backends,
             uffd,
             wake,
@@ -125,6 +138,7 @@ impl MigratorHandle {
             .spawn(move || worker.run(job_rx, out_tx))?;
         Ok(Self {
             jobs: Some(jobs),
+            job_signal,
             outcomes,
             thread: Some(thread),
             serves,
@@ -147,6 +161,7 @@ impl MigratorHandle {
         match self.jobs.as_ref().map(|s| s.send(jobs)) {
             Some(Ok(())) => {
                 self.in_flight += n;
+                self.job_signal.signal();
                 true
             }
             _ => false,
@@ -156,13 +171,37 @@ impl MigratorHandle {
     /// Close the job channel and wait for the thread to finish the jobs it has.
     pub fn shut_down(&mut self) {
         self.jobs = None;
+        self.job_signal.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
+/// Jobs received and not started yet, by kind.
+#[derive(Default)]
+struct Waiting {
+    prefetches: VecDeque<Job>,
+    moves: VecDeque<Job>,
+}
+
+impl Waiting {
+    fn add(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
+            match job {
+                Job::Prefetch { .. } => self.prefetches.push_back(job),
+                Job::Move { .. } => self.moves.push_back(job),
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.prefetches.is_empty() && self.moves.is_empty()
+    }
+}
+
 struct Worker {
+    job_signal: Arc<EventFd>,
     backends: Vec<Option<Box<dyn TierBackend>>>,
     uffd: Arc<GuestUffd>,
     wake: Arc<File>,
@@ -173,21 +212,59 @@ struct Worker {
 }
 
 impl Worker {
+    /// Takes jobs as they come and keeps up to [`MIGRATE_BATCH`] steps in flight,
+    /// prefetches first: a job never waits for an unrelated one to finish. Moves use
+    /// at most [`MOVES_IN_FLIGHT`] of the places, and only while no prefetch waits.
+    /// (Until session 20 the jobs ran in batches, each waiting for its slowest step,
+    /// so a prefetch queued behind a move to a 2 ms tier waited for both its I/Os.)
     fn run(&mut self, jobs: Receiver<Vec<Job>>, outcomes: Sender<Vec<Outcome>>) {
-        let mut queue: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        let mut waiting = Waiting::default();
+        let mut open = true;
+        let mut last_report = Instant::now();
         loop {
-            if queue.is_empty() {
+            if self.steps.is_empty() && waiting.is_empty() {
+                if !open {
+                    break;
+                }
                 match jobs.recv_timeout(Duration::from_millis(100)) {
-                    Ok(v) => queue.extend(v),
+                    Ok(v) => waiting.add(v),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            queue.extend(jobs.try_iter().flatten());
-            let n = queue.len().min(MIGRATE_BATCH);
-            let batch: Vec<Job> = queue.drain(..n).collect();
-            self.run_batch(&batch);
-            if !self.done.is_empty() {
+            while open {
+                match jobs.try_recv() {
+                    Ok(v) => waiting.add(v),
+                    Err(TryRecvError::Empty) => break,
+                    // Finish what was sent, then stop.
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            while self.steps.len() < MIGRATE_BATCH {
+                let Some(job) = waiting.prefetches.pop_front() else {
+                    break;
+                };
+                self.start(job);
+            }
+            while waiting.prefetches.is_empty()
+                && self.steps.len() < MIGRATE_BATCH
+                && self.moves_in_flight() < MOVES_IN_FLIGHT
+            {
+                let Some(job) = waiting.moves.pop_front() else {
+                    break;
+                };
+                self.start(job);
+            }
+            // New jobs and completions both wake the wait; the timeout is a backstop.
+            self.reap(Duration::from_millis(10));
+            // Outcomes go back in groups: the guest does not wait for them (its pages
+            // are installed here), and every wake-up of the handler takes the CPU it
+            // shares with the vCPU.
+            let report = self.steps.is_empty()
+                || self.done.len() >= MIGRATE_BATCH / 2
+                || last_report.elapsed() >= REPORT_EVERY;
+            if report && !self.done.is_empty() {
+                last_report = Instant::now();
                 if outcomes.send(std::mem::take(&mut self.done)).is_err() {
                     break;
                 }
@@ -197,51 +274,82 @@ impl Worker {
         }
     }
 
-    /// All reads of the batch first, then each install or write as its read returns.
-    fn run_batch(&mut self, batch: &[Job]) {
-        for &job in batch {
-            let (tier, slot, priority) = match job {
-                Job::Prefetch { tier, slot, .. } => (tier, slot, IoPriority::Prefetch),
-                Job::Move {
-                    from, from_slot, ..
-                } => (from, from_slot, IoPriority::Writeback),
-            };
-            self.submit(tier, IoOp::Read, slot, priority, Step::Read(job), None);
+    /// Submits a job's read.
+    fn start(&mut self, job: Job) {
+        let (tier, slot, priority) = match job {
+            Job::Prefetch { tier, slot, .. } => (tier, slot, IoPriority::Prefetch),
+            Job::Move {
+                from, from_slot, ..
+            } => (from, from_slot, IoPriority::Writeback),
+        };
+        self.submit(tier, IoOp::Read, slot, priority, Step::Read(job), None);
+    }
+
+    /// Moves whose read or write is in flight.
+    fn moves_in_flight(&self) -> usize {
+        self.steps
+            .values()
+            .filter(|s| matches!(s, Step::Read(Job::Move { .. }) | Step::MoveWrite(_)))
+            .count()
+    }
+
+    /// Waits up to `timeout` for any busy backend's completions, or for new jobs, and
+    /// handles the completions (an install, a move's write, an outcome).
+    fn reap(&mut self, timeout: Duration) {
+        if self.steps.is_empty() {
+            return;
+        }
+        let busy: Vec<usize> = (0..self.backends.len())
+            .filter(|&t| {
+                self.backends[t]
+                    .as_ref()
+                    .is_some_and(|b| b.outstanding() > 0)
+            })
+            .collect();
+        if busy.is_empty() {
+            // Nothing outstanding yet steps remain: their completions were lost.
+            for (_, step) in self.steps.drain() {
+                let job = match step {
+                    Step::Read(j) | Step::MoveWrite(j) => j,
+                };
+                self.done.push(Outcome::Failed {
+                    job,
+                    error: "the tier backend lost the request".into(),
+                    fatal: false,
+                });
+            }
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = busy
+            .iter()
+            .map(|&t| {
+                self.backends[t]
+                    .as_ref()
+                    .expect("busy tier is open")
+                    .notify_fd()
+                    .as_raw_fd()
+            })
+            .chain(std::iter::once(self.job_signal.raw()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid, initialised array of fds.len() pollfd that lives for
+        // the whole call; the fds are the backends' own, open while they are.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if fds.last().is_some_and(|f| f.revents & libc::POLLIN != 0) {
+            self.job_signal.clear();
         }
         let mut got = Vec::new();
-        while !self.steps.is_empty() {
-            let busy: Vec<usize> = (0..self.backends.len())
-                .filter(|&t| {
-                    self.backends[t]
-                        .as_ref()
-                        .is_some_and(|b| b.outstanding() > 0)
-                })
-                .collect();
-            if busy.is_empty() {
-                // Nothing outstanding yet steps remain: their completions were lost.
-                for (_, step) in self.steps.drain() {
-                    let job = match step {
-                        Step::Read(j) | Step::MoveWrite(j) => j,
-                    };
-                    self.done.push(Outcome::Failed {
-                        job,
-                        error: "the tier backend lost the request".into(),
-                        fatal: false,
-                    });
-                }
-                break;
-            }
-            for (i, &t) in busy.iter().enumerate() {
-                got.clear();
-                let backend = self.backends[t].as_mut().expect("busy tier is open");
-                if i == 0 {
-                    backend.wait(&mut got, Duration::from_millis(5));
-                } else {
-                    backend.poll(&mut got);
-                }
-                for c in got.drain(..) {
-                    self.complete(c);
-                }
+        for &t in &busy {
+            got.clear();
+            let backend = self.backends[t].as_mut().expect("busy tier is open");
+            backend.poll(&mut got);
+            for c in got.drain(..) {
+                self.complete(c);
             }
         }
     }
