@@ -213,10 +213,10 @@ struct Worker {
 
 impl Worker {
     /// Takes jobs as they come and keeps up to [`MIGRATE_BATCH`] steps in flight,
-    /// prefetches first: a job never waits for an unrelated one to finish. Moves use
-    /// at most [`MOVES_IN_FLIGHT`] of the places, and only while no prefetch waits.
-    /// (Until session 20 the jobs ran in batches, each waiting for its slowest step,
-    /// so a prefetch queued behind a move to a 2 ms tier waited for both its I/Os.)
+    /// prefetches first: a job never waits for an unrelated one to finish (batches
+    /// that waited for their slowest step held prefetches behind moves into a 2 ms
+    /// tier, docs/tiering.md "Migrator"). Moves use at most [`MOVES_IN_FLIGHT`] of the
+    /// places, and only while no prefetch waits.
     fn run(&mut self, jobs: Receiver<Vec<Job>>, outcomes: Sender<Vec<Outcome>>) {
         let mut waiting = Waiting::default();
         let mut open = true;
