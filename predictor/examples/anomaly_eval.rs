@@ -1,6 +1,7 @@
 //! Pattern-change detection on real-program traces with known injected change points
 //! (`make bench-anomaly`): splices of the evaluation traces (program switches, scan
-//! storms) replayed with `gru` through the replay simulator, scored per splice.
+//! storms) and the test guest's phases recording cut at its phase changes, replayed
+//! with `gru` through the replay simulator, scored per splice.
 //!
 //! Usage: anomaly_eval [--set eval|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline] [--confirm-z Z]
