@@ -378,16 +378,8 @@ fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
     // reads are in flight.
     let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                  [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\nlatency_us = 300000\n";
-    let pages = 96usize;
-    let (dir, map, tm, failed) =
-        start_host_only_over("late-", pages, tiers, true, Box::new(Fifo::default()));
+    let (dir, map, tm, failed, before) = start_written("late-", tiers, 16, 2);
     let word = |p: usize| (map.addr + p * 4096 + 16) as *mut u64;
-    for p in 0..pages {
-        // SAFETY: inside the mapping; the runtime serves the fault.
-        unsafe { word(p).write_volatile(value(p, 2, 0)) };
-    }
-    // FIFO evicted the first pages written: 0..32 are in tier 2.
-    let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
     let wanted: Vec<PageNumber> = (0..16).collect();
     tm.prefetch(&wanted, 1).unwrap();
     // Once the jobs are with the migrator (reports come every 20 ms), touch the pages,
@@ -418,16 +410,8 @@ fn a_prefetch_does_not_wait_behind_a_slow_move() {
     let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                  [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
                  [tier3]\ncapacity = \"1M\"\nfile = \"t3.img\"\nlatency_us = 300000\n";
-    let pages = 96usize;
-    let (dir, map, tm, failed) =
-        start_host_only_over("hol-", pages, tiers, true, Box::new(Fifo::default()));
+    let (dir, map, tm, failed, before) = start_written("hol-", tiers, 24, 3);
     let word = |p: usize| (map.addr + p * 4096 + 24) as *mut u64;
-    for p in 0..pages {
-        // SAFETY: inside the mapping; the runtime serves the fault.
-        unsafe { word(p).write_volatile(value(p, 3, 0)) };
-    }
-    // FIFO evicted the first pages written: 0..32 are in tier 2.
-    let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
     tm.prefetch(&[0, 1], 3).unwrap();
     poll_until(&tm, std::time::Duration::from_millis(2), |r| {
         r.migrations >= before.migrations + 2
@@ -459,6 +443,35 @@ fn a_prefetch_does_not_wait_behind_a_slow_move() {
         "the prefetched pages took {waited:?}, behind the 300 ms move: {report:#?}"
     );
     assert!(done.per_tier[3].bytes_written >= 2 * PAGE_SIZE, "{done:#?}");
+}
+
+/// A migrating runtime over `tiers` (a RAM budget of 64 pages, FIFO eviction) whose
+/// 96 pages have each been written once, at byte `offset`, with [`value`] for word
+/// `word`. FIFO evicted the first 32 written, so they sit in tier 2 (and
+/// further down if it is full); the report is the one published after those
+/// evictions.
+fn start_written(
+    tag: &str,
+    tiers: &str,
+    offset: usize,
+    word: usize,
+) -> (
+    PathBuf,
+    Mapping,
+    TieredMemory,
+    Arc<Mutex<Option<String>>>,
+    crate::metrics::TieringReport,
+) {
+    let pages = 96usize;
+    let (dir, map, tm, failed) =
+        start_host_only_over(tag, pages, tiers, true, Box::new(Fifo::default()));
+    for p in 0..pages {
+        let at = (map.addr + p * 4096 + offset) as *mut u64;
+        // SAFETY: inside the mapping; the runtime serves the fault.
+        unsafe { at.write_volatile(value(p, word, 0)) };
+    }
+    let before = wait_for_idle(&tm, |r| r.evictions >= (pages - 64) as u64);
+    (dir, map, tm, failed, before)
 }
 
 /// The report once the handler has published one satisfying `done` and stayed idle
