@@ -487,7 +487,8 @@ mod tests {
 
     #[test]
     fn region_runs_skip_other_pages_and_fold_flickers() {
-        // Regions of 10 pages from page 100: 0, a flicker of 1 inside 2, then 2, 0.
+        // Regions of 10 pages from page 100: 0, then 2 with a one-record flicker to 3
+        // inside it, then 0; page 5 is outside the regions.
         let pages = [
             5, 100, 101, 5, 102, 120, 121, 130, 122, 123, 124, 101, 102, 103,
         ];
