@@ -153,6 +153,14 @@ fn table_output_and_usage_errors() {
     let unbounded = lru_stall(&[]);
     let small = lru_stall(&["--tiers", constrained.to_str().unwrap()]);
     assert!(small > unbounded, "{small} <= {unbounded}");
+    // The six tiers in speed order (tier 5, 1 ms in the replay, before the 2 ms tier
+    // 4): pages stay off the slowest tier while tier 5 has room.
+    let six = |file: &str| {
+        let path = constrained.with_file_name(file);
+        lru_stall(&["--tiers", path.to_str().unwrap()])
+    };
+    let (by_number, by_speed) = (six("default.toml"), six("by-speed.toml"));
+    assert!(by_speed < by_number, "{by_speed} >= {by_number}");
     bad(&["--advisor", "lru,magic"], "unknown advisor \"magic\"");
     bad(&["--ram-fraction", "1.5"], "--ram-fraction");
     bad(&["--window-us", "0"], "--window-us must be at least 1");

@@ -51,7 +51,7 @@ for run in "${runs[@]}"; do
     echo
 done
 # Tiered memory: 25% of the workload's memory in RAM, the rest over the tiers of
-# resources/tiers/default.toml (tier files under target/ - O_DIRECT needs a disk file
+# resources/tiers/by-speed.toml (tier files under target/ - O_DIRECT needs a disk file
 # system, not tmpfs - and tier 5 on a qemu-nbd started here).
 echo "tiervisor demo: tiered memory, RAM budget 25% of the working memory"
 echo
@@ -60,7 +60,7 @@ trap 'if [ -n "${nbd_pid:-}" ]; then kill "$nbd_pid" 2>/dev/null; fi; rm -rf "$o
 . resources/scripts/nbd.sh
 start_nbd "$tiers" demo
 TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M --cmdline "workload=zipf mem=16M iters=50000 seed=4" \
-    --tiers resources/tiers/default.toml --ram-budget 4M --trace-out "$out/zipf.tvt"
+    --tiers resources/tiers/by-speed.toml --ram-budget 4M --trace-out "$out/zipf.tvt"
 if [ -s "$out/m.json" ]; then
     printf '  exit=%s demand_faults=%s evictions=%s fault_p50_us=%s fault_p99_us=%s\n' \
         "$(field exit_status "$out/m.json")" "$(field demand_faults "$out/m.json")" \
@@ -78,7 +78,7 @@ for advisor in none gru; do
     # Into a file, not $(...): run_guest must set `status` in this shell.
     TIERVISOR_WORKDIR="$tiers" run_guest --memory 64M \
         --cmdline "workload=chase mem=8M iters=10000 seed=7" \
-        --tiers resources/tiers/default.toml --ram-budget 2M --advisor "$advisor" >"$out/run.txt"
+        --tiers resources/tiers/by-speed.toml --ram-budget 2M --advisor "$advisor" >"$out/run.txt"
     cat "$out/run.txt"
     ns_op[$advisor]=$(grep -o ' ns=[0-9]*' "$out/run.txt" | head -1 | cut -d= -f2)
     if [ -s "$out/m.json" ]; then

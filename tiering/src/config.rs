@@ -16,6 +16,12 @@
 //! export = "tier5"
 //! ```
 //!
+//! A tier file may first say which storage tiers are faster than which, fastest
+//! first, when the numbering does not (a local network store that answers faster
+//! than a disk): `order = [2, 3, 5, 4]`. Tiers it leaves out follow in their numbering.
+//! Where an evicted page goes (its probability's band) and where a full tier spills
+//! follow this order.
+//!
 //! Paths: `${WORKDIR}` expands to the work directory given at run time (the
 //! `TIERVISOR_WORKDIR` environment variable, else the current directory), and a relative
 //! path is taken relative to that directory, so one file serves every run.
@@ -25,6 +31,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+
+use crate::policy::StorageOrder;
 
 /// Number of tiers: 0 hot set, 1 RAM, 2-4 files or block devices, 5 NBD.
 pub const TIER_COUNT: usize = 6;
@@ -84,6 +92,8 @@ pub struct TierSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TierConfig {
     pub tiers: [Option<TierSpec>; TIER_COUNT],
+    /// The storage tiers from fastest to slowest (`order`; by default their numbering).
+    pub order: StorageOrder,
 }
 
 /// Why a tier file was refused.
@@ -108,6 +118,7 @@ pub enum TierConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    order: Option<Spanned<Vec<i64>>>,
     tier0: Option<Spanned<RawTier>>,
     tier1: Option<Spanned<RawTier>>,
     tier2: Option<Spanned<RawTier>>,
@@ -250,6 +261,26 @@ impl TierConfig {
             }
         };
         let mut config = TierConfig::default();
+        if let Some(order) = &raw.order {
+            let tiers: Option<Vec<u8>> = order
+                .get_ref()
+                .iter()
+                .map(|&t| u8::try_from(t).ok())
+                .collect();
+            config.order = match tiers.and_then(|t| StorageOrder::starting_with(&t)) {
+                Some(o) => o,
+                None => {
+                    return ctx.err(
+                        order.span(),
+                        "order".into(),
+                        format!(
+                            "list storage tiers (2-5), fastest first, each at most once: got {:?}",
+                            order.get_ref()
+                        ),
+                    )
+                }
+            };
+        }
         let raws = [
             raw.tier0, raw.tier1, raw.tier2, raw.tier3, raw.tier4, raw.tier5,
         ];
@@ -574,5 +605,17 @@ mod tests {
         assert!(e.contains("t.toml:1:") && e.contains("tier9"), "{e}");
         let e = err("[tier1\n");
         assert!(e.starts_with("t.toml:1:"), "{e}");
+        let e = err("order = [2, 3, 3]\n[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\n");
+        assert!(e.starts_with("t.toml:1: order: list storage tiers"), "{e}");
+        let e = err("order = [1, 2]\n[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\n");
+        assert!(e.starts_with("t.toml:1: order:"), "{e}");
+    }
+
+    #[test]
+    fn order_names_the_fastest_tiers_first() {
+        let ram = "[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\n";
+        assert_eq!(parse(ram).unwrap().order, StorageOrder::default());
+        let c = parse(&format!("order = [2, 3, 5]\n{ram}")).unwrap();
+        assert_eq!(c.order.tiers(), [2, 3, 5, 4]);
     }
 }

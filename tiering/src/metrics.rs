@@ -174,6 +174,69 @@ pub struct TieringReport {
     pub fault_latency_p50_us: f64,
     pub fault_latency_p99_us: f64,
     pub per_tier: Vec<TierReport>,
+    /// The storage tiers from fastest to slowest, as the tier file ordered them.
+    pub storage_order: [u8; 4],
+}
+
+/// Demand faults a tier must have served before its median latency is trusted.
+const ORDER_HINT_MIN_FAULTS: u64 = 32;
+
+impl TieringReport {
+    /// When the run's demand faults say the tier order is wrong (a tier ranked faster
+    /// than another served faults at more than twice its median latency), a line
+    /// that names both and the order their medians suggest. The order decides where
+    /// pages go, so a wrong one sends them to the slow tier while a fast one has room.
+    pub fn order_hint(&self) -> Option<String> {
+        let faults: Vec<(u64, f64)> = self
+            .per_tier
+            .iter()
+            .map(|r| (r.demand_faults, r.fault_latency_p50_us))
+            .collect();
+        order_hint(self.storage_order, &faults)
+    }
+}
+
+/// [`TieringReport::order_hint`] over each tier's demand faults and median latency.
+fn order_hint(order: [u8; 4], faults: &[(u64, f64)]) -> Option<String> {
+    let median = |t: u8| {
+        let &(n, p50) = faults.get(t as usize)?;
+        (n >= ORDER_HINT_MIN_FAULTS).then_some(p50)
+    };
+    let (slow, fast) = order.iter().enumerate().find_map(|(i, &a)| {
+        let ma = median(a)?;
+        order[i + 1..]
+            .iter()
+            .find(|&&b| median(b).is_some_and(|mb| ma > 2.0 * mb))
+            .map(|&b| (a, b))
+    })?;
+    // The measured tiers in the places they hold in the order, each moved ahead of
+    // those more than twice as slow (tiers within twice each other keep their order).
+    let mut measured: Vec<(u8, f64)> = order
+        .iter()
+        .filter_map(|&t| Some((t, median(t)?)))
+        .collect();
+    for i in 1..measured.len() {
+        let mut j = i;
+        while j > 0 && measured[j - 1].1 > 2.0 * measured[j].1 {
+            measured.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let mut next = measured.into_iter().map(|(t, _)| t);
+    let suggested: Vec<u8> = order
+        .iter()
+        .map(|&t| match median(t) {
+            Some(_) => next.next().unwrap_or(t),
+            None => t,
+        })
+        .collect();
+    Some(format!(
+        "tier {slow} served demand faults in {:.0} us at the median and tier {fast} in {:.0} us, \
+         but the tier order {order:?} ranks tier {slow} faster: put `order = {suggested:?}` \
+         at the top of the tier file (docs/tiering.md, \"Tier order\")",
+        median(slow).unwrap_or_default(),
+        median(fast).unwrap_or_default(),
+    ))
 }
 
 pub(crate) fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -181,5 +244,41 @@ pub(crate) fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
         0.0
     } else {
         h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_hint;
+
+    #[test]
+    fn a_tier_order_the_fault_latencies_contradict_gets_a_hint() {
+        // Tiers 2-5: 150 us, 250 us, 2 ms, 190 us; tier 4 ranked before tier 5.
+        let mut faults = vec![
+            (0, 0.0),
+            (500, 1.0),
+            (40, 150.0),
+            (40, 250.0),
+            (300, 2_000.0),
+            (900, 190.0),
+        ];
+        let hint = order_hint([2, 3, 4, 5], &faults).unwrap();
+        assert!(
+            hint.starts_with("tier 4 served demand faults in 2000 us"),
+            "{hint}"
+        );
+        assert!(hint.contains("`order = [2, 3, 5, 4]`"), "{hint}");
+        faults[5].1 = 100.0;
+        let hint = order_hint([2, 3, 4, 5], &faults).unwrap();
+        assert!(hint.contains("`order = [2, 5, 3, 4]`"), "{hint}");
+        faults[5].1 = 190.0;
+        // Within twice each other, or too few faults to judge: no hint.
+        assert_eq!(order_hint([2, 3, 5, 4], &faults), None);
+        faults[4].0 = 31;
+        assert_eq!(order_hint([2, 3, 4, 5], &faults), None);
+        faults[4].0 = 300;
+        faults[3].0 = 0;
+        let hint = order_hint([2, 3, 4, 5], &faults).unwrap();
+        assert!(hint.contains("`order = [2, 3, 5, 4]`"), "{hint}");
     }
 }

@@ -255,6 +255,7 @@ impl TieredMemory {
             window_ns: LIVE_WINDOW_NS,
             retier_per_window: PolicyConfig::retier_for_window(LIVE_WINDOW_NS),
             tier_capacity_pages: capacity,
+            storage_order: options.tiers.order,
             hot_capacity_pages: options.tiers.capacity_pages(0, PAGE_SIZE) as usize,
             // Heats halve once a second (100 windows): sampling sees a resident page
             // about once a second, so a faster decay never lets one count as hot.
@@ -409,9 +410,13 @@ impl TieredMemory {
         let one = 1u64.to_ne_bytes();
         let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
         let report = self.thread.take().and_then(|t| t.join().ok());
-        report
+        let report = report
             .or_else(|| self.snapshot())
-            .expect("the fault handler publishes a report")
+            .expect("the fault handler publishes a report");
+        if let Some(hint) = report.order_hint() {
+            log::warn!("{hint}");
+        }
+        report
     }
 }
 
@@ -542,5 +547,6 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         fault_latency_p50_us: percentile_us(&all, 0.5),
         fault_latency_p99_us: percentile_us(&all, 0.99),
         per_tier,
+        storage_order: e.policy.config().storage_order.tiers(),
     }
 }

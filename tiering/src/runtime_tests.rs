@@ -445,6 +445,32 @@ fn a_prefetch_does_not_wait_behind_a_slow_move() {
     assert!(done.per_tier[3].bytes_written >= 2 * PAGE_SIZE, "{done:#?}");
 }
 
+#[test]
+fn evicted_pages_go_down_the_tier_file_s_order() {
+    // Tier 3 is named the faster: FIFO's pages (probability 1) go there first, and
+    // once its 16 slots are taken they spill to tier 2, the slower by this order.
+    let tiers = "order = [3, 2]\n\
+                 [tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
+                 [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
+                 [tier3]\ncapacity = \"64K\"\nfile = \"t3.img\"\n";
+    let (dir, map, tm, failed, before) = start_written("order-", tiers, 40, 5);
+    let written = |r: &crate::metrics::TieringReport, t: usize| r.per_tier[t].evictions;
+    assert_eq!(
+        (written(&before, 3), written(&before, 2)),
+        (16, 16),
+        "{before:#?}"
+    );
+    for p in 0..32usize {
+        // SAFETY: inside the mapping; the runtime serves the fault from either tier.
+        let got = unsafe { ((map.addr + p * 4096 + 40) as *mut u64).read_volatile() };
+        assert_eq!(got, value(p, 5, 0), "page {p}");
+    }
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(failed.lock().unwrap().is_none());
+    assert!(report.per_tier[3].demand_faults > 0, "{report:#?}");
+}
+
 /// A migrating runtime over `tiers` (a RAM budget of 64 pages, FIFO eviction) whose
 /// 96 pages have each been written once, at byte `offset`, with [`value`] for word
 /// `word`. FIFO evicted the first 32 written, so they sit in tier 2 (and

@@ -161,10 +161,11 @@ impl Engine {
                 self.release_copy(index);
                 // `to`, else the next slower tier with room, else a faster one: the
                 // policy counts capacity but does not know which tiers exist.
-                let order = (to..crate::config::TIER_COUNT).chain((2..to).rev());
-                let found = order
-                    .collect::<Vec<_>>()
-                    .into_iter()
+                let order = self.policy.config().storage_order;
+                let rank = order.rank(to as crate::policy::TierId);
+                let found = (rank..4)
+                    .chain((0..rank).rev())
+                    .map(|r| order.tier(r) as usize)
                     .find_map(|t| self.alloc_slot(t).map(|s| (t, s)));
                 match found {
                     Some((t, s)) if t == to => Some(s),

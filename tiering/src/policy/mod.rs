@@ -65,6 +65,8 @@ pub struct PolicyConfig {
     /// Capacity of each tier in pages; a full tier spills to the next slower one.
     /// Entries 0 and 1 are ignored (RAM is bounded by `ram_budget_pages`).
     pub tier_capacity_pages: [u64; TIER_COUNT],
+    /// Which storage tier is faster than which: probability bands and spills follow it.
+    pub storage_order: StorageOrder,
     /// Most pages in tier 0, the hot set (0: none). At most half the RAM budget is
     /// used, so tier 1 keeps room for faults and prefetches.
     pub hot_capacity_pages: usize,
@@ -103,6 +105,7 @@ impl Default for PolicyConfig {
             initial_tier: None,
             retier_per_window: Self::retier_for_window(1_000_000),
             tier_capacity_pages: [u64::MAX; TIER_COUNT],
+            storage_order: StorageOrder::default(),
             hot_capacity_pages: 0,
             hot_decay_windows: 1,
         }
@@ -729,10 +732,7 @@ impl PagingPolicy {
         if entry.outcome_unseen {
             self.advisor.on_prefetch_outcome(page, false);
         }
-        let wanted = self
-            .config
-            .thresholds
-            .storage_tier_for(self.advisor.probability(page));
+        let wanted = self.wanted_tier(page);
         let to = self.placement(wanted, None);
         self.stats.evictions += 1;
         self.put_location(page, to);
@@ -743,25 +743,37 @@ impl PagingPolicy {
         out.push(Action::Evict { page, to });
     }
 
+    /// The storage tier page's probability asks for.
+    fn wanted_tier(&self, page: PageNumber) -> TierId {
+        self.config
+            .storage_order
+            .storage_tier_for(&self.config.thresholds, self.advisor.probability(page))
+    }
+
     /// Where an evicted page goes when its probability wants tier `wanted` (`from`: the
     /// tier it is in now, whose slot it may keep). Spare room is better used than kept:
     /// a faster storage tier with more than a quarter of its capacity free takes the page
     /// (so an unbounded fast tier takes every page, whatever the advisor expects);
-    /// otherwise `wanted`, or the next slower tier with room.
+    /// otherwise `wanted`, or the next slower tier with room. "Faster" and "slower"
+    /// are the storage order's.
     fn placement(&self, wanted: TierId, from: Option<TierId>) -> TierId {
         let free = |t: TierId| {
             let cap = self.config.tier_capacity_pages[t as usize];
             let used = self.tier_pages[t as usize].saturating_sub(u64::from(from == Some(t)));
             cap.saturating_sub(used)
         };
-        if let Some(t) =
-            (TIER_NVME..wanted).find(|&t| free(t) > self.config.tier_capacity_pages[t as usize] / 4)
-        {
-            return t;
+        let order = self.config.storage_order;
+        let wanted = order.rank(wanted);
+        if let Some(r) = (0..wanted).find(|&r| {
+            let t = order.tier(r);
+            free(t) > self.config.tier_capacity_pages[t as usize] / 4
+        }) {
+            return order.tier(r);
         }
-        (wanted..TIER_NET)
+        (wanted..3)
+            .map(|r| order.tier(r))
             .find(|&t| free(t) > 0)
-            .unwrap_or(TIER_NET)
+            .unwrap_or(order.tier(3))
     }
 
     /// Re-scores a bounded number of non-resident pages and moves those whose target
@@ -777,15 +789,13 @@ impl PagingPolicy {
                 Some(l) if l.eviction == eviction => l.tier,
                 _ => continue,
             };
-            let wanted = self
-                .config
-                .thresholds
-                .storage_tier_for(self.advisor.probability(page));
+            let wanted = self.wanted_tier(page);
             if wanted != from {
                 let target = self.placement(wanted, Some(from));
                 // Rising only to a faster tier; sinking only where the placement rule
                 // says (a tier with spare room keeps its pages).
-                let to = if (wanted < from) == (target < from) {
+                let rank = |t| self.config.storage_order.rank(t);
+                let to = if (rank(wanted) < rank(from)) == (rank(target) < rank(from)) {
                     target
                 } else {
                     from

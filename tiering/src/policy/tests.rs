@@ -251,6 +251,23 @@ fn low_probability_pages_go_to_slow_tiers_and_full_tiers_spill() {
 }
 
 #[test]
+fn bands_and_spills_follow_the_storage_order() {
+    // Tier 5 faster than tier 4 here: "very low" (0.02) now means tier 5, and a full
+    // tier 5 spills to tier 4, the slowest.
+    let mut cfg = fast_tiers_full(1);
+    cfg.storage_order = StorageOrder::new([2, 3, 5, 4]).unwrap();
+    cfg.tier_capacity_pages[TIER_NET as usize] = 1;
+    let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.02))).unwrap();
+    let mut out = Vec::new();
+    for page in 1..=3 {
+        policy.on_access(&access(page, page), &mut out);
+    }
+    assert_eq!(policy.tier_of(1), Some(TIER_NET));
+    assert_eq!(policy.tier_of(2), Some(TIER_HDD));
+    assert_eq!(policy.tier_pages()[TIER_NET as usize], 1);
+}
+
+#[test]
 fn bad_victims_fall_back_and_keep_the_budget() {
     let mut advisor = Fifo::new(0.3);
     advisor.bogus_victims = true;

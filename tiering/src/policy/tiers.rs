@@ -18,6 +18,64 @@ pub const TIER_NET: TierId = 5;
 /// Number of tiers.
 pub const TIER_COUNT: usize = 6;
 
+/// The storage tiers (2-5) from fastest to slowest: the ladder that probability bands
+/// and spills walk. By default the tiers' numbering (NVMe, SSD, HDD, networked); a
+/// tier file can say otherwise when, say, its network store answers faster than its
+/// disk (`order` in docs/tiering.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageOrder([TierId; 4]);
+
+impl Default for StorageOrder {
+    fn default() -> Self {
+        Self([TIER_NVME, TIER_SSD, TIER_HDD, TIER_NET])
+    }
+}
+
+impl StorageOrder {
+    /// The order `tiers` (fastest first), if it names each of tiers 2-5 once.
+    pub fn new(tiers: [TierId; 4]) -> Option<Self> {
+        let mut seen = [false; TIER_COUNT];
+        for &t in &tiers {
+            if !(TIER_NVME..=TIER_NET).contains(&t)
+                || std::mem::replace(&mut seen[t as usize], true)
+            {
+                return None;
+            }
+        }
+        Some(Self(tiers))
+    }
+
+    /// The order a tier file's `order` key names: the tiers of `fastest`, then those
+    /// it leaves out in their numbering. `None` unless each of `fastest` is a storage
+    /// tier (2-5) named once.
+    pub fn starting_with(fastest: &[TierId]) -> Option<Self> {
+        let rest = (TIER_NVME..=TIER_NET).filter(|t| !fastest.contains(t));
+        let all: Vec<TierId> = fastest.iter().copied().chain(rest).collect();
+        Self::new(all.try_into().ok()?)
+    }
+
+    /// The tiers, fastest first.
+    pub fn tiers(&self) -> [TierId; 4] {
+        self.0
+    }
+
+    /// The tier on rung `rank` (0 fastest, 3 slowest; larger ranks give the slowest).
+    pub fn tier(&self, rank: usize) -> TierId {
+        self.0[rank.min(3)]
+    }
+
+    /// The rung of storage tier `t` (0 fastest); tiers outside 2-5 rank first.
+    pub fn rank(&self, t: TierId) -> usize {
+        self.0.iter().position(|&x| x == t).unwrap_or(0)
+    }
+
+    /// The tier for an evicted page of probability `p`: the band
+    /// [`TierThresholds::storage_tier_for`] names, counted down this ladder.
+    pub fn storage_tier_for(&self, thresholds: &TierThresholds, p: f32) -> TierId {
+        self.tier((thresholds.storage_tier_for(p) - TIER_NVME) as usize)
+    }
+}
+
 /// Probability thresholds that map [`crate::advisor::Advisor::probability`] to a tier.
 ///
 /// A page goes to the fastest tier whose threshold its probability reaches:
@@ -97,5 +155,26 @@ mod tests {
             hdd: 0.0
         }
         .is_valid());
+    }
+
+    #[test]
+    fn a_storage_order_renames_the_bands() {
+        let t = TierThresholds::default();
+        let o = StorageOrder::default();
+        assert_eq!(o.storage_tier_for(&t, 0.02), TIER_HDD);
+        let o = StorageOrder::new([2, 3, 5, 4]).unwrap();
+        assert_eq!(o.storage_tier_for(&t, 0.3), TIER_NVME);
+        assert_eq!(o.storage_tier_for(&t, 0.02), TIER_NET);
+        assert_eq!(o.storage_tier_for(&t, 0.001), TIER_HDD);
+        assert_eq!((o.rank(TIER_NET), o.rank(TIER_HDD)), (2, 3));
+        assert!(StorageOrder::new([2, 3, 3, 4]).is_none());
+        assert!(StorageOrder::new([1, 2, 3, 4]).is_none());
+        assert_eq!(StorageOrder::starting_with(&[2, 3, 5]), Some(o));
+        assert_eq!(
+            StorageOrder::starting_with(&[]),
+            Some(StorageOrder::default())
+        );
+        assert!(StorageOrder::starting_with(&[5, 5]).is_none());
+        assert!(StorageOrder::starting_with(&[6]).is_none());
     }
 }

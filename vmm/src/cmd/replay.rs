@@ -106,9 +106,11 @@ pub fn run(args: ReplayArgs) -> i32 {
         ..LatencyModel::default()
     };
     let mut capacity = [u64::MAX; tiering::policy::TIER_COUNT];
+    let mut storage_order = tiering::policy::StorageOrder::default();
     if let Some(path) = &args.tiers {
         match tiering::config::TierConfig::load(path) {
             Ok(file) => {
+                storage_order = file.order;
                 (latency, capacity) = latency.with_tier_file(&file, tiering::access::PAGE_SIZE)
             }
             Err(e) => return super::usage_error(format!("replay: {e}")),
@@ -125,6 +127,7 @@ pub fn run(args: ReplayArgs) -> i32 {
             max_prefetch_per_fault: args.max_prefetch_per_fault,
             initial_tier: args.initial_tier,
             tier_capacity_pages: capacity,
+            storage_order,
             ..PolicyConfig::default()
         },
         latency,
