@@ -256,7 +256,12 @@ impl TierConfig {
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
                 let line = line_of(source, span.start);
-                let message = e.message().replace('\n', " ");
+                let mut message = e.message().replace('\n', " ");
+                if message.starts_with("unknown field `order`") {
+                    // TOML puts a key after a table header inside that table.
+                    message =
+                        "`order` goes at the top of the file, before the first [tierN]".into();
+                }
                 return ctx.err(span, field_at(source, line), message);
             }
         };
@@ -609,6 +614,11 @@ mod tests {
         assert!(e.starts_with("t.toml:1: order: list storage tiers"), "{e}");
         let e = err("order = [1, 2]\n[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\n");
         assert!(e.starts_with("t.toml:1: order:"), "{e}");
+        let e = err("[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\norder = [2]\n");
+        assert!(
+            e.starts_with("t.toml:4: tier1.order: `order` goes at the top"),
+            "{e}"
+        );
     }
 
     #[test]
