@@ -157,7 +157,8 @@ pub enum Action {
     },
     /// Drop `page` from RAM, writing it to tier `to` (only if dirty or not yet there).
     Evict { page: PageNumber, to: TierId },
-    /// Move a non-resident page between storage tiers (`to > from`: a demotion).
+    /// Move a non-resident page between storage tiers (a demotion when `to` is slower
+    /// than `from` in the storage order).
     Move {
         page: PageNumber,
         from: TierId,

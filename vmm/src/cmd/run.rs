@@ -17,6 +17,11 @@ Examples:
   Boot a Linux bzImage with an initramfs, writing metrics:
     tiervisor run --kernel resources/out/vmlinuz --initrd resources/out/initramfs.cpio.gz \\
         --cmdline 'console=ttyS0 earlyprintk=ttyS0' --memory 512M --metrics-out run.json
+  Tiered memory, 2 MiB in RAM and the rest over tiers 2-5 ranked by speed, with the GRU
+  advisor (tier 5 needs an NBD server on $TIERVISOR_WORKDIR/nbd.sock, docs/tiering.md):
+    TIERVISOR_WORKDIR=/var/tmp/tv tiervisor run --kernel resources/out/testguest.elf \
+        --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \
+        --tiers resources/tiers/by-speed.toml --ram-budget 2M --advisor gru
 
 Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
 1 when the VM fails (triple fault, KVM internal error); 2 for bad input;
