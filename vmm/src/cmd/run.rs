@@ -19,8 +19,8 @@ Examples:
         --cmdline 'console=ttyS0 earlyprintk=ttyS0' --memory 512M --metrics-out run.json
   Tiered memory, 2 MiB in RAM and the rest over tiers 2-5 ranked by speed, with the GRU
   advisor (tier 5 needs an NBD server on $TIERVISOR_WORKDIR/nbd.sock, docs/tiering.md):
-    TIERVISOR_WORKDIR=/var/tmp/tv tiervisor run --kernel resources/out/testguest.elf \
-        --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \
+    TIERVISOR_WORKDIR=/var/tmp/tv tiervisor run --kernel resources/out/testguest.elf \\
+        --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \\
         --tiers resources/tiers/by-speed.toml --ram-budget 2M --advisor gru
 
 Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
