@@ -60,7 +60,7 @@ fn phase_segments(path: &std::path::Path) -> Result<Vec<Part>, Box<dyn std::erro
     starts.push(records);
     Ok(starts
         .windows(2)
-        .map(|w| Part::Trace {
+        .map(|w| Part::Cut {
             path: path.to_path_buf(),
             skip: w[0],
             take: w[1] - w[0],

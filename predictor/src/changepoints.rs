@@ -5,6 +5,7 @@
 //! splice points. docs/anomaly.md has the results.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tiering::access::{Access, AccessOp, AccessSource, PageKind, PageNumber};
@@ -33,12 +34,20 @@ pub enum Part {
     /// A scan storm: `pages` fresh pages read in order, `touches` accesses each (a
     /// program streaming through a large buffer), `gap` clock units apart.
     ScanStorm { pages: u64, touches: u32, gap: u64 },
+    /// Records `skip..skip + take` of a trace file with its own page numbers: one cut
+    /// of a recording whose cuts follow each other (a phase change inside one VM,
+    /// which may come back to pages an earlier phase used).
+    Cut {
+        path: PathBuf,
+        skip: usize,
+        take: usize,
+    },
 }
 
 impl Part {
     fn label(&self) -> String {
         match self {
-            Part::Trace { path, .. } => path.file_stem().map_or_else(
+            Part::Trace { path, .. } | Part::Cut { path, .. } => path.file_stem().map_or_else(
                 || path.display().to_string(),
                 |s| s.to_string_lossy().into(),
             ),
@@ -56,6 +65,8 @@ pub struct Splice {
     pub segments: Vec<String>,
     /// Distinct pages of each segment.
     pub segment_pages: Vec<u64>,
+    /// Index in `accesses` of each segment's first access.
+    pub segment_starts: Vec<u64>,
 }
 
 impl Splice {
@@ -187,14 +198,19 @@ pub fn trace_region_runs(
 pub fn build_splice(name: &str, parts: &[Part]) -> Result<Splice, ChangeEvalError> {
     let mut accesses: Vec<Access> = Vec::new();
     let mut segment_pages = Vec::new();
+    let mut segment_starts = Vec::new();
     let mut clock = None;
     let mut now = 0u64;
     for (k, part) in parts.iter().enumerate() {
         let base: PageNumber = (k as u64) << SEGMENT_SHIFT;
         let first = accesses.len();
         match part {
-            Part::Trace { path, skip, take } => {
+            Part::Trace { path, skip, take } | Part::Cut { path, skip, take } => {
                 let (c, recs) = read_part(path, *skip, *take)?;
+                let (base, mask) = match part {
+                    Part::Cut { .. } => (0, PageNumber::MAX),
+                    _ => (base, (1 << SEGMENT_SHIFT) - 1),
+                };
                 match clock {
                     None => clock = Some(c),
                     Some(want) if want != c => {
@@ -213,7 +229,7 @@ pub fn build_splice(name: &str, parts: &[Part]) -> Result<Splice, ChangeEvalErro
                     now = start + (a.time_ns - t0);
                     accesses.push(Access {
                         time_ns: now,
-                        page: base + (a.page & ((1 << SEGMENT_SHIFT) - 1)),
+                        page: base + (a.page & mask),
                         ..a
                     });
                 }
@@ -244,6 +260,7 @@ pub fn build_splice(name: &str, parts: &[Part]) -> Result<Splice, ChangeEvalErro
         let distinct: rustc_hash::FxHashSet<PageNumber> =
             accesses[first..].iter().map(|a| a.page).collect();
         segment_pages.push(distinct.len() as u64);
+        segment_starts.push(first as u64);
     }
     Ok(Splice {
         name: name.into(),
@@ -251,11 +268,13 @@ pub fn build_splice(name: &str, parts: &[Part]) -> Result<Splice, ChangeEvalErro
         clock: clock.ok_or_else(|| ChangeEvalError::NoClock(name.into()))?,
         segments: parts.iter().map(Part::label).collect(),
         segment_pages,
+        segment_starts,
     })
 }
 
 /// Where a change happened as the advisor saw it: the first observed access of a new
-/// segment (always a demand fault: its pages were never resident).
+/// segment (a demand fault, unless the segment is a [`Part::Cut`] that comes back to
+/// pages still resident).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ChangeMark {
     pub segment: u64,
@@ -265,18 +284,22 @@ pub struct ChangeMark {
     pub window: u64,
 }
 
-/// [`LiveGru`] that also notes when each new segment starts.
+/// [`LiveGru`] that also notes when each new segment starts: the replay says which
+/// access it is at (`position`), `starts` where each segment begins.
 struct Marked {
     inner: LiveGru,
     marks: Arc<Mutex<Vec<ChangeMark>>>,
     segment: u64,
+    position: Arc<AtomicU64>,
+    starts: Vec<u64>,
 }
 
 impl Advisor for Marked {
     forward_advisor!(inner);
 
     fn on_access(&mut self, access: &Access, resident: bool) {
-        let seg = access.page >> SEGMENT_SHIFT;
+        let at = self.position.load(Ordering::Relaxed);
+        let seg = self.starts.partition_point(|&s| s <= at).saturating_sub(1) as u64;
         if seg > self.segment {
             self.segment = seg;
             let mark = ChangeMark {
@@ -328,12 +351,14 @@ pub fn evaluate(
         clock: splice.clock,
     };
     let summary = summarize(&input, false)?;
+    let position = Arc::new(AtomicU64::new(0));
     let ctx = ReplayContext {
         ram_budget_pages: ((splice.median_segment_pages() as f64 * cfg.ram_fraction) as usize)
             .max(1),
         distinct_pages: summary.distinct_pages,
         future: None,
         model: Some(model.to_path_buf()),
+        position: Some(position.clone()),
     };
     let gru = GruAdvisor::from_file(model, opts).map_err(|source| ChangeEvalError::Model {
         path: model.to_path_buf(),
@@ -345,6 +370,8 @@ pub fn evaluate(
         inner: live,
         marks: marks.clone(),
         segment: 0,
+        position,
+        starts: splice.segment_starts.clone(),
     };
     replay_advisor(
         &input,
@@ -483,7 +510,50 @@ pub fn format_table(results: &[SpliceResult]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::region_runs;
+    use super::{build_splice, region_runs, Part, SEGMENT_SHIFT};
+    use tiering::access::{Access, AccessOp, AccessSource, PageKind};
+    use tiering::trace::{TraceHeader, TraceWriter};
+
+    #[test]
+    fn cuts_keep_their_pages_and_traces_move_to_their_own() {
+        let path = std::env::temp_dir().join(format!("cuts-{}.tvt", std::process::id()));
+        let mut w = TraceWriter::create(&path, &TraceHeader::default()).unwrap();
+        for i in 0..10u64 {
+            let a = Access {
+                time_ns: 1_000 * (i + 1),
+                page: 100 + i % 4,
+                vcpu: 0,
+                op: AccessOp::Read,
+                kind: PageKind::Data,
+                source: AccessSource::Full,
+            };
+            w.write(&a).unwrap();
+        }
+        w.finish().unwrap();
+        let cut = |skip, take| Part::Cut {
+            path: path.clone(),
+            skip,
+            take,
+        };
+        let parts = [
+            cut(0, 6),
+            cut(6, 4),
+            Part::Trace {
+                path: path.clone(),
+                skip: 0,
+                take: 4,
+            },
+        ];
+        let splice = build_splice("t", &parts);
+        std::fs::remove_file(&path).ok();
+        let splice = splice.unwrap();
+        assert_eq!(splice.segment_starts, vec![0, 6, 10]);
+        let pages: Vec<u64> = splice.accesses.iter().map(|a| a.page).collect();
+        // The second cut comes back to pages the first used; the trace part does not.
+        assert_eq!(&pages[..10], &[100, 101, 102, 103, 100, 101, 102, 103, 100, 101]);
+        assert!(pages[10..].iter().all(|&p| p >> SEGMENT_SHIFT == 2), "{pages:?}");
+        assert!(splice.accesses.windows(2).all(|w| w[0].time_ns < w[1].time_ns));
+    }
 
     #[test]
     fn region_runs_skip_other_pages_and_fold_flickers() {

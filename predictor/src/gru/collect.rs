@@ -38,6 +38,7 @@ pub fn collect_samples(
             distinct_pages: summary.distinct_pages,
             future: None,
             model: None,
+            position: None,
         };
         let sink: SampleSink = Arc::default();
         let mut opts = GruOptions {

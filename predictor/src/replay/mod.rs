@@ -89,6 +89,7 @@ pub fn replay_all(
     let probe = ReplayContext {
         ram_budget_pages: 1,
         model: model.clone(),
+        position: None,
         ..ReplayContext::default()
     };
     for n in names {
@@ -114,6 +115,7 @@ pub fn replay_all(
         distinct_pages: summary.distinct_pages,
         future,
         model,
+        position: None,
     };
     let mut order: Vec<&str> = names.iter().map(String::as_str).collect();
     let reference_extra = !order.contains(&"none");

@@ -38,6 +38,9 @@ pub struct ReplayContext {
     pub future: Option<Arc<OracleFuture>>,
     /// A model file for learned advisors (`gru`); `None`: their shipped default.
     pub model: Option<PathBuf>,
+    /// Set to the index of the access being replayed before each step, for tools
+    /// that map what the advisor is shown back to the trace (`changepoints`).
+    pub position: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Why an advisor could not be made.

@@ -343,6 +343,9 @@ pub fn replay_advisor(
     let mut window = u64::MAX;
     let wall = Instant::now();
     input.for_each(|a| {
+        if let Some(p) = &ctx.position {
+            p.store(accesses, Ordering::Relaxed);
+        }
         accesses += 1;
         let start = *t0.get_or_insert(a.time_ns);
         let now = ((a.time_ns.saturating_sub(start)) as f64 * scale) as u64 + sim.stall_ns;

@@ -305,6 +305,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                 distinct_pages: guest_pages,
                 future: None,
                 model: None,
+                position: None,
             };
             // Live: `gru` learns in a background thread (replay learns inline).
             let live = match predictor::make_live_advisor(&req.advisor, &ctx) {
