@@ -138,14 +138,41 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             v
         }
         "train" => train_splices.to_vec(),
-        other => return Err(format!("--set {other}: use eval or train").into()),
+        // Programs of the holdout set (diff is too short for a 1M-record skip) and a
+        // phases recording of another seed (docs/anomaly.md, "The region test").
+        "holdout" => vec![
+            ("bzip2|perl-subst", vec![prog("bzip2"), prog("perl-subst")]),
+            (
+                "python-json|sqlite-window|storm",
+                vec![prog("python-json"), prog("sqlite-window"), storm.clone()],
+            ),
+            (
+                "sqlite-window|storm|bzip2",
+                vec![prog("sqlite-window"), storm.clone(), prog("bzip2")],
+            ),
+            (
+                "perl-subst|python-json|bzip2|sqlite-window",
+                vec![
+                    prog("perl-subst"),
+                    prog("python-json"),
+                    prog("bzip2"),
+                    prog("sqlite-window"),
+                ],
+            ),
+            (
+                "guest-phases",
+                phase_segments(&dir.with_file_name("anomaly").join("guest-phases.tvt"))?,
+            ),
+        ],
+        other => return Err(format!("--set {other}: use eval, holdout or train").into()),
     };
     let model = predictor::gru::base_model_path();
     let mut opts = GruOptions::from_env();
     opts.anomaly = match detector.as_str() {
         "default" => AnomalyConfig::default(),
         "baseline" => AnomalyConfig::baseline(),
-        other => return Err(format!("--detector {other}: use default or baseline").into()),
+        "region" => AnomalyConfig::with_regions(),
+        other => return Err(format!("--detector {other}: use default, baseline or region").into()),
     };
     opts.anomaly.confirm_z = arg(&args, "--confirm-z", opts.anomaly.confirm_z)?;
     let cfg = ReplayConfig::default();

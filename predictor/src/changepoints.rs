@@ -550,9 +550,18 @@ mod tests {
         assert_eq!(splice.segment_starts, vec![0, 6, 10]);
         let pages: Vec<u64> = splice.accesses.iter().map(|a| a.page).collect();
         // The second cut comes back to pages the first used; the trace part does not.
-        assert_eq!(&pages[..10], &[100, 101, 102, 103, 100, 101, 102, 103, 100, 101]);
-        assert!(pages[10..].iter().all(|&p| p >> SEGMENT_SHIFT == 2), "{pages:?}");
-        assert!(splice.accesses.windows(2).all(|w| w[0].time_ns < w[1].time_ns));
+        assert_eq!(
+            &pages[..10],
+            &[100, 101, 102, 103, 100, 101, 102, 103, 100, 101]
+        );
+        assert!(
+            pages[10..].iter().all(|&p| p >> SEGMENT_SHIFT == 2),
+            "{pages:?}"
+        );
+        assert!(splice
+            .accesses
+            .windows(2)
+            .all(|w| w[0].time_ns < w[1].time_ns));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 #                                      had been seen
 #   resources/out/traces/holdout2/*.tvt a third (session 15), for a change the
 #                                      holdout set has already judged
+#   resources/out/traces/anomaly/guest-phases.tvt  a phases recording of another seed
+#                                      for `anomaly_eval --set holdout` (session 21)
 # docs/traces.md says which is which and why. Inputs are generated here from fixed
 # seeds, so every run traces the same work. Run from anywhere after `make build`.
 #
@@ -42,7 +44,7 @@ flock 9
 rm -rf "$work"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out/train" "$out/eval" "$out/holdout" "$out/holdout2"
+mkdir -p "$out/train" "$out/eval" "$out/holdout" "$out/holdout2" "$out/anomaly"
 
 # ---------------------------------------------------------------- inputs (fixed seeds)
 # words SEED LINES: pseudo-English text, 8-12 words a line from a 2,000-word vocabulary
@@ -246,6 +248,7 @@ guests=(
     "eval|guest-phases|workload=phases mem=16M iters=100000 seed=21"
     "eval|guest-random|workload=random mem=16M iters=100000 seed=22"
     "eval|guest-stride|workload=stride mem=16M iters=100000 seed=23"
+    "anomaly|guest-phases|workload=phases mem=16M iters=100000 seed=31"
 )
 
 wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }

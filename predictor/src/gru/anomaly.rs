@@ -4,13 +4,17 @@
 //! predictions from the previous window against the blocks actually touched) and the
 //! Jaccard distance between the blocks touched now and in the recent past. Each feeds a
 //! Page-Hinkley test (a CUSUM for an upward shift of the mean). An alarm is an
-//! [`AnomalyEvent`]; the advisor answers it with faster adaptation.
+//! [`AnomalyEvent`]; the advisor answers it with faster adaptation. Optionally a third
+//! signal, the same distance over coarse regions of blocks (`region_shift`), catches a
+//! VM that moves its work to other memory while every block it touches is new anyway.
 
 /// Which signal raised the alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnomalySignal {
     Loss,
     Drift,
+    /// The working set moved to other regions ([`AnomalyConfig::region_shift`]).
+    Region,
 }
 
 /// A detected pattern change.
@@ -122,6 +126,13 @@ pub struct AnomalyConfig {
     pub confirm_z: f64,
     /// Restart a test's baseline after its alarm (see [`PageHinkley::restart`]).
     pub restart: bool,
+    /// Regions for the region-drift test: blocks `>> region_shift` (0: no such test).
+    pub region_shift: u32,
+    /// (delta, lambda, min_dev) of the region-drift test.
+    pub region: (f64, f64, f64),
+    /// An alarm of the region test needs the loss or the block drift at least this many
+    /// deviations above its baseline in the same window (0: none).
+    pub region_confirm_z: f64,
 }
 
 impl Default for AnomalyConfig {
@@ -135,6 +146,9 @@ impl Default for AnomalyConfig {
             drift_span: 4,
             confirm_z: 3.0,
             restart: true,
+            region_shift: 0,
+            region: (0.5, 6.0, 0.02),
+            region_confirm_z: 0.5,
         }
     }
 }
@@ -148,6 +162,14 @@ impl AnomalyConfig {
             ..Self::default()
         }
     }
+
+    /// The default detector with the region-drift test: regions of 4 blocks.
+    pub fn with_regions() -> Self {
+        AnomalyConfig {
+            region_shift: 2,
+            ..Self::default()
+        }
+    }
 }
 
 /// The detector state for one VM.
@@ -155,12 +177,10 @@ pub struct AnomalyDetector {
     cfg: AnomalyConfig,
     loss: PageHinkley,
     drift: PageHinkley,
-    /// The blocks touched in each of the last `drift_span` windows, sorted, oldest first.
-    recent: std::collections::VecDeque<Vec<u64>>,
-    /// Buffers `drift_of` reuses: this window's blocks and the recent windows' union.
-    now: Vec<u64>,
-    union: Vec<u64>,
-    merged: Vec<u64>,
+    blocks: SetDrift,
+    /// The region test and its sets, when `region_shift > 0`.
+    regions: Option<(PageHinkley, SetDrift)>,
+    scratch: Vec<u64>,
     /// `TIERVISOR_ANOMALY_DEBUG` is set: print both signals every window.
     debug: bool,
     windows: u64,
@@ -180,11 +200,11 @@ impl AnomalyDetector {
         AnomalyDetector {
             loss: test(cfg.loss),
             drift: test(cfg.drift),
+            blocks: SetDrift::new(cfg.drift_span),
+            regions: (cfg.region_shift > 0)
+                .then(|| (test(cfg.region), SetDrift::new(cfg.drift_span))),
+            scratch: Vec::new(),
             cfg,
-            recent: Default::default(),
-            now: Vec::new(),
-            union: Vec::new(),
-            merged: Vec::new(),
             debug: std::env::var_os("TIERVISOR_ANOMALY_DEBUG").is_some(),
             windows: 0,
             quiet_until: cfg.warmup,
@@ -210,6 +230,19 @@ impl AnomalyDetector {
         }
         let l = self.loss.update(loss);
         let d = self.drift.update(drift);
+        let r = match self.regions.as_mut() {
+            Some((test, sets)) => {
+                self.scratch.clear();
+                let shift = self.cfg.region_shift;
+                self.scratch.extend(touched.iter().map(|b| b >> shift));
+                let r = test.update(sets.drift(&mut self.scratch));
+                if self.debug {
+                    eprintln!("anomaly: window {window} region drift z {:.1}", test.last_z);
+                }
+                r
+            }
+            None => None,
+        };
         if self.debug {
             eprintln!(
                 "anomaly: window {window} loss {loss:.3} (z {:.1}) drift {drift:.3} (z {:.1})",
@@ -231,7 +264,15 @@ impl AnomalyDetector {
                 Some((AnomalySignal::Loss, s))
             }
             (_, Some(s)) if confirmed(self.loss.last_z) => Some((AnomalySignal::Drift, s)),
-            _ => None,
+            // Moving to other regions need not move the loss much (the model knows
+            // the new pattern's kind) nor the block drift (already high when most
+            // blocks are new each window): a weak rise of either confirms it.
+            _ => r
+                .filter(|_| {
+                    let z = self.cfg.region_confirm_z;
+                    z <= 0.0 || self.loss.last_z >= z || self.drift.last_z >= z
+                })
+                .map(|s| (AnomalySignal::Region, s)),
         };
         let (signal, score) = hit?;
         self.quiet_until = self.windows + self.cfg.cooldown;
@@ -247,28 +288,54 @@ impl AnomalyDetector {
     }
 
     /// Jaccard distance between `touched` and the union of the last `drift_span` windows.
-    /// The sets are sorted lists merged in place (no hashing, no allocation once the
-    /// buffers have grown): this runs every model window.
     fn drift_of(&mut self, touched: &[u64]) -> f64 {
-        self.now.clear();
-        self.now.extend_from_slice(touched);
-        self.now.sort_unstable();
-        self.now.dedup();
+        self.scratch.clear();
+        self.scratch.extend_from_slice(touched);
+        self.blocks.drift(&mut self.scratch)
+    }
+}
+
+/// Jaccard distance between a window's set and the union of the last `span` windows'
+/// sets. The sets are sorted lists merged in place (no hashing, no allocation once the
+/// buffers have grown): this runs every model window.
+struct SetDrift {
+    span: usize,
+    /// Each of the last `span` windows' sets, sorted, oldest first.
+    recent: std::collections::VecDeque<Vec<u64>>,
+    union: Vec<u64>,
+    merged: Vec<u64>,
+}
+
+impl SetDrift {
+    fn new(span: usize) -> Self {
+        SetDrift {
+            span,
+            recent: Default::default(),
+            union: Vec::new(),
+            merged: Vec::new(),
+        }
+    }
+
+    /// The distance of `now` (any order, duplicates allowed; sorted in place) to the
+    /// recent windows; then `now` becomes the newest of them.
+    fn drift(&mut self, now: &mut Vec<u64>) -> f64 {
+        now.sort_unstable();
+        now.dedup();
         self.union.clear();
         for w in &self.recent {
             merge_union(&self.union, w, &mut self.merged);
             std::mem::swap(&mut self.union, &mut self.merged);
         }
-        let inter = count_common(&self.now, &self.union);
-        let union = self.union.len() + self.now.len() - inter;
-        let mut slot = if self.recent.len() >= self.cfg.drift_span {
+        let inter = count_common(now, &self.union);
+        let union = self.union.len() + now.len() - inter;
+        let mut slot = if self.recent.len() >= self.span {
             self.recent.pop_front().unwrap_or_default()
         } else {
             Vec::new()
         };
-        if self.cfg.drift_span > 0 {
+        if self.span > 0 {
             slot.clear();
-            slot.extend_from_slice(&self.now);
+            slot.extend_from_slice(now);
             self.recent.push_back(slot);
         }
         if union == 0 {
@@ -393,6 +460,36 @@ mod tests {
         assert_eq!(d.drift_of(&[]), 1.0, "{{}} against {{1, 2, 3, 4, 9}}");
         assert_eq!(d.drift_of(&[]), 1.0, "{{}} against {{9}}");
         assert_eq!(d.drift_of(&[]), 0.0, "both empty");
+    }
+
+    #[test]
+    fn the_region_test_sees_work_move_to_other_memory_that_loss_and_blocks_miss() {
+        // 8 random blocks of 16 each window, in other memory from window 40; the loss
+        // stays flat, as the model's does when the new phase is of a kind it knows.
+        let run = |cfg: AnomalyConfig| {
+            let mut d = AnomalyDetector::new(cfg);
+            let mut x = 88_172_645_463_325_252u64;
+            let mut events = Vec::new();
+            for w in 0..80u64 {
+                let base = if w < 40 { 0 } else { 1_000 };
+                let blocks: Vec<u64> = (0..8)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        base + x % 16
+                    })
+                    .collect();
+                let loss = 1.0 + (x % 100) as f64 / 1_000.0;
+                events.extend(d.observe(w, w * 1_000_000, loss, &blocks));
+            }
+            events
+        };
+        assert!(run(AnomalyConfig::default()).is_empty());
+        let events = run(AnomalyConfig::with_regions());
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].signal, AnomalySignal::Region);
+        assert!((40..=42).contains(&events[0].window), "{events:?}");
     }
 
     #[test]
