@@ -97,68 +97,43 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         touches: 32,
         gap: 4,
     };
-    let eval_splices = [
-        ("gzip|sort-text", vec![prog("gzip"), prog("sort-text")]),
-        (
-            "awk|grep|storm",
-            vec![prog("awk-wordfreq"), prog("grep-regex"), storm.clone()],
-        ),
-        (
-            "sqlite-join|storm|gzip",
-            vec![prog("sqlite-join"), storm.clone(), prog("gzip")],
-        ),
-        (
-            "sort-text|awk|grep|sqlite-join",
-            vec![
-                prog("sort-text"),
-                prog("awk-wordfreq"),
-                prog("grep-regex"),
-                prog("sqlite-join"),
-            ],
-        ),
-    ];
-    let train_splices = [
-        ("xz|python-dict", vec![prog("xz"), prog("python-dict")]),
-        (
-            "cc1|storm|sort-numeric",
-            vec![prog("cc1"), storm.clone(), prog("sort-numeric")],
-        ),
-        (
-            "sqlite-insert|xz|cc1",
-            vec![prog("sqlite-insert"), prog("xz"), prog("cc1")],
-        ),
-    ];
+    // A splice is named by its parts: programs (awk and grep short for their traces'
+    // names) and the storm.
+    let splice = |name: &'static str| {
+        let parts = name
+            .split('|')
+            .map(|p| match p {
+                "storm" => storm.clone(),
+                "awk" => prog("awk-wordfreq"),
+                "grep" => prog("grep-regex"),
+                p => prog(p),
+            })
+            .collect::<Vec<_>>();
+        (name, parts)
+    };
     let splices = match set.as_str() {
-        "eval" => {
-            let mut v = eval_splices.to_vec();
-            v.push((
+        "eval" => vec![
+            splice("gzip|sort-text"),
+            splice("awk|grep|storm"),
+            splice("sqlite-join|storm|gzip"),
+            splice("sort-text|awk|grep|sqlite-join"),
+            (
                 "guest-phases",
                 phase_segments(&dir.join("guest-phases.tvt"))?,
-            ));
-            v
-        }
-        "train" => train_splices.to_vec(),
+            ),
+        ],
+        "train" => vec![
+            splice("xz|python-dict"),
+            splice("cc1|storm|sort-numeric"),
+            splice("sqlite-insert|xz|cc1"),
+        ],
         // Programs of the holdout set (diff is too short for a 1M-record skip) and a
         // phases recording of another seed (docs/anomaly.md, "The region test").
         "holdout" => vec![
-            ("bzip2|perl-subst", vec![prog("bzip2"), prog("perl-subst")]),
-            (
-                "python-json|sqlite-window|storm",
-                vec![prog("python-json"), prog("sqlite-window"), storm.clone()],
-            ),
-            (
-                "sqlite-window|storm|bzip2",
-                vec![prog("sqlite-window"), storm.clone(), prog("bzip2")],
-            ),
-            (
-                "perl-subst|python-json|bzip2|sqlite-window",
-                vec![
-                    prog("perl-subst"),
-                    prog("python-json"),
-                    prog("bzip2"),
-                    prog("sqlite-window"),
-                ],
-            ),
+            splice("bzip2|perl-subst"),
+            splice("python-json|sqlite-window|storm"),
+            splice("sqlite-window|storm|bzip2"),
+            splice("perl-subst|python-json|bzip2|sqlite-window"),
             (
                 "guest-phases",
                 phase_segments(&dir.with_file_name("anomaly").join("guest-phases.tvt"))?,

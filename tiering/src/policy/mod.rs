@@ -744,7 +744,7 @@ impl PagingPolicy {
         out.push(Action::Evict { page, to });
     }
 
-    /// The storage tier page's probability asks for.
+    /// The storage tier that `page`'s probability asks for.
     fn wanted_tier(&self, page: PageNumber) -> TierId {
         self.config
             .storage_order

@@ -236,15 +236,22 @@ fn fast_tiers_full(budget: usize) -> PolicyConfig {
     cfg
 }
 
-#[test]
-fn low_probability_pages_go_to_slow_tiers_and_full_tiers_spill() {
-    let mut cfg = fast_tiers_full(1);
-    cfg.tier_capacity_pages[TIER_HDD as usize] = 1;
+/// A policy over `cfg` whose advisor scores every page 0.02 ("very low"), after
+/// pages 1, 2 and 3 were touched in turn: with a budget of one page, 1 and 2 left RAM.
+fn very_low_pages_evicted(cfg: PolicyConfig) -> PagingPolicy {
     let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.02))).unwrap();
     let mut out = Vec::new();
     for page in 1..=3 {
         policy.on_access(&access(page, page), &mut out);
     }
+    policy
+}
+
+#[test]
+fn low_probability_pages_go_to_slow_tiers_and_full_tiers_spill() {
+    let mut cfg = fast_tiers_full(1);
+    cfg.tier_capacity_pages[TIER_HDD as usize] = 1;
+    let policy = very_low_pages_evicted(cfg);
     assert_eq!(policy.tier_of(1), Some(TIER_HDD));
     assert_eq!(policy.tier_of(2), Some(TIER_NET));
     assert_eq!(policy.tier_pages()[TIER_HDD as usize], 1);
@@ -252,16 +259,12 @@ fn low_probability_pages_go_to_slow_tiers_and_full_tiers_spill() {
 
 #[test]
 fn bands_and_spills_follow_the_storage_order() {
-    // Tier 5 faster than tier 4 here: "very low" (0.02) now means tier 5, and a full
-    // tier 5 spills to tier 4, the slowest.
+    // Tier 5 faster than tier 4 here: "very low" now means tier 5, and a full tier 5
+    // spills to tier 4, the slowest.
     let mut cfg = fast_tiers_full(1);
     cfg.storage_order = StorageOrder::new([2, 3, 5, 4]).unwrap();
     cfg.tier_capacity_pages[TIER_NET as usize] = 1;
-    let mut policy = PagingPolicy::new(cfg, Box::new(Fifo::new(0.02))).unwrap();
-    let mut out = Vec::new();
-    for page in 1..=3 {
-        policy.on_access(&access(page, page), &mut out);
-    }
+    let policy = very_low_pages_evicted(cfg);
     assert_eq!(policy.tier_of(1), Some(TIER_NET));
     assert_eq!(policy.tier_of(2), Some(TIER_HDD));
     assert_eq!(policy.tier_pages()[TIER_NET as usize], 1);

@@ -81,7 +81,8 @@ impl StorageOrder {
 /// A page goes to the fastest tier whose threshold its probability reaches:
 /// `p >= ram` -> RAM (1), `p >= nvme` -> NVMe (2), `p >= ssd` -> SSD (3),
 /// `p >= hdd` -> HDD (4), otherwise networked (5). An evicted page never targets
-/// RAM: it goes to NVMe or below.
+/// RAM: it goes to NVMe or below. These are bands in the default [`StorageOrder`];
+/// another order gives band k to its k-th fastest storage tier.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TierThresholds {
     pub ram: f32,
