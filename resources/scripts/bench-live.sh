@@ -12,9 +12,9 @@
 #     variables: two settings of one advisor, interleaved like any two advisors)
 #   ADVISORS=gru,gru@TIERS=resources/tiers/bench-live-no-tier0.toml resources/scripts/bench-live.sh
 #     (@TIERS=FILE is not an environment variable: that entry runs over another tier file)
-#   TIERS=resources/tiers/default.toml resources/scripts/bench-live.sh
-#     (another tier file for every advisor; a file with an NBD tier gets a qemu-nbd
-#     on ${WORKDIR}/nbd.sock, export "", started here)
+#   TIERS=resources/tiers/by-speed.toml resources/scripts/bench-live.sh
+#     (another tier file for every advisor, here the six tiers ranked by speed; a file
+#     with an NBD tier gets a qemu-nbd on ${WORKDIR}/nbd.sock, export "", started here)
 #   RAM_SHARES=25,50,75 resources/scripts/bench-live.sh
 #     (the RAM budget as percentages of the working memory, 25 by default; with more
 #     than one, every share is a configuration of each advisor, interleaved like the
