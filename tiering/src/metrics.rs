@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub sampled_zaps: u64,
     pub probe_zaps: u64,
     pub write_backs_skipped_clean: u64,
+    pub write_backs_skipped_unchanged: u64,
     pub dirty_harvests: u64,
     pub evictions_cancelled: u64,
     pub evictions_refused: u64,
@@ -67,6 +68,7 @@ impl Counters {
             sampled_zaps: 0,
             probe_zaps: 0,
             write_backs_skipped_clean: 0,
+            write_backs_skipped_unchanged: 0,
             dirty_harvests: 0,
             evictions_cancelled: 0,
             evictions_refused: 0,
@@ -132,6 +134,9 @@ pub struct TieringReport {
     pub zero_drops: u64,
     /// Evictions that needed no write-back (a clean copy was already in the tier).
     pub write_backs_skipped_clean: u64,
+    /// Evictions of pages logged as written (or with no dirty log) whose content
+    /// still matched their copy in the tier: no write-back either.
+    pub write_backs_skipped_unchanged: u64,
     pub dirty_log: bool,
     pub dirty_harvests: u64,
     pub evictions_cancelled: u64,

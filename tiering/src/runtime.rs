@@ -522,6 +522,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         sampled_zaps: c.sampled_zaps,
         probe_zaps: c.probe_zaps,
         write_backs_skipped_clean: c.write_backs_skipped_clean,
+        write_backs_skipped_unchanged: c.write_backs_skipped_unchanged,
         dirty_log: e.hooks.has_dirty_log(),
         dirty_harvests: c.dirty_harvests,
         evictions_cancelled: c.evictions_cancelled,

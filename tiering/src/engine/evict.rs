@@ -153,9 +153,28 @@ impl Engine {
                 self.drop_from_ram(index);
                 continue;
             }
+            if m.copy_tier as usize == to && m.copy_hash != 0 {
+                // Written, says the dirty log (if there is one), but maybe not changed:
+                // on shadow paging (PVM) KVM logs a page as dirty when it maps a read
+                // writable, which it does wherever the guest's page table entry has
+                // its dirty bit set, as a 2 MiB page's has after any write to it.
+                let Some(buf) = self.read_resident(index) else {
+                    return;
+                };
+                if content_hash(&buf) == m.copy_hash {
+                    self.counters.write_backs_skipped_unchanged += 1;
+                    self.drop_from_ram(index);
+                    continue;
+                }
+                self.meta[index].copy_tier = NO_TIER;
+                self.meta[index].copy_hash = 0;
+                self.submit_evict_write(index, to, m.copy_slot, Some(buf));
+                continue;
+            }
             // The old copy is stale (or elsewhere): reuse its slot if it is in `to`.
             let slot = if m.copy_tier as usize == to {
                 self.meta[index].copy_tier = NO_TIER;
+                self.meta[index].copy_hash = 0;
                 Some(m.copy_slot)
             } else {
                 self.release_copy(index);
@@ -199,19 +218,10 @@ impl Engine {
     ) {
         let buf = match buf {
             Some(b) => b,
-            None => {
-                let mut b = self.pool.get();
-                let off = self.layout.file_offset_of_index(index);
-                if let Err(e) = self.memfd.read_exact_at(&mut b, off) {
-                    self.die(format!("cannot read guest memory at offset {off:#x}: {e}"));
-                    return;
-                }
-                // The content is at hand: hash it for sharing across VMs.
-                if let Some(share) = self.share.as_mut() {
-                    share.record(index, &b);
-                }
-                b
-            }
+            None => match self.read_resident(index) {
+                Some(b) => b,
+                None => return,
+            },
         };
         let write = Op::EvictWrite {
             index,
@@ -226,6 +236,22 @@ impl Engine {
             self.set_state(index, State::Present);
             self.policy.evict_failed(self.layout.page_of_index(index));
         }
+    }
+
+    /// The page's content from the memfd (not through the guest mapping, which may be
+    /// zapped); `None` after a fatal error.
+    fn read_resident(&mut self, index: usize) -> Option<PageBuf> {
+        let mut b = self.pool.get();
+        let off = self.layout.file_offset_of_index(index);
+        if let Err(e) = self.memfd.read_exact_at(&mut b, off) {
+            self.die(format!("cannot read guest memory at offset {off:#x}: {e}"));
+            return None;
+        }
+        // The content is at hand: hash it for sharing across VMs.
+        if let Some(share) = self.share.as_mut() {
+            share.record(index, &b);
+        }
+        Some(b)
     }
 
     /// A cancelled or failed eviction ends: the page is resident again (with a clean
@@ -350,6 +376,7 @@ impl Engine {
                 self.counters.tiers[t].bytes_written += PAGE as u64;
                 self.meta[index].copy_tier = t as u8;
                 self.meta[index].copy_slot = slot;
+                self.meta[index].copy_hash = content_hash(&c.buf);
                 match self.meta[index].state {
                     State::Evicting => self.drop_from_ram(index),
                     // Cancelled: back in RAM with a clean copy.
@@ -370,6 +397,7 @@ impl Engine {
                         self.set_state(index, State::Present);
                         self.meta[index].dirty = false;
                         self.meta[index].zero = false;
+                        self.meta[index].copy_hash = content_hash(&c.buf);
                         self.counters.tiers[tier].bytes_read += PAGE as u64;
                         self.copy_holders[tier].push(index);
                     }
@@ -411,10 +439,13 @@ impl Engine {
                     self.counters.tiers[to as usize].bytes_written += PAGE as u64;
                 }
                 if ok && self.meta[index].state == State::Moving {
+                    // The new slot holds what the old one did.
+                    let hash = self.meta[index].copy_hash;
                     self.release_copy(index);
                     let m = &mut self.meta[index];
                     m.copy_tier = to;
                     m.copy_slot = slot;
+                    m.copy_hash = hash;
                     m.state = State::Absent;
                 } else {
                     if let Some(store) = self.stores[to as usize].as_mut() {

@@ -79,6 +79,7 @@ impl Engine {
                     return self.die(e.to_string());
                 }
                 self.set_state(index, State::Present);
+                self.meta[index].copy_hash = content_hash(&buf);
                 // Racing the migrator, its UFFDIO_COPY may have come first and the
                 // guest may have written the page since (the fault event was queued
                 // before that install): the dirty flag was cleared when the job was

@@ -76,7 +76,7 @@ pub(crate) enum Job {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Installed in guest RAM (or found there already: a demand fault won).
-    Prefetched { index: usize, tier: u8 },
+    Prefetched { index: usize, tier: u8, hash: u64 },
     /// The new slot holds the page.
     Moved { index: usize, to: u8, to_slot: u64 },
     /// The job failed; `fatal`: guest RAM could not be written (the VM must stop).
@@ -410,7 +410,11 @@ impl Worker {
                 // EEXIST (a demand fault installed it first) is success: same slot.
                 let r = self.uffd.copy_page(&c.buf, host);
                 self.done.push(match r {
-                    Ok(()) => Outcome::Prefetched { index, tier },
+                    Ok(()) => Outcome::Prefetched {
+                        index,
+                        tier,
+                        hash: super::content_hash(&c.buf),
+                    },
                     Err(e) => Outcome::Failed {
                         job,
                         error: e.to_string(),
@@ -525,12 +529,13 @@ impl Engine {
 
     fn apply_outcome(&mut self, outcome: Outcome) {
         let index = match outcome {
-            Outcome::Prefetched { index, tier } => {
+            Outcome::Prefetched { index, tier, hash } => {
                 self.counters.tiers[tier as usize].bytes_read += PAGE as u64;
                 // Still Prefetching: installed by the migrator. Present: a demand fault
                 // installed it first (it holds the copy already).
                 if self.meta[index].state == State::Prefetching {
                     self.set_state(index, State::Present);
+                    self.meta[index].copy_hash = hash;
                     self.copy_holders[tier as usize].push(index);
                 }
                 index
@@ -542,10 +547,13 @@ impl Engine {
                 }
                 self.counters.tiers[to as usize].bytes_written += PAGE as u64;
                 if self.meta[index].state == State::Moving {
+                    // The new slot holds what the old one did.
+                    let hash = self.meta[index].copy_hash;
                     self.release_copy(index);
                     let m = &mut self.meta[index];
                     m.copy_tier = to;
                     m.copy_slot = to_slot;
+                    m.copy_hash = hash;
                     self.set_state(index, State::Absent);
                 } else {
                     // Back in RAM meanwhile, keeping its old copy: drop the new one.

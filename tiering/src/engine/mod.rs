@@ -35,6 +35,19 @@ mod requests;
 
 pub(crate) use migrator::MigratorHandle;
 
+/// A 64-bit hash of a page's content (xxh3, keyed per process so a guest cannot
+/// aim for a collision); never 0, which [`PageMeta::copy_hash`] uses for "unknown".
+pub(crate) fn content_hash(data: &[u8]) -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let key = *KEY.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, key).max(1)
+}
+
 const PAGE: usize = PAGE_SIZE as usize;
 /// No tier holds a copy.
 const NO_TIER: u8 = u8::MAX;
@@ -79,6 +92,10 @@ struct PageMeta {
     state: State,
     copy_tier: u8,
     copy_slot: u64,
+    /// [`content_hash`] of what the copy in `copy_slot` holds (0: not known). An
+    /// eviction whose page still hashes to it needs no write-back, whatever the dirty
+    /// log says: on shadow paging it also counts pages the guest only read.
+    copy_hash: u64,
     /// Written since its content was last captured (dirty log; always true without one).
     dirty: bool,
     /// The policy evicted the page again while its cancelled eviction was still
@@ -223,6 +240,7 @@ impl Engine {
                     state: State::Untouched,
                     copy_tier: NO_TIER,
                     copy_slot: 0,
+                    copy_hash: 0,
                     dirty: true,
                     reevict_to: NO_TIER,
                     zero: false,
@@ -270,6 +288,7 @@ impl Engine {
             m.state = State::Absent;
             m.copy_tier = tier;
             m.copy_slot = i as u64;
+            m.copy_hash = 0;
             m.dirty = false;
         }
         true
@@ -642,6 +661,7 @@ impl Engine {
             let m = &mut self.meta[index];
             if m.state == State::Present && m.copy_tier as usize == tier {
                 m.copy_tier = NO_TIER;
+                m.copy_hash = 0;
                 m.dirty = true;
                 return Some(m.copy_slot);
             }
@@ -656,6 +676,7 @@ impl Engine {
                 store.slots.release(m.copy_slot);
             }
             m.copy_tier = NO_TIER;
+            m.copy_hash = 0;
         }
     }
 
