@@ -157,6 +157,22 @@ fn start_host_only_over(
     (dir, map, tm, failed)
 }
 
+/// Joins `worker`, stops the runtime and removes its directory; the test fails if the
+/// worker found bad data or the runtime failed.
+fn finish(
+    dir: PathBuf,
+    tm: TieredMemory,
+    worker: std::thread::JoinHandle<Result<(), String>>,
+    failed: &Mutex<Option<String>>,
+) -> crate::metrics::TieringReport {
+    let result = worker.join().unwrap();
+    let report = tm.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    result.unwrap();
+    assert!(failed.lock().unwrap().is_none(), "{failed:?}");
+    report
+}
+
 #[test]
 fn thread_touching_registered_memory_is_served_within_budget() {
     let pages = 1024usize; // 4 MiB
@@ -198,11 +214,7 @@ fn thread_touching_registered_memory_is_served_within_budget() {
         }
         Ok(())
     });
-    let result = worker.join().unwrap();
-    let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
-    result.unwrap();
-    assert!(failed.lock().unwrap().is_none());
+    let report = finish(dir, tm, worker, &failed);
     assert_eq!(report.zero_fills, pages as u64, "{report:#?}");
     // Every page beyond the budget left RAM at least once.
     assert!(report.evictions >= (pages - 128) as u64, "{report:#?}");
@@ -247,11 +259,7 @@ fn pages_evicted_unchanged_are_not_written_again_and_changed_ones_are() {
         }
         Ok(())
     });
-    let result = worker.join().unwrap();
-    let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
-    result.unwrap();
-    assert!(failed.lock().unwrap().is_none());
+    let report = finish(dir, tm, worker, &failed);
     // Round 1 evicts unchanged pages, and round 2 the odd ones again.
     assert!(
         report.write_backs_skipped_unchanged >= (pages / 2) as u64,
