@@ -94,6 +94,16 @@ impl Drop for Mapping {
     }
 }
 
+/// A test's scratch directory, removed when the test ends, whether it passed or not
+/// (a failed assertion used to leave its tier files behind in /tmp).
+struct TestDir(PathBuf);
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 const TIERS: &str = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                      [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
                      [tier3]\ncapacity = \"8M\"\nfile = \"t3.img\"\n";
@@ -108,7 +118,7 @@ fn value(page: usize, word: usize, round: u64) -> u64 {
 fn start_host_only(
     tag: &str,
     pages: usize,
-) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     start_host_only_with(tag, pages, true, Box::new(Fifo::default()))
 }
 
@@ -117,7 +127,7 @@ fn start_host_only_with(
     pages: usize,
     migrator: bool,
     advisor: Box<dyn Advisor>,
-) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     start_host_only_over(tag, pages, TIERS, migrator, advisor)
 }
 
@@ -128,7 +138,7 @@ fn start_host_only_over(
     tiers: &str,
     migrator: bool,
     advisor: Box<dyn Advisor>,
-) -> (PathBuf, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let map = Mapping::new(pages * PAGE_SIZE as usize);
@@ -154,20 +164,20 @@ fn start_host_only_over(
         }),
     )
     .unwrap();
-    (dir, map, tm, failed)
+    (TestDir(dir), map, tm, failed)
 }
 
 /// Joins `worker`, stops the runtime and removes its directory; the test fails if the
 /// worker found bad data or the runtime failed.
 fn finish(
-    dir: PathBuf,
+    dir: TestDir,
     tm: TieredMemory,
     worker: std::thread::JoinHandle<Result<(), String>>,
     failed: &Mutex<Option<String>>,
 ) -> crate::metrics::TieringReport {
     let result = worker.join().unwrap();
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
+    drop(dir);
     result.unwrap();
     assert!(failed.lock().unwrap().is_none(), "{failed:?}");
     report
@@ -316,7 +326,7 @@ fn probed_pages_are_zapped_and_their_next_touch_reaches_the_advisor_data_intact(
         watch: (0..8).collect(),
         seen: seen.clone(),
     };
-    let (dir, map, tm, failed) = start_host_only_with("probe-", pages, true, Box::new(advisor));
+    let (_dir, map, tm, failed) = start_host_only_with("probe-", pages, true, Box::new(advisor));
     let word = |p: usize| (map.addr + p * 4096 + 16) as *mut u64;
     for p in 0..pages {
         // SAFETY: inside the mapping; the runtime serves the fault.
@@ -334,7 +344,6 @@ fn probed_pages_are_zapped_and_their_next_touch_reaches_the_advisor_data_intact(
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(failed.lock().unwrap().is_none());
     assert_eq!(report.evictions, 0, "{report:#?}");
     assert!(report.probe_zaps >= 8, "{report:#?}");
@@ -347,7 +356,7 @@ fn probed_pages_are_zapped_and_their_next_touch_reaches_the_advisor_data_intact(
 #[test]
 fn requested_prefetch_brings_pages_back_before_they_are_touched() {
     let pages = 512usize; // 2 MiB
-    let (dir, map, tm, failed) = start_host_only("pf-", pages);
+    let (_dir, map, tm, failed) = start_host_only("pf-", pages);
     let word = |p: usize| (map.addr + p * 4096) as *mut u64;
     for p in 0..pages {
         // SAFETY: inside the mapping; the runtime serves the fault.
@@ -368,7 +377,6 @@ fn requested_prefetch_brings_pages_back_before_they_are_touched() {
         assert_eq!(got, value(p as usize, 0, 0), "page {p}");
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(failed.lock().unwrap().is_none());
     assert!(issued.per_tier[2].prefetch_issued >= 32, "{issued:#?}");
     let demand = report.demand_faults - issued.demand_faults;
@@ -382,7 +390,7 @@ fn requested_prefetch_brings_pages_back_before_they_are_touched() {
 #[test]
 fn migrator_prefetches_a_batch_while_a_thread_faults_on_other_pages() {
     let pages = 512usize; // 2 MiB
-    let (dir, map, tm, failed) = start_host_only("mig-", pages);
+    let (_dir, map, tm, failed) = start_host_only("mig-", pages);
     let base = map.addr;
     let word = move |p: usize| (base + p * 4096 + 8) as *mut u64;
     for p in 0..pages {
@@ -418,7 +426,6 @@ fn migrator_prefetches_a_batch_while_a_thread_faults_on_other_pages() {
         assert_eq!(got, value(p as usize, 1, 0), "page {p}");
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     result.unwrap();
     assert!(failed.lock().unwrap().is_none());
     assert!(done.per_tier[2].prefetch_issued >= 64, "{done:#?}");
@@ -434,7 +441,7 @@ fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
     // reads are in flight.
     let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                  [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\nlatency_us = 300000\n";
-    let (dir, map, tm, failed, before) = start_written("late-", tiers, 16, 2);
+    let (_dir, map, tm, failed, before) = start_written("late-", tiers, 16, 2);
     let word = |p: usize| (map.addr + p * 4096 + 16) as *mut u64;
     let wanted: Vec<PageNumber> = (0..16).collect();
     tm.prefetch(&wanted, 1).unwrap();
@@ -449,7 +456,6 @@ fn a_touch_of_a_page_the_migrator_is_reading_waits_for_that_read() {
         assert_eq!(got, value(p as usize, 2, 0), "page {p}");
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(failed.lock().unwrap().is_none());
     // The touches waited for the migrator's reads instead of reading the pages again.
     assert!(report.prefetches_late >= 1, "{report:#?}");
@@ -466,7 +472,7 @@ fn a_prefetch_does_not_wait_behind_a_slow_move() {
     let tiers = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                  [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
                  [tier3]\ncapacity = \"1M\"\nfile = \"t3.img\"\nlatency_us = 300000\n";
-    let (dir, map, tm, failed, before) = start_written("hol-", tiers, 24, 3);
+    let (_dir, map, tm, failed, before) = start_written("hol-", tiers, 24, 3);
     let word = |p: usize| (map.addr + p * 4096 + 24) as *mut u64;
     tm.prefetch(&[0, 1], 3).unwrap();
     poll_until(&tm, std::time::Duration::from_millis(2), |r| {
@@ -492,7 +498,6 @@ fn a_prefetch_does_not_wait_behind_a_slow_move() {
         assert_eq!(got, value(p, 3, 0), "page {p}");
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(failed.lock().unwrap().is_none());
     assert!(
         waited < std::time::Duration::from_millis(150),
@@ -509,7 +514,7 @@ fn evicted_pages_go_down_the_tier_file_s_order() {
                  [tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                  [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
                  [tier3]\ncapacity = \"64K\"\nfile = \"t3.img\"\n";
-    let (dir, map, tm, failed, before) = start_written("order-", tiers, 40, 5);
+    let (_dir, map, tm, failed, before) = start_written("order-", tiers, 40, 5);
     let written = |r: &crate::metrics::TieringReport, t: usize| r.per_tier[t].evictions;
     assert_eq!(
         (written(&before, 3), written(&before, 2)),
@@ -522,7 +527,6 @@ fn evicted_pages_go_down_the_tier_file_s_order() {
         assert_eq!(got, value(p, 5, 0), "page {p}");
     }
     let report = tm.stop();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(failed.lock().unwrap().is_none());
     assert!(report.per_tier[3].demand_faults > 0, "{report:#?}");
 }
@@ -538,7 +542,7 @@ fn start_written(
     offset: usize,
     word: usize,
 ) -> (
-    PathBuf,
+    TestDir,
     Mapping,
     TieredMemory,
     Arc<Mutex<Option<String>>>,
@@ -595,7 +599,7 @@ fn measure_demand_latency_under_a_prefetch_stream() {
         ("prefetch stream, handler", true, false),
     ] {
         let pages = 2048usize; // 8 MiB
-        let (dir, map, tm, failed) =
+        let (_dir, map, tm, failed) =
             start_host_only_with("lat-", pages, migrator, Box::new(Fifo::default()));
         let base = map.addr;
         let word = move |p: usize| (base + p * 4096 + 16) as *mut u64;
@@ -630,7 +634,6 @@ fn measure_demand_latency_under_a_prefetch_stream() {
         }
         faulting.join().unwrap();
         let r = tm.stop();
-        std::fs::remove_dir_all(&dir).ok();
         assert!(failed.lock().unwrap().is_none());
         let storage: Vec<_> = r.per_tier[2..4]
             .iter()
