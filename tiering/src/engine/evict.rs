@@ -439,14 +439,7 @@ impl Engine {
                     self.counters.tiers[to as usize].bytes_written += PAGE as u64;
                 }
                 if ok && self.meta[index].state == State::Moving {
-                    // The new slot holds what the old one did.
-                    let hash = self.meta[index].copy_hash;
-                    self.release_copy(index);
-                    let m = &mut self.meta[index];
-                    m.copy_tier = to;
-                    m.copy_slot = slot;
-                    m.copy_hash = hash;
-                    m.state = State::Absent;
+                    self.finish_move(index, to, slot);
                 } else {
                     if let Some(store) = self.stores[to as usize].as_mut() {
                         store.slots.release(slot);

@@ -547,14 +547,7 @@ impl Engine {
                 }
                 self.counters.tiers[to as usize].bytes_written += PAGE as u64;
                 if self.meta[index].state == State::Moving {
-                    // The new slot holds what the old one did.
-                    let hash = self.meta[index].copy_hash;
-                    self.release_copy(index);
-                    let m = &mut self.meta[index];
-                    m.copy_tier = to;
-                    m.copy_slot = to_slot;
-                    m.copy_hash = hash;
-                    self.set_state(index, State::Absent);
+                    self.finish_move(index, to, to_slot);
                 } else {
                     // Back in RAM meanwhile, keeping its old copy: drop the new one.
                     self.release_slot(to as usize, to_slot);

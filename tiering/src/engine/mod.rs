@@ -680,6 +680,18 @@ impl Engine {
         }
     }
 
+    /// A move of page `index` has written slot `slot` of tier `to`: that is its copy
+    /// now, holding what the old one did (the old slot is freed), and the page is Absent.
+    fn finish_move(&mut self, index: usize, to: u8, slot: u64) {
+        let hash = self.meta[index].copy_hash;
+        self.release_copy(index);
+        let m = &mut self.meta[index];
+        m.copy_tier = to;
+        m.copy_slot = slot;
+        m.copy_hash = hash;
+        self.set_state(index, State::Absent);
+    }
+
     /// Wait for every write-back, so no page is lost at shutdown.
     fn drain_io(&mut self) {
         self.shut_down_migrator();

@@ -764,14 +764,14 @@ impl PagingPolicy {
             cap.saturating_sub(used)
         };
         let order = self.config.storage_order;
-        let wanted = order.rank(wanted);
-        if let Some(r) = (0..wanted).find(|&r| {
+        let wanted_rank = order.rank(wanted);
+        if let Some(r) = (0..wanted_rank).find(|&r| {
             let t = order.tier(r);
             free(t) > self.config.tier_capacity_pages[t as usize] / 4
         }) {
             return order.tier(r);
         }
-        (wanted..3)
+        (wanted_rank..3)
             .map(|r| order.tier(r))
             .find(|&t| free(t) > 0)
             .unwrap_or(order.tier(3))
