@@ -113,6 +113,11 @@ pub struct TierReport {
     pub evictions: u64,
     pub prefetch_issued: u64,
     pub io_errors: u64,
+    /// Page requests to the tier's backends (the fault handler's and the migrator's).
+    pub io_requests: u64,
+    /// Transfers those requests left in: fewer where requests for adjacent slots
+    /// merged (`backend::MAX_RUN_PAGES`).
+    pub io_transfers: u64,
 }
 
 /// The `tiers` section of `--metrics-out`.

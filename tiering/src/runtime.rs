@@ -473,9 +473,14 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
     let tier_pages = e.policy.tier_pages();
     let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)
         .expect("static histogram bounds are valid");
+    let migrator_io = e.migrator_stats();
     let per_tier = (0..TIER_COUNT)
         .map(|t| {
             let tc = &c.tiers[t];
+            let handler_io = e.stores[t]
+                .as_ref()
+                .map(|s| s.backend.stats())
+                .unwrap_or_default();
             let _ = all.add(&tc.latency_ns);
             let spec = e.tiers.tiers[t].as_ref();
             TierReport {
@@ -505,6 +510,8 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
                 evictions: tc.evictions,
                 prefetch_issued: tc.prefetch_issued,
                 io_errors: tc.io_errors,
+                io_requests: handler_io.requests + migrator_io[t].requests,
+                io_transfers: handler_io.transfers + migrator_io[t].transfers,
             }
         })
         .collect();

@@ -20,11 +20,17 @@ pub enum StoreError {
     Unsupported { tier: usize, detail: String },
 }
 
-/// Slot numbers of one tier: a free list over `0..capacity`.
+/// Slot numbers of one tier, handed out in rising order from where the last one was
+/// taken (next fit, as the kernel's swap allocator does within a cluster): pages
+/// evicted together get adjacent slots, so their write-backs, and the reads that
+/// bring them back together, merge into one transfer each (`backend::MAX_RUN_PAGES`).
+/// A LIFO free list scattered them once slots began to be reused.
 pub(crate) struct Slots {
     capacity: u64,
     next_unused: u64,
-    free: Vec<u64>,
+    free: std::collections::BTreeSet<u64>,
+    /// Where the next search starts: one past the last slot handed out.
+    cursor: u64,
 }
 
 impl Slots {
@@ -32,18 +38,25 @@ impl Slots {
         Self {
             capacity,
             next_unused: 0,
-            free: Vec::new(),
+            free: std::collections::BTreeSet::new(),
+            cursor: 0,
         }
     }
 
     pub fn alloc(&mut self) -> Option<u64> {
-        if let Some(s) = self.free.pop() {
-            return Some(s);
-        }
-        (self.next_unused < self.capacity).then(|| {
+        // Free slots lie below `next_unused`; past the cursor, they come first, then the
+        // unused tail, then the free slots before the cursor.
+        let slot = if let Some(&s) = self.free.range(self.cursor..).next() {
+            self.free.remove(&s);
+            s
+        } else if self.next_unused < self.capacity {
             self.next_unused += 1;
             self.next_unused - 1
-        })
+        } else {
+            self.free.pop_first()?
+        };
+        self.cursor = slot + 1;
+        Some(slot)
     }
 
     /// Mark slots `0..n` used (their content is already there). Only on a fresh set.
@@ -52,12 +65,14 @@ impl Slots {
             return false;
         }
         self.next_unused = n;
+        self.cursor = n;
         true
     }
 
     pub fn release(&mut self, slot: u64) {
         debug_assert!(slot < self.next_unused);
-        self.free.push(slot);
+        let fresh = self.free.insert(slot);
+        debug_assert!(fresh, "slot {slot} released twice");
     }
 
     pub fn capacity(&self) -> u64 {
@@ -274,6 +289,25 @@ mod tests {
     use super::*;
     use crate::backend::tests::{collect_all, pattern, submit_pattern_writes, TempDir};
     use crate::backend::{IoOp, IoPriority, PagePool};
+
+    /// Slots come in rising order from the last one taken, reusing freed ones on the
+    /// way, so consecutive allocations are adjacent wherever the free space is.
+    #[test]
+    fn slots_are_handed_out_next_fit() {
+        let mut slots = Slots::new(8);
+        let first: Vec<u64> = (0..6).map(|_| slots.alloc().expect("room")).collect();
+        assert_eq!(first, [0, 1, 2, 3, 4, 5]);
+        for s in [4, 1, 2] {
+            slots.release(s);
+        }
+        // Past the cursor first (the unused tail), then around to the freed 1, 2, 4.
+        let next: Vec<u64> = (0..5).map(|_| slots.alloc().expect("room")).collect();
+        assert_eq!(next, [6, 7, 1, 2, 4]);
+        assert_eq!(slots.alloc(), None);
+        slots.release(3);
+        assert_eq!(slots.alloc(), Some(3));
+        assert!(!slots.reserve_prefix(1), "only on a fresh set");
+    }
 
     /// A demand read comes back with its page whether it completes while the caller
     /// spins or after the spin, when the caller sleeps on the backend; completions of

@@ -114,6 +114,58 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The same error again, for each page of a transfer that failed as a whole
+    /// (`std::io::Error` is not `Clone`; the OS error code, or the kind and message,
+    /// carry over).
+    pub(crate) fn duplicate(&self) -> BackendError {
+        let io = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            BackendError::SlotOutOfRange { slot, capacity } => BackendError::SlotOutOfRange {
+                slot: *slot,
+                capacity: *capacity,
+            },
+            BackendError::Io { op, slot, source } => BackendError::Io {
+                op: *op,
+                slot: *slot,
+                source: io(source),
+            },
+            BackendError::ShortTransfer { op, slot, bytes } => BackendError::ShortTransfer {
+                op: *op,
+                slot: *slot,
+                bytes: *bytes,
+            },
+            BackendError::Remote {
+                op,
+                offset,
+                errno,
+                errno_name,
+            } => BackendError::Remote {
+                op: op.clone(),
+                offset: *offset,
+                errno: *errno,
+                errno_name,
+            },
+            BackendError::ConnectionLost { address, reason } => BackendError::ConnectionLost {
+                address: address.clone(),
+                reason: reason.clone(),
+            },
+            BackendError::ReadOnly { op } => BackendError::ReadOnly { op: op.clone() },
+            BackendError::Busy { outstanding } => BackendError::Busy {
+                outstanding: *outstanding,
+            },
+            BackendError::Timeout { waited } => BackendError::Timeout { waited: *waited },
+            BackendError::Sync { op, source } => BackendError::Sync {
+                op,
+                source: io(source),
+            },
+        }
+    }
+}
+
 /// A request refused at submission; carries the request back so its buffer is
 /// not lost.
 #[derive(Debug, thiserror::Error)]

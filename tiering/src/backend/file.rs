@@ -77,15 +77,34 @@ impl FileBackend {
     }
 }
 
+/// The iovecs of a multi-page transfer: pointers into the transfer's own buffers.
+struct IoVecs {
+    _held: Vec<libc::iovec>,
+}
+
+// SAFETY: the pointers point into the `PageBuf`s of the same `InFlight` entry, which
+// moves between threads with them; nothing else reads or writes through them.
+unsafe impl Send for IoVecs {}
+
+/// A transfer the kernel has not finished.
+struct InFlight {
+    op: IoOp,
+    slot: u64,
+    bufs: Vec<PageBuf>,
+    /// Kept alive (their heap array does not move) until the completion, as the
+    /// kernel may read them until then; empty for a one-page transfer.
+    _iovecs: IoVecs,
+}
+
 pub(crate) struct UringFile {
     path: PathBuf,
     file: File,
     ring: IoUring,
     capacity: u64,
-    /// Buffers the kernel is reading into or writing from, by token. Holding
-    /// them here keeps them alive (and unmoved: the page is boxed) until the
-    /// completion arrives.
-    in_flight: HashMap<u64, (IoOp, u64, PageBuf)>,
+    /// Buffers the kernel is reading into or writing from, by the transfer's first
+    /// token. Holding them here keeps them alive (and unmoved: the page is boxed)
+    /// until the completion arrives.
+    in_flight: HashMap<u64, InFlight>,
     unsubmitted: usize,
     /// Signalled by the kernel for every completion posted to the ring.
     event: EventFd,
@@ -178,27 +197,33 @@ impl UringFile {
 
     fn drain(&mut self, out: &mut Vec<EngineDone>) {
         for cqe in self.ring.completion() {
-            let token = cqe.user_data();
-            let Some((op, slot, buf)) = self.in_flight.remove(&token) else {
+            let head = cqe.user_data();
+            let Some(t) = self.in_flight.remove(&head) else {
                 continue;
             };
             let res = cqe.result();
-            let result = if res < 0 {
-                Err(BackendError::Io {
-                    op,
-                    slot,
-                    source: std::io::Error::from_raw_os_error(-res),
-                })
-            } else if res as usize != PAGE_SIZE {
-                Err(BackendError::ShortTransfer {
-                    op,
-                    slot,
-                    bytes: res as usize,
-                })
-            } else {
-                Ok(())
-            };
-            out.push(EngineDone { token, result, buf });
+            for (i, buf) in t.bufs.into_iter().enumerate() {
+                let slot = t.slot + i as u64;
+                let op = t.op;
+                // Bytes of this page the transfer moved: a short transfer may end in
+                // the middle of the run.
+                let bytes = (res.max(0) as usize)
+                    .saturating_sub(i * PAGE_SIZE)
+                    .min(PAGE_SIZE);
+                let result = if res < 0 {
+                    Err(BackendError::Io {
+                        op,
+                        slot,
+                        source: std::io::Error::from_raw_os_error(-res),
+                    })
+                } else if bytes != PAGE_SIZE {
+                    Err(BackendError::ShortTransfer { op, slot, bytes })
+                } else {
+                    Ok(())
+                };
+                let token = head + i as u64;
+                out.push(EngineDone { token, result, buf });
+            }
         }
     }
 }
@@ -247,32 +272,52 @@ impl Engine for UringFile {
         token: u64,
         op: IoOp,
         slot: u64,
-        mut buf: PageBuf,
-    ) -> Result<(), (BackendError, PageBuf)> {
+        mut bufs: Vec<PageBuf>,
+    ) -> Result<(), (BackendError, Vec<PageBuf>)> {
         let offset = slot * PAGE_SIZE as u64;
         let fd = types::Fixed(0);
-        let ptr = buf.as_mut_ptr();
-        let entry = match op {
-            IoOp::Read => opcode::Read::new(fd, ptr, PAGE_SIZE as u32)
-                .offset(offset)
-                .build(),
-            IoOp::Write => opcode::Write::new(fd, ptr, PAGE_SIZE as u32)
-                .offset(offset)
-                .build(),
+        let mut iovecs = Vec::new();
+        let entry = if let [buf] = bufs.as_mut_slice() {
+            let ptr = buf.as_mut_ptr();
+            match op {
+                IoOp::Read => opcode::Read::new(fd, ptr, PAGE_SIZE as u32)
+                    .offset(offset)
+                    .build(),
+                IoOp::Write => opcode::Write::new(fd, ptr, PAGE_SIZE as u32)
+                    .offset(offset)
+                    .build(),
+            }
+        } else {
+            iovecs.extend(bufs.iter_mut().map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: PAGE_SIZE,
+            }));
+            let (ptr, n) = (iovecs.as_ptr(), iovecs.len() as u32);
+            match op {
+                IoOp::Read => opcode::Readv::new(fd, ptr, n).offset(offset).build(),
+                IoOp::Write => opcode::Writev::new(fd, ptr, n).offset(offset).build(),
+            }
         }
         .user_data(token);
         if self.ring.submission().is_full() {
             self.submit_to_kernel(0);
         }
-        // SAFETY: the buffer the entry points at is moved into `in_flight` right
-        // below and stays there (boxed, so it does not move) until its
-        // completion is reaped in `drain`, or `Drop` waits for it.
+        // SAFETY: the buffers the entry points at (directly or through `iovecs`) are
+        // moved into `in_flight` right below and stay there (boxed pages, and the
+        // iovec array on the heap, so neither moves) until the completion is reaped
+        // in `drain`, or `Drop` waits for it.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             let source = std::io::Error::other("io_uring submission queue full");
-            return Err((BackendError::Io { op, slot, source }, buf));
+            return Err((BackendError::Io { op, slot, source }, bufs));
         }
-        self.in_flight.insert(token, (op, slot, buf));
+        let t = InFlight {
+            op,
+            slot,
+            bufs,
+            _iovecs: IoVecs { _held: iovecs },
+        };
+        self.in_flight.insert(token, t);
         self.unsubmitted += 1;
         Ok(())
     }

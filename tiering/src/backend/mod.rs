@@ -32,7 +32,7 @@ pub use file::{FileBackend, FileConfig};
 pub use nbd::{NbdAddress, NbdBackend, NbdConfig};
 pub(crate) use notify::EventFd;
 pub use profile::{DeviceProfile, ProfileError};
-pub use sched::QueueLimits;
+pub use sched::{QueueLimits, MAX_RUN_PAGES};
 
 use std::time::Duration;
 
@@ -115,6 +115,16 @@ pub struct IoCompletion {
     pub latency_ns: u64,
 }
 
+/// What a backend has done so far: requests taken, and the transfers they left in
+/// (fewer when requests for adjacent slots merged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Requests submitted and accepted.
+    pub requests: u64,
+    /// Transfers started at the device: one per request, or one per merged run.
+    pub transfers: u64,
+}
+
 /// A page store with asynchronous, prioritised I/O.
 pub trait TierBackend: Send {
     /// Short description for logs and errors, e.g. `file:/var/tier2.img (nvme)`.
@@ -159,6 +169,20 @@ pub trait TierBackend: Send {
 
     /// Make every completed write durable. Synchronous.
     fn flush(&mut self) -> Result<(), BackendError>;
+
+    /// Hold prefetches and write-backs submitted from now on until
+    /// [`unplug`](Self::unplug) (or the next `poll` / `wait`), so that requests of
+    /// one class and operation for adjacent slots leave as one transfer of up to
+    /// [`MAX_RUN_PAGES`]. Each still completes on its own. Demand requests are never
+    /// held. Merging also happens without a plug, among requests that wait in their
+    /// queue behind the in-flight limit.
+    fn plug(&mut self);
+
+    /// Issue what [`plug`](Self::plug) held back.
+    fn unplug(&mut self);
+
+    /// Requests and transfers so far.
+    fn stats(&self) -> BackendStats;
 }
 
 /// Blocking read of one slot, for tests and tools. Needs an idle backend

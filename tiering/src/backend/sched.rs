@@ -13,6 +13,13 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
+/// Most pages one transfer carries when queued requests for adjacent slots merge
+/// (128 KiB, as Linux's default `max_sectors_kb` for many disks).
+pub const MAX_RUN_PAGES: usize = 32;
+
+/// How far into a class's queue a merge looks for the next adjacent slot.
+const MERGE_LOOKAHEAD: usize = 64;
+
 /// How many requests of each class may be at the device at once. Requests
 /// beyond these wait in user space, highest class first, so a demand request
 /// finds at most `prefetch + writeback` lower-class requests ahead of it.
@@ -63,6 +70,8 @@ pub(crate) struct EngineDone {
 
 /// What moves the bytes. `start` must not block for long; `reap` sleeps until
 /// at least one transfer finished or `block_until` passed (`None`: no sleep).
+/// A transfer is a run of pages at adjacent slots; every page completes on its
+/// own (`EngineDone` per page), under its own token.
 pub(crate) trait Engine: Send {
     fn describe(&self) -> String;
     fn capacity_pages(&self) -> u64;
@@ -70,13 +79,16 @@ pub(crate) trait Engine: Send {
     fn check(&self, _op: IoOp) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Start one transfer of `bufs.len()` pages at slots `slot..`; page `i`
+    /// completes under token `token + i`. On an error at once, every buffer
+    /// comes back.
     fn start(
         &mut self,
         token: u64,
         op: IoOp,
         slot: u64,
-        buf: PageBuf,
-    ) -> Result<(), (BackendError, PageBuf)>;
+        bufs: Vec<PageBuf>,
+    ) -> Result<(), (BackendError, Vec<PageBuf>)>;
     /// Push started requests to the device (batched submission).
     fn kick(&mut self) {}
     /// Fds that poll readable whenever `reap` may have something.
@@ -127,8 +139,10 @@ impl DeviceModel {
         Duration::from_nanos(self.rng % (self.jitter_ns + 1))
     }
 
-    /// A request enters the device now: when may its completion be delivered?
-    fn admit(&mut self, now: Instant) -> Instant {
+    /// A transfer of `pages` enters the device now: when may its completions be
+    /// delivered? One latency for the transfer (a device serves one command, however
+    /// long), and the bandwidth for every page of it.
+    fn admit(&mut self, now: Instant, pages: usize) -> Instant {
         let (unit, free_at) = self
             .unit_free_at
             .iter()
@@ -139,10 +153,11 @@ impl DeviceModel {
         let start = free_at.max(now);
         let mut done = start + self.latency + self.jitter();
         if !self.transfer.is_zero() {
-            let new_tat = self.tat.max(start) + self.transfer;
+            let transfer = self.transfer * pages as u32;
+            let new_tat = self.tat.max(start) + transfer;
             let passes = start.max(new_tat.checked_sub(self.burst).unwrap_or(start));
             self.tat = new_tat;
-            done = done.max(passes + self.transfer);
+            done = done.max(passes + transfer);
         }
         self.unit_free_at[unit] = done;
         done
@@ -165,6 +180,8 @@ struct Issued {
     priority: IoPriority,
     submitted: Instant,
     not_before: Option<Instant>,
+    /// Token of the transfer's first page (its own token when it went alone).
+    run_head: u64,
 }
 
 /// A completion whose real I/O is done but whose emulated time is not.
@@ -205,6 +222,13 @@ pub(crate) struct Scheduled<E: Engine> {
     delayed: BinaryHeap<Reverse<Delayed>>,
     /// Completions produced without the engine (refused at issue time).
     ready: VecDeque<(Issued, EngineDone)>,
+    /// Pages not yet delivered of each multi-page transfer, by its head token: the
+    /// transfer leaves the device (and its class's count) with its last page.
+    runs: HashMap<u64, usize>,
+    /// While set, submitted prefetches and write-backs only queue, so that those
+    /// submitted together can merge ([`plug`](Self::plug)).
+    plugged: bool,
+    stats: super::BackendStats,
     outstanding: usize,
     scratch: Vec<EngineDone>,
     notifier: Notifier,
@@ -241,6 +265,9 @@ impl<E: Engine> Scheduled<E> {
             next_token: 1,
             delayed: BinaryHeap::new(),
             ready: VecDeque::new(),
+            runs: HashMap::new(),
+            plugged: false,
+            stats: super::BackendStats::default(),
             outstanding: 0,
             scratch: Vec::new(),
             notifier,
@@ -298,6 +325,25 @@ impl<E: Engine> Scheduled<E> {
         self.outstanding
     }
 
+    pub(crate) fn stats(&self) -> super::BackendStats {
+        self.stats
+    }
+
+    /// Hold prefetches and write-backs submitted from now on in their queues until
+    /// [`unplug`](Self::unplug), `poll` or `wait`, so that those for adjacent slots
+    /// leave as one transfer (the block layer's plugging). Demand requests still go
+    /// at once.
+    pub(crate) fn plug(&mut self) {
+        self.plugged = true;
+    }
+
+    /// Issue what a [`plug`](Self::plug) held back.
+    pub(crate) fn unplug(&mut self) {
+        if std::mem::take(&mut self.plugged) {
+            self.pump();
+        }
+    }
+
     pub(crate) fn expedite(&mut self, tag: u64) -> bool {
         for class in [IoPriority::Prefetch, IoPriority::Writeback] {
             let queue = &mut self.queued[class.index()];
@@ -331,6 +377,7 @@ impl<E: Engine> Scheduled<E> {
             });
         }
         self.outstanding += 1;
+        self.stats.requests += 1;
         let class = req.priority.index();
         self.queued[class].push_back(Queued {
             req,
@@ -343,16 +390,21 @@ impl<E: Engine> Scheduled<E> {
         Ok(())
     }
 
-    /// Issue queued requests, highest class first, within the limits.
+    /// Issue queued requests, highest class first, within the limits. A class's
+    /// limit counts transfers, as a device's queue depth counts commands.
     fn pump(&mut self) {
         let mut started = false;
         for class in IoPriority::ALL {
+            if self.plugged && class != IoPriority::Demand {
+                continue;
+            }
             let c = class.index();
             while self.at_device[c] < self.limits.for_class(class) {
                 let Some(q) = self.queued[c].pop_front() else {
                     break;
                 };
-                self.issue(q);
+                let run = self.gather(c, q);
+                self.issue(run);
                 started = true;
             }
         }
@@ -361,39 +413,91 @@ impl<E: Engine> Scheduled<E> {
         }
     }
 
-    fn issue(&mut self, q: Queued) {
-        let token = self.next_token;
-        self.next_token += 1;
-        let now = Instant::now();
-        let not_before = self.model.as_mut().map(|m| m.admit(now));
-        let IoRequest {
-            op,
-            slot,
-            buf,
-            priority,
-            tag,
-        } = q.req;
-        let info = Issued {
-            tag,
-            op,
-            slot,
-            priority,
-            submitted: q.submitted,
-            not_before,
-        };
-        self.at_device[priority.index()] += 1;
-        match self.engine.start(token, op, slot, buf) {
-            Ok(()) => {
-                self.issued.insert(token, info);
+    /// `first` and the queued requests of its class that continue it slot by slot,
+    /// either way, with the same operation: one transfer. Demand requests go alone
+    /// (a vCPU waits for that page only). A request is never taken past an earlier
+    /// one for the same slot, so the order of two requests for one slot holds.
+    fn gather(&mut self, c: usize, first: Queued) -> VecDeque<Queued> {
+        let mut run = VecDeque::from([first]);
+        static NO_MERGE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *NO_MERGE.get_or_init(|| std::env::var_os("TIERVISOR_NO_MERGE").is_some()) {
+            return run;
+        }
+        if c == IoPriority::Demand.index() {
+            return run;
+        }
+        let op = run[0].req.op;
+        let (mut lo, mut hi) = (run[0].req.slot, run[0].req.slot);
+        let queue = &mut self.queued[c];
+        static MAX_RUN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let max_run = *MAX_RUN.get_or_init(|| {
+            std::env::var("TIERVISOR_MAX_RUN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MAX_RUN_PAGES)
+        });
+        while run.len() < max_run {
+            let found = queue.iter().take(MERGE_LOOKAHEAD).position(|q| {
+                q.req.op == op && (q.req.slot == hi + 1 || q.req.slot.checked_add(1) == Some(lo))
+            });
+            let Some(pos) = found else { break };
+            let slot = queue[pos].req.slot;
+            if queue.iter().take(pos).any(|q| q.req.slot == slot) {
+                break;
             }
-            Err((error, buf)) => self.ready.push_back((
-                info,
-                EngineDone {
-                    token,
-                    result: Err(error),
-                    buf,
-                },
-            )),
+            let q = queue.remove(pos).expect("position is in range");
+            if slot == hi + 1 {
+                hi = slot;
+                run.push_back(q);
+            } else {
+                lo = slot;
+                run.push_front(q);
+            }
+        }
+        run
+    }
+
+    fn issue(&mut self, run: VecDeque<Queued>) {
+        let pages = run.len();
+        let head = self.next_token;
+        self.next_token += pages as u64;
+        let now = Instant::now();
+        let not_before = self.model.as_mut().map(|m| m.admit(now, pages));
+        let (op, slot, priority) = (run[0].req.op, run[0].req.slot, run[0].req.priority);
+        let mut bufs = Vec::with_capacity(pages);
+        for (i, q) in run.into_iter().enumerate() {
+            let IoRequest {
+                op,
+                slot,
+                buf,
+                priority,
+                tag,
+            } = q.req;
+            bufs.push(buf);
+            let info = Issued {
+                tag,
+                op,
+                slot,
+                priority,
+                submitted: q.submitted,
+                not_before,
+                run_head: head,
+            };
+            self.issued.insert(head + i as u64, info);
+        }
+        if pages > 1 {
+            self.runs.insert(head, pages);
+        }
+        self.stats.transfers += 1;
+        self.at_device[priority.index()] += 1;
+        if let Err((error, bufs)) = self.engine.start(head, op, slot, bufs) {
+            for (i, buf) in bufs.into_iter().enumerate() {
+                let token = head + i as u64;
+                let info = self.issued.remove(&token).expect("issued above");
+                let result = Err(error.duplicate());
+                self.ready
+                    .push_back((info, EngineDone { token, result, buf }));
+            }
         }
     }
 
@@ -431,7 +535,17 @@ impl<E: Engine> Scheduled<E> {
         now: Instant,
         out: &mut Vec<IoCompletion>,
     ) {
-        self.at_device[info.priority.index()] -= 1;
+        let transfer_done = match self.runs.get_mut(&info.run_head) {
+            Some(left) => {
+                *left -= 1;
+                *left == 0
+            }
+            None => true,
+        };
+        if transfer_done {
+            self.runs.remove(&info.run_head);
+            self.at_device[info.priority.index()] -= 1;
+        }
         self.outstanding -= 1;
         let latency = now.saturating_duration_since(info.submitted);
         out.push(IoCompletion {
@@ -456,6 +570,8 @@ impl<E: Engine> Scheduled<E> {
     }
 
     pub(crate) fn poll(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        // Whoever looks for completions wants what it queued under way.
+        self.plugged = false;
         let first = out.len();
         // Reset the wake-up sources before looking, so none is lost.
         if self.notify_used.get() {
@@ -562,6 +678,15 @@ macro_rules! delegate_tier_backend {
             }
             fn flush(&mut self) -> Result<(), $crate::backend::BackendError> {
                 self.inner.flush()
+            }
+            fn plug(&mut self) {
+                self.inner.plug()
+            }
+            fn unplug(&mut self) {
+                self.inner.unplug()
+            }
+            fn stats(&self) -> $crate::backend::BackendStats {
+                self.inner.stats()
             }
         }
     };

@@ -125,6 +125,108 @@ pub(crate) fn round_trip(backend: &mut dyn TierBackend, pages: u64) {
     assert_eq!(backend.outstanding(), 0);
 }
 
+/// Requests for adjacent slots merge into transfers of [`MAX_RUN_PAGES`]: submitted
+/// under a plug in either order, or queued behind the in-flight limit. Every page
+/// still completes on its own, under its own tag, with its own data.
+pub(crate) fn adjacent_requests_merge(backend: &mut dyn TierBackend) {
+    let pool = PagePool::new(256);
+    let pages = 2 * MAX_RUN_PAGES as u64;
+    let before = backend.stats();
+    backend.plug();
+    for slot in (0..pages).rev() {
+        let buf = pattern(&pool, slot, 2);
+        let (op, priority, tag) = (IoOp::Write, IoPriority::Writeback, slot);
+        let req = IoRequest {
+            op,
+            slot,
+            buf,
+            priority,
+            tag,
+        };
+        backend.submit(req).expect("submit write");
+    }
+    assert_eq!(
+        backend.stats().transfers,
+        before.transfers,
+        "a plug holds writes"
+    );
+    backend.unplug();
+    for c in collect_all(backend, pages as usize) {
+        assert_eq!(c.tag, c.slot);
+        c.result
+            .unwrap_or_else(|e| panic!("write of slot {} failed: {e}", c.slot));
+    }
+    let after_writes = backend.stats();
+    assert_eq!(after_writes.requests - before.requests, pages);
+    assert_eq!(
+        after_writes.transfers - before.transfers,
+        2,
+        "two runs of 32 pages"
+    );
+
+    backend.plug();
+    submit_reads(backend, &pool, 0..pages, IoPriority::Prefetch);
+    backend.unplug();
+    let check = |done: Vec<IoCompletion>| {
+        for c in done {
+            assert_eq!(c.tag, c.slot);
+            c.result
+                .unwrap_or_else(|e| panic!("read of slot {} failed: {e}", c.slot));
+            assert!(
+                c.buf[..] == pattern(&pool, c.slot, 2)[..],
+                "slot {} differs",
+                c.slot
+            );
+        }
+    };
+    check(collect_all(backend, pages as usize));
+    let after_reads = backend.stats();
+    assert_eq!(after_reads.transfers - after_writes.transfers, 2);
+
+    // Without a plug the first requests leave one by one; those queued behind the
+    // in-flight limit merge.
+    submit_reads(backend, &pool, 0..pages, IoPriority::Prefetch);
+    check(collect_all(backend, pages as usize));
+    let unplugged = backend.stats().transfers - after_reads.transfers;
+    assert!(
+        unplugged < pages / 2,
+        "{unplugged} transfers for {pages} queued reads"
+    );
+    assert_eq!(backend.outstanding(), 0);
+}
+
+#[test]
+fn file_adjacent_requests_merge() {
+    let dir = TempDir::new("file-merge");
+    let config = FileConfig::new(dir.0.join("t.img"), 128).with_profile(DeviceProfile::nvme());
+    adjacent_requests_merge(&mut FileBackend::open(&config).expect("open"));
+    let plain = FileConfig::new(dir.0.join("plain.img"), 128);
+    adjacent_requests_merge(&mut FileBackend::open(&plain).expect("open"));
+}
+
+/// A merged transfer is one command to the emulated device: one latency for all
+/// its pages, where one by one they would queue for the single unit.
+#[test]
+fn a_merged_transfer_costs_one_device_latency() {
+    let dir = TempDir::new("file-merge-lat");
+    let profile = DeviceProfile::parse("latency_us=20000,parallelism=1").expect("profile");
+    let config = FileConfig::new(dir.0.join("t.img"), 64).with_profile(profile);
+    let mut backend = FileBackend::open(&config).expect("open");
+    let pool = PagePool::new(64);
+    backend.plug();
+    submit_reads(&mut backend, &pool, 0..16, IoPriority::Prefetch);
+    backend.unplug();
+    let done = collect_all(&mut backend, 16);
+    assert_eq!(backend.stats().transfers, 1);
+    let slowest = done.iter().map(|c| c.latency_ns).max().expect("16 pages");
+    assert!(
+        slowest >= 20_000_000,
+        "faster than the device: {slowest} ns"
+    );
+    // One by one, 16 x 20 ms on one unit: 320 ms. The merged run takes one latency.
+    assert!(slowest < 160_000_000, "took {slowest} ns, as if not merged");
+}
+
 #[test]
 fn page_buf_is_aligned_and_recycled() {
     let pool = PagePool::new(4);
@@ -280,10 +382,21 @@ fn demand_overtakes_queued_writebacks() {
     let config = FileConfig::new(dir.0.join("t.img"), 128).with_profile(profile);
     let mut backend = FileBackend::open(&config).expect("open");
     let pool = PagePool::new(128);
-    submit_pattern_writes(&mut backend, &pool, 0..64);
+    // Every other slot, so that no two write-backs merge into one transfer.
+    for slot in (0..128).step_by(2) {
+        let (buf, op, priority) = (pattern(&pool, slot, 1), IoOp::Write, IoPriority::Writeback);
+        let req = IoRequest {
+            op,
+            slot,
+            buf,
+            priority,
+            tag: slot,
+        };
+        backend.submit(req).expect("submit write");
+    }
     let demand = IoRequest {
         op: IoOp::Read,
-        slot: 100,
+        slot: 101,
         buf: pool.get(),
         priority: IoPriority::Demand,
         tag: 1_000,

@@ -103,8 +103,15 @@ impl Engine {
     }
 
     /// Carry out the queued evictions: zap, harvest the dirty log, write back what is
-    /// dirty (asynchronously), drop the rest from the memfd now.
+    /// dirty (asynchronously, the batch's writes merged where their slots are
+    /// adjacent), drop the rest from the memfd now.
     pub(super) fn flush_evictions(&mut self) {
+        self.plug_stores();
+        self.evict_queued();
+        self.unplug_stores();
+    }
+
+    fn evict_queued(&mut self) {
         let queue = std::mem::take(&mut self.evict_queue);
         let mut victims = Vec::with_capacity(queue.len());
         for (page, to) in queue {

@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backend::{EventFd, IoCompletion, IoOp, IoPriority, IoRequest, PagePool, TierBackend};
+use crate::backend::{
+    BackendStats, EventFd, IoCompletion, IoOp, IoPriority, IoRequest, PagePool, TierBackend,
+};
 use crate::config::TIER_COUNT;
 use crate::uffd::GuestUffd;
 
@@ -106,6 +108,8 @@ pub(crate) struct MigratorHandle {
     pub outgoing: Vec<Job>,
     /// Jobs sent whose outcome has not come back yet.
     pub in_flight: usize,
+    /// The migrator's backends' requests and transfers, by tier, as of its last report.
+    pub stats: Arc<std::sync::Mutex<[BackendStats; TIER_COUNT]>>,
 }
 
 impl MigratorHandle {
@@ -123,7 +127,9 @@ impl MigratorHandle {
         let (jobs, job_rx) = std::sync::mpsc::channel();
         let (out_tx, outcomes) = std::sync::mpsc::channel();
         let job_signal = Arc::new(EventFd::new()?);
+        let stats = Arc::new(std::sync::Mutex::new([BackendStats::default(); TIER_COUNT]));
         let mut worker = Worker {
+            stats: stats.clone(),
             job_signal: job_signal.clone(),
             backends,
             uffd,
@@ -144,6 +150,7 @@ impl MigratorHandle {
             serves,
             outgoing: Vec::new(),
             in_flight: 0,
+            stats,
         })
     }
 
@@ -201,6 +208,7 @@ impl Waiting {
 }
 
 struct Worker {
+    stats: Arc<std::sync::Mutex<[BackendStats; TIER_COUNT]>>,
     job_signal: Arc<EventFd>,
     backends: Vec<Option<Box<dyn TierBackend>>>,
     uffd: Arc<GuestUffd>,
@@ -240,6 +248,8 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
+            // Jobs started together leave merged where their slots are adjacent.
+            self.backends.iter_mut().flatten().for_each(|b| b.plug());
             while self.steps.len() < MIGRATE_BATCH {
                 let Some(job) = waiting.prefetches.pop_front() else {
                     break;
@@ -255,6 +265,7 @@ impl Worker {
                 };
                 self.start(job);
             }
+            self.backends.iter_mut().flatten().for_each(|b| b.unplug());
             // New jobs and completions both wake the wait; the timeout is a backstop.
             self.reap(Duration::from_millis(10));
             // Outcomes go back in groups: the guest does not wait for them (its pages
@@ -265,11 +276,23 @@ impl Worker {
                 || last_report.elapsed() >= REPORT_EVERY;
             if report && !self.done.is_empty() {
                 last_report = Instant::now();
+                self.publish_stats();
                 if outcomes.send(std::mem::take(&mut self.done)).is_err() {
                     break;
                 }
                 // Wake the handler if it is waiting in poll.
                 let _ = std::io::Write::write(&mut &*self.wake, &1u64.to_ne_bytes());
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut stats) = self.stats.lock() {
+            for (t, b) in self.backends.iter().enumerate() {
+                if let Some(b) = b {
+                    stats[t] = b.stats();
+                }
             }
         }
     }

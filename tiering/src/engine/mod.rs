@@ -357,6 +357,8 @@ impl Engine {
         let mut last_probe = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let mut busy = false;
+            // A fault's readahead goes out after its demand read, and merged.
+            self.plug_stores();
             match self.uffd.raw().read_events(&mut events) {
                 Ok(iter) => {
                     let evs: Vec<_> = iter.collect();
@@ -380,6 +382,7 @@ impl Engine {
                     self.die(format!("reading userfaultfd events failed: {e}"));
                 }
             }
+            self.unplug_stores();
             busy |= self.poll_completions();
             busy |= self.collect_migrations();
             busy |= self.serve_move_requests();
@@ -400,9 +403,11 @@ impl Engine {
                 let mut actions = std::mem::take(&mut self.actions);
                 actions.clear();
                 self.policy.tick(now, &mut actions);
+                self.plug_stores();
                 for a in actions.drain(..) {
                     self.queue_action(a);
                 }
+                self.unplug_stores();
                 self.actions = actions;
                 self.send_migrations();
                 if self
@@ -643,6 +648,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Hold the storage tiers' prefetches and write-backs while a batch of them is
+    /// decided, so that those for adjacent slots leave as one transfer
+    /// (`TierBackend::plug`). Demand reads are never held, and waiting on a tier
+    /// releases what it holds.
+    fn plug_stores(&mut self) {
+        for store in self.stores.iter_mut().flatten() {
+            store.backend.plug();
+        }
+    }
+
+    fn unplug_stores(&mut self) {
+        for store in self.stores.iter_mut().flatten() {
+            store.backend.unplug();
+        }
+    }
+
     fn queue_action(&mut self, a: Action) {
         match a {
             Action::Fill { page, .. } | Action::Prefetch { page, .. } => self.start_prefetch(page),
@@ -739,6 +760,16 @@ impl Engine {
 
     pub(crate) fn ram_budget(&self) -> u64 {
         self.policy.config().ram_budget_pages as u64
+    }
+
+    /// The migrator's requests and transfers by tier, as of its last report.
+    pub(crate) fn migrator_stats(
+        &self,
+    ) -> [crate::backend::BackendStats; crate::config::TIER_COUNT] {
+        self.migrator
+            .as_ref()
+            .and_then(|m| m.stats.lock().ok().map(|s| *s))
+            .unwrap_or_default()
     }
 
     pub(crate) fn counters(&self) -> &Counters {

@@ -29,9 +29,11 @@ impl Engine {
         if let Err(e) = self.policy.request_moves(&batch, target, &mut actions) {
             log::warn!("move request refused: {e}");
         }
+        self.plug_stores();
         for a in actions.drain(..) {
             self.queue_action(a);
         }
+        self.unplug_stores();
         self.actions = actions;
         true
     }

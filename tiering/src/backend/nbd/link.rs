@@ -7,12 +7,18 @@ use super::super::notify::EventFd;
 use super::super::sched::{Engine, EngineDone};
 use super::super::{BackendError, IoOp, OpenError, PageBuf, PAGE_SIZE};
 use super::{proto, NbdConfig, Stream};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A request the server has not answered yet.
 enum Pending {
-    Page { op: IoOp, slot: u64, buf: PageBuf },
+    /// A transfer of `bufs.len()` pages from `slot` on; its handle is the first
+    /// page's token.
+    Pages {
+        op: IoOp,
+        slot: u64,
+        bufs: Vec<PageBuf>,
+    },
     Control,
 }
 
@@ -22,10 +28,14 @@ enum Rx {
         buf: [u8; proto::REPLY_LEN],
         have: usize,
     },
+    /// A read's data, delivered page by page as it arrives: page `page` of the
+    /// transfer `handle` (the front of `bufs`, the pages still to come) has `have`
+    /// bytes so far.
     Payload {
         handle: u64,
         slot: u64,
-        buf: PageBuf,
+        bufs: VecDeque<PageBuf>,
+        page: usize,
         have: usize,
     },
 }
@@ -203,24 +213,18 @@ impl NbdLink {
         if let Rx::Payload {
             handle,
             slot,
-            buf,
+            bufs,
+            page,
             have,
         } = std::mem::replace(&mut self.rx, Rx::header())
         {
-            let why = format!("short read: the data of slot {slot} was cut off after {have} of 4096 bytes ({reason})");
-            out.push(EngineDone {
-                token: handle,
-                result: Err(self.lost(why)),
-                buf,
-            });
+            let cut = slot + page as u64;
+            let why = format!("short read: the data of slot {cut} was cut off after {have} of 4096 bytes ({reason})");
+            self.fail_pages(handle + page as u64, bufs, &why, out);
         }
         for (handle, pending) in std::mem::take(&mut self.pending) {
             match pending {
-                Pending::Page { buf, .. } => out.push(EngineDone {
-                    token: handle,
-                    result: Err(self.lost(reason.clone())),
-                    buf,
-                }),
+                Pending::Pages { bufs, .. } => self.fail_pages(handle, bufs, &reason, out),
                 Pending::Control => {
                     self.control_done
                         .insert(handle, Err(self.lost(reason.clone())));
@@ -230,13 +234,30 @@ impl NbdLink {
         self.dead = Some(reason);
     }
 
+    /// Every page of `bufs`, the first under token `first`, failed with the link.
+    fn fail_pages(
+        &self,
+        first: u64,
+        bufs: impl IntoIterator<Item = PageBuf>,
+        why: &str,
+        out: &mut Vec<EngineDone>,
+    ) {
+        for (i, buf) in bufs.into_iter().enumerate() {
+            out.push(EngineDone {
+                token: first + i as u64,
+                result: Err(self.lost(why)),
+                buf,
+            });
+        }
+    }
+
     /// Read and dispatch every reply byte available now, without blocking.
     fn receive(&mut self, out: &mut Vec<EngineDone>) {
         while self.dead.is_none() {
             let fd = self.fd();
             let io = match &mut self.rx {
                 Rx::Header { buf, have } => recv(fd, &mut buf[*have..]),
-                Rx::Payload { buf, have, .. } => recv(fd, &mut buf[*have..]),
+                Rx::Payload { bufs, have, .. } => recv(fd, &mut bufs[0][*have..]),
             };
             let n = match io {
                 Io::Done(n) => n,
@@ -253,21 +274,41 @@ impl NbdLink {
                         self.dispatch(&header, out);
                     }
                 }
-                Rx::Payload { have, .. } => {
+                Rx::Payload {
+                    handle,
+                    bufs,
+                    page,
+                    have,
+                    ..
+                } => {
                     *have += n;
                     if *have == PAGE_SIZE {
-                        if let Rx::Payload { handle, buf, .. } =
-                            std::mem::replace(&mut self.rx, Rx::header())
-                        {
-                            out.push(EngineDone {
-                                token: handle,
-                                result: Ok(()),
-                                buf,
-                            });
+                        // A page is whole: its waiter need not wait for the rest.
+                        let buf = bufs.pop_front().expect("a page is being read");
+                        out.push(EngineDone {
+                            token: *handle + *page as u64,
+                            result: Ok(()),
+                            buf,
+                        });
+                        *have = 0;
+                        *page += 1;
+                        if bufs.is_empty() {
+                            self.rx = Rx::header();
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Every page of the transfer `handle` succeeded.
+    fn pages_done(handle: u64, bufs: Vec<PageBuf>, out: &mut Vec<EngineDone>) {
+        for (i, buf) in bufs.into_iter().enumerate() {
+            out.push(EngineDone {
+                token: handle + i as u64,
+                result: Ok(()),
+                buf,
+            });
         }
     }
 
@@ -299,36 +340,35 @@ impl NbdLink {
                 };
                 self.control_done.insert(handle, result);
             }
-            Pending::Page { op, slot, buf } if error != 0 => {
-                let err = remote(op.to_string(), slot * PAGE_SIZE as u64);
-                out.push(EngineDone {
-                    token: handle,
-                    result: Err(err),
-                    buf,
-                });
+            Pending::Pages { op, slot, bufs } if error != 0 => {
+                for (i, buf) in bufs.into_iter().enumerate() {
+                    let offset = (slot + i as u64) * PAGE_SIZE as u64;
+                    out.push(EngineDone {
+                        token: handle + i as u64,
+                        result: Err(remote(op.to_string(), offset)),
+                        buf,
+                    });
+                }
             }
-            // Simple replies to a successful READ carry the page next.
-            Pending::Page {
+            // Simple replies to a successful READ carry the pages next.
+            Pending::Pages {
                 op: IoOp::Read,
                 slot,
-                buf,
+                bufs,
             } => {
                 self.rx = Rx::Payload {
                     handle,
                     slot,
-                    buf,
+                    bufs: bufs.into(),
+                    page: 0,
                     have: 0,
                 }
             }
-            Pending::Page {
+            Pending::Pages {
                 op: IoOp::Write,
-                buf,
+                bufs,
                 ..
-            } => out.push(EngineDone {
-                token: handle,
-                result: Ok(()),
-                buf,
-            }),
+            } => Self::pages_done(handle, bufs, out),
         }
     }
 
@@ -455,10 +495,10 @@ impl Engine for NbdLink {
         token: u64,
         op: IoOp,
         slot: u64,
-        buf: PageBuf,
-    ) -> Result<(), (BackendError, PageBuf)> {
+        bufs: Vec<PageBuf>,
+    ) -> Result<(), (BackendError, Vec<PageBuf>)> {
         if let Some(reason) = &self.dead {
-            return Err((self.lost(reason.clone()), buf));
+            return Err((self.lost(reason.clone()), bufs));
         }
         let kind = if op == IoOp::Read {
             proto::CMD_READ
@@ -470,16 +510,19 @@ impl Engine for NbdLink {
             kind,
             token,
             slot * PAGE_SIZE as u64,
-            PAGE_SIZE as u32,
+            (bufs.len() * PAGE_SIZE) as u32,
         ));
         if op == IoOp::Write {
-            self.send_buf.extend_from_slice(&buf);
+            for buf in &bufs {
+                self.send_buf.extend_from_slice(buf);
+            }
         }
         // Registered before sending: the reply may be read while we still send.
-        self.pending.insert(token, Pending::Page { op, slot, buf });
+        self.pending
+            .insert(token, Pending::Pages { op, slot, bufs });
         if let Err(reason) = self.send_all() {
             return match self.pending.remove(&token) {
-                Some(Pending::Page { buf, .. }) => Err((self.lost(reason), buf)),
+                Some(Pending::Pages { bufs, .. }) => Err((self.lost(reason), bufs)),
                 // fail_all already completed it with the error.
                 _ => Ok(()),
             };

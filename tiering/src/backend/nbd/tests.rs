@@ -2,7 +2,8 @@
 //! paths qemu-nbd cannot be made to produce (a reply cut off mid-page).
 
 use super::super::tests::{
-    collect_all, drive_by_notify_fd, round_trip, submit_pattern_writes, TempDir,
+    adjacent_requests_merge, collect_all, drive_by_notify_fd, round_trip, submit_pattern_writes,
+    TempDir,
 };
 use super::super::*;
 use super::proto;
@@ -99,6 +100,8 @@ fn nbd_round_trip_over_unix_socket() {
     assert_eq!(backend.export_size(), 512 * PAGE_SIZE as u64);
     round_trip(&mut backend, 256);
     drive_by_notify_fd(&mut backend, 64);
+    // Merged runs are single NBD commands of up to 128 KiB, read and written whole.
+    adjacent_requests_merge(&mut backend);
 
     let page = write_page(&mut backend, 511, PageBuf::from_slice(b"tier five")).expect("write");
     let page = read_page(&mut backend, 511, page).expect("read");
