@@ -385,6 +385,24 @@ fn requested_prefetch_brings_pages_back_before_they_are_touched() {
         "{demand} demand faults: {report:#?}"
     );
     assert!(report.prefetch_useful > 0, "{report:#?}");
+    // FIFO evicted the pages in the order written, into adjacent slots (each on its
+    // own, or in batches, as the writer outran the handler). The prefetch of 32 of
+    // them, and the write-backs of the 32 pages it evicted together, went out merged.
+    let io = |r: &crate::metrics::TieringReport| {
+        let storage = &r.per_tier[2..];
+        let requests: u64 = storage.iter().map(|t| t.io_requests).sum();
+        (
+            requests,
+            storage.iter().map(|t| t.io_transfers).sum::<u64>(),
+        )
+    };
+    let ((r0, t0), (r1, t1)) = (io(&before), io(&report));
+    let (requests, transfers) = (r1 - r0, t1 - t0);
+    assert!(requests >= 2 * wanted.len() as u64, "{report:#?}");
+    assert!(
+        transfers * 4 <= requests,
+        "{transfers} transfers for {requests} requests"
+    );
 }
 
 #[test]

@@ -419,24 +419,13 @@ impl<E: Engine> Scheduled<E> {
     /// one for the same slot, so the order of two requests for one slot holds.
     fn gather(&mut self, c: usize, first: Queued) -> VecDeque<Queued> {
         let mut run = VecDeque::from([first]);
-        static NO_MERGE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *NO_MERGE.get_or_init(|| std::env::var_os("TIERVISOR_NO_MERGE").is_some()) {
-            return run;
-        }
         if c == IoPriority::Demand.index() {
             return run;
         }
         let op = run[0].req.op;
         let (mut lo, mut hi) = (run[0].req.slot, run[0].req.slot);
         let queue = &mut self.queued[c];
-        static MAX_RUN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let max_run = *MAX_RUN.get_or_init(|| {
-            std::env::var("TIERVISOR_MAX_RUN")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(MAX_RUN_PAGES)
-        });
-        while run.len() < max_run {
+        while run.len() < MAX_RUN_PAGES {
             let found = queue.iter().take(MERGE_LOOKAHEAD).position(|q| {
                 q.req.op == op && (q.req.slot == hi + 1 || q.req.slot.checked_add(1) == Some(lo))
             });
