@@ -75,6 +75,10 @@ pub(crate) struct EngineDone {
 pub(crate) trait Engine: Send {
     fn describe(&self) -> String;
     fn capacity_pages(&self) -> u64;
+    /// Most pages one transfer may carry.
+    fn max_run_pages(&self) -> usize {
+        MAX_RUN_PAGES
+    }
     /// Refuse requests that can never succeed (read-only export, dead link).
     fn check(&self, _op: IoOp) -> Result<(), BackendError> {
         Ok(())
@@ -424,8 +428,9 @@ impl<E: Engine> Scheduled<E> {
         }
         let op = run[0].req.op;
         let (mut lo, mut hi) = (run[0].req.slot, run[0].req.slot);
+        let max_run = self.engine.max_run_pages();
         let queue = &mut self.queued[c];
-        while run.len() < MAX_RUN_PAGES {
+        while run.len() < max_run {
             let found = queue.iter().take(MERGE_LOOKAHEAD).position(|q| {
                 q.req.op == op && (q.req.slot == hi + 1 || q.req.slot.checked_add(1) == Some(lo))
             });

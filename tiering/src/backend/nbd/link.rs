@@ -5,7 +5,7 @@
 
 use super::super::notify::EventFd;
 use super::super::sched::{Engine, EngineDone};
-use super::super::{BackendError, IoOp, OpenError, PageBuf, PAGE_SIZE};
+use super::super::{BackendError, IoOp, OpenError, PageBuf, MAX_RUN_PAGES, PAGE_SIZE};
 use super::{proto, NbdConfig, Stream};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,6 +60,9 @@ pub(crate) struct NbdLink {
     stream: Stream,
     pub(super) export_size: u64,
     flags: u16,
+    /// Most pages one command may carry: the server's maximum payload, at most
+    /// [`MAX_RUN_PAGES`].
+    max_run_pages: usize,
     capacity: u64,
     pending: HashMap<u64, Pending>,
     rx: Rx,
@@ -183,6 +186,7 @@ impl NbdLink {
             stream,
             export_size: info.size,
             flags: info.flags,
+            max_run_pages: (info.max_block as usize / PAGE_SIZE).clamp(1, MAX_RUN_PAGES),
             capacity,
             pending: HashMap::new(),
             rx: Rx::header(),
@@ -478,6 +482,10 @@ impl Engine for NbdLink {
 
     fn capacity_pages(&self) -> u64 {
         self.capacity
+    }
+
+    fn max_run_pages(&self) -> usize {
+        self.max_run_pages
     }
 
     fn check(&self, op: IoOp) -> Result<(), BackendError> {

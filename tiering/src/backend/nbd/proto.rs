@@ -44,7 +44,13 @@ pub struct ExportInfo {
     pub size: u64,
     pub flags: u16,
     pub min_block: u32,
+    /// Largest payload the server takes in one request (NBD_INFO_BLOCK_SIZE; the
+    /// protocol's default is 32 MiB).
+    pub max_block: u32,
 }
+
+/// The largest payload a client may send a server that names no maximum.
+pub const DEFAULT_MAX_BLOCK: u32 = 32 << 20;
 
 /// A handshake failure: either a protocol problem or a refusal of the export.
 pub enum HandshakeError {
@@ -163,7 +169,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<ExportInfo,
     s.flush()?;
 
     let mut export_info: Option<ExportInfo> = None;
-    let mut min_block = 1;
+    let (mut min_block, mut max_block) = (1, DEFAULT_MAX_BLOCK);
     loop {
         if read_u64(s)? != OPTION_REPLY_MAGIC {
             return Err(proto("bad option reply magic".into()));
@@ -208,9 +214,11 @@ pub fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<ExportInfo,
                         size,
                         flags,
                         min_block: 1,
+                        max_block: DEFAULT_MAX_BLOCK,
                     });
                 } else if info == INFO_BLOCK_SIZE && data.len() >= 14 {
                     min_block = u32::from_be_bytes(data[2..6].try_into().expect("4 bytes"));
+                    max_block = u32::from_be_bytes(data[10..14].try_into().expect("4 bytes"));
                 }
             }
             _ => {} // informational replies we did not ask for: ignore
@@ -220,6 +228,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<ExportInfo,
         proto("the server acknowledged NBD_OPT_GO without NBD_INFO_EXPORT".into())
     })?;
     info.min_block = min_block;
+    info.max_block = max_block;
     Ok(info)
 }
 

@@ -217,9 +217,13 @@ fn nbd_server_killed_mid_run_fails_requests_without_hanging() {
     ));
 }
 
-/// A one-shot peer that completes the handshake for a 16-page export, then
-/// answers the first READ with a header and only 100 bytes before closing.
-fn scripted_short_read_server(sock: &Path) -> std::thread::JoinHandle<()> {
+/// A one-shot peer that completes the handshake for a 16-page export (announcing
+/// `max_block` as its largest payload, if given), then hands the connection to `serve`.
+fn scripted_server(
+    sock: &Path,
+    max_block: Option<u32>,
+    serve: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     let listener = UnixListener::bind(sock).expect("bind");
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -249,17 +253,79 @@ fn scripted_short_read_server(sock: &Path) -> std::thread::JoinHandle<()> {
         info.extend_from_slice(&(16 * PAGE_SIZE as u64).to_be_bytes());
         info.extend_from_slice(&1u16.to_be_bytes());
         s.write_all(&reply(proto::REP_INFO, &info)).unwrap();
+        if let Some(max) = max_block {
+            let mut sizes = proto::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+            for v in [1, PAGE_SIZE as u32, max] {
+                sizes.extend_from_slice(&v.to_be_bytes());
+            }
+            s.write_all(&reply(proto::REP_INFO, &sizes)).unwrap();
+        }
         s.write_all(&reply(proto::REP_ACK, &[])).unwrap();
+        serve(s);
+    })
+}
+
+/// The header of a simple reply to `req` without error.
+fn simple_reply(req: &[u8; proto::REQUEST_LEN]) -> Vec<u8> {
+    let mut answer = Vec::new();
+    answer.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
+    answer.extend_from_slice(&0u32.to_be_bytes());
+    answer.extend_from_slice(&req[8..16]); // the handle
+    answer
+}
+
+/// Answers the first READ with a header and only 100 bytes before closing.
+fn scripted_short_read_server(sock: &Path) -> std::thread::JoinHandle<()> {
+    scripted_server(sock, None, |mut s| {
         let mut req = [0; proto::REQUEST_LEN];
         s.read_exact(&mut req).unwrap();
-        let mut answer = Vec::new();
-        answer.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
-        answer.extend_from_slice(&0u32.to_be_bytes());
-        answer.extend_from_slice(&req[8..16]); // the handle
+        let mut answer = simple_reply(&req);
         answer.extend_from_slice(&[0xab; 100]);
         s.write_all(&answer).unwrap();
         // Dropping the stream closes the connection mid-payload.
     })
+}
+
+/// A server that takes at most 8 KiB per request: merged runs stay within it.
+#[test]
+fn nbd_runs_respect_the_server_s_largest_payload() {
+    let dir = TempDir::new("nbd-max-block");
+    let sock: PathBuf = dir.0.join("small.sock");
+    let (lengths_tx, lengths) = std::sync::mpsc::channel();
+    let peer = scripted_server(&sock, Some(2 * PAGE_SIZE as u32), move |mut s| {
+        // Serve reads (page i of the export filled with byte i) until the client leaves.
+        let mut req = [0; proto::REQUEST_LEN];
+        while s.read_exact(&mut req).is_ok() {
+            let kind = u16::from_be_bytes([req[6], req[7]]);
+            if kind != proto::CMD_READ {
+                break;
+            }
+            let offset = u64::from_be_bytes(req[16..24].try_into().unwrap());
+            let length = u32::from_be_bytes(req[24..28].try_into().unwrap());
+            lengths_tx.send(length).unwrap();
+            let mut answer = simple_reply(&req);
+            for page in 0..length as u64 / PAGE_SIZE as u64 {
+                let fill = (offset / PAGE_SIZE as u64 + page) as u8;
+                answer.extend_from_slice(&[fill; PAGE_SIZE]);
+            }
+            s.write_all(&answer).unwrap();
+        }
+    });
+    let mut backend =
+        NbdBackend::connect(&NbdConfig::new(NbdAddress::Unix(sock), "x")).expect("connect");
+    let pool = PagePool::new(8);
+    backend.plug();
+    super::super::tests::submit_reads(&mut backend, &pool, 0..8, IoPriority::Prefetch);
+    backend.unplug();
+    for c in collect_all(&mut backend, 8) {
+        c.result.expect("read");
+        assert!(c.buf.iter().all(|&b| b == c.slot as u8), "slot {}", c.slot);
+    }
+    assert_eq!(backend.stats().transfers, 4, "runs of 2 pages");
+    drop(backend);
+    peer.join().expect("peer");
+    let lengths: Vec<u32> = lengths.try_iter().collect();
+    assert_eq!(lengths, [2 * PAGE_SIZE as u32; 4]);
 }
 
 #[test]
