@@ -85,6 +85,21 @@ pub(crate) fn submit_reads(
     }
 }
 
+/// Every read in `done` succeeded, came back under tag `slot + tag_offset`, and holds
+/// `pattern(slot, generation)`.
+fn check_reads(done: Vec<IoCompletion>, pool: &PagePool, tag_offset: u64, generation: u64) {
+    for c in done {
+        assert_eq!(c.tag, c.slot + tag_offset);
+        c.result
+            .unwrap_or_else(|e| panic!("read of slot {} failed: {e}", c.slot));
+        assert!(
+            c.buf[..] == pattern(pool, c.slot, generation)[..],
+            "slot {} read back different data",
+            c.slot
+        );
+    }
+}
+
 /// Write `pages` slots with many requests in flight, read them back, compare.
 pub(crate) fn round_trip(backend: &mut dyn TierBackend, pages: u64) {
     let pool = PagePool::new(256);
@@ -112,16 +127,7 @@ pub(crate) fn round_trip(backend: &mut dyn TierBackend, pages: u64) {
         };
         backend.submit(req).expect("submit read");
     }
-    for c in collect_all(backend, pages as usize) {
-        assert_eq!(c.tag, c.slot + 1000);
-        c.result
-            .unwrap_or_else(|e| panic!("read of slot {} failed: {e}", c.slot));
-        assert!(
-            c.buf[..] == pattern(&pool, c.slot, 1)[..],
-            "slot {} read back different data",
-            c.slot
-        );
-    }
+    check_reads(collect_all(backend, pages as usize), &pool, 1000, 1);
     assert_eq!(backend.outstanding(), 0);
 }
 
@@ -167,26 +173,14 @@ pub(crate) fn adjacent_requests_merge(backend: &mut dyn TierBackend) {
     backend.plug();
     submit_reads(backend, &pool, 0..pages, IoPriority::Prefetch);
     backend.unplug();
-    let check = |done: Vec<IoCompletion>| {
-        for c in done {
-            assert_eq!(c.tag, c.slot);
-            c.result
-                .unwrap_or_else(|e| panic!("read of slot {} failed: {e}", c.slot));
-            assert!(
-                c.buf[..] == pattern(&pool, c.slot, 2)[..],
-                "slot {} differs",
-                c.slot
-            );
-        }
-    };
-    check(collect_all(backend, pages as usize));
+    check_reads(collect_all(backend, pages as usize), &pool, 0, 2);
     let after_reads = backend.stats();
     assert_eq!(after_reads.transfers - after_writes.transfers, 2);
 
     // Without a plug the first requests leave one by one; those queued behind the
     // in-flight limit merge.
     submit_reads(backend, &pool, 0..pages, IoPriority::Prefetch);
-    check(collect_all(backend, pages as usize));
+    check_reads(collect_all(backend, pages as usize), &pool, 0, 2);
     let unplugged = backend.stats().transfers - after_reads.transfers;
     assert!(
         unplugged < pages / 2,
@@ -204,14 +198,21 @@ fn file_adjacent_requests_merge() {
     adjacent_requests_merge(&mut FileBackend::open(&plain).expect("open"));
 }
 
+/// A file backend of `pages` slots behind the emulated device `profile`, in a scratch
+/// directory of its own (kept alive by the first element).
+fn profiled_file(name: &str, profile: &str, pages: u64) -> (TempDir, FileBackend) {
+    let dir = TempDir::new(name);
+    let profile = DeviceProfile::parse(profile).expect("profile");
+    let config = FileConfig::new(dir.0.join("t.img"), pages).with_profile(profile);
+    let backend = FileBackend::open(&config).expect("open");
+    (dir, backend)
+}
+
 /// A merged transfer is one command to the emulated device: one latency for all
 /// its pages, where one by one they would queue for the single unit.
 #[test]
 fn a_merged_transfer_costs_one_device_latency() {
-    let dir = TempDir::new("file-merge-lat");
-    let profile = DeviceProfile::parse("latency_us=20000,parallelism=1").expect("profile");
-    let config = FileConfig::new(dir.0.join("t.img"), 64).with_profile(profile);
-    let mut backend = FileBackend::open(&config).expect("open");
+    let (_dir, mut backend) = profiled_file("file-merge-lat", "latency_us=20000,parallelism=1", 64);
     let pool = PagePool::new(64);
     backend.plug();
     submit_reads(&mut backend, &pool, 0..16, IoPriority::Prefetch);
@@ -377,10 +378,7 @@ fn slot_beyond_capacity_is_refused_not_a_panic() {
 
 #[test]
 fn demand_overtakes_queued_writebacks() {
-    let dir = TempDir::new("file-prio");
-    let profile = DeviceProfile::parse("latency_us=5000,parallelism=4").expect("profile");
-    let config = FileConfig::new(dir.0.join("t.img"), 128).with_profile(profile);
-    let mut backend = FileBackend::open(&config).expect("open");
+    let (_dir, mut backend) = profiled_file("file-prio", "latency_us=5000,parallelism=4", 128);
     let pool = PagePool::new(128);
     // Every other slot, so that no two write-backs merge into one transfer.
     for slot in (0..128).step_by(2) {
@@ -483,10 +481,7 @@ fn profiles_parse_and_reject_bad_input() {
 
 #[test]
 fn expedited_prefetch_overtakes_its_queue() {
-    let dir = TempDir::new("file-expedite");
-    let profile = DeviceProfile::parse("latency_us=5000,parallelism=2").expect("profile");
-    let config = FileConfig::new(dir.0.join("t.img"), 64).with_profile(profile);
-    let mut backend = FileBackend::open(&config).expect("open");
+    let (_dir, mut backend) = profiled_file("file-expedite", "latency_us=5000,parallelism=2", 64);
     let pool = PagePool::new(64);
     submit_reads(&mut backend, &pool, 0..32, IoPriority::Prefetch);
     // One prefetch is at the device (half of 2 units); tag 31 waits last in line.
