@@ -34,6 +34,15 @@ use crate::uffd::{GuestUffd, UffdError};
 /// are decided once per window (faults are served at once).
 const LIVE_WINDOW_NS: u64 = 10_000_000;
 
+/// Prefetches the live policy asks of the advisor after each demand fault and each first
+/// use of a prefetched page: a kernel-sized readahead window (32 pages, 128 KiB). The
+/// replay keeps `PolicyConfig::default()`'s 8 (`tiervisor replay
+/// --max-prefetch-per-fault 32` models the live VMM). Live, a fault's readahead goes
+/// out as a few merged transfers (`backend::MAX_RUN_PAGES`), so 32 pages cost little
+/// more than 8: `stride` ran in 0.90-0.91 of its time and gru in 0.96-0.99
+/// (docs/benchmarks.md, "Per-fault prefetch budget").
+pub const LIVE_MAX_PREFETCH_PER_FAULT: usize = 32;
+
 /// What the VMM lends the runtime.
 pub trait VmHooks: Send {
     /// Whether [`VmHooks::harvest_dirty`] works (KVM dirty logging is on).
@@ -261,6 +270,7 @@ impl TieredMemory {
             // about once a second, so a faster decay never lets one count as hot.
             hot_decay_windows: 100,
             initial_tier: options.initial_tier,
+            max_prefetch_per_fault: LIVE_MAX_PREFETCH_PER_FAULT,
             ..PolicyConfig::default()
         };
         // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.
