@@ -328,6 +328,52 @@ fn nbd_runs_respect_the_server_s_largest_payload() {
     assert_eq!(lengths, [2 * PAGE_SIZE as u32; 4]);
 }
 
+/// An error reply to a merged write fails every page of it, each with its own offset,
+/// and the link stays usable.
+#[test]
+fn nbd_error_reply_to_a_merged_write_fails_each_page() {
+    let dir = TempDir::new("nbd-write-error");
+    let sock: PathBuf = dir.0.join("eio.sock");
+    let peer = scripted_server(&sock, None, |mut s| {
+        // Answer every WRITE with EIO (5) after taking its data, until the client leaves.
+        let mut req = [0; proto::REQUEST_LEN];
+        while s.read_exact(&mut req).is_ok() {
+            if u16::from_be_bytes([req[6], req[7]]) != proto::CMD_WRITE {
+                break;
+            }
+            let length = u32::from_be_bytes(req[24..28].try_into().unwrap());
+            let mut data = vec![0; length as usize];
+            s.read_exact(&mut data).unwrap();
+            let mut answer = simple_reply(&req);
+            answer[4..8].copy_from_slice(&5u32.to_be_bytes());
+            s.write_all(&answer).unwrap();
+        }
+    });
+    let mut backend =
+        NbdBackend::connect(&NbdConfig::new(NbdAddress::Unix(sock), "x")).expect("connect");
+    let pool = PagePool::new(4);
+    backend.plug();
+    submit_pattern_writes(&mut backend, &pool, 4..7);
+    backend.unplug();
+    let mut done = collect_all(&mut backend, 3);
+    done.sort_by_key(|c| c.slot);
+    assert_eq!(backend.stats().transfers, 1, "one command for slots 4-6");
+    for c in &done {
+        match &c.result {
+            Err(BackendError::Remote { offset, .. }) => {
+                assert_eq!(*offset, c.slot * PAGE_SIZE as u64, "slot {}", c.slot)
+            }
+            other => panic!("slot {}: {other:?}", c.slot),
+        }
+    }
+    // The error was the server's answer, not a broken link: the next write is sent too.
+    submit_pattern_writes(&mut backend, &pool, 9..10);
+    assert!(collect_all(&mut backend, 1)[0].result.is_err());
+    assert_eq!(backend.stats().transfers, 2);
+    drop(backend);
+    peer.join().expect("peer");
+}
+
 #[test]
 fn nbd_short_read_is_a_clear_error() {
     let dir = TempDir::new("nbd-short");
