@@ -19,6 +19,9 @@ fn step(page: PageNumber, stride: i64, k: i64) -> Option<PageNumber> {
 /// `read_ahead_kb`).
 const STRIDE_INITIAL_WINDOW: i64 = 4;
 const STRIDE_MAX_WINDOW: i64 = 32;
+/// Resident pages right before a fault that make it part of a stream
+/// ([`Readahead::on_fault_in_context`]).
+const CONTEXT_MIN_RUN: i64 = 4;
 /// Larger fault distances are not treated as a stream.
 const STRIDE_MAX_DISTANCE: i64 = 1024;
 
@@ -39,6 +42,9 @@ pub struct Readahead {
     pending: VecDeque<PageNumber>,
     /// A fault up to one window past where the readahead ended continues the stream too.
     lenient: bool,
+    /// The stream was started by the resident pages before a fault
+    /// ([`Readahead::on_fault_in_context`]).
+    by_context: bool,
 }
 
 impl Readahead {
@@ -81,6 +87,9 @@ impl Readahead {
             .unwrap_or(0);
         self.last_fault = Some(page);
         let continued = self.continues(page);
+        if !continued {
+            self.by_context = false;
+        }
         if continued || (delta != 0 && delta == self.stride) {
             if self.window == 0 {
                 self.window = STRIDE_INITIAL_WINDOW;
@@ -102,6 +111,52 @@ impl Readahead {
             self.pending.clear();
         }
         continued
+    }
+
+    /// A demand fault on `page`, as [`Readahead::on_fault`], for a stream whose pages
+    /// may be resident already (kept by the eviction order, or brought in by other
+    /// prefetch sources), so that its faults skip pages. If the fault neither continues
+    /// nor starts a stream, the pages before it are looked at, on the last stride, then
+    /// +1 and -1, as the kernel's context readahead counts the cached pages before a
+    /// missed index. At least `CONTEXT_MIN_RUN` `resident` pages there, with the
+    /// previous fault at most two largest windows behind on that stride (a walk, not a
+    /// fault next to a resident cluster), start a stream: a window of twice the run
+    /// (4-32 pages) after `page`, with [`Readahead::by_context`] set until a fault
+    /// leaves the stream. Returns whether the fault continued a stream.
+    pub fn on_fault_in_context(
+        &mut self,
+        page: PageNumber,
+        resident: impl Fn(PageNumber) -> bool,
+    ) -> bool {
+        let (last_stride, last_fault) = (self.stride, self.last_fault);
+        if self.on_fault(page) {
+            return true;
+        }
+        if self.window > 0 {
+            return false;
+        }
+        for stride in [last_stride, 1, -1] {
+            if stride == 0 || stride.abs() > STRIDE_MAX_DISTANCE {
+                continue;
+            }
+            let walked = last_fault.is_some_and(|l| {
+                let d = page.wrapping_sub(l) as i64;
+                d % stride == 0 && (1..=2 * STRIDE_MAX_WINDOW).contains(&(d / stride))
+            });
+            let run = (1..=STRIDE_MAX_WINDOW)
+                .take_while(|&k| step(page, stride, -k).is_some_and(&resident))
+                .count() as i64;
+            if walked && run >= CONTEXT_MIN_RUN {
+                self.stride = stride;
+                self.by_context = true;
+                self.window = (2 * run).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
+                if let Some(next) = step(page, stride, 1) {
+                    self.read_ahead_from(next);
+                }
+                break;
+            }
+        }
+        false
     }
 
     /// An observed access to resident `page`: the marker page of the last window
@@ -146,6 +201,11 @@ impl Readahead {
     /// The stream's stride in pages (0: none).
     pub fn stride(&self) -> i64 {
         self.stride
+    }
+
+    /// Whether the stream was started by [`Readahead::on_fault_in_context`].
+    pub fn by_context(&self) -> bool {
+        self.by_context
     }
 
     /// The current readahead window in pages (0: no stream).

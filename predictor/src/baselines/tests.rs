@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tiering::access::{Access, AccessOp, AccessSource, PageKind, PageNumber};
@@ -215,6 +216,37 @@ fn a_lenient_readahead_keeps_a_stream_others_brought_in() {
         ra.on_fault(p);
     }
     assert!(!ra.on_fault(107 + 5));
+    assert_eq!(ra.window(), 0);
+}
+
+#[test]
+fn a_fault_after_resident_pages_of_a_walk_starts_a_stream_in_context() {
+    // A sweep that found its odd pages resident faults at 200, 202 and 204 (a stride-2
+    // stream, window 206..=212), then at 205, which leaves that stream.
+    let mut resident: HashSet<PageNumber> = (191..206).step_by(2).collect();
+    let mut strict = Readahead::default();
+    let mut ra = Readahead::default();
+    for p in [200, 202, 204, 205] {
+        strict.on_fault(p);
+        assert!(!ra.on_fault_in_context(p, |q| resident.contains(&q)));
+        resident.insert(p);
+    }
+    assert_eq!(strict.window(), 0, "the strict readahead starts over");
+    // In context, 199..=204 are resident behind 205 and the last fault (204) was on
+    // the walk: a stride-1 stream with a window of twice the run.
+    assert!(ra.by_context());
+    assert_eq!((ra.stride(), ra.window()), (1, 12));
+    let mut queued = Vec::new();
+    ra.drain(64, |q| resident.contains(&q), &mut queued);
+    assert_eq!(queued, (206..218).collect::<Vec<_>>());
+    // A fault where the window ends continues the stream, still one of context.
+    assert!(ra.on_fault_in_context(218, |q| q < 218));
+    assert!(ra.by_context());
+    assert_eq!(ra.window(), 24);
+    // A fault next to a resident cluster, far from the last fault, starts nothing, and
+    // leaving the stream ends its context.
+    assert!(!ra.on_fault_in_context(5_000, |q| (4_990..5_000).contains(&q)));
+    assert!(!ra.by_context());
     assert_eq!(ra.window(), 0);
 }
 

@@ -51,6 +51,8 @@ pub(super) enum ShadowKey {
     FirstTouch(u64),
     /// A readahead window's pages.
     Readahead,
+    /// The window's pages of a stream the resident pages before a fault started.
+    ContextReadahead,
 }
 
 /// First-touch candidates are judged per 2 MiB region (512 pages): a heap grows
@@ -64,7 +66,7 @@ impl ShadowKey {
         match self {
             ShadowKey::Link(_) => 0,
             ShadowKey::FirstTouch(_) => 1,
-            ShadowKey::Readahead => 2,
+            ShadowKey::Readahead | ShadowKey::ContextReadahead => 2,
         }
     }
 }

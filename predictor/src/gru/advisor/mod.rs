@@ -73,8 +73,11 @@ enum Source {
     Trend,
     /// A page never touched, next to a run of first touches.
     FirstTouch,
-    /// The window of a confirmed fault stream (kernel-style readahead).
-    Readahead,
+    /// The window of a confirmed fault stream (kernel-style readahead); `context`: of
+    /// a stream the resident pages before a fault started.
+    Readahead {
+        context: bool,
+    },
     /// A page the first-touch prior expects to be touched next.
     Prior,
 }
@@ -115,6 +118,9 @@ pub struct GruAdvisor {
     /// Readahead of fault streams, and the record of its candidates.
     readahead: Readahead,
     readahead_outcomes: Outcomes,
+    /// The record of the windows of streams started by context
+    /// (`GruOptions::readahead_context`).
+    context_outcomes: Outcomes,
     /// Outcomes of prefetches through links that had none yet.
     untried_link_outcomes: Outcomes,
     untried_seen: u64,
@@ -190,6 +196,7 @@ impl GruAdvisor {
                 Readahead::default()
             },
             readahead_outcomes: Outcomes::default(),
+            context_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,
             shadows: Shadows::default(),
@@ -393,7 +400,13 @@ impl Advisor for GruAdvisor {
                     self.readahead.on_observed(access.page);
                 }
             } else {
-                self.fault_in_stream = self.readahead.on_fault(access.page);
+                self.fault_in_stream = if self.opts.readahead_context {
+                    let lists = &self.lists;
+                    self.readahead
+                        .on_fault_in_context(access.page, |p| lists.contains(p))
+                } else {
+                    self.readahead.on_fault(access.page)
+                };
                 if self.fault_in_stream && self.opts.readahead_walk_inference {
                     self.infer_stream_use(access.page);
                 }
@@ -403,11 +416,12 @@ impl Advisor for GruAdvisor {
             let page = access.page;
             self.infer_chain_use(page);
             let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
-            let ahead = &mut self.readahead_outcomes;
+            let (ahead, context) = (&mut self.readahead_outcomes, &mut self.context_outcomes);
             self.shadows.on_demand_fault(page, |key, used| match key {
                 ShadowKey::Link(from) => links.entry(from).or_default().record(used),
                 ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
                 ShadowKey::Readahead => ahead.record(used),
+                ShadowKey::ContextReadahead => context.record(used),
             });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 self.successor.insert(prev, page);

@@ -89,6 +89,13 @@ pub struct GruOptions {
     /// before its holdout and live runs turned it down (live, 1.003 of gru's run time;
     /// docs/predictor-experiments.md, "Lenient readahead continuation").
     pub readahead_lenient: bool,
+    /// A fault that does not continue the readahead's stream still joins one when the
+    /// pages before it are resident (`baselines::Readahead::on_fault_in_context`): gru's
+    /// eviction keeps scattered pages of a sweep, so its faults skip pages. Such
+    /// streams have their own record. Off: it halves the stall of a sweep but costs
+    /// prefetch accuracy on real programs (docs/predictor-experiments.md, "Context
+    /// readahead").
+    pub readahead_context: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
@@ -169,6 +176,7 @@ impl Default for GruOptions {
             readahead_walk_inference: true,
             readahead_marker: false,
             readahead_lenient: false,
+            readahead_context: false,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
@@ -267,6 +275,7 @@ impl GruOptions {
         );
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
+        flag(&mut o.readahead_context, "TIERVISOR_GRU_READAHEAD_CONTEXT");
         flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         flag(&mut o.first_touch_prior, "TIERVISOR_GRU_FIRST_TOUCH_PRIOR");

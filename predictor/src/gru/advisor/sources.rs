@@ -130,9 +130,13 @@ impl GruAdvisor {
                 .drain(room, |p| lists.contains(p), &mut ahead);
             // Untrusted, the window's pages are judged as shadows: a stream the
             // program really walks earns the record by faulting on them.
-            let trusted = self
-                .readahead_outcomes
-                .trusted(self.opts.readahead_threshold, self.opts.min_uses);
+            let context = self.readahead.by_context();
+            let record = if context {
+                self.context_outcomes
+            } else {
+                self.readahead_outcomes
+            };
+            let trusted = record.trusted(self.opts.readahead_threshold, self.opts.min_uses);
             ahead.retain(|&p| self.readahead.is_ahead(p));
             for &page in &ahead {
                 if out[start..].contains(&page) {
@@ -140,9 +144,16 @@ impl GruAdvisor {
                 }
                 if trusted {
                     out.push(page);
-                    self.origin.entry(page).or_insert(Source::Readahead);
+                    self.origin
+                        .entry(page)
+                        .or_insert(Source::Readahead { context });
                 } else {
-                    self.add_shadow(ShadowKey::Readahead, page);
+                    let key = if context {
+                        ShadowKey::ContextReadahead
+                    } else {
+                        ShadowKey::Readahead
+                    };
+                    self.add_shadow(key, page);
                 }
             }
             self.candidates = ahead;
@@ -227,7 +238,9 @@ impl GruAdvisor {
             let Some(p) = page.checked_add_signed(-stride * k) else {
                 break;
             };
-            if matches!(self.origin.get(&p), Some(Source::Readahead)) && self.lists.contains(p) {
+            if matches!(self.origin.get(&p), Some(Source::Readahead { .. }))
+                && self.lists.contains(p)
+            {
                 self.record_outcome(p, true);
             }
         }
@@ -244,7 +257,8 @@ impl GruAdvisor {
                 }
             }
             Some(Source::Trend) => self.trend_outcomes.record(used),
-            Some(Source::Readahead) => self.readahead_outcomes.record(used),
+            Some(Source::Readahead { context: false }) => self.readahead_outcomes.record(used),
+            Some(Source::Readahead { context: true }) => self.context_outcomes.record(used),
             Some(Source::Prior) if used => self.stats.prior_used += 1,
             Some(Source::Prior) => self.stats.prior_wasted += 1,
             Some(Source::FirstTouch) => {
