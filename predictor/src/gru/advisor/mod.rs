@@ -118,6 +118,10 @@ pub struct GruAdvisor {
     /// Readahead of fault streams, and the record of its candidates.
     readahead: Readahead,
     readahead_outcomes: Outcomes,
+    /// A second readahead that follows the streams [`Readahead::on_fault_in_context`]
+    /// starts (`GruOptions::readahead_context`), apart from the first, so that it
+    /// changes nothing of what the first follows and records.
+    context_readahead: Readahead,
     /// The record of the windows of streams started by context
     /// (`GruOptions::readahead_context`).
     context_outcomes: Outcomes,
@@ -196,6 +200,7 @@ impl GruAdvisor {
                 Readahead::default()
             },
             readahead_outcomes: Outcomes::default(),
+            context_readahead: Readahead::default(),
             context_outcomes: Outcomes::default(),
             untried_link_outcomes: Outcomes::default(),
             untried_seen: 0,
@@ -400,15 +405,21 @@ impl Advisor for GruAdvisor {
                     self.readahead.on_observed(access.page);
                 }
             } else {
-                self.fault_in_stream = if self.opts.readahead_context {
-                    let lists = &self.lists;
-                    self.readahead
-                        .on_fault_in_context(access.page, |p| lists.contains(p))
-                } else {
-                    self.readahead.on_fault(access.page)
-                };
+                self.fault_in_stream = self.readahead.on_fault(access.page);
                 if self.fault_in_stream && self.opts.readahead_walk_inference {
-                    self.infer_stream_use(access.page);
+                    self.infer_stream_use(access.page, self.readahead.stride());
+                }
+                if self.opts.readahead_context {
+                    let lists = &self.lists;
+                    let walked = self
+                        .context_readahead
+                        .on_fault_in_context(access.page, |p| lists.contains(p));
+                    if walked
+                        && self.context_readahead.by_context()
+                        && self.opts.readahead_walk_inference
+                    {
+                        self.infer_stream_use(access.page, self.context_readahead.stride());
+                    }
                 }
             }
         }

@@ -89,12 +89,12 @@ pub struct GruOptions {
     /// before its holdout and live runs turned it down (live, 1.003 of gru's run time;
     /// docs/predictor-experiments.md, "Lenient readahead continuation").
     pub readahead_lenient: bool,
-    /// A fault that does not continue the readahead's stream still joins one when the
-    /// pages before it are resident (`baselines::Readahead::on_fault_in_context`): gru's
-    /// eviction keeps scattered pages of a sweep, so its faults skip pages. Such
-    /// streams have their own record. Off: it halves the stall of a sweep but costs
-    /// prefetch accuracy on real programs (docs/predictor-experiments.md, "Context
-    /// readahead").
+    /// A second readahead follows the streams a fault joins when the pages before it
+    /// are resident (`baselines::Readahead::on_fault_in_context`, the kernel's context
+    /// readahead): gru's eviction keeps scattered pages of a sweep, so its faults skip
+    /// pages and the first readahead starts over. Its windows have their own record.
+    /// On since session 23, by a rule written before its runs
+    /// (docs/predictor-experiments.md, "Context readahead").
     pub readahead_context: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
@@ -176,7 +176,7 @@ impl Default for GruOptions {
             readahead_walk_inference: true,
             readahead_marker: false,
             readahead_lenient: false,
-            readahead_context: false,
+            readahead_context: true,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,

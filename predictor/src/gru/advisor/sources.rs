@@ -10,6 +10,13 @@ use super::super::outcomes::{Outcomes, ShadowKey, REGION_SHIFT};
 use super::super::scorer::CandidateFacts;
 use super::{pair_key, GruAdvisor, Source, MAX_LINKS};
 
+/// Used candidates the record of context-started streams needs before their windows
+/// are prefetched (the other sources need `GruOptions::min_uses`, 1): the first of
+/// these windows are often used by chance, next to a resident cluster. 8 was chosen
+/// among 1, 8 and 16 on the training traces (docs/predictor-experiments.md,
+/// "Context readahead").
+const CONTEXT_MIN_USES: u32 = 8;
+
 impl GruAdvisor {
     /// Candidates right after a demand fault (and the window plan's), at most
     /// `max` and the per-window cap, into `out`.
@@ -119,44 +126,9 @@ impl GruAdvisor {
             }
         }
         self.first_touch_candidates.clear();
-        if self.opts.readahead_min_window > 0
-            && self.readahead.window() >= self.opts.readahead_min_window
-        {
-            let mut ahead = std::mem::take(&mut self.candidates);
-            ahead.clear();
-            let lists = &self.lists;
-            let room = cap.saturating_sub(out.len() - start);
-            self.readahead
-                .drain(room, |p| lists.contains(p), &mut ahead);
-            // Untrusted, the window's pages are judged as shadows: a stream the
-            // program really walks earns the record by faulting on them.
-            let context = self.readahead.by_context();
-            let record = if context {
-                self.context_outcomes
-            } else {
-                self.readahead_outcomes
-            };
-            let trusted = record.trusted(self.opts.readahead_threshold, self.opts.min_uses);
-            ahead.retain(|&p| self.readahead.is_ahead(p));
-            for &page in &ahead {
-                if out[start..].contains(&page) {
-                    continue;
-                }
-                if trusted {
-                    out.push(page);
-                    self.origin
-                        .entry(page)
-                        .or_insert(Source::Readahead { context });
-                } else {
-                    let key = if context {
-                        ShadowKey::ContextReadahead
-                    } else {
-                        ShadowKey::Readahead
-                    };
-                    self.add_shadow(key, page);
-                }
-            }
-            self.candidates = ahead;
+        self.readahead_candidates(false, cap, start, out);
+        if self.opts.readahead_context && self.context_readahead.by_context() {
+            self.readahead_candidates(true, cap, start, out);
         }
         if self.opts.trend_candidates {
             let mut trend = std::mem::take(&mut self.candidates);
@@ -203,6 +175,59 @@ impl GruAdvisor {
         }
     }
 
+    /// The window of the readahead's stream (`context`: of the second readahead's,
+    /// which context started), while it is at least `readahead_min_window` pages, up to
+    /// the cap with what `out` holds since `start`. Prefetched while its record is
+    /// trusted, judged as shadows otherwise.
+    fn readahead_candidates(
+        &mut self,
+        context: bool,
+        cap: usize,
+        start: usize,
+        out: &mut Vec<PageNumber>,
+    ) {
+        let (readahead, record) = if context {
+            (&mut self.context_readahead, self.context_outcomes)
+        } else {
+            (&mut self.readahead, self.readahead_outcomes)
+        };
+        if self.opts.readahead_min_window == 0
+            || readahead.window() < self.opts.readahead_min_window
+        {
+            return;
+        }
+        let mut ahead = std::mem::take(&mut self.candidates);
+        ahead.clear();
+        let lists = &self.lists;
+        let room = cap.saturating_sub(out.len() - start);
+        readahead.drain(room, |p| lists.contains(p), &mut ahead);
+        ahead.retain(|&p| readahead.is_ahead(p));
+        // Untrusted, the window's pages are judged as shadows: a stream the program
+        // really walks earns the record by faulting on them.
+        let min_uses = if context {
+            CONTEXT_MIN_USES
+        } else {
+            self.opts.min_uses
+        };
+        let trusted = record.trusted(self.opts.readahead_threshold, min_uses);
+        for &page in &ahead {
+            if out[start..].contains(&page) {
+                continue;
+            }
+            if trusted {
+                out.push(page);
+                self.origin
+                    .entry(page)
+                    .or_insert(Source::Readahead { context });
+            } else if context {
+                self.add_shadow(ShadowKey::ContextReadahead, page);
+            } else {
+                self.add_shadow(ShadowKey::Readahead, page);
+            }
+        }
+        self.candidates = ahead;
+    }
+
     /// A demand fault on `page` right after a followed chain
     /// (`GruOptions::chain_inference`): if the fault stream goes on from the chain's end
     /// as it did before (the chain's last page links to `page`), the program walked the
@@ -231,8 +256,7 @@ impl GruAdvisor {
     /// stream up to it without faulting, so the stream's prefetched pages behind it
     /// still in RAM were used, whether or not a sample saw them (the kernel's
     /// readahead reads the same confirmation from a fault at the window's end).
-    pub(super) fn infer_stream_use(&mut self, page: PageNumber) {
-        let stride = self.readahead.stride();
+    pub(super) fn infer_stream_use(&mut self, page: PageNumber, stride: i64) {
         // The pending queue holds at most two full windows.
         for k in 1..=64 {
             let Some(p) = page.checked_add_signed(-stride * k) else {
