@@ -1,6 +1,7 @@
 //! The prefetch candidate sources of [`GruAdvisor`]: successor chains of the fault
-//! stream, first-touch runs, readahead of fault streams (off by default), the fault
-//! trend and (optionally) the model's window plan.
+//! stream, first-touch runs, readahead of fault streams and of the streams context
+//! starts, the fault trend (off by default), the first-touch prior and (optionally)
+//! the model's window plan.
 //! Each source is followed on its record: prefetch outcomes, and the shadow outcomes
 //! of candidates that were not prefetched (`super::super::outcomes`).
 
