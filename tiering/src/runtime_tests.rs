@@ -5,11 +5,11 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::access::{Access, PageNumber, PAGE_SIZE};
 use crate::advisor::Advisor;
+use crate::backend::tests::TempDir;
 use crate::config::TierConfig;
 use crate::layout::GuestRegion;
 use crate::runtime::{HostOnlyHooks, TieredMemory, TieringOptions};
@@ -94,16 +94,6 @@ impl Drop for Mapping {
     }
 }
 
-/// A test's scratch directory, removed when the test ends, whether it passed or not
-/// (a failed assertion used to leave its tier files behind in /tmp).
-struct TestDir(PathBuf);
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 const TIERS: &str = "[tier1]\ncapacity = \"256K\"\nbackend = \"ram\"\n\
                      [tier2]\ncapacity = \"1M\"\nfile = \"t2.img\"\n\
                      [tier3]\ncapacity = \"8M\"\nfile = \"t3.img\"\n";
@@ -118,7 +108,7 @@ fn value(page: usize, word: usize, round: u64) -> u64 {
 fn start_host_only(
     tag: &str,
     pages: usize,
-) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+) -> (TempDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     start_host_only_with(tag, pages, true, Box::new(Fifo::default()))
 }
 
@@ -127,7 +117,7 @@ fn start_host_only_with(
     pages: usize,
     migrator: bool,
     advisor: Box<dyn Advisor>,
-) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+) -> (TempDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
     start_host_only_over(tag, pages, TIERS, migrator, advisor)
 }
 
@@ -138,9 +128,9 @@ fn start_host_only_over(
     tiers: &str,
     migrator: bool,
     advisor: Box<dyn Advisor>,
-) -> (TestDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
-    let dir = std::env::temp_dir().join(format!("tier-rt-{tag}{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+) -> (TempDir, Mapping, TieredMemory, Arc<Mutex<Option<String>>>) {
+    // Removed when the test ends, whether it passed or not.
+    let dir = TempDir::new(&format!("tier-rt-{tag}"));
     let map = Mapping::new(pages * PAGE_SIZE as usize);
     let regions = [GuestRegion {
         guest_addr: 0,
@@ -149,7 +139,7 @@ fn start_host_only_over(
         file_offset: 0,
     }];
     let failed = Arc::new(Mutex::new(None));
-    let tiers = TierConfig::parse("test.toml", tiers, &dir).unwrap();
+    let tiers = TierConfig::parse("test.toml", tiers, &dir.0).unwrap();
     let mut options = TieringOptions::new(tiers, 64);
     options.sample_pages = 8;
     options.sample_interval = std::time::Duration::from_millis(1);
@@ -164,13 +154,13 @@ fn start_host_only_over(
         }),
     )
     .unwrap();
-    (TestDir(dir), map, tm, failed)
+    (dir, map, tm, failed)
 }
 
 /// Joins `worker`, stops the runtime and removes its directory; the test fails if the
 /// worker found bad data or the runtime failed.
 fn finish(
-    dir: TestDir,
+    dir: TempDir,
     tm: TieredMemory,
     worker: std::thread::JoinHandle<Result<(), String>>,
     failed: &Mutex<Option<String>>,
@@ -560,7 +550,7 @@ fn start_written(
     offset: usize,
     word: usize,
 ) -> (
-    TestDir,
+    TempDir,
     Mapping,
     TieredMemory,
     Arc<Mutex<Option<String>>>,

@@ -54,11 +54,22 @@ pub(crate) fn submit_pattern_writes(
     pool: &PagePool,
     slots: std::ops::Range<u64>,
 ) {
+    submit_writes_of_generation(backend, pool, slots, 1);
+}
+
+/// Submits a write-back of `pattern(slot, generation)` to each of `slots`, in their
+/// order, tagged with its slot.
+fn submit_writes_of_generation(
+    backend: &mut dyn TierBackend,
+    pool: &PagePool,
+    slots: impl IntoIterator<Item = u64>,
+    generation: u64,
+) {
     for slot in slots {
         let req = IoRequest {
             op: IoOp::Write,
             slot,
-            buf: pattern(pool, slot, 1),
+            buf: pattern(pool, slot, generation),
             priority: IoPriority::Writeback,
             tag: slot,
         };
@@ -139,18 +150,7 @@ pub(crate) fn adjacent_requests_merge(backend: &mut dyn TierBackend) {
     let pages = 2 * MAX_RUN_PAGES as u64;
     let before = backend.stats();
     backend.plug();
-    for slot in (0..pages).rev() {
-        let buf = pattern(&pool, slot, 2);
-        let (op, priority, tag) = (IoOp::Write, IoPriority::Writeback, slot);
-        let req = IoRequest {
-            op,
-            slot,
-            buf,
-            priority,
-            tag,
-        };
-        backend.submit(req).expect("submit write");
-    }
+    submit_writes_of_generation(backend, &pool, (0..pages).rev(), 2);
     assert_eq!(
         backend.stats().transfers,
         before.transfers,
