@@ -20,7 +20,8 @@
 #     than one, every share is a configuration of each advisor, interleaved like the
 #     rest, and a last table gives each advisor's geometric means per share)
 #
-# Reports per workload: the guest's own ns per operation (its result line), the
+# Reports per workload: the guest's own ns per operation (its result line), its
+# slowest round over its fastest (how far the configuration's own runs differ), the
 # slowdown against all-in-RAM, demand faults, prefetches and their accuracy, sampled
 # minor faults, the fault handler's time inside the advisor (ms per run) and for gru
 # its background learner's CPU share; then the geometric
@@ -147,6 +148,14 @@ def med_ns(w, c, share):
     return statistics.median(ns for ns, _ in samples[(w, c, share)])
 
 
+def spread_ns(w, c, share):
+    """Slowest round over fastest: how far one configuration's own runs differ. An
+    A/B whose ratio lies within this spread is not a measured difference
+    (docs/benchmarks.md, "How far two runs of the same advisor differ")."""
+    ns = [ns for ns, _ in samples[(w, c, share)]]
+    return f"{max(ns) / min(ns):.2f}" if len(ns) > 1 else "-"
+
+
 def med_tier(w, c, share, key):
     return statistics.median(m["tiers"][key] for _, m in samples[(w, c, share)])
 
@@ -165,9 +174,10 @@ for share in SHARES:
     for w in WORKLOADS:
         ram = med_ns(w, None, None)
         print(f"{w} (all in RAM: {ram:,.0f} ns/op)")
-        print("| advisor | ns/op | slowdown | demand faults | prefetches | late prefetches "
-              "| accuracy | minor faults | advisor ms | learner CPU |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| advisor | ns/op | slowest / fastest round | slowdown | demand faults "
+              "| prefetches | late prefetches | accuracy | minor faults | advisor ms "
+              "| learner CPU |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for a in ADVISORS:
             ns = med_ns(w, a, share)
             issued = med_tier(w, a, share, "prefetch_issued")
@@ -177,7 +187,7 @@ for share in SHARES:
             learner = "-"
             if all(online):
                 learner = f"{statistics.median(o['background_cpu_share'] for o in online):.2%}"
-            print(f"| {a} | {ns:,.0f} | {ns / ram:.1f}x "
+            print(f"| {a} | {ns:,.0f} | {spread_ns(w, a, share)} | {ns / ram:.1f}x "
                   f"| {med_tier(w, a, share, 'demand_faults'):,.0f} "
                   f"| {issued:,.0f} | {med_tier(w, a, share, 'prefetches_late'):,.0f} | {acc} "
                   f"| {med_tier(w, a, share, 'minor_faults'):,.0f} "
