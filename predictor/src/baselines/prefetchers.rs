@@ -143,10 +143,14 @@ impl Readahead {
                 let d = page.wrapping_sub(l) as i64;
                 d % stride == 0 && (1..=2 * STRIDE_MAX_WINDOW).contains(&(d / stride))
             });
+            // Only a walk counts its resident run: up to 32 lookups on the fault path.
+            if !walked {
+                continue;
+            }
             let run = (1..=STRIDE_MAX_WINDOW)
                 .take_while(|&k| step(page, stride, -k).is_some_and(&resident))
                 .count() as i64;
-            if walked && run >= CONTEXT_MIN_RUN {
+            if run >= CONTEXT_MIN_RUN {
                 self.stride = stride;
                 self.by_context = true;
                 self.window = (2 * run).clamp(STRIDE_INITIAL_WINDOW, STRIDE_MAX_WINDOW);
