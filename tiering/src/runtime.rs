@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -187,6 +187,44 @@ pub(crate) struct MoveRequest {
 /// State the handler thread publishes for the owner.
 pub(crate) struct Shared {
     pub report: Mutex<Option<TieringReport>>,
+    /// A RAM budget (pages) asked for by [`BudgetHandle::set_ram_budget`] and not yet
+    /// applied by the handler; 0: none.
+    pub budget_request: AtomicU64,
+}
+
+/// Changes a running VM's RAM budget and reads its counters from another thread: what
+/// a memory manager that shares one RAM budget among VMs needs of each
+/// (`tiervisor pool`, docs/pool.md).
+#[derive(Clone)]
+pub struct BudgetHandle {
+    shared: Arc<Shared>,
+    wake: Arc<File>,
+}
+
+/// Why [`BudgetHandle::set_ram_budget`] refused a budget.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BudgetError {
+    #[error("a RAM budget must be at least one page (4 KiB)")]
+    Zero,
+}
+
+impl BudgetHandle {
+    /// Asks the fault handler for a new RAM budget; it applies it between faults, and
+    /// a smaller one starts evictions at once. Returns without waiting.
+    pub fn set_ram_budget(&self, pages: u64) -> Result<(), BudgetError> {
+        if pages == 0 {
+            return Err(BudgetError::Zero);
+        }
+        self.shared.budget_request.store(pages, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        let _ = std::io::Write::write(&mut &*self.wake, &one);
+        Ok(())
+    }
+
+    /// The latest published counters ([`TieredMemory::snapshot`]).
+    pub fn snapshot(&self) -> Option<TieringReport> {
+        self.shared.report.lock().ok().and_then(|r| r.clone())
+    }
 }
 
 /// Lets other threads tell the handler which vCPU a thread id is.
@@ -313,6 +351,7 @@ impl TieredMemory {
         let stop_fd = Arc::new(eventfd().map_err(TieringError::Thread)?);
         let shared = Arc::new(Shared {
             report: Mutex::new(None),
+            budget_request: AtomicU64::new(0),
         });
         let vcpus = VcpuRegistry(Arc::new(Mutex::new(FxHashMap::default())));
         let mut engine = Engine::new(
@@ -396,6 +435,14 @@ impl TieredMemory {
         let one = 1u64.to_ne_bytes();
         let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
         Ok(())
+    }
+
+    /// A handle that changes the RAM budget while the VM runs.
+    pub fn budget_handle(&self) -> BudgetHandle {
+        BudgetHandle {
+            shared: self.shared.clone(),
+            wake: self.stop_fd.clone(),
+        }
     }
 
     /// For vCPU threads to say which vCPU they run (events carry the vCPU id).

@@ -226,6 +226,100 @@ fn thread_touching_registered_memory_is_served_within_budget() {
     assert!(report.per_tier[1].resident_pages <= bound, "{report:#?}");
 }
 
+/// Waits up to 10 s for the published report to satisfy `ok`.
+fn wait_for_report(
+    handle: &crate::runtime::BudgetHandle,
+    what: &str,
+    ok: impl Fn(&crate::metrics::TieringReport) -> bool,
+) -> crate::metrics::TieringReport {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = handle.snapshot() {
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{what}: {r:#?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_ram_budget_grows_and_shrinks_while_the_memory_is_in_use() {
+    // RAM itself (tier 1) may hold 1 MiB; the budget starts at 64 pages.
+    let tiers = "[tier1]\ncapacity = \"1M\"\nbackend = \"ram\"\n\
+                 [tier2]\ncapacity = \"4M\"\nfile = \"t2.img\"\n";
+    let pages = 256usize;
+    let (dir, map, tm, failed) =
+        start_host_only_over("budget-", pages, tiers, true, Box::new(Fifo::default()));
+    let handle = tm.budget_handle();
+    assert_eq!(
+        handle.set_ram_budget(0),
+        Err(crate::runtime::BudgetError::Zero)
+    );
+    let base = map.addr;
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let word = |p: usize| (base + p * 4096) as *mut u64;
+        let read_all = || {
+            for p in 0..pages {
+                // SAFETY: inside the mapping; the runtime serves the fault.
+                let got = unsafe { word(p).read_volatile() };
+                if got != value(p, 0, 0) {
+                    return Err(format!("page {p}: {got:#x}"));
+                }
+            }
+            Ok(())
+        };
+        for p in 0..pages {
+            // SAFETY: as above.
+            unsafe { word(p).write_volatile(value(p, 0, 0)) };
+        }
+        done_tx.send(()).unwrap();
+        // Budget raised to every page: one pass brings them back, the next faults on none.
+        go_rx.recv().unwrap();
+        read_all()?;
+        read_all()?;
+        done_tx.send(()).unwrap();
+        // Budget cut to 32 pages while this thread waited: the data is still all there.
+        go_rx.recv().unwrap();
+        read_all()
+    });
+    done_rx.recv().unwrap();
+    let filled = wait_for_report(&handle, "fill", |r| r.zero_fills == pages as u64);
+    assert!(filled.evictions >= (pages - 64) as u64, "{filled:#?}");
+
+    handle.set_ram_budget(pages as u64).unwrap();
+    wait_for_report(&handle, "grow", |r| r.ram_budget_pages == pages as u64);
+    go_tx.send(()).unwrap();
+    done_rx.recv().unwrap();
+    let grown = wait_for_report(&handle, "reads", |r| {
+        r.per_tier[1].resident_pages + r.per_tier[0].resident_pages == pages as u64
+    });
+    assert_eq!(
+        grown.evictions, filled.evictions,
+        "no eviction within the larger budget"
+    );
+
+    // No fault comes while the worker waits: the cut alone must evict.
+    handle.set_ram_budget(32).unwrap();
+    let shrunk = wait_for_report(&handle, "shrink", |r| {
+        r.ram_budget_pages == 32
+            && r.per_tier[1].resident_pages + r.per_tier[0].resident_pages <= 32
+    });
+    assert!(
+        shrunk.evictions >= grown.evictions + (pages - 32) as u64,
+        "{shrunk:#?}"
+    );
+    go_tx.send(()).unwrap();
+    let report = finish(dir, tm, worker, &failed);
+    assert!(report.demand_faults > shrunk.demand_faults, "{report:#?}");
+}
+
 #[test]
 fn pages_evicted_unchanged_are_not_written_again_and_changed_ones_are() {
     // No dirty log here (no VM), so every eviction used to write its page back. Now a

@@ -383,6 +383,7 @@ impl Engine {
                 }
             }
             self.unplug_stores();
+            busy |= self.apply_budget_request();
             busy |= self.poll_completions();
             busy |= self.collect_migrations();
             busy |= self.serve_move_requests();
@@ -449,6 +450,27 @@ impl Engine {
         }
         self.drain_io();
         self.publish();
+    }
+
+    /// Applies a RAM budget asked for through [`crate::runtime::BudgetHandle`]; a
+    /// smaller one queues the evictions that bring RAM down to it.
+    fn apply_budget_request(&mut self) -> bool {
+        let pages = self.shared.budget_request.swap(0, Ordering::AcqRel);
+        if pages == 0 {
+            return false;
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        if let Err(e) = self.policy.set_ram_budget(pages as usize, &mut actions) {
+            log::warn!("RAM budget of {pages} pages refused: {e}");
+        }
+        for a in actions.drain(..) {
+            self.queue_action(a);
+        }
+        self.actions = actions;
+        // Publish at once so that the manager sees the new budget in the report.
+        self.publish();
+        true
     }
 
     fn wait_for_events(&self, timeout_ms: i32) {

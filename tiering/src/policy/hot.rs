@@ -43,6 +43,27 @@ impl HotSet {
         self.members.len()
     }
 
+    /// A new capacity (the RAM budget changed). A smaller one drops the coolest
+    /// members at once; they stay resident, only no longer protected from eviction.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+        if self.members.len() <= capacity {
+            return;
+        }
+        let mut ranked: Vec<(u32, PageNumber)> = self
+            .members
+            .iter()
+            .map(|&p| (self.heat.get(&p).copied().unwrap_or(0), p))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, p) in &ranked[capacity..] {
+            self.members.remove(&p);
+        }
+        if capacity == 0 {
+            self.heat.clear();
+        }
+    }
+
     pub fn contains(&self, page: PageNumber) -> bool {
         self.members.contains(&page)
     }

@@ -286,6 +286,29 @@ impl PagingPolicy {
         &self.config
     }
 
+    /// Changes the RAM budget while running (a memory manager sharing one budget
+    /// among VMs moved this VM's share). A smaller budget evicts down to it at once,
+    /// into `out`, and shrinks the hot set to at most half of it; a larger one lets
+    /// the next faults and prefetches fill RAM.
+    pub fn set_ram_budget(
+        &mut self,
+        pages: usize,
+        out: &mut Vec<Action>,
+    ) -> Result<(), PolicyError> {
+        if pages == 0 {
+            return Err(PolicyError::ZeroBudget);
+        }
+        self.config.ram_budget_pages = pages;
+        if self.advisor.wants_hot_set() {
+            self.hot
+                .set_capacity(self.config.hot_capacity_pages.min(pages / 2));
+        }
+        if self.resident.len() > pages {
+            self.make_room(None, out);
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> &PolicyStats {
         &self.stats
     }

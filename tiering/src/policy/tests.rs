@@ -734,3 +734,38 @@ fn retiering_runs_at_one_rate_whatever_the_window() {
         "at least one page"
     );
 }
+
+#[test]
+fn a_smaller_budget_evicts_at_once_and_shrinks_the_hot_set() {
+    let (mut policy, mut out) = fifo_with_hot_pages_1_to_4();
+    for page in 5..=10 {
+        policy.on_access(&access(0, page), &mut out);
+    }
+    assert_eq!(policy.resident_pages(), 10);
+    out.clear();
+    assert_eq!(
+        policy.set_ram_budget(0, &mut out),
+        Err(PolicyError::ZeroBudget)
+    );
+    // A budget of 4: the hot set may hold 2 (half), so two hot pages become
+    // ordinary; six pages leave RAM, none of them one of the two still hot.
+    policy.set_ram_budget(4, &mut out).unwrap();
+    assert_eq!(policy.hot_capacity(), 2);
+    assert_eq!(policy.hot_pages(), 2);
+    assert_eq!(policy.resident_pages(), 4);
+    let evicted: Vec<PageNumber> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { page, .. } => Some(*page),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted.len(), 6, "{out:?}");
+    assert!(evicted.iter().all(|&p| !policy.is_hot(p)), "{out:?}");
+    // Growing back evicts nothing and restores the hot set's capacity.
+    out.clear();
+    policy.set_ram_budget(10, &mut out).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(policy.hot_capacity(), 4);
+    assert_eq!(policy.config().ram_budget_pages, 10);
+}
