@@ -13,6 +13,7 @@ pub mod layout;
 pub mod metrics;
 pub mod pagekind;
 pub mod policy;
+pub mod pool;
 pub mod runtime;
 #[cfg(test)]
 mod runtime_tests;

@@ -39,6 +39,7 @@ pub(crate) struct Counters {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    pub sample_hits: u64,
     pub probe_zaps: u64,
     pub write_backs_skipped_clean: u64,
     pub write_backs_skipped_unchanged: u64,
@@ -66,6 +67,7 @@ impl Counters {
             zero_fills: 0,
             minor_faults: 0,
             sampled_zaps: 0,
+            sample_hits: 0,
             probe_zaps: 0,
             write_backs_skipped_clean: 0,
             write_backs_skipped_unchanged: 0,
@@ -133,6 +135,9 @@ pub struct TieringReport {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    /// Randomly sampled pages touched again while still in RAM: over `sampled_zaps`,
+    /// about the share of resident pages in use.
+    pub sample_hits: u64,
     /// Pages zapped because the advisor asked to watch them (`Advisor::probes`).
     pub probe_zaps: u64,
     /// Evictions of zero-filled pages never written: dropped, no I/O, zero-filled again.

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod metrics;
+pub mod pool;
 pub mod stop;
 pub mod tiered;
 pub mod vcpu;

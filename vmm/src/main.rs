@@ -48,6 +48,8 @@ enum Command {
     TrainPrior(cmd::train_prior::TrainPriorArgs),
     /// Replay a trace through simulated tiered memory and compare advisors.
     Replay(cmd::replay::ReplayArgs),
+    /// Share one RAM budget among the VMs that join with `run --ram-pool DIR`.
+    Pool(cmd::pool::PoolArgs),
 }
 
 fn main() {
@@ -62,6 +64,7 @@ fn main() {
         Command::Train(args) => cmd::train::run(args),
         Command::TrainPrior(args) => cmd::train_prior::run(args),
         Command::Replay(args) => cmd::replay::run(args),
+        Command::Pool(args) => cmd::pool::run(args),
     };
     std::process::exit(code);
 }

@@ -57,6 +57,8 @@ pub struct TieredRequest {
     pub advisor: String,
     /// `--share-dir`: content hashes shared with other VMs (page kind Shared).
     pub share_dir: Option<PathBuf>,
+    /// `--cpu`: the host CPU of vCPU 0 and the fault handler.
+    pub first_cpu: usize,
 }
 
 impl TieredRequest {
@@ -91,6 +93,7 @@ impl TieredRequest {
             trace_out: trace_out.cloned(),
             advisor: advisor.to_string(),
             share_dir: None,
+            first_cpu: 0,
         }))
     }
 }
@@ -99,6 +102,8 @@ impl TieredRequest {
 struct VcpuPinning {
     registry: VcpuRegistry,
     cpus: usize,
+    /// vCPU 0's CPU (`--cpu`).
+    first: usize,
 }
 
 static PINNING: OnceLock<VcpuPinning> = OnceLock::new();
@@ -135,11 +140,12 @@ pub fn observe_vcpu(vcpu: &kvm_ioctls::VcpuFd) {
     }
 }
 
-/// Called by each vCPU thread as it starts: pin it (vCPU i on CPU i mod n; the fault
-/// handler sits on vCPU 0's CPU) and tell the fault handler its thread id.
+/// Called by each vCPU thread as it starts: pin it (vCPU i on CPU (first + i) mod n,
+/// first being `--cpu`; the fault handler sits on vCPU 0's CPU) and tell the fault
+/// handler its thread id.
 pub fn on_vcpu_thread_start(vcpu: u8) {
     if let Some(p) = PINNING.get() {
-        if let Err(e) = tiering::uffd::pin_current_thread(usize::from(vcpu) % p.cpus) {
+        if let Err(e) = tiering::uffd::pin_current_thread((p.first + usize::from(vcpu)) % p.cpus) {
             log::warn!("cannot pin vCPU {vcpu}: {e}");
         }
         p.registry.register_current_thread(u16::from(vcpu));
@@ -216,6 +222,11 @@ pub struct TieredVm {
 }
 
 impl TieredVm {
+    /// Changes the RAM budget while the VM runs (`--ram-pool`).
+    pub fn budget_handle(&self) -> tiering::runtime::BudgetHandle {
+        self.memory.budget_handle()
+    }
+
     /// Stop the fault handler (after the vCPUs stopped) and return the metrics section.
     pub fn finish(self) -> serde_json::Value {
         let report = self.memory.stop();
@@ -307,7 +318,8 @@ pub fn attach(
     options.share_dir = request.share_dir;
     options.advisor_name = request.advisor;
     let cpus = tiering::uffd::online_cpus();
-    options.handler_cpu = Some(0);
+    let first = request.first_cpu % cpus.max(1);
+    options.handler_cpu = Some(first);
     let memory = TieredMemory::start(
         &regions,
         ram.file.clone(),
@@ -318,6 +330,7 @@ pub fn attach(
     let _ = PINNING.set(VcpuPinning {
         registry: memory.vcpu_registry(),
         cpus,
+        first,
     });
     Ok(TieredVm {
         memory,

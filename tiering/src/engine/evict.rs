@@ -9,6 +9,9 @@ impl Engine {
     /// Changes a page's state, keeping the count of pages being evicted.
     pub(super) fn set_state(&mut self, index: usize, state: State) {
         let old = std::mem::replace(&mut self.meta[index].state, state);
+        if state != State::Present {
+            self.meta[index].sampled = false;
+        }
         if old == State::Evicting {
             self.evicting -= 1;
         }

@@ -107,6 +107,9 @@ struct PageMeta {
     /// A prefetch or move of this page is with the migrator thread: it is not
     /// evicted (deferred to `reevict_to`) until the outcome comes back.
     migrating: bool,
+    /// Zapped by a random sample and not touched since: its next minor fault counts
+    /// in `sample_hits` (the share of a VM's resident pages in use).
+    sampled: bool,
 }
 
 /// An I/O in flight, by tag.
@@ -245,6 +248,7 @@ impl Engine {
                     reevict_to: NO_TIER,
                     zero: false,
                     migrating: false,
+                    sampled: false,
                 };
                 pages
             ],
@@ -556,7 +560,12 @@ impl Engine {
         match self.meta[index].state {
             // The policy takes the page back: an eviction deferred while it was
             // migrating is void.
-            State::Present => self.meta[index].reevict_to = NO_TIER,
+            State::Present => {
+                self.meta[index].reevict_to = NO_TIER;
+                if std::mem::take(&mut self.meta[index].sampled) {
+                    self.counters.sample_hits += 1;
+                }
+            }
             // The policy sees this access and takes the page back: no re-eviction.
             State::EvictCancelled => self.meta[index].reevict_to = NO_TIER,
             State::Evicting => {

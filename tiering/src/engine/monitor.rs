@@ -143,6 +143,7 @@ impl Engine {
             if self.meta[index].state == State::Present
                 && uffd::zap(self.layout.host_of_index(index), PAGE).is_ok()
             {
+                self.meta[index].sampled = true;
                 zapped += 1;
             }
         }

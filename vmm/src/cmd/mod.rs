@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns the process exit status.
 //! Exit status 2 means bad input (printed as one `tiervisor: ...` line).
 
+pub mod pool;
 pub mod replay;
 pub mod run;
 pub mod trace;

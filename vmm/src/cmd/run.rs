@@ -22,6 +22,10 @@ Examples:
     TIERVISOR_WORKDIR=/var/tmp/tv tiervisor run --kernel resources/out/testguest.elf \\
         --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \\
         --tiers resources/tiers/by-speed.toml --ram-budget 2M --advisor gru
+  The same in a RAM pool shared with other VMs, at priority 2 (docs/pool.md):
+    tiervisor run --kernel resources/out/testguest.elf \\
+        --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \\
+        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 2
 
 Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
 1 when the VM fails (triple fault, KVM internal error); 2 for bad input;
@@ -66,6 +70,22 @@ pub struct RunArgs {
     /// VM also holds are kind "shared" in the trace and metrics (default: off).
     #[arg(long, value_name = "DIR", requires = "tiers")]
     pub share_dir: Option<PathBuf>,
+    /// Join the RAM pool a `tiervisor pool --dir DIR` manager runs: the VM's RAM budget
+    /// is its share of the pool, and changes while it runs (instead of --ram-budget).
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "tiers",
+        conflicts_with = "ram_budget"
+    )]
+    pub ram_pool: Option<PathBuf>,
+    /// Host CPU for vCPU 0 and the fault handler of tiered memory (vCPU i goes on CPU
+    /// cpu + i); VMs side by side on one host pin apart with it.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "tiers")]
+    pub cpu: usize,
+    /// Priority in the RAM pool, 1-1000: shares and pressure are weighted by it [default: 1].
+    #[arg(long, value_name = "N", requires = "ram_pool", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub priority: Option<u32>,
 }
 
 /// Bad input or a host that cannot run the request: one line, exit status 2.
@@ -275,6 +295,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     ) {
         Ok(r) => r.map(|mut r| {
             r.share_dir = args.share_dir.clone();
+            r.first_cpu = args.cpu;
             r
         }),
         Err(e) => return super::usage_error(e),
@@ -284,6 +305,20 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         Err(e) => return super::usage_error(e),
     };
     let guest_pages = config.memory / tiering::access::PAGE_SIZE;
+    // Joined before the VM is built, so that it starts within its share.
+    let (tiered_request, membership) = match (tiered_request, &args.ram_pool) {
+        (Some(mut req), Some(dir)) => {
+            match vmm::pool::PoolMembership::join(dir, args.priority.unwrap_or(1), guest_pages) {
+                Ok(m) => {
+                    req.ram_budget_bytes =
+                        Some(m.initial_budget_pages * tiering::access::PAGE_SIZE);
+                    (Some(req), Some(m))
+                }
+                Err(e) => return super::usage_error(e),
+            }
+        }
+        (req, _) => (req, None),
+    };
     let machine = match Machine::build(&kvm, config, process_start) {
         Ok(m) => m,
         Err(e) if e.is_bad_input() => return super::usage_error(e),
@@ -313,7 +348,10 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                 Err(e) => return super::usage_error(format!("--advisor: {e}")),
             };
             match vmm::tiered::attach(&machine, req, live.advisor) {
-                Ok(t) => Some((t, live.report)),
+                Ok(t) => {
+                    let pool = membership.map(|m| m.start(t.budget_handle()));
+                    Some((t, live.report, pool))
+                }
                 Err(e) => {
                     eprintln!("tiervisor: {e}");
                     return 1;
@@ -324,8 +362,15 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     };
     let outcome = match machine.run() {
         Ok(mut o) => {
-            if let Some((t, advisor_report)) = tiered {
+            if let Some((t, advisor_report, pool)) = tiered {
+                let history = pool.and_then(|p| p.leave());
                 let mut tiers = t.finish();
+                if let (Some(h), Some(section)) = (history, tiers.as_object_mut()) {
+                    section.insert(
+                        "pool".into(),
+                        serde_json::to_value(h).unwrap_or(serde_json::Value::Null),
+                    );
+                }
                 // The advisor's own counters (online learning, pattern changes).
                 if let (Some(report), Some(section)) = (advisor_report, tiers.as_object_mut()) {
                     section.insert("advisor_online".into(), report());
@@ -372,6 +417,9 @@ mod tests {
             trace_out: None,
             advisor: "none".into(),
             share_dir: None,
+            ram_pool: None,
+            priority: None,
+            cpu: 0,
         }
     }
 

@@ -1,0 +1,454 @@
+//! One RAM budget shared among VMs: the scheme that decides each VM's share, kept
+//! apart from how the shares are measured and carried out (the VMM's `tiervisor pool`
+//! manager and its members, docs/pool.md), as DAMON keeps its schemes apart from its
+//! monitoring primitives.
+//!
+//! Each round the manager hands [`rebalance`] what every member reported: its
+//! priority, its size, its current budget, its resident pages and how often it
+//! refaults (demand faults on pages it had evicted, per second). The scheme:
+//! 1. gives a VM that joins its priority's share of the pool (at most its size),
+//!    taking what is not free from the members above their own priority share;
+//! 2. takes back the unused part of the budget of a member that neither refaults nor
+//!    touches new pages (resident pages well below its budget: it has not needed
+//!    that much);
+//! 3. hands free pages to the members that refault, in proportion to priority times
+//!    refault rate;
+//! 4. gives a member that refaults below its priority share pages back from the
+//!    members above theirs (a step a round);
+//! 5. otherwise moves one step of pages from the member whose priority-weighted refault rate
+//!    is lowest to the one whose is highest, when the highest is clearly higher
+//!    (hill climbing towards equal weighted pressure; one step a round, so a move
+//!    shows its effect before the next). A donor that does not refault gives only
+//!    the pages it does not use (its sampled idle share, as ESX's idle memory tax
+//!    reclaims idle pages first: Waldspurger, OSDI'02): taking the working set of a
+//!    VM that fits made it refault, and the pages came back a step a round.
+//!
+//! A member under pressure keeps at least its priority share (as cgroup's
+//! `memory.low` protects a share): pages move to it from members above theirs, never
+//! from below. A member under no pressure may give idle pages down to its floor (a
+//! quarter of its priority share). No member gets more than its size, and the
+//! budgets never add up to more than the pool. (Equalising refault rates alone took
+//! a VM whose working set fitted its share down to a third of it: it then refaulted
+//! at 3,000 a second and ran 3.7x as long, docs/pool.md.)
+
+/// What one VM reports to the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolMember {
+    /// Priority, at least 1: shares and pressure are weighted by it.
+    pub priority: u32,
+    /// The VM's guest pages: it never needs a larger budget.
+    pub guest_pages: u64,
+    /// Its current budget; 0 while it joins.
+    pub budget_pages: u64,
+    /// Pages it holds in RAM now.
+    pub resident_pages: u64,
+    /// Demand faults on pages it had evicted, per second (smoothed).
+    pub refaults_per_s: f64,
+    /// First touches (zero fills) per second (smoothed): a member still filling its
+    /// budget keeps the part it has not filled yet.
+    pub first_touches_per_s: f64,
+    /// Share of its resident pages in use (randomly sampled pages touched again,
+    /// smoothed; 1.0 until measured): a member under no pressure gives up only the
+    /// pages it does not use.
+    pub active_fraction: f64,
+}
+
+/// The pool's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Pages all members' budgets share.
+    pub size_pages: u64,
+    /// Most pages moved from one member to another in a round.
+    pub step_pages: u64,
+    /// Refault rate below which a member is not under pressure.
+    pub min_refaults_per_s: f64,
+}
+
+impl PoolConfig {
+    /// A pool of `size_pages` moving a sixteenth of itself a round, and counting a
+    /// member as under pressure from 20 refaults a second (about 2 ms of stall a
+    /// second at a 100 us refault).
+    pub fn new(size_pages: u64) -> Self {
+        Self {
+            size_pages,
+            step_pages: (size_pages / 16).max(1),
+            min_refaults_per_s: 20.0,
+        }
+    }
+}
+
+/// Share of a member's resident pages counted as in use beyond what its samples say:
+/// a live VM samples a few dozen pages a round, and a VM touching all its pages
+/// showed 83-100% in use (docs/pool.md).
+const ACTIVE_MARGIN: f64 = 0.1;
+
+/// A weighted pressure counts as clearly higher than another when above this many
+/// times it (plus the pressure threshold): hysteresis, so that two members with
+/// about the same pressure do not trade pages back and forth.
+const CLEARLY_HIGHER: f64 = 1.5;
+
+/// The members' new budgets, in the order given. With no member, empty.
+pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
+    let n = members.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let size = config.size_pages;
+    let weights: u64 = members.iter().map(|m| m.priority.max(1) as u64).sum();
+    let fair: Vec<u64> = members
+        .iter()
+        .map(|m| (size as u128 * m.priority.max(1) as u128 / weights as u128) as u64)
+        .map(|f| f.max(1))
+        .collect();
+    let cap: Vec<u64> = members.iter().map(|m| m.guest_pages.max(1)).collect();
+    let floor: Vec<u64> = (0..n).map(|i| (fair[i] / 4).clamp(1, cap[i])).collect();
+    let mut budget: Vec<u64> = (0..n)
+        .map(|i| members[i].budget_pages.min(cap[i]))
+        .collect();
+    // Budgets over the pool (the pool shrank, or a report was stale): scale down.
+    let total: u64 = budget.iter().sum();
+    if total > size {
+        for b in budget.iter_mut() {
+            *b = (*b as u128 * size as u128 / total as u128) as u64;
+        }
+    }
+    let pressure = |i: usize| members[i].refaults_per_s * members[i].priority.max(1) as f64;
+    let needy = |i: usize| members[i].refaults_per_s >= config.min_refaults_per_s;
+
+    // 1. Joining members get their priority share, from free pages first, then from
+    // the members above their own share.
+    for j in (0..n).filter(|&j| members[j].budget_pages == 0) {
+        let want = fair[j].min(cap[j]);
+        let mut free = size.saturating_sub(budget.iter().sum());
+        if free < want {
+            let short = want - free;
+            let excess: Vec<u64> = (0..n)
+                .map(|i| {
+                    if i == j || members[i].budget_pages == 0 {
+                        0
+                    } else {
+                        budget[i].saturating_sub(fair[i].max(floor[i]))
+                    }
+                })
+                .collect();
+            let total_excess: u64 = excess.iter().sum();
+            if total_excess > 0 {
+                let take_total = short.min(total_excess);
+                let mut taken = 0;
+                for i in 0..n {
+                    let t = (take_total as u128 * excess[i] as u128 / total_excess as u128) as u64;
+                    budget[i] -= t;
+                    taken += t;
+                }
+                // Rounding: the rest from the largest excess.
+                let mut rest = take_total - taken;
+                while rest > 0 {
+                    let Some(i) = (0..n)
+                        .filter(|&i| excess[i] > 0 && budget[i] > fair[i].max(floor[i]))
+                        .max_by_key(|&i| budget[i] - fair[i].max(floor[i]))
+                    else {
+                        break;
+                    };
+                    budget[i] -= 1;
+                    rest -= 1;
+                }
+            }
+            free = size.saturating_sub(budget.iter().sum());
+        }
+        budget[j] = want.min(free).max(floor[j].min(free)).max(1);
+    }
+
+    // 2. Unused budget of members under no pressure goes back to the pool (half a
+    // step of headroom stays, so a member filling up does not refault at once).
+    let headroom = (config.step_pages / 2).max(1);
+    for i in 0..n {
+        let filling = members[i].first_touches_per_s >= config.min_refaults_per_s;
+        if members[i].budget_pages == 0 || needy(i) || filling {
+            continue;
+        }
+        let keep = (members[i].resident_pages + headroom).max(floor[i]);
+        if budget[i] > keep {
+            budget[i] = keep;
+        }
+    }
+
+    // 3. Free pages to the members under pressure, by priority times refault rate.
+    let free = size.saturating_sub(budget.iter().sum());
+    let wanting: Vec<usize> = (0..n).filter(|&i| needy(i) && budget[i] < cap[i]).collect();
+    let total_pressure: f64 = wanting.iter().map(|&i| pressure(i)).sum();
+    if free > 0 && total_pressure > 0.0 {
+        let mut given = 0;
+        for &i in &wanting {
+            let share = (free as f64 * pressure(i) / total_pressure) as u64;
+            let g = share.min(cap[i] - budget[i]);
+            budget[i] += g;
+            given += g;
+        }
+        // Rounding: the rest to the most pressed member with room.
+        let mut rest = free - given;
+        while rest > 0 {
+            let Some(i) = wanting
+                .iter()
+                .copied()
+                .filter(|&i| budget[i] < cap[i])
+                .max_by(|&a, &b| pressure(a).total_cmp(&pressure(b)))
+            else {
+                break;
+            };
+            let g = rest.min(cap[i] - budget[i]);
+            budget[i] += g;
+            rest -= g;
+        }
+    }
+
+    // 4. A member under pressure below its priority share takes pages back from
+    // those above theirs, least pressed first (its share is protected).
+    let mut protected_move = false;
+    let mut below: Vec<usize> = (0..n)
+        .filter(|&i| needy(i) && members[i].budget_pages > 0 && budget[i] < fair[i].min(cap[i]))
+        .collect();
+    below.sort_by(|&a, &b| pressure(b).total_cmp(&pressure(a)));
+    for r in below {
+        let mut want = (fair[r].min(cap[r]) - budget[r]).min(config.step_pages);
+        let mut above: Vec<usize> = (0..n)
+            .filter(|&i| i != r && budget[i] > fair[i].min(cap[i]).max(floor[i]))
+            .collect();
+        above.sort_by(|&a, &b| pressure(a).total_cmp(&pressure(b)));
+        for d in above {
+            let give = want.min(budget[d] - fair[d].min(cap[d]).max(floor[d]));
+            budget[d] -= give;
+            budget[r] += give;
+            want -= give;
+            protected_move |= give > 0;
+            if want == 0 {
+                break;
+            }
+        }
+    }
+
+    // 5. One step from the least to the most pressed member, if clearly more pressed.
+    let receiver = (0..n)
+        .filter(|&i| needy(i) && budget[i] < cap[i] && members[i].budget_pages > 0)
+        .max_by(|&a, &b| pressure(a).total_cmp(&pressure(b)));
+    if let Some(r) = receiver.filter(|_| !protected_move) {
+        // What each member could give: down to its floor if it refaults anyway, else
+        // only what it holds unused or idle.
+        let available = |i: usize| {
+            if needy(i) {
+                return budget[i].saturating_sub(fair[i].min(cap[i]).max(floor[i]));
+            }
+            let above_floor = budget[i].saturating_sub(floor[i]);
+            let m = &members[i];
+            let resident = m.resident_pages.min(budget[i]);
+            let idle_share = (1.0 - m.active_fraction.clamp(0.0, 1.0) - ACTIVE_MARGIN).max(0.0);
+            let idle = (resident as f64 * idle_share) as u64;
+            // The headroom of step 2 stays: without it a member that fits refaulted
+            // at the next page it touched, and took its pages back.
+            let unused = budget[i].saturating_sub(resident + headroom);
+            above_floor.min(unused + idle)
+        };
+        let donor = (0..n)
+            .filter(|&i| i != r && members[i].budget_pages > 0 && available(i) > 0)
+            .min_by(|&a, &b| {
+                pressure(a)
+                    .total_cmp(&pressure(b))
+                    .then(available(b).cmp(&available(a)))
+            });
+        if let Some(d) = donor {
+            let threshold = CLEARLY_HIGHER * pressure(d)
+                + config.min_refaults_per_s * members[r].priority.max(1) as f64;
+            if pressure(r) > threshold {
+                let step = config.step_pages.min(available(d)).min(cap[r] - budget[r]);
+                budget[d] -= step;
+                budget[r] += step;
+            }
+        }
+    }
+    debug_assert!(budget.iter().sum::<u64>() <= size.max(n as u64));
+    budget
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(priority: u32, guest: u64, budget: u64, resident: u64, rate: f64) -> PoolMember {
+        PoolMember {
+            priority,
+            guest_pages: guest,
+            budget_pages: budget,
+            resident_pages: resident,
+            refaults_per_s: rate,
+            first_touches_per_s: 0.0,
+            active_fraction: 0.0,
+        }
+    }
+
+    #[test]
+    fn joining_members_get_their_priority_share() {
+        let config = PoolConfig::new(1000);
+        let b = rebalance(&config, &[member(1, 4096, 0, 0, 0.0)]);
+        assert_eq!(b, vec![1000]);
+        // A second VM of priority 3 joins a pool the first one fills: 750 of it.
+        let b = rebalance(
+            &config,
+            &[
+                member(1, 4096, 1000, 1000, 500.0),
+                member(3, 4096, 0, 0, 0.0),
+            ],
+        );
+        assert_eq!(b, vec![250, 750]);
+        // Never more than the VM's own size.
+        let b = rebalance(&config, &[member(1, 100, 0, 0, 0.0)]);
+        assert_eq!(b, vec![100]);
+    }
+
+    #[test]
+    fn pages_move_towards_the_member_that_refaults() {
+        let config = PoolConfig::new(1024);
+        let mut members = vec![
+            member(1, 4096, 512, 512, 400.0),
+            member(1, 4096, 512, 512, 0.0),
+        ];
+        let b = rebalance(&config, &members);
+        assert_eq!(b, vec![512 + 64, 512 - 64], "one step of a sixteenth");
+        // Round after round, down to the donor's floor (a quarter of its share).
+        for _ in 0..20 {
+            members[0].budget_pages = rebalance(&config, &members)[0];
+            members[1].budget_pages = 1024 - members[0].budget_pages;
+            members[0].resident_pages = members[0].budget_pages;
+            members[1].resident_pages = members[1].budget_pages;
+        }
+        assert_eq!(members[1].budget_pages, 128);
+        // About equal pressure: nothing moves.
+        let even = [
+            member(1, 4096, 512, 512, 300.0),
+            member(1, 4096, 512, 512, 250.0),
+        ];
+        assert_eq!(rebalance(&config, &even), vec![512, 512]);
+    }
+
+    #[test]
+    fn a_member_that_uses_all_it_holds_gives_nothing() {
+        let config = PoolConfig::new(1024);
+        let mut busy = member(1, 4096, 512, 512, 0.0);
+        busy.active_fraction = 1.0;
+        let pressed = member(1, 4096, 512, 512, 400.0);
+        assert_eq!(
+            rebalance(&config, &[pressed.clone(), busy.clone()]),
+            vec![512, 512]
+        );
+        // Within the sampling margin: still nothing.
+        busy.active_fraction = 0.95;
+        assert_eq!(
+            rebalance(&config, &[pressed.clone(), busy.clone()]),
+            vec![512, 512]
+        );
+        // A fifth idle: a tenth (a fifth less the margin) goes, not a whole step.
+        busy.active_fraction = 0.8;
+        assert_eq!(rebalance(&config, &[pressed, busy]), vec![563, 461]);
+    }
+
+    #[test]
+    fn a_member_under_pressure_keeps_its_priority_share() {
+        let config = PoolConfig::new(1024);
+        // Both refault; the first far more. The second is at its share: it keeps it.
+        let b = rebalance(
+            &config,
+            &[
+                member(1, 4096, 512, 512, 6000.0),
+                member(1, 4096, 512, 512, 3000.0),
+            ],
+        );
+        assert_eq!(b, vec![512, 512]);
+        // Above its share, it gives back a step (or what it holds above the share).
+        let b = rebalance(
+            &config,
+            &[
+                member(1, 4096, 482, 482, 6000.0),
+                member(1, 4096, 542, 542, 3000.0),
+            ],
+        );
+        assert_eq!(b, vec![512, 512]);
+    }
+
+    #[test]
+    fn priority_weighs_pressure() {
+        let config = PoolConfig::new(1024);
+        // The same refault rate: the priority-4 member takes a step from the other.
+        let b = rebalance(
+            &config,
+            &[
+                member(1, 4096, 512, 512, 300.0),
+                member(4, 4096, 512, 512, 300.0),
+            ],
+        );
+        assert_eq!(b, vec![448, 576]);
+    }
+
+    #[test]
+    fn unused_budget_goes_to_the_members_under_pressure() {
+        let config = PoolConfig::new(1024);
+        // The second VM holds 100 pages of its 512 and never refaults.
+        let b = rebalance(
+            &config,
+            &[
+                member(1, 4096, 512, 512, 300.0),
+                member(1, 4096, 512, 100, 0.0),
+            ],
+        );
+        // Its budget falls to what it holds plus half a step (132), then a step goes
+        // to the member that refaults, down to the floor (a quarter of 512).
+        assert_eq!(b[1], 128);
+        assert_eq!(b[0] + b[1], 1024);
+        // A member that left: its pages are free, and go to whoever refaults.
+        let b = rebalance(&config, &[member(1, 4096, 512, 512, 300.0)]);
+        assert_eq!(b, vec![1024]);
+        // A member still touching new pages keeps what it has not filled yet.
+        let mut filling = member(1, 4096, 512, 100, 0.0);
+        filling.first_touches_per_s = 1000.0;
+        assert_eq!(rebalance(&config, &[filling]), vec![512]);
+        // Nobody under pressure: free pages stay free.
+        let b = rebalance(&config, &[member(1, 4096, 512, 512, 0.0)]);
+        assert_eq!(b, vec![512]);
+    }
+
+    #[test]
+    fn budgets_never_exceed_the_pool_or_fall_below_one_page() {
+        let config = PoolConfig::new(64);
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let n = 1 + (next() % 6) as usize;
+            let mut left = 64u64;
+            let members: Vec<PoolMember> = (0..n)
+                .map(|_| {
+                    let budget = if next() % 4 == 0 {
+                        0
+                    } else {
+                        next() % (left + 1)
+                    };
+                    left -= budget;
+                    let guest = 1 + next() % 200;
+                    member(
+                        1 + (next() % 4) as u32,
+                        guest,
+                        budget,
+                        next() % (budget + 1),
+                        (next() % 500) as f64,
+                    )
+                })
+                .collect();
+            let b = rebalance(&config, &members);
+            assert!(b.iter().sum::<u64>() <= 64, "{members:?} -> {b:?}");
+            for (m, &p) in members.iter().zip(&b) {
+                assert!(p >= 1 && p <= m.guest_pages.max(1), "{members:?} -> {b:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `tiervisor pool`: the manager that shares one RAM budget among the VMs that join
+//! it with `tiervisor run --ram-pool DIR` (docs/pool.md).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tiering::access::PAGE_SIZE;
+use tiering::pool::PoolConfig;
+use vmm::pool::{Manager, ManagerOptions};
+
+const POOL_EXAMPLES: &str = "\
+Examples:
+  A 16 MiB pool, then two VMs in it (the second with three times the first's priority):
+    tiervisor pool --dir /run/tv-pool --size 16M &
+    tiervisor run --kernel resources/out/testguest.elf --memory 64M \\
+        --cmdline 'workload=zipf mem=24M iters=400000 seed=1' \\
+        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool &
+    tiervisor run --kernel resources/out/testguest.elf --memory 64M \\
+        --cmdline 'workload=scan mem=8M iters=400000 seed=2' \\
+        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 3
+  A pool for one batch of VMs, ended when the last one leaves:
+    tiervisor pool --dir /tmp/pool --size 8M --exit-when-empty
+
+Each round the manager reads every member's report (priority, size, resident pages,
+faults), then: a VM that joins gets its priority's share of the pool; a VM that
+neither refaults nor touches new pages gives back the budget it does not use; free
+pages go to the VMs that refault; and one step moves from the VM least pressed
+(refaults per second times priority) to the one most pressed. A VM that exits gives
+its share back. The budgets never add up to more than --size.
+
+Exit status: 0 after SIGINT/SIGTERM or, with --exit-when-empty, once the last VM
+left; 2 for bad input (or another manager on --dir).";
+
+/// `tiervisor pool` arguments.
+#[derive(clap::Args, Debug)]
+#[command(after_help = POOL_EXAMPLES)]
+pub struct PoolArgs {
+    /// Pool directory (created if needed); VMs join with `tiervisor run --ram-pool DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// RAM the pool's VMs share: bytes or with a K/M/G suffix.
+    #[arg(long, value_name = "SIZE")]
+    pub size: String,
+    /// Time between rounds, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Most RAM moved from one VM to another in a round [default: a sixteenth of --size].
+    #[arg(long, value_name = "SIZE")]
+    pub step: Option<String>,
+    /// End once every VM has left, after at least one joined.
+    #[arg(long)]
+    pub exit_when_empty: bool,
+}
+
+fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
+    let bytes = vmm::host::parse_size(text).map_err(|e| format!("{flag}: {e}"))?;
+    if bytes < PAGE_SIZE {
+        return Err(format!("{flag} {text} is less than one page (4 KiB)"));
+    }
+    Ok(bytes / PAGE_SIZE)
+}
+
+/// A signalfd for SIGINT and SIGTERM (blocked in this thread first).
+fn stop_signals() -> std::io::Result<OwnedFd> {
+    vmm::event_loop::block_stop_signals()?;
+    // SAFETY: an empty set filled by sigemptyset/sigaddset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: set is valid; signalfd returns a new descriptor or -1.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `timeout` for a stop signal; true if one came.
+fn signalled(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// `tiervisor pool`; returns the exit status.
+pub fn run(args: PoolArgs) -> i32 {
+    let size_pages = match pages_of("--size", &args.size) {
+        Ok(p) => p,
+        Err(e) => return super::usage_error(e),
+    };
+    let mut config = PoolConfig::new(size_pages);
+    if let Some(step) = &args.step {
+        match pages_of("--step", step) {
+            Ok(p) => config.step_pages = p,
+            Err(e) => return super::usage_error(e),
+        }
+    }
+    if args.interval_ms == 0 {
+        return super::usage_error("--interval-ms must be at least 1");
+    }
+    let signals = match stop_signals() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("tiervisor: cannot watch SIGINT/SIGTERM: {e}");
+            return 1;
+        }
+    };
+    let interval = Duration::from_millis(args.interval_ms);
+    let mut manager = match Manager::start(ManagerOptions {
+        dir: args.dir.clone(),
+        config,
+        interval,
+        exit_when_empty: args.exit_when_empty,
+    }) {
+        Ok(m) => m,
+        Err(e) => return super::usage_error(e),
+    };
+    eprintln!(
+        "tiervisor pool: {} pages ({}) shared in {}; a round every {} ms",
+        size_pages,
+        vmm::host::format_size(size_pages * PAGE_SIZE),
+        args.dir.display(),
+        args.interval_ms
+    );
+    let mut most = 0usize;
+    loop {
+        let start = Instant::now();
+        for line in manager.round() {
+            eprintln!("{line}");
+        }
+        most = most.max(manager.member_count());
+        if manager.done() {
+            break;
+        }
+        if signalled(&signals, interval.saturating_sub(start.elapsed())) {
+            break;
+        }
+    }
+    let (size, assigned) = manager.assigned();
+    eprintln!(
+        "tiervisor pool: stopped; {} VMs at most at once, {assigned} of {size} pages assigned at the end",
+        most
+    );
+    manager.close();
+    0
+}
