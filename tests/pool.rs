@@ -1,0 +1,181 @@
+//! Integration tests of `tiervisor pool`: VMs in separate `tiervisor run` processes
+//! share one RAM budget through a real manager process; bad pool input gets one clear
+//! line and exit status 2.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    describe, error_lines, ram_and_nvme_tiers, read_metrics, testguest, tiervisor, Scratch,
+};
+
+/// `tiervisor run` of the test guest in the pool at `pool`, its tiers and metrics in `dir`.
+fn pool_vm(dir: &Path, pool: &Path, cmdline: &str, cpu: u32) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let tiers = ram_and_nvme_tiers(dir, "64M");
+    let mut c = tiervisor();
+    c.env("TIERVISOR_WORKDIR", dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args([
+            "--memory",
+            "64M",
+            "--cmdline",
+            cmdline,
+            "--cpu",
+            &cpu.to_string(),
+        ])
+        .arg("--tiers")
+        .arg(&tiers)
+        .arg("--ram-pool")
+        .arg(pool)
+        .arg("--metrics-out")
+        .arg(dir.join("metrics.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn start_manager(pool: &Path, size: &str) -> Child {
+    let child = tiervisor()
+        .args(["pool", "--size", size, "--exit-when-empty", "--dir"])
+        .arg(pool)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !pool.join("pool.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no pool.json");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("metrics lack {key}: {v}"))
+}
+
+#[test]
+fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
+    let root = Scratch::new("pool-share");
+    let pool = root.join("pool");
+    let manager = start_manager(&pool, "8M");
+    // 2,048 pages for two VMs: a Zipf workload over 12 MiB (3,072 pages) refaults at
+    // any share; a pointer chase over 3 MiB (768 pages) fits in its half.
+    let big = pool_vm(
+        &root.join("big"),
+        &pool,
+        "workload=zipf mem=12M iters=150000 seed=1",
+        0,
+    )
+    .spawn()
+    .unwrap();
+    let small = pool_vm(
+        &root.join("small"),
+        &pool,
+        "workload=chase mem=3M iters=6000000 seed=2",
+        1,
+    )
+    .spawn()
+    .unwrap();
+    let mut metrics = Vec::new();
+    for (name, vm) in [("big", big), ("small", small)] {
+        let out = vm.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
+            "{name}: {}",
+            describe(&out)
+        );
+        metrics.push(read_metrics(&root.join(name).join("metrics.json"))["tiers"].clone());
+    }
+    let out = manager.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "manager: {log}");
+    assert_eq!(log.matches(" joined ").count(), 2, "{log}");
+    assert_eq!(log.matches(" left;").count(), 2, "{log}");
+    let (big, small) = (&metrics[0], &metrics[1]);
+    // Both joined at an equal share; the Zipf VM ended with more than half the pool.
+    assert_eq!(u(&big["pool"], "initial_budget_pages"), 1024, "{big}");
+    assert_eq!(u(&small["pool"], "initial_budget_pages"), 1024, "{small}");
+    assert!(u(&big["pool"], "max_budget_pages") > 1024, "{big}\n{log}");
+    // The chase kept its working set: (almost) no refaults, against the Zipf VM's many.
+    let refaults = |t: &serde_json::Value| u(t, "demand_faults") - u(t, "zero_fills");
+    assert!(refaults(big) > 1000, "{big}");
+    assert!(
+        refaults(small) * 20 < refaults(big),
+        "small {} big {}\n{log}",
+        refaults(small),
+        refaults(big)
+    );
+    // Every member's files are gone, and the manager's pool.json with them.
+    let left: Vec<_> = std::fs::read_dir(&pool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "pool.lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn bad_pool_input_is_one_line_and_exit_status_2() {
+    let root = Scratch::new("pool-bad");
+    let pool = root.join("pool");
+    // No manager there.
+    let out = pool_vm(
+        &root.join("vm"),
+        &pool,
+        "workload=scan mem=1M iters=10 seed=1",
+        0,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let lines = error_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("no pool manager runs there"), "{lines:?}");
+    // --ram-pool and --ram-budget together.
+    let out = pool_vm(
+        &root.join("vm"),
+        &pool,
+        "workload=scan mem=1M iters=10 seed=1",
+        0,
+    )
+    .args(["--ram-budget", "2M"])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // A second manager on a directory one runs in.
+    let manager = start_manager(&pool, "4M");
+    let out = tiervisor()
+        .args(["pool", "--size", "4M", "--dir"])
+        .arg(&pool)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        error_lines(&out)[0].contains("another manager"),
+        "{}",
+        describe(&out)
+    );
+    // A size below a page.
+    let out = tiervisor()
+        .args(["pool", "--size", "100", "--dir"])
+        .arg(root.join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // SIGTERM ends the manager cleanly.
+    // SAFETY: kill on the pid of a child we started and have not waited for.
+    unsafe { libc::kill(manager.id() as i32, libc::SIGTERM) };
+    let out = manager.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!pool.join("pool.json").exists());
+}
