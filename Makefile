@@ -6,7 +6,7 @@ OUT := resources/out
 GUEST := $(OUT)/testguest.elf
 TIERVISOR := target/release/tiervisor
 
-.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-swap traces model prior bench-predict clean
+.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-pool bench-swap traces model prior bench-predict clean
 
 all: build
 
@@ -47,6 +47,11 @@ bench-fault: setup
 # file tier, each advisor against all-in-RAM, interleaved rounds (docs/benchmarks.md).
 bench-live: build
 	resources/scripts/bench-live.sh
+
+# Two VMs sharing one RAM budget through `tiervisor pool`, against static halves of it
+# (docs/pool.md).
+bench-pool: build
+	resources/scripts/bench-pool.sh
 
 # Baseline B1: stock QEMU over Linux swap in a memory cgroup against tiervisor at the
 # same guest RAM, both paging to the same disk (root, cgroup v1; docs/benchmarks.md).

@@ -101,9 +101,13 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
     assert_eq!(log.matches(" joined ").count(), 2, "{log}");
     assert_eq!(log.matches(" left;").count(), 2, "{log}");
     let (big, small) = (&metrics[0], &metrics[1]);
-    // Both joined at an equal share; the Zipf VM ended with more than half the pool.
-    assert_eq!(u(&big["pool"], "initial_budget_pages"), 1024, "{big}");
-    assert_eq!(u(&small["pool"], "initial_budget_pages"), 1024, "{small}");
+    // A VM that joins alone gets the whole pool, the next one half of it (from the
+    // first); the Zipf VM had more than half the pool at some point.
+    let initial = [big, small].map(|t| u(&t["pool"], "initial_budget_pages"));
+    assert!(
+        initial == [1024, 1024] || initial == [2048, 1024] || initial == [1024, 2048],
+        "{initial:?}\n{log}"
+    );
     assert!(u(&big["pool"], "max_budget_pages") > 1024, "{big}\n{log}");
     // The chase kept its working set: (almost) no refaults, against the Zipf VM's many.
     let refaults = |t: &serde_json::Value| u(t, "demand_faults") - u(t, "zero_fills");

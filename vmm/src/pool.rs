@@ -449,6 +449,22 @@ impl Manager {
         self.members.len()
     }
 
+    /// Whether a VM waits to join (a report of a process the manager does not track):
+    /// the caller runs a round at once rather than keep it waiting for the next.
+    pub fn has_joiners(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.options.dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("vm-")
+                .and_then(|s| s.strip_suffix(".json"))
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some_and(|pid| !self.members.iter().any(|(p, _)| *p == pid))
+        })
+    }
+
     /// Whether the manager is done (`exit_when_empty` and everyone left).
     pub fn done(&self) -> bool {
         self.options.exit_when_empty && self.ever_joined && self.members.is_empty()

@@ -61,6 +61,9 @@ fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
     Ok(bytes / PAGE_SIZE)
 }
 
+/// How often the manager looks for VMs waiting to join between rounds.
+const JOIN_POLL: Duration = Duration::from_millis(5);
+
 /// A signalfd for SIGINT and SIGTERM (blocked in this thread first).
 fn stop_signals() -> std::io::Result<OwnedFd> {
     vmm::event_loop::block_stop_signals()?;
@@ -143,7 +146,20 @@ pub fn run(args: PoolArgs) -> i32 {
         if manager.done() {
             break;
         }
-        if signalled(&signals, interval.saturating_sub(start.elapsed())) {
+        // Wait for the next round in short slices: a VM that joins waits for its
+        // first budget before it boots, so it is answered at once.
+        let mut stop = false;
+        while start.elapsed() < interval {
+            let slice = interval.saturating_sub(start.elapsed()).min(JOIN_POLL);
+            if signalled(&signals, slice) {
+                stop = true;
+                break;
+            }
+            if manager.has_joiners() {
+                break;
+            }
+        }
+        if stop {
             break;
         }
     }

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# RAM pool benchmark: two test-guest VMs side by side (vCPU and fault handler of one on
+# CPU 0, of the other on CPU 1), each over RAM and an NVMe-profiled file tier, sharing
+# POOL of RAM (8M by default):
+#   static  each VM has half of it (--ram-budget POOL/2), what a host without a pool
+#           would give two equal VMs;
+#   pool    both join a `tiervisor pool --size POOL` manager (--ram-pool), which moves
+#           budget between them while they run (docs/pool.md).
+# Scenarios (SCENARIOS, comma-separated):
+#   uneven     a Zipf workload over 12 MiB (refaults at any share) beside a pointer
+#              chase over 3 MiB (fits in its half, with room to spare);
+#   staggered  two Zipf workloads over 8 MiB, one with a fifth of the other's work:
+#              it leaves early, and its share goes to the other;
+#   priority   two identical Zipf workloads over 8 MiB, the first at --priority 3 in the
+#              pool (static: halves, as ever).
+# Rounds are interleaved (static, pool, static, ...), ROUNDS of each (3 by default);
+# medians over the rounds. Reports per VM its run time (ms, the VM's own run_ms: from
+# process start to exit, so a pooled VM's wait for its first budget counts) static and
+# pooled and their ratio, the same ratio of the guest's own ns per operation (its
+# result line), its demand faults that were not first touches
+# (refaults), and the pool's budget range for it; per scenario the ratio of the
+# makespans (the later VM's end) and of the summed run times. Every run must pass the
+# guest's own verification, or the benchmark fails.
+#
+#   resources/scripts/bench-pool.sh              (make bench-pool builds what it needs)
+#   ROUNDS=5 SCENARIOS=uneven ADVISOR=gru resources/scripts/bench-pool.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+. resources/scripts/built.sh bench-pool
+mkdir -p target
+# O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
+WORKDIR=$(cd "$(mktemp -d -p target bench-pool.XXXXXX)" && pwd)
+trap 'rm -rf "$WORKDIR"' EXIT
+trap 'if [ -n "${child:-}" ]; then pkill -TERM -P "$child"; kill "$child"; fi 2>/dev/null; exit 130' INT TERM
+export TIERVISOR GUEST WORKDIR
+
+python3 - "$@" <<'PY' &
+import json, os, re, statistics, subprocess, sys, time
+
+TIERVISOR = os.environ["TIERVISOR"]
+GUEST = os.environ["GUEST"]
+WORKDIR = os.environ["WORKDIR"]
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+POOL = os.environ.get("POOL", "8M")
+ADVISOR = os.environ.get("ADVISOR", "none")
+SCENARIOS = os.environ.get("SCENARIOS", "uneven,staggered,priority").split(",")
+RESULT = re.compile(r"ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
+
+# name -> [(label, cmdline, priority)], two VMs each
+ALL = {
+    "uneven": [("zipf 12M", "workload=zipf mem=12M iters=300000 seed=1", 1),
+               ("chase 3M", "workload=chase mem=3M iters=8000000 seed=2", 1)],
+    "staggered": [("zipf 8M long", "workload=zipf mem=8M iters=400000 seed=3", 1),
+                  ("zipf 8M short", "workload=zipf mem=8M iters=80000 seed=4", 1)],
+    "priority": [("zipf 8M prio 3", "workload=zipf mem=8M iters=250000 seed=5", 3),
+                 ("zipf 8M prio 1", "workload=zipf mem=8M iters=250000 seed=5", 1)],
+}
+for s in SCENARIOS:
+    if s not in ALL:
+        sys.exit(f"bench-pool: unknown scenario {s!r} (known: {', '.join(ALL)})")
+units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+m = re.fullmatch(r"(\d+)([KMG]?)", POOL)
+if not m:
+    sys.exit(f"bench-pool: POOL must be a size such as 8M, got {POOL!r}")
+pool_bytes = int(m.group(1)) * units.get(m.group(2), 1)
+half = f"{pool_bytes // 2 // 1024}K"
+
+TIERS = """[tier1]
+capacity = "64M"
+backend = "ram"
+[tier2]
+capacity = "64M"
+file = "{dir}/t2.img"
+profile = "nvme"
+"""
+
+
+def run_pair(scenario, mode, rnd):
+    """Both VMs of `scenario` at once, static halves or in a pool; their metrics."""
+    base = os.path.join(WORKDIR, f"{scenario}-{mode}-{rnd}")
+    manager = None
+    if mode == "pool":
+        pool_dir = os.path.join(base, "pool")
+        manager = subprocess.Popen(
+            [TIERVISOR, "pool", "--dir", pool_dir, "--size", POOL, "--exit-when-empty"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        start = time.time()
+        while not os.path.exists(os.path.join(pool_dir, "pool.json")):
+            if time.time() - start > 10 or manager.poll() is not None:
+                sys.exit(f"bench-pool: the pool manager did not start:\n{manager.stderr.read()}")
+            time.sleep(0.01)
+    vms = []
+    for cpu, (label, cmdline, prio) in enumerate(ALL[scenario]):
+        d = os.path.join(base, f"vm{cpu}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "tiers.toml"), "w") as f:
+            f.write(TIERS.format(dir=d))
+        cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", "64M", "--cmdline", cmdline,
+               "--tiers", os.path.join(d, "tiers.toml"), "--advisor", ADVISOR,
+               "--cpu", str(cpu), "--metrics-out", os.path.join(d, "m.json")]
+        if mode == "pool":
+            cmd += ["--ram-pool", pool_dir]
+            if prio != 1:
+                cmd += ["--priority", str(prio)]
+        else:
+            cmd += ["--ram-budget", half]
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, TIERVISOR_WORKDIR=d))
+        vms.append((label, d, p))
+    out = []
+    for label, d, p in vms:
+        stdout, stderr = p.communicate()
+        r = RESULT.search(stdout)
+        if p.returncode != 0 or not r or r.group(4) != "ok":
+            sys.exit(f"bench-pool: {scenario} {mode}: {label} failed "
+                     f"(status {p.returncode}):\n{stdout}{stderr}")
+        with open(os.path.join(d, "m.json")) as f:
+            m = json.load(f)
+        m["ns_per_op"] = int(r.group(2)) / int(r.group(1))
+        out.append(m)
+    if manager is not None:
+        _, err = manager.communicate(timeout=30)
+        if manager.returncode != 0:
+            sys.exit(f"bench-pool: the pool manager failed:\n{err}")
+    subprocess.run(["rm", "-rf", base])
+    return out
+
+
+print(f"bench-pool: {ROUNDS} rounds, pool {POOL} (static: {half} each), advisor {ADVISOR}",
+      flush=True)
+results = {}   # (scenario, mode) -> list of [metrics vm0, metrics vm1]
+total = ROUNDS * len(SCENARIOS) * 2
+done = 0
+for rnd in range(ROUNDS):
+    for s in SCENARIOS:
+        for mode in ("static", "pool"):
+            results.setdefault((s, mode), []).append(run_pair(s, mode, rnd))
+            done += 1
+            print(f"  [{done}/{total}] round {rnd + 1}: {s} {mode}", file=sys.stderr,
+                  flush=True)
+
+
+def med(values):
+    return statistics.median(values)
+
+
+for s in SCENARIOS:
+    print(f"\n### {s}\n")
+    print("| VM | static ms | pool ms | pool / static | guest ns/op, pool / static "
+          "| refaults static -> pool | pool budget pages (min-max, final) |")
+    print("|---|---|---|---|---|---|---|")
+    st, po = results[(s, "static")], results[(s, "pool")]
+    for i, (label, _, _) in enumerate(ALL[s]):
+        ms_s = med([r[i]["run_ms"] for r in st])
+        ms_p = med([r[i]["run_ms"] for r in po])
+        ref = lambda r: r[i]["tiers"]["demand_faults"] - r[i]["tiers"]["zero_fills"]
+        pools = [r[i]["tiers"]["pool"] for r in po]
+        lo = min(p["min_budget_pages"] for p in pools)
+        hi = max(p["max_budget_pages"] for p in pools)
+        fin = med([p["final_budget_pages"] for p in pools])
+        ns = med([r[i]["ns_per_op"] for r in po]) / med([r[i]["ns_per_op"] for r in st])
+        print(f"| {label} | {ms_s:,.0f} | {ms_p:,.0f} | {ms_p / ms_s:.3f} | {ns:.3f} | "
+              f"{med([ref(r) for r in st]):,.0f} -> {med([ref(r) for r in po]):,.0f} | "
+              f"{lo}-{hi}, {fin:.0f} |")
+    mk_s = med([max(v["run_ms"] for v in r) for r in st])
+    mk_p = med([max(v["run_ms"] for v in r) for r in po])
+    sum_s = med([sum(v["run_ms"] for v in r) for r in st])
+    sum_p = med([sum(v["run_ms"] for v in r) for r in po])
+    print(f"\nmakespan (the later VM's run time): static {mk_s:,.0f} ms, pool {mk_p:,.0f} ms, "
+          f"pool / static {mk_p / mk_s:.3f}; summed run time: pool / static {sum_p / sum_s:.3f}")
+PY
+child=$!
+wait "$child"
