@@ -35,6 +35,9 @@ macro_rules! forward_advisor {
         fn wants_hot_set(&self) -> bool {
             self.$inner.wants_hot_set()
         }
+        fn set_ram_budget(&mut self, pages: usize) {
+            self.$inner.set_ram_budget(pages);
+        }
     };
 }
 

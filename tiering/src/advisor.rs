@@ -66,6 +66,11 @@ pub trait Advisor: Send {
     fn wants_hot_set(&self) -> bool {
         true
     }
+
+    /// The RAM budget changed while running (a RAM pool moved this VM's share): an
+    /// advisor whose lists are sized by the budget resizes them. Called before the
+    /// policy evicts down to a smaller budget.
+    fn set_ram_budget(&mut self, _pages: usize) {}
 }
 
 /// An advisor whose calls are timed: the wall time spent inside them is summed into a
@@ -154,6 +159,9 @@ impl Advisor for TimedAdvisor {
     }
     fn wants_hot_set(&self) -> bool {
         self.inner.wants_hot_set()
+    }
+    fn set_ram_budget(&mut self, pages: usize) {
+        self.timed(|a| a.set_ram_budget(pages))
     }
 }
 

@@ -53,6 +53,11 @@ impl ArcAdvisor {
 }
 
 impl Advisor for ArcAdvisor {
+    fn set_ram_budget(&mut self, pages: usize) {
+        self.capacity = pages.max(1);
+        self.p = self.p.min(self.capacity as f64);
+        self.trim_ghosts();
+    }
     fn name(&self) -> &str {
         "arc"
     }

@@ -39,23 +39,31 @@ pub struct LirsAdvisor {
     lir_pages: usize,
     max_lir: usize,
     max_ghosts: usize,
+    hir_percent: f64,
 }
 
 impl LirsAdvisor {
     /// `capacity`: the RAM budget in pages; `hir_percent` of it is left to HIR pages
     /// (at least one page).
     pub fn new(capacity: usize, hir_percent: f64) -> Self {
-        let capacity = capacity.max(2);
-        let hir = ((capacity as f64 * hir_percent / 100.0) as usize).clamp(1, capacity - 1);
+        let (max_lir, max_ghosts) = Self::limits(capacity, hir_percent);
         Self {
             stack: LruList::default(),
             queue: LruList::default(),
             ghosts: LruList::default(),
             state: FxHashMap::default(),
             lir_pages: 0,
-            max_lir: capacity - hir,
-            max_ghosts: capacity,
+            max_lir,
+            max_ghosts,
+            hir_percent,
         }
+    }
+
+    /// Most LIR pages and most ghosts for a budget of `capacity` pages.
+    fn limits(capacity: usize, hir_percent: f64) -> (usize, usize) {
+        let capacity = capacity.max(2);
+        let hir = ((capacity as f64 * hir_percent / 100.0) as usize).clamp(1, capacity - 1);
+        (capacity - hir, capacity)
     }
 
     /// [`LirsAdvisor::new`] with `TIERVISOR_LIRS_HIR_PERCENT` (0-100) or
@@ -107,6 +115,26 @@ impl LirsAdvisor {
 }
 
 impl Advisor for LirsAdvisor {
+    fn set_ram_budget(&mut self, pages: usize) {
+        (self.max_lir, self.max_ghosts) = Self::limits(pages, self.hir_percent);
+        // LIR pages beyond the new limit become HIR, from the stack's bottom.
+        while self.lir_pages > self.max_lir {
+            let Some(bottom) = self.stack.oldest() else {
+                break;
+            };
+            self.stack.remove(bottom);
+            self.state.insert(bottom, State::Hir);
+            self.queue.touch(bottom);
+            self.lir_pages -= 1;
+            self.prune();
+        }
+        while self.ghosts.len() > self.max_ghosts {
+            let Some(oldest) = self.ghosts.oldest() else {
+                break;
+            };
+            self.forget(oldest);
+        }
+    }
     fn name(&self) -> &str {
         "lirs"
     }

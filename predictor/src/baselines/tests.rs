@@ -343,3 +343,66 @@ fn reap_prefetches_the_recorded_working_set_once() {
         1
     );
 }
+
+/// Demand faults after access `at` of `pages`, RAM cut from `before` to `after` pages
+/// there (a RAM pool moved the VM's share), every access observed.
+fn faults_after_cut(
+    advisor: Box<dyn Advisor>,
+    pages: &[PageNumber],
+    before: usize,
+    after: usize,
+    at: usize,
+) -> u64 {
+    let cfg = PolicyConfig {
+        ram_budget_pages: before,
+        window_ns: 0,
+        window_accesses: 0,
+        prefetch_per_window: 0,
+        max_prefetch_per_fault: 0,
+        ..PolicyConfig::default()
+    };
+    let mut policy = PagingPolicy::new(cfg, advisor).unwrap();
+    let mut out = Vec::new();
+    let mut at_cut = 0;
+    for (i, &p) in pages.iter().enumerate() {
+        if i == at {
+            policy.set_ram_budget(after, &mut out).unwrap();
+            assert!(policy.resident_pages() <= after);
+            at_cut = policy.stats().demand_faults;
+        }
+        policy.on_access(&access(p), &mut out);
+    }
+    assert_eq!(
+        policy.stats().fallback_victims,
+        0,
+        "advisor always named a victim"
+    );
+    policy.stats().demand_faults - at_cut
+}
+
+#[test]
+fn lirs_and_arc_resize_when_the_budget_is_cut() {
+    // The loop of `lirs_keeps_a_fixed_part_of_a_loop_larger_than_ram`, first with RAM
+    // for all of it, then cut to 100: LIRS sized for 200 would keep all 150 LIR and
+    // evict only the page just filled (a fault on every access); resized, it keeps 99.
+    let looped: Vec<PageNumber> = (0..6000).map(|i| i % 150).collect();
+    let lirs = faults_after_cut(
+        Box::new(LirsAdvisor::new(200, 1.0)),
+        &looped,
+        200,
+        100,
+        3000,
+    );
+    let min = faults(oracle(&looped[3000..], 100), &looped[3000..], 100, 0);
+    assert!(
+        lirs <= min + min / 5,
+        "lirs {lirs} faults after the cut, MIN {min}"
+    );
+    // ARC's scan test, cut from 80 pages to 40 after the warm-up.
+    let warm = (0..20u64).flat_map(|p| [p, p]);
+    let pages: Vec<PageNumber> = warm
+        .chain((0..3000u64).flat_map(|k| [k % 20, 1_000 + 2 * k, 1_001 + 2 * k]))
+        .collect();
+    let arc = faults_after_cut(Box::new(ArcAdvisor::new(80)), &pages, 80, 40, 40);
+    assert!(arc <= 6_000 + 20, "arc {arc} faults after the cut");
+}

@@ -299,6 +299,7 @@ impl PagingPolicy {
             return Err(PolicyError::ZeroBudget);
         }
         self.config.ram_budget_pages = pages;
+        self.advisor.set_ram_budget(pages);
         if self.advisor.wants_hot_set() {
             self.hot
                 .set_capacity(self.config.hot_capacity_pages.min(pages / 2));
