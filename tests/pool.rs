@@ -183,3 +183,82 @@ fn bad_pool_input_is_one_line_and_exit_status_2() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(!pool.join("pool.json").exists());
 }
+
+#[test]
+fn an_admin_policy_sets_the_advisor_priority_and_thresholds_of_its_app_type() {
+    let root = Scratch::new("pool-policy");
+    let pool = root.join("pool");
+    let policy = root.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\npriority = 1\nadvisor = \"none\"\n\
+         [app.db]\npriority = 4\nadvisor = \"lru\"\n\
+         thresholds = { ram = 0.4, nvme = 0.05, ssd = 0.01, hdd = 0.001 }\n",
+    )
+    .unwrap();
+    let manager = start_manager(&pool, "4M");
+    let dir = root.join("vm");
+    let out = pool_vm(&dir, &pool, "workload=zipf mem=6M iters=20000 seed=1", 0)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--app-type", "db"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let m = read_metrics(&dir.join("metrics.json"));
+    let t = &m["tiers"];
+    assert_eq!(t["advisor"], "lru", "{t}");
+    let p = &t["policy"];
+    assert_eq!(p["app_type"], "db", "{p}");
+    assert_eq!(p["priority"], 4, "{p}");
+    assert_eq!(p["thresholds"]["nvme"], 0.05, "{p}");
+    assert_eq!(p["thresholds"]["hdd"], 0.001, "{p}");
+    // The flag wins over the file; without --app-type the [defaults] apply.
+    let out = pool_vm(&dir, &pool, "workload=zipf mem=6M iters=20000 seed=1", 0)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--advisor", "stride"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let t = read_metrics(&dir.join("metrics.json"))["tiers"].clone();
+    assert_eq!(t["advisor"], "stride", "{t}");
+    assert_eq!(t["policy"]["priority"], 1, "{t}");
+    assert_eq!(t["policy"]["thresholds"]["nvme"], 0.2, "{t}");
+    // SIGTERM the manager; its log shows the VM joined with the policy's priority.
+    // SAFETY: kill on the pid of a child we started and have not waited for.
+    unsafe { libc::kill(manager.id() as i32, libc::SIGTERM) };
+    let log = manager.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(log.contains("joined (priority 4"), "{log}");
+    // An unknown application type, and a bad file: one line naming it, status 2.
+    let out = pool_vm(&dir, &pool, "workload=scan mem=1M iters=10 seed=1", 0)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--app-type", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(
+        error_lines(&out),
+        [format!(
+            "tiervisor: {}: no application type \"web\"; the file has: db",
+            policy.display()
+        )]
+    );
+    std::fs::write(&policy, "[app.db]\npriority = 2000\n").unwrap();
+    let out = pool_vm(&dir, &pool, "workload=scan mem=1M iters=10 seed=1", 0)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--app-type", "db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(
+        error_lines(&out),
+        [format!(
+            "tiervisor: {}:2: app.db.priority: must be 1-1000, got 2000",
+            policy.display()
+        )]
+    );
+}

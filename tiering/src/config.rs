@@ -160,7 +160,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// Where a span starts: 1-based line number.
-fn line_of(source: &str, offset: usize) -> usize {
+pub(crate) fn line_of(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())]
         .bytes()
         .filter(|&b| b == b'\n')
@@ -169,7 +169,7 @@ fn line_of(source: &str, offset: usize) -> usize {
 }
 
 /// For a parse error without a field we know: guess `table.key` from the text at the line.
-fn field_at(source: &str, line: usize) -> String {
+pub(crate) fn field_at(source: &str, line: usize) -> String {
     let mut table = String::new();
     for (i, text) in source.lines().enumerate() {
         let text = text.trim();

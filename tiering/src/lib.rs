@@ -5,6 +5,7 @@
 //! `predictor` crate, so this crate carries no ML dependency.
 
 pub mod access;
+pub mod admin;
 pub mod advisor;
 pub mod backend;
 pub mod config;

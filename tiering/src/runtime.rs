@@ -117,6 +117,9 @@ pub struct TieringOptions {
     /// Publish page content hashes here and mark pages other live VMs also hold as
     /// kind Shared (see [`crate::share`]); `None`: off.
     pub share_dir: Option<PathBuf>,
+    /// Probabilities from which an evicted page goes to each storage tier (an admin
+    /// policy's, [`crate::admin`]; the defaults otherwise).
+    pub thresholds: crate::policy::TierThresholds,
 }
 
 impl TieringOptions {
@@ -137,6 +140,7 @@ impl TieringOptions {
             initial_tier: None,
             migrator: true,
             share_dir: None,
+            thresholds: crate::policy::TierThresholds::default(),
         }
     }
 }
@@ -309,6 +313,7 @@ impl TieredMemory {
             hot_decay_windows: 100,
             initial_tier: options.initial_tier,
             max_prefetch_per_fault: LIVE_MAX_PREFETCH_PER_FAULT,
+            thresholds: options.thresholds,
             ..PolicyConfig::default()
         };
         // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.

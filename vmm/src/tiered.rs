@@ -59,6 +59,8 @@ pub struct TieredRequest {
     pub share_dir: Option<PathBuf>,
     /// `--cpu`: the host CPU of vCPU 0 and the fault handler.
     pub first_cpu: usize,
+    /// Where evicted pages go by probability (`--policy`; the defaults otherwise).
+    pub thresholds: tiering::policy::TierThresholds,
 }
 
 impl TieredRequest {
@@ -94,6 +96,7 @@ impl TieredRequest {
             advisor: advisor.to_string(),
             share_dir: None,
             first_cpu: 0,
+            thresholds: tiering::policy::TierThresholds::default(),
         }))
     }
 }
@@ -316,6 +319,7 @@ pub fn attach(
     let mut options = TieringOptions::new(request.tiers, budget);
     options.trace_out = request.trace_out;
     options.share_dir = request.share_dir;
+    options.thresholds = request.thresholds;
     options.advisor_name = request.advisor;
     let cpus = tiering::uffd::online_cpus();
     let first = request.first_cpu % cpus.max(1);

@@ -26,6 +26,12 @@ Examples:
     tiervisor run --kernel resources/out/testguest.elf \\
         --cmdline 'workload=chase mem=8M iters=10000 seed=7' --memory 64M \\
         --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 2
+  Priority, advisor and tier thresholds from an admin policy by application type
+  (docs/policy.md; flags given here win over the file):
+    tiervisor run --kernel resources/out/testguest.elf \\
+        --cmdline 'workload=kv mem=8M iters=10000 seed=7' --memory 64M \\
+        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool \\
+        --policy resources/policies/default.toml --app-type database
 
 Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
 1 when the VM fails (triple fault, KVM internal error); 2 for bad input;
@@ -63,9 +69,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", requires = "tiers")]
     pub trace_out: Option<PathBuf>,
     /// Paging advisor: none (CLOCK demand paging), lru, lfu, arc, lirs, workingset, stride, leap, gru
-    /// (any but none needs --tiers).
-    #[arg(long, value_name = "NAME", default_value = "none")]
-    pub advisor: String,
+    /// (any but none needs --tiers) [default: the --policy file's, else none].
+    #[arg(long, value_name = "NAME")]
+    pub advisor: Option<String>,
+    /// Admin policy file (TOML, docs/policy.md): per application type, the priority in
+    /// a RAM pool, the advisor and the tier thresholds; flags given here win over it.
+    #[arg(long, value_name = "FILE.toml", requires = "tiers")]
+    pub policy: Option<PathBuf>,
+    /// Application type in the --policy file (its [app.NAME] table) [default: the
+    /// file's [defaults] alone].
+    #[arg(long, value_name = "NAME", requires = "policy")]
+    pub app_type: Option<String>,
     /// Directory where tiered VMs publish page content hashes; pages another live
     /// VM also holds are kind "shared" in the trace and metrics (default: off).
     #[arg(long, value_name = "DIR", requires = "tiers")]
@@ -238,6 +252,11 @@ fn check_output(what: &'static str, path: &std::path::Path) -> Result<(), RunInp
     }
 }
 
+/// An f32 as the f64 of its shortest decimal form.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn human(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
@@ -287,15 +306,44 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         Ok(c) => c,
         Err(e) => return super::usage_error(e),
     };
+    // The admin policy fills in what the flags leave out.
+    let policy = match &args.policy {
+        Some(path) => {
+            let file = match tiering::admin::AdminPolicy::load(path) {
+                Ok(f) => f,
+                Err(e) => return super::usage_error(e),
+            };
+            match &args.app_type {
+                Some(app) => match file.for_app(app) {
+                    Ok(p) => Some(p),
+                    Err(e) => return super::usage_error(e),
+                },
+                None => Some(file.defaults().clone()),
+            }
+        }
+        None => None,
+    };
+    let advisor = args
+        .advisor
+        .clone()
+        .or_else(|| policy.as_ref().and_then(|p| p.advisor.clone()))
+        .unwrap_or_else(|| "none".into());
+    let priority = args
+        .priority
+        .or_else(|| policy.as_ref().and_then(|p| p.priority))
+        .unwrap_or(1);
     let tiered_request = match vmm::tiered::TieredRequest::from_args(
         args.tiers.as_ref(),
         args.ram_budget.as_deref(),
         args.trace_out.as_ref(),
-        &args.advisor,
+        &advisor,
     ) {
         Ok(r) => r.map(|mut r| {
             r.share_dir = args.share_dir.clone();
             r.first_cpu = args.cpu;
+            if let Some(t) = policy.as_ref().and_then(|p| p.thresholds) {
+                r.thresholds = t;
+            }
             r
         }),
         Err(e) => return super::usage_error(e),
@@ -308,7 +356,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     // Joined before the VM is built, so that it starts within its share.
     let (tiered_request, membership) = match (tiered_request, &args.ram_pool) {
         (Some(mut req), Some(dir)) => {
-            match vmm::pool::PoolMembership::join(dir, args.priority.unwrap_or(1), guest_pages) {
+            match vmm::pool::PoolMembership::join(dir, priority, guest_pages) {
                 Ok(m) => {
                     req.ram_budget_bytes =
                         Some(m.initial_budget_pages * tiering::access::PAGE_SIZE);
@@ -365,6 +413,26 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
             if let Some((t, advisor_report, pool)) = tiered {
                 let history = pool.and_then(|p| p.leave());
                 let mut tiers = t.finish();
+                if let (Some(path), Some(section)) = (&args.policy, tiers.as_object_mut()) {
+                    let th = policy
+                        .as_ref()
+                        .and_then(|p| p.thresholds)
+                        .unwrap_or_default();
+                    section.insert(
+                        "policy".into(),
+                        serde_json::json!({
+                            "file": path.display().to_string(),
+                            "app_type": args.app_type,
+                            "advisor": advisor,
+                            "priority": priority,
+                            // f32 -> shortest decimal, so 0.6 reads 0.6, not 0.6000000238.
+                            "thresholds": {
+                                "ram": decimal(th.ram), "nvme": decimal(th.nvme),
+                                "ssd": decimal(th.ssd), "hdd": decimal(th.hdd),
+                            },
+                        }),
+                    );
+                }
                 if let (Some(h), Some(section)) = (history, tiers.as_object_mut()) {
                     section.insert(
                         "pool".into(),
@@ -415,7 +483,9 @@ mod tests {
             tiers: None,
             ram_budget: None,
             trace_out: None,
-            advisor: "none".into(),
+            advisor: None,
+            policy: None,
+            app_type: None,
             share_dir: None,
             ram_pool: None,
             priority: None,
