@@ -40,10 +40,13 @@ fn pool_vm(dir: &Path, pool: &Path, cmdline: &str, cpu: u32) -> Command {
     c
 }
 
-fn start_manager(pool: &Path, size: &str) -> Child {
+/// `tiervisor pool` on `pool`; `extra`: more flags (`--exit-when-empty` ends it when
+/// the last VM has left).
+fn start_manager(pool: &Path, size: &str, extra: &[&str]) -> Child {
     let child = tiervisor()
-        .args(["pool", "--size", size, "--exit-when-empty", "--dir"])
+        .args(["pool", "--size", size, "--dir"])
         .arg(pool)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -66,7 +69,7 @@ fn u(v: &serde_json::Value, key: &str) -> u64 {
 fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
     let root = Scratch::new("pool-share");
     let pool = root.join("pool");
-    let manager = start_manager(&pool, "8M");
+    let manager = start_manager(&pool, "8M", &["--exit-when-empty"]);
     // 2,048 pages for two VMs: a Zipf workload over 12 MiB (3,072 pages) refaults at
     // any share; a pointer chase over 3 MiB (768 pages) fits in its half.
     let big = pool_vm(
@@ -157,7 +160,7 @@ fn bad_pool_input_is_one_line_and_exit_status_2() {
     .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     // A second manager on a directory one runs in.
-    let manager = start_manager(&pool, "4M");
+    let manager = start_manager(&pool, "4M", &[]);
     let out = tiervisor()
         .args(["pool", "--size", "4M", "--dir"])
         .arg(&pool)
@@ -196,7 +199,8 @@ fn an_admin_policy_sets_the_advisor_priority_and_thresholds_of_its_app_type() {
          thresholds = { ram = 0.4, nvme = 0.05, ssd = 0.01, hdd = 0.001 }\n",
     )
     .unwrap();
-    let manager = start_manager(&pool, "4M");
+    // Runs until SIGTERM: two VMs join it one after the other.
+    let manager = start_manager(&pool, "4M", &[]);
     let dir = root.join("vm");
     let out = pool_vm(&dir, &pool, "workload=zipf mem=6M iters=20000 seed=1", 0)
         .arg("--policy")
@@ -261,4 +265,50 @@ fn an_admin_policy_sets_the_advisor_priority_and_thresholds_of_its_app_type() {
             policy.display()
         )]
     );
+}
+
+#[test]
+fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
+    let root = Scratch::new("pool-turns");
+    let pool = root.join("pool");
+    // One VM runs at a time, for 100 ms; the pool holds one working set (6 MiB of
+    // Zipf) but not two.
+    let manager = start_manager(
+        &pool,
+        "8M",
+        &["--exit-when-empty", "--slice-ms", "100", "--run-slots", "1"],
+    );
+    let vms: Vec<Child> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            pool_vm(
+                &root.join(name),
+                &pool,
+                "workload=zipf mem=6M iters=600000 seed=3",
+                0,
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut staged = 0;
+    for (name, vm) in ["a", "b"].iter().zip(vms) {
+        let out = vm.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
+            "{name}: {}",
+            describe(&out)
+        );
+        let t = read_metrics(&root.join(name).join("metrics.json"))["tiers"].clone();
+        let p = &t["pool"];
+        assert!(p["paused_ms"].as_f64().unwrap() > 0.0, "{name}: {p}");
+        staged += u(p, "staged_pages");
+    }
+    let out = manager.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    // Turns went back and forth, and a turn that came back staged the VM's pages.
+    assert!(log.matches(", waits").count() >= 2, "{log}");
+    assert!(log.contains("its turn: runs, pages staged"), "{log}");
+    assert!(staged > 1000, "{staged} pages staged\n{log}");
 }

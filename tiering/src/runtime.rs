@@ -203,6 +203,7 @@ pub(crate) struct Shared {
 pub struct BudgetHandle {
     shared: Arc<Shared>,
     wake: Arc<File>,
+    moves: Sender<MoveRequest>,
 }
 
 /// Why [`BudgetHandle::set_ram_budget`] refused a budget.
@@ -229,6 +230,33 @@ impl BudgetHandle {
     pub fn snapshot(&self) -> Option<TieringReport> {
         self.shared.report.lock().ok().and_then(|r| r.clone())
     }
+
+    /// [`TieredMemory::prefetch`], from another thread (staging a VM's pages before a
+    /// scheduler runs it).
+    pub fn prefetch(&self, pages: &[PageNumber], target_tier: u8) -> Result<(), PrefetchError> {
+        send_moves(&self.moves, &self.wake, pages, target_tier)
+    }
+}
+
+/// Passes a move request to the fault-handler thread and wakes it.
+fn send_moves(
+    moves: &Sender<MoveRequest>,
+    wake: &File,
+    pages: &[PageNumber],
+    target_tier: u8,
+) -> Result<(), PrefetchError> {
+    if target_tier as usize >= TIER_COUNT {
+        return Err(PrefetchError::NoSuchTier(target_tier));
+    }
+    let request = MoveRequest {
+        pages: pages.to_vec(),
+        target: target_tier,
+    };
+    moves.send(request).map_err(|_| PrefetchError::Stopped)?;
+    // Wake the handler if it is waiting in poll.
+    let one = 1u64.to_ne_bytes();
+    let _ = std::io::Write::write(&mut &*wake, &one);
+    Ok(())
 }
 
 /// Lets other threads tell the handler which vCPU a thread id is.
@@ -426,20 +454,7 @@ impl TieredMemory {
     /// Returns at once; the fault-handler thread carries the request out in batches
     /// between faults (see [`PagingPolicy::request_moves`] for what is skipped).
     pub fn prefetch(&self, pages: &[PageNumber], target_tier: u8) -> Result<(), PrefetchError> {
-        if target_tier as usize >= TIER_COUNT {
-            return Err(PrefetchError::NoSuchTier(target_tier));
-        }
-        let request = MoveRequest {
-            pages: pages.to_vec(),
-            target: target_tier,
-        };
-        self.moves
-            .send(request)
-            .map_err(|_| PrefetchError::Stopped)?;
-        // Wake the handler if it is waiting in poll.
-        let one = 1u64.to_ne_bytes();
-        let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
-        Ok(())
+        send_moves(&self.moves, &self.stop_fd, pages, target_tier)
     }
 
     /// A handle that changes the RAM budget while the VM runs.
@@ -447,6 +462,7 @@ impl TieredMemory {
         BudgetHandle {
             shared: self.shared.clone(),
             wake: self.stop_fd.clone(),
+            moves: self.moves.clone(),
         }
     }
 

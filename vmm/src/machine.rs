@@ -113,6 +113,7 @@ pub struct Machine {
     stop: Arc<VmStop>,
     boot_times: Arc<BootTimes>,
     counters: Arc<ExitCounters>,
+    gate: Arc<vcpu::VcpuGate>,
     process_start: Instant,
 }
 
@@ -202,6 +203,7 @@ impl Machine {
             stop,
             boot_times,
             counters: Arc::new(ExitCounters::default()),
+            gate: Arc::new(vcpu::VcpuGate::default()),
             process_start,
         })
     }
@@ -219,6 +221,16 @@ impl Machine {
     /// The stop switch (the tiering layer stops the VM when a page is lost).
     pub fn stop_handle(&self) -> Arc<VmStop> {
         self.stop.clone()
+    }
+
+    /// Pauses and resumes the vCPUs while the VM runs (a scheduler running VMs in turns).
+    pub fn vcpu_gate(&self) -> Arc<vcpu::VcpuGate> {
+        self.gate.clone()
+    }
+
+    /// How many vCPUs the VM has.
+    pub fn vcpu_count(&self) -> usize {
+        usize::from(self.config.vcpus)
     }
 
     /// Run until the VM stops; every thread has ended when this returns.
@@ -241,6 +253,7 @@ impl Machine {
             bus: self.bus.clone(),
             stop: self.stop.clone(),
             counters: self.counters.clone(),
+            gate: self.gate.clone(),
         };
         let mut handles = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {

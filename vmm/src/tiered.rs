@@ -218,13 +218,56 @@ impl VmHooks for KvmHooks {
     }
 }
 
+/// Which guest pages are in RAM, read with mincore(2) over guest RAM's mappings (a
+/// page the fault handler evicted is punched out of the memfd). Valid while the
+/// [`TieredVm`] it came from lives.
+#[derive(Clone)]
+pub struct GuestPages {
+    /// (host address, bytes, first guest page) of each RAM region.
+    regions: Vec<(usize, usize, PageNumber)>,
+}
+
+impl GuestPages {
+    /// The guest pages now in RAM, in address order.
+    pub fn resident(&self) -> Vec<PageNumber> {
+        let mut out = Vec::new();
+        let mut vec = Vec::new();
+        for &(addr, len, first) in &self.regions {
+            let pages = len.div_ceil(PAGE_SIZE as usize);
+            vec.clear();
+            vec.resize(pages, 0u8);
+            // SAFETY: [addr, addr + len) is a mapping of guest RAM that lives as long as
+            // the TieredVm; mincore writes one byte per page into `vec`, which has one
+            // per page. It never touches the pages themselves (no fault is raised).
+            let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+            if rc != 0 {
+                log::warn!("mincore of guest RAM: {}", std::io::Error::last_os_error());
+                continue;
+            }
+            out.extend(
+                vec.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v & 1 != 0)
+                    .map(|(i, _)| first + i as PageNumber),
+            );
+        }
+        out
+    }
+}
+
 /// Tiering attached to a VM; keeps the guest mappings alive until it has stopped.
 pub struct TieredVm {
     memory: TieredMemory,
+    pages: GuestPages,
     _mappings: GuestMemoryMmap,
 }
 
 impl TieredVm {
+    /// Reads which guest pages are in RAM.
+    pub fn guest_pages(&self) -> GuestPages {
+        self.pages.clone()
+    }
+
     /// Changes the RAM budget while the VM runs (`--ram-pool`).
     pub fn budget_handle(&self) -> tiering::runtime::BudgetHandle {
         self.memory.budget_handle()
@@ -336,8 +379,15 @@ pub fn attach(
         cpus,
         first,
     });
+    let pages = GuestPages {
+        regions: regions
+            .iter()
+            .map(|r| (r.host_addr, r.len as usize, r.guest_addr / PAGE_SIZE))
+            .collect(),
+    };
     Ok(TieredVm {
         memory,
+        pages,
         _mappings: ram.memory.clone(),
     })
 }

@@ -7,8 +7,9 @@
 //! (Firecracker and Cloud Hypervisor do the same.)
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use devices::PioBus;
 use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH};
@@ -55,6 +56,99 @@ pub struct VcpuContext {
     pub stop: Arc<VmStop>,
     /// Exit counters.
     pub counters: Arc<ExitCounters>,
+    /// Pauses and resumes the vCPUs (a scheduler that runs VMs in turns).
+    pub gate: Arc<VcpuGate>,
+}
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    /// vCPU threads waiting at the gate now.
+    parked: usize,
+    /// The vCPU threads, to kick out of KVM_RUN when pausing.
+    threads: Vec<libc::pthread_t>,
+}
+
+/// Pauses a VM's vCPUs between two KVM_RUNs and resumes them: a paused vCPU thread
+/// waits at the gate instead of entering the guest. Pausing kicks every vCPU out of
+/// KVM_RUN as stopping does; a stop request also ends the wait.
+#[derive(Default)]
+pub struct VcpuGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl VcpuGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the vCPUs at their next exit (kicking each out of KVM_RUN). Returns at
+    /// once; [`VcpuGate::wait_parked`] waits for them.
+    pub fn pause(&self) {
+        let mut s = self.lock();
+        s.paused = true;
+        for &t in &s.threads {
+            // SAFETY: t is a live vCPU thread of this process (threads unregister
+            // before they end, under this lock); the kick handler is installed
+            // before any vCPU thread starts.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Waits up to `timeout` until `vcpus` vCPU threads wait at the gate; whether
+    /// they all do.
+    pub fn wait_parked(&self, vcpus: usize, timeout: Duration) -> bool {
+        let s = self.lock();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| s.paused && s.parked < vcpus)
+            .unwrap_or_else(|e| e.into_inner());
+        s.parked >= vcpus
+    }
+
+    fn register(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.push(me);
+    }
+
+    fn unregister(&self) {
+        // SAFETY: as above.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.retain(|&t| t != me);
+    }
+
+    /// Called by a vCPU thread before KVM_RUN: waits while paused (and not stopping).
+    fn pass(&self, stop: &VmStop) {
+        let mut s = self.lock();
+        if !s.paused {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.paused && !stop.is_stopping() {
+            // A stop request does not signal this condition: look again every 10 ms.
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.parked -= 1;
+    }
 }
 
 /// Start vCPU `id` on its own thread.
@@ -67,12 +161,18 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
 fn run_vcpu(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
     crate::tiered::on_vcpu_thread_start(id);
     KVM_RUN.with(|run| run.set(vcpu.get_kvm_run() as *mut kvm_run));
+    ctx.gate.register();
     while !ctx.stop.is_stopping() {
+        ctx.gate.pass(&ctx.stop);
+        if ctx.stop.is_stopping() {
+            break;
+        }
         if let Some(reason) = run_once(id, &mut vcpu, ctx) {
             ctx.stop.request(reason);
             break;
         }
     }
+    ctx.gate.unregister();
     KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
     // Where each vCPU was when the VM stopped: the first clue for a hung guest
     // (RUST_LOG=info).

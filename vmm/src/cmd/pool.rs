@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tiering::access::PAGE_SIZE;
 use tiering::pool::PoolConfig;
-use vmm::pool::{Manager, ManagerOptions};
+use vmm::pool::{Manager, ManagerOptions, Schedule};
 
 const POOL_EXAMPLES: &str = "\
 Examples:
@@ -21,6 +21,8 @@ Examples:
         --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 3
   A pool for one batch of VMs, ended when the last one leaves:
     tiervisor pool --dir /tmp/pool --size 8M --exit-when-empty
+  VMs taking turns of 300 ms on one CPU, each staged before its turn:
+    tiervisor pool --dir /tmp/pool --size 8M --slice-ms 300 --run-slots 1
 
 Each round the manager reads every member's report (priority, size, resident pages,
 faults), then: a VM that joins gets its priority's share of the pool; a VM that
@@ -28,6 +30,12 @@ neither refaults nor touches new pages gives back the budget it does not use; fr
 pages go to the VMs that refault; and one step moves from the VM least pressed
 (refaults per second times priority) to the one most pressed. A VM that exits gives
 its share back. The budgets never add up to more than --size.
+
+With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
+VMs): at most --run-slots run at once, each for a slice, while the others wait with
+their vCPUs paused and a thirty-second of the pool each; the running VMs share the
+rest by priority. A turn begins by asking back, in one batch, the pages the VM held
+when it was paused (--no-staging: it faults them in).
 
 Exit status: 0 after SIGINT/SIGTERM or, with --exit-when-empty, once the last VM
 left; 2 for bad input (or another manager on --dir).";
@@ -51,6 +59,17 @@ pub struct PoolArgs {
     /// End once every VM has left, after at least one joined.
     #[arg(long)]
     pub exit_when_empty: bool,
+    /// Run the VMs in turns of this many milliseconds, at most --run-slots at once,
+    /// instead of all at once; a waiting VM's vCPUs are paused.
+    #[arg(long, value_name = "MS")]
+    pub slice_ms: Option<u64>,
+    /// VMs that run at once when running in turns.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "slice_ms")]
+    pub run_slots: usize,
+    /// In turns, do not ask a VM's pages back when its turn begins (for comparison):
+    /// it faults them in.
+    #[arg(long, requires = "slice_ms")]
+    pub no_staging: bool,
 }
 
 fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
@@ -112,6 +131,17 @@ pub fn run(args: PoolArgs) -> i32 {
     if args.interval_ms == 0 {
         return super::usage_error("--interval-ms must be at least 1");
     }
+    if args.slice_ms == Some(0) {
+        return super::usage_error("--slice-ms must be at least 1");
+    }
+    if args.run_slots == 0 {
+        return super::usage_error("--run-slots must be at least 1");
+    }
+    let schedule = args.slice_ms.map(|ms| Schedule {
+        slice: Duration::from_millis(ms),
+        slots: args.run_slots,
+        staging: !args.no_staging,
+    });
     let signals = match stop_signals() {
         Ok(fd) => fd,
         Err(e) => {
@@ -125,6 +155,7 @@ pub fn run(args: PoolArgs) -> i32 {
         config,
         interval,
         exit_when_empty: args.exit_when_empty,
+        schedule,
     }) {
         Ok(m) => m,
         Err(e) => return super::usage_error(e),
@@ -157,6 +188,9 @@ pub fn run(args: PoolArgs) -> i32 {
             }
             if manager.has_joiners() {
                 break;
+            }
+            for line in manager.tick() {
+                eprintln!("{line}");
             }
         }
         if stop {

@@ -397,7 +397,19 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
             };
             match vmm::tiered::attach(&machine, req, live.advisor) {
                 Ok(t) => {
-                    let pool = membership.map(|m| m.start(t.budget_handle()));
+                    let pool = membership.map(|m| {
+                        let gate = machine.vcpu_gate();
+                        if !m.initial_run {
+                            // Its turn comes later: the vCPUs wait from the start.
+                            gate.pause();
+                        }
+                        let vm = vmm::pool::VmControl {
+                            gate,
+                            vcpus: machine.vcpu_count(),
+                            pages: t.guest_pages(),
+                        };
+                        m.start(t.budget_handle(), vm)
+                    });
                     Some((t, live.report, pool))
                 }
                 Err(e) => {

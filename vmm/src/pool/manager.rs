@@ -1,0 +1,426 @@
+//! The manager side of a RAM pool: rounds that read the members' reports and write
+//! their budgets, by [`tiering::pool::rebalance`] or, with a [`Schedule`], by turns.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tiering::pool::{rebalance, PoolConfig, PoolMember};
+
+use super::{
+    alive, budget_path, io_error, read_json, report_path, write_json, Assignment, MemberReport,
+    PoolError, PoolFile, LOCK_FILE, POOL_FILE, POOL_FORMAT,
+};
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    pub dir: PathBuf,
+    pub config: PoolConfig,
+    pub interval: Duration,
+    /// End once every member has left, after at least one joined.
+    pub exit_when_empty: bool,
+    /// Run the VMs in turns instead of all at once (`None`: all run, budgets by
+    /// [`rebalance`]).
+    pub schedule: Option<Schedule>,
+}
+
+/// Turns: at most `slots` VMs run at once, each for `slice` while others wait; the
+/// running ones share the pool, a waiting one keeps a thirty-second of it.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub slice: Duration,
+    pub slots: usize,
+    /// Whether a turn begins by asking back the pages the VM held when it was paused.
+    pub staging: bool,
+}
+
+/// What the manager knows of a member between rounds.
+struct Tracked {
+    report: MemberReport,
+    budget: u64,
+    refaults_per_s: f64,
+    first_touches_per_s: f64,
+    /// Sampled pages touched again, and sampled pages, summed with a decay of
+    /// [`SAMPLE_DECAY`] a round: a live VM samples a few dozen of its pages a round,
+    /// too few to judge its active share from one round.
+    sample_hits: f64,
+    sample_zaps: f64,
+    /// This round's sampled pages, counted against next round's hits: a VM reports
+    /// just after it samples, before the pages it zapped are touched again (counted
+    /// in the same round, a VM touching all its pages showed 81-90% in use).
+    zaps_last_round: u64,
+    /// As last written to its assignment: whether it runs, and its staging request.
+    run: bool,
+    stage: u64,
+    /// As the schedule decides them (written at the end of the round or tick).
+    turn_run: bool,
+    turn_stage: u64,
+    /// When its current turn began (a schedule).
+    turn_started: Option<Instant>,
+}
+
+const SAMPLE_DECAY: f64 = 0.8;
+
+impl Tracked {
+    /// The share of its resident pages in use; 1.0 until a few samples came back.
+    fn active_fraction(&self) -> f64 {
+        if self.sample_zaps < 16.0 {
+            1.0
+        } else {
+            (self.sample_hits / self.sample_zaps).min(1.0)
+        }
+    }
+}
+
+/// A member is taken to be filling (first touches) until its rates are measured:
+/// this many times the pressure threshold, decaying by half a round.
+const NEW_MEMBER_FILL_RATE: f64 = 64.0;
+
+/// The manager's state: the members it tracks and the round count.
+pub struct Manager {
+    options: ManagerOptions,
+    /// `pool.lock`, held with flock for the manager's lifetime.
+    _lock: std::fs::File,
+    members: Vec<(u32, Tracked)>,
+    /// Members waiting for a turn, first in line first (a schedule).
+    queue: VecDeque<u32>,
+    round: u64,
+    start: Instant,
+    /// Whether any member ever joined (for `exit_when_empty`).
+    pub ever_joined: bool,
+}
+
+impl Manager {
+    /// Claims `options.dir` (created if needed) and writes `pool.json`.
+    pub fn start(options: ManagerOptions) -> Result<Self, PoolError> {
+        let dir = &options.dir;
+        std::fs::create_dir_all(dir).map_err(io_error(dir, "cannot create it"))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io_error(dir, "cannot open pool.lock"))?;
+        // SAFETY: flock on a descriptor we own; held until `lock` closes.
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if rc != 0 {
+            let pid = read_json::<PoolFile>(&dir.join(POOL_FILE)).map_or(0, |p| p.manager_pid);
+            return Err(PoolError::ManagerRunning {
+                dir: dir.display().to_string(),
+                pid,
+            });
+        }
+        let pool = PoolFile {
+            version: POOL_FORMAT,
+            size_pages: options.config.size_pages,
+            manager_pid: std::process::id(),
+            interval_ms: options.interval.as_millis() as u64,
+        };
+        write_json(&dir.join(POOL_FILE), &pool).map_err(io_error(dir, "cannot write pool.json"))?;
+        Ok(Self {
+            options,
+            _lock: lock,
+            members: Vec::new(),
+            queue: VecDeque::new(),
+            round: 0,
+            start: Instant::now(),
+            ever_joined: false,
+        })
+    }
+
+    /// Members now in the pool.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether a VM waits to join (a report of a process the manager does not track):
+    /// the caller runs a round at once rather than keep it waiting for the next.
+    pub fn has_joiners(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.options.dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("vm-")
+                .and_then(|s| s.strip_suffix(".json"))
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some_and(|pid| !self.members.iter().any(|(p, _)| *p == pid))
+        })
+    }
+
+    /// Whether the manager is done (`exit_when_empty` and everyone left).
+    pub fn done(&self) -> bool {
+        self.options.exit_when_empty && self.ever_joined && self.members.is_empty()
+    }
+
+    /// One round: reads the reports, drops members that left, decides the budgets (and
+    /// turns) and writes those that changed. Returns a line per change, for the log.
+    pub fn round(&mut self) -> Vec<String> {
+        self.round += 1;
+        let mut lines = self.read_reports();
+        lines.extend(self.assign());
+        lines
+    }
+
+    /// Between rounds, with a schedule: ends the turns that are over and starts the
+    /// next. Returns a line per change.
+    pub fn tick(&mut self) -> Vec<String> {
+        let Some(schedule) = &self.options.schedule else {
+            return Vec::new();
+        };
+        let running = self.members.iter().filter(|(_, m)| m.turn_run).count();
+        let expired = self.members.iter().any(|(_, m)| {
+            m.turn_run
+                && m.turn_started
+                    .is_some_and(|t| t.elapsed() >= schedule.slice)
+        });
+        if !self.queue.is_empty() && (expired || running < schedule.slots) {
+            self.assign()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Reads every member's report, drops the members that left and updates the rates.
+    fn read_reports(&mut self) -> Vec<String> {
+        let dir = self.options.dir.clone();
+        let t = self.elapsed_s();
+        let mut lines = Vec::new();
+        let mut seen = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name
+                    .strip_prefix("vm-")
+                    .and_then(|s| s.strip_suffix(".json"))
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if !alive(pid) {
+                    let _ = std::fs::remove_file(report_path(&dir, pid));
+                    let _ = std::fs::remove_file(budget_path(&dir, pid));
+                    continue;
+                }
+                match read_json::<MemberReport>(&e.path()) {
+                    Ok(r) if r.version == POOL_FORMAT && r.pid == pid => seen.push(r),
+                    Ok(_) => log::warn!("ram pool: {name} is not a report of this version"),
+                    // Being replaced as we read it, or half-written: next round.
+                    Err(_) => {}
+                }
+            }
+        }
+        // Members gone (their file removed, or the process ended).
+        let queue = &mut self.queue;
+        self.members.retain(|(pid, m)| {
+            let stays = seen.iter().any(|r| r.pid == *pid);
+            if !stays {
+                queue.retain(|p| p != pid);
+                lines.push(format!(
+                    "{t:7.2}s  vm {pid} left; its {} pages go back to the pool",
+                    m.budget
+                ));
+            }
+            stays
+        });
+        for r in seen {
+            match self.members.iter_mut().find(|(pid, _)| *pid == r.pid) {
+                Some((_, m)) => {
+                    let dt = r.time_ms.saturating_sub(m.report.time_ms);
+                    if dt > 0 {
+                        let refaults = (r.demand_faults.saturating_sub(r.zero_fills))
+                            .saturating_sub(
+                                m.report.demand_faults.saturating_sub(m.report.zero_fills),
+                            );
+                        let rate = refaults as f64 * 1000.0 / dt as f64;
+                        m.refaults_per_s = 0.5 * m.refaults_per_s + 0.5 * rate;
+                        let fills = r.zero_fills.saturating_sub(m.report.zero_fills);
+                        let rate = fills as f64 * 1000.0 / dt as f64;
+                        m.first_touches_per_s = 0.5 * m.first_touches_per_s + 0.5 * rate;
+                        let zaps = r.sampled_zaps.saturating_sub(m.report.sampled_zaps);
+                        let hits = r.sample_hits.saturating_sub(m.report.sample_hits);
+                        m.sample_zaps = SAMPLE_DECAY * m.sample_zaps + m.zaps_last_round as f64;
+                        m.zaps_last_round = zaps;
+                        m.sample_hits = SAMPLE_DECAY * m.sample_hits + hits as f64;
+                        m.report = r;
+                    }
+                }
+                None => {
+                    self.ever_joined = true;
+                    self.queue.push_back(r.pid);
+                    self.members.push((
+                        r.pid,
+                        Tracked {
+                            report: r,
+                            budget: 0,
+                            refaults_per_s: 0.0,
+                            first_touches_per_s: NEW_MEMBER_FILL_RATE
+                                * self.options.config.min_refaults_per_s,
+                            sample_hits: 0.0,
+                            sample_zaps: 0.0,
+                            zaps_last_round: 0,
+                            run: false,
+                            stage: 0,
+                            turn_run: false,
+                            turn_stage: 0,
+                            turn_started: None,
+                        },
+                    ));
+                }
+            }
+        }
+        lines
+    }
+
+    /// Decides every member's budget (and turn) and writes those that changed.
+    fn assign(&mut self) -> Vec<String> {
+        let decided: Vec<(u64, bool, u64)> = match self.options.schedule.clone() {
+            None => {
+                let view: Vec<PoolMember> = self
+                    .members
+                    .iter()
+                    .map(|(_, m)| PoolMember {
+                        priority: m.report.priority.max(1),
+                        guest_pages: m.report.guest_pages,
+                        budget_pages: m.budget,
+                        resident_pages: m.report.resident_pages,
+                        refaults_per_s: m.refaults_per_s,
+                        first_touches_per_s: m.first_touches_per_s,
+                        active_fraction: m.active_fraction(),
+                    })
+                    .collect();
+                rebalance(&self.options.config, &view)
+                    .into_iter()
+                    .map(|b| (b, true, 0))
+                    .collect()
+            }
+            Some(schedule) => self.turns(&schedule),
+        };
+        let dir = self.options.dir.clone();
+        let t = self.elapsed_s();
+        let mut lines = Vec::new();
+        for ((pid, m), &(b, run, stage)) in self.members.iter_mut().zip(&decided) {
+            if b == m.budget && run == m.run && stage == m.stage {
+                continue;
+            }
+            let assignment = Assignment {
+                version: POOL_FORMAT,
+                budget_pages: b,
+                round: self.round,
+                run,
+                stage,
+            };
+            if let Err(e) = write_json(&budget_path(&dir, *pid), &assignment) {
+                log::warn!("ram pool: cannot write the budget of vm {pid}: {e}");
+                continue;
+            }
+            let turn = match (self.options.schedule.is_some(), run, run == m.run) {
+                (false, _, _) => "",
+                (true, true, false) if stage != m.stage => ", its turn: runs, pages staged",
+                (true, true, false) => ", its turn: runs",
+                (true, false, false) => ", waits",
+                (true, _, true) => "",
+            };
+            lines.push(if m.budget == 0 {
+                format!(
+                    "{t:7.2}s  vm {pid} joined (priority {}, {} pages): budget {b} pages{turn}",
+                    m.report.priority, m.report.guest_pages
+                )
+            } else {
+                format!(
+                    "{t:7.2}s  vm {pid}: {} -> {b} pages (resident {}, {:.0}% in use, {:.0} refaults/s){turn}",
+                    m.budget,
+                    m.report.resident_pages,
+                    100.0 * m.active_fraction(),
+                    m.refaults_per_s
+                )
+            });
+            m.budget = b;
+            m.run = run;
+            m.stage = stage;
+        }
+        lines
+    }
+
+    /// Turns: ends those that are over (when someone waits), starts the next in line,
+    /// and splits the pool: a waiting member keeps a thirty-second of it (at most its
+    /// size), the running ones share the rest by priority.
+    fn turns(&mut self, schedule: &Schedule) -> Vec<(u64, bool, u64)> {
+        let now = Instant::now();
+        if !self.queue.is_empty() {
+            for (pid, m) in self.members.iter_mut() {
+                if m.turn_run && m.turn_started.is_some_and(|t| now - t >= schedule.slice) {
+                    m.turn_run = false;
+                    m.turn_started = None;
+                    self.queue.push_back(*pid);
+                }
+            }
+        }
+        let mut running = self.members.iter().filter(|(_, m)| m.turn_run).count();
+        while running < schedule.slots {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some((_, m)) = self.members.iter_mut().find(|(p, _)| *p == next) {
+                m.turn_run = true;
+                m.turn_started = Some(now);
+                if schedule.staging {
+                    m.turn_stage += 1;
+                }
+                running += 1;
+            }
+        }
+        let size = self.options.config.size_pages;
+        let waiting_share = (size / 32).max(1);
+        let waiting: u64 = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.turn_run)
+            .map(|(_, m)| waiting_share.min(m.report.guest_pages.max(1)))
+            .sum();
+        let weights: u64 = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.turn_run)
+            .map(|(_, m)| u64::from(m.report.priority.max(1)))
+            .sum::<u64>()
+            .max(1);
+        let left = size.saturating_sub(waiting);
+        self.members
+            .iter()
+            .map(|(_, m)| {
+                let guest = m.report.guest_pages.max(1);
+                let budget = if m.turn_run {
+                    (left * u64::from(m.report.priority.max(1)) / weights).clamp(1, guest)
+                } else {
+                    waiting_share.min(guest)
+                };
+                (budget, m.turn_run, m.turn_stage)
+            })
+            .collect()
+    }
+
+    /// Removes `pool.json` (members can no longer join).
+    pub fn close(self) {
+        let _ = std::fs::remove_file(self.options.dir.join(POOL_FILE));
+    }
+
+    /// The pool's size and the budgets now assigned, in pages.
+    pub fn assigned(&self) -> (u64, u64) {
+        (
+            self.options.config.size_pages,
+            self.members.iter().map(|(_, m)| m.budget).sum(),
+        )
+    }
+}

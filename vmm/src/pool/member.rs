@@ -1,0 +1,287 @@
+//! The member side of a RAM pool: a VM joins, then a thread reports every round and
+//! carries out what the manager assigns: a budget and, when the manager schedules
+//! VMs in turns, whether the VM runs (docs/pool.md, "Running VMs in turns").
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tiering::access::PageNumber;
+use tiering::runtime::BudgetHandle;
+
+use super::{
+    budget_path, io_error, manager_runs, now_ms, read_json, read_pool_file, report_path,
+    write_json, Assignment, MemberReport, PoolError, PoolFile, JOIN_TIMEOUT, POOL_FORMAT,
+};
+use crate::tiered::GuestPages;
+use crate::vcpu::VcpuGate;
+
+/// How often a member reads its assignment: a scheduler's turn starts and ends within
+/// this of the manager's decision.
+const ASSIGNMENT_POLL: Duration = Duration::from_millis(2);
+
+/// A VM's place in a pool, from joining to leaving.
+pub struct PoolMembership {
+    dir: PathBuf,
+    pool: PoolFile,
+    pid: u32,
+    priority: u32,
+    guest_pages: u64,
+    /// The budget the manager gave at joining.
+    pub initial_budget_pages: u64,
+    /// Whether the VM may run from the start (false: the scheduler runs others first).
+    pub initial_run: bool,
+}
+
+/// What a member thread acts on besides the budget: the VM's vCPUs and its pages.
+pub struct VmControl {
+    pub gate: Arc<VcpuGate>,
+    pub vcpus: usize,
+    pub pages: GuestPages,
+}
+
+impl PoolMembership {
+    /// Joins the pool in `dir`: reports this VM and waits for its first budget.
+    pub fn join(dir: &Path, priority: u32, guest_pages: u64) -> Result<Self, PoolError> {
+        let pool = read_pool_file(dir)?;
+        let pid = std::process::id();
+        let report = MemberReport {
+            version: POOL_FORMAT,
+            pid,
+            priority,
+            guest_pages,
+            budget_pages: 0,
+            resident_pages: 0,
+            demand_faults: 0,
+            zero_fills: 0,
+            sampled_zaps: 0,
+            sample_hits: 0,
+            time_ms: now_ms(),
+        };
+        write_json(&report_path(dir, pid), &report)
+            .map_err(io_error(dir, "cannot write this VM's report"))?;
+        let start = Instant::now();
+        let first = loop {
+            match read_json::<Assignment>(&budget_path(dir, pid)) {
+                Ok(a) if a.version == POOL_FORMAT && a.budget_pages > 0 => break a,
+                _ => {}
+            }
+            if start.elapsed() >= JOIN_TIMEOUT || !manager_runs(dir) {
+                let _ = std::fs::remove_file(report_path(dir, pid));
+                return Err(PoolError::JoinTimeout {
+                    dir: dir.display().to_string(),
+                    pid: pool.manager_pid,
+                    secs: JOIN_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pool,
+            pid,
+            priority,
+            guest_pages,
+            initial_budget_pages: first.budget_pages,
+            initial_run: first.run,
+        })
+    }
+
+    /// Starts reporting every round and carrying out what the manager assigns. The
+    /// VM's vCPUs must already be paused if [`PoolMembership::initial_run`] is false.
+    pub fn start(self, handle: BudgetHandle, vm: VmControl) -> PoolMemberThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ram-pool".into())
+            .spawn(move || self.run(handle, vm, &stop2))
+            .ok();
+        PoolMemberThread { stop, thread }
+    }
+
+    fn report(&self, handle: &BudgetHandle) {
+        let Some(r) = handle.snapshot() else {
+            return;
+        };
+        let report = MemberReport {
+            version: POOL_FORMAT,
+            pid: self.pid,
+            priority: self.priority,
+            guest_pages: self.guest_pages,
+            budget_pages: r.ram_budget_pages,
+            resident_pages: r.per_tier.iter().take(2).map(|t| t.resident_pages).sum(),
+            demand_faults: r.demand_faults,
+            zero_fills: r.zero_fills,
+            sampled_zaps: r.sampled_zaps,
+            sample_hits: r.sample_hits,
+            time_ms: now_ms(),
+        };
+        if let Err(e) = write_json(&report_path(&self.dir, self.pid), &report) {
+            log::warn!("ram pool: cannot write this VM's report: {e}");
+        }
+    }
+
+    fn run(self, handle: BudgetHandle, vm: VmControl, stop: &AtomicBool) -> BudgetHistory {
+        let interval = Duration::from_millis(self.pool.interval_ms.max(1));
+        let mut history = BudgetHistory::new(self.initial_budget_pages);
+        let mut turn = Turn {
+            running: self.initial_run,
+            paused_at: (!self.initial_run).then(Instant::now),
+            stage: 0,
+            working_set: Vec::new(),
+        };
+        let mut applied = self.initial_budget_pages;
+        let mut last_report: Option<Instant> = None;
+        while !stop.load(Ordering::Acquire) {
+            if last_report.is_none_or(|t| t.elapsed() >= interval) {
+                last_report = Some(Instant::now());
+                self.report(&handle);
+                // A paused VM whose manager is gone would wait for ever: it runs on.
+                if !turn.running && !manager_runs(&self.dir) {
+                    log::warn!("ram pool: the manager is gone; this VM runs on");
+                    turn.resume(&vm, &mut history);
+                }
+            }
+            if let Ok(a) = read_json::<Assignment>(&budget_path(&self.dir, self.pid)) {
+                if a.version == POOL_FORMAT && a.budget_pages > 0 {
+                    // Pausing: the vCPUs stop and the working set is noted before a
+                    // smaller budget evicts it. Resuming: the budget grows first, so
+                    // that the staged pages have room.
+                    if !a.run && turn.running {
+                        turn.pause(&vm);
+                    }
+                    if a.budget_pages != applied && handle.set_ram_budget(a.budget_pages).is_ok() {
+                        log::info!("ram pool: budget {applied} -> {} pages", a.budget_pages);
+                        applied = a.budget_pages;
+                        history.note(applied);
+                    }
+                    if a.run && !turn.running {
+                        if a.stage != 0 && a.stage != turn.stage {
+                            turn.stage = a.stage;
+                            history.staged_pages += turn.stage_pages(&handle, applied);
+                        }
+                        turn.resume(&vm, &mut history);
+                    }
+                }
+            }
+            std::thread::sleep(ASSIGNMENT_POLL);
+        }
+        if let Some(t) = turn.paused_at {
+            history.paused_ms += t.elapsed().as_secs_f64() * 1000.0;
+        }
+        history
+    }
+}
+
+/// A member's turns: whether its VM runs, and what it held when it was paused.
+struct Turn {
+    running: bool,
+    paused_at: Option<Instant>,
+    /// The manager's staging request last carried out.
+    stage: u64,
+    /// The pages in RAM when the VM was last paused, in address order.
+    working_set: Vec<PageNumber>,
+}
+
+impl Turn {
+    fn pause(&mut self, vm: &VmControl) {
+        vm.gate.pause();
+        if !vm.gate.wait_parked(vm.vcpus, Duration::from_secs(1)) {
+            log::warn!("ram pool: the vCPUs did not stop within 1 s");
+        }
+        self.working_set = vm.pages.resident();
+        self.running = false;
+        self.paused_at = Some(Instant::now());
+    }
+
+    fn resume(&mut self, vm: &VmControl, history: &mut BudgetHistory) {
+        vm.gate.resume();
+        self.running = true;
+        history.turns += 1;
+        if let Some(t) = self.paused_at.take() {
+            history.paused_ms += t.elapsed().as_secs_f64() * 1000.0;
+        }
+    }
+
+    /// Asks for the pages the VM held when it was paused, as many as `budget` leaves
+    /// room for; returns how many were asked for.
+    fn stage_pages(&self, handle: &BudgetHandle, budget: u64) -> u64 {
+        let n = self.working_set.len().min(budget as usize);
+        if n == 0 {
+            return 0;
+        }
+        // The most recently filled pages are not known here; the first `n` in address
+        // order stand for them when the budget is smaller than the set.
+        match handle.prefetch(&self.working_set[..n], tiering::policy::TIER_RAM) {
+            Ok(()) => n as u64,
+            Err(e) => {
+                log::warn!("ram pool: cannot stage this VM's pages: {e}");
+                0
+            }
+        }
+    }
+}
+
+impl Drop for PoolMembership {
+    /// Leaving: the files go, and the manager hands this VM's share to the others.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(report_path(&self.dir, self.pid));
+        let _ = std::fs::remove_file(budget_path(&self.dir, self.pid));
+    }
+}
+
+/// The budgets a member was given, for its metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetHistory {
+    pub initial_budget_pages: u64,
+    pub min_budget_pages: u64,
+    pub max_budget_pages: u64,
+    pub final_budget_pages: u64,
+    pub budget_changes: u64,
+    /// Turns the VM was let run after a pause (a scheduling manager).
+    pub turns: u64,
+    /// Time spent paused, waiting for its turn.
+    pub paused_ms: f64,
+    /// Pages asked back into RAM when a turn began.
+    pub staged_pages: u64,
+}
+
+impl BudgetHistory {
+    fn new(initial: u64) -> Self {
+        Self {
+            initial_budget_pages: initial,
+            min_budget_pages: initial,
+            max_budget_pages: initial,
+            final_budget_pages: initial,
+            budget_changes: 0,
+            turns: 0,
+            paused_ms: 0.0,
+            staged_pages: 0,
+        }
+    }
+
+    fn note(&mut self, budget: u64) {
+        self.min_budget_pages = self.min_budget_pages.min(budget);
+        self.max_budget_pages = self.max_budget_pages.max(budget);
+        self.final_budget_pages = budget;
+        self.budget_changes += 1;
+    }
+}
+
+/// The running member thread of a VM in a pool.
+pub struct PoolMemberThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<BudgetHistory>>,
+}
+
+impl PoolMemberThread {
+    /// Leaves the pool (its files are removed; the manager hands the share to the
+    /// others) and returns the budgets this VM had.
+    pub fn leave(mut self) -> Option<BudgetHistory> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}

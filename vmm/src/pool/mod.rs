@@ -1,0 +1,288 @@
+//! One RAM budget shared among VMs, each in its own `tiervisor run` process
+//! (`--ram-pool DIR`), by a manager process (`tiervisor pool --dir DIR --size SIZE`).
+//! The scheme that decides the shares is [`tiering::pool::rebalance`]; this module
+//! carries the reports and the budgets between the processes (docs/pool.md).
+//!
+//! The pool directory holds small JSON files, each replaced atomically by rename:
+//! - `pool.json`, by the manager: the pool's size, its pid and its round interval;
+//! - `vm-<pid>.json`, by each member every round: its priority, size, budget,
+//!   resident pages and fault counters;
+//! - `vm-<pid>.budget.json`, by the manager: the member's budget in pages.
+//!
+//! A member joins by writing its report with a budget of 0 and waiting for its first
+//! budget, so its VM starts within its share. Files of processes that are gone are
+//! removed by the manager; a member removes its own when it leaves.
+//!
+//! The manager ([`manager`]) may also run the VMs in turns (`--slice-ms`): a VM whose
+//! assignment says `run: false` waits with its vCPUs paused, and a turn that begins
+//! with `stage` raised first asks back the pages the VM held when it was paused
+//! ([`member`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+mod manager;
+mod member;
+
+pub use manager::{Manager, ManagerOptions, Schedule};
+pub use member::{BudgetHistory, PoolMemberThread, PoolMembership, VmControl};
+
+/// Version of the files' format; a manager and a member of different versions refuse
+/// each other's files.
+pub const POOL_FORMAT: u32 = 1;
+pub(crate) const POOL_FILE: &str = "pool.json";
+/// Held locked (flock) by the manager while it runs: a second manager cannot take the
+/// directory, and a member can tell a live manager from a stale `pool.json`.
+pub(crate) const LOCK_FILE: &str = "pool.lock";
+/// How long a joining VM waits for its first budget.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `pool.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolFile {
+    pub version: u32,
+    pub size_pages: u64,
+    pub manager_pid: u32,
+    pub interval_ms: u64,
+}
+
+/// `vm-<pid>.json`: what a member reports each round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberReport {
+    pub version: u32,
+    pub pid: u32,
+    pub priority: u32,
+    pub guest_pages: u64,
+    /// The budget its fault handler applies now (0 while joining).
+    pub budget_pages: u64,
+    pub resident_pages: u64,
+    /// Cumulative: every demand fault, and those that were first touches.
+    pub demand_faults: u64,
+    pub zero_fills: u64,
+    /// Cumulative: resident pages zapped by random samples, and those touched again.
+    pub sampled_zaps: u64,
+    pub sample_hits: u64,
+    /// Wall-clock time of the report, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// `vm-<pid>.budget.json`: what the manager assigns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub version: u32,
+    pub budget_pages: u64,
+    /// The manager's round that set it.
+    pub round: u64,
+    /// Whether the VM may run; false: its vCPUs wait (a scheduling manager runs VMs
+    /// in turns).
+    #[serde(default = "yes")]
+    pub run: bool,
+    /// Raised by the manager when a turn begins with staging: the VM asks for the
+    /// pages it held when it was paused before its vCPUs go on (0: never).
+    #[serde(default)]
+    pub stage: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why the pool cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("--ram-pool {dir}: no pool manager runs there (start one with `tiervisor pool --dir {dir} --size SIZE`)")]
+    NoManager { dir: String },
+    #[error("--ram-pool {dir}: {file} is not a pool file of this version ({why})")]
+    BadFile {
+        dir: String,
+        file: String,
+        why: String,
+    },
+    #[error(
+        "--ram-pool {dir}: the pool manager (pid {pid}) gave this VM no budget within {secs} s"
+    )]
+    JoinTimeout { dir: String, pid: u32, secs: u64 },
+    #[error("pool directory {dir}: {action}: {source}")]
+    Io {
+        dir: String,
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("pool directory {dir}: another manager (pid {pid}) runs there")]
+    ManagerRunning { dir: String, pid: u32 },
+}
+
+pub(crate) fn io_error(
+    dir: &Path,
+    action: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> PoolError {
+    let dir = dir.display().to_string();
+    let action = action.into();
+    move |source| PoolError::Io {
+        dir,
+        action,
+        source,
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether process `pid` exists.
+pub(crate) fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file, then rename).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn report_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("vm-{pid}.json"))
+}
+
+pub(crate) fn budget_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("vm-{pid}.budget.json"))
+}
+
+/// Whether a manager holds the lock of `dir`.
+pub(crate) fn manager_runs(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; it is released when `f` closes.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    rc != 0
+}
+
+/// Reads `pool.json` and checks that its manager runs.
+pub fn read_pool_file(dir: &Path) -> Result<PoolFile, PoolError> {
+    let shown = dir.display().to_string();
+    let pool: PoolFile = match read_json(&dir.join(POOL_FILE)) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PoolError::NoManager { dir: shown })
+        }
+        Err(e) => {
+            return Err(PoolError::BadFile {
+                dir: shown,
+                file: POOL_FILE.into(),
+                why: e.to_string(),
+            })
+        }
+    };
+    if pool.version != POOL_FORMAT {
+        return Err(PoolError::BadFile {
+            dir: shown,
+            file: POOL_FILE.into(),
+            why: format!("version {}, expected {POOL_FORMAT}", pool.version),
+        });
+    }
+    if !manager_runs(dir) {
+        return Err(PoolError::NoManager { dir: shown });
+    }
+    Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiering::pool::PoolConfig;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tv-pool-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn joining_without_a_manager_is_a_clear_error() {
+        let d = temp_dir("none");
+        std::fs::create_dir_all(&d).unwrap();
+        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        assert!(e.contains("no pool manager runs there"), "{e}");
+        // A pool file left by a manager that is gone (nobody holds its lock): the same.
+        let stale = PoolFile {
+            version: POOL_FORMAT,
+            size_pages: 10,
+            manager_pid: 0x3fff_fff0,
+            interval_ms: 100,
+        };
+        write_json(&d.join(POOL_FILE), &stale).unwrap();
+        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        assert!(e.contains("no pool manager runs there"), "{e}");
+        std::fs::write(d.join(POOL_FILE), "{").unwrap();
+        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        assert!(e.contains("is not a pool file of this version"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_member_joins_gets_a_budget_and_leaves() {
+        let d = temp_dir("join");
+        let mut manager = Manager::start(ManagerOptions {
+            dir: d.clone(),
+            config: PoolConfig::new(1000),
+            interval: Duration::from_millis(10),
+            exit_when_empty: true,
+            schedule: None,
+        })
+        .unwrap();
+        // A second manager on the same directory is refused.
+        let again = Manager::start(ManagerOptions {
+            dir: d.clone(),
+            config: PoolConfig::new(1000),
+            interval: Duration::from_millis(10),
+            exit_when_empty: true,
+            schedule: None,
+        });
+        assert!(matches!(again, Err(PoolError::ManagerRunning { .. })));
+        // This process is both: the member joins on a thread while the manager runs.
+        let d2 = d.clone();
+        let joining = std::thread::spawn(move || PoolMembership::join(&d2, 1, 400));
+        let mut lines = Vec::new();
+        while !joining.is_finished() {
+            lines.extend(manager.round());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let member = joining.join().unwrap().unwrap();
+        assert_eq!(
+            member.initial_budget_pages, 400,
+            "its size, under its share"
+        );
+        assert!(lines.iter().any(|l| l.contains("joined")), "{lines:?}");
+        assert_eq!(manager.assigned(), (1000, 400));
+        // The member leaves: its files go, and the manager is done.
+        std::fs::remove_file(report_path(&d, std::process::id())).unwrap();
+        let lines = manager.round();
+        assert!(lines.iter().any(|l| l.contains("left")), "{lines:?}");
+        assert!(manager.done());
+        manager.close();
+        assert!(matches!(
+            read_pool_file(&d),
+            Err(PoolError::NoManager { .. })
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
