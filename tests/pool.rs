@@ -236,30 +236,26 @@ fn an_admin_policy_sets_the_advisor_priority_and_thresholds_of_its_app_type() {
     let log = String::from_utf8_lossy(&log.stderr);
     assert!(log.contains("joined (priority 4"), "{log}");
     // An unknown application type, and a bad file: one line naming it, status 2.
-    let out = pool_vm(&dir, &pool, "workload=scan mem=1M iters=10 seed=1", 0)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--app-type", "web"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let refused = |app: &str| {
+        let out = pool_vm(&dir, &pool, "workload=scan mem=1M iters=10 seed=1", 0)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--app-type", app])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        error_lines(&out)
+    };
     assert_eq!(
-        error_lines(&out),
+        refused("web"),
         [format!(
             "tiervisor: {}: no application type \"web\"; the file has: db",
             policy.display()
         )]
     );
     std::fs::write(&policy, "[app.db]\npriority = 2000\n").unwrap();
-    let out = pool_vm(&dir, &pool, "workload=scan mem=1M iters=10 seed=1", 0)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--app-type", "db"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert_eq!(
-        error_lines(&out),
+        refused("db"),
         [format!(
             "tiervisor: {}:2: app.db.priority: must be 1-1000, got 2000",
             policy.display()

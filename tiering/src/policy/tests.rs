@@ -531,13 +531,7 @@ fn victims_behind_hot_pages_come_in_the_advisor_s_order() {
     for (i, page) in (100..200).enumerate() {
         policy.on_access(&access(i as u64, page), &mut out);
     }
-    let evicted: Vec<PageNumber> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Evict { page, .. } => Some(*page),
-            _ => None,
-        })
-        .collect();
+    let evicted = evicted_pages(&out);
     // Pages 100-105 fill the six other slots; from then on each fault evicts the
     // oldest of them.
     let want: Vec<PageNumber> = (100..194).collect();
@@ -753,13 +747,7 @@ fn a_smaller_budget_evicts_at_once_and_shrinks_the_hot_set() {
     assert_eq!(policy.hot_capacity(), 2);
     assert_eq!(policy.hot_pages(), 2);
     assert_eq!(policy.resident_pages(), 4);
-    let evicted: Vec<PageNumber> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Evict { page, .. } => Some(*page),
-            _ => None,
-        })
-        .collect();
+    let evicted = evicted_pages(&out);
     assert_eq!(evicted.len(), 6, "{out:?}");
     assert!(evicted.iter().all(|&p| !policy.is_hot(p)), "{out:?}");
     // Growing back evicts nothing and restores the hot set's capacity.
@@ -768,4 +756,14 @@ fn a_smaller_budget_evicts_at_once_and_shrinks_the_hot_set() {
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(policy.hot_capacity(), 4);
     assert_eq!(policy.config().ram_budget_pages, 10);
+}
+
+/// The pages `out` evicts, in order.
+fn evicted_pages(out: &[Action]) -> Vec<PageNumber> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Evict { page, .. } => Some(*page),
+            _ => None,
+        })
+        .collect()
 }
