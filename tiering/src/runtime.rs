@@ -194,6 +194,9 @@ pub(crate) struct Shared {
     /// A RAM budget (pages) asked for by [`BudgetHandle::set_ram_budget`] and not yet
     /// applied by the handler; 0: none.
     pub budget_request: AtomicU64,
+    /// The VM's vCPUs are paused ([`BudgetHandle::set_paused`]): no window ends, and
+    /// no page is sampled or probed, until they run again.
+    pub paused: AtomicBool,
 }
 
 /// Changes a running VM's RAM budget and reads its counters from another thread: what
@@ -229,6 +232,15 @@ impl BudgetHandle {
     /// The latest published counters ([`TieredMemory::snapshot`]).
     pub fn snapshot(&self) -> Option<TieringReport> {
         self.shared.report.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Says that the VM's vCPUs are paused (a scheduler runs VMs in turns) or run
+    /// again. While paused the policy's windows do not end, so an advisor that learns
+    /// online is not taught that nothing is touched, and no page is sampled or probed.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        let _ = std::io::Write::write(&mut &*self.wake, &one);
     }
 
     /// [`TieredMemory::prefetch`], from another thread (staging a VM's pages before a
@@ -385,6 +397,7 @@ impl TieredMemory {
         let shared = Arc::new(Shared {
             report: Mutex::new(None),
             budget_request: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
         });
         let vcpus = VcpuRegistry(Arc::new(Mutex::new(FxHashMap::default())));
         let mut engine = Engine::new(

@@ -403,7 +403,14 @@ impl Engine {
             if self.fatal {
                 break;
             }
-            if !busy {
+            if !busy && self.shared.paused.load(Ordering::Acquire) {
+                // The vCPUs are paused: no guest time passes, so no window ends and
+                // nothing is sampled; only I/O completions and requests are served.
+                self.publish_if_due();
+                let idle = Instant::now();
+                self.wait_for_events(20);
+                self.counters.handler_idle_ns += idle.elapsed().as_nanos() as u64;
+            } else if !busy {
                 let now = self.now_ns();
                 let mut actions = std::mem::take(&mut self.actions);
                 actions.clear();
@@ -435,13 +442,7 @@ impl Engine {
                     self.sample_resident();
                 }
                 self.scan_for_sharing();
-                if self
-                    .last_publish
-                    .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL)
-                {
-                    self.last_publish = Some(Instant::now());
-                    self.publish();
-                }
+                self.publish_if_due();
                 let outstanding = self
                     .stores
                     .iter()
@@ -774,6 +775,17 @@ impl Engine {
             if let Err(e) = w.finish() {
                 log::warn!("cannot finish the trace file: {e}");
             }
+        }
+    }
+
+    /// [`Engine::publish`], at most every [`PUBLISH_INTERVAL`].
+    fn publish_if_due(&mut self) {
+        if self
+            .last_publish
+            .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL)
+        {
+            self.last_publish = Some(Instant::now());
+            self.publish();
         }
     }
 

@@ -402,6 +402,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                         if !m.initial_run {
                             // Its turn comes later: the vCPUs wait from the start.
                             gate.pause();
+                            t.budget_handle().set_paused(true);
                         }
                         let vm = vmm::pool::VmControl {
                             gate,

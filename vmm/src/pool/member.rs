@@ -142,7 +142,7 @@ impl PoolMembership {
                 // A paused VM whose manager is gone would wait for ever: it runs on.
                 if !turn.running && !manager_runs(&self.dir) {
                     log::warn!("ram pool: the manager is gone; this VM runs on");
-                    turn.resume(&vm, &mut history);
+                    turn.resume(&vm, &handle, &mut history);
                 }
             }
             if let Ok(a) = read_json::<Assignment>(&budget_path(&self.dir, self.pid)) {
@@ -151,7 +151,7 @@ impl PoolMembership {
                     // smaller budget evicts it. Resuming: the budget grows first, so
                     // that the staged pages have room.
                     if !a.run && turn.running {
-                        turn.pause(&vm);
+                        turn.pause(&vm, &handle);
                     }
                     if a.budget_pages != applied && handle.set_ram_budget(a.budget_pages).is_ok() {
                         log::info!("ram pool: budget {applied} -> {} pages", a.budget_pages);
@@ -163,7 +163,7 @@ impl PoolMembership {
                             turn.stage = a.stage;
                             history.staged_pages += turn.stage_pages(&handle, applied);
                         }
-                        turn.resume(&vm, &mut history);
+                        turn.resume(&vm, &handle, &mut history);
                     }
                 }
             }
@@ -187,8 +187,9 @@ struct Turn {
 }
 
 impl Turn {
-    fn pause(&mut self, vm: &VmControl) {
+    fn pause(&mut self, vm: &VmControl, handle: &BudgetHandle) {
         vm.gate.pause();
+        handle.set_paused(true);
         if !vm.gate.wait_parked(vm.vcpus, Duration::from_secs(1)) {
             log::warn!("ram pool: the vCPUs did not stop within 1 s");
         }
@@ -197,7 +198,8 @@ impl Turn {
         self.paused_at = Some(Instant::now());
     }
 
-    fn resume(&mut self, vm: &VmControl, history: &mut BudgetHistory) {
+    fn resume(&mut self, vm: &VmControl, handle: &BudgetHandle, history: &mut BudgetHistory) {
+        handle.set_paused(false);
         vm.gate.resume();
         self.running = true;
         history.turns += 1;
