@@ -135,6 +135,8 @@ pub struct TieringReport {
     pub zero_fills: u64,
     pub minor_faults: u64,
     pub sampled_zaps: u64,
+    /// Windows the policy ended (the advisor's models step at window ends).
+    pub windows: u64,
     /// Randomly sampled pages touched again while still in RAM: over `sampled_zaps`,
     /// about the share of resident pages in use.
     pub sample_hits: u64,

@@ -618,6 +618,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         zero_fills: c.zero_fills,
         minor_faults: c.minor_faults,
         sampled_zaps: c.sampled_zaps,
+        windows: stats.windows,
         sample_hits: c.sample_hits,
         probe_zaps: c.probe_zaps,
         write_backs_skipped_clean: c.write_backs_skipped_clean,

@@ -321,6 +321,42 @@ fn the_ram_budget_grows_and_shrinks_while_the_memory_is_in_use() {
 }
 
 #[test]
+fn a_paused_vm_is_neither_sampled_nor_windowed() {
+    // Windows end every 10 ms of a running VM (the live window).
+    let pages = 128usize;
+    let (dir, map, tm, failed) = start_host_only("paused-", pages);
+    let handle = tm.budget_handle();
+    let base = map.addr;
+    let worker = std::thread::spawn(move || {
+        for p in 0..64 {
+            // SAFETY: inside the mapping; the runtime serves the fault.
+            unsafe { ((base + p * 4096) as *mut u64).write_volatile(p as u64) };
+        }
+        Ok(())
+    });
+    // The sampler zaps resident pages every 1 ms while the handler is idle.
+    let sampled = |r: &crate::metrics::TieringReport| r.sampled_zaps;
+    let before = wait_for_report(&handle, "sampling", |r| sampled(r) > 0);
+    handle.set_paused(true);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let paused = handle.snapshot().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let later = handle.snapshot().unwrap();
+    assert_eq!(
+        sampled(&later),
+        sampled(&paused),
+        "no sampling while paused"
+    );
+    assert_eq!(later.windows, paused.windows, "no window ends while paused");
+    assert!(sampled(&paused) >= sampled(&before));
+    handle.set_paused(false);
+    wait_for_report(&handle, "sampling again", |r| {
+        sampled(r) > sampled(&later) && r.windows > later.windows
+    });
+    finish(dir, tm, worker, &failed);
+}
+
+#[test]
 fn pages_evicted_unchanged_are_not_written_again_and_changed_ones_are() {
     // No dirty log here (no VM), so every eviction used to write its page back. Now a
     // page whose content still matches its copy in the tier is dropped without I/O;
