@@ -121,6 +121,10 @@ impl Manager {
             size_pages: options.config.size_pages,
             manager_pid: std::process::id(),
             interval_ms: options.interval.as_millis() as u64,
+            slice_ms: options
+                .schedule
+                .as_ref()
+                .map(|s| s.slice.as_millis() as u64),
         };
         write_json(&dir.join(POOL_FILE), &pool).map_err(io_error(dir, "cannot write pool.json"))?;
         Ok(Self {

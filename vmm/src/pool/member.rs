@@ -19,8 +19,9 @@ use super::{
 use crate::tiered::GuestPages;
 use crate::vcpu::VcpuGate;
 
-/// How often a member reads its assignment: a scheduler's turn starts and ends within
-/// this of the manager's decision.
+/// How often a member reads its assignment when the manager runs VMs in turns: a turn
+/// starts and ends within this of the manager's decision. Otherwise it reads it once a
+/// round.
 const ASSIGNMENT_POLL: Duration = Duration::from_millis(2);
 
 /// A VM's place in a pool, from joining to leaving.
@@ -126,6 +127,11 @@ impl PoolMembership {
 
     fn run(self, handle: BudgetHandle, vm: VmControl, stop: &AtomicBool) -> BudgetHistory {
         let interval = Duration::from_millis(self.pool.interval_ms.max(1));
+        let poll = if self.pool.slice_ms.is_some() {
+            ASSIGNMENT_POLL
+        } else {
+            interval
+        };
         let mut history = BudgetHistory::new(self.initial_budget_pages);
         let mut turn = Turn {
             running: self.initial_run,
@@ -167,7 +173,11 @@ impl PoolMembership {
                     }
                 }
             }
-            std::thread::sleep(ASSIGNMENT_POLL);
+            // Sleep in short slices so that leaving is prompt.
+            let start = Instant::now();
+            while start.elapsed() < poll && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(ASSIGNMENT_POLL);
+            }
         }
         if let Some(t) = turn.paused_at {
             history.paused_ms += t.elapsed().as_secs_f64() * 1000.0;

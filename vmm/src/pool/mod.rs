@@ -46,6 +46,9 @@ pub struct PoolFile {
     pub size_pages: u64,
     pub manager_pid: u32,
     pub interval_ms: u64,
+    /// The length of a turn when the manager runs VMs in turns (`--slice-ms`).
+    #[serde(default)]
+    pub slice_ms: Option<u64>,
 }
 
 /// `vm-<pid>.json`: what a member reports each round.
@@ -228,6 +231,7 @@ mod tests {
             size_pages: 10,
             manager_pid: 0x3fff_fff0,
             interval_ms: 100,
+            slice_ms: None,
         };
         write_json(&d.join(POOL_FILE), &stale).unwrap();
         let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
