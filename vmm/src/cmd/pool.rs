@@ -21,7 +21,7 @@ Examples:
         --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 3
   A pool for one batch of VMs, ended when the last one leaves:
     tiervisor pool --dir /tmp/pool --size 8M --exit-when-empty
-  VMs taking turns of 300 ms on one CPU, each staged before its turn:
+  VMs taking turns of 300 ms on one CPU, each staged as its turn begins:
     tiervisor pool --dir /tmp/pool --size 8M --slice-ms 300 --run-slots 1
 
 Each round the manager reads every member's report (priority, size, resident pages,
