@@ -268,6 +268,48 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
     budget
 }
 
+/// A member of a pool whose manager runs VMs in turns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnMember {
+    pub priority: u32,
+    pub guest_pages: u64,
+    /// Whether it runs now (else it waits for its turn).
+    pub running: bool,
+}
+
+/// Budgets when VMs run in turns: a waiting member keeps a thirty-second of the pool
+/// (less when so many wait that they would hold over half of it; at most its size), and
+/// the running ones share the rest by priority (at most their size, at least a page).
+pub fn turn_budgets(size_pages: u64, members: &[TurnMember]) -> Vec<u64> {
+    let waiting_count = members.iter().filter(|m| !m.running).count() as u64;
+    let waiting_share = (size_pages / 32)
+        .min(size_pages / 2 / waiting_count.max(1))
+        .max(1);
+    let waiting: u64 = members
+        .iter()
+        .filter(|m| !m.running)
+        .map(|m| waiting_share.min(m.guest_pages.max(1)))
+        .sum();
+    let weights: u64 = members
+        .iter()
+        .filter(|m| m.running)
+        .map(|m| u64::from(m.priority.max(1)))
+        .sum::<u64>()
+        .max(1);
+    let left = size_pages.saturating_sub(waiting);
+    members
+        .iter()
+        .map(|m| {
+            let guest = m.guest_pages.max(1);
+            if m.running {
+                (left * u64::from(m.priority.max(1)) / weights).clamp(1, guest)
+            } else {
+                waiting_share.min(guest)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,5 +492,24 @@ mod tests {
                 assert!(p >= 1 && p <= m.guest_pages.max(1), "{members:?} -> {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn in_turns_the_running_vms_share_what_the_waiting_ones_leave() {
+        let m = |priority, running| TurnMember {
+            priority,
+            guest_pages: 4096,
+            running,
+        };
+        // 2,048 pages: each waiting VM keeps 64, the running ones split the rest 3:1.
+        let b = turn_budgets(2048, &[m(3, true), m(1, true), m(1, false), m(1, false)]);
+        assert_eq!(b, vec![1440, 480, 64, 64]);
+        // A hundred waiting VMs hold half the pool between them, not more than all of it.
+        let mut many = vec![m(1, true)];
+        many.extend((0..100).map(|_| m(1, false)));
+        let b = turn_budgets(2048, &many);
+        assert_eq!(b[1], 10);
+        assert_eq!(b[0], 2048 - 100 * 10);
+        assert!(b.iter().sum::<u64>() <= 2048);
     }
 }

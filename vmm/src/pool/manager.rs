@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiering::pool::{rebalance, PoolConfig, PoolMember};
+use tiering::pool::{rebalance, turn_budgets, PoolConfig, PoolMember, TurnMember};
 
 use super::{
     alive, budget_path, io_error, read_json, report_path, write_json, Assignment, MemberReport,
@@ -358,8 +358,7 @@ impl Manager {
     }
 
     /// Turns: ends those that are over (when someone waits), starts the next in line,
-    /// and splits the pool: a waiting member keeps a thirty-second of it (at most its
-    /// size), the running ones share the rest by priority.
+    /// and splits the pool by [`turn_budgets`].
     fn turns(&mut self, schedule: &Schedule) -> Vec<(u64, bool, u64)> {
         let now = Instant::now();
         if !self.queue.is_empty() {
@@ -385,33 +384,19 @@ impl Manager {
                 running += 1;
             }
         }
-        let size = self.options.config.size_pages;
-        let waiting_share = (size / 32).max(1);
-        let waiting: u64 = self
+        let view: Vec<TurnMember> = self
             .members
             .iter()
-            .filter(|(_, m)| !m.turn_run)
-            .map(|(_, m)| waiting_share.min(m.report.guest_pages.max(1)))
-            .sum();
-        let weights: u64 = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.turn_run)
-            .map(|(_, m)| u64::from(m.report.priority.max(1)))
-            .sum::<u64>()
-            .max(1);
-        let left = size.saturating_sub(waiting);
-        self.members
-            .iter()
-            .map(|(_, m)| {
-                let guest = m.report.guest_pages.max(1);
-                let budget = if m.turn_run {
-                    (left * u64::from(m.report.priority.max(1)) / weights).clamp(1, guest)
-                } else {
-                    waiting_share.min(guest)
-                };
-                (budget, m.turn_run, m.turn_stage)
+            .map(|(_, m)| TurnMember {
+                priority: m.report.priority,
+                guest_pages: m.report.guest_pages,
+                running: m.turn_run,
             })
+            .collect();
+        turn_budgets(self.options.config.size_pages, &view)
+            .into_iter()
+            .zip(&self.members)
+            .map(|(b, (_, m))| (b, m.turn_run, m.turn_stage))
             .collect()
     }
 
