@@ -26,7 +26,7 @@ pub struct ManagerOptions {
 }
 
 /// Turns: at most `slots` VMs run at once, each for `slice` while others wait; the
-/// running ones share the pool, a waiting one keeps a thirty-second of it.
+/// pool is split by [`turn_budgets`].
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub slice: Duration,
