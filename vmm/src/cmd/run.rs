@@ -76,8 +76,8 @@ pub struct RunArgs {
     /// a RAM pool, the advisor and the tier thresholds; flags given here win over it.
     #[arg(long, value_name = "FILE.toml", requires = "tiers")]
     pub policy: Option<PathBuf>,
-    /// Application type in the --policy file (its [app.NAME] table) [default: the
-    /// file's [defaults] alone].
+    /// Application type in the --policy file (its `[app.NAME]` table) [default: the
+    /// file's `[defaults]` alone].
     #[arg(long, value_name = "NAME", requires = "policy")]
     pub app_type: Option<String>,
     /// Directory where tiered VMs publish page content hashes; pages another live

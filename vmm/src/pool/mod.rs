@@ -13,10 +13,10 @@
 //! budget, so its VM starts within its share. Files of processes that are gone are
 //! removed by the manager; a member removes its own when it leaves.
 //!
-//! The manager ([`manager`]) may also run the VMs in turns (`--slice-ms`): a VM whose
+//! The manager (`manager.rs`) may also run the VMs in turns (`--slice-ms`): a VM whose
 //! assignment says `run: false` waits with its vCPUs paused, and a turn that begins
 //! with `stage` raised first asks back the pages the VM held when it was paused
-//! ([`member`]).
+//! (`member.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
