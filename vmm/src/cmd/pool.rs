@@ -178,7 +178,8 @@ pub fn run(args: PoolArgs) -> i32 {
             break;
         }
         // Wait for the next round in short slices: a VM that joins waits for its
-        // first budget before it boots, so it is answered at once.
+        // first budget before it boots, so it is answered at once, and when a VM
+        // leaves, its share (or its turn) goes to the others at once.
         let mut stop = false;
         while start.elapsed() < interval {
             let slice = interval.saturating_sub(start.elapsed()).min(JOIN_POLL);
@@ -186,7 +187,7 @@ pub fn run(args: PoolArgs) -> i32 {
                 stop = true;
                 break;
             }
-            if manager.has_joiners() {
+            if manager.membership_changed() {
                 break;
             }
             for line in manager.tick() {

@@ -143,20 +143,29 @@ impl Manager {
         self.members.len()
     }
 
-    /// Whether a VM waits to join (a report of a process the manager does not track):
-    /// the caller runs a round at once rather than keep it waiting for the next.
-    pub fn has_joiners(&self) -> bool {
+    /// Whether a VM waits to join (a report of a process the manager does not track) or
+    /// has left (a member whose report is gone): the caller runs a round at once rather
+    /// than keep a joining VM, or with turns the next VM, waiting for the next round.
+    pub fn membership_changed(&self) -> bool {
         let Ok(entries) = std::fs::read_dir(&self.options.dir) else {
             return false;
         };
-        entries.flatten().any(|e| {
+        let mut reports = 0;
+        let mut joining = false;
+        for e in entries.flatten() {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("vm-")
+            let Some(pid) = name
+                .to_string_lossy()
+                .strip_prefix("vm-")
                 .and_then(|s| s.strip_suffix(".json"))
                 .and_then(|s| s.parse::<u32>().ok())
-                .is_some_and(|pid| !self.members.iter().any(|(p, _)| *p == pid))
-        })
+            else {
+                continue;
+            };
+            reports += 1;
+            joining |= !self.members.iter().any(|(p, _)| *p == pid);
+        }
+        joining || reports < self.members.len()
     }
 
     /// Whether the manager is done (`exit_when_empty` and everyone left).
