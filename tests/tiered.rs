@@ -595,3 +595,41 @@ fn two_vms_with_the_same_guest_find_shared_pages_one_alone_none() {
     let vm = start_sharing_vm(&alone, &root.join("share-alone"), 3000);
     assert_eq!(sharing_result(&alone, vm), (0, 0, 0));
 }
+
+#[test]
+fn a_second_vm_given_the_same_tier_files_is_refused() {
+    let dir = workdir("same-files");
+    let tiers = ram_and_nvme_tiers(&dir, "64M");
+    let vm = |iters: u32| {
+        let (mut c, _) = tiered_command(
+            &dir,
+            &tiers,
+            &format!("workload=scan mem=4M iters={iters} seed=1"),
+            "1M",
+            &[],
+        );
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let first = vm(100_000_000).spawn().unwrap();
+    // Until the first has opened its tier file.
+    let started = Instant::now();
+    while !dir.join("t2.img").exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no tier file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = vm(10).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = error_lines(&out);
+    assert!(
+        lines.iter().any(|l| l.contains("t2.img")
+            && l.contains(&format!("in use by another process (pid {})", first.id()))),
+        "{}",
+        describe(&out)
+    );
+    // SAFETY: kill on the pid of a child we started and have not waited for.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let out = wait_within(first, 30, "the first VM after SIGTERM");
+    assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
+}

@@ -35,6 +35,11 @@ pub enum OpenError {
         available: u64,
         wanted: u64,
     },
+    /// Another process holds the tier file (another VM given the same tier files).
+    #[error(
+        "tier file {path} is in use by another process (pid {pid}): two VMs must not share tier files; give each its own (its own TIERVISOR_WORKDIR)"
+    )]
+    InUse { path: PathBuf, pid: i32 },
     /// A capacity of zero pages was asked for.
     #[error("a tier needs a capacity of at least one page")]
     ZeroCapacity,

@@ -141,6 +141,7 @@ impl UringFile {
             }
             Err(e) => return Err(open_err(e)),
         };
+        lock_for_this_process(&file, path)?;
         if is_block {
             let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
             let available = size / PAGE_SIZE as u64;
@@ -245,6 +246,35 @@ fn reserve(file: &File, bytes: u64) -> std::io::Result<()> {
         return Ok(());
     }
     Err(err)
+}
+
+/// Takes a write lock on the whole file for this process, so that a second VM given
+/// the same tier file is refused instead of overwriting the first one's pages. A POSIX
+/// record lock (fcntl) belongs to the process, so this process's other backends on
+/// the same file (the migrator thread's) take it again; it ends with the process.
+fn lock_for_this_process(file: &File, path: &Path) -> Result<(), OpenError> {
+    // SAFETY: flock is plain data; zeroed is a valid value, the fields are set below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // l_start = 0, l_len = 0: the whole file, however it grows.
+    // SAFETY: F_SETLK on a descriptor we own, with a valid flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+        return Err(OpenError::Open {
+            path: path.to_path_buf(),
+            source: err,
+        });
+    }
+    // SAFETY: as above; F_GETLK fills in the holder's pid.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    Err(OpenError::InUse {
+        path: path.to_path_buf(),
+        pid: lock.l_pid,
+    })
 }
 
 /// Some file systems accept O_DIRECT at open and refuse it at the first read.

@@ -11,14 +11,15 @@ use vmm::pool::{Manager, ManagerOptions, Schedule};
 
 const POOL_EXAMPLES: &str = "\
 Examples:
-  A 16 MiB pool, then two VMs in it (the second with three times the first's priority):
+  A 16 MiB pool, then two VMs in it (the second with three times the first's priority;
+  each with its own tier files, here its own TIERVISOR_WORKDIR):
     tiervisor pool --dir /run/tv-pool --size 16M &
-    tiervisor run --kernel resources/out/testguest.elf --memory 64M \\
-        --cmdline 'workload=zipf mem=24M iters=400000 seed=1' \\
-        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool &
-    tiervisor run --kernel resources/out/testguest.elf --memory 64M \\
-        --cmdline 'workload=scan mem=8M iters=400000 seed=2' \\
-        --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool --priority 3
+    TIERVISOR_WORKDIR=/var/tmp/tv-a tiervisor run --kernel resources/out/testguest.elf \\
+        --memory 64M --cmdline 'workload=zipf mem=24M iters=400000 seed=1' \\
+        --tiers resources/tiers/bench-live.toml --ram-pool /run/tv-pool --cpu 0 &
+    TIERVISOR_WORKDIR=/var/tmp/tv-b tiervisor run --kernel resources/out/testguest.elf \\
+        --memory 64M --cmdline 'workload=scan mem=8M iters=400000 seed=2' \\
+        --tiers resources/tiers/bench-live.toml --ram-pool /run/tv-pool --cpu 1 --priority 3
   A pool for one batch of VMs, ended when the last one leaves:
     tiervisor pool --dir /tmp/pool --size 8M --exit-when-empty
   VMs taking turns of 300 ms on one CPU, each staged as its turn begins:
