@@ -224,8 +224,7 @@ impl BudgetHandle {
             return Err(BudgetError::Zero);
         }
         self.shared.budget_request.store(pages, Ordering::Release);
-        let one = 1u64.to_ne_bytes();
-        let _ = std::io::Write::write(&mut &*self.wake, &one);
+        wake(&self.wake);
         Ok(())
     }
 
@@ -239,8 +238,7 @@ impl BudgetHandle {
     /// online is not taught that nothing is touched, and no page is sampled or probed.
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
-        let one = 1u64.to_ne_bytes();
-        let _ = std::io::Write::write(&mut &*self.wake, &one);
+        wake(&self.wake);
     }
 
     /// [`TieredMemory::prefetch`], from another thread (staging a VM's pages before a
@@ -253,7 +251,7 @@ impl BudgetHandle {
 /// Passes a move request to the fault-handler thread and wakes it.
 fn send_moves(
     moves: &Sender<MoveRequest>,
-    wake: &File,
+    handler_fd: &File,
     pages: &[PageNumber],
     target_tier: u8,
 ) -> Result<(), PrefetchError> {
@@ -265,10 +263,14 @@ fn send_moves(
         target: target_tier,
     };
     moves.send(request).map_err(|_| PrefetchError::Stopped)?;
-    // Wake the handler if it is waiting in poll.
-    let one = 1u64.to_ne_bytes();
-    let _ = std::io::Write::write(&mut &*wake, &one);
+    wake(handler_fd);
     Ok(())
+}
+
+/// Wakes the fault-handler thread if it waits in poll (its eventfd, `stop_fd`).
+fn wake(fd: &File) {
+    let one = 1u64.to_ne_bytes();
+    let _ = std::io::Write::write(&mut &*fd, &one);
 }
 
 /// Lets other threads tell the handler which vCPU a thread id is.
@@ -498,8 +500,7 @@ impl TieredMemory {
 
     fn finish(&mut self) -> TieringReport {
         self.stop.store(true, Ordering::Release);
-        let one = 1u64.to_ne_bytes();
-        let _ = std::io::Write::write(&mut &*self.stop_fd, &one);
+        wake(&self.stop_fd);
         let report = self.thread.take().and_then(|t| t.join().ok());
         let report = report
             .or_else(|| self.snapshot())

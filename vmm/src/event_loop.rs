@@ -153,20 +153,28 @@ pub struct SignalWatcher {
     stop: Arc<VmStop>,
 }
 
+/// Block SIGINT and SIGTERM in this thread (threads spawned later inherit the mask)
+/// and open a non-blocking signalfd for them.
+pub fn stop_signal_fd() -> std::io::Result<OwnedFd> {
+    block_stop_signals()?;
+    let set = stop_signal_set();
+    // SAFETY: set is a valid sigset_t; signalfd returns a new descriptor or -1.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl SignalWatcher {
     /// Block SIGINT and SIGTERM in this thread (threads spawned later inherit the
     /// mask) and open a signalfd for them.
     pub fn new(stop: Arc<VmStop>) -> std::io::Result<Self> {
-        block_stop_signals()?;
-        let set = stop_signal_set();
-        // SAFETY: set is a valid sigset_t; signalfd returns a new descriptor or -1.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, stop })
+        Ok(Self {
+            fd: stop_signal_fd()?,
+            stop,
+        })
     }
 }
 

@@ -104,10 +104,6 @@ impl VcpuGate {
         self.changed.notify_all();
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.lock().paused
-    }
-
     /// Waits up to `timeout` until `vcpus` vCPU threads wait at the gate; whether
     /// they all do.
     pub fn wait_parked(&self, vcpus: usize, timeout: Duration) -> bool {

@@ -403,45 +403,43 @@ impl Engine {
             if self.fatal {
                 break;
             }
-            if !busy && self.shared.paused.load(Ordering::Acquire) {
-                // The vCPUs are paused: no guest time passes, so no window ends and
+            if !busy {
+                // While the vCPUs are paused no guest time passes: no window ends and
                 // nothing is sampled; only I/O completions and requests are served.
-                self.publish_if_due();
-                let idle = Instant::now();
-                self.wait_for_events(20);
-                self.counters.handler_idle_ns += idle.elapsed().as_nanos() as u64;
-            } else if !busy {
-                let now = self.now_ns();
-                let mut actions = std::mem::take(&mut self.actions);
-                actions.clear();
-                self.policy.tick(now, &mut actions);
-                self.plug_stores();
-                for a in actions.drain(..) {
-                    self.queue_action(a);
+                if !self.shared.paused.load(Ordering::Acquire) {
+                    let now = self.now_ns();
+                    let mut actions = std::mem::take(&mut self.actions);
+                    actions.clear();
+                    self.policy.tick(now, &mut actions);
+                    self.plug_stores();
+                    for a in actions.drain(..) {
+                        self.queue_action(a);
+                    }
+                    self.unplug_stores();
+                    self.actions = actions;
+                    self.send_migrations();
+                    if self
+                        .last_walk
+                        .is_none_or(|t| t.elapsed() >= KIND_WALK_INTERVAL)
+                    {
+                        self.classify_pages();
+                    }
+                    // Probes (pages the advisor is about to evict) come first and more
+                    // often than random samples, as the replay models them.
+                    if self.config.probe_pages > 0
+                        && last_probe.elapsed() >= self.config.probe_interval
+                    {
+                        last_probe = Instant::now();
+                        self.probe_resident();
+                    }
+                    if self.config.sample_pages > 0
+                        && last_sample.elapsed() >= self.config.sample_interval
+                    {
+                        last_sample = Instant::now();
+                        self.sample_resident();
+                    }
+                    self.scan_for_sharing();
                 }
-                self.unplug_stores();
-                self.actions = actions;
-                self.send_migrations();
-                if self
-                    .last_walk
-                    .is_none_or(|t| t.elapsed() >= KIND_WALK_INTERVAL)
-                {
-                    self.classify_pages();
-                }
-                // Probes (pages the advisor is about to evict) come first and more
-                // often than random samples, as the replay models them.
-                if self.config.probe_pages > 0 && last_probe.elapsed() >= self.config.probe_interval
-                {
-                    last_probe = Instant::now();
-                    self.probe_resident();
-                }
-                if self.config.sample_pages > 0
-                    && last_sample.elapsed() >= self.config.sample_interval
-                {
-                    last_sample = Instant::now();
-                    self.sample_resident();
-                }
-                self.scan_for_sharing();
                 self.publish_if_due();
                 let outstanding = self
                     .stores

@@ -15,6 +15,12 @@ use crate::access::PageNumber;
 /// window, or one a window over a few windows. A page touched once is not hot.
 pub const HOT_MIN_HEAT: u32 = 2;
 
+/// Orders (heat, page) pairs hottest first; ties by page number, so the choice does
+/// not depend on hashing.
+fn hottest_first(a: &(u32, PageNumber), b: &(u32, PageNumber)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
 #[derive(Debug, Default)]
 pub(super) struct HotSet {
     capacity: usize,
@@ -55,7 +61,7 @@ impl HotSet {
             .iter()
             .map(|&p| (self.heat.get(&p).copied().unwrap_or(0), p))
             .collect();
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.sort_unstable_by(hottest_first);
         for &(_, p) in &ranked[capacity..] {
             self.members.remove(&p);
         }
@@ -95,14 +101,11 @@ impl HotSet {
                 .filter(|&(_, &h)| h >= HOT_MIN_HEAT)
                 .map(|(&p, &h)| (h, p)),
         );
-        // Hottest first; ties by page number so the choice does not depend on hashing.
-        let by_heat =
-            |a: &(u32, PageNumber), b: &(u32, PageNumber)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
         if ranked.len() > self.capacity {
-            ranked.select_nth_unstable_by(self.capacity, by_heat);
+            ranked.select_nth_unstable_by(self.capacity, hottest_first);
             ranked.truncate(self.capacity);
         }
-        ranked.sort_unstable_by(by_heat);
+        ranked.sort_unstable_by(hottest_first);
         let previous = std::mem::take(&mut self.members);
         for &(_, p) in &ranked {
             self.members.insert(p);

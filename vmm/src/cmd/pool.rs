@@ -1,7 +1,7 @@
 //! `tiervisor pool`: the manager that shares one RAM budget among the VMs that join
 //! it with `tiervisor run --ram-pool DIR` (docs/pool.md).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -84,26 +84,6 @@ fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
 /// How often the manager looks for VMs waiting to join between rounds.
 const JOIN_POLL: Duration = Duration::from_millis(5);
 
-/// A signalfd for SIGINT and SIGTERM (blocked in this thread first).
-fn stop_signals() -> std::io::Result<OwnedFd> {
-    vmm::event_loop::block_stop_signals()?;
-    // SAFETY: an empty set filled by sigemptyset/sigaddset before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is a valid sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    // SAFETY: set is valid; signalfd returns a new descriptor or -1.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Waits up to `timeout` for a stop signal; true if one came.
 fn signalled(fd: &OwnedFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
@@ -143,7 +123,7 @@ pub fn run(args: PoolArgs) -> i32 {
         slots: args.run_slots,
         staging: !args.no_staging,
     });
-    let signals = match stop_signals() {
+    let signals = match vmm::event_loop::stop_signal_fd() {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("tiervisor: cannot watch SIGINT/SIGTERM: {e}");

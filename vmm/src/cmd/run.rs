@@ -398,14 +398,8 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
             match vmm::tiered::attach(&machine, req, live.advisor) {
                 Ok(t) => {
                     let pool = membership.map(|m| {
-                        let gate = machine.vcpu_gate();
-                        if !m.initial_run {
-                            // Its turn comes later: the vCPUs wait from the start.
-                            gate.pause();
-                            t.budget_handle().set_paused(true);
-                        }
                         let vm = vmm::pool::VmControl {
-                            gate,
+                            gate: machine.vcpu_gate(),
                             vcpus: machine.vcpu_count(),
                             pages: t.guest_pages(),
                         };

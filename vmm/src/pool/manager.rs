@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tiering::pool::{rebalance, turn_budgets, PoolConfig, PoolMember, TurnMember};
 
 use super::{
-    alive, budget_path, io_error, read_json, report_path, write_json, Assignment, MemberReport,
-    PoolError, PoolFile, LOCK_FILE, POOL_FILE, POOL_FORMAT,
+    alive, budget_path, io_error, read_json, report_path, report_pid, write_json, Assignment,
+    MemberReport, PoolError, PoolFile, LOCK_FILE, POOL_FILE, POOL_FORMAT,
 };
 
 /// How the manager runs.
@@ -88,7 +88,7 @@ pub struct Manager {
     round: u64,
     start: Instant,
     /// Whether any member ever joined (for `exit_when_empty`).
-    pub ever_joined: bool,
+    ever_joined: bool,
 }
 
 impl Manager {
@@ -153,13 +153,7 @@ impl Manager {
         let mut reports = 0;
         let mut joining = false;
         for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(pid) = name
-                .to_string_lossy()
-                .strip_prefix("vm-")
-                .and_then(|s| s.strip_suffix(".json"))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = report_pid(&e.file_name().to_string_lossy()) else {
                 continue;
             };
             reports += 1;
@@ -214,11 +208,7 @@ impl Manager {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(pid) = name
-                    .strip_prefix("vm-")
-                    .and_then(|s| s.strip_suffix(".json"))
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
+                let Some(pid) = report_pid(&name) else {
                     continue;
                 };
                 if !alive(pid) {

@@ -91,9 +91,13 @@ impl PoolMembership {
         })
     }
 
-    /// Starts reporting every round and carrying out what the manager assigns. The
-    /// VM's vCPUs must already be paused if [`PoolMembership::initial_run`] is false.
+    /// Starts reporting every round and carrying out what the manager assigns. Call
+    /// before the vCPUs run: if the VM's turn comes later, they wait from the start.
     pub fn start(self, handle: BudgetHandle, vm: VmControl) -> PoolMemberThread {
+        if !self.initial_run {
+            vm.gate.pause();
+            handle.set_paused(true);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()

@@ -160,6 +160,15 @@ pub(crate) fn report_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("vm-{pid}.json"))
 }
 
+/// The pid in a member's report file name (`vm-<pid>.json`), or `None` for any other
+/// file of the pool directory.
+pub(crate) fn report_pid(file_name: &str) -> Option<u32> {
+    file_name
+        .strip_prefix("vm-")
+        .and_then(|s| s.strip_suffix(".json"))
+        .and_then(|s| s.parse().ok())
+}
+
 pub(crate) fn budget_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("vm-{pid}.budget.json"))
 }
