@@ -9,32 +9,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    describe, error_lines, ram_and_nvme_tiers, read_metrics, testguest, tiervisor, Scratch,
+    describe, error_lines, ram_and_nvme_tiers, read_metrics, tiered_run, tiervisor, u, Scratch,
 };
 
 /// `tiervisor run` of the test guest in the pool at `pool`, its tiers and metrics in `dir`.
 fn pool_vm(dir: &Path, pool: &Path, cmdline: &str, cpu: u32) -> Command {
     std::fs::create_dir_all(dir).unwrap();
     let tiers = ram_and_nvme_tiers(dir, "64M");
-    let mut c = tiervisor();
-    c.env("TIERVISOR_WORKDIR", dir)
-        .arg("run")
-        .arg("--kernel")
-        .arg(testguest())
-        .args([
-            "--memory",
-            "64M",
-            "--cmdline",
-            cmdline,
-            "--cpu",
-            &cpu.to_string(),
-        ])
-        .arg("--tiers")
-        .arg(&tiers)
+    let mut c = tiered_run(dir, &tiers, cmdline);
+    c.args(["--cpu", &cpu.to_string()])
         .arg("--ram-pool")
         .arg(pool)
-        .arg("--metrics-out")
-        .arg(dir.join("metrics.json"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
@@ -57,12 +42,6 @@ fn start_manager(pool: &Path, size: &str, extra: &[&str]) -> Child {
         std::thread::sleep(Duration::from_millis(10));
     }
     child
-}
-
-fn u(v: &serde_json::Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("metrics lack {key}: {v}"))
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest, tiervisor,
-    Scratch,
+    describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest, tiered_run,
+    tiervisor, u, Scratch,
 };
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
@@ -111,33 +111,9 @@ fn tiered_command(
     budget: &str,
     extra: &[&str],
 ) -> (Command, PathBuf) {
-    let metrics = dir.join("metrics.json");
-    let mut command = tiervisor();
-    command
-        .env("TIERVISOR_WORKDIR", dir)
-        .arg("run")
-        .arg("--kernel")
-        .arg(testguest())
-        .args([
-            "--memory",
-            "64M",
-            "--cmdline",
-            cmdline,
-            "--ram-budget",
-            budget,
-        ])
-        .arg("--tiers")
-        .arg(tiers)
-        .arg("--metrics-out")
-        .arg(&metrics)
-        .args(extra);
-    (command, metrics)
-}
-
-fn u(v: &serde_json::Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("metrics lack {key}: {v}"))
+    let mut command = tiered_run(dir, tiers, cmdline);
+    command.args(["--ram-budget", budget]).args(extra);
+    (command, dir.join("metrics.json"))
 }
 
 #[test]

@@ -261,3 +261,28 @@ pub fn read_metrics(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("no metrics at {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("metrics at {}: {e}", path.display()))
 }
+
+/// `tiervisor run` of the test guest (64 MiB) over the tier file `tiers`, with `dir` as
+/// its `TIERVISOR_WORKDIR` and its metrics at `dir/metrics.json`; callers add the RAM
+/// budget or pool.
+pub fn tiered_run(dir: &Path, tiers: &Path, cmdline: &str) -> Command {
+    let mut command = tiervisor();
+    command
+        .env("TIERVISOR_WORKDIR", dir)
+        .arg("run")
+        .arg("--kernel")
+        .arg(testguest())
+        .args(["--memory", "64M", "--cmdline", cmdline])
+        .arg("--tiers")
+        .arg(tiers)
+        .arg("--metrics-out")
+        .arg(dir.join("metrics.json"));
+    command
+}
+
+/// A counter of a metrics section; panics, naming it, when it is missing.
+pub fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("metrics lack {key}: {v}"))
+}
