@@ -101,6 +101,9 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
         .map(|f| f.max(1))
         .collect();
     let cap: Vec<u64> = members.iter().map(|m| m.guest_pages.max(1)).collect();
+    // The share a member keeps while it refaults: its priority's, at most its size. The
+    // floor (a quarter of its priority's share) is never above it.
+    let share: Vec<u64> = (0..n).map(|i| fair[i].min(cap[i])).collect();
     let floor: Vec<u64> = (0..n).map(|i| (fair[i] / 4).clamp(1, cap[i])).collect();
     let mut budget: Vec<u64> = (0..n)
         .map(|i| members[i].budget_pages.min(cap[i]))
@@ -118,7 +121,7 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
     // 1. Joining members get their priority share, from free pages first, then from
     // the members above their own share.
     for j in (0..n).filter(|&j| members[j].budget_pages == 0) {
-        let want = fair[j].min(cap[j]);
+        let want = share[j];
         let mut free = size.saturating_sub(budget.iter().sum());
         if free < want {
             let short = want - free;
@@ -127,7 +130,7 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
                     if i == j || members[i].budget_pages == 0 {
                         0
                     } else {
-                        budget[i].saturating_sub(fair[i].max(floor[i]))
+                        budget[i].saturating_sub(share[i])
                     }
                 })
                 .collect();
@@ -144,8 +147,8 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
                 let mut rest = take_total - taken;
                 while rest > 0 {
                     let Some(i) = (0..n)
-                        .filter(|&i| excess[i] > 0 && budget[i] > fair[i].max(floor[i]))
-                        .max_by_key(|&i| budget[i] - fair[i].max(floor[i]))
+                        .filter(|&i| excess[i] > 0 && budget[i] > share[i])
+                        .max_by_key(|&i| budget[i] - share[i])
                     else {
                         break;
                     };
@@ -205,17 +208,15 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
     // those above theirs, least pressed first (its share is protected).
     let mut protected_move = false;
     let mut below: Vec<usize> = (0..n)
-        .filter(|&i| needy(i) && members[i].budget_pages > 0 && budget[i] < fair[i].min(cap[i]))
+        .filter(|&i| needy(i) && members[i].budget_pages > 0 && budget[i] < share[i])
         .collect();
     below.sort_by(|&a, &b| pressure(b).total_cmp(&pressure(a)));
     for r in below {
-        let mut want = (fair[r].min(cap[r]) - budget[r]).min(config.step_pages);
-        let mut above: Vec<usize> = (0..n)
-            .filter(|&i| i != r && budget[i] > fair[i].min(cap[i]).max(floor[i]))
-            .collect();
+        let mut want = (share[r] - budget[r]).min(config.step_pages);
+        let mut above: Vec<usize> = (0..n).filter(|&i| i != r && budget[i] > share[i]).collect();
         above.sort_by(|&a, &b| pressure(a).total_cmp(&pressure(b)));
         for d in above {
-            let give = want.min(budget[d] - fair[d].min(cap[d]).max(floor[d]));
+            let give = want.min(budget[d] - share[d]);
             budget[d] -= give;
             budget[r] += give;
             want -= give;
@@ -235,7 +236,7 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
         // only what it holds unused or idle.
         let available = |i: usize| {
             if needy(i) {
-                return budget[i].saturating_sub(fair[i].min(cap[i]).max(floor[i]));
+                return budget[i].saturating_sub(share[i]);
             }
             let above_floor = budget[i].saturating_sub(floor[i]);
             let m = &members[i];
