@@ -359,6 +359,7 @@ pub fn evaluate(
         future: None,
         model: Some(model.to_path_buf()),
         position: Some(position.clone()),
+        save_model: None,
     };
     let gru = GruAdvisor::from_file(model, opts).map_err(|source| ChangeEvalError::Model {
         path: model.to_path_buf(),

@@ -45,6 +45,7 @@ pub mod baselines;
 #[cfg(feature = "gru")]
 pub mod changepoints;
 pub mod replay;
+pub mod saved_model;
 
 pub use replay::registry::{
     make_advisor, make_live_advisor, LiveAdvisor, ReplayContext, UnknownAdvisor,

@@ -39,6 +39,7 @@ pub fn collect_samples(
             future: None,
             model: None,
             position: None,
+            save_model: None,
         };
         let sink: SampleSink = Arc::default();
         let mut opts = GruOptions {

@@ -82,6 +82,18 @@ pub fn replay_all(
     config: &ReplayConfig,
     model: Option<PathBuf>,
 ) -> Result<Vec<AdvisorReport>, ReplayError> {
+    replay_all_saving(input, names, config, model, None)
+}
+
+/// As [`replay_all`]; a learned advisor (`gru`) also writes its model, as online
+/// learning left it at the end of the trace, to `save`.
+pub fn replay_all_saving(
+    input: &TraceInput,
+    names: &[String],
+    config: &ReplayConfig,
+    model: Option<PathBuf>,
+    save: Option<crate::saved_model::ModelSaver>,
+) -> Result<Vec<AdvisorReport>, ReplayError> {
     if !(config.ram_fraction > 0.0 && config.ram_fraction <= 1.0) {
         return Err(ReplayError::BadRamFraction(config.ram_fraction));
     }
@@ -116,6 +128,7 @@ pub fn replay_all(
         future,
         model,
         position: None,
+        save_model: save,
     };
     let mut order: Vec<&str> = names.iter().map(String::as_str).collect();
     let reference_extra = !order.contains(&"none");

@@ -38,6 +38,9 @@ pub struct ReplayContext {
     pub future: Option<Arc<OracleFuture>>,
     /// A model file for learned advisors (`gru`); `None`: their shipped default.
     pub model: Option<PathBuf>,
+    /// Where a learned advisor writes its model, fine-tuned online, when it ends
+    /// (`None`: nowhere).
+    pub save_model: Option<crate::saved_model::ModelSaver>,
     /// Set to the index of the access being replayed before each step, for tools
     /// that map what the advisor is shown back to the trace (`changepoints`).
     pub position: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -163,6 +166,9 @@ fn load_gru(
     let with_prior = opts.first_touch_prior;
     let mut gru =
         crate::gru::GruAdvisor::from_file(&path, opts).map_err(|e| failed(e.to_string()))?;
+    if let Some(saver) = &ctx.save_model {
+        gru.save_at_end(saver.clone());
+    }
     if with_prior {
         let prior = crate::gru::prior::FirstTouchPrior::load(&crate::gru::prior::base_prior_path())
             .map_err(|e| failed(e.to_string()))?;

@@ -32,9 +32,18 @@ Examples:
         --cmdline 'workload=kv mem=8M iters=10000 seed=7' --memory 64M \\
         --tiers resources/tiers/by-speed.toml --ram-pool /run/tv-pool \\
         --policy resources/policies/default.toml --app-type database
+  The GRU advisor's model of this VM kept across runs: the first run starts from the
+  shipped base model and saves what online learning made of it when the VM ends; the
+  next starts from that file (docs/predictor.md, \"Per-VM models across runs\"):
+    tiervisor run --kernel resources/out/testguest.elf --memory 64M \\
+        --cmdline 'workload=phases mem=8M iters=20000 seed=7' \\
+        --tiers resources/tiers/bench-live.toml --ram-budget 2M --advisor gru \\
+        --save-model vm1.bpk
+    tiervisor run ... --advisor gru --model vm1.bpk --save-model vm1.bpk
 
 Exit status: the guest's debug-exit value (port 0xf4) & 0xff; 0 after an i8042 reset;
-1 when the VM fails (triple fault, KVM internal error); 2 for bad input;
+1 when the VM fails (triple fault, KVM internal error) or its --metrics-out or
+--save-model file cannot be written at the end; 2 for bad input;
 128+N when stopped by signal N.";
 
 /// `tiervisor run` arguments.
@@ -72,6 +81,14 @@ pub struct RunArgs {
     /// (any but none needs --tiers) [default: the --policy file's, else none].
     #[arg(long, value_name = "NAME")]
     pub advisor: Option<String>,
+    /// Model the gru advisor starts from [default: $TIERVISOR_GRU_MODEL, else the
+    /// shipped base model].
+    #[arg(long, value_name = "FILE.bpk", requires = "tiers")]
+    pub model: Option<PathBuf>,
+    /// When the VM ends, write the gru advisor's model, as online learning left it,
+    /// here: this VM's own model, for `--model` in its next run (may be the same file).
+    #[arg(long, value_name = "FILE.bpk", requires = "tiers")]
+    pub save_model: Option<PathBuf>,
     /// Admin policy file (TOML, docs/policy.md): per application type, the priority in
     /// a RAM pool, the advisor and the tier thresholds; flags given here win over it.
     #[arg(long, value_name = "FILE.toml", requires = "tiers")]
@@ -190,6 +207,9 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
     if let Some(path) = &args.trace_out {
         check_output("trace", path)?;
     }
+    if let Some(path) = &args.save_model {
+        check_output("model", path)?;
+    }
     if let Some(initrd) = &args.initrd {
         check_file("initrd", initrd)?;
     }
@@ -237,6 +257,33 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
         // Checked against KVM's limit (<= 255 is enforced there) in open_kvm.
         vcpus: u8::try_from(args.vcpus).unwrap_or(u8::MAX),
     })
+}
+
+/// Tells what became of `--save-model` (one line on stderr) and returns the saved
+/// model, or `None` if it could not be written.
+fn report_saved_model(
+    saver: &predictor::saved_model::ModelSaver,
+) -> Option<predictor::saved_model::SavedModel> {
+    match saver.outcome() {
+        Some(Ok(saved)) => {
+            eprintln!(
+                "tiervisor: saved this VM's model to {} ({} weight updates from online learning in this run)",
+                saved.path, saved.weight_updates
+            );
+            Some(saved)
+        }
+        Some(Err(e)) => {
+            eprintln!("tiervisor: --save-model: {e}");
+            None
+        }
+        None => {
+            eprintln!(
+                "tiervisor: --save-model {}: the advisor ended without saving",
+                saver.path().display()
+            );
+            None
+        }
+    }
 }
 
 /// Refuses, before the guest runs, an output path whose file could not be written at
@@ -328,6 +375,22 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         .clone()
         .or_else(|| policy.as_ref().and_then(|p| p.advisor.clone()))
         .unwrap_or_else(|| "none".into());
+    if advisor != "gru" {
+        for (flag, given) in [
+            ("--model", args.model.is_some()),
+            ("--save-model", args.save_model.is_some()),
+        ] {
+            if given {
+                return super::usage_error(format!(
+                    "{flag} is for the gru advisor, and this run's advisor is {advisor}"
+                ));
+            }
+        }
+    }
+    let model_saver = args
+        .save_model
+        .clone()
+        .map(predictor::saved_model::ModelSaver::new);
     let priority = args
         .priority
         .or_else(|| policy.as_ref().and_then(|p| p.priority))
@@ -387,13 +450,21 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                 ram_budget_pages: budget_pages as usize,
                 distinct_pages: guest_pages,
                 future: None,
-                model: None,
+                model: args.model.clone(),
                 position: None,
+                save_model: model_saver.clone(),
             };
             // Live: `gru` learns in a background thread (replay learns inline).
             let live = match predictor::make_live_advisor(&req.advisor, &ctx) {
                 Ok(a) => a,
-                Err(e) => return super::usage_error(format!("--advisor: {e}")),
+                Err(e) => {
+                    let flag = if args.model.is_some() {
+                        "--model"
+                    } else {
+                        "--advisor"
+                    };
+                    return super::usage_error(format!("{flag}: {e}"));
+                }
             };
             match vmm::tiered::attach(&machine, req, live.advisor) {
                 Ok(t) => {
@@ -415,6 +486,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         }
         None => None,
     };
+    let mut model_save_failed = false;
     let outcome = match machine.run() {
         Ok(mut o) => {
             if let Some((t, advisor_report, pool)) = tiered {
@@ -450,6 +522,14 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
                 if let (Some(report), Some(section)) = (advisor_report, tiers.as_object_mut()) {
                     section.insert("advisor_online".into(), report());
                 }
+                // The advisor ended with the fault handler's thread, so it has saved.
+                if let (Some(saver), Some(section)) = (&model_saver, tiers.as_object_mut()) {
+                    let saved = report_saved_model(saver);
+                    if saved.is_none() {
+                        model_save_failed = true;
+                    }
+                    section.insert("saved_model".into(), serde_json::json!(saved));
+                }
                 o.metrics.tiers = Some(tiers);
             }
             o
@@ -462,7 +542,10 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     if let Some(msg) = outcome.reason.message() {
         eprintln!("tiervisor: {msg}");
     }
-    let status = outcome.reason.exit_status();
+    let mut status = outcome.reason.exit_status();
+    if model_save_failed && status == 0 {
+        status = 1;
+    }
     if let Some(path) = &args.metrics_out {
         let written = serde_json::to_string_pretty(&outcome.metrics)
             .map_err(std::io::Error::other)
@@ -491,6 +574,8 @@ mod tests {
             ram_budget: None,
             trace_out: None,
             advisor: None,
+            model: None,
+            save_model: None,
             policy: None,
             app_type: None,
             share_dir: None,

@@ -19,6 +19,7 @@ use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
 use crate::baselines::{LeapAdvisor, Readahead, WorkingSet};
+use crate::saved_model::{fine_tuned_description, ModelSaver, SavedModel};
 
 use super::anomaly::{AnomalyDetector, AnomalyEvent};
 use super::cell::GruCell;
@@ -161,6 +162,8 @@ pub struct GruAdvisor {
     /// fault (`GruOptions::chain_inference` only; the chain ended on `last_fault`).
     last_chain: Vec<PageNumber>,
     pub stats: GruStats,
+    /// Where to write the model when the advisor ends (the per-VM model).
+    saver: Option<ModelSaver>,
 }
 
 impl GruAdvisor {
@@ -225,6 +228,7 @@ impl GruAdvisor {
             fault_page: None,
             fault_in_stream: false,
             stats: GruStats::default(),
+            saver: None,
         }
     }
 
@@ -267,6 +271,24 @@ impl GruAdvisor {
     /// The current inference weights (after online learning).
     pub fn model(&self) -> &AccessModel {
         &self.model
+    }
+
+    /// Write the model to `saver`'s file when the advisor ends (is dropped), with
+    /// the weights online learning has installed by then: the VM's own model.
+    pub fn save_at_end(&mut self, saver: ModelSaver) {
+        self.saver = Some(saver);
+    }
+
+    /// Writes the current model, its metadata saying it was fine-tuned online.
+    pub fn save_model(&self, path: &Path) -> Result<SavedModel, ModelFileError> {
+        let mut meta = self.meta.clone();
+        meta.trained_on = fine_tuned_description(&meta.trained_on, self.stats.weight_updates);
+        self.model.save(&meta, path)?;
+        Ok(SavedModel {
+            path: path.display().to_string(),
+            weight_updates: self.stats.weight_updates,
+            trained_on: meta.trained_on,
+        })
     }
 
     fn tracks_first_touches(&self) -> bool {
@@ -386,6 +408,17 @@ struct StepBuffers {
     hs: Vec<f32>,
     p: Vec<f32>,
     index: BlockMap<u32>,
+}
+
+impl Drop for GruAdvisor {
+    /// Saves the model if asked to ([`GruAdvisor::save_at_end`]); the outcome goes to
+    /// the saver, where the caller reads it.
+    fn drop(&mut self) {
+        if let Some(saver) = self.saver.take() {
+            let outcome = self.save_model(saver.path()).map_err(|e| e.to_string());
+            saver.record(outcome);
+        }
+    }
 }
 
 impl Advisor for GruAdvisor {
