@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use predictor::gru::synth::{generate, phases, repeated, Pattern};
-use predictor::replay::{replay_all, ReplayConfig, TraceInput, Visibility};
+use predictor::replay::{replay_all, replay_all_saving, ReplayConfig, TraceInput, Visibility};
+use predictor::saved_model::ModelSaver;
 use tiering::access::Access;
 use tiering::trace::{Clock, TraceHeader, TraceWriter};
 
@@ -289,6 +290,152 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
         stderr.contains("gru: online learning (background)"),
         "{stderr}"
     );
+}
+
+/// A VM's own model: the replay's online learning changes the base model's weights, the
+/// advisor writes them when it ends, and a second run starts from that file and saves
+/// again, the file's text counting both runs.
+#[test]
+fn gru_saves_the_model_online_learning_made_and_the_next_run_starts_from_it() {
+    let dir = common::Scratch::new("predict-save");
+    let trace = generate(
+        Pattern::Loop {
+            base: 50_000,
+            pages: 2000,
+        },
+        80_000,
+        5,
+        0,
+    );
+    let input = TraceInput::Memory {
+        accesses: Arc::from(trace),
+        clock: Clock::Nanoseconds,
+    };
+    let cfg = ReplayConfig {
+        ram_fraction: 0.25,
+        ..ReplayConfig::default()
+    };
+    let names = vec!["gru".to_string()];
+    let base = predictor::gru::base_model_path();
+    let (base_model, _) = predictor::gru::AccessModel::load_cpu(&base).expect("base model");
+    let first = dir.join("vm.bpk");
+    let saver = ModelSaver::new(first.clone());
+    replay_all_saving(&input, &names, &cfg, None, Some(saver.clone())).expect("replay");
+    let saved = saver.outcome().expect("saved at the end").expect("written");
+    assert!(saved.weight_updates > 0, "{saved:?}");
+    assert!(
+        saved.trained_on.ends_with(&format!(
+            "fine-tuned online: runs 1, weight updates {}",
+            saved.weight_updates
+        )),
+        "{saved:?}"
+    );
+    let (tuned, meta) = predictor::gru::AccessModel::load_cpu(&first).expect("loads");
+    assert_eq!(meta.trained_on, saved.trained_on);
+    let weights = |m: &predictor::gru::AccessModel| m.export_weights().expect("weights");
+    assert_ne!(
+        format!("{:?}", weights(&tuned)),
+        format!("{:?}", weights(&base_model)),
+        "online learning changed the weights"
+    );
+    // The next run starts from the VM's model and saves over it.
+    let saver = ModelSaver::new(first.clone());
+    replay_all_saving(
+        &input,
+        &names,
+        &cfg,
+        Some(first.clone()),
+        Some(saver.clone()),
+    )
+    .expect("replay from the saved model");
+    let again = saver.outcome().expect("saved").expect("written");
+    assert!(
+        again
+            .trained_on
+            .contains("fine-tuned online: runs 2, weight updates "),
+        "{again:?}"
+    );
+    // A file that cannot be written: the outcome says so (the CLI refuses such a path
+    // before it runs; this is the advisor's own report).
+    let saver = ModelSaver::new(dir.join("no-such-dir").join("vm.bpk"));
+    replay_all_saving(&input, &names, &cfg, None, Some(saver.clone())).expect("replay");
+    let e = saver.outcome().expect("tried").expect_err("not writable");
+    assert!(e.contains("no-such-dir"), "{e}");
+}
+
+/// `run --save-model` writes the VM's model when the guest has finished, `--model` starts
+/// the next run from it, and bad input is one line with status 2 before the guest runs.
+#[test]
+fn live_vm_saves_its_model_and_starts_its_next_run_from_it() {
+    let dir = common::Scratch::new("predict-live-save");
+    let tiers = common::ram_and_nvme_tiers(&dir, "64M");
+    let model = dir.join("vm.bpk");
+    let run = |extra: &[&str]| {
+        common::tiered_run(&dir, &tiers, "workload=zipf mem=8M iters=60000 seed=3")
+            .args(["--ram-budget", "2M"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let m = model.to_str().unwrap();
+    let out = run(&["--advisor", "gru", "--save-model", m]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
+        "{}",
+        common::describe(&out)
+    );
+    let metrics = common::read_metrics(&dir.join("metrics.json"));
+    let saved = &metrics["tiers"]["saved_model"];
+    assert_eq!(saved["path"], m, "{saved}");
+    assert_eq!(
+        saved["weight_updates"], metrics["tiers"]["advisor_online"]["weight_updates"],
+        "{metrics}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("saved this VM's model to"));
+    let (_, meta) = predictor::gru::AccessModel::load_cpu(&model).expect("a model file");
+    assert!(
+        meta.trained_on.contains("fine-tuned online: runs 1"),
+        "{meta:?}"
+    );
+    let out = run(&["--advisor", "gru", "--model", m, "--save-model", m]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let (_, meta) = predictor::gru::AccessModel::load_cpu(&model).expect("a model file");
+    assert!(
+        meta.trained_on.contains("fine-tuned online: runs 2"),
+        "{meta:?}"
+    );
+    // Bad input: one line, status 2, and the model file is left as it was.
+    let before = std::fs::read(&model).unwrap();
+    let junk = dir.join("junk.bpk");
+    std::fs::write(&junk, b"not a model").unwrap();
+    for (args, says) in [
+        (
+            vec!["--advisor", "leap", "--save-model", m],
+            "--save-model is for the gru advisor",
+        ),
+        (
+            vec!["--advisor", "gru", "--save-model", "/nonexistent/vm.bpk"],
+            "cannot write model /nonexistent/vm.bpk",
+        ),
+        (
+            vec!["--advisor", "gru", "--model", junk.to_str().unwrap()],
+            "is not a tiervisor GRU model",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            common::describe(&out)
+        );
+        let lines = common::error_lines(&out);
+        assert!(
+            lines.len() == 1 && lines[0].contains(says),
+            "{args:?}: {lines:?}"
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before);
 }
 
 /// Records a test-guest run's access trace (real faults and samples of a real VM).

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use predictor::replay::{
-    format_table, replay_all, LatencyModel, ReplayConfig, TraceInput, Visibility,
+    format_table, replay_all_saving, LatencyModel, ReplayConfig, TraceInput, Visibility,
 };
+use predictor::saved_model::ModelSaver;
 use tiering::policy::PolicyConfig;
 
 const REPLAY_EXAMPLES: &str = "\
@@ -17,9 +18,12 @@ Examples:
   Little fast room: the tiers of a tier file set the latencies and capacities:
     tiervisor replay --trace prog.tvt --advisor gru,leap \\
         --tiers resources/tiers/bench-constrained.toml
+  gru's model as online learning leaves it after this trace, then a replay from it:
+    tiervisor replay --trace prog.tvt --advisor gru --save-model tuned.bpk
+    tiervisor replay --trace prog.tvt --advisor gru --model tuned.bpk
 
-Exit status: 0; 1 if stdout cannot be written; 2 for bad input (unreadable trace,
-unknown advisor, bad model file).";
+Exit status: 0; 1 if stdout or the --save-model file cannot be written; 2 for bad
+input (unreadable trace, unknown advisor, bad model file).";
 
 #[derive(clap::Args)]
 #[command(after_help = REPLAY_EXAMPLES)]
@@ -75,6 +79,11 @@ pub struct ReplayArgs {
     /// Model file for learned advisors (gru).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Write gru's model, as online learning left it at the end of the trace, here
+    /// (what `run --save-model` keeps of a VM; docs/predictor.md, "Per-VM models
+    /// across runs").
+    #[arg(long, value_name = "FILE.bpk")]
+    pub save_model: Option<PathBuf>,
     /// Print one JSON object per advisor (an array) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +106,19 @@ pub fn run(args: ReplayArgs) -> i32 {
     }
     if args.window_us == 0 {
         return super::usage_error("replay: --window-us must be at least 1");
+    }
+    if let Some(path) = &args.save_model {
+        if !names.iter().any(|n| n == "gru") {
+            return super::usage_error(
+                "replay: --save-model saves gru's model: add gru to --advisor",
+            );
+        }
+        if let Some(why) = super::unwritable_output(path) {
+            return super::usage_error(format!(
+                "replay: cannot write model {}: {why}",
+                path.display()
+            ));
+        }
     }
     if !(args.ns_per_instruction > 0.0 && args.ns_per_instruction.is_finite()) {
         return super::usage_error("replay: --ns-per-instruction must be a positive number");
@@ -137,10 +159,28 @@ pub fn run(args: ReplayArgs) -> i32 {
         dirty_harvest_windows: args.dirty_harvest,
     };
     let input = TraceInput::File(args.trace.clone());
-    let reports = match replay_all(&input, &names, &config, args.model) {
+    let saver = args.save_model.clone().map(ModelSaver::new);
+    let reports = match replay_all_saving(&input, &names, &config, args.model, saver.clone()) {
         Ok(r) => r,
         Err(e) => return super::usage_error(format!("replay: {e}")),
     };
+    // gru's replay has ended, so its advisor has saved.
+    let mut status = 0;
+    match saver.as_ref().map(ModelSaver::outcome) {
+        None => {}
+        Some(Some(Ok(saved))) => eprintln!(
+            "tiervisor: replay: saved gru's model to {} ({} weight updates from online learning)",
+            saved.path, saved.weight_updates
+        ),
+        Some(Some(Err(e))) => {
+            eprintln!("tiervisor: replay: --save-model: {e}");
+            status = 1;
+        }
+        Some(None) => {
+            eprintln!("tiervisor: replay: --save-model: gru ended without saving");
+            status = 1;
+        }
+    }
     let text = if args.json {
         match serde_json::to_string_pretty(&reports) {
             Ok(s) => s + "\n",
@@ -150,7 +190,7 @@ pub fn run(args: ReplayArgs) -> i32 {
         format_table(&reports)
     };
     match super::print_stdout(&text) {
-        Ok(()) => 0,
+        Ok(()) => status,
         Err(e) => {
             eprintln!("tiervisor: replay: {e}");
             1
