@@ -282,8 +282,11 @@ fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
     let out = manager.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");
-    // Turns went back and forth, and a turn that came back staged the VM's pages.
+    // Turns went back and forth, and a turn that came back staged the VM's pages, whose
+    // member said when they were in: the turn's clock started then.
     assert!(log.matches(", waits").count() >= 2, "{log}");
-    assert!(log.contains("its turn: runs, pages staged"), "{log}");
+    assert!(log.contains("its turn: runs, pages asked back"), "{log}");
+    assert!(log.contains(": pages staged in "), "{log}");
+    assert!(!log.contains("staging not reported"), "{log}");
     assert!(staged > 1000, "{staged} pages staged\n{log}");
 }

@@ -56,11 +56,17 @@ struct Tracked {
     /// As the schedule decides them (written at the end of the round or tick).
     turn_run: bool,
     turn_stage: u64,
-    /// When its current turn began (a schedule).
+    /// When its current turn began (a schedule), and when its clock started: once its
+    /// staged pages are in (its report's `staged`), or at once without staging.
+    turn_began: Option<Instant>,
     turn_started: Option<Instant>,
 }
 
 const SAMPLE_DECAY: f64 = 0.8;
+
+/// A turn whose member never reports its staged pages in (a member of an older
+/// version, or one that cannot tell) starts its clock after this many slices.
+const STAGING_WAIT_SLICES: u32 = 10;
 
 impl Tracked {
     /// The share of its resident pages in use; 1.0 until a few samples came back.
@@ -179,9 +185,10 @@ impl Manager {
     /// Between rounds, with a schedule: ends the turns that are over and starts the
     /// next. Returns a line per change.
     pub fn tick(&mut self) -> Vec<String> {
-        let Some(schedule) = &self.options.schedule else {
+        let Some(schedule) = self.options.schedule.clone() else {
             return Vec::new();
         };
+        let mut lines = self.start_staged_clocks(schedule.slice);
         let running = self.members.iter().filter(|(_, m)| m.turn_run).count();
         let expired = self.members.iter().any(|(_, m)| {
             m.turn_run
@@ -189,10 +196,41 @@ impl Manager {
                     .is_some_and(|t| t.elapsed() >= schedule.slice)
         });
         if !self.queue.is_empty() && (expired || running < schedule.slots) {
-            self.assign()
-        } else {
-            Vec::new()
+            lines.extend(self.assign());
         }
+        lines
+    }
+
+    /// Starts the clock of each running turn whose staged pages are in (its member's
+    /// report says so), or that has waited for them [`STAGING_WAIT_SLICES`] slices.
+    fn start_staged_clocks(&mut self, slice: Duration) -> Vec<String> {
+        let dir = self.options.dir.clone();
+        let t = self.elapsed_s();
+        let mut lines = Vec::new();
+        for (pid, m) in self.members.iter_mut() {
+            let Some(began) = m
+                .turn_began
+                .filter(|_| m.turn_run && m.turn_started.is_none())
+            else {
+                continue;
+            };
+            let staged = read_json::<MemberReport>(&report_path(&dir, *pid))
+                .is_ok_and(|r| r.staged >= m.turn_stage);
+            if staged || began.elapsed() >= slice * STAGING_WAIT_SLICES {
+                m.turn_started = Some(Instant::now());
+                lines.push(format!(
+                    "{t:7.2}s  vm {pid}: {} in {:.0} ms; its turn's {} ms start now",
+                    if staged {
+                        "pages staged"
+                    } else {
+                        "staging not reported"
+                    },
+                    began.elapsed().as_secs_f64() * 1000.0,
+                    slice.as_millis()
+                ));
+            }
+        }
+        lines
     }
 
     fn elapsed_s(&self) -> f64 {
@@ -277,6 +315,7 @@ impl Manager {
                             stage: 0,
                             turn_run: false,
                             turn_stage: 0,
+                            turn_began: None,
                             turn_started: None,
                         },
                     ));
@@ -330,7 +369,7 @@ impl Manager {
             }
             let turn = match (self.options.schedule.is_some(), run, run == m.run) {
                 (false, _, _) => "",
-                (true, true, false) if stage != m.stage => ", its turn: runs, pages staged",
+                (true, true, false) if stage != m.stage => ", its turn: runs, pages asked back",
                 (true, true, false) => ", its turn: runs",
                 (true, false, false) => ", waits",
                 (true, _, true) => "",
@@ -364,6 +403,7 @@ impl Manager {
             for (pid, m) in self.members.iter_mut() {
                 if m.turn_run && m.turn_started.is_some_and(|t| now - t >= schedule.slice) {
                     m.turn_run = false;
+                    m.turn_began = None;
                     m.turn_started = None;
                     self.queue.push_back(*pid);
                 }
@@ -376,7 +416,11 @@ impl Manager {
             };
             if let Some((_, m)) = self.members.iter_mut().find(|(p, _)| *p == next) {
                 m.turn_run = true;
-                m.turn_started = Some(now);
+                m.turn_began = Some(now);
+                // With staging, the turn's clock starts once the pages are in
+                // (`start_staged_clocks`): on a slow tier staging can take longer
+                // than a slice, and a turn spent staging would end with nothing run.
+                m.turn_started = if schedule.staging { None } else { Some(now) };
                 if schedule.staging {
                     m.turn_stage += 1;
                 }

@@ -35,6 +35,9 @@ pub struct PoolMembership {
     pub initial_budget_pages: u64,
     /// Whether the VM may run from the start (false: the scheduler runs others first).
     pub initial_run: bool,
+    /// The staging request of the first assignment: a first turn has nothing to stage,
+    /// so it counts as done at once.
+    initial_stage: u64,
 }
 
 /// What a member thread acts on besides the budget: the VM's vCPUs and its pages.
@@ -61,6 +64,7 @@ impl PoolMembership {
             sampled_zaps: 0,
             sample_hits: 0,
             time_ms: now_ms(),
+            staged: 0,
         };
         write_json(&report_path(dir, pid), &report)
             .map_err(io_error(dir, "cannot write this VM's report"))?;
@@ -88,6 +92,7 @@ impl PoolMembership {
             guest_pages,
             initial_budget_pages: first.budget_pages,
             initial_run: first.run,
+            initial_stage: if first.run { first.stage } else { 0 },
         })
     }
 
@@ -107,7 +112,7 @@ impl PoolMembership {
         PoolMemberThread { stop, thread }
     }
 
-    fn report(&self, handle: &BudgetHandle) {
+    fn report(&self, handle: &BudgetHandle, staged: u64) {
         let Some(r) = handle.snapshot() else {
             return;
         };
@@ -123,6 +128,7 @@ impl PoolMembership {
             sampled_zaps: r.sampled_zaps,
             sample_hits: r.sample_hits,
             time_ms: now_ms(),
+            staged,
         };
         if let Err(e) = write_json(&report_path(&self.dir, self.pid), &report) {
             log::warn!("ram pool: cannot write this VM's report: {e}");
@@ -140,15 +146,19 @@ impl PoolMembership {
         let mut turn = Turn {
             running: self.initial_run,
             paused_at: (!self.initial_run).then(Instant::now),
-            stage: 0,
+            stage: self.initial_stage,
             working_set: Vec::new(),
+            staging: None,
+            staged: self.initial_stage,
         };
         let mut applied = self.initial_budget_pages;
         let mut last_report: Option<Instant> = None;
         while !stop.load(Ordering::Acquire) {
-            if last_report.is_none_or(|t| t.elapsed() >= interval) {
+            // Staging done: said at once, since the manager times the turn from it.
+            let staged_now = turn.staging_done(&handle, &mut history);
+            if staged_now || last_report.is_none_or(|t| t.elapsed() >= interval) {
                 last_report = Some(Instant::now());
-                self.report(&handle);
+                self.report(&handle, turn.staged);
                 // A paused VM whose manager is gone would wait for ever: it runs on.
                 if !turn.running && !manager_runs(&self.dir) {
                     log::warn!("ram pool: the manager is gone; this VM runs on");
@@ -171,7 +181,14 @@ impl PoolMembership {
                     if a.run && !turn.running {
                         if a.stage != 0 && a.stage != turn.stage {
                             turn.stage = a.stage;
-                            history.staged_pages += turn.stage_pages(&handle, applied);
+                            let n = turn.stage_pages(&handle, applied);
+                            history.staged_pages += n;
+                            turn.staging = Some(Staging {
+                                since: Instant::now(),
+                                pages: n,
+                                resident: 0,
+                                last_growth: Instant::now(),
+                            });
                         }
                         turn.resume(&vm, &handle, &mut history);
                     }
@@ -198,7 +215,26 @@ struct Turn {
     stage: u64,
     /// The pages in RAM when the VM was last paused, in address order.
     working_set: Vec<PageNumber>,
+    /// The staging under way, until its pages are in.
+    staging: Option<Staging>,
+    /// The last staging request whose pages are in (reported to the manager).
+    staged: u64,
 }
+
+/// Pages asked back at the start of a turn, and how far they have come.
+struct Staging {
+    since: Instant,
+    pages: u64,
+    /// Resident pages at the last look, and when that last grew.
+    resident: u64,
+    last_growth: Instant,
+}
+
+/// Staging is done when this share of the pages asked for is in RAM (a few may have
+/// been evicted again by the running VM, or dropped for want of room)...
+const STAGED_SHARE: f64 = 0.95;
+/// ... or when RAM has stopped filling for this long (the rest will not come).
+const STAGING_STALL: Duration = Duration::from_millis(100);
 
 impl Turn {
     fn pause(&mut self, vm: &VmControl, handle: &BudgetHandle) {
@@ -220,6 +256,30 @@ impl Turn {
         if let Some(t) = self.paused_at.take() {
             history.paused_ms += t.elapsed().as_secs_f64() * 1000.0;
         }
+    }
+
+    /// Whether the staging under way has just finished; if so, notes it (and its time).
+    fn staging_done(&mut self, handle: &BudgetHandle, history: &mut BudgetHistory) -> bool {
+        let Some(st) = self.staging.as_mut() else {
+            return false;
+        };
+        let resident = handle.snapshot().map_or(0, |r| {
+            r.per_tier.iter().take(2).map(|t| t.resident_pages).sum()
+        });
+        if resident > st.resident {
+            st.resident = resident;
+            st.last_growth = Instant::now();
+        }
+        let filled = resident as f64 >= STAGED_SHARE * st.pages as f64;
+        if !filled && st.last_growth.elapsed() < STAGING_STALL {
+            return false;
+        }
+        let ms = st.since.elapsed().as_secs_f64() * 1000.0;
+        history.staging_ms += ms;
+        history.max_staging_ms = history.max_staging_ms.max(ms);
+        self.staging = None;
+        self.staged = self.stage;
+        true
     }
 
     /// Asks for the pages the VM held when it was paused, as many as `budget` leaves
@@ -263,6 +323,10 @@ pub struct BudgetHistory {
     pub paused_ms: f64,
     /// Pages asked back into RAM when a turn began.
     pub staged_pages: u64,
+    /// Time from a turn's start until its staged pages were in, summed over the
+    /// turns, and the longest.
+    pub staging_ms: f64,
+    pub max_staging_ms: f64,
 }
 
 impl BudgetHistory {
@@ -276,6 +340,8 @@ impl BudgetHistory {
             turns: 0,
             paused_ms: 0.0,
             staged_pages: 0,
+            staging_ms: 0.0,
+            max_staging_ms: 0.0,
         }
     }
 

@@ -69,6 +69,11 @@ pub struct MemberReport {
     pub sample_hits: u64,
     /// Wall-clock time of the report, ms since the Unix epoch.
     pub time_ms: u64,
+    /// The last staging request ([`Assignment::stage`]) whose pages are in RAM: a
+    /// scheduling manager starts the clock of the VM's turn then, so that a turn is
+    /// time run with its pages in, however long staging took (0: none yet).
+    #[serde(default)]
+    pub staged: u64,
 }
 
 /// `vm-<pid>.budget.json`: what the manager assigns.
