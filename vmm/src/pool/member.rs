@@ -188,6 +188,7 @@ impl PoolMembership {
                                 pages: n,
                                 resident: 0,
                                 last_growth: Instant::now(),
+                                grew: false,
                             });
                         }
                         turn.resume(&vm, &handle, &mut history);
@@ -225,16 +226,21 @@ struct Turn {
 struct Staging {
     since: Instant,
     pages: u64,
-    /// Resident pages at the last look, and when that last grew.
+    /// Resident pages at the last look, when that last grew, and whether it has grown
+    /// since the first look.
     resident: u64,
     last_growth: Instant,
+    grew: bool,
 }
 
 /// Staging is done when this share of the pages asked for is in RAM (a few may have
 /// been evicted again by the running VM, or dropped for want of room)...
 const STAGED_SHARE: f64 = 0.95;
-/// ... or when RAM has stopped filling for this long (the rest will not come).
-const STAGING_STALL: Duration = Duration::from_millis(100);
+/// ... or when RAM, having begun to fill, has stopped for this long (the rest will not
+/// come; the first pages can take longer, behind the VM's own write-backs on a disk)...
+const STAGING_STALL: Duration = Duration::from_millis(250);
+/// ... or after this long in any case.
+const STAGING_MOST: Duration = Duration::from_secs(10);
 
 impl Turn {
     fn pause(&mut self, vm: &VmControl, handle: &BudgetHandle) {
@@ -243,7 +249,19 @@ impl Turn {
         if !vm.gate.wait_parked(vm.vcpus, Duration::from_secs(1)) {
             log::warn!("ram pool: the vCPUs did not stop within 1 s");
         }
-        self.working_set = vm.pages.resident();
+        let resident = vm.pages.resident();
+        if self.staging.take().is_some() {
+            // Paused before its staged pages were all in: those still on their way are
+            // as much its working set as the resident ones, and would otherwise drop
+            // out of it turn after turn.
+            let mut set = std::mem::take(&mut self.working_set);
+            set.extend(resident);
+            set.sort_unstable();
+            set.dedup();
+            self.working_set = set;
+        } else {
+            self.working_set = resident;
+        }
         self.running = false;
         self.paused_at = Some(Instant::now());
     }
@@ -267,11 +285,14 @@ impl Turn {
             r.per_tier.iter().take(2).map(|t| t.resident_pages).sum()
         });
         if resident > st.resident {
+            // The first look finds the pages the VM kept while it waited: not growth.
+            st.grew |= st.resident > 0;
             st.resident = resident;
             st.last_growth = Instant::now();
         }
         let filled = resident as f64 >= STAGED_SHARE * st.pages as f64;
-        if !filled && st.last_growth.elapsed() < STAGING_STALL {
+        let stalled = st.grew && st.last_growth.elapsed() >= STAGING_STALL;
+        if !filled && !stalled && st.since.elapsed() < STAGING_MOST {
             return false;
         }
         let ms = st.since.elapsed().as_secs_f64() * 1000.0;
