@@ -131,19 +131,7 @@ fn train_writes_a_model_that_replay_uses() {
 
     // The model drives `gru` in the simulator next to the baselines, on a trace it
     // has not seen (another seed, another size).
-    let eval = generate(
-        Pattern::Loop {
-            base: 50_000,
-            pages: 2000,
-        },
-        80_000,
-        5,
-        0,
-    );
-    let input = TraceInput::Memory {
-        accesses: Arc::from(eval),
-        clock: Clock::Nanoseconds,
-    };
+    let input = unseen_loop();
     let cfg = ReplayConfig {
         ram_fraction: 0.25,
         visibility: Visibility::Full,
@@ -292,13 +280,10 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
     );
 }
 
-/// A VM's own model: the replay's online learning changes the base model's weights, the
-/// advisor writes them when it ends, and a second run starts from that file and saves
-/// again, the file's text counting both runs.
-#[test]
-fn gru_saves_the_model_online_learning_made_and_the_next_run_starts_from_it() {
-    let dir = common::Scratch::new("predict-save");
-    let trace = generate(
+/// A loop over 2,000 pages, 80,000 accesses, of a seed and size no model here was
+/// trained on.
+fn unseen_loop() -> TraceInput {
+    let accesses = generate(
         Pattern::Loop {
             base: 50_000,
             pages: 2000,
@@ -307,10 +292,19 @@ fn gru_saves_the_model_online_learning_made_and_the_next_run_starts_from_it() {
         5,
         0,
     );
-    let input = TraceInput::Memory {
-        accesses: Arc::from(trace),
+    TraceInput::Memory {
+        accesses: Arc::from(accesses),
         clock: Clock::Nanoseconds,
-    };
+    }
+}
+
+/// A VM's own model: the replay's online learning changes the base model's weights, the
+/// advisor writes them when it ends, and a second run starts from that file and saves
+/// again, the file's text counting both runs.
+#[test]
+fn gru_saves_the_model_online_learning_made_and_the_next_run_starts_from_it() {
+    let dir = common::Scratch::new("predict-save");
+    let input = unseen_loop();
     let cfg = ReplayConfig {
         ram_fraction: 0.25,
         ..ReplayConfig::default()
