@@ -288,5 +288,14 @@ fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
     assert!(log.contains("its turn: runs, pages asked back"), "{log}");
     assert!(log.contains(": pages staged in "), "{log}");
     assert!(!log.contains("staging not reported"), "{log}");
+    // Each turn runs its slice, or twice its staging time when that is longer.
+    for line in log.lines().filter(|l| l.contains(": pages staged in ")) {
+        let number_after = |key: &str| -> u64 {
+            let rest = &line[line.find(key).unwrap() + key.len()..];
+            rest.split(' ').next().unwrap().parse().unwrap()
+        };
+        let (staging, turn) = (number_after("staged in "), number_after("its turn's "));
+        assert!(turn >= 100 && turn + 1 >= 2 * staging, "{line}");
+    }
     assert!(staged > 1000, "{staged} pages staged\n{log}");
 }

@@ -60,13 +60,25 @@ struct Tracked {
     /// staged pages are in (its report's `staged`), or at once without staging.
     turn_began: Option<Instant>,
     turn_started: Option<Instant>,
+    /// This turn's length: the slice, or longer when staging took long
+    /// ([`STAGING_SLICE_RATIO`]).
+    turn_slice: Duration,
 }
 
 const SAMPLE_DECAY: f64 = 0.8;
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// A turn whose member never reports its staged pages in (a member of an older
 /// version, or one that cannot tell) starts its clock after this many slices.
 const STAGING_WAIT_SLICES: u32 = 10;
+
+/// A turn runs at least this many times as long as its staging took, so that on a slow
+/// tier a turn is not mostly staging (with 300 ms turns over an hdd-profiled tier,
+/// staging took up to 1.5 s and the VMs made almost no progress).
+const STAGING_SLICE_RATIO: u32 = 2;
 
 impl Tracked {
     /// The share of its resident pages in use; 1.0 until a few samples came back.
@@ -191,9 +203,7 @@ impl Manager {
         let mut lines = self.start_staged_clocks(schedule.slice);
         let running = self.members.iter().filter(|(_, m)| m.turn_run).count();
         let expired = self.members.iter().any(|(_, m)| {
-            m.turn_run
-                && m.turn_started
-                    .is_some_and(|t| t.elapsed() >= schedule.slice)
+            m.turn_run && m.turn_started.is_some_and(|t| t.elapsed() >= m.turn_slice)
         });
         if !self.queue.is_empty() && (expired || running < schedule.slots) {
             lines.extend(self.assign());
@@ -217,16 +227,21 @@ impl Manager {
             let staged = read_json::<MemberReport>(&report_path(&dir, *pid))
                 .is_ok_and(|r| r.staged >= m.turn_stage);
             if staged || began.elapsed() >= slice * STAGING_WAIT_SLICES {
+                let staging = began.elapsed();
                 m.turn_started = Some(Instant::now());
+                // A VM's first turn stages nothing; the wait was its boot.
+                let first = m.turn_stage <= 1;
+                if !first {
+                    m.turn_slice = slice.max(staging * STAGING_SLICE_RATIO);
+                }
+                let what = match (first, staged) {
+                    (true, true) => "started".to_string(),
+                    (false, true) => format!("pages staged in {:.0} ms", ms(staging)),
+                    (_, false) => format!("staging not reported in {:.0} ms", ms(staging)),
+                };
                 lines.push(format!(
-                    "{t:7.2}s  vm {pid}: {} in {:.0} ms; its turn's {} ms start now",
-                    if staged {
-                        "pages staged"
-                    } else {
-                        "staging not reported"
-                    },
-                    began.elapsed().as_secs_f64() * 1000.0,
-                    slice.as_millis()
+                    "{t:7.2}s  vm {pid}: {what}; its turn's {} ms start now",
+                    m.turn_slice.as_millis()
                 ));
             }
         }
@@ -317,6 +332,7 @@ impl Manager {
                             turn_stage: 0,
                             turn_began: None,
                             turn_started: None,
+                            turn_slice: Duration::ZERO,
                         },
                     ));
                 }
@@ -401,7 +417,7 @@ impl Manager {
         let now = Instant::now();
         if !self.queue.is_empty() {
             for (pid, m) in self.members.iter_mut() {
-                if m.turn_run && m.turn_started.is_some_and(|t| now - t >= schedule.slice) {
+                if m.turn_run && m.turn_started.is_some_and(|t| now - t >= m.turn_slice) {
                     m.turn_run = false;
                     m.turn_began = None;
                     m.turn_started = None;
@@ -417,6 +433,7 @@ impl Manager {
             if let Some((_, m)) = self.members.iter_mut().find(|(p, _)| *p == next) {
                 m.turn_run = true;
                 m.turn_began = Some(now);
+                m.turn_slice = schedule.slice;
                 // With staging, the turn's clock starts once the pages are in
                 // (`start_staged_clocks`): on a slow tier staging can take longer
                 // than a slice, and a turn spent staging would end with nothing run.
