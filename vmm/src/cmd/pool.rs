@@ -37,7 +37,8 @@ VMs): at most --run-slots run at once, each for a slice, while the others wait w
 their vCPUs paused and a thirty-second of the pool each; the running VMs share the
 rest by priority. A turn begins by asking back, in one batch, the pages the VM held
 when it was paused (--no-staging: it faults them in); its slice counts from when
-those pages are in, so a slow tier lengthens the turn rather than eat it.
+those pages are in, and lasts at least twice as long as they took, so that on a slow
+tier a turn is not spent staging.
 
 Exit status: 0 after SIGINT/SIGTERM or, with --exit-when-empty, once the last VM
 left; 2 for bad input (or another manager on --dir).";
@@ -62,8 +63,8 @@ pub struct PoolArgs {
     #[arg(long)]
     pub exit_when_empty: bool,
     /// Run the VMs in turns of this many milliseconds (counted once a turn's staged
-    /// pages are in), at most --run-slots at once, instead of all at once; a waiting
-    /// VM's vCPUs are paused.
+    /// pages are in; at least twice the time they took), at most --run-slots at once,
+    /// instead of all at once; a waiting VM's vCPUs are paused.
     #[arg(long, value_name = "MS")]
     pub slice_ms: Option<u64>,
     /// VMs that run at once when running in turns.
