@@ -54,6 +54,17 @@ impl ModelSaver {
             .clone()
     }
 
+    /// The saved model, or why there is none (an advisor that ended without saving
+    /// included): what a caller reports once the advisor has ended.
+    pub fn result(&self) -> Result<SavedModel, String> {
+        self.outcome().unwrap_or_else(|| {
+            Err(format!(
+                "{}: the advisor ended without saving",
+                self.path.display()
+            ))
+        })
+    }
+
     #[cfg(feature = "gru")]
     pub(crate) fn record(&self, outcome: Result<SavedModel, String>) {
         *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);

@@ -166,18 +166,14 @@ pub fn run(args: ReplayArgs) -> i32 {
     };
     // gru's replay has ended, so its advisor has saved.
     let mut status = 0;
-    match saver.as_ref().map(ModelSaver::outcome) {
+    match saver.as_ref().map(ModelSaver::result) {
         None => {}
-        Some(Some(Ok(saved))) => eprintln!(
+        Some(Ok(saved)) => eprintln!(
             "tiervisor: replay: saved gru's model to {} ({} weight updates from online learning)",
             saved.path, saved.weight_updates
         ),
-        Some(Some(Err(e))) => {
+        Some(Err(e)) => {
             eprintln!("tiervisor: replay: --save-model: {e}");
-            status = 1;
-        }
-        Some(None) => {
-            eprintln!("tiervisor: replay: --save-model: gru ended without saving");
             status = 1;
         }
     }

@@ -264,23 +264,16 @@ pub fn validate(args: &RunArgs) -> Result<VmConfig, RunInputError> {
 fn report_saved_model(
     saver: &predictor::saved_model::ModelSaver,
 ) -> Option<predictor::saved_model::SavedModel> {
-    match saver.outcome() {
-        Some(Ok(saved)) => {
+    match saver.result() {
+        Ok(saved) => {
             eprintln!(
                 "tiervisor: saved this VM's model to {} ({} weight updates from online learning in this run)",
                 saved.path, saved.weight_updates
             );
             Some(saved)
         }
-        Some(Err(e)) => {
+        Err(e) => {
             eprintln!("tiervisor: --save-model: {e}");
-            None
-        }
-        None => {
-            eprintln!(
-                "tiervisor: --save-model {}: the advisor ended without saving",
-                saver.path().display()
-            );
             None
         }
     }
