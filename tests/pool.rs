@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    describe, error_lines, ram_and_nvme_tiers, read_metrics, tiered_run, tiervisor, u, Scratch,
+    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, tiered_run,
+    tiervisor, u, Scratch,
 };
 
 /// `tiervisor run` of the test guest in the pool at `pool`, its tiers and metrics in `dir`.
@@ -70,11 +71,7 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
     let mut metrics = Vec::new();
     for (name, vm) in [("big", big), ("small", small)] {
         let out = vm.wait_with_output().unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
-            "{name}: {}",
-            describe(&out)
-        );
+        assert_guest_ok(&out, name);
         metrics.push(read_metrics(&root.join(name).join("metrics.json"))["tiers"].clone());
     }
     let out = manager.wait_with_output().unwrap();
@@ -269,11 +266,7 @@ fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
     let mut staged = 0;
     for (name, vm) in ["a", "b"].iter().zip(vms) {
         let out = vm.wait_with_output().unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
-            "{name}: {}",
-            describe(&out)
-        );
+        assert_guest_ok(&out, name);
         let t = read_metrics(&root.join(name).join("metrics.json"))["tiers"].clone();
         let p = &t["pool"];
         assert!(p["paused_ms"].as_f64().unwrap() > 0.0, "{name}: {p}");

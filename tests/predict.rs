@@ -255,12 +255,7 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
         .arg(&metrics)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("result=ok"),
-        "{}",
-        common::describe(&out)
-    );
+    common::assert_guest_ok(&out, "the run");
     let m = common::read_metrics(&metrics);
     let online = &m["tiers"]["advisor_online"];
     assert_eq!(online["online_mode"], "background", "{online}");
@@ -373,11 +368,7 @@ fn live_vm_saves_its_model_and_starts_its_next_run_from_it() {
     };
     let m = model.to_str().unwrap();
     let out = run(&["--advisor", "gru", "--save-model", m]);
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
-        "{}",
-        common::describe(&out)
-    );
+    common::assert_guest_ok(&out, "the run");
     let metrics = common::read_metrics(&dir.join("metrics.json"));
     let saved = &metrics["tiers"]["saved_model"];
     assert_eq!(saved["path"], m, "{saved}");

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest, tiered_run,
-    tiervisor, u, Scratch,
+    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest,
+    tiered_run, tiervisor, u, Scratch,
 };
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
@@ -134,12 +134,7 @@ fn every_workload_passes_at_a_quarter_of_its_memory_over_tiers_2_to_5() {
     ] {
         let cmdline = format!("workload={workload} mem={WORKLOAD_MEM} iters={iters} seed=7");
         let (out, m) = run_tiered(&dir, &default_tiers(), &cmdline, &[]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("result=ok"),
-            "{workload}: {}",
-            describe(&out)
-        );
+        assert_guest_ok(&out, workload);
         let t = &m["tiers"];
         let budget = u(t, "ram_budget_pages");
         assert_eq!(budget, 512, "{t}");
@@ -269,12 +264,7 @@ fn full_storage_tiers_keep_pages_in_ram_and_the_guest_runs_on() {
     let (child, metrics) =
         spawn_tiered(&dir, &tiers, "workload=scan mem=8M iters=4000 seed=7", &[]);
     let out = wait_within(child, 60, "the run did not end within 60 s");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("result=ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_guest_ok(&out, "the run");
     let m = read_metrics(&metrics);
     let t = &m["tiers"];
     // The 1M tier filled up (256 pages), so RAM holds more than its 512-page budget.
@@ -317,12 +307,7 @@ fn every_advisor_keeps_the_guests_memory_intact() {
             "workload=zipf mem=8M iters=8000 seed=5",
         ] {
             let (out, m) = run_tiered(&dir, &tiers, cmdline, &["--advisor", advisor]);
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("result=ok"),
-                "{advisor}, {cmdline}: {}",
-                describe(&out)
-            );
+            assert_guest_ok(&out, &format!("{advisor}, {cmdline}"));
             let t = &m["tiers"];
             assert_eq!(t["advisor"].as_str(), Some(advisor), "{t}");
             // The handler's time inside the advisor is measured and reported.
@@ -529,11 +514,7 @@ fn start_sharing_vm(dir: &Path, share: &Path, iters: u32) -> Child {
 /// The VM's `shared_pages` and `share_peers` metrics and its trace events of kind Shared.
 fn sharing_result(dir: &Path, child: Child) -> (u64, u64, usize) {
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
-        "{}",
-        describe(&out)
-    );
+    assert_guest_ok(&out, "the run");
     let text = std::fs::read_to_string(dir.join("metrics.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&text).unwrap();
     let t = &m["tiers"];

@@ -90,6 +90,16 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// Asserts that a guest run exited 0 and the guest verified its own memory
+/// (`result=ok`); `what` names the run in the failure message.
+pub fn assert_guest_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("result=ok"),
+        "{what}: {}",
+        describe(out)
+    );
+}
+
 /// Lines of stderr that are not the PVM host note.
 pub fn error_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
