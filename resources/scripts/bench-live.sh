@@ -32,9 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 . resources/scripts/built.sh bench-live
-# O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
-mkdir -p target
-WORKDIR=$(cd "$(mktemp -d -p target bench-live.XXXXXX)" && pwd)
+WORKDIR=$(disk_workdir bench-live)
 # Not `exec python3`: the EXIT trap would never run and every run would leave its
 # 256 MiB tier file behind (it did until session 17). On INT/TERM bash runs traps only
 # between commands, so the Python below runs in the background and is waited for; a

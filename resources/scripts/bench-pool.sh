@@ -34,9 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 . resources/scripts/built.sh bench-pool
-mkdir -p target
-# O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
-WORKDIR=$(cd "$(mktemp -d -p target bench-pool.XXXXXX)" && pwd)
+WORKDIR=$(disk_workdir bench-pool)
 trap 'rm -rf "$WORKDIR"' EXIT
 trap 'if [ -n "${child:-}" ]; then pkill -TERM -P "$child"; kill "$child"; fi 2>/dev/null; exit 130' INT TERM
 export TIERVISOR GUEST WORKDIR

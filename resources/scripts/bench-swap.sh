@@ -37,8 +37,7 @@ CG_ROOT=/sys/fs/cgroup/memory
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing: run \`make setup\`"
 command -v swapon >/dev/null || fail "swapon is missing"
 
-mkdir -p target
-WORKDIR=$(cd "$(mktemp -d -p target bench-swap.XXXXXX)" && pwd)
+WORKDIR=$(disk_workdir bench-swap)
 CGROUP="$CG_ROOT/tiervisor-bench-swap-$$"
 SWAPFILE="$WORKDIR/swapfile"
 cleanup() {

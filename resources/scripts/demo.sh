@@ -55,7 +55,7 @@ done
 # system, not tmpfs - and tier 5 on a qemu-nbd started here).
 echo "tiervisor demo: tiered memory, RAM budget 25% of the working memory"
 echo
-tiers=$(cd "$(mktemp -d -p target demo-tiers.XXXXXX)" && pwd)
+tiers=$(disk_workdir demo-tiers)
 trap 'if [ -n "${nbd_pid:-}" ]; then kill "$nbd_pid" 2>/dev/null; fi; rm -rf "$out" "$tiers"' EXIT
 . resources/scripts/nbd.sh
 start_nbd "$tiers" demo

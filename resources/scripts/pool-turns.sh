@@ -29,9 +29,7 @@ case $profile in nvme | ssd | hdd) ;; *)
     exit 2
     ;;
 esac
-mkdir -p target
-# O_DIRECT tier files need a disk file system: under target/, not /tmp (often tmpfs).
-WORK=$(cd "$(mktemp -d -p target pool-turns.XXXXXX)" && pwd)
+WORK=$(disk_workdir pool-turns)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
