@@ -311,6 +311,42 @@ pub fn turn_budgets(size_pages: u64, members: &[TurnMember]) -> Vec<u64> {
         .collect()
 }
 
+/// A running VM, as [`room_to_lend`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningUse {
+    pub budget_pages: u64,
+    pub resident_pages: u64,
+}
+
+/// The room each running VM lends to the next VM in line so that it can stage its pages
+/// before its turn: what the VM holds beyond its resident pages and `margin` (room to
+/// grow into), in order, until `wanted` is lent. Nothing is lent when the total would be
+/// under `margin`, too little to be worth a staging request.
+pub fn room_to_lend(running: &[RunningUse], margin: u64, wanted: u64) -> Vec<u64> {
+    let mut total = 0;
+    let lent: Vec<u64> = running
+        .iter()
+        .map(|r| {
+            let spare = r
+                .budget_pages
+                .saturating_sub(r.resident_pages.saturating_add(margin))
+                .min(wanted - total);
+            total += spare;
+            spare
+        })
+        .collect();
+    if total < margin {
+        return vec![0; running.len()];
+    }
+    lent
+}
+
+/// Whether a VM that lent room needs it back: its resident pages came within half the
+/// margin of its lowered budget.
+pub fn needs_lent_room_back(r: &RunningUse, lent: u64, margin: u64) -> bool {
+    lent > 0 && r.resident_pages + margin / 2 > r.budget_pages.saturating_sub(lent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,5 +548,32 @@ mod tests {
         assert_eq!(b[1], 10);
         assert_eq!(b[0], 2048 - 100 * 10);
         assert!(b.iter().sum::<u64>() <= 2048);
+    }
+
+    #[test]
+    fn running_vms_lend_the_room_they_do_not_use_and_take_it_back_when_they_grow() {
+        let r = |budget_pages, resident_pages| RunningUse {
+            budget_pages,
+            resident_pages,
+        };
+        // 1,984 pages, 1,600 resident, a margin of 128: 256 to lend.
+        assert_eq!(room_to_lend(&[r(1984, 1600)], 128, 10_000), vec![256]);
+        // No more than the next VM can use, taken from the first lender first.
+        assert_eq!(
+            room_to_lend(&[r(1000, 500), r(1000, 500)], 100, 500),
+            vec![400, 100]
+        );
+        // Under the margin in all: nothing.
+        assert_eq!(
+            room_to_lend(&[r(1000, 860), r(1000, 860)], 100, 500),
+            vec![0, 0]
+        );
+        // A full VM lends nothing.
+        assert_eq!(room_to_lend(&[r(1000, 1000)], 100, 500), vec![0]);
+        // The lender of 256 (budget now 1,728) grows by half the margin: it wants it back.
+        assert!(!needs_lent_room_back(&r(1984, 1600), 256, 128));
+        assert!(!needs_lent_room_back(&r(1984, 1664), 256, 128));
+        assert!(needs_lent_room_back(&r(1984, 1665), 256, 128));
+        assert!(!needs_lent_room_back(&r(1984, 1984), 0, 128));
     }
 }

@@ -197,6 +197,9 @@ pub(crate) struct Shared {
     /// The VM's vCPUs are paused ([`BudgetHandle::set_paused`]): no window ends, and
     /// no page is sampled or probed, until they run again.
     pub paused: AtomicBool,
+    /// A fresh report is wanted ([`BudgetHandle::want_report`]): the handler publishes
+    /// at its next idle moment instead of waiting out its publishing interval.
+    pub report_wanted: AtomicBool,
 }
 
 /// Changes a running VM's RAM budget and reads its counters from another thread: what
@@ -238,6 +241,14 @@ impl BudgetHandle {
     /// online is not taught that nothing is touched, and no page is sampled or probed.
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
+        wake(&self.wake);
+    }
+
+    /// Asks the handler to publish its counters at its next idle moment: a member
+    /// watching its staged pages come in reads them within milliseconds, not the 20 ms
+    /// the handler otherwise waits between reports.
+    pub fn want_report(&self) {
+        self.shared.report_wanted.store(true, Ordering::Release);
         wake(&self.wake);
     }
 
@@ -400,6 +411,7 @@ impl TieredMemory {
             report: Mutex::new(None),
             budget_request: AtomicU64::new(0),
             paused: AtomicBool::new(false),
+            report_wanted: AtomicBool::new(false),
         });
         let vcpus = VcpuRegistry(Arc::new(Mutex::new(FxHashMap::default())));
         let mut engine = Engine::new(

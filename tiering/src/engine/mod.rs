@@ -776,11 +776,14 @@ impl Engine {
         }
     }
 
-    /// [`Engine::publish`], at most every [`PUBLISH_INTERVAL`].
+    /// [`Engine::publish`], at most every [`PUBLISH_INTERVAL`] unless a report is
+    /// wanted sooner ([`crate::runtime::BudgetHandle::want_report`]).
     fn publish_if_due(&mut self) {
-        if self
-            .last_publish
-            .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL)
+        let wanted = self.shared.report_wanted.swap(false, Ordering::AcqRel);
+        if wanted
+            || self
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL)
         {
             self.last_publish = Some(Instant::now());
             self.publish();

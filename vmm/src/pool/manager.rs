@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiering::pool::{rebalance, turn_budgets, PoolConfig, PoolMember, TurnMember};
+use tiering::pool::{
+    needs_lent_room_back, rebalance, room_to_lend, turn_budgets, PoolConfig, PoolMember,
+    RunningUse, TurnMember,
+};
 
 use super::{
     alive, budget_path, io_error, read_json, report_path, report_pid, write_json, Assignment,
@@ -33,6 +36,9 @@ pub struct Schedule {
     pub slots: usize,
     /// Whether a turn begins by asking back the pages the VM held when it was paused.
     pub staging: bool,
+    /// Whether the next VM in line stages its pages before its turn, in the room the
+    /// running VMs hold but do not use ([`Manager::lend_for_prestaging`]).
+    pub prestaging: bool,
 }
 
 /// What the manager knows of a member between rounds.
@@ -41,6 +47,13 @@ struct Tracked {
     budget: u64,
     refaults_per_s: f64,
     first_touches_per_s: f64,
+    /// Its latest report as read between rounds (a schedule with staging before turns):
+    /// resident pages, and whether it runs settled.
+    fresh_resident: u64,
+    /// A report made since its turn's clock started (time, demand faults): the next
+    /// one tells whether it has settled, that is, ran between the two without a fault.
+    settle_mark: Option<(u64, u64)>,
+    settled: bool,
     /// Sampled pages touched again, and sampled pages, summed with a decay of
     /// [`SAMPLE_DECAY`] a round: a live VM samples a few dozen of its pages a round,
     /// too few to judge its active share from one round.
@@ -63,6 +76,12 @@ struct Tracked {
     /// This turn's length: the slice, or longer when staging took long
     /// ([`STAGING_SLICE_RATIO`]).
     turn_slice: Duration,
+    /// Whether it has had a turn (a first turn has nothing to stage).
+    had_turn: bool,
+    /// Pages a running VM lends to the next in line, and pages that VM borrows, to
+    /// stage its pages before its turn (until the turns change).
+    lent: u64,
+    borrowed: u64,
 }
 
 const SAMPLE_DECAY: f64 = 0.8;
@@ -79,6 +98,24 @@ const STAGING_WAIT_SLICES: u32 = 10;
 /// tier a turn is not mostly staging (with 300 ms turns over an hdd-profiled tier,
 /// staging took up to 1.5 s and the VMs made almost no progress).
 const STAGING_SLICE_RATIO: u32 = 2;
+
+/// A running VM lends room for staging before the next turn once it has run this long
+/// (by its reports) without a demand fault: its staged pages are in and it does not
+/// grow. Its reports' counters are at most 20 ms old, so a shorter span could miss the
+/// faults of a VM still filling.
+const SETTLE_MS: u64 = 50;
+
+/// The margin a running VM keeps when it lends room for staging before the next turn,
+/// as a fraction of the pool ([`room_to_lend`]).
+const PRESTAGING_MARGIN_DIVISOR: u64 = 16;
+
+/// A running member with its turn's budget `b`, for the lending rules.
+fn running_use(m: &Tracked, b: u64) -> RunningUse {
+    RunningUse {
+        budget_pages: b,
+        resident_pages: m.fresh_resident,
+    }
+}
 
 impl Tracked {
     /// The share of its resident pages in use; 1.0 until a few samples came back.
@@ -107,6 +144,9 @@ pub struct Manager {
     start: Instant,
     /// Whether any member ever joined (for `exit_when_empty`).
     ever_joined: bool,
+    /// Whether the running turns have lent room for staging before the next one (once
+    /// per change of turns: room taken back is not lent again).
+    lent_this_turn: bool,
 }
 
 impl Manager {
@@ -153,6 +193,7 @@ impl Manager {
             round: 0,
             start: Instant::now(),
             ever_joined: false,
+            lent_this_turn: false,
         })
     }
 
@@ -205,10 +246,39 @@ impl Manager {
         let expired = self.members.iter().any(|(_, m)| {
             m.turn_run && m.turn_started.is_some_and(|t| t.elapsed() >= m.turn_slice)
         });
-        if !self.queue.is_empty() && (expired || running < schedule.slots) {
+        let lending = schedule.staging && schedule.prestaging && self.watch_turns();
+        if !self.queue.is_empty() && (expired || running < schedule.slots || lending) {
             lines.extend(self.assign());
         }
         lines
+    }
+
+    /// Between rounds, with staging before turns: reads the members' latest reports
+    /// (members in turns report every [`super::TURN_REPORT_INTERVAL`]) for their
+    /// resident pages, and marks a running VM settled once its reports since its clock
+    /// started show [`SETTLE_MS`] without a demand fault. Returns whether
+    /// lending may be due: nothing lent yet and every running VM settled, or something
+    /// lent that a lender needs back.
+    fn watch_turns(&mut self) -> bool {
+        let dir = self.options.dir.clone();
+        for (pid, m) in self.members.iter_mut() {
+            let Ok(r) = read_json::<MemberReport>(&report_path(&dir, *pid)) else {
+                continue;
+            };
+            m.fresh_resident = r.resident_pages;
+            if !m.turn_run || m.turn_started.is_none() {
+                continue;
+            }
+            match m.settle_mark {
+                Some((t, faults)) if r.demand_faults == faults => {
+                    m.settled |= r.time_ms >= t + SETTLE_MS;
+                }
+                _ => m.settle_mark = Some((r.time_ms, r.demand_faults)),
+            }
+        }
+        let lent = self.members.iter().any(|(_, m)| m.lent > 0);
+        let settled = self.members.iter().all(|(_, m)| !m.turn_run || m.settled);
+        (!self.lent_this_turn && settled) || lent
     }
 
     /// Starts the clock of each running turn whose staged pages are in (its member's
@@ -229,8 +299,10 @@ impl Manager {
             if staged || began.elapsed() >= slice * STAGING_WAIT_SLICES {
                 let staging = began.elapsed();
                 m.turn_started = Some(Instant::now());
+                m.settle_mark = None;
+                m.settled = false;
                 // A VM's first turn stages nothing; the wait was its boot.
-                let first = m.turn_stage <= 1;
+                let first = !m.had_turn;
                 if !first {
                     m.turn_slice = slice.max(staging * STAGING_SLICE_RATIO);
                 }
@@ -323,6 +395,9 @@ impl Manager {
                             refaults_per_s: 0.0,
                             first_touches_per_s: NEW_MEMBER_FILL_RATE
                                 * self.options.config.min_refaults_per_s,
+                            fresh_resident: 0,
+                            settle_mark: None,
+                            settled: false,
                             sample_hits: 0.0,
                             sample_zaps: 0.0,
                             zaps_last_round: 0,
@@ -333,6 +408,9 @@ impl Manager {
                             turn_began: None,
                             turn_started: None,
                             turn_slice: Duration::ZERO,
+                            had_turn: false,
+                            lent: 0,
+                            borrowed: 0,
                         },
                     ));
                 }
@@ -388,6 +466,7 @@ impl Manager {
                 (true, true, false) if stage != m.stage => ", its turn: runs, pages asked back",
                 (true, true, false) => ", its turn: runs",
                 (true, false, false) => ", waits",
+                (true, false, true) if stage != m.stage => ", stages its pages before its turn",
                 (true, _, true) => "",
             };
             lines.push(if m.budget == 0 {
@@ -415,17 +494,21 @@ impl Manager {
     /// and splits the pool by [`turn_budgets`].
     fn turns(&mut self, schedule: &Schedule) -> Vec<(u64, bool, u64)> {
         let now = Instant::now();
+        let mut changed = false;
         if !self.queue.is_empty() {
             for (pid, m) in self.members.iter_mut() {
                 if m.turn_run && m.turn_started.is_some_and(|t| now - t >= m.turn_slice) {
                     m.turn_run = false;
                     m.turn_began = None;
                     m.turn_started = None;
+                    m.had_turn = true;
                     self.queue.push_back(*pid);
+                    changed = true;
                 }
             }
         }
         let mut running = self.members.iter().filter(|(_, m)| m.turn_run).count();
+        changed |= running < schedule.slots && !self.queue.is_empty();
         while running < schedule.slots {
             let Some(next) = self.queue.pop_front() else {
                 break;
@@ -438,6 +521,8 @@ impl Manager {
                 // (`start_staged_clocks`): on a slow tier staging can take longer
                 // than a slice, and a turn spent staging would end with nothing run.
                 m.turn_started = if schedule.staging { None } else { Some(now) };
+                m.settle_mark = None;
+                m.settled = false;
                 if schedule.staging {
                     m.turn_stage += 1;
                 }
@@ -453,11 +538,97 @@ impl Manager {
                 running: m.turn_run,
             })
             .collect();
-        turn_budgets(self.options.config.size_pages, &view)
+        let mut budgets = turn_budgets(self.options.config.size_pages, &view);
+        if changed {
+            // New turns: what was lent goes back (the budgets above are the new turns').
+            for (_, m) in self.members.iter_mut() {
+                m.lent = 0;
+                m.borrowed = 0;
+            }
+            self.lent_this_turn = false;
+        }
+        if schedule.staging && schedule.prestaging {
+            self.lend_for_prestaging(&mut budgets);
+        }
+        budgets
             .into_iter()
             .zip(&self.members)
             .map(|(b, (_, m))| (b, m.turn_run, m.turn_stage))
             .collect()
+    }
+
+    /// Staging before a turn (the "VM x runs next: stage its set first" of the vCPU
+    /// scheduler): once every running VM's own pages are in and it refaults no more, the
+    /// room it holds beyond its resident pages and a margin ([`room_to_lend`]) is lent to
+    /// the next VM in line, which stages its pages into it while it waits. A lender whose
+    /// resident pages grow into the margin takes the room back. `budgets` are
+    /// [`turn_budgets`]'s, changed by what is lent.
+    fn lend_for_prestaging(&mut self, budgets: &mut [u64]) {
+        let margin = (self.options.config.size_pages / PRESTAGING_MARGIN_DIVISOR).max(1);
+        let squeezed = self
+            .members
+            .iter()
+            .zip(budgets.iter())
+            .any(|((_, m), &b)| needs_lent_room_back(&running_use(m, b), m.lent, margin));
+        if squeezed {
+            for (_, m) in self.members.iter_mut() {
+                m.lent = 0;
+                m.borrowed = 0;
+            }
+        } else if !self.lent_this_turn {
+            self.lend(budgets, margin);
+        }
+        for ((_, m), b) in self.members.iter().zip(budgets.iter_mut()) {
+            *b = b.saturating_sub(m.lent) + m.borrowed;
+        }
+    }
+
+    /// Lends the running VMs' spare room to the next in line, if it has had a turn (a
+    /// set to stage) and is down to its budget, and every running VM is settled
+    /// ([`Manager::watch_turns`]).
+    fn lend(&mut self, budgets: &[u64], margin: u64) {
+        let Some(&next) = self.queue.front() else {
+            return;
+        };
+        let Some(n) = self
+            .members
+            .iter()
+            .position(|(p, m)| *p == next && m.had_turn)
+        else {
+            return;
+        };
+        let settled = self.members.iter().all(|(_, m)| !m.turn_run || m.settled);
+        // Nor while the next VM still writes back the pages it gave up when it was
+        // paused: its staging reads would queue behind those writes (on an hdd-profiled
+        // tier, for seconds) and could ask back pages still on their way out.
+        let evicted = self.members[n].1.fresh_resident <= budgets[n];
+        if !settled || !evicted {
+            return;
+        }
+        self.lent_this_turn = true;
+        let lenders: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].1.turn_run)
+            .collect();
+        let uses: Vec<RunningUse> = lenders
+            .iter()
+            .map(|&i| running_use(&self.members[i].1, budgets[i]))
+            .collect();
+        let wanted = self.members[n]
+            .1
+            .report
+            .guest_pages
+            .saturating_sub(budgets[n]);
+        let lent = room_to_lend(&uses, margin, wanted);
+        let total: u64 = lent.iter().sum();
+        if total == 0 {
+            return;
+        }
+        for (&i, l) in lenders.iter().zip(lent) {
+            self.members[i].1.lent = l;
+        }
+        let m = &mut self.members[n].1;
+        m.borrowed = total;
+        m.turn_stage += 1;
     }
 
     /// Removes `pool.json` (members can no longer join).

@@ -15,6 +15,7 @@ use tiering::runtime::BudgetHandle;
 use super::{
     budget_path, io_error, manager_runs, now_ms, read_json, read_pool_file, report_path,
     write_json, Assignment, MemberReport, PoolError, PoolFile, JOIN_TIMEOUT, POOL_FORMAT,
+    TURN_REPORT_INTERVAL,
 };
 use crate::tiered::GuestPages;
 use crate::vcpu::VcpuGate;
@@ -137,10 +138,10 @@ impl PoolMembership {
 
     fn run(self, handle: BudgetHandle, vm: VmControl, stop: &AtomicBool) -> BudgetHistory {
         let interval = Duration::from_millis(self.pool.interval_ms.max(1));
-        let poll = if self.pool.slice_ms.is_some() {
-            ASSIGNMENT_POLL
+        let (poll, report_every) = if self.pool.slice_ms.is_some() {
+            (ASSIGNMENT_POLL, TURN_REPORT_INTERVAL.min(interval))
         } else {
-            interval
+            (interval, interval)
         };
         let mut history = BudgetHistory::new(self.initial_budget_pages);
         let mut turn = Turn {
@@ -156,7 +157,7 @@ impl PoolMembership {
         while !stop.load(Ordering::Acquire) {
             // Staging done: said at once, since the manager times the turn from it.
             let staged_now = turn.staging_done(&handle, &mut history);
-            if staged_now || last_report.is_none_or(|t| t.elapsed() >= interval) {
+            if staged_now || last_report.is_none_or(|t| t.elapsed() >= report_every) {
                 last_report = Some(Instant::now());
                 self.report(&handle, turn.staged);
                 // A paused VM whose manager is gone would wait for ever: it runs on.
@@ -178,20 +179,19 @@ impl PoolMembership {
                         applied = a.budget_pages;
                         history.note(applied);
                     }
+                    let new_stage = a.stage != 0 && a.stage != turn.stage;
                     if a.run && !turn.running {
-                        if a.stage != 0 && a.stage != turn.stage {
-                            turn.stage = a.stage;
-                            let n = turn.stage_pages(&handle, applied);
-                            history.staged_pages += n;
-                            turn.staging = Some(Staging {
-                                since: Instant::now(),
-                                pages: n,
-                                resident: 0,
-                                last_growth: Instant::now(),
-                                grew: false,
-                            });
+                        if new_stage {
+                            turn.begin_staging(a.stage, &handle, applied, false);
+                            history.staged_pages += turn.staging.as_ref().map_or(0, |s| s.pages);
                         }
                         turn.resume(&vm, &handle, &mut history);
+                    } else if !a.run && !turn.running && new_stage {
+                        // Room lent while this VM waits: its pages come in before its turn.
+                        turn.begin_staging(a.stage, &handle, applied, true);
+                        let n = turn.staging.as_ref().map_or(0, |s| s.pages);
+                        log::info!("ram pool: staging {n} pages before this VM's turn");
+                        history.prestaged_pages += n;
                     }
                 }
             }
@@ -222,10 +222,13 @@ struct Turn {
     staged: u64,
 }
 
-/// Pages asked back at the start of a turn, and how far they have come.
+/// Pages asked back at the start of a turn (or before it, in lent room), and how far
+/// they have come.
 struct Staging {
     since: Instant,
     pages: u64,
+    /// Asked for while the VM waits: its time is not the turn's staging time.
+    before_turn: bool,
     /// Resident pages at the last look, when that last grew, and whether it has grown
     /// since the first look.
     resident: u64,
@@ -284,6 +287,8 @@ impl Turn {
         let resident = handle.snapshot().map_or(0, |r| {
             r.per_tier.iter().take(2).map(|t| t.resident_pages).sum()
         });
+        // The next look, a poll from now, then reads counters of that moment.
+        handle.want_report();
         if resident > st.resident {
             // The first look finds the pages the VM kept while it waited: not growth.
             st.grew |= st.resident > 0;
@@ -295,12 +300,28 @@ impl Turn {
         if !filled && !stalled && st.since.elapsed() < STAGING_MOST {
             return false;
         }
-        let ms = st.since.elapsed().as_secs_f64() * 1000.0;
-        history.staging_ms += ms;
-        history.max_staging_ms = history.max_staging_ms.max(ms);
+        if !st.before_turn {
+            let ms = st.since.elapsed().as_secs_f64() * 1000.0;
+            history.staging_ms += ms;
+            history.max_staging_ms = history.max_staging_ms.max(ms);
+        }
         self.staging = None;
         self.staged = self.stage;
         true
+    }
+
+    /// Carries out staging request `stage`: asks for the pages and watches them come.
+    fn begin_staging(&mut self, stage: u64, handle: &BudgetHandle, budget: u64, before_turn: bool) {
+        self.stage = stage;
+        let pages = self.stage_pages(handle, budget);
+        self.staging = Some(Staging {
+            since: Instant::now(),
+            pages,
+            before_turn,
+            resident: 0,
+            last_growth: Instant::now(),
+            grew: false,
+        });
     }
 
     /// Asks for the pages the VM held when it was paused, as many as `budget` leaves
@@ -342,8 +363,10 @@ pub struct BudgetHistory {
     pub turns: u64,
     /// Time spent paused, waiting for its turn.
     pub paused_ms: f64,
-    /// Pages asked back into RAM when a turn began.
+    /// Pages asked back into RAM when a turn began, and before it, while the VM
+    /// waited, in room the running VMs lent.
     pub staged_pages: u64,
+    pub prestaged_pages: u64,
     /// Time from a turn's start until its staged pages were in, summed over the
     /// turns, and the longest.
     pub staging_ms: f64,
@@ -361,6 +384,7 @@ impl BudgetHistory {
             turns: 0,
             paused_ms: 0.0,
             staged_pages: 0,
+            prestaged_pages: 0,
             staging_ms: 0.0,
             max_staging_ms: 0.0,
         }

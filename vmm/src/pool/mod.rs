@@ -38,6 +38,10 @@ pub(crate) const POOL_FILE: &str = "pool.json";
 pub(crate) const LOCK_FILE: &str = "pool.lock";
 /// How long a joining VM waits for its first budget.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a member reports when the manager runs VMs in turns (else once a round):
+/// the manager lends room for staging before a turn once the running VM ran from one
+/// report to the next without a fault, and turns can be 100 ms.
+pub(crate) const TURN_REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// `pool.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
