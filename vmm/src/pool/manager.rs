@@ -50,8 +50,9 @@ struct Tracked {
     /// Its latest report as read between rounds (a schedule with staging before turns):
     /// resident pages, and whether it runs settled.
     fresh_resident: u64,
-    /// A report made since its turn's clock started (time, demand faults): the next
-    /// one tells whether it has settled, that is, ran between the two without a fault.
+    /// Its first report since its turn's clock started or since its last demand fault
+    /// (time, demand faults): it has settled once a report [`SETTLE_MS`] later shows
+    /// no more faults.
     settle_mark: Option<(u64, u64)>,
     settled: bool,
     /// Sampled pages touched again, and sampled pages, summed with a decay of
@@ -558,11 +559,11 @@ impl Manager {
     }
 
     /// Staging before a turn (the "VM x runs next: stage its set first" of the vCPU
-    /// scheduler): once every running VM's own pages are in and it refaults no more, the
-    /// room it holds beyond its resident pages and a margin ([`room_to_lend`]) is lent to
-    /// the next VM in line, which stages its pages into it while it waits. A lender whose
-    /// resident pages grow into the margin takes the room back. `budgets` are
-    /// [`turn_budgets`]'s, changed by what is lent.
+    /// scheduler): once every running VM has settled, the room it holds beyond its
+    /// resident pages and a margin ([`room_to_lend`]) is lent to the next VM in line,
+    /// which stages its pages into it while it waits. A lender whose resident pages grow
+    /// into the margin takes the room back, as do the lenders of a borrower that left.
+    /// `budgets` are [`turn_budgets`]'s, changed by what is lent.
     fn lend_for_prestaging(&mut self, budgets: &mut [u64]) {
         let margin = (self.options.config.size_pages / PRESTAGING_MARGIN_DIVISOR).max(1);
         let squeezed = self
@@ -570,7 +571,8 @@ impl Manager {
             .iter()
             .zip(budgets.iter())
             .any(|((_, m), &b)| needs_lent_room_back(&running_use(m, b), m.lent, margin));
-        if squeezed {
+        let borrower_left = self.members.iter().all(|(_, m)| m.borrowed == 0);
+        if squeezed || borrower_left {
             for (_, m) in self.members.iter_mut() {
                 m.lent = 0;
                 m.borrowed = 0;
