@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# RAM pool benchmark: test-guest VMs side by side (two, three in turns3), each over RAM
-# and an NVMe-profiled file tier, sharing POOL of RAM (8M by default). Modes:
-#   static  each VM has an equal part of it (--ram-budget POOL/2, or POOL/3), what a
-#           host without a pool would give equal VMs;
+# RAM pool benchmark: two test-guest VMs side by side, each over RAM and an
+# NVMe-profiled file tier, sharing POOL of RAM (8M by default). Modes:
+#   static  each VM has half of it (--ram-budget POOL/2), what a host without a pool
+#           would give two equal VMs;
 #   pool    both join a `tiervisor pool --size POOL` manager (--ram-pool), which moves
 #           budget between them while they run (docs/pool.md);
-#   turns, turns+staging, turns+prestaging   (the turns scenarios) the manager runs
+#   turns, turns+staging, turns+prestaging   (the turns scenario) the manager runs
 #           them one at a time in turns of SLICE_MS (300) ms, without staging
 #           (`--no-staging`: a VM faults its pages back in), with staging as a turn
 #           begins (`--no-prestaging`: a turn begins by asking them back in a batch),
@@ -21,16 +21,15 @@
 #              pool (static: halves, as ever);
 #   turns      two Zipf workloads over 6 MiB, both on CPU 0 (more VMs than CPUs): the
 #              pool holds one working set but not two. Static, the host's scheduler
-#              interleaves the two VMs.
-#   turns3     three Zipf workloads over 4 MiB, all on CPU 0: the running VM leaves
-#              room for most of the next one's set (not in the default SCENARIOS).
+#              interleaves the two VMs. (resources/scripts/pool-turns.sh runs turns
+#              with more VMs, other set sizes and slower tiers, without a baseline.)
 # Rounds are interleaved (every mode of every scenario once per round), ROUNDS of each
 # (3 by default); medians over the rounds. Reports per VM its run time (ms, the VM's
 # own run_ms: from process start to exit, so a pooled VM's wait for its first budget
 # counts) per mode and its ratio to static, the same ratio of the guest's own ns per
 # operation (its result line), its demand faults that were not first touches
 # (refaults), and its budget range in the last mode; per scenario and mode the ratio
-# of the makespans (the last VM's end) and of the summed run times to static. Every
+# of the makespans (the later VM's end) and of the summed run times to static. Every
 # run must pass the guest's own verification, or the benchmark fails.
 #
 #   resources/scripts/bench-pool.sh              (make bench-pool builds what it needs)
@@ -63,7 +62,7 @@ TURNS = {"static": None,
          "turns": ["--slice-ms", SLICE_MS, "--no-staging"],
          "turns+staging": ["--slice-ms", SLICE_MS, "--no-prestaging"],
          "turns+prestaging": ["--slice-ms", SLICE_MS]}
-# name -> (modes, [(label, cmdline, priority, cpu)])
+# name -> (modes, [(label, cmdline, priority, cpu)]), two VMs each
 ALL = {
     "uneven": (SHARED, [("zipf 12M", "workload=zipf mem=12M iters=300000 seed=1", 1, 0),
                         ("chase 3M", "workload=chase mem=3M iters=8000000 seed=2", 1, 1)]),
@@ -73,8 +72,6 @@ ALL = {
                           ("zipf 8M prio 1", "workload=zipf mem=8M iters=250000 seed=5", 1, 1)]),
     "turns": (TURNS, [("zipf 6M a", "workload=zipf mem=6M iters=1500000 seed=6", 1, 0),
                       ("zipf 6M b", "workload=zipf mem=6M iters=1500000 seed=7", 1, 0)]),
-    "turns3": (TURNS, [(f"zipf 4M {c}", f"workload=zipf mem=4M iters=1000000 seed={8 + i}", 1, 0)
-                       for i, c in enumerate("abc")]),
 }
 for s in SCENARIOS:
     if s not in ALL:
@@ -84,10 +81,7 @@ m = re.fullmatch(r"(\d+)([KMG]?)", POOL)
 if not m:
     sys.exit(f"bench-pool: POOL must be a size such as 8M, got {POOL!r}")
 pool_bytes = int(m.group(1)) * units.get(m.group(2), 1)
-
-
-def static_part(n):
-    return f"{pool_bytes // n // 1024}K"
+half = f"{pool_bytes // 2 // 1024}K"
 
 TIERS = """[tier1]
 capacity = "64M"
@@ -130,7 +124,7 @@ def run_pair(scenario, mode, rnd):
             if prio != 1:
                 cmd += ["--priority", str(prio)]
         else:
-            cmd += ["--ram-budget", static_part(len(vms_spec))]
+            cmd += ["--ram-budget", half]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, TIERVISOR_WORKDIR=d))
@@ -154,8 +148,7 @@ def run_pair(scenario, mode, rnd):
     return out
 
 
-print(f"bench-pool: {ROUNDS} rounds, pool {POOL} (static: {static_part(2)} each, "
-      f"{static_part(3)} in turns3), advisor {ADVISOR}, "
+print(f"bench-pool: {ROUNDS} rounds, pool {POOL} (static: {half} each), advisor {ADVISOR}, "
       f"turns of {SLICE_MS} ms", flush=True)
 results = {}   # (scenario, mode) -> list of [metrics vm0, metrics vm1]
 total = ROUNDS * sum(len(ALL[s][0]) for s in SCENARIOS)
@@ -211,7 +204,7 @@ for s in SCENARIOS:
         rs = results[(s, m)]
         mk = med([max(v["run_ms"] for v in r) for r in rs])
         sm = med([sum(v["run_ms"] for v in r) for r in rs])
-        print(f"\n{m}: makespan (the last VM's run time) {mk:,.0f} ms against static "
+        print(f"\n{m}: makespan (the later VM's run time) {mk:,.0f} ms against static "
               f"{mk_s:,.0f} ms, {m} / static {mk / mk_s:.3f}; summed run time "
               f"{sm / sum_s:.3f}")
 PY
