@@ -182,14 +182,13 @@ impl PoolMembership {
                     let new_stage = a.stage != 0 && a.stage != turn.stage;
                     if a.run && !turn.running {
                         if new_stage {
-                            turn.begin_staging(a.stage, &handle, applied, false);
-                            history.staged_pages += turn.staging.as_ref().map_or(0, |s| s.pages);
+                            history.staged_pages +=
+                                turn.begin_staging(a.stage, &handle, applied, false);
                         }
                         turn.resume(&vm, &handle, &mut history);
                     } else if !a.run && !turn.running && new_stage {
                         // Room lent while this VM waits: its pages come in before its turn.
-                        turn.begin_staging(a.stage, &handle, applied, true);
-                        let n = turn.staging.as_ref().map_or(0, |s| s.pages);
+                        let n = turn.begin_staging(a.stage, &handle, applied, true);
                         log::info!("ram pool: staging {n} pages before this VM's turn");
                         history.prestaged_pages += n;
                     }
@@ -311,7 +310,14 @@ impl Turn {
     }
 
     /// Carries out staging request `stage`: asks for the pages and watches them come.
-    fn begin_staging(&mut self, stage: u64, handle: &BudgetHandle, budget: u64, before_turn: bool) {
+    /// Returns how many were asked for.
+    fn begin_staging(
+        &mut self,
+        stage: u64,
+        handle: &BudgetHandle,
+        budget: u64,
+        before_turn: bool,
+    ) -> u64 {
         self.stage = stage;
         let pages = self.stage_pages(handle, budget);
         self.staging = Some(Staging {
@@ -322,6 +328,7 @@ impl Turn {
             last_growth: Instant::now(),
             grew: false,
         });
+        pages
     }
 
     /// Asks for the pages the VM held when it was paused, as many as `budget` leaves
