@@ -292,10 +292,8 @@ fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
         assert!(turn >= 100 && turn + 1 >= 2 * staging, "{line}");
     }
     assert!(staged > 1000, "{staged} pages staged\n{log}");
-    // Room lent before a turn depends on timing (the paused VM's write-backs must be
-    // done and the running VM fault-free for 50 ms): on a loaded host none was lent in
-    // 100 ms turns. When some was, the pages staged before turns are counted.
-    if log.contains("stages its pages before its turn") {
-        assert!(prestaged > 0, "{log}");
-    }
+    // The running VM's set (about 1,570 pages) leaves room in its 1,984: lent to the VM
+    // next in line, which staged part of its set before its turn.
+    assert!(log.contains("stages its pages before its turn"), "{log}");
+    assert!(prestaged > 0, "{log}");
 }

@@ -571,7 +571,8 @@ impl Manager {
             .iter()
             .zip(budgets.iter())
             .any(|((_, m), &b)| needs_lent_room_back(&running_use(m, b), m.lent, margin));
-        let borrower_left = self.members.iter().all(|(_, m)| m.borrowed == 0);
+        let borrower_left = self.members.iter().any(|(_, m)| m.lent > 0)
+            && self.members.iter().all(|(_, m)| m.borrowed == 0);
         if squeezed || borrower_left {
             for (_, m) in self.members.iter_mut() {
                 m.lent = 0;
