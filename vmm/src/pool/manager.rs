@@ -242,28 +242,43 @@ impl Manager {
         let Some(schedule) = self.options.schedule.clone() else {
             return Vec::new();
         };
-        let mut lines = self.start_staged_clocks(schedule.slice);
+        let prestaging = schedule.staging && schedule.prestaging;
+        let latest = self.latest_reports(prestaging);
+        let mut lines = self.start_staged_clocks(schedule.slice, &latest);
         let running = self.members.iter().filter(|(_, m)| m.turn_run).count();
         let expired = self.members.iter().any(|(_, m)| {
             m.turn_run && m.turn_started.is_some_and(|t| t.elapsed() >= m.turn_slice)
         });
-        let lending = schedule.staging && schedule.prestaging && self.watch_turns();
+        let lending = prestaging && self.watch_turns(&latest);
         if !self.queue.is_empty() && (expired || running < schedule.slots || lending) {
             lines.extend(self.assign());
         }
         lines
     }
 
-    /// Between rounds, with staging before turns: reads the members' latest reports
-    /// (members in turns report every [`super::TURN_REPORT_INTERVAL`]) for their
-    /// resident pages, and marks a running VM settled once its reports since its clock
-    /// started show [`SETTLE_MS`] without a demand fault. Returns whether
-    /// lending may be due: nothing lent yet and every running VM settled, or something
-    /// lent that a lender needs back.
-    fn watch_turns(&mut self) -> bool {
-        let dir = self.options.dir.clone();
-        for (pid, m) in self.members.iter_mut() {
-            let Ok(r) = read_json::<MemberReport>(&report_path(&dir, *pid)) else {
+    /// Between rounds, the members' latest reports (members in turns report every
+    /// [`super::TURN_REPORT_INTERVAL`]), read once a tick: of every member with `all`
+    /// (staging before turns), else of those whose staged pages are awaited.
+    fn latest_reports(&self, all: bool) -> Vec<Option<MemberReport>> {
+        self.members
+            .iter()
+            .map(|(pid, m)| {
+                let awaited = m.turn_run && m.turn_started.is_none();
+                (all || awaited)
+                    .then(|| read_json(&report_path(&self.options.dir, *pid)).ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Between rounds, with staging before turns: takes the members' resident pages
+    /// from their `latest` reports, and marks a running VM settled once its reports
+    /// since its clock started show [`SETTLE_MS`] without a demand fault. Returns
+    /// whether lending may be due: nothing lent yet and every running VM settled, or
+    /// something lent that a lender needs back.
+    fn watch_turns(&mut self, latest: &[Option<MemberReport>]) -> bool {
+        for ((_, m), r) in self.members.iter_mut().zip(latest) {
+            let Some(r) = r else {
                 continue;
             };
             m.fresh_resident = r.resident_pages;
@@ -283,20 +298,23 @@ impl Manager {
     }
 
     /// Starts the clock of each running turn whose staged pages are in (its member's
-    /// report says so), or that has waited for them [`STAGING_WAIT_SLICES`] slices.
-    fn start_staged_clocks(&mut self, slice: Duration) -> Vec<String> {
-        let dir = self.options.dir.clone();
+    /// `latest` report says so), or that has waited for them [`STAGING_WAIT_SLICES`]
+    /// slices.
+    fn start_staged_clocks(
+        &mut self,
+        slice: Duration,
+        latest: &[Option<MemberReport>],
+    ) -> Vec<String> {
         let t = self.elapsed_s();
         let mut lines = Vec::new();
-        for (pid, m) in self.members.iter_mut() {
+        for ((pid, m), r) in self.members.iter_mut().zip(latest) {
             let Some(began) = m
                 .turn_began
                 .filter(|_| m.turn_run && m.turn_started.is_none())
             else {
                 continue;
             };
-            let staged = read_json::<MemberReport>(&report_path(&dir, *pid))
-                .is_ok_and(|r| r.staged >= m.turn_stage);
+            let staged = r.as_ref().is_some_and(|r| r.staged >= m.turn_stage);
             if staged || began.elapsed() >= slice * STAGING_WAIT_SLICES {
                 let staging = began.elapsed();
                 m.turn_started = Some(Instant::now());
