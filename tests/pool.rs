@@ -248,7 +248,14 @@ fn vms_taking_turns_are_paused_and_staged_and_both_finish() {
     let manager = start_manager(
         &pool,
         "8M",
-        &["--exit-when-empty", "--slice-ms", "100", "--run-slots", "1"],
+        &[
+            "--exit-when-empty",
+            "--slice-ms",
+            "100",
+            "--run-slots",
+            "1",
+            "--prestaging",
+        ],
     );
     let vms: Vec<Child> = ["a", "b"]
         .iter()

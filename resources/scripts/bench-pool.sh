@@ -8,9 +8,9 @@
 #   turns, turns+staging, turns+prestaging   (the turns scenario) the manager runs
 #           them one at a time in turns of SLICE_MS (300) ms, without staging
 #           (`--no-staging`: a VM faults its pages back in), with staging as a turn
-#           begins (`--no-prestaging`: a turn begins by asking them back in a batch),
-#           and with staging before it too (the default: the next VM in line stages
-#           into the room the running VM does not use).
+#           begins (the default: a turn begins by asking them back in a batch), and
+#           with staging before it too (`--prestaging`: the next VM in line stages into
+#           the room the running VM does not use).
 # Scenarios (SCENARIOS, comma-separated; the vCPU and fault handler of the first VM on
 # CPU 0, of the second on CPU 1, but for turns):
 #   uneven     a Zipf workload over 12 MiB (refaults at any share) beside a pointer
@@ -60,8 +60,8 @@ RESULT = re.compile(r"ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
 SHARED = {"static": None, "pool": []}
 TURNS = {"static": None,
          "turns": ["--slice-ms", SLICE_MS, "--no-staging"],
-         "turns+staging": ["--slice-ms", SLICE_MS, "--no-prestaging"],
-         "turns+prestaging": ["--slice-ms", SLICE_MS]}
+         "turns+staging": ["--slice-ms", SLICE_MS],
+         "turns+prestaging": ["--slice-ms", SLICE_MS, "--prestaging"]}
 # name -> (modes, [(label, cmdline, priority, cpu)]), two VMs each
 ALL = {
     "uneven": (SHARED, [("zipf 12M", "workload=zipf mem=12M iters=300000 seed=1", 1, 0),

@@ -9,7 +9,7 @@
 #   resources/scripts/pool-turns.sh PROFILE [MANAGER FLAGS...]
 #   resources/scripts/pool-turns.sh hdd --slice-ms 300
 #   ITERS=800000 ADVISOR=gru resources/scripts/pool-turns.sh ssd --slice-ms 300 --no-staging
-#   VMS=3 MEM=4M resources/scripts/pool-turns.sh nvme --slice-ms 300 --no-prestaging
+#   VMS=3 MEM=4M resources/scripts/pool-turns.sh nvme --slice-ms 300 --prestaging
 # PROFILE: nvme, ssd or hdd (tiering::backend::DeviceProfile presets).
 # ITERS: Zipf operations per VM (1500000); ADVISOR: paging advisor (none);
 # VMS: how many VMs (2); MEM: each one's Zipf region (6M);
