@@ -590,3 +590,103 @@ fn a_second_vm_given_the_same_tier_files_is_refused() {
     let out = wait_within(first, 30, "the first VM after SIGTERM");
     assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
 }
+
+/// The threads of one VM, by name: (name, the CPUs its affinity allows, as
+/// /proc/PID/task/TID/status's Cpus_allowed_list writes them).
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            Some((name.trim().to_string(), cpus.trim().to_string()))
+        })
+        .collect()
+}
+
+/// A VM given one CPU (`taskset -c`, a cpuset) pins its vCPU and fault handler there,
+/// not to CPU 0: `--cpu` used to count modulo the CPUs the process may use, so two VMs
+/// given CPU 0 and CPU 1 both put them on CPU 0 and ran 2.2x slower (bench-density).
+/// A `--cpu` outside the process's CPUs is refused.
+#[test]
+fn a_vm_given_one_cpu_keeps_its_vcpu_and_fault_handler_on_it() {
+    let allowed = tiering::uffd::allowed_cpus().unwrap();
+    let Some(&last) = allowed.last().filter(|_| allowed.len() >= 2) else {
+        eprintln!("skipped: this process may run on one CPU only ({allowed:?})");
+        return;
+    };
+    let dir = workdir("one-cpu");
+    let tiers = ram_and_nvme_tiers(&dir, "64M");
+    let given_one_cpu = |extra: &[&str]| {
+        let (mut c, _) = tiered_command(
+            &dir,
+            &tiers,
+            "workload=scan mem=4M iters=100000000 seed=1",
+            "1M",
+            extra,
+        );
+        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: last is below CPU_SETSIZE (allowed_cpus lists only such CPUs).
+        unsafe { libc::CPU_SET(last, &mut set) };
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure calls only sched_setaffinity, which
+        // is async-signal-safe, on a cpu_set_t built before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let vm = given_one_cpu(&[]).spawn().unwrap();
+    let started = Instant::now();
+    let threads = loop {
+        let threads = thread_cpus(vm.id());
+        let named = |n: &str| threads.iter().any(|(name, _)| name == n);
+        if named("vcpu0") && named("tier-faults") {
+            // Both pin themselves as they start; give them a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            break thread_cpus(vm.id());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no vCPU thread: {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill on the pid of a child we started and have not waited for.
+    unsafe { libc::kill(vm.id() as i32, libc::SIGTERM) };
+    wait_within(vm, 30, "the VM after SIGTERM");
+    // The threads tiervisor pins (KVM's own worker threads keep their own affinity).
+    for (name, cpus) in threads
+        .iter()
+        .filter(|(n, _)| n == "vcpu0" || n == "tier-faults")
+    {
+        assert_eq!(cpus, &last.to_string(), "thread {name}: {threads:?}");
+    }
+
+    let out = given_one_cpu(&["--cpu", &allowed[0].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(
+        error_lines(&out),
+        vec![format!(
+            "tiervisor: --cpu {}: not a CPU this process may run on (its affinity mask allows {last})",
+            allowed[0]
+        )],
+        "{}",
+        describe(&out)
+    );
+}

@@ -35,6 +35,12 @@ pub enum TieredInputError {
     AdvisorWithoutTiers(String),
     #[error("--advisor: {0}")]
     Advisor(String),
+    #[error(
+        "--cpu {given}: not a CPU this process may run on (its affinity mask allows {allowed})"
+    )]
+    Cpu { given: usize, allowed: String },
+    #[error("cannot read this process's CPU affinity: {0}")]
+    Affinity(std::io::Error),
 }
 
 /// Failure to start tiering on a built VM (exit status 1, or 2 for a bad tier file).
@@ -57,8 +63,8 @@ pub struct TieredRequest {
     pub advisor: String,
     /// `--share-dir`: content hashes shared with other VMs (page kind Shared).
     pub share_dir: Option<PathBuf>,
-    /// `--cpu`: the host CPU of vCPU 0 and the fault handler.
-    pub first_cpu: usize,
+    /// `--cpu`: where the vCPUs and the fault handler run.
+    pub cpus: CpuPlacement,
     /// Where evicted pages go by probability (`--policy`; the defaults otherwise).
     pub thresholds: tiering::policy::TierThresholds,
 }
@@ -70,6 +76,7 @@ impl TieredRequest {
         ram_budget: Option<&str>,
         trace_out: Option<&PathBuf>,
         advisor: &str,
+        cpu: Option<usize>,
     ) -> Result<Option<Self>, TieredInputError> {
         let Some(path) = tiers else {
             if ram_budget.is_some() {
@@ -81,6 +88,8 @@ impl TieredRequest {
             return Ok(None);
         };
         let tiers = TierConfig::load(path)?;
+        let allowed = tiering::uffd::allowed_cpus().map_err(TieredInputError::Affinity)?;
+        let cpus = CpuPlacement::new(allowed, cpu)?;
         let ram_budget_bytes = match ram_budget {
             Some(s) => Some(
                 parse_size(s)
@@ -95,18 +104,83 @@ impl TieredRequest {
             trace_out: trace_out.cloned(),
             advisor: advisor.to_string(),
             share_dir: None,
-            first_cpu: 0,
+            cpus,
             thresholds: tiering::policy::TierThresholds::default(),
         }))
+    }
+}
+
+/// Where a tiered VM's threads run: the host CPUs this process may run on (its affinity
+/// mask, as `taskset` or a cpuset set it), starting at `--cpu`. vCPU i runs on the i-th
+/// of them, round the list; the fault handler beside vCPU 0, so that a fault is served
+/// without a cross-CPU wake-up (`tiering::uffd::pin_current_thread`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuPlacement(Vec<usize>);
+
+impl CpuPlacement {
+    /// `first` (`--cpu`) must be one of `allowed`; `None` takes the first of them.
+    /// Pinning outside the mask would move the threads off the CPUs the process was
+    /// given (sched_setaffinity does not check), onto another VM's.
+    pub fn new(allowed: Vec<usize>, first: Option<usize>) -> Result<Self, TieredInputError> {
+        let start = match first {
+            None => 0,
+            Some(cpu) => {
+                allowed
+                    .iter()
+                    .position(|&c| c == cpu)
+                    .ok_or_else(|| TieredInputError::Cpu {
+                        given: cpu,
+                        allowed: cpu_list(&allowed),
+                    })?
+            }
+        };
+        let mut cpus = allowed;
+        if cpus.is_empty() {
+            // sched_getaffinity never reports an empty mask; run where the host puts us.
+            cpus.push(first.unwrap_or(0));
+        }
+        cpus.rotate_left(start);
+        Ok(Self(cpus))
+    }
+
+    /// The CPU of vCPU `vcpu`.
+    pub fn of_vcpu(&self, vcpu: usize) -> usize {
+        self.0[vcpu % self.0.len()]
+    }
+
+    /// The CPU of the fault handler (vCPU 0's).
+    pub fn handler(&self) -> usize {
+        self.0[0]
+    }
+}
+
+/// CPU numbers as `taskset -c` writes them: "0-3,6".
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    if out.is_empty() {
+        "none".to_string()
+    } else {
+        out.join(",")
     }
 }
 
 /// Which CPU each vCPU thread is pinned to, and where vCPU threads report their ids.
 struct VcpuPinning {
     registry: VcpuRegistry,
-    cpus: usize,
-    /// vCPU 0's CPU (`--cpu`).
-    first: usize,
+    cpus: CpuPlacement,
 }
 
 static PINNING: OnceLock<VcpuPinning> = OnceLock::new();
@@ -143,12 +217,11 @@ pub fn observe_vcpu(vcpu: &kvm_ioctls::VcpuFd) {
     }
 }
 
-/// Called by each vCPU thread as it starts: pin it (vCPU i on CPU (first + i) mod n,
-/// first being `--cpu`; the fault handler sits on vCPU 0's CPU) and tell the fault
-/// handler its thread id.
+/// Called by each vCPU thread as it starts: pin it ([`CpuPlacement`]) and tell the
+/// fault handler its thread id.
 pub fn on_vcpu_thread_start(vcpu: u8) {
     if let Some(p) = PINNING.get() {
-        if let Err(e) = tiering::uffd::pin_current_thread((p.first + usize::from(vcpu)) % p.cpus) {
+        if let Err(e) = tiering::uffd::pin_current_thread(p.cpus.of_vcpu(usize::from(vcpu))) {
             log::warn!("cannot pin vCPU {vcpu}: {e}");
         }
         p.registry.register_current_thread(u16::from(vcpu));
@@ -364,9 +437,7 @@ pub fn attach(
     options.share_dir = request.share_dir;
     options.thresholds = request.thresholds;
     options.advisor_name = request.advisor;
-    let cpus = tiering::uffd::online_cpus();
-    let first = request.first_cpu % cpus.max(1);
-    options.handler_cpu = Some(first);
+    options.handler_cpu = Some(request.cpus.handler());
     let memory = TieredMemory::start(
         &regions,
         ram.file.clone(),
@@ -376,8 +447,7 @@ pub fn attach(
     )?;
     let _ = PINNING.set(VcpuPinning {
         registry: memory.vcpu_registry(),
-        cpus,
-        first,
+        cpus: request.cpus.clone(),
     });
     let pages = GuestPages {
         regions: regions
@@ -390,4 +460,30 @@ pub fn attach(
         pages,
         _mappings: ram.memory.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_placement_stays_inside_the_affinity_mask() {
+        // `taskset -c 1`: the default is CPU 1, not CPU 0 outside the mask.
+        let only_1 = CpuPlacement::new(vec![1], None).unwrap();
+        assert_eq!(
+            (only_1.handler(), only_1.of_vcpu(0), only_1.of_vcpu(1)),
+            (1, 1, 1)
+        );
+        let from_1 = CpuPlacement::new(vec![0, 1, 2, 3], Some(1)).unwrap();
+        assert_eq!(
+            (0..5).map(|v| from_1.of_vcpu(v)).collect::<Vec<_>>(),
+            vec![1, 2, 3, 0, 1]
+        );
+        assert_eq!(from_1.handler(), 1);
+        let err = CpuPlacement::new(vec![0, 1, 2, 5, 6], Some(4)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--cpu 4: not a CPU this process may run on (its affinity mask allows 0-2,5-6)"
+        );
+    }
 }

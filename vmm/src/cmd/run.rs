@@ -110,10 +110,11 @@ pub struct RunArgs {
         conflicts_with = "ram_budget"
     )]
     pub ram_pool: Option<PathBuf>,
-    /// Host CPU for vCPU 0 and the fault handler of tiered memory (vCPU i goes on CPU
-    /// cpu + i); VMs side by side on one host pin apart with it.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "tiers")]
-    pub cpu: usize,
+    /// Host CPU for vCPU 0 and the fault handler of tiered memory (vCPU i goes on the
+    /// i-th CPU from it that this process may run on); VMs side by side on one host pin
+    /// apart with it [default: the first CPU this process may run on].
+    #[arg(long, value_name = "N", requires = "tiers")]
+    pub cpu: Option<usize>,
     /// Priority in the RAM pool, 1-1000: shares and pressure are weighted by it [default: 1].
     #[arg(long, value_name = "N", requires = "ram_pool", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub priority: Option<u32>,
@@ -393,10 +394,10 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
         args.ram_budget.as_deref(),
         args.trace_out.as_ref(),
         &advisor,
+        args.cpu,
     ) {
         Ok(r) => r.map(|mut r| {
             r.share_dir = args.share_dir.clone();
-            r.first_cpu = args.cpu;
             if let Some(t) = policy.as_ref().and_then(|p| p.thresholds) {
                 r.thresholds = t;
             }
@@ -574,7 +575,7 @@ mod tests {
             share_dir: None,
             ram_pool: None,
             priority: None,
-            cpu: 0,
+            cpu: None,
         }
     }
 
