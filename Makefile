@@ -6,7 +6,7 @@ OUT := resources/out
 GUEST := $(OUT)/testguest.elf
 TIERVISOR := target/release/tiervisor
 
-.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-pool bench-swap traces model prior bench-predict clean
+.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-pool bench-swap bench-density traces model prior bench-predict clean
 
 all: build
 
@@ -57,6 +57,12 @@ bench-pool: build
 # same guest RAM, both paging to the same disk (root, cgroup v1; docs/benchmarks.md).
 bench-swap: build
 	resources/scripts/bench-swap.sh
+
+# Baseline B1 with several VMs: four VMs under QEMU + swap in one memory cgroup against
+# the same VMs in a `tiervisor pool` of the guest RAM QEMU's guests had (root, cgroup v1;
+# docs/benchmarks.md, "Several VMs in one RAM budget").
+bench-density: build
+	resources/scripts/bench-density.sh
 
 # Real-program traces (valgrind lackey) and test-guest recordings into
 # $(OUT)/traces/{train,eval}/ (docs/traces.md says which is which).

@@ -30,50 +30,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 . resources/scripts/built.sh bench-swap
-fail() { echo "bench-swap: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || fail "needs root (cgroup limits and swapon)"
-CG_ROOT=/sys/fs/cgroup/memory
-[ -e "$CG_ROOT/memory.limit_in_bytes" ] || fail "no cgroup-v1 memory controller at $CG_ROOT"
-command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing: run \`make setup\`"
-command -v swapon >/dev/null || fail "swapon is missing"
-
-WORKDIR=$(disk_workdir bench-swap)
-CGROUP="$CG_ROOT/tiervisor-bench-swap-$$"
-SWAPFILE="$WORKDIR/swapfile"
-cleanup() {
-    # A QEMU still in the cgroup (the run was interrupted) holds swap: end it first.
-    if [ -e "$CGROUP/cgroup.procs" ]; then
-        xargs -r kill -9 <"$CGROUP/cgroup.procs" 2>/dev/null || true
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            [ -s "$CGROUP/cgroup.procs" ] || break
-            sleep 0.2
-        done
-    fi
-    swapoff "$SWAPFILE" || true
-    rmdir "$CGROUP" 2>/dev/null || true
-    rm -rf "$WORKDIR"
-}
-trap cleanup EXIT
-# On INT/TERM too: bash runs traps only between commands, so the Python below runs in
-# the background and is waited for.
-trap 'kill "${child:-}" 2>/dev/null; exit 130' INT TERM
-# Written out and synced before mkswap: a swap file still in dirty page cache stalls
-# the first runs into OOM kills (HOST-NOTES.md).
-dd if=/dev/zero of="$SWAPFILE" bs=1M count=512 conv=fsync status=none
-chmod 600 "$SWAPFILE"
-mkswap -q "$SWAPFILE"
-swapon -p 32767 "$SWAPFILE" || fail "swapon $SWAPFILE failed"
-# Swap is host-wide: other areas, and other processes' pages, share the disk with it.
-others=$(tail -n +2 /proc/swaps | awk -v f="$SWAPFILE" '$1 != f {print $1}')
-[ -z "$others" ] || echo "bench-swap: note: other swap areas are on ($others): other processes' swapping can disturb the QEMU runs" >&2
-mkdir "$CGROUP"
-export TIERVISOR GUEST WORKDIR CGROUP
+. resources/scripts/qemu-swap.sh bench-swap
 
 python3 - "$@" <<'PY' &
-import ctypes, json, math, os, re, socket, statistics, subprocess, sys, threading, time
+import json, math, os, statistics, subprocess, sys, threading, time
+sys.path.insert(0, "resources/scripts")
+from qemu_swap import MIB, RESULT, Cgroup, PausedQemu
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
-WORKDIR, CGROUP = os.environ["WORKDIR"], os.environ["CGROUP"]
+WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
 ROUNDS = int(os.environ.get("ROUNDS", "1"))
 LIMITS = [float(x) for x in os.environ.get("LIMITS", "4,5,6,8").split(",")]
 ADVISORS = os.environ.get("ADVISORS", "none,leap,gru").split(",")
@@ -83,96 +48,22 @@ TIMEOUT_S = int(os.environ.get("TIMEOUT", "120"))  # per QEMU run
 MEM_MIB = 8          # the workload's working memory
 GUEST_MEM_MIB = 64
 GUEST_MEM = f"{GUEST_MEM_MIB}M"
-RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
-MIB = 1 << 20
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_THP_DISABLE = 41
-
-
-def cg(name, value=None):
-    path = os.path.join(CGROUP, name)
-    if value is None:
-        with open(path) as f:
-            return f.read()
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def qmp(path):
-    """Connects to QEMU's QMP socket; returns (socket, command function)."""
-    started = time.monotonic()
-    while True:
-        try:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(path)
-            break
-        except OSError:
-            sock.close()
-            if time.monotonic() - started > 10:
-                raise
-            time.sleep(0.005)
-    f = sock.makefile("rw")
-    f.readline()  # the greeting
-
-    def command(name):
-        f.write(json.dumps({"execute": name}) + "\n")
-        f.flush()
-        while True:
-            reply = json.loads(f.readline())
-            if "return" in reply or "error" in reply:
-                return reply
-
-    command("qmp_capabilities")
-    return sock, command
-
-
-def guest_resident_kib(pid):
-    """Resident KiB of QEMU's guest RAM (its anonymous mapping of GUEST_MEM), or None."""
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            text = f.read()
-    except OSError:
-        return None
-    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
-        size = re.search(r"^Size:\s+(\d+) kB", block, re.M)
-        if size and int(size.group(1)) == GUEST_MEM_MIB * 1024:
-            return int(re.search(r"^Rss:\s+(\d+) kB", block, re.M).group(1))
-    return None
 
 
 def qemu(cmdline, limit):
-    """The guest under stock QEMU in the cgroup. QEMU starts paused (-S) with the
-    kernel loaded; the limit (bytes, or None) is set then, so the reclaim of what QEMU
-    touched starting up is neither thrashed through nor timed; QMP `cont` starts the
-    guest. Returns (ns/op, checksum, the most the guest's RAM had resident while it ran,
-    in MiB: under the limit, its steady state, and the cgroup's major faults: swap-ins,
+    """The guest under stock QEMU in the cgroup. QEMU starts paused with the kernel
+    loaded; the limit (bytes, or None) is set then, so the reclaim of what QEMU touched
+    starting up is neither thrashed through nor timed; QMP `cont` starts the guest.
+    Returns (ns/op, checksum, the most the guest's RAM had resident while it ran, in
+    MiB: under the limit, its steady state, and the cgroup's major faults: swap-ins,
     QEMU's own included) or (None, why it failed, None, None)."""
-    cg("memory.limit_in_bytes", -1)
-    # Start each run from an empty cgroup: the last run's page cache is charged here.
-    cg("memory.force_empty", 0)
-    sock_path = os.path.join(WORKDIR, "qmp.sock")
-    if os.path.exists(sock_path):
-        os.unlink(sock_path)
-
-    def enter():
-        libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
-        with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-
-    cmd = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-m", GUEST_MEM,
-           "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", GUEST,
-           "-append", cmdline, "-S", "-qmp", f"unix:{sock_path},server=on,wait=off"]
-    p = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    sock, command = qmp(sock_path)
+    CGROUP.reset()
+    vm = PausedQemu(GUEST, GUEST_MEM_MIB, cmdline, CGROUP, os.path.join(WORKDIR, "qmp.sock"))
     if limit is not None:
         try:
-            cg("memory.limit_in_bytes", limit)
+            CGROUP.write("memory.limit_in_bytes", limit)
         except OSError as e:
-            p.kill()
-            p.communicate()
-            sock.close()
+            vm.kill()
             return None, f"limit {limit} refused ({e.strerror})", None, None
     resident = []
 
@@ -180,40 +71,22 @@ def qemu(cmdline, limit):
         # Every 5 ms, and only under a limit: reading smaps costs a core's worth of
         # parsing and takes QEMU's mmap lock, so reading it without pause (as the
         # first runs did) competed with the VM it measures on this 2-core host.
-        while limit is not None and p.poll() is None:
-            kib = guest_resident_kib(p.pid)
+        while limit is not None and vm.running():
+            kib = vm.resident_kib()
             if kib is not None:
                 resident.append(kib)
             time.sleep(0.005)
 
-    def majfaults():
-        for line in cg("memory.stat").splitlines():
-            key, value = line.split()
-            if key == "pgmajfault":
-                return int(value)
-        return 0
-
-    faults_before = majfaults()
+    faults_before = CGROUP.major_faults()
     sampler = threading.Thread(target=sample, daemon=True)
-    command("cont")
+    vm.cont()
     sampler.start()
-    try:
-        out, _ = p.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # Thrashing under a tight limit can go on for many minutes.
-        p.kill()
-        p.communicate()
-        sampler.join()
-        sock.close()
-        return None, f"over {TIMEOUT_S} s", None, None
+    ns, checksum = vm.wait(TIMEOUT_S)
     sampler.join()
-    sock.close()
-    m = RESULT.search(out)
-    if not m or m.group(5) != "ok":
-        why = "OOM-killed" if p.returncode == -9 else f"status {p.returncode}"
-        return None, why, None, None
+    if ns is None:
+        return None, checksum, None, None
     mib = max(resident) / 1024 if resident else None
-    return int(m.group(3)) / int(m.group(2)), m.group(4), mib, majfaults() - faults_before
+    return ns, checksum, mib, CGROUP.major_faults() - faults_before
 
 
 def tiervisor(cmdline, budget_mib, advisor):
