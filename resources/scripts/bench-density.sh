@@ -5,7 +5,7 @@
 # VM i on host CPU i mod (CPUs):
 #   - QEMU + swap: one stock QEMU microvm (KVM) per VM, all in one cgroup-v1 memory
 #     controller over a Linux swap file. All start paused with their kernels loaded; the
-#     cgroup's limit is set then (each of LIMITS in turn, MiB, 24 and 40 by default: the
+#     cgroup's limit is set then (each of LIMITS in turn, MiB, 24 and 32 by default: the
 #     QEMUs' own memory and their guests') and QMP `cont` starts them together. The
 #     guests' resident RAM (each QEMU's guest RAM mapping in smaps) is summed every 20 ms
 #     and its largest sum kept: the guest RAM the VMs really had.
@@ -44,7 +44,7 @@ TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 VMS = os.environ.get("VMS", "zipf,kv,phases,random").split(",")
-LIMITS = [float(x) for x in os.environ.get("LIMITS", "24,40").split(",")]
+LIMITS = [float(x) for x in os.environ.get("LIMITS", "24,32").split(",")]
 ADVISORS = os.environ.get("ADVISORS", "none,gru").split(",")
 MODES = os.environ.get("MODES", "pool,turns").split(",")
 ITERS = int(os.environ.get("ITERS", "100000"))
