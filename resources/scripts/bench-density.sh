@@ -24,7 +24,9 @@
 #   resources/scripts/bench-density.sh        (make bench-density builds what it needs;
 #                                              3 rounds by default)
 #   ROUNDS=1 VMS=zipf,zipf,kv LIMITS=16 ADVISORS=gru MODES=pool resources/scripts/bench-density.sh
-# ITERS: operations per VM (100000); TIMEOUT: seconds the VMs of one run may take (120).
+# ITERS: operations per VM (100000); TIMEOUT: seconds the VMs of one run may take (120);
+# OOM_KILLER=off: QEMU's cgroup makes its tasks wait for memory instead of killing one
+# (memory.oom_control).
 #
 # Needs root, a cgroup-v1 memory controller at /sys/fs/cgroup/memory, swapon, and
 # qemu-system-x86_64 (`make setup`). The swap file is made under target/ (a disk file
@@ -38,7 +40,7 @@ cd "$(dirname "$0")/../.."
 python3 - "$@" <<'PY' &
 import json, math, os, statistics, subprocess, sys, time
 sys.path.insert(0, "resources/scripts")
-from qemu_swap import MIB, RESULT, Cgroup, PausedQemu
+from qemu_swap import MIB, RESULT, Cgroup, PausedQemu, pages_swapped_in
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
@@ -49,6 +51,7 @@ ADVISORS = os.environ.get("ADVISORS", "none,gru").split(",")
 MODES = os.environ.get("MODES", "pool,turns").split(",")
 ITERS = int(os.environ.get("ITERS", "100000"))
 TIMEOUT_S = int(os.environ.get("TIMEOUT", "120"))
+OOM_KILLER = os.environ.get("OOM_KILLER", "on") != "off"
 SLICE_MS = 300
 MEM_MIB, GUEST_MIB = 8, 64
 CPUS = len(os.sched_getaffinity(0))
@@ -85,18 +88,21 @@ def qemu_alone(i):
 
 def qemu_shared(limit_mib):
     """All VMs under QEMU in the cgroup at limit_mib. Returns (ns/op per VM or None, why
-    each failed, the largest sum of the guests' resident RAM in MiB, makespan s, the
-    cgroup's major faults)."""
+    each failed, the largest sum of the guests' resident RAM in MiB, makespan s, pages
+    swapped in)."""
     CGROUP.reset()
     vms = [PausedQemu(GUEST, GUEST_MIB, cmdline(i), CGROUP,
                       os.path.join(WORKDIR, f"qmp{i}.sock"), cpu=i % CPUS) for i in range(N)]
     try:
+        if not OOM_KILLER:
+            # The cgroup's tasks wait for memory instead of being killed.
+            CGROUP.write("memory.oom_control", 1)
         CGROUP.write("memory.limit_in_bytes", int(limit_mib * MIB))
     except OSError as e:
         for vm in vms:
             vm.kill()
         sys.exit(f"bench-density: the cgroup refused a limit of {limit_mib:g} MiB ({e.strerror})")
-    faults_before = CGROUP.major_faults()
+    swapped_before = pages_swapped_in()
     started = time.monotonic()
     for vm in vms:
         vm.cont()
@@ -112,12 +118,14 @@ def qemu_shared(limit_mib):
         peak_kib = max(peak_kib, sum(vm.resident_kib() or 0 for vm in alive))
         time.sleep(0.02)
     results = [vm.wait(max(0.0, TIMEOUT_S - (time.monotonic() - started))) for vm in vms]
+    results = [(None, f"over {TIMEOUT_S} s") if ns is None and why.startswith("over ")
+               else (ns, why) for ns, why in results]
     makespan = time.monotonic() - started if any(r[0] is None for r in results) else last_end
     for i, (ns, checksum) in enumerate(results):
         if ns is not None:
             check(i, checksum, "QEMU")
     return ([r[0] for r in results], [r[1] for r in results], peak_kib / 1024, makespan,
-            CGROUP.major_faults() - faults_before)
+            pages_swapped_in() - swapped_before)
 
 
 def tiers_file(i):
@@ -230,6 +238,7 @@ def progress(what):
 alone = {"qemu": [[] for _ in range(N)], "tiervisor": [[] for _ in range(N)]}
 # Per limit, per round: {"qemu": (ns per VM, why, peak MiB, makespan, major faults),
 # "pool_mib": ..., "tiervisor": {config: (ns per VM, refaults per VM, makespan)}}
+# (QEMU's per-VM swap-ins cannot be told apart: they are counted for all its VMs.)
 rounds = {limit: [] for limit in LIMITS}
 for r in range(ROUNDS):
     for i in range(N):
@@ -269,8 +278,10 @@ def report(limit, ran):
     failures = sum(1 for row in ran for ns in row["qemu"][0] if ns is None)
     print(f"QEMU + swap in a cgroup of {limit:g} MiB. Guest RAM its guests had together at "
           f"most (tiervisor's pool): {med(row['pool_mib'] for row in ran):.2f} MiB of "
-          f"{N * MEM_MIB} MiB of working memory; the cgroup's major faults: "
-          f"{med(row['qemu'][4] for row in ran):,.0f}; QEMU runs that failed: {failures} of "
+          f"{N * MEM_MIB} MiB of working memory; pages swapped back in (all VMs): "
+          f"{med(row['qemu'][4] for row in ran):,.0f}, against tiervisor's refaults: " +
+          ", ".join(f"{a} {m} {med(sum(row['tiervisor'][(a, m)][1]) for row in ran):,.0f}"
+                    for a, m in CONFIGS) + f"; QEMU runs that failed: {failures} of "
           f"{N * len(ran)}")
     print("ns per operation (slowdown against the same VM alone all in RAM under the same "
           "VMM; tiervisor's refaults). QEMU's medians and the ratios are over the rounds its "

@@ -46,6 +46,19 @@ class Cgroup:
         return 0
 
 
+def pages_swapped_in():
+    """Pages read back from swap host-wide so far (/proc/vmstat pswpin). A major fault
+    reads up to 2^page-cluster pages (swap readahead), so the cgroup's pgmajfault counts
+    fewer swap-ins than pages read back; while only the benchmark's swap file is on and
+    busy, this is the pages its VMs read back."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            key, value = line.split()
+            if key == "pswpin":
+                return int(value)
+    return 0
+
+
 def qmp(path):
     """Connects to QEMU's QMP socket; returns (socket, command function)."""
     started = time.monotonic()
