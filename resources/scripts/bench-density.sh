@@ -89,7 +89,7 @@ def qemu_alone(i):
 def qemu_shared(limit_mib):
     """All VMs under QEMU in the cgroup at limit_mib. Returns (ns/op per VM or None, why
     each failed, the largest sum of the guests' resident RAM in MiB, makespan s, pages
-    swapped in)."""
+    swapped in, the median of that sum while all VMs ran)."""
     CGROUP.reset()
     vms = [PausedQemu(GUEST, GUEST_MIB, cmdline(i), CGROUP,
                       os.path.join(WORKDIR, f"qmp{i}.sock"), cpu=i % CPUS) for i in range(N)]
@@ -106,7 +106,7 @@ def qemu_shared(limit_mib):
     started = time.monotonic()
     for vm in vms:
         vm.cont()
-    peak_kib, last_end = 0, 0.0
+    peak_kib, sums_kib, last_end = 0, [], 0.0
     # Every 20 ms: reading smaps takes a QEMU's mmap lock and a good part of a core to
     # parse (bench-swap reads one QEMU's every 5 ms).
     while True:
@@ -115,7 +115,10 @@ def qemu_shared(limit_mib):
         if not alive or now > TIMEOUT_S:
             break
         last_end = now
-        peak_kib = max(peak_kib, sum(vm.resident_kib() or 0 for vm in alive))
+        total = sum(vm.resident_kib() or 0 for vm in alive)
+        peak_kib = max(peak_kib, total)
+        if len(alive) == N:
+            sums_kib.append(total)
         time.sleep(0.02)
     results = [vm.wait(max(0.0, TIMEOUT_S - (time.monotonic() - started))) for vm in vms]
     results = [(None, f"over {TIMEOUT_S} s") if ns is None and why.startswith("over ")
@@ -124,8 +127,9 @@ def qemu_shared(limit_mib):
     for i, (ns, checksum) in enumerate(results):
         if ns is not None:
             check(i, checksum, "QEMU")
-    return ([r[0] for r in results], [r[1] for r in results], peak_kib / 1024, makespan,
-            pages_swapped_in() - swapped_before)
+    return ([r[0] for r in results], [r[1] for r in results],
+            peak_kib / 1024, makespan, pages_swapped_in() - swapped_before,
+            statistics.median(sums_kib) / 1024 if sums_kib else None)
 
 
 def tiers_file(i):
@@ -236,7 +240,8 @@ def progress(what):
 
 
 alone = {"qemu": [[] for _ in range(N)], "tiervisor": [[] for _ in range(N)]}
-# Per limit, per round: {"qemu": (ns per VM, why, peak MiB, makespan, major faults),
+# Per limit, per round: {"qemu": (ns per VM, why, peak MiB, makespan, pages swapped in,
+# median MiB while all ran),
 # "pool_mib": ..., "tiervisor": {config: (ns per VM, refaults per VM, makespan)}}
 # (QEMU's per-VM swap-ins cannot be told apart: they are counted for all its VMs.)
 rounds = {limit: [] for limit in LIMITS}
@@ -276,13 +281,17 @@ def fmt(x, spec):
 
 def report(limit, ran):
     failures = sum(1 for row in ran for ns in row["qemu"][0] if ns is None)
-    print(f"QEMU + swap in a cgroup of {limit:g} MiB. Guest RAM its guests had together at "
-          f"most (tiervisor's pool): {med(row['pool_mib'] for row in ran):.2f} MiB of "
-          f"{N * MEM_MIB} MiB of working memory; pages swapped back in (all VMs): "
-          f"{med(row['qemu'][4] for row in ran):,.0f}, against tiervisor's refaults: " +
-          ", ".join(f"{a} {m} {med(sum(row['tiervisor'][(a, m)][1]) for row in ran):,.0f}"
-                    for a, m in CONFIGS) + f"; QEMU runs that failed: {failures} of "
-          f"{N * len(ran)}")
+    whole = [row for row in ran if all(ns is not None for ns in row["qemu"][0])]
+    print(f"QEMU + swap in a cgroup of {limit:g} MiB. Guest RAM its guests had together: "
+          f"at most {med(row['pool_mib'] for row in ran):.2f} MiB (tiervisor's pool), "
+          f"{fmt(med(row['qemu'][5] for row in ran), '.2f')} MiB at the median sample while "
+          f"all ran, of "
+          f"{N * MEM_MIB} MiB of working memory. QEMU runs that failed: {failures} of "
+          f"{N * len(ran)}. Pages read back, in the {len(whole)} rounds where every QEMU run "
+          f"finished: QEMU's swap-ins {fmt(med(row['qemu'][4] for row in whole), ',.0f')}; "
+          f"tiervisor's refaults " +
+          ", ".join(f"{a} {m} {fmt(med(sum(row['tiervisor'][(a, m)][1]) for row in whole), ',.0f')}"
+                    for a, m in CONFIGS))
     print("ns per operation (slowdown against the same VM alone all in RAM under the same "
           "VMM; tiervisor's refaults). QEMU's medians and the ratios are over the rounds its "
           "run finished. In turns a VM's ns/op counts the time it waits paused during its "
@@ -313,7 +322,6 @@ def report(limit, ran):
         cells += ["-" if q is None else f"{ts[c] / q:.3f}" for c in CONFIGS]
         print("| " + " | ".join(cells) + " |")
     print()
-    whole = [row for row in ran if all(ns is not None for ns in row["qemu"][0])]
     print("| | QEMU + swap | " + " | ".join(f"tiervisor {a} {m}" for a, m in CONFIGS) + " |")
     print("|---|---|" + "---|" * len(CONFIGS))
     print(f"| VMs that finished | {N * len(ran) - failures} of {N * len(ran)} | " +
