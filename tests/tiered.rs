@@ -591,6 +591,25 @@ fn a_second_vm_given_the_same_tier_files_is_refused() {
     assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
 }
 
+/// Runs the child on host CPU `cpu` only, as `taskset -c cpu` would.
+fn on_cpu(command: &mut Command, cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET bounds-checks cpu against the set's size.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only sched_setaffinity, which is
+    // async-signal-safe, on a cpu_set_t built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The threads of one VM, by name: (name, the CPUs its affinity allows, as
 /// /proc/PID/task/TID/status's Cpus_allowed_list writes them).
 fn thread_cpus(pid: u32) -> Vec<(String, String)> {
@@ -631,21 +650,7 @@ fn a_vm_given_one_cpu_keeps_its_vcpu_and_fault_handler_on_it() {
             "1M",
             extra,
         );
-        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: last is below CPU_SETSIZE (allowed_cpus lists only such CPUs).
-        unsafe { libc::CPU_SET(last, &mut set) };
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec the closure calls only sched_setaffinity, which
-        // is async-signal-safe, on a cpu_set_t built before the fork.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        on_cpu(&mut c, last);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     };
@@ -689,4 +694,35 @@ fn a_vm_given_one_cpu_keeps_its_vcpu_and_fault_handler_on_it() {
         "{}",
         describe(&out)
     );
+}
+
+/// Two VMs given one CPU see that they share it, and their fault handlers sleep on
+/// demand reads instead of spinning (tiering's cpu_share: the spin took the other VM's
+/// time, about 8% of the pair's run time in docs/tiering.md's measurement).
+#[test]
+fn two_vms_on_one_cpu_see_it_shared() {
+    let cpu = *tiering::uffd::allowed_cpus().unwrap().last().unwrap();
+    let vms: Vec<(Child, PathBuf, Scratch)> = (0..2)
+        .map(|i| {
+            let dir = workdir(&format!("shared-cpu-{i}"));
+            let tiers = ram_and_nvme_tiers(&dir, "64M");
+            let (mut c, metrics) = tiered_command(
+                &dir,
+                &tiers,
+                &format!("workload=zipf mem=8M iters=40000 seed={}", 7 + i),
+                RAM_BUDGET,
+                &[],
+            );
+            on_cpu(&mut c, cpu);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            (c.spawn().unwrap(), metrics, dir)
+        })
+        .collect();
+    for (child, metrics, _dir) in vms {
+        let out = wait_within(child, 300, "a VM sharing its CPU");
+        assert_guest_ok(&out, "a VM sharing its CPU");
+        let m = read_metrics(&metrics);
+        let shared = m["tiers"]["cpu_shared_ms"].as_f64().unwrap();
+        assert!(shared > 0.0, "cpu_shared_ms {shared}: {}", m["tiers"]);
+    }
 }

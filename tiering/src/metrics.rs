@@ -48,6 +48,8 @@ pub(crate) struct Counters {
     pub evictions_refused: u64,
     pub events_traced: u64,
     pub handler_idle_ns: u64,
+    /// Time the handler judged its CPU shared with other work (no spin on reads).
+    pub cpu_shared_ns: u64,
     pub page_table_walks: u64,
     pub page_tables_unreadable: u64,
     pub zero_drops: u64,
@@ -76,6 +78,7 @@ impl Counters {
             evictions_refused: 0,
             events_traced: 0,
             handler_idle_ns: 0,
+            cpu_shared_ns: 0,
             page_table_walks: 0,
             page_tables_unreadable: 0,
             zero_drops: 0,
@@ -184,6 +187,9 @@ pub struct TieringReport {
     pub hot_victims_skipped: u64,
     /// Time the fault handler slept waiting for work, in ms.
     pub handler_idle_ms: f64,
+    /// Time the fault handler judged its CPU shared with other work, in ms: it slept on
+    /// demand reads instead of spinning on them (docs/tiering.md).
+    pub cpu_shared_ms: f64,
     /// Time the fault handler spent inside the advisor's calls, in ms (a learner's
     /// background thread is reported by the advisor itself, not here).
     pub advisor_cpu_ms: f64,

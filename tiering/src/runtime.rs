@@ -652,6 +652,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         fallback_victims: stats.fallback_victims,
         hot_victims_skipped: stats.hot_victims_skipped,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,
+        cpu_shared_ms: c.cpu_shared_ns as f64 / 1e6,
         advisor_cpu_ms: e.advisor_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
         page_table_walks: c.page_table_walks,
         page_tables_unreadable: c.page_tables_unreadable,

@@ -51,6 +51,7 @@ impl Engine {
                     attempt += 1;
                     let tag = self.tag();
                     let mut others = Vec::new();
+                    let spin = self.demand_spin();
                     let store = self.stores[tier].as_mut().expect("copy tier is open");
                     let read = IoRequest {
                         op: IoOp::Read,
@@ -59,7 +60,7 @@ impl Engine {
                         priority: IoPriority::Demand,
                         tag,
                     };
-                    let done = run_blocking(store, read, self.config.demand_spin, &mut others);
+                    let done = run_blocking(store, read, spin, &mut others);
                     self.deferred.extend(others.into_iter().map(|c| (tier, c)));
                     match done.result {
                         Ok(()) => break done.buf,

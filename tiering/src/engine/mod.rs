@@ -27,6 +27,7 @@ use crate::runtime::{Shared, VmHooks};
 use crate::stores::{run_blocking, Store};
 use crate::uffd::{self, GuestUffd, ZeroFill};
 
+mod cpu_share;
 mod evict;
 mod fill;
 mod migrator;
@@ -168,6 +169,8 @@ pub(crate) struct Engine {
     pending_moves: std::collections::VecDeque<crate::runtime::MoveRequest>,
     pub counters: Counters,
     pub vcpu_of_thread: Arc<Mutex<FxHashMap<i32, u16>>>,
+    /// Whether other work shares the handler's CPU (when pinned): no spin then.
+    cpu_share: Option<cpu_share::CpuShareProbe>,
     pub trace: Option<crate::trace::TraceWriter<std::io::BufWriter<File>>>,
     pub start: Instant,
     meta: Vec<PageMeta>,
@@ -236,6 +239,7 @@ impl Engine {
             pending_moves: std::collections::VecDeque::new(),
             counters: Counters::new(),
             vcpu_of_thread,
+            cpu_share: None,
             trace,
             start: Instant::now(),
             meta: vec![
@@ -355,6 +359,9 @@ impl Engine {
             if let Err(e) = uffd::pin_current_thread(cpu) {
                 log::warn!("cannot pin the fault handler to CPU {cpu}: {e}");
             }
+            if !self.config.demand_spin.is_zero() {
+                self.cpu_share = Some(cpu_share::CpuShareProbe::new(cpu));
+            }
         }
         let mut events = userfaultfd::EventBuffer::new(64);
         let mut last_sample = Instant::now();
@@ -440,6 +447,7 @@ impl Engine {
                     }
                     self.scan_for_sharing();
                 }
+                self.check_cpu_share();
                 self.publish_if_due();
                 let outstanding = self
                     .stores
@@ -453,6 +461,35 @@ impl Engine {
         }
         self.drain_io();
         self.publish();
+    }
+
+    /// How long a demand read is spun on: not at all while other work shares the
+    /// handler's CPU ([`cpu_share`]).
+    fn demand_spin(&self) -> Duration {
+        match &self.cpu_share {
+            Some(probe) if probe.shared() => Duration::ZERO,
+            _ => self.config.demand_spin,
+        }
+    }
+
+    /// Every [`cpu_share::CHECK_INTERVAL`]: who used the handler's CPU, counting the
+    /// handler and the vCPU threads as this VM's (a vCPU on another CPU makes the
+    /// others' share look smaller, so the handler spins as before).
+    fn check_cpu_share(&mut self) {
+        let Some(probe) = self.cpu_share.as_mut().filter(|p| p.due()) else {
+            return;
+        };
+        let was_shared = probe.shared();
+        let since = probe.since_check();
+        // SAFETY: gettid has no preconditions.
+        let mut tids = vec![unsafe { libc::gettid() }];
+        if let Ok(m) = self.vcpu_of_thread.lock() {
+            tids.extend(m.keys());
+        }
+        probe.check(&tids);
+        if was_shared {
+            self.counters.cpu_shared_ns += since.as_nanos() as u64;
+        }
     }
 
     /// Applies a RAM budget asked for through [`crate::runtime::BudgetHandle`]; a
