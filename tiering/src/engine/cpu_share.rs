@@ -27,6 +27,9 @@ pub(crate) struct CpuTicks {
 /// Watches one host CPU (the handler's, which its vCPU 0 shares).
 pub(crate) struct CpuShareProbe {
     cpu: usize,
+    /// The whole process may run on this CPU only (`taskset`, a cpuset): all its
+    /// threads' time counts as its own, the migrator's and a learner's too.
+    whole_process: bool,
     last: Option<CpuTicks>,
     last_at: Instant,
     shared: bool,
@@ -36,6 +39,7 @@ impl CpuShareProbe {
     pub fn new(cpu: usize) -> Self {
         Self {
             cpu,
+            whole_process: crate::uffd::allowed_cpus().is_ok_and(|c| c == [cpu]),
             last: None,
             last_at: Instant::now(),
             shared: false,
@@ -55,12 +59,14 @@ impl CpuShareProbe {
         self.last_at.elapsed()
     }
 
-    /// Reads the CPU's and the threads' (`tids`: this VM's threads on the CPU) time
-    /// since the last check and updates [`Self::shared`]. A /proc file that cannot be
-    /// read leaves the judgement as it was.
+    /// Reads the CPU's and this VM's time since the last check and updates
+    /// [`Self::shared`]. This VM's time is its whole process's when the process may
+    /// run on this CPU only, else its threads `tids` (pinned here). A /proc file that
+    /// cannot be read leaves the judgement as it was.
     pub fn check(&mut self, tids: &[i32]) {
         self.last_at = Instant::now();
-        let Some(now) = read_ticks(self.cpu, tids) else {
+        let own = if self.whole_process { None } else { Some(tids) };
+        let Some(now) = read_ticks(self.cpu, own) else {
             return;
         };
         if let Some(last) = self.last.replace(now) {
@@ -92,14 +98,22 @@ pub(crate) fn next_shared(shared: bool, others: f64) -> bool {
     }
 }
 
-fn read_ticks(cpu: usize, tids: &[i32]) -> Option<CpuTicks> {
+/// `tids`: the threads whose time is this VM's; `None` for the whole process.
+fn read_ticks(cpu: usize, tids: Option<&[i32]>) -> Option<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let (busy, total) = cpu_ticks(&stat, cpu)?;
-    let mut own = 0;
-    for tid in tids {
-        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-        own += thread_ticks(&text)?;
-    }
+    let own = match tids {
+        // The process's line sums all its threads.
+        None => thread_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?,
+        Some(tids) => {
+            let mut own = 0;
+            for tid in tids {
+                let path = format!("/proc/self/task/{tid}/stat");
+                own += thread_ticks(&std::fs::read_to_string(path).ok()?)?;
+            }
+            own
+        }
+    };
     Some(CpuTicks { busy, total, own })
 }
 
@@ -121,7 +135,7 @@ pub(crate) fn cpu_ticks(proc_stat: &str, cpu: usize) -> Option<(u64, u64)> {
     Some((busy, busy + field(3) + field(4)))
 }
 
-/// utime + stime ticks from a /proc/PID/task/TID/stat line (the command name, in
+/// utime + stime ticks from a /proc/PID/stat or /proc/PID/task/TID/stat line (the command name, in
 /// parentheses, may hold spaces: fields are counted after its closing parenthesis).
 pub(crate) fn thread_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -179,6 +193,7 @@ mod tests {
                     .is_some()
             })
             .expect("/proc/stat lists a CPU");
-        assert!(read_ticks(cpu, &[tid]).is_some());
+        assert!(read_ticks(cpu, Some(&[tid])).is_some());
+        assert!(read_ticks(cpu, None).is_some());
     }
 }
