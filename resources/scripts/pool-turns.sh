@@ -13,6 +13,7 @@
 # PROFILE: nvme, ssd or hdd (tiering::backend::DeviceProfile presets).
 # ITERS: Zipf operations per VM (1500000); ADVISOR: paging advisor (none);
 # VMS: how many VMs (2); MEM: each one's Zipf region (6M);
+# SPREAD=1: VM i on CPU i mod CPUs instead of all on CPU 0;
 # TIMEOUT: seconds before the VMs are stopped (600); LOG: a file to copy the manager's
 # log to (its turns, staging times and lent room).
 #
@@ -35,6 +36,8 @@ case $profile in nvme | ssd | hdd) ;; *)
     ;;
 esac
 VMS=${VMS:-2}
+# CPU 0 for every VM, or with SPREAD=1 VM i on CPU i mod (this host's CPUs).
+cpu_of() { if [ "${SPREAD:-0}" = 1 ]; then echo $(($1 % $(nproc))); else echo 0; fi; }
 WORK=$(disk_workdir pool-turns)
 pids=()
 cleanup() {
@@ -64,7 +67,7 @@ EOF
     TIERVISOR_WORKDIR="$WORK/vm$i" timeout "${TIMEOUT:-600}" "$TIERVISOR" run \
         --kernel "$GUEST" --memory 64M \
         --cmdline "workload=zipf mem=${MEM:-6M} iters=${ITERS:-1500000} seed=$((6 + i))" \
-        --tiers "$WORK/vm$i/tiers.toml" --advisor "${ADVISOR:-none}" --cpu 0 \
+        --tiers "$WORK/vm$i/tiers.toml" --advisor "${ADVISOR:-none}" --cpu "$(cpu_of "$i")" \
         --ram-pool "$WORK/pool" --metrics-out "$WORK/vm$i/m.json" >"$WORK/vm$i/out.log" 2>&1 &
     pids+=($!)
     vm_pids+=($!)
