@@ -40,7 +40,7 @@ when it was paused (--no-staging: it faults them in); its slice counts from when
 those pages are in, and lasts at least twice as long as they took, so that on a slow
 tier a turn is not spent staging. With --prestaging, once the running VMs' pages are
 in, the room they hold but do not use is lent to the next VM in line, which stages as
-much of its set as fits before its turn (off by default: measured slower, docs/pool.md).
+much of its set as fits before its turn (off by default: measured no faster, docs/pool.md).
 
 Exit status: 0 after SIGINT/SIGTERM or, with --exit-when-empty, once the last VM
 left; 2 for bad input (or another manager on --dir).";
@@ -77,8 +77,8 @@ pub struct PoolArgs {
     #[arg(long, requires = "slice_ms")]
     pub no_staging: bool,
     /// In turns, let the next VM in line stage its pages before its turn, in the room
-    /// the running VMs do not use (off by default: with the VMs on one CPU it measured
-    /// slower than staging as the turn begins, docs/pool.md).
+    /// the running VMs do not use (off by default: it measured no faster than staging
+    /// as the turn begins, and slower with the VMs on one CPU; docs/pool.md).
     #[arg(long, requires = "slice_ms", conflicts_with = "no_staging")]
     pub prestaging: bool,
 }
