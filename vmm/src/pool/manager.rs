@@ -293,8 +293,20 @@ impl Manager {
             }
         }
         let lent = self.members.iter().any(|(_, m)| m.lent > 0);
-        let settled = self.members.iter().all(|(_, m)| !m.turn_run || m.settled);
-        (!self.lent_this_turn && settled) || lent
+        (!self.lent_this_turn && self.running_settled()) || lent
+    }
+
+    /// Whether every running VM has settled ([`Manager::watch_turns`]).
+    fn running_settled(&self) -> bool {
+        self.members.iter().all(|(_, m)| !m.turn_run || m.settled)
+    }
+
+    /// Every lender takes back the room it lent, and the borrower gives it up.
+    fn return_lent_room(&mut self) {
+        for (_, m) in self.members.iter_mut() {
+            m.lent = 0;
+            m.borrowed = 0;
+        }
     }
 
     /// Starts the clock of each running turn whose staged pages are in (its member's
@@ -560,10 +572,7 @@ impl Manager {
         let mut budgets = turn_budgets(self.options.config.size_pages, &view);
         if changed {
             // New turns: what was lent goes back (the budgets above are the new turns').
-            for (_, m) in self.members.iter_mut() {
-                m.lent = 0;
-                m.borrowed = 0;
-            }
+            self.return_lent_room();
             self.lent_this_turn = false;
         }
         if schedule.staging && schedule.prestaging {
@@ -592,10 +601,7 @@ impl Manager {
         let borrower_left = self.members.iter().any(|(_, m)| m.lent > 0)
             && self.members.iter().all(|(_, m)| m.borrowed == 0);
         if squeezed || borrower_left {
-            for (_, m) in self.members.iter_mut() {
-                m.lent = 0;
-                m.borrowed = 0;
-            }
+            self.return_lent_room();
         } else if !self.lent_this_turn {
             self.lend(budgets, margin);
         }
@@ -618,7 +624,7 @@ impl Manager {
         else {
             return;
         };
-        let settled = self.members.iter().all(|(_, m)| !m.turn_run || m.settled);
+        let settled = self.running_settled();
         // Nor while the next VM still writes back the pages it gave up when it was
         // paused: its staging reads would queue behind those writes (on an hdd-profiled
         // tier, for seconds) and could ask back pages still on their way out.
