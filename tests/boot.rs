@@ -39,6 +39,21 @@ fn run_workload(workload: &str, vcpus: u32) {
     );
     assert!(line.contains("result=ok"), "{}", describe(&out));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // The operation times: quantiles in order, none above the run's own time.
+    let field = |key: &str| -> u64 {
+        let at = line
+            .find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key}: {line}"));
+        line[at + key.len() + 2..]
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad {key}: {line}"))
+    };
+    let quantiles = ["op_p50_ns", "op_p99_ns", "op_p999_ns", "op_max_ns"].map(field);
+    assert!(quantiles[0] > 0, "{line}");
+    assert!(quantiles.windows(2).all(|w| w[0] <= w[1]), "{line}");
+    assert!(quantiles[3] <= field("ns"), "{line}");
     eprintln!("{workload} vcpus={vcpus}: {:?} {line}", start.elapsed());
 }
 

@@ -80,7 +80,7 @@ if not SHARES or any(not 1 <= x < 100 for x in SHARES):
     sys.exit(f"bench-live: every RAM share must be 1-99 (percent), got {SHARES}")
 ITERS = int(os.environ.get("ITERS", "20000"))
 TIERS = os.environ["TIERS"]
-RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
+RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) (?:op_\S+ )*result=(\S+)")
 
 
 def budget(share):

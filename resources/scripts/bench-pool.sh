@@ -54,7 +54,7 @@ POOL = os.environ.get("POOL", "8M")
 ADVISOR = os.environ.get("ADVISOR", "none")
 SLICE_MS = os.environ.get("SLICE_MS", "300")
 SCENARIOS = os.environ.get("SCENARIOS", "uneven,staggered,priority,turns").split(",")
-RESULT = re.compile(r"ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
+RESULT = re.compile(r"ops=(\d+) ns=(\d+) checksum=(\S+) (?:op_\S+ )*result=(\S+)")
 
 # Modes: name -> manager flags (None: no pool, each VM a static half of it).
 SHARED = {"static": None, "pool": []}

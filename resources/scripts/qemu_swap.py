@@ -13,7 +13,7 @@ import time
 
 MIB = 1 << 20
 # The test guest's result line (docs/testguest.md).
-RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) result=(\S+)")
+RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) (?:op_\S+ )*result=(\S+)")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_THP_DISABLE = 41
 

@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
 
 use crate::cmdline::{Workload, PAGE_SIZE};
+use crate::latency::Histogram;
 use crate::pattern::{fill_page, hash_page, verify_page};
 use crate::rng::mix64;
 use crate::workload::{kv_key, Op, OpStream, Plan, Target, KV_SLOT_BYTES};
@@ -278,12 +279,20 @@ impl Arena<'_> {
     }
 
     /// Performs this CPU's share of the run's operations (those on pages or keys it
-    /// owns) in stream order.
-    pub fn run(&self, cpu: u32, cpus: u32) -> Result<Totals, Failure> {
+    /// owns) in stream order, recording in `latency` how long each took by `clock` (the
+    /// TSC in the guest).
+    pub fn run(
+        &self,
+        cpu: u32,
+        cpus: u32,
+        latency: &mut Histogram,
+        mut clock: impl FnMut() -> u64,
+    ) -> Result<Totals, Failure> {
         let mut stream = OpStream::new(self.plan, self.perm, self.next);
         let mut totals = Totals::default();
         for index in 0..self.plan.config.iters {
             let Op { target, write } = stream.next_op();
+            let began = clock();
             let read = match target {
                 Target::Page(page) => {
                     if !Self::owns(page, cpu, cpus) {
@@ -299,6 +308,7 @@ impl Arena<'_> {
                     self.access(page, write)?
                 }
             };
+            latency.record(clock().saturating_sub(began));
             totals.ops += 1;
             totals.writes += u64::from(write);
             totals.checksum = totals.checksum.wrapping_add(mix64(index ^ read));
@@ -361,11 +371,24 @@ mod tests {
                 arena.fill(cpu, cpus);
             }
             let mut totals = Totals::default();
+            let mut latency = Histogram::default();
             for cpu in 0..cpus {
-                totals.merge(arena.run(cpu, cpus)?);
+                // A clock that advances one tick a reading: every operation takes 1.
+                let mut ticks = 0;
+                totals.merge(arena.run(cpu, cpus, &mut latency, || {
+                    ticks += 1;
+                    ticks
+                })?);
             }
+            assert_eq!(latency.count(), totals.ops, "one time per operation");
+            assert_eq!(latency.max(), 1);
             Ok(totals)
         }
+    }
+
+    /// One CPU's share, its operation times thrown away.
+    fn untimed(arena: &Arena<'_>, cpu: u32, cpus: u32) -> Result<Totals, Failure> {
+        arena.run(cpu, cpus, &mut Histogram::default(), || 0)
     }
 
     fn line(workload: Workload, seed: u64) -> String {
@@ -405,11 +428,11 @@ mod tests {
         let arena = run.arena();
         arena.fill(0, 1);
         // Let the scan write some pages first, then corrupt page 5 of the second pass.
-        arena.run(0, 1).unwrap();
+        untimed(&arena, 0, 1).unwrap();
         let version = run.versions[5].load(Ordering::Relaxed);
         let base = run.memory.as_ptr() as u64;
         run.memory[5 * 512 + 100] ^= 4;
-        let failure = run.arena().run(0, 1).unwrap_err();
+        let failure = untimed(&run.arena(), 0, 1).unwrap_err();
         assert_eq!(
             failure,
             Failure::Corrupt {
@@ -437,13 +460,13 @@ mod tests {
         let arena = run.arena();
         arena.fill(0, 1);
         let stale: Vec<u64> = run.memory[..512].to_vec();
-        arena.run(0, 1).unwrap();
+        untimed(&arena, 0, 1).unwrap();
         assert!(
             run.versions[0].load(Ordering::Relaxed) > 1,
             "page 0 was rewritten"
         );
         run.memory[..512].copy_from_slice(&stale);
-        match run.arena().run(0, 1).unwrap_err() {
+        match untimed(&run.arena(), 0, 1).unwrap_err() {
             Failure::Corrupt {
                 expected_version,
                 word,
@@ -474,7 +497,7 @@ mod tests {
         let mut run = fresh();
         let index_words = (run.plan.index_pages * PAGE_SIZE / 8) as usize;
         run.memory[..index_words].fill(0);
-        let failure = run.arena().run(0, 1);
+        let failure = untimed(&run.arena(), 0, 1);
         assert!(
             matches!(failure, Err(Failure::CorruptIndexPage { found, expected, .. }) if found != expected),
             "{failure:?}"
@@ -485,7 +508,7 @@ mod tests {
         let slot = slot_of(&run, kv_key(1, 0));
         run.memory[slot * 4 + 2] ^= 1;
         assert_eq!(
-            run.arena().run(0, 1),
+            untimed(&run.arena(), 0, 1),
             Err(Failure::CorruptIndex {
                 slot: base(&run) + slot as u64 * KV_SLOT_BYTES,
                 key: kv_key(1, 0),
@@ -502,7 +525,7 @@ mod tests {
             .unwrap();
         run.memory[neighbour * 4..neighbour * 4 + 4].fill(0);
         assert!(matches!(
-            run.arena().run(0, 1),
+            untimed(&run.arena(), 0, 1),
             Err(Failure::CorruptIndexPage { .. })
         ));
 
@@ -511,7 +534,7 @@ mod tests {
         let hot_page = run.arena().value_page(0) as usize;
         run.memory[hot_page * 512..(hot_page + 1) * 512].fill(0);
         assert!(matches!(
-            run.arena().run(0, 1),
+            untimed(&run.arena(), 0, 1),
             Err(Failure::Corrupt {
                 word: 0,
                 found: 0,

@@ -8,6 +8,7 @@
 pub mod acpi;
 pub mod cmdline;
 pub mod engine;
+pub mod latency;
 pub mod line;
 pub mod pattern;
 pub mod rng;

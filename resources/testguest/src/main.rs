@@ -14,6 +14,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use testguest::cmdline::{self, Config};
 use testguest::engine::{Arena, Totals};
+use testguest::latency::{cycles_to_ns, Histogram};
 use testguest::line::Line;
 use testguest::startinfo::{self, MemmapEntry, StartInfo};
 use testguest::workload::{build_tables, Plan};
@@ -230,7 +231,7 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
         next,
     };
 
-    let totals: Totals = smp::run_on_all(&arena, cpus);
+    let (totals, latency): (Totals, Histogram) = smp::run_on_all(&arena, cpus);
     let ns = smp::elapsed_ns(tsc_hz);
     if totals.ops != config.iters {
         fail(
@@ -241,11 +242,15 @@ extern "C" fn testguest_bsp_main(start_info_paddr: u64) -> ! {
     let mut line = Line::new();
     let _ = write!(
         line,
-        "testguest: workload={} ops={} ns={} checksum={:#018x} result=ok",
+        "testguest: workload={} ops={} ns={} checksum={:#018x} op_p50_ns={} op_p99_ns={} op_p999_ns={} op_max_ns={} result=ok",
         config.workload.name(),
         totals.ops,
         ns,
-        totals.checksum
+        totals.checksum,
+        cycles_to_ns(latency.quantile(0.5), tsc_hz),
+        cycles_to_ns(latency.quantile(0.99), tsc_hz),
+        cycles_to_ns(latency.quantile(0.999), tsc_hz),
+        cycles_to_ns(latency.max(), tsc_hz),
     );
     hw::serial_line(line.as_bytes());
     hw::exit(exit_code::OK)

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use testguest::acpi::{self, PhysMem};
 use testguest::engine::{Arena, Totals};
+use testguest::latency::{cycles_to_ns, Histogram, BUCKETS};
 use testguest::startinfo::{MemmapEntry, StartInfo, MEMMAP_RAM};
 
 use crate::boot::{self, MAX_CPUS, TRAMPOLINE_ADDR};
@@ -33,6 +34,10 @@ static ARENA: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 static OPS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static WRITES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static CHECKSUM: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per-CPU operation times: histogram bucket counts and the largest.
+static LATENCY: [[AtomicU64; BUCKETS]; MAX_CPUS] =
+    [const { [const { AtomicU64::new(0) }; BUCKETS] }; MAX_CPUS];
+static LATENCY_MAX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// TSC at the start and end of the operations.
 static START_TSC: AtomicU64 = AtomicU64::new(0);
 static END_TSC: AtomicU64 = AtomicU64::new(0);
@@ -114,29 +119,35 @@ pub fn start_aps(info: &StartInfo, map: &[MemmapEntry], tsc_hz: u64) -> Started 
     Started { cpus, listed }
 }
 
-fn store_totals(cpu: u32, totals: Totals) {
+fn store_totals(cpu: u32, totals: Totals, latency: &Histogram) {
     let cpu = cpu as usize;
     OPS[cpu].store(totals.ops, Ordering::Relaxed);
     WRITES[cpu].store(totals.writes, Ordering::Relaxed);
     CHECKSUM[cpu].store(totals.checksum, Ordering::Relaxed);
+    for (slot, &n) in LATENCY[cpu].iter().zip(latency.counts().iter()) {
+        slot.store(n, Ordering::Relaxed);
+    }
+    LATENCY_MAX[cpu].store(latency.max(), Ordering::Relaxed);
 }
 
-fn run_share(arena: &Arena<'_>, cpu: u32, cpus: u32) -> Totals {
-    match arena.run(cpu, cpus) {
+fn run_share(arena: &Arena<'_>, cpu: u32, cpus: u32, latency: &mut Histogram) -> Totals {
+    match arena.run(cpu, cpus, latency, hw::rdtsc) {
         Ok(totals) => totals,
         Err(failure) => crate::fail(exit_code::CORRUPT, format_args!("{failure} cpu={cpu}")),
     }
 }
 
-/// Fills and runs the workload on all `cpus` CPUs; returns the merged totals.
-pub fn run_on_all(arena: &Arena<'_>, cpus: u32) -> Totals {
+/// Fills and runs the workload on all `cpus` CPUs; returns the merged totals and
+/// operation times (TSC cycles).
+pub fn run_on_all(arena: &Arena<'_>, cpus: u32) -> (Totals, Histogram) {
     ARENA.store(arena as *const Arena<'_> as *mut (), Ordering::Release);
     PHASE.store(1, Ordering::Release);
     arena.fill(0, cpus);
     wait_until(|| FILLED.load(Ordering::Acquire) == cpus - 1);
     START_TSC.store(hw::rdtsc(), Ordering::Relaxed);
     PHASE.store(2, Ordering::Release);
-    let mut totals = run_share(arena, 0, cpus);
+    let mut latency = Histogram::default();
+    let mut totals = run_share(arena, 0, cpus, &mut latency);
     wait_until(|| DONE.load(Ordering::Acquire) == cpus - 1);
     END_TSC.store(hw::rdtsc(), Ordering::Relaxed);
     for cpu in 1..cpus as usize {
@@ -145,14 +156,18 @@ pub fn run_on_all(arena: &Arena<'_>, cpus: u32) -> Totals {
             writes: WRITES[cpu].load(Ordering::Relaxed),
             checksum: CHECKSUM[cpu].load(Ordering::Relaxed),
         });
+        latency.merge(&Histogram::from_counts(
+            LATENCY[cpu].iter().map(|n| n.load(Ordering::Relaxed)),
+            LATENCY_MAX[cpu].load(Ordering::Relaxed),
+        ));
     }
-    totals
+    (totals, latency)
 }
 
 /// Nanoseconds between the start and the end of the operations.
 pub fn elapsed_ns(tsc_hz: u64) -> u64 {
     let cycles = END_TSC.load(Ordering::Relaxed) - START_TSC.load(Ordering::Relaxed);
-    (u128::from(cycles) * 1_000_000_000 / u128::from(tsc_hz)) as u64
+    cycles_to_ns(cycles, tsc_hz)
 }
 
 /// An AP at CPL3: check in, then fill and run its share when the BSP says so.
@@ -168,8 +183,9 @@ pub fn ap_main(cpu: u32) -> ! {
         arena.fill(cpu, cpus);
         FILLED.fetch_add(1, Ordering::AcqRel);
         wait_until(|| PHASE.load(Ordering::Acquire) >= 2);
-        let totals = run_share(arena, cpu, cpus);
-        store_totals(cpu, totals);
+        let mut latency = Histogram::default();
+        let totals = run_share(arena, cpu, cpus, &mut latency);
+        store_totals(cpu, totals, &latency);
         DONE.fetch_add(1, Ordering::AcqRel);
     }
     loop {
