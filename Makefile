@@ -6,7 +6,7 @@ OUT := resources/out
 GUEST := $(OUT)/testguest.elf
 TIERVISOR := target/release/tiervisor
 
-.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-pool bench-swap bench-density traces model prior bench-predict clean
+.PHONY: all setup build guest demo test lint linux bench-boot bench-fault bench-live bench-pool bench-swap bench-density bench-priority traces model prior bench-predict clean
 
 all: build
 
@@ -63,6 +63,9 @@ bench-swap: build
 # docs/benchmarks.md, "Several VMs in one RAM budget").
 bench-density: build
 	resources/scripts/bench-density.sh
+
+bench-priority: build
+	resources/scripts/bench-priority.sh
 
 # Real-program traces (valgrind lackey) and test-guest recordings into
 # $(OUT)/traces/{train,eval}/ (docs/traces.md says which is which).

@@ -38,9 +38,10 @@ cd "$(dirname "$0")/../.."
 . resources/scripts/qemu-swap.sh bench-density
 
 python3 - "$@" <<'PY' &
-import json, math, os, statistics, subprocess, sys, time
+import math, os, statistics, subprocess, sys, time
 sys.path.insert(0, "resources/scripts")
-from qemu_swap import MIB, RESULT, Cgroup, PausedQemu, pages_swapped_in
+from qemu_swap import MIB, Cgroup, PausedQemu, pages_swapped_in
+from tiervisor_runs import pinned, refaults, result, start_pool, stop_pool, vm_dir
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
@@ -132,41 +133,26 @@ def qemu_shared(limit_mib):
             statistics.median(sums_kib) / 1024 if sums_kib else None)
 
 
-def tiers_file(i):
-    d = os.path.join(WORKDIR, f"vm{i}")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, "tiers.toml")
-    with open(path, "w") as f:
-        f.write(f'[tier1]\ncapacity = "{GUEST_MIB}M"\nbackend = "ram"\n'
-                f'[tier2]\ncapacity = "{GUEST_MIB}M"\nfile = "{d}/tier2.img"\n')
-    return d, path
-
-
 def tiervisor_cmd(i, extra):
-    d, tiers = tiers_file(i)
+    d, tiers = vm_dir(WORKDIR, f"vm{i}", GUEST_MIB)
     metrics = os.path.join(d, "metrics.json")
     return d, metrics, [TIERVISOR, "run", "--kernel", GUEST, "--memory", f"{GUEST_MIB}M",
                         "--cmdline", cmdline(i), "--metrics-out", metrics] + extra(tiers)
 
 
-def on_cpu(i):
-    """Pins the whole process to VM i's CPU, as QEMU's is (PausedQemu)."""
-    return lambda: os.sched_setaffinity(0, {i % CPUS})
-
-
 def tiervisor_result(i, p, out, who):
-    m = RESULT.search(out)
-    if p.returncode != 0 or not m or m.group(5) != "ok":
+    r = result(out)
+    if p.returncode != 0 or r is None:
         sys.exit(f"bench-density: vm{i} ({VMS[i]}) under tiervisor {who} failed "
                  f"(status {p.returncode}):\n{out}")
-    check(i, m.group(4), f"tiervisor {who}")
-    return int(m.group(3)) / int(m.group(2))
+    check(i, r[1], f"tiervisor {who}")
+    return r[0]
 
 
 def tiervisor_alone(i):
     d, _, cmd = tiervisor_cmd(i, lambda tiers: [])
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=dict(os.environ, TIERVISOR_WORKDIR=d), preexec_fn=on_cpu(i))
+                       env=dict(os.environ, TIERVISOR_WORKDIR=d), preexec_fn=pinned(i % CPUS))
     return tiervisor_result(i, p, p.stdout + p.stderr, "all in RAM")
 
 
@@ -181,14 +167,8 @@ def tiervisor_shared(pool_mib, advisor, mode):
     else:
         flags = ["--slice-ms", str(SLICE_MS), "--run-slots", str(CPUS)] if mode == "turns" \
             else []
-        with open(os.path.join(WORKDIR, "pool.log"), "w") as log:
-            manager = subprocess.Popen(
-                [TIERVISOR, "pool", "--dir", pool_dir, "--size", f"{int(pool_mib * 1024)}K",
-                 "--exit-when-empty"] + flags, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        for _ in range(500):
-            if os.path.exists(os.path.join(pool_dir, "pool.json")):
-                break
-            time.sleep(0.01)
+        manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024,
+                             os.path.join(WORKDIR, "pool.log"), flags)
         share = ["--ram-pool", pool_dir]
     started = time.monotonic()
     runs = []
@@ -198,7 +178,7 @@ def tiervisor_shared(pool_mib, advisor, mode):
             + share)
         out = open(os.path.join(d, "out.log"), "w+")
         runs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, preexec_fn=on_cpu(i),
+                                      stderr=subprocess.STDOUT, preexec_fn=pinned(i % CPUS),
                                       env=dict(os.environ, TIERVISOR_WORKDIR=d)), out, metrics))
     ends, ns, faults = [], [], []
     for i, (p, out, metrics) in enumerate(runs):
@@ -214,16 +194,8 @@ def tiervisor_shared(pool_mib, advisor, mode):
         out.seek(0)
         ns.append(tiervisor_result(i, p, out.read(), f"{advisor} {mode}"))
         out.close()
-        with open(metrics) as f:
-            t = json.load(f).get("tiers") or {}
-        # Refaults: the demand faults that were not first touches (QEMU's major faults
-        # are swap-ins; its first touches are minor faults).
-        faults.append(t["demand_faults"] - t["zero_fills"] if t else None)
-    try:
-        if manager:
-            manager.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        manager.kill()
+        faults.append(refaults(metrics))
+    stop_pool(manager)
     return ns, faults, max(ends)
 
 

@@ -1,4 +1,5 @@
-# Sourced by the benchmarks of baseline B1 (bench-swap.sh, bench-density.sh), after
+# Sourced by the benchmarks of baseline B1 (bench-swap.sh, bench-density.sh,
+# bench-priority.sh), after
 # built.sh: checks for root, a cgroup-v1 memory controller, QEMU and swapon; makes a
 # fresh disk work directory (WORKDIR), a 512 MiB swap file in it (SWAPFILE, on at the
 # highest priority) and an empty memory cgroup (CGROUP); removes all three on exit, and
@@ -18,16 +19,19 @@ WORKDIR=$(disk_workdir "$_qs_name")
 CGROUP="$CG_ROOT/tiervisor-$_qs_name-$$"
 SWAPFILE="$WORKDIR/swapfile"
 cleanup() {
-    # A QEMU still in the cgroup (the run was interrupted) holds swap: end it first.
-    if [ -e "$CGROUP/cgroup.procs" ]; then
-        xargs -r kill -9 <"$CGROUP/cgroup.procs" 2>/dev/null || true
+    # A QEMU still in the cgroup or a child of it (the run was interrupted) holds swap:
+    # end it first. Children (bench-priority's) go before their parent.
+    local cg
+    for cg in "$CGROUP"/*/ "$CGROUP"; do
+        [ -e "$cg/cgroup.procs" ] || continue
+        xargs -r kill -9 <"$cg/cgroup.procs" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do
-            [ -s "$CGROUP/cgroup.procs" ] || break
+            [ -s "$cg/cgroup.procs" ] || break
             sleep 0.2
         done
-    fi
+        rmdir "$cg" 2>/dev/null || true
+    done
     swapoff "$SWAPFILE" || true
-    rmdir "$CGROUP" 2>/dev/null || true
     rm -rf "$WORKDIR"
 }
 trap cleanup EXIT

@@ -14,6 +14,8 @@ import time
 MIB = 1 << 20
 # The test guest's result line (docs/testguest.md).
 RESULT = re.compile(r"workload=(\S+) ops=(\d+) ns=(\d+) checksum=(\S+) (?:op_\S+ )*result=(\S+)")
+# Its operation times (ns): median, 99th and 99.9th percentiles, maximum.
+OP_LATENCY = re.compile(r"op_p50_ns=(\d+) op_p99_ns=(\d+) op_p999_ns=(\d+) op_max_ns=(\d+)")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_THP_DISABLE = 41
 
@@ -44,6 +46,13 @@ class Cgroup:
             if key == "pgmajfault":
                 return int(value)
         return 0
+
+
+def op_latency_ns(out):
+    """{"p50", "p99", "p999", "max"} of the result line's operation times in ns, or
+    None when the line has none."""
+    m = OP_LATENCY.search(out)
+    return dict(zip(("p50", "p99", "p999", "max"), map(int, m.groups()))) if m else None
 
 
 def pages_swapped_in():
@@ -106,7 +115,7 @@ class PausedQemu:
     its kernel loaded, inside the cgroup, with transparent huge pages off (they stay
     resident and the cgroup kills QEMU: HOST-NOTES.md), on host CPU `cpu` if given.
     `cont()` starts the guest; `wait(timeout)` returns (ns/op, checksum) or
-    (None, why it failed)."""
+    (None, why it failed), and leaves the guest's operation times in `latency`."""
 
     def __init__(self, guest, guest_mib, cmdline, cgroup, sock_path, cpu=None):
         if os.path.exists(sock_path):
@@ -124,6 +133,7 @@ class PausedQemu:
                "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel",
                guest, "-append", cmdline, "-S", "-qmp", f"unix:{sock_path},server=on,wait=off"]
         self.guest_mib = guest_mib
+        self.latency = None
         self.process = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True)
@@ -155,4 +165,5 @@ class PausedQemu:
         if not m or m.group(5) != "ok":
             return None, "OOM-killed" if self.process.returncode == -9 else \
                 f"status {self.process.returncode}"
+        self.latency = op_latency_ns(out)
         return int(m.group(3)) / int(m.group(2)), m.group(4)
