@@ -194,10 +194,15 @@ impl PoolMembership {
                     }
                 }
             }
-            // Sleep in short slices so that leaving is prompt.
+            // Parked, not woken every few ms: each wake-up on the vCPU's host CPU takes
+            // the CPU from the guest (docs/pool.md, "Limits"). Leaving unparks it.
             let start = Instant::now();
-            while start.elapsed() < poll && !stop.load(Ordering::Acquire) {
-                std::thread::sleep(ASSIGNMENT_POLL);
+            while !stop.load(Ordering::Acquire) {
+                let left = poll.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::park_timeout(left);
             }
         }
         if let Some(t) = turn.paused_at {
@@ -416,6 +421,8 @@ impl PoolMemberThread {
     /// others) and returns the budgets this VM had.
     pub fn leave(mut self) -> Option<BudgetHistory> {
         self.stop.store(true, Ordering::Release);
-        self.thread.take().and_then(|t| t.join().ok())
+        let thread = self.thread.take()?;
+        thread.thread().unpark();
+        thread.join().ok()
     }
 }
