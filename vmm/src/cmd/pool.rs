@@ -1,7 +1,7 @@
 //! `tiervisor pool`: the manager that shares one RAM budget among the VMs that join
 //! it with `tiervisor run --ram-pool DIR` (docs/pool.md).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -91,21 +91,6 @@ fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
     Ok(bytes / PAGE_SIZE)
 }
 
-/// How often the manager looks for VMs waiting to join between rounds.
-const JOIN_POLL: Duration = Duration::from_millis(5);
-
-/// Waits up to `timeout` for a stop signal; true if one came.
-fn signalled(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
-    n > 0 && p.revents & libc::POLLIN != 0
-}
-
 /// `tiervisor pool`; returns the exit status.
 pub fn run(args: PoolArgs) -> i32 {
     let size_pages = match pages_of("--size", &args.size) {
@@ -169,13 +154,12 @@ pub fn run(args: PoolArgs) -> i32 {
         if manager.done() {
             break;
         }
-        // Wait for the next round in short slices: a VM that joins waits for its
-        // first budget before it boots, so it is answered at once, and when a VM
-        // leaves, its share (or its turn) goes to the others at once.
+        // Until the next round, woken when a VM joins or leaves: a VM that joins waits
+        // for its first budget before it boots, so it is answered at once, and when a
+        // VM leaves, its share (or its turn) goes to the others at once.
         let mut stop = false;
         while start.elapsed() < interval {
-            let slice = interval.saturating_sub(start.elapsed()).min(JOIN_POLL);
-            if signalled(&signals, slice) {
+            if manager.wait(interval.saturating_sub(start.elapsed()), signals.as_fd()) {
                 stop = true;
                 break;
             }

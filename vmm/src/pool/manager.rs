@@ -2,6 +2,7 @@
 //! their budgets, by [`tiering::pool::rebalance`] or, with a [`Schedule`], by turns.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,15 @@ use tiering::pool::{
 };
 
 use super::{
-    alive, budget_path, io_error, read_json, report_path, report_pid, write_json, Assignment,
-    MemberReport, PoolError, PoolFile, LOCK_FILE, POOL_FILE, POOL_FORMAT,
+    alive, budget_path, io_error, read_json, report_path, report_pid, wait_readable, write_json,
+    Assignment, DirWatch, MemberReport, PoolError, PoolFile, Wake, LOCK_FILE, POOL_FILE,
+    POOL_FORMAT,
 };
+
+/// How often the manager looks at the directory between rounds when it cannot watch it
+/// (no inotify) or runs VMs in turns (whose ends it times): a VM that joins waits for its
+/// first budget before it boots.
+const TICK: Duration = Duration::from_millis(5);
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
@@ -136,6 +143,8 @@ const NEW_MEMBER_FILL_RATE: f64 = 64.0;
 /// The manager's state: the members it tracks and the round count.
 pub struct Manager {
     options: ManagerOptions,
+    /// The pool directory, watched for members' reports (None: polled).
+    watch: Option<DirWatch>,
     /// `pool.lock`, held with flock for the manager's lifetime.
     _lock: std::fs::File,
     members: Vec<(u32, Tracked)>,
@@ -186,8 +195,12 @@ impl Manager {
                 .map(|s| s.slice.as_millis() as u64),
         };
         write_json(&dir.join(POOL_FILE), &pool).map_err(io_error(dir, "cannot write pool.json"))?;
+        let watch = DirWatch::new(dir)
+            .map_err(|e| log::warn!("ram pool: cannot watch {}: {e}; polling it", dir.display()))
+            .ok();
         Ok(Self {
             options,
+            watch,
             _lock: lock,
             members: Vec::new(),
             queue: VecDeque::new(),
@@ -220,6 +233,18 @@ impl Manager {
             joining |= !self.members.iter().any(|(p, _)| *p == pid);
         }
         joining || reports < self.members.len()
+    }
+
+    /// Waits up to `timeout`, less in turns, for a VM to join or leave (its report renamed
+    /// in or removed) or for `stop` to become readable (then true). Between rounds the
+    /// caller then looks for joiners ([`Self::membership_changed`]) and ticks.
+    pub fn wait(&self, timeout: Duration, stop: BorrowedFd<'_>) -> bool {
+        match &self.watch {
+            Some(watch) if self.options.schedule.is_none() => {
+                watch.wait(timeout, Some(stop), |name| report_pid(name).is_some()) == Wake::Other
+            }
+            _ => wait_readable(&[Some(stop.as_raw_fd())], timeout.min(TICK)).is_some(),
+        }
     }
 
     /// Whether the manager is done (`exit_when_empty` and everyone left).

@@ -2,6 +2,7 @@
 //! carries out what the manager assigns: a budget and, when the manager schedules
 //! VMs in turns, whether the VM runs (docs/pool.md, "Running VMs in turns").
 
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,15 +15,16 @@ use tiering::runtime::BudgetHandle;
 
 use super::{
     budget_path, io_error, manager_runs, now_ms, read_json, read_pool_file, report_path,
-    write_json, Assignment, MemberReport, PoolError, PoolFile, JOIN_TIMEOUT, POOL_FORMAT,
-    TURN_REPORT_INTERVAL,
+    wait_readable, write_json, Assignment, DirWatch, MemberReport, PoolError, PoolFile,
+    JOIN_TIMEOUT, POOL_FORMAT, TURN_REPORT_INTERVAL,
 };
 use crate::tiered::GuestPages;
 use crate::vcpu::VcpuGate;
 
-/// How often a member reads its assignment when the manager runs VMs in turns: a turn
-/// starts and ends within this of the manager's decision. Otherwise it reads it once a
-/// round.
+/// How often a member looks while its staged pages come in, and reads its assignment
+/// when it cannot watch the pool directory and the manager runs VMs in turns (a turn
+/// then starts and ends within this of the manager's decision). Otherwise it wakes when
+/// the manager writes its assignment, and to report.
 const ASSIGNMENT_POLL: Duration = Duration::from_millis(2);
 
 /// A VM's place in a pool, from joining to leaving.
@@ -106,11 +108,13 @@ impl PoolMembership {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let wake = leave_signal().map(Arc::new);
+        let wake2 = wake.clone();
         let thread = std::thread::Builder::new()
             .name("ram-pool".into())
-            .spawn(move || self.run(handle, vm, &stop2))
+            .spawn(move || self.run(handle, vm, &stop2, wake2.as_deref()))
             .ok();
-        PoolMemberThread { stop, thread }
+        PoolMemberThread { stop, wake, thread }
     }
 
     fn report(&self, handle: &BudgetHandle, staged: u64) {
@@ -136,8 +140,26 @@ impl PoolMembership {
         }
     }
 
-    fn run(self, handle: BudgetHandle, vm: VmControl, stop: &AtomicBool) -> BudgetHistory {
+    fn run(
+        self,
+        handle: BudgetHandle,
+        vm: VmControl,
+        stop: &AtomicBool,
+        wake: Option<&OwnedFd>,
+    ) -> BudgetHistory {
         let interval = Duration::from_millis(self.pool.interval_ms.max(1));
+        let watch = DirWatch::new(&self.dir)
+            .map_err(|e| {
+                log::warn!(
+                    "ram pool: cannot watch {}: {e}; polling it",
+                    self.dir.display()
+                )
+            })
+            .ok();
+        let budget_file = budget_path(&self.dir, self.pid);
+        let budget_name = budget_file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         let (poll, report_every) = if self.pool.slice_ms.is_some() {
             (ASSIGNMENT_POLL, TURN_REPORT_INTERVAL.min(interval))
         } else {
@@ -194,15 +216,27 @@ impl PoolMembership {
                     }
                 }
             }
-            // Parked, not woken every few ms: each wake-up on the vCPU's host CPU takes
-            // the CPU from the guest (docs/pool.md, "Limits"). Leaving unparks it.
-            let start = Instant::now();
-            while !stop.load(Ordering::Acquire) {
-                let left = poll.saturating_sub(start.elapsed());
-                if left.is_zero() {
-                    break;
+            // Asleep until the manager writes this VM's assignment, the next report or
+            // leaving, not woken every few ms: each wake-up on the vCPU's host CPU takes
+            // the CPU from the guest (docs/pool.md, "Waking up").
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let since = last_report.map_or(Duration::ZERO, |t| t.elapsed());
+            let mut timeout = report_every.saturating_sub(since);
+            if turn.staging.is_some() {
+                timeout = timeout.min(ASSIGNMENT_POLL);
+            }
+            let wake_fd = wake.map(|w| w.as_fd());
+            match &watch {
+                Some(w) => {
+                    w.wait(timeout, wake_fd, |name| {
+                        Some(name) == budget_name.as_deref()
+                    });
                 }
-                std::thread::park_timeout(left);
+                None => {
+                    wait_readable(&[wake_fd.map(|w| w.as_raw_fd())], timeout.min(poll));
+                }
             }
         }
         if let Some(t) = turn.paused_at {
@@ -410,9 +444,19 @@ impl BudgetHistory {
     }
 }
 
+/// An eventfd that `leave` makes readable to wake the member thread (None if the
+/// kernel refused one: the thread then notices `stop` at its next report).
+fn leave_signal() -> Option<OwnedFd> {
+    // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    // SAFETY: fd is a new descriptor owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The running member thread of a VM in a pool.
 pub struct PoolMemberThread {
     stop: Arc<AtomicBool>,
+    wake: Option<Arc<OwnedFd>>,
     thread: Option<JoinHandle<BudgetHistory>>,
 }
 
@@ -421,8 +465,11 @@ impl PoolMemberThread {
     /// others) and returns the budgets this VM had.
     pub fn leave(mut self) -> Option<BudgetHistory> {
         self.stop.store(true, Ordering::Release);
-        let thread = self.thread.take()?;
-        thread.thread().unpark();
-        thread.join().ok()
+        if let Some(wake) = &self.wake {
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd; it stays readable,
+            // so the thread cannot miss it.
+            unsafe { libc::write(wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+        }
+        self.thread.take().and_then(|t| t.join().ok())
     }
 }

@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 
 mod manager;
 mod member;
+mod watch;
 
 pub use manager::{Manager, ManagerOptions, Schedule};
 pub use member::{BudgetHistory, PoolMemberThread, PoolMembership, VmControl};
+pub(crate) use watch::{wait_readable, DirWatch, Wake};
 
 /// Version of the files' format; a manager and a member of different versions refuse
 /// each other's files.
