@@ -128,10 +128,10 @@ fn thread_switches(pid: u32, name: &str) -> Option<u64> {
     None
 }
 
-/// A member's thread wakes about once a round (100 ms), not every 2 ms: each wake-up on
-/// the vCPU's host CPU took it from the guest, and a kv VM alone in a pool ran its
-/// 99.9th-percentile operation in 27-46 us against 1.3-4.1 us once the thread was
-/// parked between rounds (docs/benchmarks.md, "A high-priority VM among others").
+/// A member's thread sleeps between rounds (100 ms) rather than waking every 2 ms: each
+/// wake-up on the vCPU's host CPU took it from the guest, and a kv VM alone in a pool
+/// ran its 99.9th-percentile operation in 31.6-75.7 us against 1.4-3.2 us once the
+/// thread slept (docs/pool.md, "Waking up").
 #[test]
 fn a_member_thread_sleeps_between_rounds() {
     let root = Scratch::new("pool-quiet");

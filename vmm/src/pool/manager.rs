@@ -235,13 +235,18 @@ impl Manager {
         joining || reports < self.members.len()
     }
 
-    /// Waits up to `timeout`, less in turns, for a VM to join or leave (its report renamed
-    /// in or removed) or for `stop` to become readable (then true). Between rounds the
+    /// Waits up to `timeout`, less in turns, for a VM to join or leave (the report of a
+    /// VM it does not track renamed in, or any report removed; not the members' reports
+    /// of every round) or for `stop` to become readable (then true). Between rounds the
     /// caller then looks for joiners ([`Self::membership_changed`]) and ticks.
     pub fn wait(&self, timeout: Duration, stop: BorrowedFd<'_>) -> bool {
+        let joins_or_leaves = |name: &str, removed: bool| {
+            report_pid(name)
+                .is_some_and(|pid| removed || !self.members.iter().any(|(p, _)| *p == pid))
+        };
         match &self.watch {
             Some(watch) if self.options.schedule.is_none() => {
-                watch.wait(timeout, Some(stop), |name| report_pid(name).is_some()) == Wake::Other
+                watch.wait(timeout, Some(stop), joins_or_leaves) == Wake::Other
             }
             _ => wait_readable(&[Some(stop.as_raw_fd())], timeout.min(TICK)).is_some(),
         }

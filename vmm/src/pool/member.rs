@@ -230,7 +230,7 @@ impl PoolMembership {
             let wake_fd = wake.map(|w| w.as_fd());
             match &watch {
                 Some(w) => {
-                    w.wait(timeout, wake_fd, |name| {
+                    w.wait(timeout, wake_fd, |name, _| {
                         Some(name) == budget_name.as_deref()
                     });
                 }

@@ -51,14 +51,14 @@ impl DirWatch {
         Ok(Self { fd })
     }
 
-    /// Waits up to `timeout` for a file whose name `wanted` accepts to change, or for
-    /// `other` to become readable (it is not read here). Changes to other files are
-    /// read and passed over.
+    /// Waits up to `timeout` for a change `wanted` accepts (a file's name, and whether
+    /// it was removed rather than renamed in), or for `other` to become readable (it
+    /// is not read here). Other changes are read and passed over.
     pub(crate) fn wait(
         &self,
         timeout: Duration,
         other: Option<BorrowedFd<'_>>,
-        wanted: impl Fn(&str) -> bool,
+        wanted: impl Fn(&str, bool) -> bool,
     ) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
@@ -75,8 +75,8 @@ impl DirWatch {
         }
     }
 
-    /// Reads every queued event; whether one named a file `wanted` accepts.
-    fn drain(&self, wanted: &impl Fn(&str) -> bool) -> bool {
+    /// Reads every queued event; whether `wanted` accepted one.
+    fn drain(&self, wanted: &impl Fn(&str, bool) -> bool) -> bool {
         // Room for many events: each is a 16-byte header and a padded name.
         let mut buf = [0u8; 4096];
         let mut hit = false;
@@ -86,26 +86,31 @@ impl DirWatch {
             if n <= 0 {
                 return hit;
             }
-            hit |= event_names(&buf[..n as usize]).any(wanted);
+            hit |= events(&buf[..n as usize]).any(|(name, removed)| wanted(name, removed));
         }
     }
 }
 
-/// The file names of the inotify events in `bytes` (whole events, as read(2) returns
-/// them: `struct inotify_event` followed by `len` bytes of NUL-padded name).
-fn event_names(bytes: &[u8]) -> impl Iterator<Item = &str> {
+/// The inotify events in `bytes` (whole events, as read(2) returns them: `struct
+/// inotify_event` followed by `len` bytes of NUL-padded name): each file's name, and
+/// whether it was removed.
+fn events(bytes: &[u8]) -> impl Iterator<Item = (&str, bool)> {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let field = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
     let mut at = 0;
     std::iter::from_fn(move || {
         while at + HEADER <= bytes.len() {
-            // The name length is the header's last field (after wd, mask, cookie).
-            let len = u32::from_ne_bytes(bytes[at + 12..at + 16].try_into().ok()?) as usize;
+            // The header: wd, mask, cookie, name length.
+            let mask = field(at + 4)?;
+            let len = field(at + 12)? as usize;
             let name = bytes.get(at + HEADER..at + HEADER + len)?;
             at += HEADER + len;
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
             if let Ok(s) = std::str::from_utf8(&name[..end]) {
                 if !s.is_empty() {
-                    return Some(s);
+                    return Some((s, mask & libc::IN_DELETE != 0));
                 }
             }
         }
@@ -150,7 +155,7 @@ mod tests {
     fn a_wanted_file_renamed_in_or_removed_wakes_the_watch_and_others_do_not() {
         let d = temp_dir("rename");
         let watch = DirWatch::new(&d).unwrap();
-        let wanted = |name: &str| name.starts_with("vm-");
+        let wanted = |name: &str, _removed: bool| name.starts_with("vm-");
         // Nothing happened: the time runs out.
         assert_eq!(
             watch.wait(Duration::from_millis(20), None, wanted),
@@ -163,12 +168,22 @@ mod tests {
             watch.wait(Duration::from_millis(20), None, wanted),
             Wake::Timeout
         );
-        // A wanted one wakes it, whether renamed in or removed.
+        // A wanted one wakes it, whether renamed in or removed, and says which.
         std::fs::write(d.join("tmp"), "x").unwrap();
         std::fs::rename(d.join("tmp"), d.join("vm-1.json")).unwrap();
         assert_eq!(watch.wait(Duration::from_secs(5), None, wanted), Wake::File);
+        let only_removed = |name: &str, removed: bool| wanted(name, removed) && removed;
+        std::fs::write(d.join("vm-2.json"), "x").unwrap();
+        assert_eq!(
+            watch.wait(Duration::from_millis(20), None, only_removed),
+            Wake::Timeout,
+            "written in place, not renamed: no event it asks for"
+        );
         std::fs::remove_file(d.join("vm-1.json")).unwrap();
-        assert_eq!(watch.wait(Duration::from_secs(5), None, wanted), Wake::File);
+        assert_eq!(
+            watch.wait(Duration::from_secs(5), None, only_removed),
+            Wake::File
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -184,7 +199,7 @@ mod tests {
         // SAFETY: writes one byte from a valid buffer to our pipe.
         let written = unsafe { libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         assert_eq!(written, 1);
-        let woke = watch.wait(Duration::from_secs(5), Some(read.as_fd()), |_| true);
+        let woke = watch.wait(Duration::from_secs(5), Some(read.as_fd()), |_, _| true);
         assert_eq!(woke, Wake::Other);
         std::fs::remove_dir_all(&d).unwrap();
     }
