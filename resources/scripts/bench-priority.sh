@@ -60,6 +60,7 @@ ALLOWED = sorted(os.sched_getaffinity(0))
 # The high-priority VM alone on the first CPU, the others on the last.
 CPU = [ALLOWED[0]] + [ALLOWED[-1]] * (N - 1)
 HIGH_SHARE = PRIORITY / (PRIORITY + N - 1)
+MANAGER_CPU = {"first": ALLOWED[0], "last": ALLOWED[-1]}.get(os.environ.get("MANAGER_CPU"))
 
 
 def cgroup(name):
@@ -172,7 +173,8 @@ def tiervisor_pool(pool_mib, advisor, mode):
     `priority`) or at 1 (`equal`). Returns the shape qemu_together does, with
     "refaults": the first VM's."""
     pool_dir = os.path.join(WORKDIR, "pool")
-    manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024, os.path.join(WORKDIR, "pool.log"))
+    manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024, os.path.join(WORKDIR, "pool.log"),
+                         cpu=MANAGER_CPU)
     started = time.monotonic()
     runs = []
     for i in range(N):

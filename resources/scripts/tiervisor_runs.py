@@ -27,13 +27,14 @@ def pinned(cpu):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def start_pool(tiervisor, pool_dir, size_kib, log_path, flags=()):
-    """Starts `tiervisor pool` of size_kib KiB, ended when its last VM leaves; returns
-    its process once it is ready for VMs to join."""
+def start_pool(tiervisor, pool_dir, size_kib, log_path, flags=(), cpu=None):
+    """Starts `tiervisor pool` of size_kib KiB, ended when its last VM leaves, on host
+    CPU `cpu` if given; returns its process once it is ready for VMs to join."""
     with open(log_path, "w") as log:
         manager = subprocess.Popen(
             [tiervisor, "pool", "--dir", pool_dir, "--size", f"{int(size_kib)}K",
-             "--exit-when-empty", *flags], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+             "--exit-when-empty", *flags], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            preexec_fn=None if cpu is None else pinned(cpu))
     for _ in range(500):
         if os.path.exists(os.path.join(pool_dir, "pool.json")):
             break
