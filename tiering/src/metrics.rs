@@ -196,6 +196,11 @@ pub struct TieringReport {
     /// Demand-fault latency over all tiers (event read to page installed).
     pub fault_latency_p50_us: f64,
     pub fault_latency_p99_us: f64,
+    /// Refaults by refault distance, in log2 buckets: element 0 counts distance 0,
+    /// element k distances 2^(k-1) to 2^k - 1. A budget N pages larger would have
+    /// saved about the refaults of distance at most N (docs/tiering.md, "Refault
+    /// distances").
+    pub refault_distance_log2: Vec<u64>,
     pub per_tier: Vec<TierReport>,
     /// The storage tiers from fastest to slowest, as the tier file ordered them.
     pub storage_order: [u8; 4],

@@ -661,6 +661,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         pages_shared: kinds.2,
         fault_latency_p50_us: percentile_us(&all, 0.5),
         fault_latency_p99_us: percentile_us(&all, 0.99),
+        refault_distance_log2: stats.refault_distances.buckets().to_vec(),
         per_tier,
         storage_order: e.policy.config().storage_order.tiers(),
     }

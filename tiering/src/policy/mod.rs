@@ -27,9 +27,11 @@
 //! never takes; it is re-chosen at every window end.
 
 mod hot;
+mod refault;
 mod tiers;
 
 pub use hot::HOT_MIN_HEAT;
+pub use refault::{bucket_top, RefaultDistances, DISTANCE_BUCKETS};
 pub use tiers::*;
 
 use std::collections::VecDeque;
@@ -198,6 +200,9 @@ pub struct PolicyStats {
     pub hot_prefetches: u64,
     /// Pages named to [`PagingPolicy::request_moves`].
     pub requested_moves: u64,
+    /// Demand faults on evicted pages by refault distance: the miss curve above the
+    /// budget ([`refault`]).
+    pub refault_distances: RefaultDistances,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -412,8 +417,13 @@ impl PagingPolicy {
             }
         } else {
             // Every page that left RAM has a location: one without was never seen.
-            if !self.location.contains_key(&page) {
-                self.stats.cold_faults += 1;
+            match self.location.get(&page) {
+                Some(l) => {
+                    // Its own eviction counts: with one page more it stays.
+                    let distance = self.stats.evictions.saturating_sub(l.eviction) + 1;
+                    self.stats.refault_distances.record(distance);
+                }
+                None => self.stats.cold_faults += 1,
             }
             self.stats.demand_faults += 1;
             self.advisor.on_access(access, false);

@@ -767,3 +767,29 @@ fn evicted_pages(out: &[Action]) -> Vec<PageNumber> {
         })
         .collect()
 }
+
+/// A loop over `n` pages with a budget of `b` under FIFO: every page is evicted `b`
+/// fills after it came in, and next touched `n - b` evictions after its own, so every
+/// refault has distance `n - b` (its own eviction counted), and a budget that much
+/// larger would have held the loop.
+#[test]
+fn a_loop_refaults_at_the_distance_the_missing_pages_say() {
+    let (n, b) = (100u64, 60usize);
+    let mut advisor = Fifo::new(0.3);
+    advisor.no_hot_set = true;
+    let mut policy = PagingPolicy::new(config(b), Box::new(advisor)).unwrap();
+    let mut out = Vec::new();
+    for t in 0..5 * n {
+        policy.on_access(&access(t, t % n), &mut out);
+    }
+    let s = policy.stats();
+    assert_eq!(s.cold_faults, n);
+    let refaults = s.demand_faults - s.cold_faults;
+    assert_eq!(refaults, 4 * n, "a loop larger than RAM misses every time");
+    assert_eq!(s.refault_distances.total(), refaults);
+    // 40 falls in bucket 6 (32-63).
+    let d = n - b as u64;
+    assert_eq!(s.refault_distances.buckets()[6], refaults, "{d}");
+    assert_eq!(s.refault_distances.within(63), refaults);
+    assert_eq!(s.refault_distances.within(31), 0);
+}
