@@ -38,10 +38,10 @@ cd "$(dirname "$0")/../.."
 . resources/scripts/qemu-swap.sh bench-density
 
 python3 - "$@" <<'PY' &
-import math, os, statistics, subprocess, sys, time
+import math, os, statistics, sys, time
 sys.path.insert(0, "resources/scripts")
 from qemu_swap import MIB, Cgroup, PausedQemu, pages_swapped_in
-from tiervisor_runs import pinned, refaults, result, start_pool, stop_pool, vm_dir
+from tiervisor_runs import Fleet, fmt, geo, med, run_together, start_pool
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
@@ -60,19 +60,8 @@ for mode in MODES:
     if mode not in ("static", "pool", "turns"):
         sys.exit(f"bench-density: unknown mode {mode} (static, pool, turns)")
 N = len(VMS)
-
-
-def cmdline(i):
-    return f"workload={VMS[i]} mem={MEM_MIB}M iters={ITERS} seed={7 + i}"
-
-
-checksums = {}
-
-
-def check(i, checksum, who):
-    if checksums.setdefault(i, checksum) != checksum:
-        sys.exit(f"bench-density: vm{i} ({VMS[i]}) under {who} gave checksum {checksum}, "
-                 f"expected {checksums[i]}")
+FLEET = Fleet("bench-density", TIERVISOR, GUEST, WORKDIR, VMS, MEM_MIB, GUEST_MIB, ITERS)
+cmdline, check = FLEET.cmdline, FLEET.check
 
 
 def qemu_alone(i):
@@ -133,29 +122,6 @@ def qemu_shared(limit_mib):
             statistics.median(sums_kib) / 1024 if sums_kib else None)
 
 
-def tiervisor_cmd(i, extra):
-    d, tiers = vm_dir(WORKDIR, f"vm{i}", GUEST_MIB)
-    metrics = os.path.join(d, "metrics.json")
-    return d, metrics, [TIERVISOR, "run", "--kernel", GUEST, "--memory", f"{GUEST_MIB}M",
-                        "--cmdline", cmdline(i), "--metrics-out", metrics] + extra(tiers)
-
-
-def tiervisor_result(i, p, out, who):
-    r = result(out)
-    if p.returncode != 0 or r is None:
-        sys.exit(f"bench-density: vm{i} ({VMS[i]}) under tiervisor {who} failed "
-                 f"(status {p.returncode}):\n{out}")
-    check(i, r[1], f"tiervisor {who}")
-    return r[0]
-
-
-def tiervisor_alone(i):
-    d, _, cmd = tiervisor_cmd(i, lambda tiers: [])
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=dict(os.environ, TIERVISOR_WORKDIR=d), preexec_fn=pinned(i % CPUS))
-    return tiervisor_result(i, p, p.stdout + p.stderr, "all in RAM")
-
-
 def tiervisor_shared(pool_mib, advisor, mode):
     """All VMs in pool_mib of RAM: in one `tiervisor pool` of it, or (static) each with a
     fixed --ram-budget of an equal share. Returns (ns/op per VM, refaults per VM,
@@ -170,45 +136,16 @@ def tiervisor_shared(pool_mib, advisor, mode):
         manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024,
                              os.path.join(WORKDIR, "pool.log"), flags)
         share = ["--ram-pool", pool_dir]
-    started = time.monotonic()
-    runs = []
-    for i in range(N):
-        d, metrics, cmd = tiervisor_cmd(
-            i, lambda tiers: ["--tiers", tiers, "--advisor", advisor, "--cpu", str(i % CPUS)]
-            + share)
-        out = open(os.path.join(d, "out.log"), "w+")
-        runs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, preexec_fn=pinned(i % CPUS),
-                                      env=dict(os.environ, TIERVISOR_WORKDIR=d)), out, metrics))
-    ends, ns, faults = [], [], []
-    for i, (p, out, metrics) in enumerate(runs):
-        try:
-            p.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - started)))
-        except subprocess.TimeoutExpired:
-            for q, _, _ in runs:
-                q.kill()
-            if manager:
-                manager.kill()
-            sys.exit(f"bench-density: tiervisor {advisor} {mode}: over {TIMEOUT_S} s")
-        ends.append(time.monotonic() - started)
-        out.seek(0)
-        ns.append(tiervisor_result(i, p, out.read(), f"{advisor} {mode}"))
-        out.close()
-        faults.append(refaults(metrics))
-    stop_pool(manager)
-    return ns, faults, max(ends)
+    done = run_together(
+        FLEET, lambda i, tiers: ["--tiers", tiers, "--advisor", advisor, "--cpu",
+                                 str(i % CPUS)] + share,
+        [i % CPUS for i in range(N)], TIMEOUT_S, f"{advisor} {mode}", manager)
+    return [r[0] for _, r, _ in done], [f for _, _, f in done], max(e for e, _, _ in done)
 
 
 CONFIGS = [(a, m) for a in ADVISORS for m in MODES]
-total = ROUNDS * (2 * N + len(LIMITS) * (1 + len(CONFIGS)))
-done = 0
-
-
-def progress(what):
-    global done
-    done += 1
-    print(f"\rbench-density: run {done}/{total} ({what})          ", end="", file=sys.stderr,
-          flush=True)
+FLEET.total = ROUNDS * (2 * N + len(LIMITS) * (1 + len(CONFIGS)))
+progress = FLEET.progress
 
 
 alone = {"qemu": [[] for _ in range(N)], "tiervisor": [[] for _ in range(N)]}
@@ -221,7 +158,7 @@ for r in range(ROUNDS):
     for i in range(N):
         alone["qemu"][i].append(qemu_alone(i))
         progress(f"round {r + 1}, vm{i} {VMS[i]}, QEMU all in RAM")
-        alone["tiervisor"][i].append(tiervisor_alone(i))
+        alone["tiervisor"][i].append(FLEET.run_alone(i, i % CPUS)[0])
         progress(f"round {r + 1}, vm{i} {VMS[i]}, tiervisor all in RAM")
     for limit in LIMITS:
         q = qemu_shared(limit)
@@ -230,25 +167,12 @@ for r in range(ROUNDS):
         rounds[limit].append(row)
         for a, m in CONFIGS:
             if row["pool_mib"] <= 0:
-                done += 1
+                progress()
                 continue
             row["tiervisor"][(a, m)] = tiervisor_shared(row["pool_mib"], a, m)
             progress(f"round {r + 1}, {N} VMs under tiervisor {a} {m} in "
                      f"{row['pool_mib']:g} MiB")
 print(file=sys.stderr)
-
-
-def geo(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
 
 
 def report(limit, ran):

@@ -36,10 +36,10 @@ cd "$(dirname "$0")/../.."
 . resources/scripts/qemu-swap.sh bench-priority
 
 python3 - "$@" <<'PY' &
-import math, os, statistics, subprocess, sys, time
+import math, os, statistics, sys, time
 sys.path.insert(0, "resources/scripts")
 from qemu_swap import MIB, Cgroup, PausedQemu
-from tiervisor_runs import pinned, refaults, result, start_pool, stop_pool, vm_dir
+from tiervisor_runs import Fleet, fmt, med, run_together, start_pool
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], os.environ["CGROUP"]
@@ -72,17 +72,8 @@ def cgroup(name):
 HIGH, LOW = cgroup("high"), cgroup("low")
 
 
-def cmdline(i):
-    return f"workload={VMS[i]} mem={MEM_MIB}M iters={ITERS} seed={7 + i}"
-
-
-checksums = {}
-
-
-def check(i, checksum, who):
-    if checksums.setdefault(i, checksum) != checksum:
-        sys.exit(f"bench-priority: vm{i} ({VMS[i]}) under {who} gave checksum {checksum}, "
-                 f"expected {checksums[i]}")
+FLEET = Fleet("bench-priority", TIERVISOR, GUEST, WORKDIR, VMS, MEM_MIB, GUEST_MIB, ITERS)
+cmdline, check = FLEET.cmdline, FLEET.check
 
 
 def limit(group, mib):
@@ -144,30 +135,6 @@ def qemu_together(mode):
             "others_s": max(others) if len(others) == N - 1 else None}
 
 
-def tiervisor_cmd(i, name, extra):
-    d, tiers = vm_dir(WORKDIR, name, GUEST_MIB)
-    metrics = os.path.join(d, "metrics.json")
-    return d, metrics, [TIERVISOR, "run", "--kernel", GUEST, "--memory", f"{GUEST_MIB}M",
-                        "--cmdline", cmdline(i), "--metrics-out", metrics] + extra(tiers)
-
-
-def tiervisor_checked(i, p, out, who):
-    r = result(out)
-    if p.returncode != 0 or r is None:
-        sys.exit(f"bench-priority: vm{i} ({VMS[i]}) under tiervisor {who} failed "
-                 f"(status {p.returncode}):\n{out}")
-    check(i, r[1], f"tiervisor {who}")
-    return r
-
-
-def tiervisor_alone():
-    d, _, cmd = tiervisor_cmd(0, "alone", lambda tiers: [])
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=dict(os.environ, TIERVISOR_WORKDIR=d), preexec_fn=pinned(CPU[0]))
-    ns, _, latency = tiervisor_checked(0, p, p.stdout + p.stderr, "all in RAM")
-    return ns, latency
-
-
 def tiervisor_pool(pool_mib, advisor, mode):
     """All VMs in one `tiervisor pool` of pool_mib, the first at PRIORITY (mode
     `priority`) or at 1 (`equal`). Returns the shape qemu_together does, with
@@ -175,52 +142,19 @@ def tiervisor_pool(pool_mib, advisor, mode):
     pool_dir = os.path.join(WORKDIR, "pool")
     manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024, os.path.join(WORKDIR, "pool.log"),
                          cpu=MANAGER_CPU)
-    started = time.monotonic()
-    runs = []
-    for i in range(N):
-        priority = PRIORITY if i == 0 and mode == "priority" else 1
-        d, metrics, cmd = tiervisor_cmd(
-            i, f"vm{i}", lambda tiers: ["--tiers", tiers, "--advisor", advisor, "--cpu",
-                                        str(CPU[i]), "--ram-pool", pool_dir, "--priority",
-                                        str(priority)])
-        out = open(os.path.join(d, "out.log"), "w+")
-        runs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, preexec_fn=pinned(CPU[i]),
-                                      env=dict(os.environ, TIERVISOR_WORKDIR=d)), out, metrics))
-    ends, ns, latency, first_refaults = [], [], None, None
-    for i, (p, out, metrics) in enumerate(runs):
-        try:
-            p.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - started)))
-        except subprocess.TimeoutExpired:
-            for q, _, _ in runs:
-                q.kill()
-            manager.kill()
-            sys.exit(f"bench-priority: tiervisor {advisor} {mode}: over {TIMEOUT_S} s")
-        ends.append(time.monotonic() - started)
-        out.seek(0)
-        r = tiervisor_checked(i, p, out.read(), f"{advisor} {mode}")
-        out.close()
-        ns.append(r[0])
-        if i == 0:
-            latency, first_refaults = r[2], refaults(metrics)
-    stop_pool(manager)
-    # Waited for in order, so a later VM's end is known only once the earlier ones'
-    # are: the others' end is the latest of theirs, which is what counts.
-    return {"ns": ns, "why": [None] * N, "latency": latency, "refaults": first_refaults,
-            "others_s": max(ends[1:])}
+    done = run_together(
+        FLEET, lambda i, tiers: ["--tiers", tiers, "--advisor", advisor, "--cpu", str(CPU[i]),
+                                 "--ram-pool", pool_dir, "--priority",
+                                 str(PRIORITY if i == 0 and mode == "priority" else 1)],
+        CPU, TIMEOUT_S, f"{advisor} {mode}", manager)
+    return {"ns": [r[0] for _, r, _ in done], "why": [None] * N, "latency": done[0][1][2],
+            "refaults": done[0][2], "others_s": max(e for e, _, _ in done[1:])}
 
 
 QEMU_MODES = ["shared", "split"]
 TV_CONFIGS = [(a, m) for a in ADVISORS for m in ("priority", "equal")]
-total = ROUNDS * (2 + len(QEMU_MODES) + len(TV_CONFIGS))
-done = 0
-
-
-def progress(what):
-    global done
-    done += 1
-    print(f"\rbench-priority: run {done}/{total} ({what})          ", end="", file=sys.stderr,
-          flush=True)
+FLEET.total = ROUNDS * (2 + len(QEMU_MODES) + len(TV_CONFIGS))
+progress = FLEET.progress
 
 
 alone = {"qemu": [], "tiervisor": []}
@@ -230,7 +164,8 @@ pools = []
 for r in range(ROUNDS):
     alone["qemu"].append(qemu_alone())
     progress(f"round {r + 1}, vm0 {VMS[0]} alone under QEMU")
-    alone["tiervisor"].append(tiervisor_alone())
+    ns, _, latency = FLEET.run_alone(0, CPU[0])
+    alone["tiervisor"].append((ns, latency))
     progress(f"round {r + 1}, vm0 {VMS[0]} alone under tiervisor")
     for mode in QEMU_MODES:
         rows[("QEMU + swap", mode)].append(qemu_together(mode))
@@ -243,15 +178,6 @@ for r in range(ROUNDS):
         rows[(f"tiervisor {a}", mode)].append(tiervisor_pool(pool_mib, a, mode))
         progress(f"round {r + 1}, {N} VMs under tiervisor {a} {mode} in {pool_mib:g} MiB")
 print(file=sys.stderr)
-
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
 
 
 print(f"vm0 {VMS[0]} (high priority, alone on CPU {CPU[0]}) among "

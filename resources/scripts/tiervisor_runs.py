@@ -1,9 +1,13 @@
 """tiervisor's side of the benchmarks that set several VMs against QEMU + swap
 (bench-density.sh, bench-priority.sh): each VM's own tier files, a `tiervisor pool`
-manager, and reading a VM's result and metrics."""
+manager, reading a VM's result and metrics, the VMs' command lines and checksums
+(`Fleet`), and the medians the reports print."""
 import json
+import math
 import os
+import statistics
 import subprocess
+import sys
 import time
 
 from qemu_swap import RESULT, op_latency_ns
@@ -67,3 +71,110 @@ def refaults(metrics_path):
     with open(metrics_path) as f:
         t = json.load(f).get("tiers") or {}
     return t["demand_faults"] - t["zero_fills"] if t else None
+
+
+class Fleet:
+    """The test-guest VMs of one benchmark: their command lines (workload i of
+    `workloads`, mem_mib of working memory in a guest_mib guest, `iters` operations, seed
+    7+i), the checksum every run of a VM must repeat (the guest's own verification,
+    docs/testguest.md), tiervisor command lines and progress output. `bench` names the
+    benchmark in messages."""
+
+    def __init__(self, bench, tiervisor, guest, workdir, workloads, mem_mib, guest_mib, iters):
+        self.bench, self.tiervisor, self.guest, self.workdir = bench, tiervisor, guest, workdir
+        self.workloads, self.mem_mib, self.guest_mib = workloads, mem_mib, guest_mib
+        self.iters = iters
+        self.checksums = {}
+        self.total, self.done = 0, 0
+
+    def cmdline(self, i):
+        return f"workload={self.workloads[i]} mem={self.mem_mib}M iters={self.iters} seed={7 + i}"
+
+    def check(self, i, checksum, who):
+        """Ends the benchmark if VM i's checksum differs from its first run's."""
+        if self.checksums.setdefault(i, checksum) != checksum:
+            sys.exit(f"{self.bench}: vm{i} ({self.workloads[i]}) under {who} gave checksum "
+                     f"{checksum}, expected {self.checksums[i]}")
+
+    def tiervisor_cmd(self, i, name, extra):
+        """(its TIERVISOR_WORKDIR, metrics file, command) of VM i in work directory
+        `name`; extra(tiers file) gives the flags after the common ones."""
+        d, tiers = vm_dir(self.workdir, name, self.guest_mib)
+        metrics = os.path.join(d, "metrics.json")
+        return d, metrics, [self.tiervisor, "run", "--kernel", self.guest, "--memory",
+                            f"{self.guest_mib}M", "--cmdline", self.cmdline(i),
+                            "--metrics-out", metrics] + extra(tiers)
+
+    def checked(self, i, p, out, who):
+        """result() of VM i's run under tiervisor; ends the benchmark if it failed or
+        its checksum differs."""
+        r = result(out)
+        if p.returncode != 0 or r is None:
+            sys.exit(f"{self.bench}: vm{i} ({self.workloads[i]}) under tiervisor {who} failed "
+                     f"(status {p.returncode}):\n{out}")
+        self.check(i, r[1], f"tiervisor {who}")
+        return r
+
+    def run_alone(self, i, cpu):
+        """VM i alone all in RAM under tiervisor, pinned to `cpu`: result()."""
+        d, _, cmd = self.tiervisor_cmd(i, f"alone{i}", lambda tiers: [])
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           env=dict(os.environ, TIERVISOR_WORKDIR=d), preexec_fn=pinned(cpu))
+        return self.checked(i, p, p.stdout + p.stderr, "all in RAM")
+
+    def progress(self, what=None):
+        """Counts a run done (of `total`) and says which, on one line of stderr; None
+        counts one skipped."""
+        self.done += 1
+        if what is not None:
+            print(f"\r{self.bench}: run {self.done}/{self.total} ({what})          ", end="",
+                  file=sys.stderr, flush=True)
+
+
+def med(xs):
+    """Median of the values that are not None, or None."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def geo(xs):
+    """Geometric mean, or None of nothing."""
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def run_together(fleet, flags, cpus, timeout_s, who, manager=None):
+    """Starts every VM of `fleet` at once under tiervisor, VM i with flags(i, its tiers
+    file) after the common flags, pinned to cpus[i], and waits for them in order.
+    Returns per VM (seconds from the start until its exit was seen, fleet.checked(),
+    refaults()). Waited for in order, a VM's end is seen once the earlier ones' are; the
+    latest is the makespan. Over timeout_s, every VM and `manager` are killed and the
+    benchmark ends."""
+    started = time.monotonic()
+    runs = []
+    for i in range(len(fleet.workloads)):
+        d, metrics, cmd = fleet.tiervisor_cmd(i, f"vm{i}", lambda tiers: flags(i, tiers))
+        out = open(os.path.join(d, "out.log"), "w+")
+        runs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, preexec_fn=pinned(cpus[i]),
+                                      env=dict(os.environ, TIERVISOR_WORKDIR=d)), out, metrics))
+    done = []
+    for i, (p, out, metrics) in enumerate(runs):
+        try:
+            p.wait(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            for q, _, _ in runs:
+                q.kill()
+            if manager:
+                manager.kill()
+            sys.exit(f"{fleet.bench}: tiervisor {who}: over {timeout_s} s")
+        end = time.monotonic() - started
+        out.seek(0)
+        r = fleet.checked(i, p, out.read(), who)
+        out.close()
+        done.append((end, r, refaults(metrics)))
+    stop_pool(manager)
+    return done
