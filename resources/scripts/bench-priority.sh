@@ -2,9 +2,10 @@
 # A high-priority VM's tail latency under memory contention (DESIGN.md's "p99 of a
 # high-priority VM under contention"; docs/benchmarks.md, "A high-priority VM among
 # others"). The test guests of VMS (8 MiB of working memory in a 64 MiB guest, seed
-# 7+i, ITERS operations each) start together; the first is the high-priority one, a
-# kv store by default, alone on the first host CPU; the others share the last CPU, so
-# what it contends for is memory, not CPU. Its per-operation times come from the guest
+# 7+i, ITERS operations each, the first HIGH_ITERS so that it runs as long as the
+# others thrash) start together; the first is the high-priority one, a kv store by
+# default, alone on the first host CPU; the others share the last CPU, so what it
+# contends for is memory, not CPU. Its per-operation times come from the guest
 # (op_p50_ns ... op_max_ns on the result line, docs/testguest.md) and are set against
 # the same VM alone all in RAM under the same VMM, measured in the same round.
 #   - QEMU + swap `shared`: one stock QEMU microvm per VM, all in one cgroup-v1 memory
@@ -23,8 +24,8 @@
 #   resources/scripts/bench-priority.sh        (make bench-priority builds what it
 #                                               needs; 3 rounds by default)
 #   ROUNDS=1 VMS=kv,random,random LIMIT=24 ADVISORS=none resources/scripts/bench-priority.sh
-# PRIORITY: the first VM's (4); ITERS: operations per VM (100000); TIMEOUT: seconds the
-# VMs of one run may take (120).
+# PRIORITY: the first VM's (4); ITERS: operations per other VM (100000); HIGH_ITERS:
+# the first VM's (1000000); TIMEOUT: seconds the VMs of one run may take (120).
 #
 # Needs root, a cgroup-v1 memory controller at /sys/fs/cgroup/memory, swapon, and
 # qemu-system-x86_64 (`make setup`). The swap file is made under target/ and removed,
@@ -49,6 +50,7 @@ LIMIT = float(os.environ.get("LIMIT", "28"))
 PRIORITY = int(os.environ.get("PRIORITY", "4"))
 ADVISORS = os.environ.get("ADVISORS", "none,gru").split(",")
 ITERS = int(os.environ.get("ITERS", "100000"))
+HIGH_ITERS = int(os.environ.get("HIGH_ITERS", "1000000"))
 TIMEOUT_S = int(os.environ.get("TIMEOUT", "120"))
 MEM_MIB, GUEST_MIB = 8, 64
 N = len(VMS)
@@ -72,7 +74,8 @@ def cgroup(name):
 HIGH, LOW = cgroup("high"), cgroup("low")
 
 
-FLEET = Fleet("bench-priority", TIERVISOR, GUEST, WORKDIR, VMS, MEM_MIB, GUEST_MIB, ITERS)
+FLEET = Fleet("bench-priority", TIERVISOR, GUEST, WORKDIR, VMS, MEM_MIB, GUEST_MIB,
+              [HIGH_ITERS] + [ITERS] * (N - 1))
 cmdline, check = FLEET.cmdline, FLEET.check
 
 
@@ -181,7 +184,8 @@ print(file=sys.stderr)
 
 
 print(f"vm0 {VMS[0]} (high priority, alone on CPU {CPU[0]}) among "
-      f"{', '.join(VMS[1:])} (on CPU {CPU[-1]}); mem={MEM_MIB}M iters={ITERS} in {GUEST_MIB} "
+      f"{', '.join(VMS[1:])} (on CPU {CPU[-1]}); mem={MEM_MIB}M iters={HIGH_ITERS} (vm0), "
+      f"{ITERS} (the others) in {GUEST_MIB} "
       f"MiB guests. QEMU + swap in {LIMIT:g} MiB of cgroup (split: {LIMIT * HIGH_SHARE:.1f} "
       f"MiB for vm0); tiervisor in a pool of the guest RAM QEMU's guests had shared, "
       f"{fmt(med(pools), '.2f')} MiB at the median; vm0 at --priority {PRIORITY} "

@@ -75,8 +75,8 @@ def refaults(metrics_path):
 
 class Fleet:
     """The test-guest VMs of one benchmark: their command lines (workload i of
-    `workloads`, mem_mib of working memory in a guest_mib guest, `iters` operations, seed
-    7+i), the checksum every run of a VM must repeat (the guest's own verification,
+    `workloads`, mem_mib of working memory in a guest_mib guest, `iters` operations (or
+    iters[i]), seed 7+i), the checksum every run of a VM must repeat (the guest's own verification,
     docs/testguest.md), tiervisor command lines and progress output. `bench` names the
     benchmark in messages."""
 
@@ -88,7 +88,8 @@ class Fleet:
         self.total, self.done = 0, 0
 
     def cmdline(self, i):
-        return f"workload={self.workloads[i]} mem={self.mem_mib}M iters={self.iters} seed={7 + i}"
+        iters = self.iters[i] if isinstance(self.iters, list) else self.iters
+        return f"workload={self.workloads[i]} mem={self.mem_mib}M iters={iters} seed={7 + i}"
 
     def check(self, i, checksum, who):
         """Ends the benchmark if VM i's checksum differs from its first run's."""
