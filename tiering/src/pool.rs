@@ -25,7 +25,10 @@
 //!
 //! A member under pressure keeps at least its priority share (as cgroup's
 //! `memory.low` protects a share): pages move to it from members above theirs, never
-//! from below. A member under no pressure may give idle pages down to its floor (a
+//! from below. The one exception: a member whose weighted pressure is over
+//! [`FAR_HIGHER`] times another's gets that one's sampled-idle pages below its share,
+//! and the other does not take them back while the gap lasts (as one LRU over all VMs
+//! would take a thrashing VM's cold pages for another's hot ones). A member under no pressure may give idle pages down to its floor (a
 //! quarter of its priority share). No member gets more than its size, and the
 //! budgets never add up to more than the pool. (Equalising refault rates alone took
 //! a VM whose working set fitted its share down to a third of it: it then refaulted
