@@ -28,8 +28,8 @@
 //! from below. The one exception: a member whose weighted pressure is over
 //! [`FAR_HIGHER`] times another's gets that one's sampled-idle pages below its share,
 //! and the other does not take them back while the gap lasts (as one LRU over all VMs
-//! would take a thrashing VM's cold pages for another's hot ones). A member under no pressure may give idle pages down to its floor (a
-//! quarter of its priority share). No member gets more than its size, and the
+//! would take a thrashing VM's cold pages for another's hot ones). A member under no
+//! pressure may give idle pages down to its floor (a quarter of its priority share). No member gets more than its size, and the
 //! budgets never add up to more than the pool. (Equalising refault rates alone took
 //! a VM whose working set fitted its share down to a third of it: it then refaulted
 //! at 3,000 a second and ran 3.7x as long, docs/pool.md.)
@@ -256,8 +256,9 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
         .filter(|&i| needy(i) && budget[i] < cap[i] && members[i].budget_pages > 0)
         .max_by(|&a, &b| pressure(a).total_cmp(&pressure(b)));
     if let Some(r) = receiver.filter(|_| !protected_move) {
-        // What each member could give: down to its floor if it refaults anyway, else
-        // only what it holds unused or idle.
+        // What each member could give: one that refaults, what it holds above its
+        // share (and to a far more pressed receiver its idle pages, down to its
+        // floor); one that does not, only what it holds unused or idle.
         let available = |i: usize| {
             let above_floor = budget[i].saturating_sub(floor[i]);
             if needy(i) {
