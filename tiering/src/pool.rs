@@ -233,11 +233,12 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
         .collect();
     below.sort_by(|&a, &b| pressure(b).total_cmp(&pressure(a)));
     for r in below {
-        let mut want = (share[r] - budget[r]).min(config.step_pages);
-        // Not from a member far more pressed: it took them as idle here (step 5).
-        let mut above: Vec<usize> = (0..n)
-            .filter(|&i| i != r && budget[i] > share[i] && !far_higher(i, r))
-            .collect();
+        // Less the pages its samples show idle: it does not need those back (they
+        // may have gone to a far more pressed member in step 5).
+        let mut want = (share[r] - budget[r])
+            .min(config.step_pages)
+            .saturating_sub(idle(r, budget[r]));
+        let mut above: Vec<usize> = (0..n).filter(|&i| i != r && budget[i] > share[i]).collect();
         above.sort_by(|&a, &b| pressure(a).total_cmp(&pressure(b)));
         for d in above {
             let give = want.min(budget[d] - share[d]);
@@ -518,6 +519,15 @@ mod tests {
         busy.active_fraction = 1.0;
         let b = rebalance(&PoolConfig::new(2880), &[kv, busy]);
         assert_eq!(b, vec![1440, 1440]);
+        // Below its share with its pages in use, a member takes its share back a step
+        // a round, from a member above its own however pressed (the chase again).
+        let mut cut = member(1, 16384, 1080, 1080, 3000.0);
+        cut.active_fraction = 1.0;
+        let b = rebalance(
+            &PoolConfig::new(2880),
+            &[member(1, 16384, 1800, 1800, 6000.0), cut],
+        );
+        assert_eq!(b, vec![1620, 1260], "a step of 180 pages");
         // Pressure not far higher (under four times): the share is kept, idle or not.
         let b = rebalance(
             &config,
