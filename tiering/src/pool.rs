@@ -26,10 +26,11 @@
 //! A member under pressure keeps at least its priority share (as cgroup's
 //! `memory.low` protects a share): pages move to it from members above theirs, never
 //! from below. The one exception: a member whose weighted pressure is over
-//! [`FAR_HIGHER`] times another's gets that one's sampled-idle pages below its share,
-//! and the other does not take them back while the gap lasts (as one LRU over all VMs
-//! would take a thrashing VM's cold pages for another's hot ones). A member under no
-//! pressure may give idle pages down to its floor (a quarter of its priority share). No member gets more than its size, and the
+//! [`FAR_HIGHER`] times another's gets that one's sampled-idle pages below its share
+//! (as one LRU over all VMs would take a thrashing VM's cold pages for another's hot
+//! ones). A member below its share takes back only what its samples do not show idle,
+//! so it does not take them back while they stay idle. A member under no pressure may
+//! give idle pages down to its floor (a quarter of its priority share). No member gets more than its size, and the
 //! budgets never add up to more than the pool. (Equalising refault rates alone took
 //! a VM whose working set fitted its share down to a third of it: it then refaulted
 //! at 3,000 a second and ran 3.7x as long, docs/pool.md.)
@@ -91,8 +92,8 @@ const ACTIVE_MARGIN: f64 = 0.1;
 const CLEARLY_HIGHER: f64 = 1.5;
 
 /// A member under pressure gives pages its samples show idle below its priority
-/// share, and does not take its share back, only to a member whose weighted pressure
-/// is above this many times its own (plus the pressure threshold).
+/// share only to a member whose weighted pressure is above this many times its own
+/// (plus the pressure threshold).
 const FAR_HIGHER: f64 = 4.0;
 
 /// The members' new budgets, in the order given. With no member, empty.
