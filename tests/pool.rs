@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, tiered_run,
-    tiervisor, u, Scratch,
+    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, status_field,
+    thread_statuses, tiered_run, tiervisor, u, Scratch,
 };
 
 /// `tiervisor run` of the test guest in the pool at `pool`, its tiers and metrics in `dir`.
@@ -110,22 +110,9 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
 /// Context switches so far of the thread named `name` of process `pid` (voluntary plus
 /// involuntary, /proc/PID/task/TID/status), or None while it has no such thread.
 fn thread_switches(pid: u32, name: &str) -> Option<u64> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-        let count = |key: &str| -> Option<u64> {
-            let line = status.lines().find(|l| l.starts_with(key))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        };
-        return Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?);
-    }
-    None
+    let (_, status) = thread_statuses(pid).into_iter().find(|(n, _)| n == name)?;
+    let count = |key: &str| -> Option<u64> { status_field(&status, key)?.parse().ok() };
+    Some(count("voluntary_ctxt_switches")? + count("nonvoluntary_ctxt_switches")?)
 }
 
 /// A member's thread sleeps between rounds (100 ms) rather than waking every 2 ms: each

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root, testguest,
-    tiered_run, tiervisor, u, Scratch,
+    assert_guest_ok, describe, error_lines, ram_and_nvme_tiers, read_metrics, repo_root,
+    status_field, testguest, thread_statuses, tiered_run, tiervisor, u, Scratch,
 };
 
 /// Working memory of each workload, and the RAM budget: 25% of it.
@@ -613,18 +613,11 @@ fn on_cpu(command: &mut Command, cpu: usize) {
 /// The threads of one VM, by name: (name, the CPUs its affinity allows, as
 /// /proc/PID/task/TID/status's Cpus_allowed_list writes them).
 fn thread_cpus(pid: u32) -> Vec<(String, String)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let name = std::fs::read_to_string(t.join("comm")).ok()?;
-            let status = std::fs::read_to_string(t.join("status")).ok()?;
-            let cpus = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-            Some((name.trim().to_string(), cpus.trim().to_string()))
+    thread_statuses(pid)
+        .into_iter()
+        .filter_map(|(name, status)| {
+            let cpus = status_field(&status, "Cpus_allowed_list")?.to_string();
+            Some((name, cpus))
         })
         .collect()
 }

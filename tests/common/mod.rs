@@ -296,3 +296,27 @@ pub fn u(v: &serde_json::Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("metrics lack {key}: {v}"))
 }
+
+/// The threads of process `pid`: each one's name and its /proc/PID/task/TID/status
+/// text (empty once the process is gone). Read a field with [`status_field`].
+pub fn thread_statuses(pid: u32) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            Some((name.trim().to_string(), status))
+        })
+        .collect()
+}
+
+/// The value of `key` (e.g. "Cpus_allowed_list") in a /proc status text, trimmed.
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
