@@ -35,7 +35,8 @@ cd "$(dirname "$0")/../.."
 python3 - "$@" <<'PY' &
 import json, math, os, statistics, subprocess, sys, threading, time
 sys.path.insert(0, "resources/scripts")
-from qemu_swap import MIB, RESULT, Cgroup, PausedQemu
+from qemu_swap import MIB, Cgroup, PausedQemu
+from tiervisor_runs import Fleet, fmt, geo, result, vm_dir
 
 TIERVISOR, GUEST = os.environ["TIERVISOR"], os.environ["GUEST"]
 WORKDIR, CGROUP = os.environ["WORKDIR"], Cgroup(os.environ["CGROUP"])
@@ -90,25 +91,22 @@ def qemu(cmdline, limit):
 
 
 def tiervisor(cmdline, budget_mib, advisor):
-    tiers = os.path.join(WORKDIR, "tiers.toml")
-    with open(tiers, "w") as f:
-        f.write(f'[tier1]\ncapacity = "{GUEST_MEM}"\nbackend = "ram"\n'
-                f'[tier2]\ncapacity = "{GUEST_MEM}"\nfile = "{WORKDIR}/tier2.img"\n')
-    metrics = os.path.join(WORKDIR, "metrics.json")
+    d, tiers = vm_dir(WORKDIR, "vm", GUEST_MEM_MIB)
+    metrics = os.path.join(d, "metrics.json")
     cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", GUEST_MEM, "--cmdline", cmdline,
            "--metrics-out", metrics]
     if advisor is not None:
         budget_kib = int(budget_mib * 1024)
         cmd += ["--tiers", tiers, "--ram-budget", f"{budget_kib}K", "--advisor", advisor]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       env=dict(os.environ, TIERVISOR_WORKDIR=WORKDIR))
-    m = RESULT.search(p.stdout)
-    if p.returncode != 0 or not m or m.group(5) != "ok":
+                       env=dict(os.environ, TIERVISOR_WORKDIR=d))
+    r = result(p.stdout)
+    if p.returncode != 0 or r is None:
         sys.exit(f"bench-swap: tiervisor {advisor or 'all RAM'} failed "
                  f"(status {p.returncode}):\n{p.stdout}{p.stderr}")
     with open(metrics) as f:
         faults = (json.load(f).get("tiers") or {}).get("demand_faults")
-    return int(m.group(3)) / int(m.group(2)), m.group(4), faults
+    return r[0], r[1], faults
 
 
 def cmdline(workload):
@@ -122,22 +120,16 @@ def cmdline(workload):
 #  MiB, {advisor: (budget MiB, ns/op, demand faults)}, QEMU's major faults]
 runs = []
 ram = {}         # (workload, vmm) -> [ns/op all in RAM]
-checksums = {}
-total = ROUNDS * len(WORKLOADS) * (2 + len(LIMITS) * (1 + len(ADVISORS)))
-done = 0
-
-
-def progress(what):
-    global done
-    done += 1
-    print(f"\rbench-swap: run {done}/{total} ({what})          ", end="", file=sys.stderr,
-          flush=True)
+# Checksums per workload and progress (its command lines are this script's: seed 7 for
+# every workload).
+FLEET = Fleet("bench-swap", TIERVISOR, GUEST, WORKDIR, WORKLOADS, MEM_MIB, GUEST_MEM_MIB,
+              ITERS)
+FLEET.total = ROUNDS * len(WORKLOADS) * (2 + len(LIMITS) * (1 + len(ADVISORS)))
+progress = FLEET.progress
 
 
 def check(w, checksum, who):
-    if checksums.setdefault(w, checksum) != checksum:
-        sys.exit(f"bench-swap: {w} under {who} gave checksum {checksum}, "
-                 f"expected {checksums[w]}")
+    FLEET.check(WORKLOADS.index(w), checksum, who)
 
 
 for r in range(ROUNDS):
@@ -158,7 +150,8 @@ for r in range(ROUNDS):
             row = [w, limit, ns, why, resident, {}, faults]
             runs.append(row)
             if ns is None:
-                done += len(ADVISORS)
+                for _ in ADVISORS:
+                    progress()
                 continue
             check(w, why, "QEMU")
             budget = math.floor(resident * 4) / 4
@@ -168,14 +161,6 @@ for r in range(ROUNDS):
                 row[5][a] = (budget, t_ns, t_faults)
                 progress(f"round {r + 1}, {w}, tiervisor {a} at {budget:g} MiB")
 print(file=sys.stderr)
-
-
-def geo(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
 
 
 print(f"Test guest, mem={MEM_MIB}M iters={ITERS} seed=7 in a {GUEST_MEM} guest; swap file "
