@@ -689,9 +689,10 @@ fn a_vm_given_one_cpu_keeps_its_vcpu_and_fault_handler_on_it() {
     );
 }
 
-/// Two VMs given one CPU see that they share it, and their fault handlers sleep on
-/// demand reads instead of spinning (tiering's cpu_share: the spin took the other VM's
-/// time, about 8% of the pair's run time in docs/tiering.md's measurement).
+/// Two VMs given one CPU see that they share it: their fault handlers sleep on demand
+/// reads instead of spinning (tiering's cpu_share: the spin took the other VM's time,
+/// about 8% of the pair's run time in docs/tiering.md's measurement), and skip the
+/// advisor's probes, here of a `gru` told to probe always.
 #[test]
 fn two_vms_on_one_cpu_see_it_shared() {
     let cpu = *tiering::uffd::allowed_cpus().unwrap().last().unwrap();
@@ -704,8 +705,9 @@ fn two_vms_on_one_cpu_see_it_shared() {
                 &tiers,
                 &format!("workload=zipf mem=8M iters=40000 seed={}", 7 + i),
                 RAM_BUDGET,
-                &[],
+                &["--advisor", "gru"],
             );
+            c.env("TIERVISOR_GRU_PROBES_ALWAYS", "1");
             on_cpu(&mut c, cpu);
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
             (c.spawn().unwrap(), metrics, dir)
@@ -717,5 +719,7 @@ fn two_vms_on_one_cpu_see_it_shared() {
         let m = read_metrics(&metrics);
         let shared = m["tiers"]["cpu_shared_ms"].as_f64().unwrap();
         assert!(shared > 0.0, "cpu_shared_ms {shared}: {}", m["tiers"]);
+        let skipped = m["tiers"]["probe_rounds_skipped"].as_u64().unwrap();
+        assert!(skipped > 0, "no probe round skipped: {}", m["tiers"]);
     }
 }

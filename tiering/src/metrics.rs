@@ -50,6 +50,8 @@ pub(crate) struct Counters {
     pub handler_idle_ns: u64,
     /// Time the handler judged its CPU shared with other work (no spin on reads).
     pub cpu_shared_ns: u64,
+    /// Probe rounds skipped while the CPU was judged shared.
+    pub probe_rounds_skipped: u64,
     pub page_table_walks: u64,
     pub page_tables_unreadable: u64,
     pub zero_drops: u64,
@@ -79,6 +81,7 @@ impl Counters {
             events_traced: 0,
             handler_idle_ns: 0,
             cpu_shared_ns: 0,
+            probe_rounds_skipped: 0,
             page_table_walks: 0,
             page_tables_unreadable: 0,
             zero_drops: 0,
@@ -145,6 +148,9 @@ pub struct TieringReport {
     pub sample_hits: u64,
     /// Pages zapped because the advisor asked to watch them (`Advisor::probes`).
     pub probe_zaps: u64,
+    /// Probe rounds (one per `probe_interval`) skipped because the fault handler
+    /// judged its CPU shared with another VM (docs/tiering.md).
+    pub probe_rounds_skipped: u64,
     /// Evictions of zero-filled pages never written: dropped, no I/O, zero-filled again.
     pub zero_drops: u64,
     /// Evictions that needed no write-back (a clean copy was already in the tier).
@@ -188,7 +194,7 @@ pub struct TieringReport {
     /// Time the fault handler slept waiting for work, in ms.
     pub handler_idle_ms: f64,
     /// Time the fault handler judged its CPU shared with other work, in ms: it slept on
-    /// demand reads instead of spinning on them (docs/tiering.md).
+    /// demand reads instead of spinning on them, and did not probe (docs/tiering.md).
     pub cpu_shared_ms: f64,
     /// Time the fault handler spent inside the advisor's calls, in ms (a learner's
     /// background thread is reported by the advisor itself, not here).

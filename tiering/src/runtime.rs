@@ -634,6 +634,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         windows: stats.windows,
         sample_hits: c.sample_hits,
         probe_zaps: c.probe_zaps,
+        probe_rounds_skipped: c.probe_rounds_skipped,
         write_backs_skipped_clean: c.write_backs_skipped_clean,
         write_backs_skipped_unchanged: c.write_backs_skipped_unchanged,
         dirty_log: e.hooks.has_dirty_log(),

@@ -359,9 +359,7 @@ impl Engine {
             if let Err(e) = uffd::pin_current_thread(cpu) {
                 log::warn!("cannot pin the fault handler to CPU {cpu}: {e}");
             }
-            if !self.config.demand_spin.is_zero() {
-                self.cpu_share = Some(cpu_share::CpuShareProbe::new(cpu));
-            }
+            self.cpu_share = Some(cpu_share::CpuShareProbe::new(cpu));
         }
         let mut events = userfaultfd::EventBuffer::new(64);
         let mut last_sample = Instant::now();
@@ -432,12 +430,18 @@ impl Engine {
                         self.classify_pages();
                     }
                     // Probes (pages the advisor is about to evict) come first and more
-                    // often than random samples, as the replay models them.
+                    // often than random samples, as the replay models them. None while
+                    // another VM shares the CPU: a touched probe then costs about what a
+                    // refault does (docs/tiering.md, "No probes on a shared CPU").
                     if self.config.probe_pages > 0
                         && last_probe.elapsed() >= self.config.probe_interval
                     {
                         last_probe = Instant::now();
-                        self.probe_resident();
+                        if self.cpu_shared() {
+                            self.counters.probe_rounds_skipped += 1;
+                        } else {
+                            self.probe_resident();
+                        }
                     }
                     if self.config.sample_pages > 0
                         && last_sample.elapsed() >= self.config.sample_interval
@@ -463,12 +467,19 @@ impl Engine {
         self.publish();
     }
 
+    /// Whether other work shares the handler's CPU ([`cpu_share`]; never when the
+    /// handler is not pinned).
+    fn cpu_shared(&self) -> bool {
+        self.cpu_share.as_ref().is_some_and(|p| p.shared())
+    }
+
     /// How long a demand read is spun on: not at all while other work shares the
-    /// handler's CPU ([`cpu_share`]).
+    /// handler's CPU.
     fn demand_spin(&self) -> Duration {
-        match &self.cpu_share {
-            Some(probe) if probe.shared() => Duration::ZERO,
-            _ => self.config.demand_spin,
+        if self.cpu_shared() {
+            Duration::ZERO
+        } else {
+            self.config.demand_spin
         }
     }
 
