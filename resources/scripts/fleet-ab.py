@@ -16,7 +16,9 @@ CONFIG: a tiervisor binary, then any @VAR=VALUE environment settings for its run
 VMS: workloads (zipf,kv,phases,random); ITERS: operations per VM (100000); SIZE: the
 pool, or with MODE=static the sum of the static budgets, in KiB (26368: what QEMU's
 guests held at most in bench-density's 32 MiB runs); MODE: pool (default) or static;
-ADVISOR: paging advisor (none); ROUNDS: 3; DETAIL=1: each VM's fault counters too.
+ADVISOR: paging advisor (none); ROUNDS: 3; DETAIL=1: each VM's fault counters too;
+KEEP=1: keep target/fleet-ab/rRcC (round R, configuration C: each VM's output and
+metrics, the pool manager's log).
 
 Prints per run the makespan (start to the last VM's exit), each VM's ns/op and the
 faults summed over the VMs; then each configuration's median makespan. Every run must
@@ -39,6 +41,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ITERS = int(os.environ.get("ITERS", "100000"))
 MODE = os.environ.get("MODE", "pool")
 DETAIL = os.environ.get("DETAIL") == "1"
+KEEP = os.environ.get("KEEP") == "1"
 MEM_MIB, GUEST_MIB, TIMEOUT_S = 8, 64, 300
 
 
@@ -119,7 +122,8 @@ def main():
                           f"{x['sampled_zaps']} probes {x['probe_zaps']} prefetches "
                           f"{x['prefetch_issued']} ({x['prefetch_useful']} used) "
                           f"cpu shared {x['cpu_shared_ms']:.0f} ms")
-    shutil.rmtree(base, ignore_errors=True)
+    if not KEEP:
+        shutil.rmtree(base, ignore_errors=True)
     print(f"{MODE}, {len(VMS)} VMs ({','.join(VMS)}), {SIZE_KIB}K, {ROUNDS} rounds:")
     first = statistics.median(makespans[configs[0]])
     for c in configs:
