@@ -79,6 +79,8 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
     assert!(out.status.success(), "manager: {log}");
     assert_eq!(log.matches(" joined ").count(), 2, "{log}");
     assert_eq!(log.matches(" left;").count(), 2, "{log}");
+    // Pages moved to the VM that needed them: the pool was not stuck.
+    assert!(!log.contains("over-committed"), "{log}");
     let (big, small) = (&metrics[0], &metrics[1]);
     // A VM that joins alone gets the whole pool, the next one half of it (from the
     // first); the Zipf VM had more than half the pool at some point.
@@ -105,6 +107,42 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
         .filter(|n| n != "pool.lock")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Two VMs whose working sets (8 MiB of uniform random access each) do not fit in the
+/// pool together: both refault at their halves, no round can move pages without
+/// pressing the other, and the manager says so once, with what to do about it.
+#[test]
+fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
+    let root = Scratch::new("pool-overcommit");
+    let pool = root.join("pool");
+    let manager = start_manager(&pool, "8M", &["--exit-when-empty"]);
+    let vms: Vec<_> = (0..2)
+        .map(|i| {
+            let name = format!("vm{i}");
+            let cmdline = format!("workload=random mem=8M iters=20000 seed={}", 7 + i);
+            let vm = pool_vm(&root.join(&name), &pool, &cmdline, i)
+                .spawn()
+                .unwrap();
+            (name, vm)
+        })
+        .collect();
+    for (name, vm) in vms {
+        let out = vm.wait_with_output().unwrap();
+        assert_guest_ok(&out, &name);
+    }
+    let out = manager.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "manager: {log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("over-committed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("all 2 VMs refault at their budgets") && lines[0].contains("--slice-ms"),
+        "{log}"
+    );
 }
 
 /// Context switches so far of the thread named `name` of process `pid` (voluntary plus

@@ -30,7 +30,9 @@ faults), then: a VM that joins gets its priority's share of the pool; a VM that
 neither refaults nor touches new pages gives back the budget it does not use; free
 pages go to the VMs that refault; and one step moves from the VM least pressed
 (refaults per second times priority) to the one most pressed. A VM that exits gives
-its share back. The budgets never add up to more than --size.
+its share back. The budgets never add up to more than --size. When every VM refaults
+at its budget and no round can move pages, their working sets do not fit together:
+the manager prints `over-committed: ...` once, and --slice-ms is the remedy.
 
 With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
 VMs): at most --run-slots run at once, each for a slice, while the others wait with

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tiering::pool::{
-    needs_lent_room_back, rebalance, room_to_lend, turn_budgets, PoolConfig, PoolMember,
-    RunningUse, TurnMember,
+    needs_lent_room_back, over_committed, rebalance, room_to_lend, turn_budgets, PoolConfig,
+    PoolMember, RunningUse, TurnMember,
 };
 
 use super::{
@@ -94,6 +94,11 @@ struct Tracked {
 
 const SAMPLE_DECAY: f64 = 0.8;
 
+/// Rounds in a row the pool must be over-committed ([`over_committed`]) before the
+/// manager says so: half a second at the default interval, so that a burst of
+/// refaults does not trigger it.
+const OVER_COMMITTED_ROUNDS: u32 = 5;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -157,6 +162,9 @@ pub struct Manager {
     /// Whether the running turns have lent room for staging before the next one (once
     /// per change of turns: room taken back is not lent again).
     lent_this_turn: bool,
+    /// Rounds in a row the pool has been over-committed (all at once); the log says so
+    /// once per such spell.
+    over_committed_rounds: u32,
 }
 
 impl Manager {
@@ -208,6 +216,7 @@ impl Manager {
             start: Instant::now(),
             ever_joined: false,
             lent_this_turn: false,
+            over_committed_rounds: 0,
         })
     }
 
@@ -497,16 +506,22 @@ impl Manager {
                         active_fraction: m.active_fraction(),
                     })
                     .collect();
-                rebalance(&self.options.config, &view)
-                    .into_iter()
-                    .map(|b| (b, true, 0))
-                    .collect()
+                let budgets = rebalance(&self.options.config, &view);
+                if over_committed(&self.options.config, &view, &budgets) {
+                    self.over_committed_rounds += 1;
+                } else {
+                    self.over_committed_rounds = 0;
+                }
+                budgets.into_iter().map(|b| (b, true, 0)).collect()
             }
             Some(schedule) => self.turns(&schedule),
         };
         let dir = self.options.dir.clone();
         let t = self.elapsed_s();
         let mut lines = Vec::new();
+        if self.over_committed_rounds == OVER_COMMITTED_ROUNDS {
+            lines.push(self.over_committed_line(t));
+        }
         for ((pid, m), &(b, run, stage)) in self.members.iter_mut().zip(&decided) {
             if b == m.budget && run == m.run && stage == m.stage {
                 continue;
@@ -549,6 +564,25 @@ impl Manager {
             m.stage = stage;
         }
         lines
+    }
+
+    /// The log's line for a spell of over-commitment: the members' refault rates and
+    /// shares in use, and what to do about it.
+    fn over_committed_line(&self, t: f64) -> String {
+        let range = |f: &dyn Fn(&Tracked) -> f64| {
+            let v: Vec<f64> = self.members.iter().map(|(_, m)| f(m)).collect();
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            (lo, hi)
+        };
+        let (r_lo, r_hi) = range(&|m| m.refaults_per_s);
+        let (u_lo, u_hi) = range(&|m| 100.0 * m.active_fraction());
+        format!(
+            "{t:7.2}s  over-committed: all {} VMs refault at their budgets ({r_lo:.0}-{r_hi:.0} \
+             refaults/s, {u_lo:.0}-{u_hi:.0}% in use) and none can give pages; together their \
+             working sets do not fit in the pool. `--slice-ms` runs them in turns (docs/pool.md)",
+            self.members.len()
+        )
     }
 
     /// Turns: ends those that are over (when someone waits), starts the next in line,
