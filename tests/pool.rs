@@ -109,14 +109,14 @@ fn the_vm_that_refaults_gets_the_pages_the_other_does_not_use() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Two VMs whose working sets (8 MiB of uniform random access each) do not fit in the
-/// pool together: both refault at their halves, no round can move pages without
-/// pressing the other, and the manager says so once, with what to do about it.
-#[test]
-fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
-    let root = Scratch::new("pool-overcommit");
+/// Two VMs whose working sets (8 MiB of uniform random access each) do not fit in an
+/// 8 MiB pool together: both refault at their halves round after round.
+fn two_vms_in_too_small_a_pool(name: &str, manager_flags: &[&str]) -> (String, Scratch) {
+    let root = Scratch::new(name);
     let pool = root.join("pool");
-    let manager = start_manager(&pool, "8M", &["--exit-when-empty"]);
+    let mut flags = vec!["--exit-when-empty"];
+    flags.extend_from_slice(manager_flags);
+    let manager = start_manager(&pool, "8M", &flags);
     let vms: Vec<_> = (0..2)
         .map(|i| {
             let name = format!("vm{i}");
@@ -134,15 +134,50 @@ fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
     let out = manager.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "manager: {log}");
+    (log, root)
+}
+
+/// The manager says once that such a pool is over-committed, and what to do about it.
+#[test]
+fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
+    let (log, _root) = two_vms_in_too_small_a_pool("pool-overcommit", &[]);
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("over-committed"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert!(
-        lines[0].contains("all 2 VMs refault at their budgets") && lines[0].contains("--slice-ms"),
+        lines[0].contains("all 2 VMs have refaulted at their budgets")
+            && lines[0].contains("`--slice-ms` runs them in turns"),
         "{log}"
     );
+    assert!(!log.contains(", waits"), "{log}");
+}
+
+/// With `--turns-when-over-committed` the manager then runs them in turns (one at a
+/// time here), until one has left: the other is paused meanwhile, and both finish.
+#[test]
+fn an_over_committed_pool_runs_its_vms_in_turns_when_asked_to() {
+    let (log, root) = two_vms_in_too_small_a_pool(
+        "pool-overcommit-turns",
+        &["--slice-ms", "200", "--turns-when-over-committed"],
+    );
+    let over = log.find("over-committed").expect(&log);
+    assert!(
+        log[over..].contains("They run in turns of 200 ms, 1 at once"),
+        "{log}"
+    );
+    let waits = log.find(", waits").expect(&log);
+    assert!(over < waits, "{log}");
+    let again = log.find("all run at once again").expect(&log);
+    assert!(waits < again, "{log}");
+    let paused: f64 = (0..2)
+        .map(|i| {
+            let m = read_metrics(&root.join(format!("vm{i}")).join("metrics.json"));
+            m["tiers"]["pool"]["paused_ms"].as_f64().unwrap()
+        })
+        .sum();
+    assert!(paused > 0.0, "no VM was paused\n{log}");
 }
 
 /// Context switches so far of the thread named `name` of process `pid` (voluntary plus

@@ -12,7 +12,8 @@ compares tiervisor with itself, at a fixed RAM size, which bench-density does no
     MODE=static SIZE=6592 VMS=zipf resources/scripts/fleet-ab.py /tmp/old/tiervisor,target/release/tiervisor
 
 CONFIG: a tiervisor binary, then any @VAR=VALUE environment settings for its runs
-(ADVISOR=NAME among them picks that configuration's advisor).
+(ADVISOR=NAME among them picks that configuration's advisor, POOL_FLAGS="..." more
+flags for its `tiervisor pool`, e.g. "--slice-ms 300 --run-slots 2").
 VMS: workloads (zipf,kv,phases,random); ITERS: operations per VM (100000); SIZE: the
 pool, or with MODE=static the sum of the static budgets, in KiB (26368: what QEMU's
 guests held at most in bench-density's 32 MiB runs); MODE: pool (default) or static;
@@ -68,7 +69,8 @@ def run(config, workdir, fleet_checksums):
         fleet.checksums = fleet_checksums
         pool = os.path.join(workdir, "pool")
         if MODE == "pool":
-            manager = start_pool(binary, pool, SIZE_KIB, os.path.join(workdir, "pool.log"))
+            manager = start_pool(binary, pool, SIZE_KIB, os.path.join(workdir, "pool.log"),
+                                 flags=os.environ.get("POOL_FLAGS", "").split())
 
             def flags(_i, tiers):
                 return ["--tiers", tiers, "--ram-pool", pool, "--advisor", advisor]

@@ -24,6 +24,10 @@ Examples:
     tiervisor pool --dir /tmp/pool --size 8M --exit-when-empty
   VMs taking turns of 300 ms on one CPU, each staged as its turn begins:
     tiervisor pool --dir /tmp/pool --size 8M --slice-ms 300 --run-slots 1
+  All at once while their working sets fit, two at a time in turns of 300 ms once they
+  do not (load control):
+    tiervisor pool --dir /tmp/pool --size 24M --slice-ms 300 --run-slots 2 \
+        --turns-when-over-committed
 
 Each round the manager reads every member's report (priority, size, resident pages,
 faults), then: a VM that joins gets its priority's share of the pool; a VM that
@@ -32,7 +36,8 @@ pages go to the VMs that refault; and one step moves from the VM least pressed
 (refaults per second times priority) to the one most pressed. A VM that exits gives
 its share back. The budgets never add up to more than --size. When every VM refaults
 at its budget and no round can move pages, their working sets do not fit together:
-the manager prints `over-committed: ...` once, and --slice-ms is the remedy.
+the manager prints `over-committed: ...` once, and --slice-ms is the remedy
+(--turns-when-over-committed takes it then, and only then).
 
 With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
 VMs): at most --run-slots run at once, each for a slice, while the others wait with
@@ -83,6 +88,11 @@ pub struct PoolArgs {
     /// as the turn begins, and slower with the VMs on one CPU; docs/pool.md).
     #[arg(long, requires = "slice_ms", conflicts_with = "no_staging")]
     pub prestaging: bool,
+    /// Run the VMs all at once, and in turns (--slice-ms, --run-slots) only once the
+    /// pool is over-committed: every VM refaults at its budget and no round can move
+    /// pages. Turns then last until no more VMs remain than --run-slots.
+    #[arg(long, requires = "slice_ms")]
+    pub turns_when_over_committed: bool,
 }
 
 fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
@@ -135,6 +145,7 @@ pub fn run(args: PoolArgs) -> i32 {
         interval,
         exit_when_empty: args.exit_when_empty,
         schedule,
+        turns_when_over_committed: args.turns_when_over_committed,
     }) {
         Ok(m) => m,
         Err(e) => return super::usage_error(e),

@@ -33,6 +33,11 @@ pub struct ManagerOptions {
     /// Run the VMs in turns instead of all at once (`None`: all run, budgets by
     /// [`rebalance`]).
     pub schedule: Option<Schedule>,
+    /// Run them all at once, and by `schedule` only while the pool is over-committed
+    /// ([`over_committed`]): from the round that finds it so until no more VMs remain
+    /// than `schedule.slots`. Load control, as Denning's working-set principle has it:
+    /// run only the VMs whose working sets fit.
+    pub turns_when_over_committed: bool,
 }
 
 /// Turns: at most `slots` VMs run at once, each for `slice` while others wait; the
@@ -165,6 +170,9 @@ pub struct Manager {
     /// Rounds in a row the pool has been over-committed (all at once); the log says so
     /// once per such spell.
     over_committed_rounds: u32,
+    /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
+    /// `turns_when_over_committed` while the pool is over-committed.
+    in_turns: bool,
 }
 
 impl Manager {
@@ -197,15 +205,20 @@ impl Manager {
             size_pages: options.config.size_pages,
             manager_pid: std::process::id(),
             interval_ms: options.interval.as_millis() as u64,
+            // Members in turns from the start report more often; a pool that may turn
+            // to turns later keeps the members' all-at-once pace (they act on their
+            // assignments whenever the manager writes them).
             slice_ms: options
                 .schedule
                 .as_ref()
+                .filter(|_| !options.turns_when_over_committed)
                 .map(|s| s.slice.as_millis() as u64),
         };
         write_json(&dir.join(POOL_FILE), &pool).map_err(io_error(dir, "cannot write pool.json"))?;
         let watch = DirWatch::new(dir)
             .map_err(|e| log::warn!("ram pool: cannot watch {}: {e}; polling it", dir.display()))
             .ok();
+        let in_turns = options.schedule.is_some() && !options.turns_when_over_committed;
         Ok(Self {
             options,
             watch,
@@ -217,6 +230,7 @@ impl Manager {
             ever_joined: false,
             lent_this_turn: false,
             over_committed_rounds: 0,
+            in_turns,
         })
     }
 
@@ -254,7 +268,7 @@ impl Manager {
                 .is_some_and(|pid| removed || !self.members.iter().any(|(p, _)| *p == pid))
         };
         match &self.watch {
-            Some(watch) if self.options.schedule.is_none() => {
+            Some(watch) if !self.in_turns => {
                 watch.wait(timeout, Some(stop), joins_or_leaves) == Wake::Other
             }
             _ => wait_readable(&[Some(stop.as_raw_fd())], timeout.min(TICK)).is_some(),
@@ -271,14 +285,54 @@ impl Manager {
     pub fn round(&mut self) -> Vec<String> {
         self.round += 1;
         let mut lines = self.read_reports();
+        if let Some(line) = self.leave_turns_if_few() {
+            lines.push(line);
+        }
         lines.extend(self.assign());
         lines
+    }
+
+    /// The schedule the VMs run by now: `options.schedule` while in turns.
+    fn active_schedule(&self) -> Option<Schedule> {
+        self.options.schedule.clone().filter(|_| self.in_turns)
+    }
+
+    /// Turns taken up because the pool was over-committed end once no more VMs remain
+    /// than run at once anyway: all of them run, and budgets follow [`rebalance`]
+    /// again. Returns the log's line.
+    fn leave_turns_if_few(&mut self) -> Option<String> {
+        let slots = self.options.schedule.as_ref()?.slots;
+        if !(self.options.turns_when_over_committed && self.in_turns) || self.members.len() > slots
+        {
+            return None;
+        }
+        self.in_turns = false;
+        self.over_committed_rounds = 0;
+        self.return_lent_room();
+        self.lent_this_turn = false;
+        let staging = self.options.schedule.as_ref().is_some_and(|s| s.staging);
+        self.queue.clear();
+        for (pid, m) in self.members.iter_mut() {
+            m.turn_run = false;
+            m.turn_began = None;
+            m.turn_started = None;
+            // A waiting VM resumes with the pages it held asked back, as a turn does.
+            if staging && !m.run {
+                m.turn_stage += 1;
+            }
+            self.queue.push_back(*pid);
+        }
+        Some(format!(
+            "{:7.2}s  {} VMs left, no more than run at once in turns: all run at once again",
+            self.elapsed_s(),
+            self.members.len()
+        ))
     }
 
     /// Between rounds, with a schedule: ends the turns that are over and starts the
     /// next. Returns a line per change.
     pub fn tick(&mut self) -> Vec<String> {
-        let Some(schedule) = self.options.schedule.clone() else {
+        let Some(schedule) = self.active_schedule() else {
             return Vec::new();
         };
         let prestaging = schedule.staging && schedule.prestaging;
@@ -491,7 +545,9 @@ impl Manager {
 
     /// Decides every member's budget (and turn) and writes those that changed.
     fn assign(&mut self) -> Vec<String> {
-        let decided: Vec<(u64, bool, u64)> = match self.options.schedule.clone() {
+        // Whether this round finds the pool over-committed for the first time in a spell.
+        let mut newly_over_committed = false;
+        let decided: Vec<(u64, bool, u64)> = match self.active_schedule() {
             None => {
                 let view: Vec<PoolMember> = self
                     .members
@@ -507,19 +563,39 @@ impl Manager {
                     })
                     .collect();
                 let budgets = rebalance(&self.options.config, &view);
-                if over_committed(&self.options.config, &view, &budgets) {
+                if over_committed(&self.options.config, &view) {
                     self.over_committed_rounds += 1;
+                    newly_over_committed = self.over_committed_rounds == OVER_COMMITTED_ROUNDS;
                 } else {
                     self.over_committed_rounds = 0;
                 }
-                budgets.into_iter().map(|b| (b, true, 0)).collect()
+                let load_control = self.options.turns_when_over_committed
+                    && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
+                    && self
+                        .options
+                        .schedule
+                        .as_ref()
+                        .is_some_and(|s| self.members.len() > s.slots);
+                match self.options.schedule.clone().filter(|_| load_control) {
+                    Some(schedule) => {
+                        self.in_turns = true;
+                        self.turns(&schedule)
+                    }
+                    // All run; the staging request stays as it was (0 unless turns
+                    // ended, which asked the waiting VMs' pages back).
+                    None => budgets
+                        .into_iter()
+                        .zip(&self.members)
+                        .map(|(b, (_, m))| (b, true, m.turn_stage))
+                        .collect(),
+                }
             }
             Some(schedule) => self.turns(&schedule),
         };
         let dir = self.options.dir.clone();
         let t = self.elapsed_s();
         let mut lines = Vec::new();
-        if self.over_committed_rounds == OVER_COMMITTED_ROUNDS {
+        if newly_over_committed {
             lines.push(self.over_committed_line(t));
         }
         for ((pid, m), &(b, run, stage)) in self.members.iter_mut().zip(&decided) {
@@ -537,7 +613,8 @@ impl Manager {
                 log::warn!("ram pool: cannot write the budget of vm {pid}: {e}");
                 continue;
             }
-            let turn = match (self.options.schedule.is_some(), run, run == m.run) {
+            let turn = match (self.in_turns, run, run == m.run) {
+                (false, true, false) if m.budget > 0 => ", runs (all at once)",
                 (false, _, _) => "",
                 (true, true, false) if stage != m.stage => ", its turn: runs, pages asked back",
                 (true, true, false) => ", its turn: runs",
@@ -577,11 +654,20 @@ impl Manager {
         };
         let (r_lo, r_hi) = range(&|m| m.refaults_per_s);
         let (u_lo, u_hi) = range(&|m| 100.0 * m.active_fraction());
+        let remedy = match self.active_schedule() {
+            Some(s) => format!(
+                "They run in turns of {} ms, {} at once, until no more than that remain",
+                s.slice.as_millis(),
+                s.slots
+            ),
+            None => "`--slice-ms` runs them in turns (docs/pool.md)".to_string(),
+        };
         format!(
-            "{t:7.2}s  over-committed: all {} VMs refault at their budgets ({r_lo:.0}-{r_hi:.0} \
-             refaults/s, {u_lo:.0}-{u_hi:.0}% in use) and none can give pages; together their \
-             working sets do not fit in the pool. `--slice-ms` runs them in turns (docs/pool.md)",
-            self.members.len()
+            "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {} rounds \
+             ({r_lo:.0}-{r_hi:.0} refaults/s, {u_lo:.0}-{u_hi:.0}% in use): together their \
+             working sets do not fit in the pool. {remedy}",
+            self.members.len(),
+            OVER_COMMITTED_ROUNDS
         )
     }
 
@@ -615,10 +701,13 @@ impl Manager {
                 // With staging, the turn's clock starts once the pages are in
                 // (`start_staged_clocks`): on a slow tier staging can take longer
                 // than a slice, and a turn spent staging would end with nothing run.
-                m.turn_started = if schedule.staging { None } else { Some(now) };
+                // A VM that runs already (turns that began with the pool
+                // over-committed) has its pages in: nothing to stage.
+                let stage = schedule.staging && !m.run;
+                m.turn_started = if stage { None } else { Some(now) };
                 m.settle_mark = None;
                 m.settled = false;
-                if schedule.staging {
+                if stage {
                     m.turn_stage += 1;
                 }
                 running += 1;

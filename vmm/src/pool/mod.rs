@@ -271,6 +271,7 @@ mod tests {
             interval: Duration::from_millis(10),
             exit_when_empty: true,
             schedule: None,
+            turns_when_over_committed: false,
         })
         .unwrap();
         // A second manager on the same directory is refused.
@@ -280,6 +281,7 @@ mod tests {
             interval: Duration::from_millis(10),
             exit_when_empty: true,
             schedule: None,
+            turns_when_over_committed: false,
         });
         assert!(matches!(again, Err(PoolError::ManagerRunning { .. })));
         // This process is both: the member joins on a thread while the manager runs.
