@@ -155,7 +155,8 @@ fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
 }
 
 /// With `--turns-when-over-committed` the manager then runs them in turns (one at a
-/// time here), until one has left: the other is paused meanwhile, and both finish.
+/// time here), until one has left (what each holds at the end of its turn, nearly
+/// the whole pool, never fits twice): the other is paused meanwhile, and both finish.
 #[test]
 fn an_over_committed_pool_runs_its_vms_in_turns_when_asked_to() {
     let (log, root) = two_vms_in_too_small_a_pool(

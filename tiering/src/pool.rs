@@ -357,6 +357,17 @@ pub fn over_committed(config: &PoolConfig, members: &[PoolMember]) -> bool {
             .all(|m| m.budget_pages > 0 && m.refaults_per_s >= config.min_refaults_per_s)
 }
 
+/// Whether VMs run in turns because the pool was over-committed would fit all at once
+/// again: every one has had a turn, and the pages each held at the end of its last
+/// turn (`Some`; `None` before its first) add up to at most the pool less a sixteenth.
+/// A running VM's budget is most of the pool, so what it holds at the end of a turn is
+/// its working set, or all it touched if that is smaller: an estimate that errs
+/// towards staying in turns.
+pub fn fits_again(size_pages: u64, held_at_turn_end: &[Option<u64>]) -> bool {
+    let held: Option<u64> = held_at_turn_end.iter().copied().sum();
+    held.is_some_and(|h| h <= size_pages - size_pages / 16)
+}
+
 /// A running VM, as [`room_to_lend`] sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunningUse {
@@ -708,5 +719,16 @@ mod tests {
         };
         assert!(!over_committed(&config, &[busy(2500.0, 0.8), joining]));
         assert!(!over_committed(&config, &[busy(2500.0, 0.8)]));
+    }
+
+    #[test]
+    fn vms_fit_again_once_each_has_had_a_turn_and_their_sets_add_up_to_the_pool() {
+        // 1,000 pages less a sixteenth: 938.
+        assert!(fits_again(1000, &[Some(400), Some(500)]));
+        assert!(fits_again(1000, &[Some(469), Some(469)]));
+        assert!(!fits_again(1000, &[Some(470), Some(469)]));
+        // One not yet measured: no.
+        assert!(!fits_again(1000, &[Some(100), None]));
+        assert!(!fits_again(1000, &[Some(900), Some(900)]));
     }
 }

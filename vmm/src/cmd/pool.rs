@@ -26,7 +26,7 @@ Examples:
     tiervisor pool --dir /tmp/pool --size 8M --slice-ms 300 --run-slots 1
   All at once while their working sets fit, two at a time in turns of 300 ms once they
   do not (load control):
-    tiervisor pool --dir /tmp/pool --size 24M --slice-ms 300 --run-slots 2 \
+    tiervisor pool --dir /tmp/pool --size 24M --slice-ms 300 --run-slots 2 \\
         --turns-when-over-committed
 
 Each round the manager reads every member's report (priority, size, resident pages,
@@ -34,8 +34,8 @@ faults), then: a VM that joins gets its priority's share of the pool; a VM that
 neither refaults nor touches new pages gives back the budget it does not use; free
 pages go to the VMs that refault; and one step moves from the VM least pressed
 (refaults per second times priority) to the one most pressed. A VM that exits gives
-its share back. The budgets never add up to more than --size. When every VM refaults
-at its budget and no round can move pages, their working sets do not fit together:
+its share back. The budgets never add up to more than --size. When every VM has
+refaulted at its budget for 5 rounds, their working sets do not fit together:
 the manager prints `over-committed: ...` once, and --slice-ms is the remedy
 (--turns-when-over-committed takes it then, and only then).
 
@@ -89,8 +89,9 @@ pub struct PoolArgs {
     #[arg(long, requires = "slice_ms", conflicts_with = "no_staging")]
     pub prestaging: bool,
     /// Run the VMs all at once, and in turns (--slice-ms, --run-slots) only once the
-    /// pool is over-committed: every VM refaults at its budget and no round can move
-    /// pages. Turns then last until no more VMs remain than --run-slots.
+    /// pool is over-committed: every VM has refaulted at its budget for 5 rounds. Turns
+    /// then last until what the VMs hold at the ends of their turns fits in the pool,
+    /// or no more VMs remain than --run-slots.
     #[arg(long, requires = "slice_ms")]
     pub turns_when_over_committed: bool,
 }

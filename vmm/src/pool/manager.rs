@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tiering::pool::{
-    needs_lent_room_back, over_committed, rebalance, room_to_lend, turn_budgets, PoolConfig,
-    PoolMember, RunningUse, TurnMember,
+    fits_again, needs_lent_room_back, over_committed, rebalance, room_to_lend, turn_budgets,
+    PoolConfig, PoolMember, RunningUse, TurnMember,
 };
 
 use super::{
@@ -34,9 +34,10 @@ pub struct ManagerOptions {
     /// [`rebalance`]).
     pub schedule: Option<Schedule>,
     /// Run them all at once, and by `schedule` only while the pool is over-committed
-    /// ([`over_committed`]): from the round that finds it so until no more VMs remain
-    /// than `schedule.slots`. Load control, as Denning's working-set principle has it:
-    /// run only the VMs whose working sets fit.
+    /// ([`over_committed`]): from the round that finds it so until what the VMs hold at
+    /// the ends of their turns fits ([`fits_again`]) or no more VMs remain than
+    /// `schedule.slots`. Load control, as Denning's working-set principle has it: run
+    /// only the VMs whose working sets fit.
     pub turns_when_over_committed: bool,
 }
 
@@ -91,6 +92,9 @@ struct Tracked {
     turn_slice: Duration,
     /// Whether it has had a turn (a first turn has nothing to stage).
     had_turn: bool,
+    /// Its resident pages when its last turn ended (by its latest report), while the
+    /// VMs run in turns because the pool was over-committed ([`fits_again`]).
+    held_at_turn_end: Option<u64>,
     /// Pages a running VM lends to the next in line, and pages that VM borrows, to
     /// stage its pages before its turn (until the turns change).
     lent: u64,
@@ -285,7 +289,7 @@ impl Manager {
     pub fn round(&mut self) -> Vec<String> {
         self.round += 1;
         let mut lines = self.read_reports();
-        if let Some(line) = self.leave_turns_if_few() {
+        if let Some(line) = self.leave_turns_if_they_fit() {
             lines.push(line);
         }
         lines.extend(self.assign());
@@ -298,14 +302,35 @@ impl Manager {
     }
 
     /// Turns taken up because the pool was over-committed end once no more VMs remain
-    /// than run at once anyway: all of them run, and budgets follow [`rebalance`]
-    /// again. Returns the log's line.
-    fn leave_turns_if_few(&mut self) -> Option<String> {
+    /// than run at once anyway, or once what each VM held at the end of its last turn
+    /// fits in the pool ([`fits_again`]): all of them run, and budgets follow
+    /// [`rebalance`] again. Returns the log's line.
+    fn leave_turns_if_they_fit(&mut self) -> Option<String> {
         let slots = self.options.schedule.as_ref()?.slots;
-        if !(self.options.turns_when_over_committed && self.in_turns) || self.members.len() > slots
-        {
+        if !(self.options.turns_when_over_committed && self.in_turns) {
             return None;
         }
+        let t = self.elapsed_s();
+        let n = self.members.len();
+        let held: Vec<Option<u64>> = self
+            .members
+            .iter()
+            .map(|(_, m)| m.held_at_turn_end)
+            .collect();
+        let size = self.options.config.size_pages;
+        let line = if n <= slots {
+            format!(
+                "{t:7.2}s  {n} VMs left, no more than run at once in turns: all run at once again"
+            )
+        } else if fits_again(size, &held) {
+            let total: u64 = held.iter().flatten().sum();
+            format!(
+                "{t:7.2}s  the {n} VMs held {total} pages at the ends of their last turns, of \
+                 {size}: all run at once again"
+            )
+        } else {
+            return None;
+        };
         self.in_turns = false;
         self.over_committed_rounds = 0;
         self.return_lent_room();
@@ -320,13 +345,10 @@ impl Manager {
             if staging && !m.run {
                 m.turn_stage += 1;
             }
+            m.held_at_turn_end = None;
             self.queue.push_back(*pid);
         }
-        Some(format!(
-            "{:7.2}s  {} VMs left, no more than run at once in turns: all run at once again",
-            self.elapsed_s(),
-            self.members.len()
-        ))
+        Some(line)
     }
 
     /// Between rounds, with a schedule: ends the turns that are over and starts the
@@ -533,6 +555,7 @@ impl Manager {
                             turn_started: None,
                             turn_slice: Duration::ZERO,
                             had_turn: false,
+                            held_at_turn_end: None,
                             lent: 0,
                             borrowed: 0,
                         },
@@ -656,8 +679,10 @@ impl Manager {
         let (u_lo, u_hi) = range(&|m| 100.0 * m.active_fraction());
         let remedy = match self.active_schedule() {
             Some(s) => format!(
-                "They run in turns of {} ms, {} at once, until no more than that remain",
+                "They run in turns of {} ms, {} at once, until what they hold at the ends \
+                 of their turns fits or no more than {} remain",
                 s.slice.as_millis(),
+                s.slots,
                 s.slots
             ),
             None => "`--slice-ms` runs them in turns (docs/pool.md)".to_string(),
@@ -683,6 +708,7 @@ impl Manager {
                     m.turn_began = None;
                     m.turn_started = None;
                     m.had_turn = true;
+                    m.held_at_turn_end = Some(m.report.resident_pages);
                     self.queue.push_back(*pid);
                     changed = true;
                 }
