@@ -137,7 +137,9 @@ fn two_vms_in_too_small_a_pool(name: &str, manager_flags: &[&str]) -> (String, S
     (log, root)
 }
 
-/// The manager says once that such a pool is over-committed, and what to do about it.
+/// The manager says that such a pool is over-committed, and what to do about it (once
+/// per spell: on a loaded host a VM starved of CPU can refault too little for a second
+/// or more, which ends one).
 #[test]
 fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
     let (log, _root) = two_vms_in_too_small_a_pool("pool-overcommit", &[]);
@@ -145,12 +147,14 @@ fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
         .lines()
         .filter(|l| l.contains("over-committed"))
         .collect();
-    assert_eq!(lines.len(), 1, "{log}");
-    assert!(
-        lines[0].contains("all 2 VMs have refaulted at their budgets")
-            && lines[0].contains("`--slice-ms` runs them in turns"),
-        "{log}"
-    );
+    assert!(!lines.is_empty(), "{log}");
+    for line in lines {
+        assert!(
+            line.contains("all 2 VMs have refaulted at their budgets")
+                && line.contains("`--slice-ms` runs them in turns"),
+            "{log}"
+        );
+    }
     assert!(!log.contains(", waits"), "{log}");
 }
 
@@ -179,6 +183,54 @@ fn an_over_committed_pool_runs_its_vms_in_turns_when_asked_to() {
         })
         .sum();
     assert!(paused > 0.0, "no VM was paused\n{log}");
+}
+
+/// Load control's way back: a big VM (8 MiB of random access) and two small ones (3
+/// MiB each) over-commit an 8 MiB pool and take turns, one at a time; once the big one
+/// has left, what the small ones hold at the ends of their turns fits, and they run
+/// all at once again though more remain than run at once in turns.
+#[test]
+fn vms_in_turns_run_all_at_once_again_once_their_working_sets_fit() {
+    let root = Scratch::new("pool-fits-again");
+    let pool = root.join("pool");
+    let manager = start_manager(
+        &pool,
+        "8M",
+        &[
+            "--exit-when-empty",
+            "--slice-ms",
+            "200",
+            "--turns-when-over-committed",
+        ],
+    );
+    let vms: Vec<_> = [
+        ("big", "workload=random mem=8M iters=25000 seed=7", 0),
+        ("small0", "workload=random mem=3M iters=3000000 seed=8", 1),
+        ("small1", "workload=random mem=3M iters=3000000 seed=9", 1),
+    ]
+    .into_iter()
+    .map(|(name, cmdline, cpu)| {
+        let vm = pool_vm(&root.join(name), &pool, cmdline, cpu)
+            .spawn()
+            .unwrap();
+        (name, vm)
+    })
+    .collect();
+    for (name, vm) in vms {
+        let out = vm.wait_with_output().unwrap();
+        assert_guest_ok(&out, name);
+    }
+    let out = manager.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "manager: {log}");
+    let over = log.find("over-committed").expect(&log);
+    let again = log.find("the 2 VMs held").expect(&log);
+    assert!(over < again, "{log}");
+    let line = log[again..].lines().next().unwrap();
+    assert!(
+        line.contains("at the ends of their last turns") && line.ends_with("all run at once again"),
+        "{log}"
+    );
 }
 
 /// Context switches so far of the thread named `name` of process `pid` (voluntary plus

@@ -108,6 +108,11 @@ const SAMPLE_DECAY: f64 = 0.8;
 /// refaults does not trigger it.
 const OVER_COMMITTED_ROUNDS: u32 = 5;
 
+/// Rounds in a row without over-commitment that end a spell of it: a round or two in
+/// which a VM starved of CPU refaults less do not (the log would say it again and
+/// again on a loaded host).
+const CALM_ROUNDS: u32 = 10;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -171,9 +176,10 @@ pub struct Manager {
     /// Whether the running turns have lent room for staging before the next one (once
     /// per change of turns: room taken back is not lent again).
     lent_this_turn: bool,
-    /// Rounds in a row the pool has been over-committed (all at once); the log says so
-    /// once per such spell.
+    /// Rounds the pool has been over-committed in this spell (all at once), which
+    /// [`CALM_ROUNDS`] in a row without it end; the log says so once per spell.
     over_committed_rounds: u32,
+    calm_rounds: u32,
     /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
     /// `turns_when_over_committed` while the pool is over-committed.
     in_turns: bool,
@@ -234,6 +240,7 @@ impl Manager {
             ever_joined: false,
             lent_this_turn: false,
             over_committed_rounds: 0,
+            calm_rounds: 0,
             in_turns,
         })
     }
@@ -588,9 +595,13 @@ impl Manager {
                 let budgets = rebalance(&self.options.config, &view);
                 if over_committed(&self.options.config, &view) {
                     self.over_committed_rounds += 1;
+                    self.calm_rounds = 0;
                     newly_over_committed = self.over_committed_rounds == OVER_COMMITTED_ROUNDS;
                 } else {
-                    self.over_committed_rounds = 0;
+                    self.calm_rounds += 1;
+                    if self.calm_rounds >= CALM_ROUNDS {
+                        self.over_committed_rounds = 0;
+                    }
                 }
                 let load_control = self.options.turns_when_over_committed
                     && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
