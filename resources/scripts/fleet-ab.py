@@ -102,7 +102,7 @@ def main():
     checksums = {}
     makespans = {c: [] for c in configs}
     for r in range(ROUNDS):
-        for k, c in enumerate(configs if r % 2 == 0 else configs[::-1]):
+        for c in configs if r % 2 == 0 else configs[::-1]:
             workdir = os.path.join(base, f"r{r}c{configs.index(c)}")
             shutil.rmtree(workdir, ignore_errors=True)
             os.makedirs(workdir)
