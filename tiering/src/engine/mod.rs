@@ -432,8 +432,9 @@ impl Engine {
                     }
                     // Probes (pages the advisor is about to evict) come first and more
                     // often than random samples, as the replay models them. None while
-                    // another VM shares the CPU: a touched probe then costs about what a
-                    // refault does (docs/tiering.md, "No probes on a shared CPU").
+                    // another VM shares the CPU: a touched probe's minor fault then takes
+                    // CPU time from it, while a refault's read does not (docs/tiering.md,
+                    // "No probes on a shared CPU").
                     if self.config.probe_pages > 0
                         && last_probe.elapsed() >= self.config.probe_interval
                     {
