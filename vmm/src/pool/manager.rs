@@ -280,7 +280,7 @@ impl Manager {
         };
         match &self.watch {
             Some(watch) if !self.in_turns => {
-                watch.wait(timeout, Some(stop), joins_or_leaves) == Wake::Other
+                watch.wait(timeout, Some(stop.as_raw_fd()), joins_or_leaves) == Wake::Other
             }
             _ => wait_readable(&[Some(stop.as_raw_fd())], timeout.min(TICK)).is_some(),
         }

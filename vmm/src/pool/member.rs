@@ -2,7 +2,7 @@
 //! carries out what the manager assigns: a budget and, when the manager schedules
 //! VMs in turns, whether the VM runs (docs/pool.md, "Running VMs in turns").
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tiering::access::PageNumber;
 use tiering::runtime::BudgetHandle;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     budget_path, io_error, manager_runs, now_ms, read_json, read_pool_file, report_path,
@@ -108,7 +109,11 @@ impl PoolMembership {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let wake = leave_signal().map(Arc::new);
+        // An eventfd that `leave` makes readable to wake the thread (None if the kernel
+        // refused one: the thread then notices `stop` at its next report).
+        let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .ok()
+            .map(Arc::new);
         let wake2 = wake.clone();
         let thread = std::thread::Builder::new()
             .name("ram-pool".into())
@@ -145,7 +150,7 @@ impl PoolMembership {
         handle: BudgetHandle,
         vm: VmControl,
         stop: &AtomicBool,
-        wake: Option<&OwnedFd>,
+        wake: Option<&EventFd>,
     ) -> BudgetHistory {
         let interval = Duration::from_millis(self.pool.interval_ms.max(1));
         let watch = DirWatch::new(&self.dir)
@@ -227,7 +232,7 @@ impl PoolMembership {
             if turn.staging.is_some() {
                 timeout = timeout.min(ASSIGNMENT_POLL);
             }
-            let wake_fd = wake.map(|w| w.as_fd());
+            let wake_fd = wake.map(|w| w.as_raw_fd());
             match &watch {
                 Some(w) => {
                     w.wait(timeout, wake_fd, |name, _| {
@@ -235,7 +240,7 @@ impl PoolMembership {
                     });
                 }
                 None => {
-                    wait_readable(&[wake_fd.map(|w| w.as_raw_fd())], timeout.min(poll));
+                    wait_readable(&[wake_fd], timeout.min(poll));
                 }
             }
         }
@@ -444,19 +449,10 @@ impl BudgetHistory {
     }
 }
 
-/// An eventfd that `leave` makes readable to wake the member thread (None if the
-/// kernel refused one: the thread then notices `stop` at its next report).
-fn leave_signal() -> Option<OwnedFd> {
-    // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    // SAFETY: fd is a new descriptor owned by nobody else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The running member thread of a VM in a pool.
 pub struct PoolMemberThread {
     stop: Arc<AtomicBool>,
-    wake: Option<Arc<OwnedFd>>,
+    wake: Option<Arc<EventFd>>,
     thread: Option<JoinHandle<BudgetHistory>>,
 }
 
@@ -466,9 +462,8 @@ impl PoolMemberThread {
     pub fn leave(mut self) -> Option<BudgetHistory> {
         self.stop.store(true, Ordering::Release);
         if let Some(wake) = &self.wake {
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd; it stays readable,
-            // so the thread cannot miss it.
-            unsafe { libc::write(wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+            // It stays readable, so the thread cannot miss it.
+            let _ = wake.write(1);
         }
         self.thread.take().and_then(|t| t.join().ok())
     }

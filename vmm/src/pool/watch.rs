@@ -5,7 +5,7 @@
 //! showed in the guest's tail latency (docs/pool.md, "Waking up").
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,16 +57,13 @@ impl DirWatch {
     pub(crate) fn wait(
         &self,
         timeout: Duration,
-        other: Option<BorrowedFd<'_>>,
+        other: Option<RawFd>,
         wanted: impl Fn(&str, bool) -> bool,
     ) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match wait_readable(
-                &[Some(self.fd.as_raw_fd()), other.map(|o| o.as_raw_fd())],
-                left,
-            ) {
+            match wait_readable(&[Some(self.fd.as_raw_fd()), other], left) {
                 Some(0) if self.drain(&wanted) => return Wake::File,
                 Some(0) => {}
                 Some(_) => return Wake::Other,
@@ -142,7 +139,6 @@ pub(crate) fn wait_readable(fds: &[Option<i32>], timeout: Duration) -> Option<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("tv-watch-{tag}-{}", std::process::id()));
@@ -199,7 +195,7 @@ mod tests {
         // SAFETY: writes one byte from a valid buffer to our pipe.
         let written = unsafe { libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         assert_eq!(written, 1);
-        let woke = watch.wait(Duration::from_secs(5), Some(read.as_fd()), |_, _| true);
+        let woke = watch.wait(Duration::from_secs(5), Some(read.as_raw_fd()), |_, _| true);
         assert_eq!(woke, Wake::Other);
         std::fs::remove_dir_all(&d).unwrap();
     }
