@@ -603,14 +603,13 @@ impl Manager {
                         self.over_committed_rounds = 0;
                     }
                 }
-                let load_control = self.options.turns_when_over_committed
-                    && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
-                    && self
-                        .options
-                        .schedule
-                        .as_ref()
-                        .is_some_and(|s| self.members.len() > s.slots);
-                match self.options.schedule.clone().filter(|_| load_control) {
+                // Load control: turns, once over-committed, if more VMs than run at once.
+                let take_turns = self.options.schedule.clone().filter(|s| {
+                    self.options.turns_when_over_committed
+                        && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
+                        && self.members.len() > s.slots
+                });
+                match take_turns {
                     Some(schedule) => {
                         self.in_turns = true;
                         self.turns(&schedule)
