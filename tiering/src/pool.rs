@@ -66,17 +66,20 @@ pub struct PoolConfig {
     pub step_pages: u64,
     /// Refault rate below which a member is not under pressure.
     pub min_refaults_per_s: f64,
+    /// Refault rate from which a member thrashes ([`thrashing`]).
+    pub thrashing_refaults_per_s: f64,
 }
 
 impl PoolConfig {
     /// A pool of `size_pages` moving a sixteenth of itself a round, and counting a
     /// member as under pressure from 20 refaults a second (about 2 ms of stall a
-    /// second at a 100 us refault).
+    /// second at a 100 us refault), and as thrashing from 1,000 (a tenth of its time).
     pub fn new(size_pages: u64) -> Self {
         Self {
             size_pages,
             step_pages: (size_pages / 16).max(1),
             min_refaults_per_s: 20.0,
+            thrashing_refaults_per_s: 1000.0,
         }
     }
 }
@@ -351,10 +354,28 @@ pub fn turn_budgets(size_pages: u64, members: &[TurnMember]) -> Vec<u64> {
 /// not change this: a VM that scans refaults with most of its pages idle between
 /// passes.
 pub fn over_committed(config: &PoolConfig, members: &[PoolMember]) -> bool {
+    all_refault_at_budget(members, config.min_refaults_per_s)
+}
+
+/// Two or more members, every one refaulting at least `rate` a second while it holds
+/// its budget (within a sixteenth): a member whose budget was just raised refaults
+/// its pages back into the room it was given, which says nothing of the pool.
+fn all_refault_at_budget(members: &[PoolMember], rate: f64) -> bool {
     members.len() >= 2
-        && members
-            .iter()
-            .all(|m| m.budget_pages > 0 && m.refaults_per_s >= config.min_refaults_per_s)
+        && members.iter().all(|m| {
+            m.budget_pages > 0
+                && m.resident_pages + m.budget_pages / 16 >= m.budget_pages
+                && m.refaults_per_s >= rate
+        })
+}
+
+/// Whether every member (two or more) thrashes this round: refaults at its budget
+/// fast enough to spend a tenth of its time or more waiting on them. Over-commitment
+/// seen this plainly needs fewer rounds to be believed than [`over_committed`]'s 20
+/// refaults a second: a burst that size from every VM at once is not a VM's phase
+/// change.
+pub fn thrashing(config: &PoolConfig, members: &[PoolMember]) -> bool {
+    all_refault_at_budget(members, config.thrashing_refaults_per_s)
 }
 
 /// Whether VMs run in turns because the pool was over-committed would fit all at once
@@ -719,6 +740,28 @@ mod tests {
         };
         assert!(!over_committed(&config, &[busy(2500.0, 0.8), joining]));
         assert!(!over_committed(&config, &[busy(2500.0, 0.8)]));
+        // One refaulting its pages back into a budget just raised: not so either.
+        let refilling = PoolMember {
+            budget_pages: 800,
+            ..busy(2000.0, 0.1)
+        };
+        assert!(!over_committed(&config, &[busy(2500.0, 0.8), refilling]));
+    }
+
+    #[test]
+    fn a_pool_whose_members_all_refault_a_thousand_times_a_second_thrashes() {
+        let config = PoolConfig::new(1000);
+        let busy = |rate: f64| member(1, 4096, 500, 500, rate);
+        assert!(thrashing(&config, &[busy(2500.0), busy(1000.0)]));
+        // Under pressure but not thrashing: over-committed only once it lasts.
+        assert!(!thrashing(&config, &[busy(2500.0), busy(400.0)]));
+        assert!(over_committed(&config, &[busy(2500.0), busy(400.0)]));
+        assert!(!thrashing(&config, &[busy(2500.0)]));
+        let refilling = PoolMember {
+            budget_pages: 800,
+            ..busy(2000.0)
+        };
+        assert!(!thrashing(&config, &[busy(2500.0), refilling]));
     }
 
     #[test]

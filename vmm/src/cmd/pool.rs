@@ -35,8 +35,9 @@ neither refaults nor touches new pages gives back the budget it does not use; fr
 pages go to the VMs that refault; and one step moves from the VM least pressed
 (refaults per second times priority) to the one most pressed. A VM that exits gives
 its share back. The budgets never add up to more than --size. When every VM has
-refaulted at its budget for 5 rounds, their working sets do not fit together:
-the manager prints `over-committed: ...` once, and --slice-ms is the remedy
+refaulted at its budget for 5 rounds (2 if each 1,000 times a second or more), their
+working sets do not fit together: the manager prints `over-committed: ...` once, and
+--slice-ms is the remedy
 (--turns-when-over-committed takes it then, and only then).
 
 With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
@@ -89,9 +90,9 @@ pub struct PoolArgs {
     #[arg(long, requires = "slice_ms", conflicts_with = "no_staging")]
     pub prestaging: bool,
     /// Run the VMs all at once, and in turns (--slice-ms, --run-slots) only once the
-    /// pool is over-committed: every VM has refaulted at its budget for 5 rounds. Turns
-    /// then last until what the VMs hold at the ends of their turns fits in the pool,
-    /// or no more VMs remain than --run-slots.
+    /// pool is over-committed: every VM has refaulted at its budget for 5 rounds (2 if
+    /// each 1,000 times a second or more). Turns then last until what the VMs hold at
+    /// the ends of their turns fits in the pool, or no more VMs remain than --run-slots.
     #[arg(long, requires = "slice_ms")]
     pub turns_when_over_committed: bool,
 }

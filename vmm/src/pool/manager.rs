@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tiering::pool::{
-    fits_again, needs_lent_room_back, over_committed, rebalance, room_to_lend, turn_budgets,
-    PoolConfig, PoolMember, RunningUse, TurnMember,
+    fits_again, needs_lent_room_back, over_committed, rebalance, room_to_lend, thrashing,
+    turn_budgets, PoolConfig, PoolMember, RunningUse, TurnMember,
 };
 
 use super::{
@@ -108,6 +108,12 @@ const SAMPLE_DECAY: f64 = 0.8;
 /// refaults does not trigger it.
 const OVER_COMMITTED_ROUNDS: u32 = 5;
 
+/// Rounds in a row in which every VM thrashes ([`thrashing`]) that count as a whole
+/// [`OVER_COMMITTED_ROUNDS`]: VMs that have just filled their memory thrash from
+/// their first refaults, and half a second of it was most of a short batch's run
+/// (docs/pool.md, "Load control"; 1 and 3 measured alike).
+const THRASHING_ROUNDS: u32 = 2;
+
 /// Rounds in a row without over-commitment that end a spell of it: a round or two in
 /// which a VM starved of CPU refaults less do not (the log would say it again and
 /// again on a loaded host).
@@ -179,6 +185,8 @@ pub struct Manager {
     /// Rounds the pool has been over-committed in this spell (all at once), which
     /// [`CALM_ROUNDS`] in a row without it end; the log says so once per spell.
     over_committed_rounds: u32,
+    /// Rounds in a row in which every VM thrashed.
+    thrashing_rounds: u32,
     calm_rounds: u32,
     /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
     /// `turns_when_over_committed` while the pool is over-committed.
@@ -240,6 +248,7 @@ impl Manager {
             ever_joined: false,
             lent_this_turn: false,
             over_committed_rounds: 0,
+            thrashing_rounds: 0,
             calm_rounds: 0,
             in_turns,
         })
@@ -340,6 +349,7 @@ impl Manager {
         };
         self.in_turns = false;
         self.over_committed_rounds = 0;
+        self.thrashing_rounds = 0;
         self.return_lent_room();
         self.lent_this_turn = false;
         let staging = self.options.schedule.as_ref().is_some_and(|s| s.staging);
@@ -575,8 +585,9 @@ impl Manager {
 
     /// Decides every member's budget (and turn) and writes those that changed.
     fn assign(&mut self) -> Vec<String> {
-        // Whether this round finds the pool over-committed for the first time in a spell.
-        let mut newly_over_committed = false;
+        // The rounds it took, if this round finds the pool over-committed for the first
+        // time in a spell.
+        let mut newly_over_committed = None;
         let decided: Vec<(u64, bool, u64)> = match self.active_schedule() {
             None => {
                 let view: Vec<PoolMember> = self
@@ -593,10 +604,24 @@ impl Manager {
                     })
                     .collect();
                 let budgets = rebalance(&self.options.config, &view);
+                let before = self.over_committed_rounds;
+                if thrashing(&self.options.config, &view) {
+                    self.thrashing_rounds += 1;
+                } else {
+                    self.thrashing_rounds = 0;
+                }
                 if over_committed(&self.options.config, &view) {
                     self.over_committed_rounds += 1;
                     self.calm_rounds = 0;
-                    newly_over_committed = self.over_committed_rounds == OVER_COMMITTED_ROUNDS;
+                    if self.thrashing_rounds >= THRASHING_ROUNDS {
+                        self.over_committed_rounds =
+                            self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
+                    }
+                    if before < OVER_COMMITTED_ROUNDS
+                        && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
+                    {
+                        newly_over_committed = Some(before + 1);
+                    }
                 } else {
                     self.calm_rounds += 1;
                     if self.calm_rounds >= CALM_ROUNDS {
@@ -628,8 +653,8 @@ impl Manager {
         let dir = self.options.dir.clone();
         let t = self.elapsed_s();
         let mut lines = Vec::new();
-        if newly_over_committed {
-            lines.push(self.over_committed_line(t));
+        if let Some(rounds) = newly_over_committed {
+            lines.push(self.over_committed_line(t, rounds));
         }
         for ((pid, m), &(b, run, stage)) in self.members.iter_mut().zip(&decided) {
             if b == m.budget && run == m.run && stage == m.stage {
@@ -677,8 +702,8 @@ impl Manager {
     }
 
     /// The log's line for a spell of over-commitment: the members' refault rates and
-    /// shares in use, and what to do about it.
-    fn over_committed_line(&self, t: f64) -> String {
+    /// shares in use, and what to do about it; `rounds` in a row it was seen.
+    fn over_committed_line(&self, t: f64, rounds: u32) -> String {
         let range = |f: &dyn Fn(&Tracked) -> f64| {
             let v: Vec<f64> = self.members.iter().map(|(_, m)| f(m)).collect();
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -698,11 +723,10 @@ impl Manager {
             None => "`--slice-ms` runs them in turns (docs/pool.md)".to_string(),
         };
         format!(
-            "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {} rounds \
-             ({r_lo:.0}-{r_hi:.0} refaults/s, {u_lo:.0}-{u_hi:.0}% in use): together their \
-             working sets do not fit in the pool. {remedy}",
+            "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {rounds} \
+             rounds ({r_lo:.0}-{r_hi:.0} refaults/s, {u_lo:.0}-{u_hi:.0}% in use): together \
+             their working sets do not fit in the pool. {remedy}",
             self.members.len(),
-            OVER_COMMITTED_ROUNDS
         )
     }
 
