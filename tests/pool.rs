@@ -228,6 +228,34 @@ fn vms_in_turns_run_all_at_once_again_once_their_working_sets_fit() {
     );
 }
 
+/// `--turns-first`: a batch of VMs starts in turns, one at a time, and runs all at once
+/// once what each held at the end of its turn is known to fit in the pool.
+#[test]
+fn a_pool_started_in_turns_runs_its_vms_all_at_once_once_their_sets_are_known_to_fit() {
+    let (log, _root) = vms_in_a_pool(
+        "pool-turns-first",
+        "8M",
+        &["--slice-ms", "200", "--turns-first"],
+        &[
+            ("vm0", "workload=random mem=2M iters=6000000 seed=7", 0),
+            ("vm1", "workload=random mem=2M iters=6000000 seed=8", 1),
+            ("vm2", "workload=random mem=2M iters=6000000 seed=9", 1),
+        ],
+    );
+    let waits = log.find(", waits").expect(&log);
+    let again = log.find("the 3 VMs held").expect(&log);
+    assert!(waits < again, "{log}");
+    assert!(
+        log[again..]
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("all run at once again"),
+        "{log}"
+    );
+    assert!(!log.contains("over-committed"), "{log}");
+}
+
 /// Context switches so far of the thread named `name` of process `pid` (voluntary plus
 /// involuntary, /proc/PID/task/TID/status), or None while it has no such thread.
 fn thread_switches(pid: u32, name: &str) -> Option<u64> {

@@ -14,9 +14,10 @@
 #     swap file (O_DIRECT, no emulated latency: the disk as it is), per advisor (ADVISORS)
 #     and mode (MODES): `pool`, all VMs running at once, the manager moving budget among
 #     them; `turns`, the manager running them in turns of 300 ms, as many at once as
-#     there are CPUs, each staged as its turn begins (docs/pool.md); and `auto`, all at
+#     there are CPUs, each staged as its turn begins (docs/pool.md); `auto`, all at
 #     once until the pool is over-committed and in such turns from then on
-#     (`--turns-when-over-committed`).
+#     (`--turns-when-over-committed`); and `first`, in such turns from the start and all
+#     at once once what each VM held at the end of its turn fits (`--turns-first`).
 # Every VM's ns per operation (the guest's own, so start-up and exit are not in it) is
 # set against the same VM alone all in RAM under the same VMM, measured in the same
 # round; makespan is from the start of the guests (QEMU's `cont`, tiervisor's launch) to
@@ -51,7 +52,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 VMS = os.environ.get("VMS", "zipf,kv,phases,random").split(",")
 LIMITS = [float(x) for x in os.environ.get("LIMITS", "24,32").split(",")]
 ADVISORS = os.environ.get("ADVISORS", "none,gru").split(",")
-MODES = os.environ.get("MODES", "pool,turns,auto").split(",")
+MODES = os.environ.get("MODES", "pool,turns,auto,first").split(",")
 ITERS = int(os.environ.get("ITERS", "100000"))
 TIMEOUT_S = int(os.environ.get("TIMEOUT", "120"))
 OOM_KILLER = os.environ.get("OOM_KILLER", "on") != "off"
@@ -59,8 +60,8 @@ SLICE_MS = 300
 MEM_MIB, GUEST_MIB = 8, 64
 CPUS = len(os.sched_getaffinity(0))
 for mode in MODES:
-    if mode not in ("static", "pool", "turns", "auto"):
-        sys.exit(f"bench-density: unknown mode {mode} (static, pool, turns, auto)")
+    if mode not in ("static", "pool", "turns", "auto", "first"):
+        sys.exit(f"bench-density: unknown mode {mode} (static, pool, turns, auto, first)")
 N = len(VMS)
 FLEET = Fleet("bench-density", TIERVISOR, GUEST, WORKDIR, VMS, MEM_MIB, GUEST_MIB, ITERS)
 cmdline, check = FLEET.cmdline, FLEET.check
@@ -134,7 +135,8 @@ def tiervisor_shared(pool_mib, advisor, mode):
         share = ["--ram-budget", f"{int(pool_mib * 1024 / N)}K"]
     else:
         turns = ["--slice-ms", str(SLICE_MS), "--run-slots", str(CPUS)]
-        flags = {"turns": turns, "auto": turns + ["--turns-when-over-committed"]}.get(mode, [])
+        flags = {"turns": turns, "auto": turns + ["--turns-when-over-committed"],
+                 "first": turns + ["--turns-first"]}.get(mode, [])
         manager = start_pool(TIERVISOR, pool_dir, pool_mib * 1024,
                              os.path.join(WORKDIR, "pool.log"), flags)
         share = ["--ram-pool", pool_dir]

@@ -28,6 +28,10 @@ Examples:
   do not (load control):
     tiervisor pool --dir /tmp/pool --size 24M --slice-ms 300 --run-slots 2 \\
         --turns-when-over-committed
+  A batch started together: in turns until what each VM held at the end of its turn
+  fits, then all at once (and back to turns if they thrash):
+    tiervisor pool --dir /tmp/pool --size 24M --slice-ms 300 --run-slots 2 \\
+        --turns-first --exit-when-empty
 
 Each round the manager reads every member's report (priority, size, resident pages,
 faults), then: a VM that joins gets its priority's share of the pool; a VM that
@@ -37,8 +41,9 @@ pages go to the VMs that refault; and one step moves from the VM least pressed
 its share back. The budgets never add up to more than --size. When every VM has
 refaulted at its budget for 5 rounds (2 if each 1,000 times a second or more), their
 working sets do not fit together: the manager prints `over-committed: ...` once, and
---slice-ms is the remedy
-(--turns-when-over-committed takes it then, and only then).
+--slice-ms is the remedy (--turns-when-over-committed takes it then, and only then;
+--turns-first starts with it and runs the VMs all at once once their working sets,
+measured in their turns, fit).
 
 With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
 VMs): at most --run-slots run at once, each for a slice, while the others wait with
@@ -95,6 +100,11 @@ pub struct PoolArgs {
     /// the ends of their turns fits in the pool, or no more VMs remain than --run-slots.
     #[arg(long, requires = "slice_ms")]
     pub turns_when_over_committed: bool,
+    /// As --turns-when-over-committed, but start in turns: the VMs run all at once
+    /// only once what each held at the end of its first turn fits in the pool. For a
+    /// batch of VMs started together, whose working sets are not known yet.
+    #[arg(long, requires = "slice_ms")]
+    pub turns_first: bool,
 }
 
 fn pages_of(flag: &str, text: &str) -> Result<u64, String> {
@@ -147,7 +157,8 @@ pub fn run(args: PoolArgs) -> i32 {
         interval,
         exit_when_empty: args.exit_when_empty,
         schedule,
-        turns_when_over_committed: args.turns_when_over_committed,
+        turns_when_over_committed: args.turns_when_over_committed || args.turns_first,
+        start_in_turns: args.turns_first,
     }) {
         Ok(m) => m,
         Err(e) => return super::usage_error(e),

@@ -39,6 +39,12 @@ pub struct ManagerOptions {
     /// `schedule.slots`. Load control, as Denning's working-set principle has it: run
     /// only the VMs whose working sets fit.
     pub turns_when_over_committed: bool,
+    /// With `turns_when_over_committed`: start in turns, as if over-committed, so that
+    /// the VMs run all at once only once what each held at the end of its first turn
+    /// fits ([`fits_again`]): admission by measured working set, for a batch of VMs
+    /// started together, which otherwise fill their memory all at once before their
+    /// refaults can tell.
+    pub start_in_turns: bool,
 }
 
 /// Turns: at most `slots` VMs run at once, each for `slice` while others wait; the
@@ -60,6 +66,8 @@ struct Tracked {
     budget: u64,
     refaults_per_s: f64,
     first_touches_per_s: f64,
+    /// First touches since its report before last, per second (not smoothed).
+    first_touches_lately: f64,
     /// Its latest report as read between rounds (a schedule with staging before turns):
     /// resident pages, and whether it runs settled.
     fresh_resident: u64,
@@ -187,6 +195,11 @@ pub struct Manager {
     over_committed_rounds: u32,
     /// Rounds in a row in which every VM thrashed.
     thrashing_rounds: u32,
+    /// Whether any member has left.
+    any_left: bool,
+    /// Whether the next all-at-once round splits the pool as if every VM had just
+    /// joined (set on leaving turns).
+    shares_afresh: bool,
     calm_rounds: u32,
     /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
     /// `turns_when_over_committed` while the pool is over-committed.
@@ -236,7 +249,8 @@ impl Manager {
         let watch = DirWatch::new(dir)
             .map_err(|e| log::warn!("ram pool: cannot watch {}: {e}; polling it", dir.display()))
             .ok();
-        let in_turns = options.schedule.is_some() && !options.turns_when_over_committed;
+        let in_turns = options.schedule.is_some()
+            && (!options.turns_when_over_committed || options.start_in_turns);
         Ok(Self {
             options,
             watch,
@@ -249,6 +263,8 @@ impl Manager {
             lent_this_turn: false,
             over_committed_rounds: 0,
             thrashing_rounds: 0,
+            any_left: false,
+            shares_afresh: false,
             calm_rounds: 0,
             in_turns,
         })
@@ -335,6 +351,11 @@ impl Manager {
             .collect();
         let size = self.options.config.size_pages;
         let line = if n <= slots {
+            // A pool that starts in turns has no more VMs than slots while its batch
+            // joins: only VMs leaving end its turns this way.
+            if self.options.start_in_turns && !self.any_left {
+                return None;
+            }
             format!(
                 "{t:7.2}s  {n} VMs left, no more than run at once in turns: all run at once again"
             )
@@ -350,6 +371,7 @@ impl Manager {
         self.in_turns = false;
         self.over_committed_rounds = 0;
         self.thrashing_rounds = 0;
+        self.shares_afresh = true;
         self.return_lent_room();
         self.lent_this_turn = false;
         let staging = self.options.schedule.as_ref().is_some_and(|s| s.staging);
@@ -514,6 +536,7 @@ impl Manager {
         }
         // Members gone (their file removed, or the process ended).
         let queue = &mut self.queue;
+        let before = self.members.len();
         self.members.retain(|(pid, m)| {
             let stays = seen.iter().any(|r| r.pid == *pid);
             if !stays {
@@ -525,6 +548,7 @@ impl Manager {
             }
             stays
         });
+        self.any_left |= self.members.len() < before;
         for r in seen {
             match self.members.iter_mut().find(|(pid, _)| *pid == r.pid) {
                 Some((_, m)) => {
@@ -539,6 +563,7 @@ impl Manager {
                         let fills = r.zero_fills.saturating_sub(m.report.zero_fills);
                         let rate = fills as f64 * 1000.0 / dt as f64;
                         m.first_touches_per_s = 0.5 * m.first_touches_per_s + 0.5 * rate;
+                        m.first_touches_lately = rate;
                         let zaps = r.sampled_zaps.saturating_sub(m.report.sampled_zaps);
                         let hits = r.sample_hits.saturating_sub(m.report.sample_hits);
                         m.sample_zaps = SAMPLE_DECAY * m.sample_zaps + m.zaps_last_round as f64;
@@ -558,6 +583,7 @@ impl Manager {
                             refaults_per_s: 0.0,
                             first_touches_per_s: NEW_MEMBER_FILL_RATE
                                 * self.options.config.min_refaults_per_s,
+                            first_touches_lately: 0.0,
                             fresh_resident: 0,
                             settle_mark: None,
                             settled: false,
@@ -603,7 +629,23 @@ impl Manager {
                         active_fraction: m.active_fraction(),
                     })
                     .collect();
-                let budgets = rebalance(&self.options.config, &view);
+                // Out of turns, every VM starts again from its priority's share, as
+                // when it joined: its budget in turns (a waiting VM's thirty-second)
+                // says nothing of what it needs, and a VM resumed with it would
+                // refault until the scheme noticed (docs/pool.md, "Load control").
+                let afresh: Vec<PoolMember>;
+                let budgets = if std::mem::take(&mut self.shares_afresh) {
+                    afresh = view
+                        .iter()
+                        .map(|m| PoolMember {
+                            budget_pages: 0,
+                            ..m.clone()
+                        })
+                        .collect();
+                    rebalance(&self.options.config, &afresh)
+                } else {
+                    rebalance(&self.options.config, &view)
+                };
                 let before = self.over_committed_rounds;
                 if thrashing(&self.options.config, &view) {
                     self.thrashing_rounds += 1;
@@ -735,6 +777,7 @@ impl Manager {
     fn turns(&mut self, schedule: &Schedule) -> Vec<(u64, bool, u64)> {
         let now = Instant::now();
         let mut changed = false;
+        let filling_from = self.options.config.min_refaults_per_s;
         if !self.queue.is_empty() {
             for (pid, m) in self.members.iter_mut() {
                 if m.turn_run && m.turn_started.is_some_and(|t| now - t >= m.turn_slice) {
@@ -742,7 +785,11 @@ impl Manager {
                     m.turn_began = None;
                     m.turn_started = None;
                     m.had_turn = true;
-                    m.held_at_turn_end = Some(m.report.resident_pages);
+                    // A VM still touching new pages as its turn ends holds less than
+                    // it will need: no estimate of its working set from this turn.
+                    if m.first_touches_lately < filling_from {
+                        m.held_at_turn_end = Some(m.report.resident_pages);
+                    }
                     self.queue.push_back(*pid);
                     changed = true;
                 }

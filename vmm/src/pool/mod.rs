@@ -272,6 +272,7 @@ mod tests {
             exit_when_empty: true,
             schedule: None,
             turns_when_over_committed: false,
+            start_in_turns: false,
         })
         .unwrap();
         // A second manager on the same directory is refused.
@@ -282,6 +283,7 @@ mod tests {
             exit_when_empty: true,
             schedule: None,
             turns_when_over_committed: false,
+            start_in_turns: false,
         });
         assert!(matches!(again, Err(PoolError::ManagerRunning { .. })));
         // This process is both: the member joins on a thread while the manager runs.
