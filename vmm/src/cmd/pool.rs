@@ -101,8 +101,8 @@ pub struct PoolArgs {
     #[arg(long, requires = "slice_ms")]
     pub turns_when_over_committed: bool,
     /// As --turns-when-over-committed, but start in turns: the VMs run all at once
-    /// only once what each held at the end of its first turn fits in the pool. For a
-    /// batch of VMs started together, whose working sets are not known yet.
+    /// only once what each held at the end of its turn fits in the pool. For a batch
+    /// of VMs started together, whose working sets are not known yet.
     #[arg(long, requires = "slice_ms")]
     pub turns_first: bool,
 }

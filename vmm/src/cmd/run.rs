@@ -413,7 +413,12 @@ pub fn run(args: RunArgs, process_start: Instant) -> i32 {
     // Joined before the VM is built, so that it starts within its share.
     let (tiered_request, membership) = match (tiered_request, &args.ram_pool) {
         (Some(mut req), Some(dir)) => {
-            match vmm::pool::PoolMembership::join(dir, priority, guest_pages) {
+            match vmm::pool::PoolMembership::join(
+                dir,
+                priority,
+                guest_pages,
+                Some(req.cpus.handler()),
+            ) {
                 Ok(m) => {
                     req.ram_budget_bytes =
                         Some(m.initial_budget_pages * tiering::access::PAGE_SIZE);

@@ -35,6 +35,7 @@ pub struct PoolMembership {
     pid: u32,
     priority: u32,
     guest_pages: u64,
+    cpu: Option<usize>,
     /// The budget the manager gave at joining.
     pub initial_budget_pages: u64,
     /// Whether the VM may run from the start (false: the scheduler runs others first).
@@ -52,8 +53,14 @@ pub struct VmControl {
 }
 
 impl PoolMembership {
-    /// Joins the pool in `dir`: reports this VM and waits for its first budget.
-    pub fn join(dir: &Path, priority: u32, guest_pages: u64) -> Result<Self, PoolError> {
+    /// Joins the pool in `dir`: reports this VM (pinned to host CPU `cpu`, if given)
+    /// and waits for its first budget.
+    pub fn join(
+        dir: &Path,
+        priority: u32,
+        guest_pages: u64,
+        cpu: Option<usize>,
+    ) -> Result<Self, PoolError> {
         let pool = read_pool_file(dir)?;
         let pid = std::process::id();
         let report = MemberReport {
@@ -69,6 +76,7 @@ impl PoolMembership {
             sample_hits: 0,
             time_ms: now_ms(),
             staged: 0,
+            cpu,
         };
         write_json(&report_path(dir, pid), &report)
             .map_err(io_error(dir, "cannot write this VM's report"))?;
@@ -94,6 +102,7 @@ impl PoolMembership {
             pid,
             priority,
             guest_pages,
+            cpu,
             initial_budget_pages: first.budget_pages,
             initial_run: first.run,
             initial_stage: if first.run { first.stage } else { 0 },
@@ -139,6 +148,7 @@ impl PoolMembership {
             sample_hits: r.sample_hits,
             time_ms: now_ms(),
             staged,
+            cpu: self.cpu,
         };
         if let Err(e) = write_json(&report_path(&self.dir, self.pid), &report) {
             log::warn!("ram pool: cannot write this VM's report: {e}");

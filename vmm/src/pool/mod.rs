@@ -80,6 +80,10 @@ pub struct MemberReport {
     /// time run with its pages in, however long staging took (0: none yet).
     #[serde(default)]
     pub staged: u64,
+    /// The host CPU its vCPUs start on and its fault handler runs on (`run --cpu`),
+    /// if pinned: a scheduling manager does not run two VMs of one CPU at once.
+    #[serde(default)]
+    pub cpu: Option<usize>,
 }
 
 /// `vm-<pid>.budget.json`: what the manager assigns.
@@ -243,7 +247,10 @@ mod tests {
     fn joining_without_a_manager_is_a_clear_error() {
         let d = temp_dir("none");
         std::fs::create_dir_all(&d).unwrap();
-        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        let e = PoolMembership::join(&d, 1, 100, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("no pool manager runs there"), "{e}");
         // A pool file left by a manager that is gone (nobody holds its lock): the same.
         let stale = PoolFile {
@@ -254,10 +261,16 @@ mod tests {
             slice_ms: None,
         };
         write_json(&d.join(POOL_FILE), &stale).unwrap();
-        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        let e = PoolMembership::join(&d, 1, 100, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("no pool manager runs there"), "{e}");
         std::fs::write(d.join(POOL_FILE), "{").unwrap();
-        let e = PoolMembership::join(&d, 1, 100).err().unwrap().to_string();
+        let e = PoolMembership::join(&d, 1, 100, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("is not a pool file of this version"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -288,7 +301,7 @@ mod tests {
         assert!(matches!(again, Err(PoolError::ManagerRunning { .. })));
         // This process is both: the member joins on a thread while the manager runs.
         let d2 = d.clone();
-        let joining = std::thread::spawn(move || PoolMembership::join(&d2, 1, 400));
+        let joining = std::thread::spawn(move || PoolMembership::join(&d2, 1, 400, None));
         let mut lines = Vec::new();
         while !joining.is_finished() {
             lines.extend(manager.round());
@@ -312,5 +325,68 @@ mod tests {
             Err(PoolError::NoManager { .. })
         ));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn vms_in_turns_share_a_turn_only_on_different_cpus() {
+        let d = temp_dir("cpus");
+        let mut manager = Manager::start(ManagerOptions {
+            dir: d.clone(),
+            config: PoolConfig::new(1000),
+            interval: Duration::from_millis(10),
+            exit_when_empty: true,
+            schedule: Some(Schedule {
+                slice: Duration::from_secs(60),
+                slots: 2,
+                staging: false,
+                prestaging: false,
+            }),
+            turns_when_over_committed: false,
+            start_in_turns: false,
+        })
+        .unwrap();
+        // Members are processes: three that live while the test runs, reported on CPUs
+        // 0, 0 and 1, joining in that order.
+        let mut children: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        for (&pid, cpu) in pids.iter().zip([0, 0, 1]) {
+            let report = MemberReport {
+                version: POOL_FORMAT,
+                pid,
+                priority: 1,
+                guest_pages: 400,
+                budget_pages: 0,
+                resident_pages: 0,
+                demand_faults: 0,
+                zero_fills: 0,
+                sampled_zaps: 0,
+                sample_hits: 0,
+                time_ms: now_ms(),
+                staged: 0,
+                cpu: Some(cpu),
+            };
+            write_json(&report_path(&d, pid), &report).unwrap();
+            manager.round();
+        }
+        let runs: Vec<bool> = pids
+            .iter()
+            .map(|&pid| read_json::<Assignment>(&budget_path(&d, pid)).unwrap().run)
+            .collect();
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        manager.close();
+        std::fs::remove_dir_all(&d).unwrap();
+        // The second VM on CPU 0 waits though a slot was free when it joined; the VM
+        // on CPU 1 takes that slot.
+        assert_eq!(runs, [true, false, true]);
     }
 }

@@ -6,10 +6,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiering::pool::{
-    fits_again, needs_lent_room_back, over_committed, rebalance, room_to_lend, thrashing,
-    turn_budgets, PoolConfig, PoolMember, RunningUse, TurnMember,
-};
+use tiering::pool::{over_committed, rebalance, thrashing, PoolConfig, PoolMember};
+
+mod turns;
 
 use super::{
     alive, budget_path, io_error, read_json, report_path, report_pid, wait_readable, write_json,
@@ -35,20 +34,20 @@ pub struct ManagerOptions {
     pub schedule: Option<Schedule>,
     /// Run them all at once, and by `schedule` only while the pool is over-committed
     /// ([`over_committed`]): from the round that finds it so until what the VMs hold at
-    /// the ends of their turns fits ([`fits_again`]) or no more VMs remain than
-    /// `schedule.slots`. Load control, as Denning's working-set principle has it: run
-    /// only the VMs whose working sets fit.
+    /// the ends of their turns fits ([`tiering::pool::fits_again`]) or no more VMs
+    /// remain than `schedule.slots`. Load control, as Denning's working-set principle
+    /// has it: run only the VMs whose working sets fit.
     pub turns_when_over_committed: bool,
     /// With `turns_when_over_committed`: start in turns, as if over-committed, so that
-    /// the VMs run all at once only once what each held at the end of its first turn
-    /// fits ([`fits_again`]): admission by measured working set, for a batch of VMs
-    /// started together, which otherwise fill their memory all at once before their
-    /// refaults can tell.
+    /// the VMs run all at once only once what each held at the end of its turn fits
+    /// ([`tiering::pool::fits_again`]): admission by measured working set, for a batch
+    /// of VMs started together, which otherwise fill their memory all at once before
+    /// their refaults can tell.
     pub start_in_turns: bool,
 }
 
 /// Turns: at most `slots` VMs run at once, each for `slice` while others wait; the
-/// pool is split by [`turn_budgets`].
+/// pool is split by [`tiering::pool::turn_budgets`].
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub slice: Duration,
@@ -101,7 +100,8 @@ struct Tracked {
     /// Whether it has had a turn (a first turn has nothing to stage).
     had_turn: bool,
     /// Its resident pages when its last turn ended (by its latest report), while the
-    /// VMs run in turns because the pool was over-committed ([`fits_again`]).
+    /// VMs run in turns because the pool was over-committed
+    /// ([`tiering::pool::fits_again`]).
     held_at_turn_end: Option<u64>,
     /// Pages a running VM lends to the next in line, and pages that VM borrows, to
     /// stage its pages before its turn (until the turns change).
@@ -126,37 +126,6 @@ const THRASHING_ROUNDS: u32 = 2;
 /// which a VM starved of CPU refaults less do not (the log would say it again and
 /// again on a loaded host).
 const CALM_ROUNDS: u32 = 10;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// A turn whose member never reports its staged pages in (a member of an older
-/// version, or one that cannot tell) starts its clock after this many slices.
-const STAGING_WAIT_SLICES: u32 = 10;
-
-/// A turn runs at least this many times as long as its staging took, so that on a slow
-/// tier a turn is not mostly staging (with 300 ms turns over an hdd-profiled tier,
-/// staging took up to 1.5 s and the VMs made almost no progress).
-const STAGING_SLICE_RATIO: u32 = 2;
-
-/// A running VM lends room for staging before the next turn once it has run this long
-/// (by its reports) without a demand fault: its staged pages are in and it does not
-/// grow. Its reports' counters are at most 20 ms old, so a shorter span could miss the
-/// faults of a VM still filling.
-const SETTLE_MS: u64 = 50;
-
-/// The margin a running VM keeps when it lends room for staging before the next turn,
-/// as a fraction of the pool ([`room_to_lend`]).
-const PRESTAGING_MARGIN_DIVISOR: u64 = 16;
-
-/// A running member with its turn's budget `b`, for the lending rules.
-fn running_use(m: &Tracked, b: u64) -> RunningUse {
-    RunningUse {
-        budget_pages: b,
-        resident_pages: m.fresh_resident,
-    }
-}
 
 impl Tracked {
     /// The share of its resident pages in use; 1.0 until a few samples came back.
@@ -333,178 +302,6 @@ impl Manager {
         self.options.schedule.clone().filter(|_| self.in_turns)
     }
 
-    /// Turns taken up because the pool was over-committed end once no more VMs remain
-    /// than run at once anyway, or once what each VM held at the end of its last turn
-    /// fits in the pool ([`fits_again`]): all of them run, and budgets follow
-    /// [`rebalance`] again. Returns the log's line.
-    fn leave_turns_if_they_fit(&mut self) -> Option<String> {
-        let slots = self.options.schedule.as_ref()?.slots;
-        if !(self.options.turns_when_over_committed && self.in_turns) {
-            return None;
-        }
-        let t = self.elapsed_s();
-        let n = self.members.len();
-        let held: Vec<Option<u64>> = self
-            .members
-            .iter()
-            .map(|(_, m)| m.held_at_turn_end)
-            .collect();
-        let size = self.options.config.size_pages;
-        let line = if n <= slots {
-            // A pool that starts in turns has no more VMs than slots while its batch
-            // joins: only VMs leaving end its turns this way.
-            if self.options.start_in_turns && !self.any_left {
-                return None;
-            }
-            format!(
-                "{t:7.2}s  {n} VMs left, no more than run at once in turns: all run at once again"
-            )
-        } else if fits_again(size, &held) {
-            let total: u64 = held.iter().flatten().sum();
-            format!(
-                "{t:7.2}s  the {n} VMs held {total} pages at the ends of their last turns, of \
-                 {size}: all run at once again"
-            )
-        } else {
-            return None;
-        };
-        self.in_turns = false;
-        self.over_committed_rounds = 0;
-        self.thrashing_rounds = 0;
-        self.shares_afresh = true;
-        self.return_lent_room();
-        self.lent_this_turn = false;
-        let staging = self.options.schedule.as_ref().is_some_and(|s| s.staging);
-        self.queue.clear();
-        for (pid, m) in self.members.iter_mut() {
-            m.turn_run = false;
-            m.turn_began = None;
-            m.turn_started = None;
-            // A waiting VM resumes with the pages it held asked back, as a turn does.
-            if staging && !m.run {
-                m.turn_stage += 1;
-            }
-            m.held_at_turn_end = None;
-            self.queue.push_back(*pid);
-        }
-        Some(line)
-    }
-
-    /// Between rounds, with a schedule: ends the turns that are over and starts the
-    /// next. Returns a line per change.
-    pub fn tick(&mut self) -> Vec<String> {
-        let Some(schedule) = self.active_schedule() else {
-            return Vec::new();
-        };
-        let prestaging = schedule.staging && schedule.prestaging;
-        let latest = self.latest_reports(prestaging);
-        let mut lines = self.start_staged_clocks(schedule.slice, &latest);
-        let running = self.members.iter().filter(|(_, m)| m.turn_run).count();
-        let expired = self.members.iter().any(|(_, m)| {
-            m.turn_run && m.turn_started.is_some_and(|t| t.elapsed() >= m.turn_slice)
-        });
-        let lending = prestaging && self.watch_turns(&latest);
-        if !self.queue.is_empty() && (expired || running < schedule.slots || lending) {
-            lines.extend(self.assign());
-        }
-        lines
-    }
-
-    /// Between rounds, the members' latest reports (members in turns report every
-    /// [`super::TURN_REPORT_INTERVAL`]), read once a tick: of every member with `all`
-    /// (staging before turns), else of those whose staged pages are awaited.
-    fn latest_reports(&self, all: bool) -> Vec<Option<MemberReport>> {
-        self.members
-            .iter()
-            .map(|(pid, m)| {
-                let awaited = m.turn_run && m.turn_started.is_none();
-                (all || awaited)
-                    .then(|| read_json(&report_path(&self.options.dir, *pid)).ok())
-                    .flatten()
-            })
-            .collect()
-    }
-
-    /// Between rounds, with staging before turns: takes the members' resident pages
-    /// from their `latest` reports, and marks a running VM settled once its reports
-    /// since its clock started show [`SETTLE_MS`] without a demand fault. Returns
-    /// whether lending may be due: nothing lent yet and every running VM settled, or
-    /// something lent that a lender needs back.
-    fn watch_turns(&mut self, latest: &[Option<MemberReport>]) -> bool {
-        for ((_, m), r) in self.members.iter_mut().zip(latest) {
-            let Some(r) = r else {
-                continue;
-            };
-            m.fresh_resident = r.resident_pages;
-            if !m.turn_run || m.turn_started.is_none() {
-                continue;
-            }
-            match m.settle_mark {
-                Some((t, faults)) if r.demand_faults == faults => {
-                    m.settled |= r.time_ms >= t + SETTLE_MS;
-                }
-                _ => m.settle_mark = Some((r.time_ms, r.demand_faults)),
-            }
-        }
-        let lent = self.members.iter().any(|(_, m)| m.lent > 0);
-        (!self.lent_this_turn && self.running_settled()) || lent
-    }
-
-    /// Whether every running VM has settled ([`Manager::watch_turns`]).
-    fn running_settled(&self) -> bool {
-        self.members.iter().all(|(_, m)| !m.turn_run || m.settled)
-    }
-
-    /// Every lender takes back the room it lent, and the borrower gives it up.
-    fn return_lent_room(&mut self) {
-        for (_, m) in self.members.iter_mut() {
-            m.lent = 0;
-            m.borrowed = 0;
-        }
-    }
-
-    /// Starts the clock of each running turn whose staged pages are in (its member's
-    /// `latest` report says so), or that has waited for them [`STAGING_WAIT_SLICES`]
-    /// slices.
-    fn start_staged_clocks(
-        &mut self,
-        slice: Duration,
-        latest: &[Option<MemberReport>],
-    ) -> Vec<String> {
-        let t = self.elapsed_s();
-        let mut lines = Vec::new();
-        for ((pid, m), r) in self.members.iter_mut().zip(latest) {
-            let Some(began) = m
-                .turn_began
-                .filter(|_| m.turn_run && m.turn_started.is_none())
-            else {
-                continue;
-            };
-            let staged = r.as_ref().is_some_and(|r| r.staged >= m.turn_stage);
-            if staged || began.elapsed() >= slice * STAGING_WAIT_SLICES {
-                let staging = began.elapsed();
-                m.turn_started = Some(Instant::now());
-                m.settle_mark = None;
-                m.settled = false;
-                // A VM's first turn stages nothing; the wait was its boot.
-                let first = !m.had_turn;
-                if !first {
-                    m.turn_slice = slice.max(staging * STAGING_SLICE_RATIO);
-                }
-                let what = match (first, staged) {
-                    (true, true) => "started".to_string(),
-                    (false, true) => format!("pages staged in {:.0} ms", ms(staging)),
-                    (_, false) => format!("staging not reported in {:.0} ms", ms(staging)),
-                };
-                lines.push(format!(
-                    "{t:7.2}s  vm {pid}: {what}; its turn's {} ms start now",
-                    m.turn_slice.as_millis()
-                ));
-            }
-        }
-        lines
-    }
-
     fn elapsed_s(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -616,36 +413,25 @@ impl Manager {
         let mut newly_over_committed = None;
         let decided: Vec<(u64, bool, u64)> = match self.active_schedule() {
             None => {
+                // Out of turns, every VM starts again from its priority's share, as
+                // when it joined: its budget in turns (a waiting VM's thirty-second)
+                // says nothing of what it needs, and a VM resumed with it would
+                // refault until the scheme noticed (docs/pool.md, "Load control").
+                let afresh = std::mem::take(&mut self.shares_afresh);
                 let view: Vec<PoolMember> = self
                     .members
                     .iter()
                     .map(|(_, m)| PoolMember {
                         priority: m.report.priority.max(1),
                         guest_pages: m.report.guest_pages,
-                        budget_pages: m.budget,
+                        budget_pages: if afresh { 0 } else { m.budget },
                         resident_pages: m.report.resident_pages,
                         refaults_per_s: m.refaults_per_s,
                         first_touches_per_s: m.first_touches_per_s,
                         active_fraction: m.active_fraction(),
                     })
                     .collect();
-                // Out of turns, every VM starts again from its priority's share, as
-                // when it joined: its budget in turns (a waiting VM's thirty-second)
-                // says nothing of what it needs, and a VM resumed with it would
-                // refault until the scheme noticed (docs/pool.md, "Load control").
-                let afresh: Vec<PoolMember>;
-                let budgets = if std::mem::take(&mut self.shares_afresh) {
-                    afresh = view
-                        .iter()
-                        .map(|m| PoolMember {
-                            budget_pages: 0,
-                            ..m.clone()
-                        })
-                        .collect();
-                    rebalance(&self.options.config, &afresh)
-                } else {
-                    rebalance(&self.options.config, &view)
-                };
+                let budgets = rebalance(&self.options.config, &view);
                 let before = self.over_committed_rounds;
                 if thrashing(&self.options.config, &view) {
                     self.thrashing_rounds += 1;
@@ -770,152 +556,6 @@ impl Manager {
              their working sets do not fit in the pool. {remedy}",
             self.members.len(),
         )
-    }
-
-    /// Turns: ends those that are over (when someone waits), starts the next in line,
-    /// and splits the pool by [`turn_budgets`].
-    fn turns(&mut self, schedule: &Schedule) -> Vec<(u64, bool, u64)> {
-        let now = Instant::now();
-        let mut changed = false;
-        let filling_from = self.options.config.min_refaults_per_s;
-        if !self.queue.is_empty() {
-            for (pid, m) in self.members.iter_mut() {
-                if m.turn_run && m.turn_started.is_some_and(|t| now - t >= m.turn_slice) {
-                    m.turn_run = false;
-                    m.turn_began = None;
-                    m.turn_started = None;
-                    m.had_turn = true;
-                    // A VM still touching new pages as its turn ends holds less than
-                    // it will need: no estimate of its working set from this turn.
-                    if m.first_touches_lately < filling_from {
-                        m.held_at_turn_end = Some(m.report.resident_pages);
-                    }
-                    self.queue.push_back(*pid);
-                    changed = true;
-                }
-            }
-        }
-        let mut running = self.members.iter().filter(|(_, m)| m.turn_run).count();
-        changed |= running < schedule.slots && !self.queue.is_empty();
-        while running < schedule.slots {
-            let Some(next) = self.queue.pop_front() else {
-                break;
-            };
-            if let Some((_, m)) = self.members.iter_mut().find(|(p, _)| *p == next) {
-                m.turn_run = true;
-                m.turn_began = Some(now);
-                m.turn_slice = schedule.slice;
-                // With staging, the turn's clock starts once the pages are in
-                // (`start_staged_clocks`): on a slow tier staging can take longer
-                // than a slice, and a turn spent staging would end with nothing run.
-                // A VM that runs already (turns that began with the pool
-                // over-committed) has its pages in: nothing to stage.
-                let stage = schedule.staging && !m.run;
-                m.turn_started = if stage { None } else { Some(now) };
-                m.settle_mark = None;
-                m.settled = false;
-                if stage {
-                    m.turn_stage += 1;
-                }
-                running += 1;
-            }
-        }
-        let view: Vec<TurnMember> = self
-            .members
-            .iter()
-            .map(|(_, m)| TurnMember {
-                priority: m.report.priority,
-                guest_pages: m.report.guest_pages,
-                running: m.turn_run,
-            })
-            .collect();
-        let mut budgets = turn_budgets(self.options.config.size_pages, &view);
-        if changed {
-            // New turns: what was lent goes back (the budgets above are the new turns').
-            self.return_lent_room();
-            self.lent_this_turn = false;
-        }
-        if schedule.staging && schedule.prestaging {
-            self.lend_for_prestaging(&mut budgets);
-        }
-        budgets
-            .into_iter()
-            .zip(&self.members)
-            .map(|(b, (_, m))| (b, m.turn_run, m.turn_stage))
-            .collect()
-    }
-
-    /// Staging before a turn (the "VM x runs next: stage its set first" of the vCPU
-    /// scheduler): once every running VM has settled, the room it holds beyond its
-    /// resident pages and a margin ([`room_to_lend`]) is lent to the next VM in line,
-    /// which stages its pages into it while it waits. A lender whose resident pages grow
-    /// into the margin takes the room back, as do the lenders of a borrower that left.
-    /// `budgets` are [`turn_budgets`]'s, changed by what is lent.
-    fn lend_for_prestaging(&mut self, budgets: &mut [u64]) {
-        let margin = (self.options.config.size_pages / PRESTAGING_MARGIN_DIVISOR).max(1);
-        let squeezed = self
-            .members
-            .iter()
-            .zip(budgets.iter())
-            .any(|((_, m), &b)| needs_lent_room_back(&running_use(m, b), m.lent, margin));
-        let borrower_left = self.members.iter().any(|(_, m)| m.lent > 0)
-            && self.members.iter().all(|(_, m)| m.borrowed == 0);
-        if squeezed || borrower_left {
-            self.return_lent_room();
-        } else if !self.lent_this_turn {
-            self.lend(budgets, margin);
-        }
-        for ((_, m), b) in self.members.iter().zip(budgets.iter_mut()) {
-            *b = b.saturating_sub(m.lent) + m.borrowed;
-        }
-    }
-
-    /// Lends the running VMs' spare room to the next in line, if it has had a turn (a
-    /// set to stage) and is down to its budget, and every running VM is settled
-    /// ([`Manager::watch_turns`]).
-    fn lend(&mut self, budgets: &[u64], margin: u64) {
-        let Some(&next) = self.queue.front() else {
-            return;
-        };
-        let Some(n) = self
-            .members
-            .iter()
-            .position(|(p, m)| *p == next && m.had_turn)
-        else {
-            return;
-        };
-        let settled = self.running_settled();
-        // Nor while the next VM still writes back the pages it gave up when it was
-        // paused: its staging reads would queue behind those writes (on an hdd-profiled
-        // tier, for seconds) and could ask back pages still on their way out.
-        let evicted = self.members[n].1.fresh_resident <= budgets[n];
-        if !settled || !evicted {
-            return;
-        }
-        self.lent_this_turn = true;
-        let lenders: Vec<usize> = (0..self.members.len())
-            .filter(|&i| self.members[i].1.turn_run)
-            .collect();
-        let uses: Vec<RunningUse> = lenders
-            .iter()
-            .map(|&i| running_use(&self.members[i].1, budgets[i]))
-            .collect();
-        let wanted = self.members[n]
-            .1
-            .report
-            .guest_pages
-            .saturating_sub(budgets[n]);
-        let lent = room_to_lend(&uses, margin, wanted);
-        let total: u64 = lent.iter().sum();
-        if total == 0 {
-            return;
-        }
-        for (&i, l) in lenders.iter().zip(lent) {
-            self.members[i].1.lent = l;
-        }
-        let m = &mut self.members[n].1;
-        m.borrowed = total;
-        m.turn_stage += 1;
     }
 
     /// Removes `pool.json` (members can no longer join).
