@@ -229,7 +229,9 @@ fn vms_in_turns_run_all_at_once_again_once_their_working_sets_fit() {
 }
 
 /// `--turns-first`: a batch of VMs starts in turns, one at a time, and runs all at once
-/// once what each held at the end of its turn is known to fit in the pool.
+/// once what each held at the end of its turn is known to fit in the pool. (Two small
+/// VMs: the other tests of this file run beside it, and a VM starved of CPU in one of
+/// them stops refaulting and looks idle.)
 #[test]
 fn a_pool_started_in_turns_runs_its_vms_all_at_once_once_their_sets_are_known_to_fit() {
     let (log, _root) = vms_in_a_pool(
@@ -237,13 +239,12 @@ fn a_pool_started_in_turns_runs_its_vms_all_at_once_once_their_sets_are_known_to
         "8M",
         &["--slice-ms", "200", "--turns-first"],
         &[
-            ("vm0", "workload=random mem=2M iters=6000000 seed=7", 0),
-            ("vm1", "workload=random mem=2M iters=6000000 seed=8", 1),
-            ("vm2", "workload=random mem=2M iters=6000000 seed=9", 1),
+            ("vm0", "workload=random mem=2M iters=3000000 seed=7", 0),
+            ("vm1", "workload=random mem=2M iters=3000000 seed=8", 1),
         ],
     );
     let waits = log.find(", waits").expect(&log);
-    let again = log.find("the 3 VMs held").expect(&log);
+    let again = log.find("the 2 VMs held").expect(&log);
     assert!(waits < again, "{log}");
     assert!(
         log[again..]

@@ -122,7 +122,7 @@ impl Manager {
     /// Between rounds, the members' latest reports (members in turns report every
     /// [`super::TURN_REPORT_INTERVAL`]), read once a tick: of every member with `all`
     /// (staging before turns), else of those whose staged pages are awaited.
-    pub(super) fn latest_reports(&self, all: bool) -> Vec<Option<MemberReport>> {
+    fn latest_reports(&self, all: bool) -> Vec<Option<MemberReport>> {
         self.members
             .iter()
             .map(|(pid, m)| {
@@ -139,7 +139,7 @@ impl Manager {
     /// since its clock started show [`SETTLE_MS`] without a demand fault. Returns
     /// whether lending may be due: nothing lent yet and every running VM settled, or
     /// something lent that a lender needs back.
-    pub(super) fn watch_turns(&mut self, latest: &[Option<MemberReport>]) -> bool {
+    fn watch_turns(&mut self, latest: &[Option<MemberReport>]) -> bool {
         for ((_, m), r) in self.members.iter_mut().zip(latest) {
             let Some(r) = r else {
                 continue;
@@ -160,12 +160,12 @@ impl Manager {
     }
 
     /// Whether every running VM has settled ([`Manager::watch_turns`]).
-    pub(super) fn running_settled(&self) -> bool {
+    fn running_settled(&self) -> bool {
         self.members.iter().all(|(_, m)| !m.turn_run || m.settled)
     }
 
     /// Every lender takes back the room it lent, and the borrower gives it up.
-    pub(super) fn return_lent_room(&mut self) {
+    fn return_lent_room(&mut self) {
         for (_, m) in self.members.iter_mut() {
             m.lent = 0;
             m.borrowed = 0;
@@ -175,7 +175,7 @@ impl Manager {
     /// Starts the clock of each running turn whose staged pages are in (its member's
     /// `latest` report says so), or that has waited for them [`STAGING_WAIT_SLICES`]
     /// slices.
-    pub(super) fn start_staged_clocks(
+    fn start_staged_clocks(
         &mut self,
         slice: Duration,
         latest: &[Option<MemberReport>],
@@ -292,7 +292,7 @@ impl Manager {
     /// idles, and which VMs share a turn otherwise follows the order they joined in
     /// (docs/pool.md, "Turns and CPUs"). None if every VM in line is on a busy CPU: its
     /// slot waits for that CPU's turn to end.
-    pub(super) fn next_in_line(&mut self) -> Option<u32> {
+    fn next_in_line(&mut self) -> Option<u32> {
         let cpu_of = |pid: u32| {
             self.members
                 .iter()
@@ -318,7 +318,7 @@ impl Manager {
     /// which stages its pages into it while it waits. A lender whose resident pages grow
     /// into the margin takes the room back, as do the lenders of a borrower that left.
     /// `budgets` are [`turn_budgets`]'s, changed by what is lent.
-    pub(super) fn lend_for_prestaging(&mut self, budgets: &mut [u64]) {
+    fn lend_for_prestaging(&mut self, budgets: &mut [u64]) {
         let margin = (self.options.config.size_pages / PRESTAGING_MARGIN_DIVISOR).max(1);
         let squeezed = self
             .members
@@ -340,7 +340,7 @@ impl Manager {
     /// Lends the running VMs' spare room to the next in line, if it has had a turn (a
     /// set to stage) and is down to its budget, and every running VM is settled
     /// ([`Manager::watch_turns`]).
-    pub(super) fn lend(&mut self, budgets: &[u64], margin: u64) {
+    fn lend(&mut self, budgets: &[u64], margin: u64) {
         let Some(&next) = self.queue.front() else {
             return;
         };
