@@ -63,21 +63,7 @@ impl PoolMembership {
     ) -> Result<Self, PoolError> {
         let pool = read_pool_file(dir)?;
         let pid = std::process::id();
-        let report = MemberReport {
-            version: POOL_FORMAT,
-            pid,
-            priority,
-            guest_pages,
-            budget_pages: 0,
-            resident_pages: 0,
-            demand_faults: 0,
-            zero_fills: 0,
-            sampled_zaps: 0,
-            sample_hits: 0,
-            time_ms: now_ms(),
-            staged: 0,
-            cpu,
-        };
+        let report = MemberReport::joining(pid, priority, guest_pages, cpu);
         write_json(&report_path(dir, pid), &report)
             .map_err(io_error(dir, "cannot write this VM's report"))?;
         let start = Instant::now();

@@ -86,6 +86,27 @@ pub struct MemberReport {
     pub cpu: Option<usize>,
 }
 
+impl MemberReport {
+    /// The first report of a VM that joins: nothing held or counted yet.
+    pub fn joining(pid: u32, priority: u32, guest_pages: u64, cpu: Option<usize>) -> Self {
+        MemberReport {
+            version: POOL_FORMAT,
+            pid,
+            priority,
+            guest_pages,
+            budget_pages: 0,
+            resident_pages: 0,
+            demand_faults: 0,
+            zero_fills: 0,
+            sampled_zaps: 0,
+            sample_hits: 0,
+            time_ms: now_ms(),
+            staged: 0,
+            cpu,
+        }
+    }
+}
+
 /// `vm-<pid>.budget.json`: what the manager assigns.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Assignment {
@@ -357,21 +378,7 @@ mod tests {
             .collect();
         let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
         for (&pid, cpu) in pids.iter().zip([0, 0, 1]) {
-            let report = MemberReport {
-                version: POOL_FORMAT,
-                pid,
-                priority: 1,
-                guest_pages: 400,
-                budget_pages: 0,
-                resident_pages: 0,
-                demand_faults: 0,
-                zero_fills: 0,
-                sampled_zaps: 0,
-                sample_hits: 0,
-                time_ms: now_ms(),
-                staged: 0,
-                cpu: Some(cpu),
-            };
+            let report = MemberReport::joining(pid, 1, 400, Some(cpu));
             write_json(&report_path(&d, pid), &report).unwrap();
             manager.round();
         }
