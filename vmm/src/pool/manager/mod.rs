@@ -432,30 +432,7 @@ impl Manager {
                     })
                     .collect();
                 let budgets = rebalance(&self.options.config, &view);
-                let before = self.over_committed_rounds;
-                if thrashing(&self.options.config, &view) {
-                    self.thrashing_rounds += 1;
-                } else {
-                    self.thrashing_rounds = 0;
-                }
-                if over_committed(&self.options.config, &view) {
-                    self.over_committed_rounds += 1;
-                    self.calm_rounds = 0;
-                    if self.thrashing_rounds >= THRASHING_ROUNDS {
-                        self.over_committed_rounds =
-                            self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
-                    }
-                    if before < OVER_COMMITTED_ROUNDS
-                        && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS
-                    {
-                        newly_over_committed = Some(before + 1);
-                    }
-                } else {
-                    self.calm_rounds += 1;
-                    if self.calm_rounds >= CALM_ROUNDS {
-                        self.over_committed_rounds = 0;
-                    }
-                }
+                newly_over_committed = self.count_over_commitment(&view);
                 // Load control: turns, once over-committed, if more VMs than run at once.
                 let take_turns = self.options.schedule.clone().filter(|s| {
                     self.options.turns_when_over_committed
@@ -527,6 +504,33 @@ impl Manager {
             m.stage = stage;
         }
         lines
+    }
+
+    /// Counts this all-at-once round towards a spell of over-commitment
+    /// ([`OVER_COMMITTED_ROUNDS`] of it, or [`THRASHING_ROUNDS`] of thrashing) or
+    /// towards its end ([`CALM_ROUNDS`]). Returns the rounds it took if this round is
+    /// the first of the spell to find the pool over-committed.
+    fn count_over_commitment(&mut self, view: &[PoolMember]) -> Option<u32> {
+        let before = self.over_committed_rounds;
+        if thrashing(&self.options.config, view) {
+            self.thrashing_rounds += 1;
+        } else {
+            self.thrashing_rounds = 0;
+        }
+        if !over_committed(&self.options.config, view) {
+            self.calm_rounds += 1;
+            if self.calm_rounds >= CALM_ROUNDS {
+                self.over_committed_rounds = 0;
+            }
+            return None;
+        }
+        self.over_committed_rounds += 1;
+        self.calm_rounds = 0;
+        if self.thrashing_rounds >= THRASHING_ROUNDS {
+            self.over_committed_rounds = self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
+        }
+        (before < OVER_COMMITTED_ROUNDS && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS)
+            .then_some(before + 1)
     }
 
     /// The log's line for a spell of over-commitment: the members' refault rates and
