@@ -34,6 +34,10 @@
 //! budgets never add up to more than the pool. (Equalising refault rates alone took
 //! a VM whose working set fitted its share down to a third of it: it then refaulted
 //! at 3,000 a second and ran 3.7x as long, docs/pool.md.)
+//!
+//! In a pool found over-committed (every member refaulting at its budget round after
+//! round, [`over_committed`]), [`concentrate`] replaces steps 4 and 5: pages go to the
+//! first members in precedence until they stop refaulting, from the last ones.
 
 /// What one VM reports to the pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +105,23 @@ const FAR_HIGHER: f64 = 4.0;
 
 /// The members' new budgets, in the order given. With no member, empty.
 pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
+    balance(config, members, false)
+}
+
+/// The members' new budgets in a pool found over-committed, where their working sets
+/// do not fit together: steps 1-3 of [`rebalance`], then, instead of levelling
+/// pressure (which leaves every VM refaulting at its share until one leaves), a step
+/// a round goes to the first member in precedence (priority, then the order given:
+/// the order they joined in) that still refaults, from the last members down to their
+/// floors. So the first VMs hold their working sets and run at speed while the last
+/// ones refault at a quarter of their share, and each VM that leaves makes room for
+/// the next: Denning's load control by memory alone, for VMs that may not be paused
+/// (turns pause them, docs/pool.md, "Concentrating an over-committed pool").
+pub fn concentrate(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
+    balance(config, members, true)
+}
+
+fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: bool) -> Vec<u64> {
     let n = members.len();
     if n == 0 {
         return Vec::new();
@@ -229,6 +250,12 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
         }
     }
 
+    if concentrating {
+        concentrate_step(config, members, &floor, &cap, &mut budget, headroom, &idle);
+        debug_assert!(budget.iter().sum::<u64>() <= size.max(n as u64));
+        return budget;
+    }
+
     // 4. A member under pressure below its priority share takes pages back from
     // those above theirs, least pressed first (its share is protected).
     let mut protected_move = false;
@@ -301,6 +328,58 @@ pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
     }
     debug_assert!(budget.iter().sum::<u64>() <= size.max(n as u64));
     budget
+}
+
+/// [`concentrate`]'s step: up to a step of pages to the first member in precedence
+/// that refaults, from the members after it, last first, down to their floors (one
+/// that does not refault gives only what it holds unused or idle).
+fn concentrate_step(
+    config: &PoolConfig,
+    members: &[PoolMember],
+    floor: &[u64],
+    cap: &[u64],
+    budget: &mut [u64],
+    headroom: u64,
+    idle: &dyn Fn(usize, u64) -> u64,
+) {
+    let needy = |i: usize| members[i].refaults_per_s >= config.min_refaults_per_s;
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    // Stable: members of one priority keep the order given.
+    order.sort_by_key(|&i| std::cmp::Reverse(members[i].priority.max(1)));
+    // Refaulting at its budget: a rate smoothed over rounds goes on after the pages
+    // came, and a member holding well under its budget needs no more.
+    let wants = |i: usize| {
+        let m = &members[i];
+        needy(i)
+            && m.budget_pages > 0
+            && budget[i] < cap[i]
+            && m.resident_pages + budget[i] / 16 >= budget[i]
+    };
+    let Some(p) = order.iter().position(|&i| wants(i)) else {
+        return;
+    };
+    let r = order[p];
+    let mut want = config.step_pages.min(cap[r] - budget[r]);
+    for &d in order[p + 1..].iter().rev() {
+        if want == 0 {
+            break;
+        }
+        if members[d].budget_pages == 0 {
+            continue;
+        }
+        let above_floor = budget[d].saturating_sub(floor[d]);
+        let available = if needy(d) {
+            above_floor
+        } else {
+            let resident = members[d].resident_pages.min(budget[d]);
+            let unused = budget[d].saturating_sub(resident + headroom);
+            above_floor.min(unused + idle(d, budget[d]))
+        };
+        let give = available.min(want);
+        budget[d] -= give;
+        budget[r] += give;
+        want -= give;
+    }
 }
 
 /// A member of a pool whose manager runs VMs in turns.
@@ -746,6 +825,65 @@ mod tests {
             ..busy(2000.0, 0.1)
         };
         assert!(!over_committed(&config, &[busy(2500.0, 0.8), refilling]));
+    }
+
+    #[test]
+    fn an_over_committed_pool_favours_its_first_members_down_to_the_floors_of_the_last() {
+        // Four VMs of 400-page working sets refault in a 1,000-page pool. Levelling
+        // pressure leaves each at its 250-page share; concentrating gives a step (62
+        // pages) a round to the first that refaults at its budget, last donors first,
+        // down to their floors (62: a quarter of the share).
+        let config = PoolConfig::new(1000);
+        let refaulting = |budget: u64| member(1, 4096, budget, budget, 800.0);
+        let mut budgets = vec![250; 4];
+        assert_eq!(
+            rebalance(
+                &config,
+                &budgets.iter().map(|&b| refaulting(b)).collect::<Vec<_>>()
+            ),
+            budgets,
+            "levelled: nothing moves"
+        );
+        let set = 400;
+        for _ in 0..30 {
+            // A member holding its 400 pages stops refaulting and keeps what it holds.
+            let members: Vec<PoolMember> = budgets
+                .iter()
+                .map(|&b| {
+                    if b >= set {
+                        member(1, 4096, b, set, 0.0)
+                    } else {
+                        refaulting(b)
+                    }
+                })
+                .collect();
+            budgets = concentrate(&config, &members);
+            assert!(budgets.iter().sum::<u64>() <= 1000);
+        }
+        // The first two hold their sets (and half a step of headroom); the last two
+        // share the rest, the last at its floor.
+        assert!(budgets[0] >= set && budgets[1] >= set, "{budgets:?}");
+        assert_eq!(budgets[3], 62, "{budgets:?}");
+        assert!(budgets[2] < set, "{budgets:?}");
+        // Priority first: the priority-2 member, last in order, is favoured (a full
+        // pool, so that no free pages are handed out first).
+        let full = PoolConfig::new(750);
+        let members = [
+            refaulting(250),
+            refaulting(250),
+            member(2, 4096, 250, 250, 800.0),
+        ];
+        let b = concentrate(&full, &members);
+        assert!(b[2] > 250 && b[1] < 250 && b[0] == 250, "{b:?}");
+        // A member holding well under its budget gets nothing more (its smoothed rate
+        // lags the pages that came): the next in line does.
+        let members = [
+            member(1, 4096, 400, 300, 800.0),
+            refaulting(300),
+            refaulting(300),
+        ];
+        let b = concentrate(&config, &members);
+        assert!(b[0] == 400 && b[1] > 300 && b[2] < 300, "{b:?}");
     }
 
     #[test]

@@ -348,6 +348,187 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Processes that live while a test runs, to stand for members (the manager drops
+    /// a member whose process is gone).
+    fn members_alive(n: usize) -> Vec<std::process::Child> {
+        (0..n)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn all_at_once(d: &Path, pool_pages: u64) -> Manager {
+        Manager::start(ManagerOptions {
+            dir: d.to_path_buf(),
+            config: PoolConfig::new(pool_pages),
+            interval: Duration::from_millis(10),
+            exit_when_empty: true,
+            schedule: None,
+            turns_when_over_committed: false,
+            start_in_turns: false,
+        })
+        .unwrap()
+    }
+
+    fn budget_of(d: &Path, pid: u32) -> u64 {
+        read_json::<Assignment>(&budget_path(d, pid))
+            .unwrap()
+            .budget_pages
+    }
+
+    /// What a member counted by round `k` (a round is 100 ms of its clock), as a report.
+    struct Counts {
+        refaults_per_round: u64,
+        fills_per_round: u64,
+        hits_per_round: u64,
+    }
+
+    fn report_round(d: &Path, pid: u32, start_ms: u64, k: u64, counts: &[Counts]) {
+        let sum = |f: &dyn Fn(&Counts) -> u64| counts.iter().map(f).sum::<u64>();
+        let fills = sum(&|c| c.fills_per_round);
+        let budget = budget_of(d, pid);
+        let report = MemberReport {
+            budget_pages: budget,
+            resident_pages: budget,
+            demand_faults: sum(&|c| c.refaults_per_round) + fills,
+            zero_fills: fills,
+            sampled_zaps: 30 * k,
+            sample_hits: sum(&|c| c.hits_per_round),
+            time_ms: start_ms + 100 * k,
+            ..MemberReport::joining(pid, 1, 4096, None)
+        };
+        write_json(&report_path(d, pid), &report).unwrap();
+    }
+
+    #[test]
+    fn samples_of_a_filling_vm_do_not_count_its_pages_idle() {
+        // Two VMs at their budgets: one fills its budget (first touches, and the pages
+        // sampled are not touched again yet), the other refaults. Samples of the
+        // rounds it fills would say the first one's pages are idle, and give them away.
+        let d = temp_dir("filling");
+        let mut manager = all_at_once(&d, 1000);
+        let mut children = members_alive(2);
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        for &pid in &pids {
+            write_json(
+                &report_path(&d, pid),
+                &MemberReport::joining(pid, 1, 4096, None),
+            )
+            .unwrap();
+            manager.round();
+        }
+        assert_eq!(budget_of(&d, pids[0]), 500);
+        let start = now_ms();
+        let (mut filler, mut busy) = (Vec::new(), Vec::new());
+        let round = |k: u64, filler: &[Counts], busy: &[Counts], m: &mut Manager| {
+            report_round(&d, pids[0], start, k, filler);
+            report_round(&d, pids[1], start, k, busy);
+            m.round();
+        };
+        for k in 1..=12 {
+            filler.push(Counts {
+                refaults_per_round: 0,
+                fills_per_round: 50,
+                hits_per_round: 0,
+            });
+            busy.push(Counts {
+                refaults_per_round: 100,
+                fills_per_round: 0,
+                hits_per_round: 30,
+            });
+            round(k, &filler, &busy, &mut manager);
+        }
+        let while_filling = budget_of(&d, pids[0]);
+        // Filled, its pages sampled and not touched again: now they are idle.
+        for k in 13..=24 {
+            filler.push(Counts {
+                refaults_per_round: 0,
+                fills_per_round: 0,
+                hits_per_round: 0,
+            });
+            busy.push(Counts {
+                refaults_per_round: 100,
+                fills_per_round: 0,
+                hits_per_round: 30,
+            });
+            round(k, &filler, &busy, &mut manager);
+        }
+        let idle = budget_of(&d, pids[0]);
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        manager.close();
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(while_filling, 500, "kept while filling");
+        assert!(idle < 500, "idle pages go to the VM that refaults: {idle}");
+    }
+
+    #[test]
+    fn an_over_committed_pool_without_turns_favours_its_first_vms_until_none_refaults() {
+        let d = temp_dir("favours");
+        let mut manager = all_at_once(&d, 900);
+        let mut children = members_alive(3);
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        for &pid in &pids {
+            write_json(
+                &report_path(&d, pid),
+                &MemberReport::joining(pid, 1, 4096, None),
+            )
+            .unwrap();
+            manager.round();
+        }
+        let start = now_ms();
+        let mut counts: Vec<Vec<Counts>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut lines = Vec::new();
+        // Every VM refaults at its budget, 1,000 times a second.
+        for k in 1..=12 {
+            for (i, &pid) in pids.iter().enumerate() {
+                counts[i].push(Counts {
+                    refaults_per_round: 100,
+                    fills_per_round: 0,
+                    hits_per_round: 30,
+                });
+                report_round(&d, pid, start, k, &counts[i]);
+            }
+            lines.extend(manager.round());
+        }
+        let favoured: Vec<u64> = pids.iter().map(|&pid| budget_of(&d, pid)).collect();
+        // Then none refaults: after ten calm rounds, shares follow pressure again.
+        for k in 13..=36 {
+            for (i, &pid) in pids.iter().enumerate() {
+                counts[i].push(Counts {
+                    refaults_per_round: 0,
+                    fills_per_round: 0,
+                    hits_per_round: 30,
+                });
+                report_round(&d, pid, start, k, &counts[i]);
+            }
+            lines.extend(manager.round());
+        }
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        manager.close();
+        std::fs::remove_dir_all(&d).unwrap();
+        let said = |s: &str| lines.iter().any(|l| l.contains(s));
+        assert!(
+            said("over-committed") && said("Until they fit"),
+            "{lines:?}"
+        );
+        assert!(said("shares follow pressure again"), "{lines:?}");
+        // From 300 each: the first VM gained, the last lost down to its floor (75).
+        assert!(
+            favoured[0] > 300 && favoured[2] == 75,
+            "{favoured:?} {lines:?}"
+        );
+    }
+
     #[test]
     fn vms_in_turns_share_a_turn_only_on_different_cpus() {
         let d = temp_dir("cpus");

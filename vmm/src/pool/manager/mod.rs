@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiering::pool::{over_committed, rebalance, thrashing, PoolConfig, PoolMember};
+use tiering::pool::{concentrate, over_committed, rebalance, thrashing, PoolConfig, PoolMember};
 
 mod turns;
 
@@ -84,6 +84,9 @@ struct Tracked {
     /// just after it samples, before the pages it zapped are touched again (counted
     /// in the same round, a VM touching all its pages showed 81-90% in use).
     zaps_last_round: u64,
+    /// Whether it touched new pages at the pressure threshold's rate or more last
+    /// round (filling): its samples of that round are not counted.
+    filled_last_round: bool,
     /// As last written to its assignment: whether it runs, and its staging request.
     run: bool,
     stage: u64,
@@ -170,6 +173,9 @@ pub struct Manager {
     /// joined (set on leaving turns).
     shares_afresh: bool,
     calm_rounds: u32,
+    /// Whether the pool, over-committed and all at once, favours its first VMs
+    /// ([`concentrate`]) until no VM refaults for [`CALM_ROUNDS`].
+    concentrating: bool,
     /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
     /// `turns_when_over_committed` while the pool is over-committed.
     in_turns: bool,
@@ -235,6 +241,7 @@ impl Manager {
             any_left: false,
             shares_afresh: false,
             calm_rounds: 0,
+            concentrating: false,
             in_turns,
         })
     }
@@ -363,9 +370,16 @@ impl Manager {
                         m.first_touches_lately = rate;
                         let zaps = r.sampled_zaps.saturating_sub(m.report.sampled_zaps);
                         let hits = r.sample_hits.saturating_sub(m.report.sample_hits);
-                        m.sample_zaps = SAMPLE_DECAY * m.sample_zaps + m.zaps_last_round as f64;
+                        // A VM touching new pages writes them now and uses them
+                        // later: samples taken or judged in such a round would say
+                        // its pages are idle.
+                        let filling = rate >= self.options.config.min_refaults_per_s;
+                        if !filling && !m.filled_last_round {
+                            m.sample_zaps = SAMPLE_DECAY * m.sample_zaps + m.zaps_last_round as f64;
+                            m.sample_hits = SAMPLE_DECAY * m.sample_hits + hits as f64;
+                        }
+                        m.filled_last_round = filling;
                         m.zaps_last_round = zaps;
-                        m.sample_hits = SAMPLE_DECAY * m.sample_hits + hits as f64;
                         m.report = r;
                     }
                 }
@@ -387,6 +401,7 @@ impl Manager {
                             sample_hits: 0.0,
                             sample_zaps: 0.0,
                             zaps_last_round: 0,
+                            filled_last_round: true,
                             run: false,
                             stage: 0,
                             turn_run: false,
@@ -411,6 +426,7 @@ impl Manager {
         // The rounds it took, if this round finds the pool over-committed for the first
         // time in a spell.
         let mut newly_over_committed = None;
+        let mut ended_concentrating = false;
         let decided: Vec<(u64, bool, u64)> = match self.active_schedule() {
             None => {
                 // Out of turns, every VM starts again from its priority's share, as
@@ -431,8 +447,16 @@ impl Manager {
                         active_fraction: m.active_fraction(),
                     })
                     .collect();
-                let budgets = rebalance(&self.options.config, &view);
+                let budgets = if self.concentrating {
+                    concentrate(&self.options.config, &view)
+                } else {
+                    rebalance(&self.options.config, &view)
+                };
+                let was_concentrating = self.concentrating;
                 newly_over_committed = self.count_over_commitment(&view);
+                if was_concentrating && !self.concentrating {
+                    ended_concentrating = true;
+                }
                 // Load control: turns, once over-committed, if more VMs than run at once.
                 let take_turns = self.options.schedule.clone().filter(|s| {
                     self.options.turns_when_over_committed
@@ -445,12 +469,16 @@ impl Manager {
                         self.turns(&schedule)
                     }
                     // All run; the staging request stays as it was (0 unless turns
-                    // ended, which asked the waiting VMs' pages back).
-                    None => budgets
-                        .into_iter()
-                        .zip(&self.members)
-                        .map(|(b, (_, m))| (b, true, m.turn_stage))
-                        .collect(),
+                    // ended, which asked the waiting VMs' pages back). Over-committed
+                    // without turns, the pool favours its first VMs from next round.
+                    None => {
+                        self.concentrating |= self.over_committed_rounds >= OVER_COMMITTED_ROUNDS;
+                        budgets
+                            .into_iter()
+                            .zip(&self.members)
+                            .map(|(b, (_, m))| (b, true, m.turn_stage))
+                            .collect()
+                    }
                 }
             }
             Some(schedule) => self.turns(&schedule),
@@ -460,6 +488,12 @@ impl Manager {
         let mut lines = Vec::new();
         if let Some(rounds) = newly_over_committed {
             lines.push(self.over_committed_line(t, rounds));
+        }
+        if ended_concentrating {
+            lines.push(format!(
+                "{t:7.2}s  no VM has refaulted for {CALM_ROUNDS} rounds: shares follow \
+                 pressure again"
+            ));
         }
         for ((pid, m), &(b, run, stage)) in self.members.iter_mut().zip(&decided) {
             if b == m.budget && run == m.run && stage == m.stage {
@@ -517,15 +551,26 @@ impl Manager {
         } else {
             self.thrashing_rounds = 0;
         }
-        if !over_committed(&self.options.config, view) {
+        // Concentrated, the first VMs no longer refault: the spell lasts until none does.
+        let calm = if self.concentrating {
+            view.iter()
+                .all(|m| m.refaults_per_s < self.options.config.min_refaults_per_s)
+        } else {
+            !over_committed(&self.options.config, view)
+        };
+        if calm {
             self.calm_rounds += 1;
             if self.calm_rounds >= CALM_ROUNDS {
                 self.over_committed_rounds = 0;
+                self.concentrating = false;
             }
             return None;
         }
-        self.over_committed_rounds += 1;
         self.calm_rounds = 0;
+        if self.concentrating {
+            return None;
+        }
+        self.over_committed_rounds += 1;
         if self.thrashing_rounds >= THRASHING_ROUNDS {
             self.over_committed_rounds = self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
         }
@@ -552,7 +597,10 @@ impl Manager {
                 s.slots,
                 s.slots
             ),
-            None => "`--slice-ms` runs them in turns (docs/pool.md)".to_string(),
+            None => "Until they fit, the first VMs (by priority, then joining) get their \
+                     working sets and the last ones a quarter of their shares; `--slice-ms` \
+                     runs them in turns instead (docs/pool.md)"
+                .to_string(),
         };
         format!(
             "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {rounds} \
