@@ -105,23 +105,26 @@ const FAR_HIGHER: f64 = 4.0;
 
 /// The members' new budgets, in the order given. With no member, empty.
 pub fn rebalance(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
-    balance(config, members, false)
+    balance(config, members, None)
 }
 
 /// The members' new budgets in a pool found over-committed, where their working sets
 /// do not fit together: steps 1-3 of [`rebalance`], then, instead of levelling
 /// pressure (which leaves every VM refaulting at its share until one leaves), a step
-/// a round goes to the first member in precedence (priority, then the order given:
-/// the order they joined in) that still refaults, from the last members down to their
-/// floors. So the first VMs hold their working sets and run at speed while the last
-/// ones refault at a quarter of their share, and each VM that leaves makes room for
-/// the next: Denning's load control by memory alone, for VMs that may not be paused
-/// (turns pause them, docs/pool.md, "Concentrating an over-committed pool").
-pub fn concentrate(config: &PoolConfig, members: &[PoolMember]) -> Vec<u64> {
-    balance(config, members, true)
+/// a round goes to the first member in precedence that still refaults, from the last
+/// members down to their floors. Precedence is priority, then the order given
+/// starting from member `lead` (the manager passes them in the order they joined and
+/// moves the lead on from time to time, so that every VM has its spell). So the first
+/// VMs hold their working sets and run at speed while the last ones refault at a
+/// quarter of their share, and each VM that leaves makes room for the next: Denning's
+/// load control by memory alone, for VMs that may not be paused (turns pause them,
+/// docs/pool.md, "Concentrating an over-committed pool").
+pub fn concentrate(config: &PoolConfig, members: &[PoolMember], lead: usize) -> Vec<u64> {
+    balance(config, members, Some(lead))
 }
 
-fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: bool) -> Vec<u64> {
+/// [`rebalance`], or with `concentrating` (the lead) [`concentrate`].
+fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: Option<usize>) -> Vec<u64> {
     let n = members.len();
     if n == 0 {
         return Vec::new();
@@ -250,8 +253,13 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: bool) -> 
         }
     }
 
-    if concentrating {
-        concentrate_step(config, members, &floor, &cap, &mut budget, headroom, &idle);
+    if let Some(lead) = concentrating {
+        let floors = Floors {
+            floor: &floor,
+            cap: &cap,
+            headroom,
+        };
+        concentrate_step(config, members, lead, &floors, &mut budget, &idle);
         debug_assert!(budget.iter().sum::<u64>() <= size.max(n as u64));
         return budget;
     }
@@ -330,22 +338,34 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: bool) -> 
     budget
 }
 
+/// Each member's floor and size, and the headroom a member that does not refault keeps.
+struct Floors<'a> {
+    floor: &'a [u64],
+    cap: &'a [u64],
+    headroom: u64,
+}
+
 /// [`concentrate`]'s step: up to a step of pages to the first member in precedence
 /// that refaults, from the members after it, last first, down to their floors (one
 /// that does not refault gives only what it holds unused or idle).
 fn concentrate_step(
     config: &PoolConfig,
     members: &[PoolMember],
-    floor: &[u64],
-    cap: &[u64],
+    lead: usize,
+    limits: &Floors,
     budget: &mut [u64],
-    headroom: u64,
     idle: &dyn Fn(usize, u64) -> u64,
 ) {
+    let (floor, cap, headroom) = (limits.floor, limits.cap, limits.headroom);
+    let n = members.len();
     let needy = |i: usize| members[i].refaults_per_s >= config.min_refaults_per_s;
-    let mut order: Vec<usize> = (0..members.len()).collect();
-    // Stable: members of one priority keep the order given.
-    order.sort_by_key(|&i| std::cmp::Reverse(members[i].priority.max(1)));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| {
+        (
+            std::cmp::Reverse(members[i].priority.max(1)),
+            (i + n - lead % n) % n,
+        )
+    });
     // Refaulting at its budget: a rate smoothed over rounds goes on after the pages
     // came, and a member holding well under its budget needs no more.
     let wants = |i: usize| {
@@ -857,7 +877,7 @@ mod tests {
                     }
                 })
                 .collect();
-            budgets = concentrate(&config, &members);
+            budgets = concentrate(&config, &members, 0);
             assert!(budgets.iter().sum::<u64>() <= 1000);
         }
         // The first two hold their sets (and half a step of headroom); the last two
@@ -873,8 +893,13 @@ mod tests {
             refaulting(250),
             member(2, 4096, 250, 250, 800.0),
         ];
-        let b = concentrate(&full, &members);
+        let b = concentrate(&full, &members, 0);
         assert!(b[2] > 250 && b[1] < 250 && b[0] == 250, "{b:?}");
+        // With the lead moved on to the second member, it comes first and the first
+        // comes last.
+        let even = [refaulting(250), refaulting(250), refaulting(250)];
+        let b = concentrate(&full, &even, 1);
+        assert!(b[1] > 250 && b[0] < 250 && b[2] == 250, "{b:?}");
         // A member holding well under its budget gets nothing more (its smoothed rate
         // lags the pages that came): the next in line does.
         let members = [
@@ -882,7 +907,7 @@ mod tests {
             refaulting(300),
             refaulting(300),
         ];
-        let b = concentrate(&config, &members);
+        let b = concentrate(&config, &members, 0);
         assert!(b[0] == 400 && b[1] > 300 && b[2] < 300, "{b:?}");
     }
 

@@ -498,8 +498,21 @@ mod tests {
             lines.extend(manager.round());
         }
         let favoured: Vec<u64> = pids.iter().map(|&pid| budget_of(&d, pid)).collect();
+        // Still so 300 rounds after the first VM took the lead: the second takes it.
+        for k in 13..=320 {
+            for (i, &pid) in pids.iter().enumerate() {
+                counts[i].push(Counts {
+                    refaults_per_round: 100,
+                    fills_per_round: 0,
+                    hits_per_round: 30,
+                });
+                report_round(&d, pid, start, k, &counts[i]);
+            }
+            lines.extend(manager.round());
+        }
+        let then: Vec<u64> = pids.iter().map(|&pid| budget_of(&d, pid)).collect();
         // Then none refaults: after ten calm rounds, shares follow pressure again.
-        for k in 13..=36 {
+        for k in 321..=350 {
             for (i, &pid) in pids.iter().enumerate() {
                 counts[i].push(Counts {
                     refaults_per_round: 0,
@@ -527,6 +540,9 @@ mod tests {
             favoured[0] > 300 && favoured[2] == 75,
             "{favoured:?} {lines:?}"
         );
+        let second_leads = format!("vm {} is favoured first now", pids[1]);
+        assert!(said(&second_leads), "{lines:?}");
+        assert!(then[1] > then[0] && then[0] == 75, "{then:?}");
     }
 
     #[test]
