@@ -593,4 +593,44 @@ mod tests {
         // on CPU 1 takes that slot.
         assert_eq!(runs, [true, false, true]);
     }
+
+    #[test]
+    fn the_vm_staged_before_its_turn_is_the_one_the_first_turn_to_end_makes_room_for() {
+        let d = temp_dir("next");
+        let mut manager = Manager::start(ManagerOptions {
+            dir: d.clone(),
+            config: PoolConfig::new(1000),
+            interval: Duration::from_millis(10),
+            exit_when_empty: true,
+            schedule: Some(Schedule {
+                slice: Duration::from_secs(60),
+                slots: 2,
+                staging: false,
+                prestaging: false,
+            }),
+            turns_when_over_committed: false,
+            start_in_turns: false,
+        })
+        .unwrap();
+        // On CPUs 0, 1, 1 and 0, joining in that order: the first two run, and the
+        // first one's turn, started first, ends first.
+        let mut children = members_alive(4);
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        for (&pid, cpu) in pids.iter().zip([0, 1, 1, 0]) {
+            let report = MemberReport::joining(pid, 1, 400, Some(cpu));
+            write_json(&report_path(&d, pid), &report).unwrap();
+            manager.round();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let next = manager.runs_next();
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        manager.close();
+        std::fs::remove_dir_all(&d).unwrap();
+        // First in line is the third VM, but its CPU stays busy with the second's
+        // turn: the fourth takes the first's CPU, so it is the one to stage.
+        assert_eq!(next, Some(pids[3]));
+    }
 }

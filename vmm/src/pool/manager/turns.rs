@@ -293,23 +293,48 @@ impl Manager {
     /// (docs/pool.md, "Turns and CPUs"). None if every VM in line is on a busy CPU: its
     /// slot waits for that CPU's turn to end.
     fn next_in_line(&mut self) -> Option<u32> {
+        let i = self.first_in_line_off(&self.busy_cpus(None))?;
+        self.queue.remove(i)
+    }
+
+    /// The VM [`Manager::next_in_line`] will take when the running turn that ends first
+    /// has ended: the one to stage before its turn. Not always the head of the queue,
+    /// whose CPU may stay busy with a turn that ends later.
+    pub(in crate::pool) fn runs_next(&self) -> Option<u32> {
+        // A turn whose clock has not started (its pages still coming in) ends last.
+        let ends_first = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.turn_run)
+            .min_by_key(|(_, m)| {
+                let end = m.turn_started.map(|t| t + m.turn_slice);
+                (end.is_none(), end)
+            })
+            .map(|(pid, _)| *pid);
+        let i = self.first_in_line_off(&self.busy_cpus(ends_first))?;
+        self.queue.get(i).copied()
+    }
+
+    /// The host CPUs of the running VMs but `except`.
+    fn busy_cpus(&self, except: Option<u32>) -> Vec<usize> {
+        self.members
+            .iter()
+            .filter(|(pid, m)| m.turn_run && Some(*pid) != except)
+            .filter_map(|(_, m)| m.report.cpu)
+            .collect()
+    }
+
+    /// Where in the queue the first VM not pinned to one of the `busy` CPUs is.
+    fn first_in_line_off(&self, busy: &[usize]) -> Option<usize> {
         let cpu_of = |pid: u32| {
             self.members
                 .iter()
                 .find(|(p, _)| *p == pid)
                 .and_then(|(_, m)| m.report.cpu)
         };
-        let busy: Vec<usize> = self
-            .members
+        self.queue
             .iter()
-            .filter(|(_, m)| m.turn_run)
-            .filter_map(|(_, m)| m.report.cpu)
-            .collect();
-        let i = self
-            .queue
-            .iter()
-            .position(|&pid| cpu_of(pid).is_none_or(|c| !busy.contains(&c)))?;
-        self.queue.remove(i)
+            .position(|&pid| cpu_of(pid).is_none_or(|c| !busy.contains(&c)))
     }
 
     /// Staging before a turn (the "VM x runs next: stage its set first" of the vCPU
@@ -337,11 +362,11 @@ impl Manager {
         }
     }
 
-    /// Lends the running VMs' spare room to the next in line, if it has had a turn (a
-    /// set to stage) and is down to its budget, and every running VM is settled
-    /// ([`Manager::watch_turns`]).
+    /// Lends the running VMs' spare room to the VM that runs next
+    /// ([`Manager::runs_next`]), if it has had a turn (a set to stage) and is down to
+    /// its budget, and every running VM is settled ([`Manager::watch_turns`]).
     fn lend(&mut self, budgets: &[u64], margin: u64) {
-        let Some(&next) = self.queue.front() else {
+        let Some(next) = self.runs_next() else {
             return;
         };
         let Some(n) = self
