@@ -40,6 +40,7 @@ pub(crate) struct Counters {
     pub minor_faults: u64,
     pub sampled_zaps: u64,
     pub sample_hits: u64,
+    pub samples_evicted: u64,
     pub probe_zaps: u64,
     pub write_backs_skipped_clean: u64,
     pub write_backs_skipped_unchanged: u64,
@@ -72,6 +73,7 @@ impl Counters {
             minor_faults: 0,
             sampled_zaps: 0,
             sample_hits: 0,
+            samples_evicted: 0,
             probe_zaps: 0,
             write_backs_skipped_clean: 0,
             write_backs_skipped_unchanged: 0,
@@ -146,6 +148,10 @@ pub struct TieringReport {
     /// Randomly sampled pages touched again while still in RAM: over `sampled_zaps`,
     /// about the share of resident pages in use.
     pub sample_hits: u64,
+    /// Randomly sampled pages that left RAM before they were touched again: the
+    /// eviction policy judged them (a zapped page looks unused to it), not their use,
+    /// so a pool leaves them out of the share in use.
+    pub samples_evicted: u64,
     /// Pages zapped because the advisor asked to watch them (`Advisor::probes`).
     pub probe_zaps: u64,
     /// Probe rounds (one per `probe_interval`) skipped because the fault handler

@@ -633,6 +633,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         sampled_zaps: c.sampled_zaps,
         windows: stats.windows,
         sample_hits: c.sample_hits,
+        samples_evicted: c.samples_evicted,
         probe_zaps: c.probe_zaps,
         probe_rounds_skipped: c.probe_rounds_skipped,
         write_backs_skipped_clean: c.write_backs_skipped_clean,

@@ -357,6 +357,43 @@ fn a_paused_vm_is_neither_sampled_nor_windowed() {
 }
 
 #[test]
+fn sampled_pages_evicted_before_a_touch_are_counted_apart_from_samples() {
+    // Pages written once and left alone: the sampler zaps some, and none is touched
+    // again. A cut then evicts them, zapped ones first (they look unused to the policy),
+    // and each is counted as evicted, not left pending or taken for a hit.
+    let pages = 128usize;
+    let (dir, map, tm, failed) = start_host_only("sample-evict-", pages);
+    let handle = tm.budget_handle();
+    let base = map.addr;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        for p in 0..64 {
+            // SAFETY: inside the mapping; the runtime serves the fault.
+            unsafe { ((base + p * 4096) as *mut u64).write_volatile(p as u64) };
+        }
+        done_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        Ok(())
+    });
+    done_rx.recv().unwrap();
+    let sampled = wait_for_report(&handle, "sampling", |r| r.sampled_zaps >= 8);
+    handle.set_ram_budget(4).unwrap();
+    let cut = wait_for_report(&handle, "the cut", |r| {
+        r.per_tier[1].resident_pages + r.per_tier[0].resident_pages <= 4
+    });
+    // (A page zapped between its zero fill and the retried write can count a hit.)
+    assert!(sampled.sample_hits < sampled.sampled_zaps, "{sampled:#?}");
+    assert!(cut.samples_evicted >= 1, "{cut:#?}");
+    assert!(
+        cut.samples_evicted + cut.sample_hits <= cut.sampled_zaps,
+        "{cut:#?}"
+    );
+    go_tx.send(()).unwrap();
+    finish(dir, tm, worker, &failed);
+}
+
+#[test]
 fn pages_evicted_unchanged_are_not_written_again_and_changed_ones_are() {
     // No dirty log here (no VM), so every eviction used to write its page back. Now a
     // page whose content still matches its copy in the tier is dropped without I/O;

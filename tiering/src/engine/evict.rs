@@ -9,8 +9,10 @@ impl Engine {
     /// Changes a page's state, keeping the count of pages being evicted.
     pub(super) fn set_state(&mut self, index: usize, state: State) {
         let old = std::mem::replace(&mut self.meta[index].state, state);
-        if state != State::Present {
-            self.meta[index].sampled = false;
+        // A sampled page leaving RAM before it was touched again: eviction judged it,
+        // not its use, so it does not count as an idle sample (the pool's share in use).
+        if state != State::Present && std::mem::take(&mut self.meta[index].sampled) {
+            self.counters.samples_evicted += 1;
         }
         if old == State::Evicting {
             self.evicting -= 1;

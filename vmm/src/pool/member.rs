@@ -132,6 +132,7 @@ impl PoolMembership {
             zero_fills: r.zero_fills,
             sampled_zaps: r.sampled_zaps,
             sample_hits: r.sample_hits,
+            samples_evicted: r.samples_evicted,
             time_ms: now_ms(),
             staged,
             cpu: self.cpu,

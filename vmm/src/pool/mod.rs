@@ -73,6 +73,10 @@ pub struct MemberReport {
     /// Cumulative: resident pages zapped by random samples, and those touched again.
     pub sampled_zaps: u64,
     pub sample_hits: u64,
+    /// Cumulative: sampled pages evicted before they were touched again (not counted
+    /// as samples: eviction judged them, not their use).
+    #[serde(default)]
+    pub samples_evicted: u64,
     /// Wall-clock time of the report, ms since the Unix epoch.
     pub time_ms: u64,
     /// The last staging request ([`Assignment::stage`]) whose pages are in RAM: a
@@ -100,6 +104,7 @@ impl MemberReport {
             zero_fills: 0,
             sampled_zaps: 0,
             sample_hits: 0,
+            samples_evicted: 0,
             time_ms: now_ms(),
             staged: 0,
             cpu,

@@ -382,12 +382,19 @@ impl Manager {
                         m.first_touches_lately = rate;
                         let zaps = r.sampled_zaps.saturating_sub(m.report.sampled_zaps);
                         let hits = r.sample_hits.saturating_sub(m.report.sample_hits);
+                        let evicted = r.samples_evicted.saturating_sub(m.report.samples_evicted);
                         // A VM touching new pages writes them now and uses them
                         // later: samples taken or judged in such a round would say
                         // its pages are idle.
                         let filling = rate >= self.options.config.min_refaults_per_s;
                         if !filling && !m.filled_last_round {
-                            m.sample_zaps = SAMPLE_DECAY * m.sample_zaps + m.zaps_last_round as f64;
+                            // Samples evicted before a touch are left out: the policy
+                            // evicts zapped pages first (they look unused to it), so
+                            // after a cut they would read as idle and invite the next.
+                            m.sample_zaps = (SAMPLE_DECAY * m.sample_zaps
+                                + m.zaps_last_round as f64
+                                - evicted as f64)
+                                .max(0.0);
                             m.sample_hits = SAMPLE_DECAY * m.sample_hits + hits as f64;
                         }
                         m.filled_last_round = filling;
