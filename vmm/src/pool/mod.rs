@@ -385,29 +385,100 @@ mod tests {
             .budget_pages
     }
 
-    /// What a member counted by round `k` (a round is 100 ms of its clock), as a report.
+    /// What a member counts in a round (100 ms of its clock).
+    #[derive(Clone, Copy)]
     struct Counts {
-        refaults_per_round: u64,
-        fills_per_round: u64,
-        hits_per_round: u64,
+        refaults: u64,
+        fills: u64,
+        hits: u64,
     }
 
-    fn report_round(d: &Path, pid: u32, start_ms: u64, k: u64, counts: &[Counts]) {
-        let sum = |f: &dyn Fn(&Counts) -> u64| counts.iter().map(f).sum::<u64>();
-        let fills = sum(&|c| c.fills_per_round);
-        let budget = budget_of(d, pid);
-        let report = MemberReport {
-            budget_pages: budget,
-            resident_pages: budget,
-            demand_faults: sum(&|c| c.refaults_per_round) + fills,
-            zero_fills: fills,
-            sampled_zaps: 30 * k,
-            sample_hits: sum(&|c| c.hits_per_round),
-            time_ms: start_ms + 100 * k,
-            ..MemberReport::joining(pid, 1, 4096, None)
-        };
-        write_json(&report_path(d, pid), &report).unwrap();
+    /// Members standing in for VMs (processes that live while the test runs), what
+    /// each has counted so far, and the manager's log.
+    struct FakeVms {
+        dir: PathBuf,
+        children: Vec<std::process::Child>,
+        pids: Vec<u32>,
+        start_ms: u64,
+        totals: Vec<Counts>,
+        rounds: u64,
+        lines: Vec<String>,
     }
+
+    impl FakeVms {
+        /// `n` members join `manager` in order, a round each.
+        fn join(dir: &Path, manager: &mut Manager, n: usize) -> Self {
+            let children = members_alive(n);
+            let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+            for &pid in &pids {
+                let report = MemberReport::joining(pid, 1, 4096, None);
+                write_json(&report_path(dir, pid), &report).unwrap();
+                manager.round();
+            }
+            let zero = Counts {
+                refaults: 0,
+                fills: 0,
+                hits: 0,
+            };
+            FakeVms {
+                dir: dir.to_path_buf(),
+                children,
+                pids,
+                start_ms: now_ms(),
+                totals: vec![zero; n],
+                rounds: 0,
+                lines: Vec::new(),
+            }
+        }
+
+        /// `rounds` rounds in which member i counts `each(i)`, at its budget, and 30
+        /// samples; the manager's round after each.
+        fn run(&mut self, manager: &mut Manager, rounds: u64, each: impl Fn(usize) -> Counts) {
+            for _ in 0..rounds {
+                self.rounds += 1;
+                let k = self.rounds;
+                for (i, &pid) in self.pids.iter().enumerate() {
+                    let c = each(i);
+                    let t = &mut self.totals[i];
+                    t.refaults += c.refaults;
+                    t.fills += c.fills;
+                    t.hits += c.hits;
+                    let budget = budget_of(&self.dir, pid);
+                    let report = MemberReport {
+                        budget_pages: budget,
+                        resident_pages: budget,
+                        demand_faults: t.refaults + t.fills,
+                        zero_fills: t.fills,
+                        sampled_zaps: 30 * k,
+                        sample_hits: t.hits,
+                        time_ms: self.start_ms + 100 * k,
+                        ..MemberReport::joining(pid, 1, 4096, None)
+                    };
+                    write_json(&report_path(&self.dir, pid), &report).unwrap();
+                }
+                self.lines.extend(manager.round());
+            }
+        }
+
+        fn budgets(&self) -> Vec<u64> {
+            self.pids
+                .iter()
+                .map(|&pid| budget_of(&self.dir, pid))
+                .collect()
+        }
+
+        /// Ends the members and the manager; returns the manager's log.
+        fn end(self, manager: Manager) -> Vec<String> {
+            end(&self.dir, self.children, manager);
+            self.lines
+        }
+    }
+
+    const REFAULTING: Counts = Counts {
+        refaults: 100,
+        fills: 0,
+        hits: 30,
+    };
 
     #[test]
     fn samples_of_a_filling_vm_do_not_count_its_pages_idle() {
@@ -416,124 +487,52 @@ mod tests {
         // rounds it fills would say the first one's pages are idle, and give them away.
         let d = temp_dir("filling");
         let mut manager = all_at_once(&d, 1000);
-        let mut children = members_alive(2);
-        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-        for &pid in &pids {
-            write_json(
-                &report_path(&d, pid),
-                &MemberReport::joining(pid, 1, 4096, None),
-            )
-            .unwrap();
-            manager.round();
-        }
-        assert_eq!(budget_of(&d, pids[0]), 500);
-        let start = now_ms();
-        let (mut filler, mut busy) = (Vec::new(), Vec::new());
-        let round = |k: u64, filler: &[Counts], busy: &[Counts], m: &mut Manager| {
-            report_round(&d, pids[0], start, k, filler);
-            report_round(&d, pids[1], start, k, busy);
-            m.round();
+        let mut vms = FakeVms::join(&d, &mut manager, 2);
+        assert_eq!(vms.budgets()[0], 500);
+        let filling = Counts {
+            refaults: 0,
+            fills: 50,
+            hits: 0,
         };
-        for k in 1..=12 {
-            filler.push(Counts {
-                refaults_per_round: 0,
-                fills_per_round: 50,
-                hits_per_round: 0,
-            });
-            busy.push(Counts {
-                refaults_per_round: 100,
-                fills_per_round: 0,
-                hits_per_round: 30,
-            });
-            round(k, &filler, &busy, &mut manager);
-        }
-        let while_filling = budget_of(&d, pids[0]);
+        vms.run(
+            &mut manager,
+            12,
+            |i| if i == 0 { filling } else { REFAULTING },
+        );
+        let while_filling = vms.budgets()[0];
         // Filled, its pages sampled and not touched again: now they are idle.
-        for k in 13..=24 {
-            filler.push(Counts {
-                refaults_per_round: 0,
-                fills_per_round: 0,
-                hits_per_round: 0,
-            });
-            busy.push(Counts {
-                refaults_per_round: 100,
-                fills_per_round: 0,
-                hits_per_round: 30,
-            });
-            round(k, &filler, &busy, &mut manager);
-        }
-        let idle = budget_of(&d, pids[0]);
-        for c in &mut children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        manager.close();
-        std::fs::remove_dir_all(&d).unwrap();
+        let idle = Counts {
+            fills: 0,
+            ..filling
+        };
+        vms.run(&mut manager, 12, |i| if i == 0 { idle } else { REFAULTING });
+        let after = vms.budgets()[0];
+        vms.end(manager);
         assert_eq!(while_filling, 500, "kept while filling");
-        assert!(idle < 500, "idle pages go to the VM that refaults: {idle}");
+        assert!(
+            after < 500,
+            "idle pages go to the VM that refaults: {after}"
+        );
     }
 
     #[test]
     fn an_over_committed_pool_without_turns_favours_its_first_vms_until_none_refaults() {
         let d = temp_dir("favours");
         let mut manager = all_at_once(&d, 900);
-        let mut children = members_alive(3);
-        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-        for &pid in &pids {
-            write_json(
-                &report_path(&d, pid),
-                &MemberReport::joining(pid, 1, 4096, None),
-            )
-            .unwrap();
-            manager.round();
-        }
-        let start = now_ms();
-        let mut counts: Vec<Vec<Counts>> = vec![Vec::new(), Vec::new(), Vec::new()];
-        let mut lines = Vec::new();
+        let mut vms = FakeVms::join(&d, &mut manager, 3);
+        let pids = vms.pids.clone();
         // Every VM refaults at its budget, 1,000 times a second.
-        for k in 1..=12 {
-            for (i, &pid) in pids.iter().enumerate() {
-                counts[i].push(Counts {
-                    refaults_per_round: 100,
-                    fills_per_round: 0,
-                    hits_per_round: 30,
-                });
-                report_round(&d, pid, start, k, &counts[i]);
-            }
-            lines.extend(manager.round());
-        }
-        let favoured: Vec<u64> = pids.iter().map(|&pid| budget_of(&d, pid)).collect();
+        vms.run(&mut manager, 12, |_| REFAULTING);
+        let favoured = vms.budgets();
         // Still so 300 rounds after the first VM took the lead: the second takes it.
-        for k in 13..=320 {
-            for (i, &pid) in pids.iter().enumerate() {
-                counts[i].push(Counts {
-                    refaults_per_round: 100,
-                    fills_per_round: 0,
-                    hits_per_round: 30,
-                });
-                report_round(&d, pid, start, k, &counts[i]);
-            }
-            lines.extend(manager.round());
-        }
-        let then: Vec<u64> = pids.iter().map(|&pid| budget_of(&d, pid)).collect();
+        vms.run(&mut manager, 308, |_| REFAULTING);
+        let then = vms.budgets();
         // Then none refaults: after ten calm rounds, shares follow pressure again.
-        for k in 321..=350 {
-            for (i, &pid) in pids.iter().enumerate() {
-                counts[i].push(Counts {
-                    refaults_per_round: 0,
-                    fills_per_round: 0,
-                    hits_per_round: 30,
-                });
-                report_round(&d, pid, start, k, &counts[i]);
-            }
-            lines.extend(manager.round());
-        }
-        for c in &mut children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        manager.close();
-        std::fs::remove_dir_all(&d).unwrap();
+        vms.run(&mut manager, 30, |_| Counts {
+            refaults: 0,
+            ..REFAULTING
+        });
+        let lines = vms.end(manager);
         let said = |s: &str| lines.iter().any(|l| l.contains(s));
         assert!(
             said("over-committed") && said("Until they fit"),
@@ -550,11 +549,10 @@ mod tests {
         assert!(then[1] > then[0] && then[0] == 75, "{then:?}");
     }
 
-    #[test]
-    fn vms_in_turns_share_a_turn_only_on_different_cpus() {
-        let d = temp_dir("cpus");
-        let mut manager = Manager::start(ManagerOptions {
-            dir: d.clone(),
+    /// A manager running VMs in turns, two at a time, of a minute each.
+    fn two_at_a_time(d: &Path) -> Manager {
+        Manager::start(ManagerOptions {
+            dir: d.to_path_buf(),
             config: PoolConfig::new(1000),
             interval: Duration::from_millis(10),
             exit_when_empty: true,
@@ -567,33 +565,45 @@ mod tests {
             turns_when_over_committed: false,
             start_in_turns: false,
         })
-        .unwrap();
-        // Members are processes: three that live while the test runs, reported on CPUs
-        // 0, 0 and 1, joining in that order.
-        let mut children: Vec<_> = (0..3)
-            .map(|_| {
-                std::process::Command::new("sleep")
-                    .arg("60")
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
+        .unwrap()
+    }
+
+    /// Members that join in order, a round each, reporting the host CPUs `cpus`.
+    fn join_on_cpus(
+        d: &Path,
+        manager: &mut Manager,
+        cpus: &[usize],
+    ) -> (Vec<std::process::Child>, Vec<u32>) {
+        let children = members_alive(cpus.len());
         let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-        for (&pid, cpu) in pids.iter().zip([0, 0, 1]) {
+        for (&pid, &cpu) in pids.iter().zip(cpus) {
             let report = MemberReport::joining(pid, 1, 400, Some(cpu));
-            write_json(&report_path(&d, pid), &report).unwrap();
+            write_json(&report_path(d, pid), &report).unwrap();
             manager.round();
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let runs: Vec<bool> = pids
-            .iter()
-            .map(|&pid| read_json::<Assignment>(&budget_path(&d, pid)).unwrap().run)
-            .collect();
+        (children, pids)
+    }
+
+    fn end(d: &Path, mut children: Vec<std::process::Child>, manager: Manager) {
         for c in &mut children {
             let _ = c.kill();
             let _ = c.wait();
         }
         manager.close();
-        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn vms_in_turns_share_a_turn_only_on_different_cpus() {
+        let d = temp_dir("cpus");
+        let mut manager = two_at_a_time(&d);
+        let (children, pids) = join_on_cpus(&d, &mut manager, &[0, 0, 1]);
+        let runs: Vec<bool> = pids
+            .iter()
+            .map(|&pid| read_json::<Assignment>(&budget_path(&d, pid)).unwrap().run)
+            .collect();
+        end(&d, children, manager);
         // The second VM on CPU 0 waits though a slot was free when it joined; the VM
         // on CPU 1 takes that slot.
         assert_eq!(runs, [true, false, true]);
@@ -602,38 +612,12 @@ mod tests {
     #[test]
     fn the_vm_staged_before_its_turn_is_the_one_the_first_turn_to_end_makes_room_for() {
         let d = temp_dir("next");
-        let mut manager = Manager::start(ManagerOptions {
-            dir: d.clone(),
-            config: PoolConfig::new(1000),
-            interval: Duration::from_millis(10),
-            exit_when_empty: true,
-            schedule: Some(Schedule {
-                slice: Duration::from_secs(60),
-                slots: 2,
-                staging: false,
-                prestaging: false,
-            }),
-            turns_when_over_committed: false,
-            start_in_turns: false,
-        })
-        .unwrap();
+        let mut manager = two_at_a_time(&d);
         // On CPUs 0, 1, 1 and 0, joining in that order: the first two run, and the
         // first one's turn, started first, ends first.
-        let mut children = members_alive(4);
-        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-        for (&pid, cpu) in pids.iter().zip([0, 1, 1, 0]) {
-            let report = MemberReport::joining(pid, 1, 400, Some(cpu));
-            write_json(&report_path(&d, pid), &report).unwrap();
-            manager.round();
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let (children, pids) = join_on_cpus(&d, &mut manager, &[0, 1, 1, 0]);
         let next = manager.runs_next();
-        for c in &mut children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        manager.close();
-        std::fs::remove_dir_all(&d).unwrap();
+        end(&d, children, manager);
         // First in line is the third VM, but its CPU stays busy with the second's
         // turn: the fourth takes the first's CPU, so it is the one to stage.
         assert_eq!(next, Some(pids[3]));
