@@ -43,10 +43,10 @@ refaulted at its budget for 5 rounds (2 if each 1,000 times a second or more), t
 working sets do not fit together: the manager prints `over-committed: ...` once and,
 until no VM refaults for 10 rounds, gives a step a round to the first VM (by priority,
 then joining; the lead moves on every 30 s) that refaults from the last ones, down to
-a quarter of their shares: the first VMs run at speed and leave room for the next. --slice-ms is the better remedy
-where VMs may be paused (--turns-when-over-committed takes it then, and only then;
---turns-first starts with it and runs the VMs all at once once their working sets,
-measured in their turns, fit).
+a quarter of their shares: the first VMs run at speed and leave room for the next.
+--slice-ms is the better remedy where VMs may be paused (--turns-when-over-committed
+takes it then, and only then; --turns-first starts with it and runs the VMs all at
+once once their working sets, measured in their turns, fit).
 
 With --slice-ms the manager runs the VMs in turns instead (a gang scheduler over whole
 VMs): at most --run-slots run at once, each for a slice, while the others wait with

@@ -488,6 +488,10 @@ impl Manager {
                 match take_turns {
                     Some(schedule) => {
                         self.in_turns = true;
+                        // Turns serve the working sets one at a time instead.
+                        self.concentrating = false;
+                        self.lead = None;
+                        self.lead_rounds = 0;
                         self.turns(&schedule)
                     }
                     // All run; the staging request stays as it was (0 unless turns
