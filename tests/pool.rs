@@ -156,23 +156,38 @@ fn two_vms_in_too_small_a_pool(name: &str, manager_flags: &[&str]) -> (String, S
 
 /// The manager says that such a pool is over-committed, and what to do about it (once
 /// per spell: on a loaded host a VM starved of CPU can refault too little for a second
-/// or more, which ends one).
+/// or more, which ends one). Without turns it then concentrates: one VM gets more than
+/// its half (1,024 pages) while both still run.
 #[test]
 fn a_pool_too_small_for_its_vms_working_sets_is_reported_over_committed() {
     let (log, _root) = two_vms_in_too_small_a_pool("pool-overcommit", &[]);
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("over-committed"))
+        .filter(|l| l.contains("over-committed:"))
         .collect();
     assert!(!lines.is_empty(), "{log}");
     for line in lines {
         assert!(
             line.contains("all 2 VMs have refaulted at their budgets")
+                && line.contains("Until they fit, the first VMs")
                 && line.contains("`--slice-ms` runs them in turns"),
             "{log}"
         );
     }
     assert!(!log.contains(", waits"), "{log}");
+    let over = log.find("over-committed:").unwrap();
+    let left = log[over..].find(" left;").map_or(log.len(), |i| over + i);
+    let raised = log[over..left].lines().any(|l| {
+        l.split(" -> ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|pages| pages > 1024)
+    });
+    assert!(
+        raised,
+        "no VM got more than its half once over-committed\n{log}"
+    );
 }
 
 /// With `--turns-when-over-committed` the manager then runs them in turns (one at a
