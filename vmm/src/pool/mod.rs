@@ -549,9 +549,38 @@ mod tests {
         assert!(then[1] > then[0] && then[0] == 75, "{then:?}");
     }
 
+    #[test]
+    fn an_over_committed_pool_of_no_more_vms_than_run_at_once_says_turns_would_not_help() {
+        let d = temp_dir("few");
+        let mut manager = Manager::start(ManagerOptions {
+            turns_when_over_committed: true,
+            ..two_at_a_time_options(&d)
+        })
+        .unwrap();
+        let mut vms = FakeVms::join(&d, &mut manager, 2);
+        vms.run(&mut manager, 12, |_| REFAULTING);
+        let favoured = vms.budgets();
+        let lines = vms.end(manager);
+        let over = lines.iter().find(|l| l.contains("over-committed:"));
+        assert!(
+            over.is_some_and(|l| l.contains(
+                "No more of them than --run-slots (2), so turns \
+                                             would not help. Until they fit"
+            )),
+            "{lines:?}"
+        );
+        // Nobody waits; the first VM is favoured instead.
+        assert!(!lines.iter().any(|l| l.contains(", waits")), "{lines:?}");
+        assert!(favoured[0] > favoured[1], "{favoured:?} {lines:?}");
+    }
+
     /// A manager running VMs in turns, two at a time, of a minute each.
     fn two_at_a_time(d: &Path) -> Manager {
-        Manager::start(ManagerOptions {
+        Manager::start(two_at_a_time_options(d)).unwrap()
+    }
+
+    fn two_at_a_time_options(d: &Path) -> ManagerOptions {
+        ManagerOptions {
             dir: d.to_path_buf(),
             config: PoolConfig::new(1000),
             interval: Duration::from_millis(10),
@@ -564,8 +593,7 @@ mod tests {
             }),
             turns_when_over_committed: false,
             start_in_turns: false,
-        })
-        .unwrap()
+        }
     }
 
     /// Members that join in order, a round each, reporting the host CPUs `cpus`.

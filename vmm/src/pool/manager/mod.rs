@@ -645,18 +645,23 @@ impl Manager {
         };
         let (r_lo, r_hi) = range(&|m| m.refaults_per_s);
         let (u_lo, u_hi) = range(&|m| 100.0 * m.active_fraction());
-        let remedy = match self.active_schedule() {
-            Some(s) => format!(
+        let concentrating = "Until they fit, the first VMs (by priority, then joining) get \
+                             their working sets and the last ones a quarter of their shares";
+        let remedy = match (self.active_schedule(), &self.options.schedule) {
+            (Some(s), _) => format!(
                 "They run in turns of {} ms, {} at once, until what they hold at the ends \
                  of their turns fits or no more than {} remain",
                 s.slice.as_millis(),
                 s.slots,
                 s.slots
             ),
-            None => "Until they fit, the first VMs (by priority, then joining) get their \
-                     working sets and the last ones a quarter of their shares; `--slice-ms` \
-                     runs them in turns instead (docs/pool.md)"
-                .to_string(),
+            // Turns allowed, but no more VMs than run at once: turns would not help.
+            (None, Some(s)) if self.options.turns_when_over_committed => format!(
+                "No more of them than --run-slots ({}), so turns would not help. \
+                 {concentrating}",
+                s.slots
+            ),
+            _ => format!("{concentrating}; `--slice-ms` runs them in turns instead (docs/pool.md)"),
         };
         format!(
             "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {rounds} \
