@@ -230,6 +230,17 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: Option<us
         }
     }
 
+    // What a member that does not refault could give from `budget`: what it holds
+    // unused or idle, down to its floor. The headroom of step 2 stays: without it a
+    // member that fits refaulted at the next page it touched, and took its pages back.
+    let spare = |i: usize, budget: u64| {
+        let resident = members[i].resident_pages.min(budget);
+        let unused = budget.saturating_sub(resident + headroom);
+        budget
+            .saturating_sub(floor[i])
+            .min(unused + idle(i, budget))
+    };
+
     // 3. Free pages to the members under pressure, by priority times refault rate.
     let free = size.saturating_sub(budget.iter().sum());
     let wanting: Vec<usize> = (0..n).filter(|&i| needy(i) && budget[i] < cap[i]).collect();
@@ -260,12 +271,7 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: Option<us
     }
 
     if let Some(lead) = concentrating {
-        let limits = Limits {
-            floor: &floor,
-            cap: &cap,
-            headroom,
-        };
-        concentrate_step(config, members, lead, &limits, &mut budget, &idle);
+        concentrate_step(config, members, lead, &floor, &cap, &mut budget, &spare);
         debug_assert!(budget.iter().sum::<u64>() <= size.max(n as u64));
         return budget;
     }
@@ -317,11 +323,7 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: Option<us
                 }
                 return above_floor.min(above_share.max(idle(i, budget[i])));
             }
-            let resident = members[i].resident_pages.min(budget[i]);
-            // The headroom of step 2 stays: without it a member that fits refaulted
-            // at the next page it touched, and took its pages back.
-            let unused = budget[i].saturating_sub(resident + headroom);
-            above_floor.min(unused + idle(i, budget[i]))
+            spare(i, budget[i])
         };
         let donor = (0..n)
             .filter(|&i| i != r && members[i].budget_pages > 0 && available(i) > 0)
@@ -344,25 +346,18 @@ fn balance(config: &PoolConfig, members: &[PoolMember], concentrating: Option<us
     budget
 }
 
-/// Each member's floor and size, and the headroom a member that does not refault keeps.
-struct Limits<'a> {
-    floor: &'a [u64],
-    cap: &'a [u64],
-    headroom: u64,
-}
-
 /// [`concentrate`]'s step: up to a step of pages to the first member in precedence
 /// that refaults, from the members after it, last first, down to their floors (one
-/// that does not refault gives only what it holds unused or idle).
+/// that does not refault gives only its `spare` pages).
 fn concentrate_step(
     config: &PoolConfig,
     members: &[PoolMember],
     lead: usize,
-    limits: &Limits,
+    floor: &[u64],
+    cap: &[u64],
     budget: &mut [u64],
-    idle: &dyn Fn(usize, u64) -> u64,
+    spare: &dyn Fn(usize, u64) -> u64,
 ) {
-    let (floor, cap, headroom) = (limits.floor, limits.cap, limits.headroom);
     let n = members.len();
     let needy = |i: usize| members[i].refaults_per_s >= config.min_refaults_per_s;
     let mut order: Vec<usize> = (0..n).collect();
@@ -376,10 +371,7 @@ fn concentrate_step(
     // came, and a member holding well under its budget needs no more.
     let wants = |i: usize| {
         let m = &members[i];
-        needy(i)
-            && m.budget_pages > 0
-            && budget[i] < cap[i]
-            && m.resident_pages + budget[i] / 16 >= budget[i]
+        needy(i) && m.budget_pages > 0 && budget[i] < cap[i] && holds(m.resident_pages, budget[i])
     };
     let Some(p) = order.iter().position(|&i| wants(i)) else {
         return;
@@ -393,13 +385,10 @@ fn concentrate_step(
         if members[d].budget_pages == 0 {
             continue;
         }
-        let above_floor = budget[d].saturating_sub(floor[d]);
         let available = if needy(d) {
-            above_floor
+            budget[d].saturating_sub(floor[d])
         } else {
-            let resident = members[d].resident_pages.min(budget[d]);
-            let unused = budget[d].saturating_sub(resident + headroom);
-            above_floor.min(unused + idle(d, budget[d]))
+            spare(d, budget[d])
         };
         let give = available.min(want);
         budget[d] -= give;
@@ -427,9 +416,15 @@ fn all_refault_at_budget(members: &[PoolMember], rate: f64) -> bool {
     members.len() >= 2
         && members.iter().all(|m| {
             m.budget_pages > 0
-                && m.resident_pages + m.budget_pages / 16 >= m.budget_pages
+                && holds(m.resident_pages, m.budget_pages)
                 && m.refaults_per_s >= rate
         })
+}
+
+/// Whether `resident` pages fill a budget of `budget` (within a sixteenth): a member
+/// holding well under its budget has room, whatever its smoothed refault rate says.
+fn holds(resident: u64, budget: u64) -> bool {
+    resident + budget / 16 >= budget
 }
 
 /// Whether every member (two or more) thrashes this round: refaults at its budget

@@ -183,9 +183,8 @@ pub struct Manager {
     /// Whether the pool, over-committed and all at once, favours its first VMs
     /// ([`concentrate`]) until no VM refaults for [`CALM_ROUNDS`].
     concentrating: bool,
-    /// The VM favoured first while concentrating, and the rounds it has led.
-    lead: Option<u32>,
-    lead_rounds: u32,
+    /// The VM favoured first while concentrating, and the round it took the lead.
+    lead: Option<(u32, u64)>,
     /// Whether the VMs run in turns now (`options.schedule`): from the start, or with
     /// `turns_when_over_committed` while the pool is over-committed.
     in_turns: bool,
@@ -253,7 +252,6 @@ impl Manager {
             calm_rounds: 0,
             concentrating: false,
             lead: None,
-            lead_rounds: 0,
             in_turns,
         })
     }
@@ -447,7 +445,7 @@ impl Manager {
         let mut newly_over_committed = None;
         let mut ended_concentrating = false;
         let mut lead_line = None;
-        let t_now = self.elapsed_s();
+        let t = self.elapsed_s();
         let decided: Vec<(u64, bool, u64)> = match self.active_schedule() {
             None => {
                 // Out of turns, every VM starts again from its priority's share, as
@@ -469,7 +467,7 @@ impl Manager {
                     })
                     .collect();
                 let budgets = if self.concentrating {
-                    let lead = self.lead_index(t_now, &mut lead_line);
+                    let lead = self.lead_index(t, &mut lead_line);
                     concentrate(&self.options.config, &view, lead)
                 } else {
                     rebalance(&self.options.config, &view)
@@ -489,9 +487,7 @@ impl Manager {
                     Some(schedule) => {
                         self.in_turns = true;
                         // Turns serve the working sets one at a time instead.
-                        self.concentrating = false;
-                        self.lead = None;
-                        self.lead_rounds = 0;
+                        self.stop_concentrating();
                         self.turns(&schedule)
                     }
                     // All run; the staging request stays as it was (0 unless turns
@@ -510,7 +506,6 @@ impl Manager {
             Some(schedule) => self.turns(&schedule),
         };
         let dir = self.options.dir.clone();
-        let t = self.elapsed_s();
         let mut lines = Vec::new();
         if let Some(rounds) = newly_over_committed {
             lines.push(self.over_committed_line(t, rounds));
@@ -573,25 +568,27 @@ impl Manager {
     /// over to the first VM. Says so in `line` when the lead moves on.
     fn lead_index(&mut self, t: f64, line: &mut Option<String>) -> usize {
         let n = self.members.len();
-        let at = |lead: Option<u32>| {
-            lead.and_then(|pid| self.members.iter().position(|(p, _)| *p == pid))
-        };
-        let found = at(self.lead);
-        if found.is_none() {
-            self.lead_rounds = 0;
-        }
-        let mut i = found.unwrap_or(0);
-        self.lead_rounds += 1;
-        if self.lead_rounds > LEAD_ROUNDS && n > 1 {
+        let found = self.lead.and_then(|(pid, since)| {
+            let i = self.members.iter().position(|(p, _)| *p == pid)?;
+            Some((i, since))
+        });
+        let (mut i, mut since) = found.unwrap_or((0, self.round));
+        if self.round - since >= u64::from(LEAD_ROUNDS) && n > 1 {
             i = (i + 1) % n;
-            self.lead_rounds = 1;
+            since = self.round;
             *line = Some(format!(
                 "{t:7.2}s  over-committed still: vm {} is favoured first now, for {} rounds",
                 self.members[i].0, LEAD_ROUNDS
             ));
         }
-        self.lead = self.members.get(i).map(|(pid, _)| *pid);
+        self.lead = self.members.get(i).map(|(pid, _)| (*pid, since));
         i
+    }
+
+    /// Ends a spell of concentrating: shares follow pressure again.
+    fn stop_concentrating(&mut self) {
+        self.concentrating = false;
+        self.lead = None;
     }
 
     /// Counts this all-at-once round towards a spell of over-commitment
@@ -616,9 +613,7 @@ impl Manager {
             self.calm_rounds += 1;
             if self.calm_rounds >= CALM_ROUNDS {
                 self.over_committed_rounds = 0;
-                self.concentrating = false;
-                self.lead = None;
-                self.lead_rounds = 0;
+                self.stop_concentrating();
             }
             return None;
         }
