@@ -528,11 +528,22 @@ fn requested_prefetch_brings_pages_back_before_they_are_touched() {
         Err(crate::runtime::PrefetchError::NoSuchTier(9))
     );
     let issued = wait_for_idle(&tm, |r| r.prefetch_issued >= before.prefetch_issued + 32);
-    for &p in &wanted {
-        // SAFETY: as above.
-        let got = unsafe { word(p as usize).read_volatile() };
-        assert_eq!(got, value(p as usize, 0, 0), "page {p}");
-    }
+    let read_wanted = || {
+        for &p in &wanted {
+            // SAFETY: as above.
+            let got = unsafe { word(p as usize).read_volatile() };
+            assert_eq!(got, value(p as usize, 0, 0), "page {p}");
+        }
+    };
+    read_wanted();
+    // The runtime counts a prefetch useful only when it sees the use: a fault on a
+    // page still in flight, or a sampled page touched. Under load the migrator can
+    // install all 32 before the reads above, which then fault on none of them; the
+    // sampler zaps 8 resident pages a millisecond, so reading on shows a use.
+    poll_until(&tm, std::time::Duration::from_millis(5), |r| {
+        read_wanted();
+        r.prefetch_useful > 0
+    });
     let report = tm.stop();
     assert!(failed.lock().unwrap().is_none());
     assert!(issued.per_tier[2].prefetch_issued >= 32, "{issued:#?}");
