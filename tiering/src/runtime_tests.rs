@@ -290,8 +290,14 @@ fn the_ram_budget_grows_and_shrinks_while_the_memory_is_in_use() {
         read_all()
     });
     done_rx.recv().unwrap();
-    let filled = wait_for_report(&handle, "fill", |r| r.zero_fills == pages as u64);
-    assert!(filled.evictions >= (pages - 64) as u64, "{filled:#?}");
+    // Evictions finish after the faults that caused them: a report taken as the last
+    // zero fill lands can still have write-backs in flight (seen in a full suite's
+    // run: 66 pages resident, 190 evictions done). Wait until the fill has settled.
+    let filled = wait_for_report(&handle, "fill", |r| {
+        r.zero_fills == pages as u64
+            && r.per_tier[1].resident_pages + r.per_tier[0].resident_pages <= 64
+            && r.evictions >= (pages - 64) as u64
+    });
 
     handle.set_ram_budget(pages as u64).unwrap();
     wait_for_report(&handle, "grow", |r| r.ram_budget_pages == pages as u64);
@@ -310,11 +316,8 @@ fn the_ram_budget_grows_and_shrinks_while_the_memory_is_in_use() {
     let shrunk = wait_for_report(&handle, "shrink", |r| {
         r.ram_budget_pages == 32
             && r.per_tier[1].resident_pages + r.per_tier[0].resident_pages <= 32
+            && r.evictions >= grown.evictions + (pages - 32) as u64
     });
-    assert!(
-        shrunk.evictions >= grown.evictions + (pages - 32) as u64,
-        "{shrunk:#?}"
-    );
     go_tx.send(()).unwrap();
     let report = finish(dir, tm, worker, &failed);
     assert!(report.demand_faults > shrunk.demand_faults, "{report:#?}");
