@@ -99,8 +99,10 @@ pub struct PoolArgs {
     pub prestaging: bool,
     /// Run the VMs all at once, and in turns (--slice-ms, --run-slots) only once the
     /// pool is over-committed: every VM has refaulted at its budget for 5 rounds (2 if
-    /// each 1,000 times a second or more). Turns then last until what the VMs hold at
-    /// the ends of their turns fits in the pool, or no more VMs remain than --run-slots.
+    /// each 1,000 times a second or more), or, while some still fill their memory, the
+    /// VMs have touched more pages than the pool holds and all the others refault.
+    /// Turns then last until what the VMs hold at the ends of their turns fits in the
+    /// pool, or no more VMs remain than --run-slots.
     #[arg(long, requires = "slice_ms")]
     pub turns_when_over_committed: bool,
     /// As --turns-when-over-committed, but start in turns: the VMs run all at once

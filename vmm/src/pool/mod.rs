@@ -574,6 +574,54 @@ mod tests {
         assert!(favoured[0] > favoured[1], "{favoured:?} {lines:?}");
     }
 
+    #[test]
+    fn load_control_sees_over_commitment_while_the_vms_still_fill() {
+        // One VM refaults at its budget while the two others still fill theirs: not
+        // every VM refaults, but together they have touched more than the 1,000 pages
+        // of the pool by the eleventh round. With load control that counts; a plain
+        // pool waits for every VM to refault (concentrating sooner costs a short job
+        // beside a long one, docs/pool.md).
+        let filling = Counts {
+            refaults: 0,
+            fills: 50,
+            hits: 0,
+        };
+        let each = |i: usize| if i == 0 { REFAULTING } else { filling };
+        let over = |lines: &[String]| {
+            lines
+                .iter()
+                .find(|l| l.contains("over-committed:"))
+                .cloned()
+        };
+        let d = temp_dir("outgrown");
+        let mut manager = Manager::start(ManagerOptions {
+            turns_when_over_committed: true,
+            ..two_at_a_time_options(&d)
+        })
+        .unwrap();
+        let mut vms = FakeVms::join(&d, &mut manager, 3);
+        vms.run(&mut manager, 8, each);
+        let before = over(&vms.lines);
+        vms.run(&mut manager, 10, each);
+        let lines = vms.end(manager);
+        assert_eq!(before, None, "{lines:?}");
+        assert!(
+            over(&lines).is_some_and(|l| l.contains(
+                "the 3 VMs have touched 1500 pages, more than the pool's 1000, and for 5 \
+                 rounds those not still filling their memory have refaulted at their budgets"
+            )),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains(", waits")), "{lines:?}");
+
+        let d = temp_dir("outgrown-plain");
+        let mut manager = all_at_once(&d, 1000);
+        let mut vms = FakeVms::join(&d, &mut manager, 3);
+        vms.run(&mut manager, 18, each);
+        let lines = vms.end(manager);
+        assert_eq!(over(&lines), None, "{lines:?}");
+    }
+
     /// A manager running VMs in turns, two at a time, of a minute each.
     fn two_at_a_time(d: &Path) -> Manager {
         Manager::start(two_at_a_time_options(d)).unwrap()

@@ -6,7 +6,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiering::pool::{concentrate, over_committed, rebalance, thrashing, PoolConfig, PoolMember};
+use tiering::pool::{
+    concentrate, outgrown, over_committed, rebalance, thrashing, PoolConfig, PoolMember,
+};
 
 mod turns;
 
@@ -172,6 +174,9 @@ pub struct Manager {
     /// Rounds the pool has been over-committed in this spell (all at once), which
     /// [`CALM_ROUNDS`] in a row without it end; the log says so once per spell.
     over_committed_rounds: u32,
+    /// Of those, the rounds seen only from the pages the VMs have touched
+    /// ([`outgrown`]), not from every VM refaulting.
+    outgrown_rounds: u32,
     /// Rounds in a row in which every VM thrashed.
     thrashing_rounds: u32,
     /// Whether any member has left.
@@ -246,6 +251,7 @@ impl Manager {
             ever_joined: false,
             lent_this_turn: false,
             over_committed_rounds: 0,
+            outgrown_rounds: 0,
             thrashing_rounds: 0,
             any_left: false,
             shares_afresh: false,
@@ -464,6 +470,7 @@ impl Manager {
                         refaults_per_s: m.refaults_per_s,
                         first_touches_per_s: m.first_touches_per_s,
                         active_fraction: m.active_fraction(),
+                        touched_pages: m.report.zero_fills,
                     })
                     .collect();
                 let budgets = if self.concentrating {
@@ -507,8 +514,8 @@ impl Manager {
         };
         let dir = self.options.dir.clone();
         let mut lines = Vec::new();
-        if let Some(rounds) = newly_over_committed {
-            lines.push(self.over_committed_line(t, rounds));
+        if let Some((rounds, touched)) = newly_over_committed {
+            lines.push(self.over_committed_line(t, rounds, touched));
         }
         lines.extend(lead_line);
         if ended_concentrating {
@@ -593,26 +600,31 @@ impl Manager {
 
     /// Counts this all-at-once round towards a spell of over-commitment
     /// ([`OVER_COMMITTED_ROUNDS`] of it, or [`THRASHING_ROUNDS`] of thrashing) or
-    /// towards its end ([`CALM_ROUNDS`]). Returns the rounds it took if this round is
-    /// the first of the spell to find the pool over-committed.
-    fn count_over_commitment(&mut self, view: &[PoolMember]) -> Option<u32> {
+    /// towards its end ([`CALM_ROUNDS`]). If this round is the first of the spell to
+    /// find the pool over-committed, returns the rounds it took and, if this round saw
+    /// any round of the spell only from the pages touched ([`outgrown`]), their sum now.
+    fn count_over_commitment(&mut self, view: &[PoolMember]) -> Option<(u32, Option<u64>)> {
         let before = self.over_committed_rounds;
         if thrashing(&self.options.config, view) {
             self.thrashing_rounds += 1;
         } else {
             self.thrashing_rounds = 0;
         }
+        let all_refault = over_committed(&self.options.config, view);
+        let by_touched =
+            !all_refault && self.turns_would_serve() && outgrown(&self.options.config, view);
         // Concentrated, the first VMs no longer refault: the spell lasts until none does.
         let calm = if self.concentrating {
             view.iter()
                 .all(|m| m.refaults_per_s < self.options.config.min_refaults_per_s)
         } else {
-            !over_committed(&self.options.config, view)
+            !(all_refault || by_touched)
         };
         if calm {
             self.calm_rounds += 1;
             if self.calm_rounds >= CALM_ROUNDS {
                 self.over_committed_rounds = 0;
+                self.outgrown_rounds = 0;
                 self.stop_concentrating();
             }
             return None;
@@ -622,16 +634,35 @@ impl Manager {
             return None;
         }
         self.over_committed_rounds += 1;
+        self.outgrown_rounds += u32::from(by_touched);
         if self.thrashing_rounds >= THRASHING_ROUNDS {
             self.over_committed_rounds = self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
         }
+        let touched =
+            (self.outgrown_rounds > 0).then(|| view.iter().map(|m| m.touched_pages).sum());
         (before < OVER_COMMITTED_ROUNDS && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS)
-            .then_some(before + 1)
+            .then_some((before + 1, touched))
+    }
+
+    /// Whether load control would run the VMs in turns once the pool is over-committed
+    /// (`turns_when_over_committed`, and more VMs than run at once). Only then does
+    /// the pool also count rounds in which the VMs have touched more pages than it
+    /// holds ([`outgrown`]) while they still fill: concentrating that soon hands the
+    /// pool to the first VM before a short job beside it has made progress (bench-pool's
+    /// `staggered` lost 1.08x, docs/pool.md), while turns serve every VM in its turn.
+    fn turns_would_serve(&self) -> bool {
+        self.options.turns_when_over_committed
+            && self
+                .options
+                .schedule
+                .as_ref()
+                .is_some_and(|s| self.members.len() > s.slots)
     }
 
     /// The log's line for a spell of over-commitment: the members' refault rates and
-    /// shares in use, and what to do about it; `rounds` in a row it was seen.
-    fn over_committed_line(&self, t: f64, rounds: u32) -> String {
+    /// shares in use, and what to do about it; `rounds` it was seen, and the pages the
+    /// VMs have touched if some of those rounds saw it from them alone.
+    fn over_committed_line(&self, t: f64, rounds: u32, touched: Option<u64>) -> String {
         let range = |f: &dyn Fn(&Tracked) -> f64| {
             let v: Vec<f64> = self.members.iter().map(|(_, m)| f(m)).collect();
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -658,11 +689,20 @@ impl Manager {
             ),
             _ => format!("{concentrating}; `--slice-ms` runs them in turns instead (docs/pool.md)"),
         };
+        let n = self.members.len();
+        let seen = match touched {
+            None => format!("all {n} VMs have refaulted at their budgets for {rounds} rounds"),
+            Some(pages) => format!(
+                "the {n} VMs have touched {pages} pages, more than the pool's {}, and for \
+                 {rounds} rounds those not still filling their memory have refaulted at their \
+                 budgets",
+                self.options.config.size_pages
+            ),
+        };
         format!(
-            "{t:7.2}s  over-committed: all {} VMs have refaulted at their budgets for {rounds} \
-             rounds ({r_lo:.0}-{r_hi:.0} refaults/s, {u_lo:.0}-{u_hi:.0}% in use): together \
-             their working sets do not fit in the pool. {remedy}",
-            self.members.len(),
+            "{t:7.2}s  over-committed: {seen} ({r_lo:.0}-{r_hi:.0} refaults/s, \
+             {u_lo:.0}-{u_hi:.0}% in use): together their working sets do not fit in the \
+             pool. {remedy}"
         )
     }
 
