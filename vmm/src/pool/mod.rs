@@ -552,11 +552,7 @@ mod tests {
     #[test]
     fn an_over_committed_pool_of_no_more_vms_than_run_at_once_says_turns_would_not_help() {
         let d = temp_dir("few");
-        let mut manager = Manager::start(ManagerOptions {
-            turns_when_over_committed: true,
-            ..two_at_a_time_options(&d)
-        })
-        .unwrap();
+        let mut manager = load_control(&d);
         let mut vms = FakeVms::join(&d, &mut manager, 2);
         vms.run(&mut manager, 12, |_| REFAULTING);
         let favoured = vms.budgets();
@@ -594,11 +590,7 @@ mod tests {
                 .cloned()
         };
         let d = temp_dir("outgrown");
-        let mut manager = Manager::start(ManagerOptions {
-            turns_when_over_committed: true,
-            ..two_at_a_time_options(&d)
-        })
-        .unwrap();
+        let mut manager = load_control(&d);
         let mut vms = FakeVms::join(&d, &mut manager, 3);
         vms.run(&mut manager, 8, each);
         let before = over(&vms.lines);
@@ -620,6 +612,16 @@ mod tests {
         vms.run(&mut manager, 18, each);
         let lines = vms.end(manager);
         assert_eq!(over(&lines), None, "{lines:?}");
+    }
+
+    /// A manager running VMs all at once, and in turns two at a time once the pool is
+    /// over-committed (`--turns-when-over-committed`).
+    fn load_control(d: &Path) -> Manager {
+        Manager::start(ManagerOptions {
+            turns_when_over_committed: true,
+            ..two_at_a_time_options(d)
+        })
+        .unwrap()
     }
 
     /// A manager running VMs in turns, two at a time, of a minute each.
