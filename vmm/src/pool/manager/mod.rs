@@ -601,8 +601,8 @@ impl Manager {
     /// Counts this all-at-once round towards a spell of over-commitment
     /// ([`OVER_COMMITTED_ROUNDS`] of it, or [`THRASHING_ROUNDS`] of thrashing) or
     /// towards its end ([`CALM_ROUNDS`]). If this round is the first of the spell to
-    /// find the pool over-committed, returns the rounds it took and, if this round saw
-    /// any round of the spell only from the pages touched ([`outgrown`]), their sum now.
+    /// find the pool over-committed, returns the rounds it took and, if any round of the
+    /// spell saw it only from the pages touched ([`outgrown`]), their sum now.
     fn count_over_commitment(&mut self, view: &[PoolMember]) -> Option<(u32, Option<u64>)> {
         let before = self.over_committed_rounds;
         if thrashing(&self.options.config, view) {
