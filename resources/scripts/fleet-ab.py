@@ -32,7 +32,8 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiervisor_runs import Fleet, run_together, start_pool  # noqa: E402
+from tiervisor_runs import (  # noqa: E402
+    Fleet, environment, parse_config, run_together, start_pool)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GUEST = os.path.join(ROOT, "resources", "out", "testguest.elf")
@@ -46,25 +47,10 @@ KEEP = os.environ.get("KEEP") == "1"
 MEM_MIB, GUEST_MIB, TIMEOUT_S = 8, 64, 300
 
 
-def parse(config):
-    binary, *settings = config.split("@")
-    env = {}
-    for s in settings:
-        var, eq, value = s.partition("=")
-        if not eq:
-            sys.exit(f"fleet-ab: {s!r} in {config!r} is not VAR=VALUE")
-        env[var] = value
-    if not os.access(binary, os.X_OK):
-        sys.exit(f"fleet-ab: {binary} is not an executable (run `make build`?)")
-    return binary, env
-
-
 def run(config, workdir, fleet_checksums):
-    binary, env = parse(config)
+    binary, env = parse_config(config, "fleet-ab")
     advisor = env.get("ADVISOR", os.environ.get("ADVISOR", "none"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         fleet = Fleet("fleet-ab", binary, GUEST, workdir, VMS, MEM_MIB, GUEST_MIB, ITERS)
         fleet.checksums = fleet_checksums
         pool = os.path.join(workdir, "pool")
@@ -84,12 +70,6 @@ def run(config, workdir, fleet_checksums):
             sys.exit(f"fleet-ab: MODE={MODE}: pool or static")
         cpus = [i % 2 for i in range(len(VMS))]
         return run_together(fleet, flags, cpus, TIMEOUT_S, config, manager)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main():
@@ -97,7 +77,7 @@ def main():
         sys.exit(__doc__)
     configs = sys.argv[1].split(",")
     for c in configs:
-        parse(c)
+        parse_config(c, "fleet-ab")
     base = os.path.join(ROOT, "target", "fleet-ab")
     checksums = {}
     makespans = {c: [] for c in configs}

@@ -22,7 +22,8 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiervisor_runs import Fleet, run_together, start_pool  # noqa: E402
+from tiervisor_runs import (  # noqa: E402
+    Fleet, environment, parse_config, run_together, start_pool)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GUEST = os.path.join(ROOT, "resources", "out", "testguest.elf")
@@ -36,19 +37,9 @@ MODES = os.environ.get("MODES", "priority,equal").split(",")
 PRIORITY = 4
 
 
-def parse(config):
-    binary, *settings = config.split("@")
-    env = dict(s.partition("=")[::2] for s in settings)
-    if not os.access(binary, os.X_OK):
-        sys.exit(f"priority-ab: {binary} is not an executable (run `make build`?)")
-    return binary, env
-
-
 def run(config, mode, workdir, checksums):
-    binary, env = parse(config)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    binary, env = parse_config(config, "priority-ab")
+    with environment(env):
         fleet = Fleet("priority-ab", binary, GUEST, workdir, VMS, 8, 64, ITERS)
         fleet.checksums = checksums
         pool = os.path.join(workdir, "pool")
@@ -59,12 +50,6 @@ def run(config, mode, workdir, checksums):
             return ["--tiers", tiers, "--advisor", ADVISOR, "--cpu", str(CPUS[i]),
                     "--ram-pool", pool, "--priority", str(priority)]
         return run_together(fleet, flags, CPUS, 120, f"{config} {mode}", manager)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main():
@@ -72,7 +57,7 @@ def main():
         sys.exit(__doc__)
     configs = sys.argv[1].split(",")
     for c in configs:
-        parse(c)
+        parse_config(c, "priority-ab")
     for m in MODES:
         if m not in ("priority", "equal"):
             sys.exit(f"priority-ab: MODES: {m} is not priority or equal")

@@ -1,7 +1,9 @@
 """tiervisor's side of the benchmarks that set several VMs against QEMU + swap
 (bench-density.sh, bench-priority.sh): each VM's own tier files, a `tiervisor pool`
 manager, reading a VM's result and metrics, the VMs' command lines and checksums
-(`Fleet`), and the medians the reports print."""
+(`Fleet`), the medians the reports print, and the A/B scripts' configurations
+(`BINARY@VAR=VALUE...`, `parse_config`, `environment`)."""
+import contextlib
 import json
 import math
 import os
@@ -11,6 +13,38 @@ import sys
 import time
 
 from qemu_swap import RESULT, op_latency_ns
+
+
+def parse_config(config, who):
+    """An A/B script's configuration `BINARY[@VAR=VALUE...]`: the binary and the
+    environment settings for its runs. Exits with a one-line error, naming the script
+    `who`, if a setting is not VAR=VALUE or the binary is not executable."""
+    binary, *settings = config.split("@")
+    env = {}
+    for s in settings:
+        var, eq, value = s.partition("=")
+        if not eq:
+            sys.exit(f"{who}: {s!r} in {config!r} is not VAR=VALUE")
+        env[var] = value
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"{who}: {binary} is not an executable (run `make build`?)")
+    return binary, env
+
+
+@contextlib.contextmanager
+def environment(env):
+    """Sets `env` in this process's environment (so the tiervisor processes started
+    meanwhile inherit it) for the `with` block, then puts back what was there."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def vm_dir(workdir, name, guest_mib):
