@@ -416,16 +416,16 @@ pub fn over_committed(config: &PoolConfig, members: &[PoolMember]) -> bool {
     all_refault_at_budget(members, config.min_refaults_per_s)
 }
 
-/// Two or more members, every one refaulting at least `rate` a second while it holds
-/// its budget (within a sixteenth): a member whose budget was just raised refaults
-/// its pages back into the room it was given, which says nothing of the pool.
+/// Two or more members, every one refaulting at its budget ([`refaults_at_budget`]).
 fn all_refault_at_budget(members: &[PoolMember], rate: f64) -> bool {
-    members.len() >= 2
-        && members.iter().all(|m| {
-            m.budget_pages > 0
-                && holds(m.resident_pages, m.budget_pages)
-                && m.refaults_per_s >= rate
-        })
+    members.len() >= 2 && members.iter().all(|m| refaults_at_budget(m, rate))
+}
+
+/// Whether a member refaults at least `rate` a second while it holds its budget
+/// (within a sixteenth): a member whose budget was just raised refaults its pages back
+/// into the room it was given, which says nothing of the pool.
+fn refaults_at_budget(m: &PoolMember, rate: f64) -> bool {
+    m.budget_pages > 0 && holds(m.resident_pages, m.budget_pages) && m.refaults_per_s >= rate
 }
 
 /// Whether `resident` pages fill a budget of `budget` (within a sixteenth): a member
@@ -442,15 +442,12 @@ fn holds(resident: u64, budget: u64) -> bool {
 /// the first to fill refault, and [`over_committed`] waits for all of them.
 pub fn outgrown(config: &PoolConfig, members: &[PoolMember]) -> bool {
     let rate = config.min_refaults_per_s;
-    let refaults = |m: &PoolMember| {
-        m.budget_pages > 0 && holds(m.resident_pages, m.budget_pages) && m.refaults_per_s >= rate
-    };
     members.len() >= 2
         && members.iter().map(|m| m.touched_pages).sum::<u64>() > config.size_pages
-        && members.iter().any(refaults)
+        && members.iter().any(|m| refaults_at_budget(m, rate))
         && members
             .iter()
-            .all(|m| refaults(m) || m.first_touches_per_s >= rate)
+            .all(|m| refaults_at_budget(m, rate) || m.first_touches_per_s >= rate)
 }
 
 /// Whether every member (two or more) thrashes this round: refaults at its budget

@@ -174,9 +174,9 @@ pub struct Manager {
     /// Rounds the pool has been over-committed in this spell (all at once), which
     /// [`CALM_ROUNDS`] in a row without it end; the log says so once per spell.
     over_committed_rounds: u32,
-    /// Of those, the rounds seen only from the pages the VMs have touched
-    /// ([`outgrown`]), not from every VM refaulting.
-    outgrown_rounds: u32,
+    /// Whether a round of this spell saw it only from the pages the VMs have touched
+    /// ([`outgrown`]), not from every VM refaulting (the log line says which).
+    seen_by_touched: bool,
     /// Rounds in a row in which every VM thrashed.
     thrashing_rounds: u32,
     /// Whether any member has left.
@@ -251,7 +251,7 @@ impl Manager {
             ever_joined: false,
             lent_this_turn: false,
             over_committed_rounds: 0,
-            outgrown_rounds: 0,
+            seen_by_touched: false,
             thrashing_rounds: 0,
             any_left: false,
             shares_afresh: false,
@@ -624,7 +624,7 @@ impl Manager {
             self.calm_rounds += 1;
             if self.calm_rounds >= CALM_ROUNDS {
                 self.over_committed_rounds = 0;
-                self.outgrown_rounds = 0;
+                self.seen_by_touched = false;
                 self.stop_concentrating();
             }
             return None;
@@ -634,12 +634,13 @@ impl Manager {
             return None;
         }
         self.over_committed_rounds += 1;
-        self.outgrown_rounds += u32::from(by_touched);
+        self.seen_by_touched |= by_touched;
         if self.thrashing_rounds >= THRASHING_ROUNDS {
             self.over_committed_rounds = self.over_committed_rounds.max(OVER_COMMITTED_ROUNDS);
         }
-        let touched =
-            (self.outgrown_rounds > 0).then(|| view.iter().map(|m| m.touched_pages).sum());
+        let touched = self
+            .seen_by_touched
+            .then(|| view.iter().map(|m| m.touched_pages).sum());
         (before < OVER_COMMITTED_ROUNDS && self.over_committed_rounds >= OVER_COMMITTED_ROUNDS)
             .then_some((before + 1, touched))
     }
