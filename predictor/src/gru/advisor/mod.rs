@@ -437,11 +437,6 @@ impl Advisor for GruAdvisor {
                 if self.opts.readahead_marker {
                     self.readahead.on_observed(access.page);
                 }
-                if self.opts.readahead_context_marker
-                    && self.context_readahead.stride().abs() == 1
-                {
-                    self.context_readahead.on_observed(access.page);
-                }
             } else {
                 self.fault_in_stream = self.readahead.on_fault(access.page);
                 if self.fault_in_stream && self.opts.readahead_walk_inference {

@@ -96,12 +96,6 @@ pub struct GruOptions {
     /// On since session 23, by a rule written before its runs
     /// (docs/predictor-experiments.md, "Context readahead").
     pub readahead_context: bool,
-    /// The context readahead's sequential streams (stride +-1) take the marker: an
-    /// observed use of a window's first page reads the next window at once. Live, a
-    /// sweep otherwise faults at every window's end, once every 33 pages; strided
-    /// streams are left out, where the extra window overran each column's end
-    /// (docs/predictor-experiments.md, "The marker for sequential context streams").
-    pub readahead_context_marker: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
@@ -183,7 +177,6 @@ impl Default for GruOptions {
             readahead_marker: false,
             readahead_lenient: false,
             readahead_context: true,
-            readahead_context_marker: false,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
@@ -283,10 +276,6 @@ impl GruOptions {
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
         flag(&mut o.readahead_context, "TIERVISOR_GRU_READAHEAD_CONTEXT");
-        flag(
-            &mut o.readahead_context_marker,
-            "TIERVISOR_GRU_READAHEAD_CONTEXT_MARKER",
-        );
         flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         flag(&mut o.first_touch_prior, "TIERVISOR_GRU_FIRST_TOUCH_PRIOR");
