@@ -37,6 +37,11 @@ impl PageSet {
         new
     }
 
+    /// Whether any page of `page`'s 512-page region is in the set.
+    pub fn region_touched(&self, page: PageNumber) -> bool {
+        self.regions.contains_key(&(page >> REGION_SHIFT))
+    }
+
     pub fn contains(&self, page: PageNumber) -> bool {
         let (region, word, bit) = place(page);
         self.regions
@@ -62,5 +67,7 @@ mod tests {
         for p in [2, 62, 65, 510, 513, (1 << 20) + 1] {
             assert!(!s.contains(p), "{p} was never inserted");
         }
+        assert!(s.region_touched(2) && s.region_touched(1023));
+        assert!(!s.region_touched(1024) && !s.region_touched((1 << 20) + 512));
     }
 }

@@ -291,7 +291,7 @@ impl GruAdvisor {
         })
     }
 
-    fn tracks_first_touches(&self) -> bool {
+    pub(super) fn tracks_first_touches(&self) -> bool {
         self.opts.first_touch_run > 0 || self.prior.is_some()
     }
 

@@ -96,6 +96,13 @@ pub struct GruOptions {
     /// On since session 23, by a rule written before its runs
     /// (docs/predictor-experiments.md, "Context readahead").
     pub readahead_context: bool,
+    /// Both readaheads leave out pages of 2 MiB regions the VM has never touched: they
+    /// would be zero fills the guest may never use, which the first-touch sources judge
+    /// on their own records. Live, phases' strided context streams ran past the end of
+    /// the workload's memory, and that waste tipped the context record under its
+    /// threshold (docs/predictor-experiments.md, "Readahead only where the VM has
+    /// been").
+    pub readahead_touched_regions: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
@@ -177,6 +184,7 @@ impl Default for GruOptions {
             readahead_marker: false,
             readahead_lenient: false,
             readahead_context: true,
+            readahead_touched_regions: false,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
@@ -276,6 +284,10 @@ impl GruOptions {
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
         flag(&mut o.readahead_context, "TIERVISOR_GRU_READAHEAD_CONTEXT");
+        flag(
+            &mut o.readahead_touched_regions,
+            "TIERVISOR_GRU_READAHEAD_TOUCHED_REGIONS",
+        );
         flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
         flag(&mut o.first_touch_prior, "TIERVISOR_GRU_FIRST_TOUCH_PRIOR");

@@ -203,6 +203,10 @@ impl GruAdvisor {
         let room = cap.saturating_sub(out.len() - start);
         readahead.drain(room, |p| lists.contains(p), &mut ahead);
         ahead.retain(|&p| readahead.is_ahead(p));
+        if self.opts.readahead_touched_regions && self.tracks_first_touches() {
+            let seen = &self.seen;
+            ahead.retain(|&p| seen.region_touched(p));
+        }
         // Untrusted, the window's pages are judged as shadows: a stream the program
         // really walks earns the record by faulting on them.
         let min_uses = if context {
