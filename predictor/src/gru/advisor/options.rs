@@ -100,8 +100,8 @@ pub struct GruOptions {
     /// would be zero fills the guest may never use, which the first-touch sources judge
     /// on their own records. Live, phases' strided context streams ran past the end of
     /// the workload's memory, and that waste tipped the context record under its
-    /// threshold (docs/predictor-experiments.md, "Readahead only where the VM has
-    /// been").
+    /// threshold. On since session 34, by a rule written before its runs
+    /// (docs/predictor-experiments.md, "Readahead only where the VM has been").
     pub readahead_touched_regions: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
@@ -184,7 +184,7 @@ impl Default for GruOptions {
             readahead_marker: false,
             readahead_lenient: false,
             readahead_context: true,
-            readahead_touched_regions: false,
+            readahead_touched_regions: true,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
