@@ -3,6 +3,27 @@
 use super::super::synth::repeated;
 use super::super::{GruAdvisor, GruOptions};
 use super::{no_online_learning, replay_in_sim, replay_in_sim_seeing, tiny_model};
+use crate::replay::AdvisorReport;
+
+/// `trace` replayed through gru (the tiny model, online learning off) with RAM for
+/// `ram_pages`, its options as `set` leaves them.
+fn replay_gru(
+    trace: &[tiering::access::Access],
+    ram_pages: usize,
+    set: impl FnOnce(&mut GruOptions),
+) -> AdvisorReport {
+    let (model, meta) = tiny_model();
+    let mut opts = GruOptions {
+        online: no_online_learning(),
+        ..GruOptions::default()
+    };
+    set(&mut opts);
+    replay_in_sim(
+        trace,
+        Box::new(GruAdvisor::new(model, meta, opts)),
+        ram_pages,
+    )
+}
 
 /// Reads of `passes` sweeps over `pages` pages from `base`, each page read `reps`
 /// times in a row.
@@ -18,16 +39,11 @@ fn scan_trace(base: u64, pages: u64, passes: u64, reps: usize) -> Vec<tiering::a
 fn readahead_follows_read_streams_that_links_cannot() {
     // Reads only, so a live VMM (and the replay's sampled visibility) rarely sees a
     // prefetched page used: without the walk inference the readahead record goes bad.
-    let (model, meta) = tiny_model();
     let run = |trace: &[tiering::access::Access], min_window, walk_inference| {
-        let opts = GruOptions {
-            readahead_min_window: min_window,
-            readahead_walk_inference: walk_inference,
-            online: no_online_learning(),
-            ..GruOptions::default()
-        };
-        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
-        replay_in_sim(trace, Box::new(adv), 256)
+        replay_gru(trace, 256, |o| {
+            o.readahead_min_window = min_window;
+            o.readahead_walk_inference = walk_inference;
+        })
     };
     // One pass over 16,384 never-touched pages: successor links have nothing to
     // follow, first-touch runs name one page at a time. Measured: 12,276 faults off,
@@ -64,7 +80,6 @@ fn context_readahead_follows_a_sweep_whose_faults_skip_resident_pages() {
     // Passes over 2,048 pages with RAM for 512, a hot page of the first half touched
     // after each step: the hot quarter of that half stays resident, so there the
     // sweep's faults skip pages at random and rarely repeat a stride.
-    let (model, meta) = tiny_model();
     let base = 4096;
     let hot: Vec<u64> = (0..1024u64)
         .filter(|p| p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62 == 0)
@@ -73,15 +88,7 @@ fn context_readahead_follows_a_sweep_whose_faults_skip_resident_pages() {
     let steps = (0..4).flat_map(|_| base..base + 2048);
     let pages = steps.enumerate().flat_map(|(i, p)| [p, hot[i % hot.len()]]);
     let trace = repeated(pages, 2, tiering::access::AccessOp::Read);
-    let run = |context| {
-        let opts = GruOptions {
-            readahead_context: context,
-            online: no_online_learning(),
-            ..GruOptions::default()
-        };
-        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
-        replay_in_sim(&trace, Box::new(adv), 512)
-    };
+    let run = |context| replay_gru(&trace, 512, |o| o.readahead_context = context);
     // Measured: 2,346 demand faults without it, 1,198 with it, accuracy 0.997 both.
     let (off, on) = (run(false), run(true));
     assert!(
@@ -130,7 +137,6 @@ fn readahead_stays_out_of_regions_the_vm_never_touched() {
     // Column walks (a 16-page stride) over 2,048 pages, RAM for 512: each column's
     // stream runs on past the last page, into a 2 MiB region the guest never touches
     // (as phases' strided region did live).
-    let (model, meta) = tiny_model();
     let base = 4096;
     let column_walk = (0..16u64).flat_map(|c| (0..128u64).map(move |k| base + c + 16 * k));
     let trace = repeated(
@@ -138,15 +144,8 @@ fn readahead_stays_out_of_regions_the_vm_never_touched() {
         2,
         tiering::access::AccessOp::Read,
     );
-    let run = |touched_only| {
-        let opts = GruOptions {
-            readahead_touched_regions: touched_only,
-            online: no_online_learning(),
-            ..GruOptions::default()
-        };
-        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
-        replay_in_sim(&trace, Box::new(adv), 512)
-    };
+    let run =
+        |touched_only| replay_gru(&trace, 512, |o| o.readahead_touched_regions = touched_only);
     // Measured: 220 pages wasted, accuracy 0.947 and 3,992 demand faults reading into
     // them (the waste keeps the readahead records from trusting the columns' streams);
     // 16, 0.997 and 935 not.
