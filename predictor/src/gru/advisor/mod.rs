@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use rustc_hash::FxHashMap;
-use tiering::access::{Access, PageNumber};
+use tiering::access::{Access, AccessSource, PageNumber};
 use tiering::advisor::Advisor;
 
 use crate::baselines::{LeapAdvisor, Readahead, WorkingSet};
@@ -428,7 +428,10 @@ impl Advisor for GruAdvisor {
 
     fn on_access(&mut self, access: &Access, resident: bool) {
         self.fx.on_access(access);
-        self.lists.on_access(access.page, resident);
+        let late_prefetch = resident && access.source == AccessSource::MissingFault;
+        if !late_prefetch || self.opts.activate_on_late_prefetch {
+            self.lists.on_access(access.page, resident);
+        }
         if self.opts.trend_candidates {
             self.trend.on_access(access, resident);
         }

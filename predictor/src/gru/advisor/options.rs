@@ -103,6 +103,14 @@ pub struct GruOptions {
     /// threshold. On since session 34, by a rule written before its runs
     /// (docs/predictor-experiments.md, "Readahead only where the VM has been").
     pub readahead_touched_regions: bool,
+    /// A touch of a page still being prefetched (a late prefetch: the guest faults on
+    /// a page in flight) moves it to the active list, as any seen use of a resident
+    /// page does. Off, it stays on the inactive list, as a demand-faulted page does:
+    /// it was used once. Only a live VMM sees such touches (the replay counts a late
+    /// prefetch as stall only), and live the first page of every readahead window is
+    /// one, so gru held one page in 33 of each sweep on its active list
+    /// (docs/predictor-experiments.md, "Late prefetches stay inactive").
+    pub activate_on_late_prefetch: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
@@ -185,6 +193,7 @@ impl Default for GruOptions {
             readahead_lenient: false,
             readahead_context: true,
             readahead_touched_regions: true,
+            activate_on_late_prefetch: true,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
@@ -287,6 +296,10 @@ impl GruOptions {
         flag(
             &mut o.readahead_touched_regions,
             "TIERVISOR_GRU_READAHEAD_TOUCHED_REGIONS",
+        );
+        flag(
+            &mut o.activate_on_late_prefetch,
+            "TIERVISOR_GRU_ACTIVATE_ON_LATE_PREFETCH",
         );
         flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");
