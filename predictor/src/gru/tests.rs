@@ -717,3 +717,38 @@ fn the_first_touch_prior_zero_fills_a_start_other_programs_shared() {
     assert!(on.cold_faults <= 70 - 30, "off {off:?} on {on:?}");
     assert!(on.accuracy >= 0.95, "on {on:?}");
 }
+
+#[test]
+fn a_late_prefetch_leaves_its_page_on_the_inactive_list() {
+    use tiering::access::{Access, AccessOp, AccessSource, PageKind};
+    use tiering::advisor::Advisor;
+    // Eight prefetched pages, the first touched while still being read: the guest's
+    // fault on a page in flight. Counted as a promotion, it leaves RAM last; left
+    // inactive, first (the oldest fill), as a demand-faulted page would.
+    let first_victim = |activate| {
+        let (model, meta) = tiny_model();
+        let opts = GruOptions {
+            activate_on_late_prefetch: activate,
+            online: no_online_learning(),
+            ..GruOptions::default()
+        };
+        let mut adv = GruAdvisor::new(model, meta, opts);
+        for page in 0..8 {
+            adv.on_fill(page, true);
+        }
+        let late = Access {
+            time_ns: 1,
+            page: 0,
+            vcpu: 0,
+            op: AccessOp::Read,
+            kind: PageKind::Data,
+            source: AccessSource::MissingFault,
+        };
+        adv.on_access(&late, true);
+        let mut out = Vec::new();
+        adv.victims(1, &mut out);
+        out
+    };
+    assert_eq!(first_victim(false), [0]);
+    assert_eq!(first_victim(true), [1]);
+}

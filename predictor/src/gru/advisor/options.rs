@@ -108,8 +108,9 @@ pub struct GruOptions {
     /// page does. Off, it stays on the inactive list, as a demand-faulted page does:
     /// it was used once. Only a live VMM sees such touches (the replay counts a late
     /// prefetch as stall only), and live the first page of every readahead window is
-    /// one, so gru held one page in 33 of each sweep on its active list
-    /// (docs/predictor-experiments.md, "Late prefetches stay inactive").
+    /// one, so gru held one page in 33 of each sweep on its active list. Off since
+    /// session 34, by a rule written before its runs (docs/predictor-experiments.md,
+    /// "Late prefetches stay inactive").
     pub activate_on_late_prefetch: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
@@ -193,7 +194,7 @@ impl Default for GruOptions {
             readahead_lenient: false,
             readahead_context: true,
             readahead_touched_regions: true,
-            activate_on_late_prefetch: true,
+            activate_on_late_prefetch: false,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
