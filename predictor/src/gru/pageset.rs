@@ -1,5 +1,6 @@
-//! The set of pages a VM has ever touched, for the first-touch source: one bit per
-//! page, in 512-page (2 MiB) regions found by one hash lookup.
+//! The set of pages a VM has ever touched, for the first-touch sources (and for the
+//! readaheads, which leave untouched regions alone): one bit per page, in 512-page
+//! (2 MiB) regions found by one hash lookup.
 //!
 //! A VM's pages cluster in a few regions (its RAM, or a process's heap, stack and
 //! mappings in a lackey trace), so a 4 GiB VM's million pages take 2,048 regions of

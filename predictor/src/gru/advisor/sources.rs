@@ -203,6 +203,8 @@ impl GruAdvisor {
         let room = cap.saturating_sub(out.len() - start);
         readahead.drain(room, |p| lists.contains(p), &mut ahead);
         ahead.retain(|&p| readahead.is_ahead(p));
+        // A page of a region the VM never touched would be a zero fill: the first-touch
+        // sources' to judge (`GruOptions::readahead_touched_regions`).
         if self.opts.readahead_touched_regions && self.tracks_first_touches() {
             let seen = &self.seen;
             ahead.retain(|&p| seen.region_touched(p));
