@@ -59,6 +59,7 @@ pub(crate) struct Counters {
     pub admission_waits: u64,
     pub prefetches_dropped: u64,
     pub prefetches_late: u64,
+    pub resident_misses: u64,
     pub migrations: u64,
     pub pages_hashed: u64,
     pub shared_pages_peak: u64,
@@ -90,6 +91,7 @@ impl Counters {
             admission_waits: 0,
             prefetches_dropped: 0,
             prefetches_late: 0,
+            resident_misses: 0,
             migrations: 0,
             pages_hashed: 0,
             shared_pages_peak: 0,
@@ -176,6 +178,10 @@ pub struct TieringReport {
     /// Faults on a page whose prefetch read was still in flight: they wait for that
     /// read and are not counted in `demand_faults` (the replay's `prefetch_late`).
     pub prefetches_late: u64,
+    /// Demand faults on pages the policy counted as in RAM: a prefetch it decided was
+    /// not carried out, so the advisor heard of a hit (and the policy of a useful
+    /// prefetch) where the guest waited for a read. Zero in a healthy run.
+    pub resident_misses: u64,
     /// Prefetches and moves executed by the migrator thread.
     pub migrations: u64,
     /// `--share-dir`: pages whose content was hashed, the most of this VM's pages

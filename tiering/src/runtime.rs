@@ -645,6 +645,7 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         admission_waits: c.admission_waits,
         prefetches_dropped: c.prefetches_dropped,
         prefetches_late: c.prefetches_late,
+        resident_misses: c.resident_misses,
         migrations: c.migrations,
         pages_hashed: c.pages_hashed,
         shared_pages: c.shared_pages_peak,

@@ -123,6 +123,11 @@ impl Engine {
             let Some(index) = self.layout.index_of_page(page) else {
                 continue;
             };
+            if self.policy.is_resident(page) {
+                // A fill or prefetch took it back after the policy chose it: the
+                // policy counts it in RAM, so it stays.
+                continue;
+            }
             if self.meta[index].migrating {
                 // The migrator may still install it: evict once it reports.
                 self.meta[index].reevict_to = to;

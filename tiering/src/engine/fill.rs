@@ -136,7 +136,28 @@ impl Engine {
                     }
                 }
             }
-            _ => {}
+            // Zapped, its write-back in flight, but still in the memfd: keep it, as a
+            // touch during the eviction does, and map it again as a prefetch would
+            // (writes from now on reach the dirty log, or change its content hash).
+            // Left alone it was punched while the policy counted it resident, and the
+            // guest's next touch was a read the advisor heard of as a hit
+            // (docs/tiering.md, "Prefetches of pages on their way out").
+            State::Evicting => {
+                self.set_state(index, State::EvictCancelled);
+                self.counters.evictions_cancelled += 1;
+                let host = self.layout.host_of_index(index);
+                if let Err(e) = self.uffd.continue_page(host) {
+                    self.die(e.to_string());
+                }
+            }
+            // Its copy is moving between storage tiers: a read now would race the move.
+            State::Moving => {
+                self.counters.prefetches_dropped += 1;
+                self.policy.fill_failed(page);
+            }
+            // In RAM already (a queued eviction of it is void: `evict_queued`), or on
+            // its way in.
+            State::Present | State::EvictCancelled | State::Prefetching => {}
         }
     }
 
