@@ -55,6 +55,10 @@ pub struct GruStats {
 /// fault pairs in the two-fault table: 1 M each, so the tables stay in the tens of MB
 /// however much memory the VM touches.
 const MAX_LINKS: usize = 1 << 20;
+/// The context record's least score for the marker (`readahead_context_marker`): a
+/// margin over the 0.9 it needs to be followed at all, so that the marker's windows
+/// read past a sweep's end cannot take the record under that threshold.
+const CONTEXT_MARKER_MIN_SCORE: f32 = 0.95;
 
 /// The key of the fault pair (`before`, `page`) in the two-fault successor table: a
 /// hash, since a 64-bit collision only costs a wrong confirmation now and then.
@@ -439,6 +443,12 @@ impl Advisor for GruAdvisor {
             if resident {
                 if self.opts.readahead_marker {
                     self.readahead.on_observed(access.page);
+                }
+                if self.opts.readahead_context_marker
+                    && self.context_readahead.stride().abs() == 1
+                    && self.context_outcomes.score() >= CONTEXT_MARKER_MIN_SCORE
+                {
+                    self.context_readahead.on_observed(access.page);
                 }
             } else {
                 self.fault_in_stream = self.readahead.on_fault(access.page);

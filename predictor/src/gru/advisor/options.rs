@@ -96,6 +96,15 @@ pub struct GruOptions {
     /// On since session 23, by a rule written before its runs
     /// (docs/predictor-experiments.md, "Context readahead").
     pub readahead_context: bool,
+    /// The context readahead's sequential streams (stride +-1) take the readahead
+    /// marker while its record is well above its threshold: an observed use of a
+    /// window's first page reads the next window at once, where a sweep otherwise
+    /// faults at every window's end, once every 33 pages. The margin keeps the
+    /// marker's own waste (the window read past where a sweep stops) from tipping the
+    /// record under its threshold, which live took the context readahead from later
+    /// phases of a program (docs/predictor-experiments.md, "The context marker while
+    /// the record has a margin").
+    pub readahead_context_marker: bool,
     /// Both readaheads leave out pages of 2 MiB regions the VM has never touched: they
     /// would be zero fills the guest may never use, which the first-touch sources judge
     /// on their own records. Live, phases' strided context streams ran past the end of
@@ -193,6 +202,7 @@ impl Default for GruOptions {
             readahead_marker: false,
             readahead_lenient: false,
             readahead_context: true,
+            readahead_context_marker: false,
             readahead_touched_regions: true,
             activate_on_late_prefetch: false,
             links_off_streams: false,
@@ -294,6 +304,10 @@ impl GruOptions {
         flag(&mut o.readahead_marker, "TIERVISOR_GRU_READAHEAD_MARKER");
         flag(&mut o.readahead_lenient, "TIERVISOR_GRU_READAHEAD_LENIENT");
         flag(&mut o.readahead_context, "TIERVISOR_GRU_READAHEAD_CONTEXT");
+        flag(
+            &mut o.readahead_context_marker,
+            "TIERVISOR_GRU_READAHEAD_CONTEXT_MARKER",
+        );
         flag(
             &mut o.readahead_touched_regions,
             "TIERVISOR_GRU_READAHEAD_TOUCHED_REGIONS",
