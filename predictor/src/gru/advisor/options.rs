@@ -102,8 +102,9 @@ pub struct GruOptions {
     /// faults at every window's end, once every 33 pages. The margin keeps the
     /// marker's own waste (the window read past where a sweep stops) from tipping the
     /// record under its threshold, which live took the context readahead from later
-    /// phases of a program (docs/predictor-experiments.md, "The context marker while
-    /// the record has a margin").
+    /// phases of a program. On since session 35, by a rule written before its runs
+    /// (docs/predictor-experiments.md, "The context marker while the record has a
+    /// margin").
     pub readahead_context_marker: bool,
     /// Both readaheads leave out pages of 2 MiB regions the VM has never touched: they
     /// would be zero fills the guest may never use, which the first-touch sources judge
@@ -202,7 +203,7 @@ impl Default for GruOptions {
             readahead_marker: false,
             readahead_lenient: false,
             readahead_context: true,
-            readahead_context_marker: false,
+            readahead_context_marker: true,
             readahead_touched_regions: true,
             activate_on_late_prefetch: false,
             links_off_streams: false,
