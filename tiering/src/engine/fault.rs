@@ -125,12 +125,8 @@ impl Engine {
         if self.fatal {
             return;
         }
-        let reads = matches!(
-            self.meta[index].state,
-            State::Untouched | State::Absent | State::Moving | State::Prefetching
-        );
-        self.fill_demand(index, t0);
-        if reads && !fill && !matches!(outcome, AccessOutcome::DemandFault { .. }) {
+        let filled = self.fill_demand(index, t0);
+        if filled && !fill && !matches!(outcome, AccessOutcome::DemandFault { .. }) {
             self.counters.resident_misses += 1;
             log::debug!(
                 "page {:#x} missing though the policy has it resident",

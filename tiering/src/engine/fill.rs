@@ -28,7 +28,9 @@ impl Engine {
     }
 
     /// Serve a demand fault: zero-fill a first touch or read the page from its tier.
-    pub(super) fn fill_demand(&mut self, index: usize, t0: Instant) {
+    /// Returns whether it did either (false: the page was in RAM already, and the
+    /// faulting thread is only woken; or the engine is stopping).
+    pub(super) fn fill_demand(&mut self, index: usize, t0: Instant) -> bool {
         if self.meta[index].state == State::Prefetching && !self.meta[index].migrating {
             self.finish_prefetch_now(index);
         }
@@ -37,11 +39,12 @@ impl Engine {
         match m.state {
             State::Untouched => {
                 if !self.zero_fill(index) {
-                    return;
+                    return false;
                 }
                 self.counters.zero_fills += 1;
                 self.counters
                     .record_fault(1, t0.elapsed().as_nanos() as u64);
+                true
             }
             // Prefetching here: with the migrator, whose read this one races.
             State::Absent | State::Moving | State::Prefetching => {
@@ -68,16 +71,18 @@ impl Engine {
                             self.counters.tiers[tier].io_errors += 1;
                             if attempt >= IO_ATTEMPTS {
                                 let page = self.layout.page_of_index(index);
-                                return self.die(format!(
+                                self.die(format!(
                                     "guest page {page:#x} cannot be read back from tier {tier} ({}) after {IO_ATTEMPTS} tries: {e}",
                                     self.stores[tier].as_ref().map(|s| s.backend.describe()).unwrap_or_default()
                                 ));
+                                return false;
                             }
                         }
                     }
                 };
                 if let Err(e) = self.uffd.copy_page(&buf, host) {
-                    return self.die(e.to_string());
+                    self.die(e.to_string());
+                    return false;
                 }
                 self.set_state(index, State::Present);
                 self.meta[index].copy_hash = content_hash(&buf);
@@ -96,9 +101,11 @@ impl Engine {
                 let c = &mut self.counters;
                 c.tiers[tier].bytes_read += PAGE as u64;
                 c.record_fault(tier, t0.elapsed().as_nanos() as u64);
+                true
             }
             _ => {
                 let _ = self.uffd.wake(host, PAGE);
+                false
             }
         }
     }
