@@ -5,24 +5,24 @@ use super::super::{GruAdvisor, GruOptions};
 use super::{no_online_learning, replay_in_sim, replay_in_sim_seeing, tiny_model};
 use crate::replay::AdvisorReport;
 
-/// `trace` replayed through gru (the tiny model, online learning off) with RAM for
-/// `ram_pages`, its options as `set` leaves them.
-fn replay_gru(
-    trace: &[tiering::access::Access],
-    ram_pages: usize,
-    set: impl FnOnce(&mut GruOptions),
-) -> AdvisorReport {
+/// gru with the tiny model and online learning off, its options as `set` leaves them.
+fn tiny_gru(set: impl FnOnce(&mut GruOptions)) -> GruAdvisor {
     let (model, meta) = tiny_model();
     let mut opts = GruOptions {
         online: no_online_learning(),
         ..GruOptions::default()
     };
     set(&mut opts);
-    replay_in_sim(
-        trace,
-        Box::new(GruAdvisor::new(model, meta, opts)),
-        ram_pages,
-    )
+    GruAdvisor::new(model, meta, opts)
+}
+
+/// `trace` replayed through [`tiny_gru`] with RAM for `ram_pages`.
+fn replay_gru(
+    trace: &[tiering::access::Access],
+    ram_pages: usize,
+    set: impl FnOnce(&mut GruOptions),
+) -> AdvisorReport {
+    replay_in_sim(trace, Box::new(tiny_gru(set)), ram_pages)
 }
 
 /// Reads of `passes` sweeps over `pages` pages from `base`, each page read `reps`
@@ -107,18 +107,14 @@ fn readahead_without_the_marker_stays_one_window_ahead() {
     // there. Measured: 7,289 faults and accuracy 0.898 with the marker, 954 and 1.000
     // without it (5,472 and 0.999 before the readaheads left never-touched regions
     // alone, session 34); with sampled visibility 1,693 and 1,675, both 1.000.
-    let (model, meta) = tiny_model();
     let once = scan_trace(4096, 16384, 1, 4);
     let run = |marker| {
-        let opts = GruOptions {
-            readahead_marker: marker,
+        let adv = tiny_gru(|o| {
+            o.readahead_marker = marker;
             // The first readahead alone: the pages evicted ahead of the scan leave gaps
             // the context readahead would follow (550 faults with the marker).
-            readahead_context: false,
-            online: no_online_learning(),
-            ..GruOptions::default()
-        };
-        let adv = GruAdvisor::new(model.clone(), meta.clone(), opts);
+            o.readahead_context = false;
+        });
         let cfg = crate::replay::ReplayConfig {
             visibility: crate::replay::Visibility::Full,
             ..crate::replay::ReplayConfig::default()
@@ -224,13 +220,8 @@ fn context_marker_reads_the_next_window_of_a_sweep_seen_live() {
     // prefetches used (live, `bench-live`'s scan: 787 and 227).
     let base = 1 << 20;
     let run = |marker| {
-        let (model, meta) = tiny_model();
-        let opts = GruOptions {
-            readahead_context_marker: marker,
-            online: no_online_learning(),
-            ..GruOptions::default()
-        };
-        live_sweeps(GruAdvisor::new(model, meta, opts), (base, 2048, 8), 512, 64)
+        let adv = tiny_gru(|o| o.readahead_context_marker = marker);
+        live_sweeps(adv, (base, 2048, 8), 512, 64)
     };
     let ((without, _), (with, used)) = (run(false), run(true));
     assert!(
