@@ -5,7 +5,8 @@
 //! were stepped; whether a steady-state step allocates; and one training step (Adam
 //! on 128 samples x 8 windows) on burn's autodiff against the hand-written step.
 //!
-//! `cargo run --release -p predictor --example gru_cost [-- --quick]`
+//! `cargo run --release -p predictor --example gru_cost [-- --quick | --advisor-window]`
+//! (`--advisor-window`: only the last table, the whole advisor's window)
 //!
 //! Times are medians of this thread's CPU time over repeated calls (each case runs for about 0.2 s, 0.05 s with
 //! `--quick`); the host is shared and noisy, so compare ratios within one run.
@@ -117,6 +118,10 @@ fn burn_ns_per_row(model: &AccessModel, f: usize, h: usize, n: usize, budget: Du
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--advisor-window") {
+        advisor_window_cost();
+        return;
+    }
     let budget = Duration::from_millis(if quick { 50 } else { 200 });
     let isas = Isa::available();
     println!("instruction sets: {isas:?}");
