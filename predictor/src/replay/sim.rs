@@ -228,14 +228,23 @@ impl Sim<'_> {
         let m = &self.cfg.latency;
         let stall_at_start = self.stall_ns;
         let resident = self.policy.is_resident(a.page);
+        // A prefetched page whose read has not completed is not mapped yet: touching it
+        // is a missing fault the live handler sees (and waits on the read), whatever
+        // the sampling.
+        let late = resident
+            && self
+                .in_flight
+                .get(&a.page)
+                .is_some_and(|&ready| ready > now);
         let probed = resident && !self.full && self.probed.remove(&a.page);
         let observed = !resident
+            || late
             || self.full
             || probed
             || (zapped(a.page, window, zap_threshold)
                 && self.sampled_in.insert(a.page, window) != Some(window));
         let outcome = if observed {
-            let source = if !resident {
+            let source = if !resident || late {
                 AccessSource::MissingFault
             } else if self.full {
                 AccessSource::Full
@@ -267,6 +276,9 @@ impl Sim<'_> {
                 if let Some(ready) = self.in_flight.remove(&a.page) {
                     if ready > now {
                         self.stall_ns += ready - now;
+                        if late {
+                            self.stall_ns += m.fault_overhead_ns;
+                        }
                         self.late_prefetches += 1;
                     }
                 }

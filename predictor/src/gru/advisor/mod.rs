@@ -441,6 +441,12 @@ impl Advisor for GruAdvisor {
         }
         if self.opts.readahead_min_window > 0 {
             if resident {
+                if late_prefetch
+                    && self.opts.readahead_late_inference
+                    && self.opts.readahead_walk_inference
+                {
+                    self.infer_late_stream_use(access.page);
+                }
                 if self.opts.readahead_marker {
                     self.readahead.on_observed(access.page);
                 }

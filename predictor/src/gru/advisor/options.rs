@@ -122,6 +122,13 @@ pub struct GruOptions {
     /// session 34, by a rule written before its runs (docs/predictor-experiments.md,
     /// "Late prefetches stay inactive").
     pub activate_on_late_prefetch: bool,
+    /// A touch of a readahead page still being read (a late prefetch, a fault the
+    /// handler sees) shows the program walked the stream up to it, as a fault that
+    /// continues the stream does: the stream's prefetched pages behind it still in
+    /// RAM were used (`readahead_walk_inference`). Without it, the policy's prefetches
+    /// on that touch make room first, and pages used unseen are evicted and counted
+    /// wasted before the stream's next fault can vouch for them.
+    pub readahead_late_inference: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
     /// gru on the stream workloads (docs/predictor-experiments.md, "What did not work",
@@ -206,6 +213,7 @@ impl Default for GruOptions {
             readahead_context_marker: true,
             readahead_touched_regions: true,
             activate_on_late_prefetch: false,
+            readahead_late_inference: false,
             links_off_streams: false,
             hot_set: false,
             shadow_horizon: 0.75,
@@ -316,6 +324,10 @@ impl GruOptions {
         flag(
             &mut o.activate_on_late_prefetch,
             "TIERVISOR_GRU_ACTIVATE_ON_LATE_PREFETCH",
+        );
+        flag(
+            &mut o.readahead_late_inference,
+            "TIERVISOR_GRU_READAHEAD_LATE_INFERENCE",
         );
         flag(&mut o.links_off_streams, "TIERVISOR_GRU_LINKS_OFF_STREAMS");
         flag(&mut o.hot_set, "TIERVISOR_GRU_HOT_SET");

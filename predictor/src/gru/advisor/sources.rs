@@ -277,6 +277,20 @@ impl GruAdvisor {
         }
     }
 
+    /// A late prefetch of `page` (a fault on a page still being read) named by one of
+    /// the readaheads: the program reached it along that stream, so the stream's pages
+    /// behind it were used ([`Self::infer_stream_use`]).
+    pub(super) fn infer_late_stream_use(&mut self, page: PageNumber) {
+        let stride = match self.origin.get(&page) {
+            Some(Source::Readahead { context: false }) => self.readahead.stride(),
+            Some(Source::Readahead { context: true }) => self.context_readahead.stride(),
+            _ => return,
+        };
+        if stride != 0 {
+            self.infer_stream_use(page, stride);
+        }
+    }
+
     /// A prefetched page was used, or evicted unused: its source's record.
     pub(super) fn record_outcome(&mut self, page: PageNumber, used: bool) {
         self.scorer.outcome(page, used);
