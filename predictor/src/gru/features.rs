@@ -108,6 +108,7 @@ pub struct BlockTrack {
     pub ever_mask: u64,
     /// Bit i set: touched in window `hist_window - i`.
     touch_hist: u64,
+    /// The last window whose step took it (`u64::MAX`: none yet).
     hist_window: u64,
     /// Whether the block is stepped every window.
     pub tracked: bool,
@@ -132,7 +133,7 @@ impl BlockTrack {
             last_touch: u64::MAX,
             ever_mask: 0,
             touch_hist: 0,
-            hist_window: 0,
+            hist_window: u64::MAX,
             tracked: false,
             step_stamp: 0,
             neighbour_stamp: 0,
@@ -140,6 +141,10 @@ impl BlockTrack {
             run: 0,
             row: 0,
         }
+    }
+    /// The last window whose step took the block, and its row in that window's batch.
+    pub fn last_step(&self) -> Option<(u64, u32)> {
+        (self.hist_window != u64::MAX).then_some((self.hist_window, self.row))
     }
     /// Whether the block was touched in window `w` (only reliable for the last 63).
     pub fn touched_in(&self, w: u64) -> bool {
@@ -163,6 +168,10 @@ pub struct WindowBatch {
     pub window: u64,
     pub blocks: Vec<u64>,
     pub features: Vec<[f32; NUM_FEATURES]>,
+    /// For each block, the window and row of the step that took it before this one
+    /// ([`BlockTrack::last_step`] before this window), so a caller that keeps state
+    /// per stepped row finds the block's previous row without a map of its own.
+    pub last_steps: Vec<Option<(u64, u32)>>,
 }
 
 /// Turns a stream of accesses into per-block feature vectors, one per window.
@@ -279,6 +288,7 @@ impl FeatureExtractor {
         batch.window = w;
         batch.blocks.clear();
         batch.features.clear();
+        batch.last_steps.clear();
         let mut active = std::mem::take(&mut self.active);
         let mean = if active.is_empty() {
             1.0
@@ -359,6 +369,7 @@ impl FeatureExtractor {
                 0
             };
             t.tracked = true;
+            batch.last_steps.push(t.last_step());
             let f = block_features(t, w, mean, bp, touched & 1 != 0, touched & 2 != 0);
             // Advance the touch history to this window; a window not stepped ends the run.
             let shift = w.saturating_sub(t.hist_window);

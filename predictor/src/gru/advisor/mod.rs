@@ -321,9 +321,9 @@ impl GruAdvisor {
             sum += bce(p, touched.binary_search(&b).is_ok());
             n += 1;
         }
-        // The hidden states are indexed by exactly the blocks of the last step.
+        // The hidden states are exactly those of the blocks of the last step.
         for &b in touched {
-            if !self.hidden.index.contains_key(&b) {
+            if self.hidden_row(b).is_none() {
                 sum += bce(0.0, true); // a block nobody expected
                 n += 1;
             }
@@ -345,9 +345,9 @@ impl GruAdvisor {
         let buf = &mut self.step_buffers;
         buf.xs.clear();
         buf.hs.clear();
-        for (&b, f) in self.batch.blocks.iter().zip(&self.batch.features) {
+        for (f, &last) in self.batch.features.iter().zip(&self.batch.last_steps) {
             buf.xs.extend_from_slice(f);
-            match self.hidden.get(b, h) {
+            match self.hidden.row(last, h) {
                 Some(v) => buf.hs.extend_from_slice(v),
                 None => buf.hs.resize(buf.hs.len() + h, 0.0),
             }
@@ -360,47 +360,59 @@ impl GruAdvisor {
         self.stats.inference_ns += ns;
         self.stats.max_step_ns = self.stats.max_step_ns.max(ns);
         self.stats.stepped_blocks += n as u64;
-        buf.index.clear();
-        for (i, &b) in self.batch.blocks.iter().enumerate() {
-            buf.index.insert(b, i as u32);
-        }
         // The stepped states become current (blocks no longer stepped lose their state
         // and their probability: they count as cold); the old buffers are reused.
-        std::mem::swap(&mut self.hidden.index, &mut buf.index);
+        self.hidden.window = Some(self.batch.window);
         std::mem::swap(&mut self.hidden.data, &mut buf.hs);
         std::mem::swap(&mut self.hidden.probs, &mut buf.p);
     }
 
     fn block_probability(&self, page: PageNumber) -> f32 {
-        self.hidden.prob(self.fx.cfg.block_of(page)).unwrap_or(0.0)
+        self.block_prob(self.fx.cfg.block_of(page)).unwrap_or(0.0)
+    }
+
+    /// The row of `block`'s hidden state and probability, if the last step took it.
+    fn hidden_row(&self, block: u64) -> Option<usize> {
+        let last = self.fx.blocks.get(&block)?.last_step();
+        self.hidden.index(last)
+    }
+
+    /// `block`'s probability from the last step, if that step took it.
+    pub(super) fn block_prob(&self, block: u64) -> Option<f32> {
+        self.hidden.probs.get(self.hidden_row(block)?).copied()
     }
 }
 
-/// The blocks of the last model step: block `b`'s hidden state is row `index[b]` of
-/// `data` (`hidden` floats each) and its probability `probs[index[b]]`; rows are in the
-/// order of that step's batch.
+/// The states of the last model step, in the order of that step's batch: row i's
+/// hidden state is `data[i * hidden..][..hidden]` and its probability `probs[i]`. A
+/// block finds its row through the feature extractor ([`BlockTrack::last_step`]),
+/// which records it as the step is built.
+///
+/// [`BlockTrack::last_step`]: super::features::BlockTrack::last_step
 #[derive(Debug, Default)]
 struct HiddenStates {
-    index: BlockMap<u32>,
+    /// The window of the step these states are from (`None`: none, or forgotten).
+    window: Option<u64>,
     data: Vec<f32>,
     probs: Vec<f32>,
 }
 
 impl HiddenStates {
-    fn get(&self, block: u64, hidden: usize) -> Option<&[f32]> {
-        let i = *self.index.get(&block)? as usize;
-        self.data.get(i * hidden..(i + 1) * hidden)
+    /// The row a block stepped at `last` (window, row) has here, if that was this step.
+    fn index(&self, last: Option<(u64, u32)>) -> Option<usize> {
+        let (window, row) = last?;
+        (Some(window) == self.window).then_some(row as usize)
     }
 
-    fn prob(&self, block: u64) -> Option<f32> {
-        let i = *self.index.get(&block)? as usize;
-        self.probs.get(i).copied()
+    fn row(&self, last: Option<(u64, u32)>, hidden: usize) -> Option<&[f32]> {
+        let i = self.index(last)?;
+        self.data.get(i * hidden..(i + 1) * hidden)
     }
 
     /// Forgets every state (a pattern change); the model step that follows starts the
     /// blocks it steps from zero.
     fn clear(&mut self) {
-        self.index.clear();
+        self.window = None;
         self.data.clear();
         self.probs.clear();
     }
@@ -411,7 +423,6 @@ struct StepBuffers {
     xs: Vec<f32>,
     hs: Vec<f32>,
     p: Vec<f32>,
-    index: BlockMap<u32>,
 }
 
 impl Drop for GruAdvisor {

@@ -325,7 +325,7 @@ impl GruAdvisor {
             .batch
             .blocks
             .iter()
-            .filter_map(|&b| self.hidden.prob(b).map(|p| (p, b)))
+            .filter_map(|&b| self.block_prob(b).map(|p| (p, b)))
             .filter(|(p, _)| *p >= self.opts.prefetch_threshold)
             .collect();
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -437,7 +437,8 @@ impl GruAdvisor {
                 .get(&block)
                 .map_or(0.0, |m| m.count_ones() as f32 / bp),
         };
-        let hidden = self.hidden.get(block, self.model.hidden());
+        let last = self.fx.blocks.get(&block).and_then(|t| t.last_step());
+        let hidden = self.hidden.row(last, self.model.hidden());
         self.scorer
             .admit(page, hidden, &facts, self.opts.scorer_threshold)
     }
