@@ -101,6 +101,8 @@ struct WindowCounts {
 /// Everything the extractor remembers about one block.
 #[derive(Debug, Clone)]
 pub struct BlockTrack {
+    /// The block's number.
+    block: u64,
     counts: WindowCounts,
     /// Window of the most recent touch (`u64::MAX` if never).
     pub last_touch: u64,
@@ -127,8 +129,9 @@ pub struct BlockTrack {
 }
 
 impl BlockTrack {
-    fn new() -> Self {
+    fn new(block: u64) -> Self {
         BlockTrack {
+            block,
             counts: WindowCounts::default(),
             last_touch: u64::MAX,
             ever_mask: 0,
@@ -177,11 +180,20 @@ pub struct WindowBatch {
 /// Turns a stream of accesses into per-block feature vectors, one per window.
 pub struct FeatureExtractor {
     pub cfg: FeatureConfig,
-    pub blocks: BlockMap<BlockTrack>,
+    /// Each block's slot in `tracks`. The per-window lists below hold slots, so closing
+    /// a window looks a block up by number only to find the neighbours of touched
+    /// blocks (on a large VM, each lookup is a cache miss or two).
+    slots: BlockMap<u32>,
+    tracks: Vec<BlockTrack>,
+    /// Slots of pruned blocks, for reuse.
+    free: Vec<u32>,
+    /// The block of the last access and its slot: runs of accesses to one block (a
+    /// stream's pages) skip the lookup.
+    last_slot: Option<(u64, u32)>,
     /// Blocks touched in the current window, in first-touch order.
-    active: Vec<u64>,
+    active: Vec<u32>,
     /// Blocks stepped in the previous window that are still tracked.
-    tracked: Vec<u64>,
+    tracked: Vec<u32>,
     prev_page: Vec<(u64, i64)>,
     window: u64,
     window_accesses: u64,
@@ -191,7 +203,7 @@ pub struct FeatureExtractor {
     /// into a ring per block (whose stores missed the cache on large VMs).
     history: std::collections::VecDeque<HistoryWindow>,
     /// Buffers `end_window` reuses (it runs every model window).
-    spare_step: Vec<u64>,
+    spare_step: Vec<u32>,
 }
 
 /// The features of one window's stepped blocks, in batch order, and for each the row
@@ -209,7 +221,10 @@ impl FeatureExtractor {
         assert!(cfg.block_shift <= 6, "a block's pages must fit a u64 mask");
         FeatureExtractor {
             cfg,
-            blocks: BlockMap::default(),
+            slots: BlockMap::default(),
+            tracks: Vec::new(),
+            free: Vec::new(),
+            last_slot: None,
             active: Vec::new(),
             tracked: Vec::new(),
             prev_page: Vec::new(),
@@ -225,9 +240,30 @@ impl FeatureExtractor {
         self.window
     }
 
-    /// Blocks touched in the current window.
-    pub fn active_blocks(&self) -> &[u64] {
-        &self.active
+    /// Blocks touched in the current window, in first-touch order.
+    pub fn active_blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.active.iter().map(|&s| self.tracks[s as usize].block)
+    }
+
+    /// What the extractor remembers about `block`, if anything.
+    pub fn block(&self, block: u64) -> Option<&BlockTrack> {
+        let slot = *self.slots.get(&block)?;
+        Some(&self.tracks[slot as usize])
+    }
+
+    /// `block`'s slot, made if it has none.
+    fn slot(&mut self, block: u64) -> u32 {
+        let (tracks, free) = (&mut self.tracks, &mut self.free);
+        *self.slots.entry(block).or_insert_with(|| match free.pop() {
+            Some(s) => {
+                tracks[s as usize] = BlockTrack::new(block);
+                s
+            }
+            None => {
+                tracks.push(BlockTrack::new(block));
+                (tracks.len() - 1) as u32
+            }
+        })
     }
 
     /// Accesses seen in the current window.
@@ -246,10 +282,18 @@ impl FeatureExtractor {
         let (prev, prev_delta) = self.prev_page[vcpu];
         let delta = a.page.wrapping_sub(prev) as i64;
         self.prev_page[vcpu] = (a.page, delta);
-        let t = self.blocks.entry(block).or_insert_with(BlockTrack::new);
+        let slot = match self.last_slot {
+            Some((b, s)) if b == block => s,
+            _ => {
+                let s = self.slot(block);
+                self.last_slot = Some((block, s));
+                s
+            }
+        };
+        let t = &mut self.tracks[slot as usize];
         let c = &mut t.counts;
         if c.count == 0 {
-            self.active.push(block);
+            self.active.push(slot);
         }
         c.count += 1;
         match a.op {
@@ -300,20 +344,21 @@ impl FeatureExtractor {
         let mut step = std::mem::take(&mut self.spare_step);
         step.clear();
         let stamp = w + 1;
-        for &b in &active {
-            let t = self.blocks.entry(b).or_insert_with(BlockTrack::new);
-            t.step_stamp = stamp;
-            step.push(b);
+        for &s in &active {
+            self.tracks[s as usize].step_stamp = stamp;
+            step.push(s);
         }
-        for &b in &active {
+        for &s in &active {
+            let b = self.tracks[s as usize].block;
             for n in [b.wrapping_add(1), b.wrapping_sub(1)] {
                 if n == u64::MAX {
                     continue;
                 }
-                let t = self.blocks.entry(n).or_insert_with(BlockTrack::new);
+                let ns = self.slot(n);
+                let t = &mut self.tracks[ns as usize];
                 if t.step_stamp != stamp {
                     t.step_stamp = stamp;
-                    step.push(n);
+                    step.push(ns);
                 }
                 // `b` is the block before `n` or the one after it.
                 if t.neighbour_stamp != stamp {
@@ -325,29 +370,26 @@ impl FeatureExtractor {
         }
         // Tracked blocks idle too long stop being tracked here, in the same pass (one
         // lookup each); those the cap below cuts stop there.
-        for &b in &self.tracked {
-            let Some(t) = self.blocks.get_mut(&b) else {
-                continue;
-            };
+        for &s in &self.tracked {
+            let t = &mut self.tracks[s as usize];
             if t.step_stamp == stamp {
                 continue;
             }
             if t.last_touch != u64::MAX && w.saturating_sub(t.last_touch) <= self.cfg.idle_windows {
                 t.step_stamp = stamp;
-                step.push(b);
+                step.push(s);
             } else {
                 t.tracked = false;
                 t.run = 0;
             }
         }
         if step.len() > self.cfg.max_stepped {
-            for &b in &step[self.cfg.max_stepped..] {
-                if let Some(t) = self.blocks.get_mut(&b) {
-                    t.step_stamp = 0;
-                    if t.tracked {
-                        t.tracked = false;
-                        t.run = 0;
-                    }
+            for &s in &step[self.cfg.max_stepped..] {
+                let t = &mut self.tracks[s as usize];
+                t.step_stamp = 0;
+                if t.tracked {
+                    t.tracked = false;
+                    t.run = 0;
                 }
             }
             step.truncate(self.cfg.max_stepped);
@@ -359,9 +401,9 @@ impl FeatureExtractor {
             HistoryWindow::default()
         };
         window_rows.prev.clear();
-        for (row, &b) in step.iter().enumerate() {
+        for (row, &s) in step.iter().enumerate() {
             let bp = self.cfg.block_pages() as f32;
-            let t = self.blocks.get_mut(&b).expect("stepped blocks exist");
+            let t = &mut self.tracks[s as usize];
             // Whether the blocks before and after it were touched this window.
             let touched = if t.neighbour_stamp == stamp {
                 t.neighbours_touched
@@ -391,7 +433,7 @@ impl FeatureExtractor {
                 t.touch_hist |= 1;
                 t.last_touch = w;
             }
-            batch.blocks.push(b);
+            batch.blocks.push(t.block);
             batch.features.push(f);
         }
         window_rows.features.clear();
@@ -402,11 +444,11 @@ impl FeatureExtractor {
         if let Some(per) = step.len().checked_div(max_samples) {
             let stride = per.max(1);
             let offset = (w as usize).wrapping_mul(7919) % stride;
-            for (row, &b) in step.iter().enumerate().skip(offset).step_by(stride) {
+            for (row, &s) in step.iter().enumerate().skip(offset).step_by(stride) {
                 if emitted == max_samples {
                     break;
                 }
-                let t = &self.blocks[&b];
+                let t = &self.tracks[s as usize];
                 if (t.run as usize) < need {
                     continue;
                 }
@@ -426,10 +468,8 @@ impl FeatureExtractor {
                 emitted += 1;
             }
         }
-        for &b in &active {
-            if let Some(t) = self.blocks.get_mut(&b) {
-                t.counts = WindowCounts::default();
-            }
+        for &s in &active {
+            self.tracks[s as usize].counts = WindowCounts::default();
         }
         active.clear();
         self.active = active;
@@ -457,15 +497,24 @@ impl FeatureExtractor {
 
     /// Whether `page`'s block was touched in the window being accumulated.
     pub fn touched_now(&self, page: PageNumber) -> bool {
-        self.blocks
-            .get(&self.cfg.block_of(page))
+        self.block(self.cfg.block_of(page))
             .is_some_and(|t| t.counts.count > 0)
     }
 
     /// Forget blocks that are neither tracked nor referenced by the caller (`keep`).
+    /// (No list of the extractor holds their slots: those it keeps are touched in this
+    /// window or tracked.)
     pub fn prune(&mut self, keep: impl Fn(u64) -> bool) {
-        self.blocks
-            .retain(|&b, t| t.tracked || t.counts.count > 0 || keep(b));
+        self.last_slot = None;
+        let (tracks, free) = (&self.tracks, &mut self.free);
+        self.slots.retain(|&b, &mut s| {
+            let t = &tracks[s as usize];
+            let kept = t.tracked || t.counts.count > 0 || keep(b);
+            if !kept {
+                free.push(s);
+            }
+            kept
+        });
     }
 }
 

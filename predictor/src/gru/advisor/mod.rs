@@ -373,7 +373,7 @@ impl GruAdvisor {
 
     /// The row of `block`'s hidden state and probability, if the last step took it.
     fn hidden_row(&self, block: u64) -> Option<usize> {
-        let last = self.fx.blocks.get(&block)?.last_step();
+        let last = self.fx.block(block)?.last_step();
         self.hidden.index(last)
     }
 
@@ -624,7 +624,7 @@ impl Advisor for GruAdvisor {
         let start = Instant::now();
         let window = self.fx.window();
         // Blocks touched in the window that just ended, for the loss and drift signals.
-        let mut touched: Vec<u64> = self.fx.active_blocks().to_vec();
+        let mut touched: Vec<u64> = self.fx.active_blocks().collect();
         touched.sort_unstable();
         let loss = self.window_loss(&touched);
         let event = self.detector.observe(window, now_ns, loss, &touched);

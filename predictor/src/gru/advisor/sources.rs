@@ -332,11 +332,11 @@ impl GruAdvisor {
         let bp = self.block_pages();
         let full = if bp == 64 { u64::MAX } else { (1u64 << bp) - 1 };
         for (_, b) in cands {
-            let track = self.fx.blocks.get(&b);
+            let track = self.fx.block(b);
             let mut mask = track.map_or(0, |t| t.ever_mask);
             if mask == 0 {
                 // Never touched: assume the layout of the neighbour that leads into it.
-                let nb = |n: u64| self.fx.blocks.get(&n).map_or(0, |t| t.ever_mask);
+                let nb = |n: u64| self.fx.block(n).map_or(0, |t| t.ever_mask);
                 mask = nb(b.wrapping_sub(1)) | nb(b.wrapping_add(1));
                 if mask != full {
                     continue; // only dense neighbours predict a dense new block
@@ -437,7 +437,7 @@ impl GruAdvisor {
                 .get(&block)
                 .map_or(0.0, |m| m.count_ones() as f32 / bp),
         };
-        let last = self.fx.blocks.get(&block).and_then(|t| t.last_step());
+        let last = self.fx.block(block).and_then(|t| t.last_step());
         let hidden = self.hidden.row(last, self.model.hidden());
         self.scorer
             .admit(page, hidden, &facts, self.opts.scorer_threshold)
