@@ -116,9 +116,9 @@ pub struct GruOptions {
     /// A touch of a page still being prefetched (a late prefetch: the guest faults on
     /// a page in flight) moves it to the active list, as any seen use of a resident
     /// page does. Off, it stays on the inactive list, as a demand-faulted page does:
-    /// it was used once. Only a live VMM sees such touches (the replay counts a late
-    /// prefetch as stall only), and live the first page of every readahead window is
-    /// one, so gru held one page in 33 of each sweep on its active list. Off since
+    /// it was used once. Live, the first page of every readahead window is such a
+    /// touch, so gru held one page in 33 of each sweep on its active list (the replay
+    /// shows these touches too since session 36). Off since
     /// session 34, by a rule written before its runs (docs/predictor-experiments.md,
     /// "Late prefetches stay inactive").
     pub activate_on_late_prefetch: bool,
@@ -127,7 +127,10 @@ pub struct GruOptions {
     /// continues the stream does: the stream's prefetched pages behind it still in
     /// RAM were used (`readahead_walk_inference`). Without it, the policy's prefetches
     /// on that touch make room first, and pages used unseen are evicted and counted
-    /// wasted before the stream's next fault can vouch for them.
+    /// wasted before the stream's next fault can vouch for them. Off: a rule written
+    /// before its runs turned it down (the holdout set with little fast room lost
+    /// 1.5% of its stall; docs/predictor-experiments.md, "Stream use inferred from
+    /// late prefetches").
     pub readahead_late_inference: bool,
     /// No successor chain after a fault that continues a stream the readahead follows
     /// on a trusted record: the readahead covers the stream, and live the links cost
