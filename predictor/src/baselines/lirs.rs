@@ -67,7 +67,7 @@ impl LirsAdvisor {
     }
 
     /// [`LirsAdvisor::new`] with `TIERVISOR_LIRS_HIR_PERCENT` (0-100) or
-    /// [`DEFAULT_HIR_PERCENT`].
+    /// `DEFAULT_HIR_PERCENT`.
     pub fn from_env(capacity: usize) -> Self {
         let percent = std::env::var("TIERVISOR_LIRS_HIR_PERCENT")
             .ok()
