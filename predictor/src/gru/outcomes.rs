@@ -75,8 +75,9 @@ impl ShadowKey {
 /// demand-faults before its deadline (counted in demand faults), wasted otherwise.
 #[derive(Debug, Default)]
 pub(super) struct Shadows {
-    /// By page and source ([`ShadowKey::source`]).
-    pending: FxHashMap<(PageNumber, u8), (ShadowKey, u64)>,
+    /// By page, then by source ([`ShadowKey::source`]), with the deadline: one lookup
+    /// per demand fault for all sources.
+    pending: FxHashMap<PageNumber, [Option<(ShadowKey, u64)>; SOURCES as usize]>,
     /// The pending pages by deadline, oldest first; entries whose page was forgotten
     /// or renamed since are skipped when they come up.
     deadlines: VecDeque<(u64, PageNumber, u8)>,
@@ -91,11 +92,9 @@ impl Shadows {
     /// and those past their deadline now were not. `record` gets every outcome.
     pub fn on_demand_fault(&mut self, page: PageNumber, mut record: impl FnMut(ShadowKey, bool)) {
         self.demand_faults += 1;
-        if !self.pending.is_empty() {
-            for source in 0..SOURCES {
-                if let Some((key, _)) = self.pending.remove(&(page, source)) {
-                    record(key, true);
-                }
+        if let Some(judged) = self.pending.remove(&page) {
+            for (key, _) in judged.into_iter().flatten() {
+                record(key, true);
             }
         }
         while let Some(&(deadline, page, source)) = self.deadlines.front() {
@@ -103,9 +102,15 @@ impl Shadows {
                 break;
             }
             self.deadlines.pop_front();
-            let slot = (page, source);
-            if self.pending.get(&slot).is_some_and(|&(_, d)| d == deadline) {
-                let (key, _) = self.pending.remove(&slot).expect("just looked up");
+            let Some(judged) = self.pending.get_mut(&page) else {
+                continue;
+            };
+            let slot = &mut judged[source as usize];
+            if slot.is_some_and(|(_, d)| d == deadline) {
+                let (key, _) = slot.take().expect("just looked at");
+                if judged.iter().all(Option::is_none) {
+                    self.pending.remove(&page);
+                }
                 record(key, false);
             }
         }
@@ -115,27 +120,26 @@ impl Shadows {
     /// demand faults. A page already pending for the same source keeps its first
     /// judge.
     pub fn add(&mut self, key: ShadowKey, page: PageNumber, horizon: u64) {
-        let slot = (page, key.source());
-        if self.pending.contains_key(&slot) {
+        let source = key.source();
+        let slot = &mut self.pending.entry(page).or_default()[source as usize];
+        if slot.is_some() {
             return;
         }
         let deadline = self.demand_faults + horizon.max(1);
-        self.pending.insert(slot, (key, deadline));
-        self.deadlines.push_back((deadline, page, slot.1));
+        *slot = Some((key, deadline));
+        self.deadlines.push_back((deadline, page, source));
     }
 
     /// `page` came in by a prefetch: whether it would have faulted is unknown now.
     pub fn forget(&mut self, page: PageNumber) {
         if !self.pending.is_empty() {
-            for source in 0..SOURCES {
-                self.pending.remove(&(page, source));
-            }
+            self.pending.remove(&page);
         }
     }
 
     #[cfg(test)]
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.values().flatten().flatten().count()
     }
 }
 
