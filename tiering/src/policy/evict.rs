@@ -84,8 +84,12 @@ impl PagingPolicy {
         if entry.outcome_unseen {
             self.advisor.on_prefetch_outcome(page, false);
         }
-        let wanted = self.wanted_tier(page);
-        let to = self.placement(wanted, None);
+        // Where the fastest storage tier's spare room decides, the advisor's
+        // probability could not change the tier, so it is not asked.
+        let to = match self.spare_fastest_tier(None) {
+            Some(t) => t,
+            None => self.placement(self.wanted_tier(page), None),
+        };
         self.stats.evictions += 1;
         self.put_location(page, to);
         if self.config.retier_per_window > 0 {
@@ -109,23 +113,35 @@ impl PagingPolicy {
     /// otherwise `wanted`, or the next slower tier with room. "Faster" and "slower"
     /// are the storage order's.
     fn placement(&self, wanted: TierId, from: Option<TierId>) -> TierId {
-        let free = |t: TierId| {
-            let cap = self.config.tier_capacity_pages[t as usize];
-            let used = self.tier_pages[t as usize].saturating_sub(u64::from(from == Some(t)));
-            cap.saturating_sub(used)
-        };
         let order = self.config.storage_order;
         let wanted_rank = order.rank(wanted);
-        if let Some(r) = (0..wanted_rank).find(|&r| {
-            let t = order.tier(r);
-            free(t) > self.config.tier_capacity_pages[t as usize] / 4
-        }) {
+        if let Some(r) = (0..wanted_rank).find(|&r| self.has_spare_room(order.tier(r), from)) {
             return order.tier(r);
         }
         (wanted_rank..3)
             .map(|r| order.tier(r))
-            .find(|&t| free(t) > 0)
+            .find(|&t| self.free_pages(t, from) > 0)
             .unwrap_or(order.tier(3))
+    }
+
+    /// The fastest storage tier, if it has spare room: then [`Self::placement`] picks
+    /// it whatever tier is wanted.
+    fn spare_fastest_tier(&self, from: Option<TierId>) -> Option<TierId> {
+        let fastest = self.config.storage_order.tier(0);
+        self.has_spare_room(fastest, from).then_some(fastest)
+    }
+
+    /// Whether more than a quarter of tier `t` is free (`from`: the tier the page is in
+    /// now, whose slot it may keep).
+    fn has_spare_room(&self, t: TierId, from: Option<TierId>) -> bool {
+        self.free_pages(t, from) > self.config.tier_capacity_pages[t as usize] / 4
+    }
+
+    /// Free slots of tier `t`, counting the page's own if it is in `t` (`from`).
+    fn free_pages(&self, t: TierId, from: Option<TierId>) -> u64 {
+        let cap = self.config.tier_capacity_pages[t as usize];
+        let used = self.tier_pages[t as usize].saturating_sub(u64::from(from == Some(t)));
+        cap.saturating_sub(used)
     }
 
     /// Re-scores a bounded number of non-resident pages and moves those whose target
