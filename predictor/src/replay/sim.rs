@@ -230,21 +230,22 @@ impl Sim<'_> {
         let resident = self.policy.is_resident(a.page);
         // A prefetched page whose read has not completed is not mapped yet: touching it
         // is a missing fault the live handler sees (and waits on the read), whatever
-        // the sampling.
-        let late = resident
-            && self
-                .in_flight
-                .get(&a.page)
-                .is_some_and(|&ready| ready > now);
+        // the sampling. `Some(when the read completes)` for such a touch.
+        let late = self
+            .in_flight
+            .get(&a.page)
+            .copied()
+            .filter(|&ready| resident && ready > now);
+        let late_fault = late.is_some();
         let probed = resident && !self.full && self.probed.remove(&a.page);
         let observed = !resident
-            || late
+            || late_fault
             || self.full
             || probed
             || (zapped(a.page, window, zap_threshold)
                 && self.sampled_in.insert(a.page, window) != Some(window));
         let outcome = if observed {
-            let source = if !resident || late {
+            let source = if !resident || late_fault {
                 AccessSource::MissingFault
             } else if self.full {
                 AccessSource::Full
@@ -273,14 +274,10 @@ impl Sim<'_> {
         match outcome {
             AccessOutcome::Hit | AccessOutcome::PrefetchHit => {
                 self.stall_ns += m.hit_ns;
-                if let Some(ready) = self.in_flight.remove(&a.page) {
-                    if ready > now {
-                        self.stall_ns += ready - now;
-                        if late {
-                            self.stall_ns += m.fault_overhead_ns;
-                        }
-                        self.late_prefetches += 1;
-                    }
+                self.in_flight.remove(&a.page);
+                if let Some(ready) = late {
+                    self.stall_ns += m.fault_overhead_ns + (ready - now);
+                    self.late_prefetches += 1;
                 }
             }
             AccessOutcome::DemandFault { from } => {
