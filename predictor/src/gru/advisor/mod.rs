@@ -405,7 +405,11 @@ impl HiddenStates {
     }
 
     fn row(&self, last: Option<(u64, u32)>, hidden: usize) -> Option<&[f32]> {
-        let i = self.index(last)?;
+        self.state(self.index(last)?, hidden)
+    }
+
+    /// Row `i`'s hidden state (`hidden` floats).
+    fn state(&self, i: usize, hidden: usize) -> Option<&[f32]> {
         self.data.get(i * hidden..(i + 1) * hidden)
     }
 

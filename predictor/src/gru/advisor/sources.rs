@@ -437,8 +437,8 @@ impl GruAdvisor {
                 .get(&block)
                 .map_or(0.0, |m| m.count_ones() as f32 / bp),
         };
-        let last = self.fx.block(block).and_then(|t| t.last_step());
-        let hidden = self.hidden.row(last, self.model.hidden());
+        let h = self.model.hidden();
+        let hidden = self.hidden_row(block).and_then(|i| self.hidden.state(i, h));
         self.scorer
             .admit(page, hidden, &facts, self.opts.scorer_threshold)
     }
