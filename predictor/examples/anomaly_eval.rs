@@ -3,8 +3,8 @@
 //! storms) and the test guest's phases recording cut at its phase changes, replayed
 //! with `gru` through the replay simulator, scored per splice.
 //!
-//! Usage: anomaly_eval [--set eval|train] [--tolerance WINDOWS] [--take RECORDS]
-//!                     [--detector default|baseline] [--confirm-z Z]
+//! Usage: anomaly_eval [--set eval|holdout|train] [--tolerance WINDOWS] [--take RECORDS]
+//!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
 //! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
@@ -150,6 +150,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("--detector {other}: use default, baseline or region").into()),
     };
     opts.anomaly.confirm_z = arg(&args, "--confirm-z", opts.anomaly.confirm_z)?;
+    opts.anomaly.settle = arg(&args, "--settle", opts.anomaly.settle)?;
     let cfg = ReplayConfig::default();
     println!(
         "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",

@@ -42,7 +42,12 @@ pub struct PageHinkley {
     /// After an alarm, forget the old baseline and learn the new one from scratch
     /// (otherwise the alarm value itself becomes the mean and hides the next change).
     pub restart: bool,
-    /// The last value's distance from the baseline, in deviations.
+    /// Values after a (re)start that only teach the baseline: scored against one or
+    /// two values, whose spread is near zero, any change looks like tens of
+    /// deviations, so a restarted test would fire again at once or pile up a
+    /// meaningless statistic.
+    pub settle: u64,
+    /// The last value's distance from the baseline, in deviations (0 while settling).
     pub last_z: f64,
     mean: f64,
     var: f64,
@@ -59,6 +64,7 @@ impl PageHinkley {
             alpha,
             min_dev,
             restart: false,
+            settle: 1,
             last_z: 0.0,
             mean: 0.0,
             var: 0.0,
@@ -81,14 +87,18 @@ impl PageHinkley {
             self.last_z = 0.0;
             return None;
         }
+        let settling = self.n <= self.settle;
         let dev = self.var.sqrt().max(self.min_dev);
-        let z = (x - self.mean) / dev;
+        let z = if settling { 0.0 } else { (x - self.mean) / dev };
         self.last_z = z;
         // Learn the baseline after scoring, with a plain average while it is young.
         let w = self.alpha.max(1.0 / self.n as f64);
         let d = x - self.mean;
         self.mean += w * d;
         self.var = (1.0 - w) * (self.var + w * d * d);
+        if settling {
+            return None;
+        }
         self.cum += z - self.delta;
         self.min_cum = self.min_cum.min(self.cum);
         let stat = self.cum - self.min_cum;
@@ -126,6 +136,8 @@ pub struct AnomalyConfig {
     pub confirm_z: f64,
     /// Restart a test's baseline after its alarm (see [`PageHinkley::restart`]).
     pub restart: bool,
+    /// Values a test only learns from after a (re)start ([`PageHinkley::settle`]).
+    pub settle: u64,
     /// Regions for the region-drift test: blocks `>> region_shift` (0: no such test).
     pub region_shift: u32,
     /// (delta, lambda, min_dev) of the region-drift test.
@@ -146,6 +158,7 @@ impl Default for AnomalyConfig {
             drift_span: 4,
             confirm_z: 3.0,
             restart: true,
+            settle: 4,
             region_shift: 0,
             region: (0.5, 6.0, 0.02),
             region_confirm_z: 0.5,
@@ -159,6 +172,7 @@ impl AnomalyConfig {
         AnomalyConfig {
             confirm_z: 0.0,
             restart: false,
+            settle: 1,
             ..Self::default()
         }
     }
@@ -195,6 +209,7 @@ impl AnomalyDetector {
     pub fn new(cfg: AnomalyConfig) -> Self {
         let test = |(delta, lambda, min_dev): (f64, f64, f64)| PageHinkley {
             restart: cfg.restart,
+            settle: cfg.settle,
             ..PageHinkley::new(delta, lambda, cfg.alpha, min_dev)
         };
         AnomalyDetector {
@@ -443,6 +458,54 @@ pub fn score_detections(changes: &[u64], detections: &[u64], tolerance: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Alarms of a restarting test on a noisy signal whose level steps up at window 100.
+    fn alarms_on_a_step(settle: u64, seed: u64) -> Vec<usize> {
+        let mut t = PageHinkley {
+            restart: true,
+            settle,
+            ..PageHinkley::new(0.5, 6.0, 0.05, 0.02)
+        };
+        let mut rng = crate::gru::test_rng::Rng(seed);
+        (0..200)
+            .filter(|&i| {
+                let level = if i < 100 { 0.5 } else { 1.5 };
+                let noise = f64::from(rng.uniform(-0.2, 0.2));
+                t.update(level + noise).is_some()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restarted_test_learns_its_new_baseline_before_it_scores() {
+        // Alarms in the first windows after the start or after the restart at the
+        // change, where an unsettled test scores noise against one or two values.
+        let early = |alarms: &[usize]| {
+            alarms
+                .iter()
+                .filter(|&&w| (1..=3).contains(&w) || (101..=104).contains(&w))
+                .count()
+        };
+        let (mut settled_early, mut settled_false) = (0, 0);
+        let (mut unsettled_early, mut unsettled_false) = (0, 0);
+        for seed in 1..=20 {
+            let settled = alarms_on_a_step(4, seed);
+            assert!(settled.contains(&100), "seed {seed}: {settled:?}");
+            settled_early += early(&settled);
+            settled_false += settled.len() - 1;
+            let unsettled = alarms_on_a_step(1, seed);
+            assert!(unsettled.contains(&100), "seed {seed}: {unsettled:?}");
+            unsettled_early += early(&unsettled);
+            unsettled_false += unsettled.len() - 1;
+        }
+        assert_eq!(settled_early, 0);
+        // These 20 runs: 14 such alarms unsettled, and 23 false alarms against 3.
+        assert!(unsettled_early >= 8, "{unsettled_early}");
+        assert!(
+            settled_false <= 4 && unsettled_false >= 12,
+            "false alarms: settled {settled_false}, unsettled {unsettled_false}"
+        );
+    }
 
     #[test]
     fn drift_is_the_jaccard_distance_to_the_recent_windows_union() {

@@ -270,6 +270,7 @@ impl GruOptions {
         set(&mut o.successor_depth, "TIERVISOR_GRU_SUCCESSOR_DEPTH");
         set(&mut o.source_threshold, "TIERVISOR_GRU_SOURCE_THRESHOLD");
         set(&mut o.first_touch_run, "TIERVISOR_GRU_FIRST_TOUCH_RUN");
+        set(&mut o.anomaly.settle, "TIERVISOR_ANOMALY_SETTLE");
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
