@@ -5,6 +5,7 @@
 //!
 //! Usage: anomaly_eval [--set eval|holdout|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
+//!                     [--confirm-span N]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
 //! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
@@ -151,6 +152,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     opts.anomaly.confirm_z = arg(&args, "--confirm-z", opts.anomaly.confirm_z)?;
     opts.anomaly.settle = arg(&args, "--settle", opts.anomaly.settle)?;
+    opts.anomaly.confirm_span = arg(&args, "--confirm-span", opts.anomaly.confirm_span)?;
     let cfg = ReplayConfig::default();
     println!(
         "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",

@@ -138,6 +138,9 @@ pub struct AnomalyConfig {
     pub restart: bool,
     /// Values a test only learns from after a (re)start ([`PageHinkley::settle`]).
     pub settle: u64,
+    /// A signal at or above `confirm_z` still confirms the other test's alarm this many
+    /// windows later (0: only in the same window).
+    pub confirm_span: u64,
     /// Regions for the region-drift test: blocks `>> region_shift` (0: no such test).
     pub region_shift: u32,
     /// (delta, lambda, min_dev) of the region-drift test.
@@ -159,6 +162,7 @@ impl Default for AnomalyConfig {
             confirm_z: 3.0,
             restart: true,
             settle: 4,
+            confirm_span: 0,
             region_shift: 0,
             region: (0.5, 6.0, 0.02),
             region_confirm_z: 0.5,
@@ -173,6 +177,7 @@ impl AnomalyConfig {
             confirm_z: 0.0,
             restart: false,
             settle: 1,
+            confirm_span: 0,
             ..Self::default()
         }
     }
@@ -199,6 +204,10 @@ pub struct AnomalyDetector {
     debug: bool,
     windows: u64,
     quiet_until: u64,
+    /// The last window in which the loss / the drift was at least `confirm_z` above
+    /// its baseline (or its test fired).
+    loss_high_at: Option<u64>,
+    drift_high_at: Option<u64>,
     pub events: Vec<AnomalyEvent>,
     /// The signals of every window (loss, drift), kept when `keep_trace` is set.
     pub trace: Vec<(f64, f64)>,
@@ -223,6 +232,8 @@ impl AnomalyDetector {
             debug: std::env::var_os("TIERVISOR_ANOMALY_DEBUG").is_some(),
             windows: 0,
             quiet_until: cfg.warmup,
+            loss_high_at: None,
+            drift_high_at: None,
             events: Vec::new(),
             trace: Vec::new(),
             keep_trace: false,
@@ -264,6 +275,18 @@ impl AnomalyDetector {
                 self.loss.last_z, self.drift.last_z
             );
         }
+        // A change can move one signal a window before the other (the loss as soon as
+        // predictions fail, the drift once the new set outweighs the recent ones), and a
+        // test that fired restarts and scores nothing while it settles: remember when
+        // each signal was last high.
+        let high =
+            |z: f64, fired: bool| fired || (self.cfg.confirm_z > 0.0 && z >= self.cfg.confirm_z);
+        if high(self.loss.last_z, l.is_some()) {
+            self.loss_high_at = Some(self.windows);
+        }
+        if high(self.drift.last_z, d.is_some()) {
+            self.drift_high_at = Some(self.windows);
+        }
         if self.windows <= self.quiet_until {
             return None;
         }
@@ -272,13 +295,27 @@ impl AnomalyDetector {
         // real traces, docs/anomaly.md), so the other signal must confirm.
         // A drift pinned near 1 (every window touches new blocks: a random workload
         // seen through its faults) cannot confirm anything; the loss then decides alone.
-        let confirmed = |z: f64| self.cfg.confirm_z <= 0.0 || z >= self.cfg.confirm_z;
+        let span = self.cfg.confirm_span;
+        let now = self.windows;
+        let confirmed = |z: f64, high_at: Option<u64>| {
+            self.cfg.confirm_z <= 0.0
+                || z >= self.cfg.confirm_z
+                || (span > 0 && high_at.is_some_and(|w| now - w <= span))
+        };
         let drift_saturated = self.drift.mean() >= DRIFT_SATURATED;
+        // The other test's own high mark this window does not count (it is its alarm
+        // or its z, already tested above); one of the last `span` windows' does.
+        let (loss_before, drift_before) = (
+            self.loss_high_at.filter(|&w| w < now),
+            self.drift_high_at.filter(|&w| w < now),
+        );
         let hit = match (l, d) {
-            (Some(s), _) if drift_saturated || confirmed(self.drift.last_z) => {
+            (Some(s), _) if drift_saturated || confirmed(self.drift.last_z, drift_before) => {
                 Some((AnomalySignal::Loss, s))
             }
-            (_, Some(s)) if confirmed(self.loss.last_z) => Some((AnomalySignal::Drift, s)),
+            (_, Some(s)) if confirmed(self.loss.last_z, loss_before) => {
+                Some((AnomalySignal::Drift, s))
+            }
             // Moving to other regions need not move the loss much (the model knows
             // the new pattern's kind) nor the block drift (already high when most
             // blocks are new each window): a weak rise of either confirms it.

@@ -271,6 +271,10 @@ impl GruOptions {
         set(&mut o.source_threshold, "TIERVISOR_GRU_SOURCE_THRESHOLD");
         set(&mut o.first_touch_run, "TIERVISOR_GRU_FIRST_TOUCH_RUN");
         set(&mut o.anomaly.settle, "TIERVISOR_ANOMALY_SETTLE");
+        set(
+            &mut o.anomaly.confirm_span,
+            "TIERVISOR_ANOMALY_CONFIRM_SPAN",
+        );
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
