@@ -5,7 +5,7 @@
 //!
 //! Usage: anomaly_eval [--set eval|holdout|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
-//!                     [--confirm-span N]
+//!                     [--confirm-span N] [--two-sided]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
 //! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
@@ -153,6 +153,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     opts.anomaly.confirm_z = arg(&args, "--confirm-z", opts.anomaly.confirm_z)?;
     opts.anomaly.settle = arg(&args, "--settle", opts.anomaly.settle)?;
     opts.anomaly.confirm_span = arg(&args, "--confirm-span", opts.anomaly.confirm_span)?;
+    if args.iter().any(|a| a == "--two-sided") {
+        opts.anomaly.two_sided_loss = true;
+    }
     let cfg = ReplayConfig::default();
     println!(
         "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",
@@ -168,7 +171,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             r.changes.iter().map(|c| c.window).collect::<Vec<_>>(),
             r.detections
                 .iter()
-                .map(|d| format!("{}{}", d.window, &d.signal[..1]))
+                // L(oss), l(oss fell), D(rift), R(egion).
+                .map(|d| match d.signal.as_str() {
+                    "LossDrop" => format!("{}l", d.window),
+                    s => format!("{}{}", d.window, &s[..1]),
+                })
                 .collect::<Vec<_>>()
         );
         results.push(r);

@@ -19,7 +19,7 @@ pub struct AnomalyRecord {
     pub window: u64,
     /// Milliseconds since tiered memory started (the advisor's clock).
     pub time_ms: f64,
-    /// `Loss` or `Drift`.
+    /// `Loss`, `LossDrop`, `Drift` or `Region` ([`crate::gru::anomaly::AnomalySignal`]).
     pub signal: String,
     pub score: f64,
 }

@@ -12,6 +12,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnomalySignal {
     Loss,
+    /// The loss fell ([`AnomalyConfig::two_sided_loss`]): the VM moved to work the
+    /// model predicts better, as when a scan storm ends.
+    LossDrop,
     Drift,
     /// The working set moved to other regions ([`AnomalyConfig::region_shift`]).
     Region,
@@ -141,6 +144,8 @@ pub struct AnomalyConfig {
     /// A signal at or above `confirm_z` still confirms the other test's alarm this many
     /// windows later (0: only in the same window).
     pub confirm_span: u64,
+    /// Also test the loss for a fall (a second Page-Hinkley test on its negation).
+    pub two_sided_loss: bool,
     /// Regions for the region-drift test: blocks `>> region_shift` (0: no such test).
     pub region_shift: u32,
     /// (delta, lambda, min_dev) of the region-drift test.
@@ -163,6 +168,7 @@ impl Default for AnomalyConfig {
             restart: true,
             settle: 4,
             confirm_span: 0,
+            two_sided_loss: false,
             region_shift: 0,
             region: (0.5, 6.0, 0.02),
             region_confirm_z: 0.5,
@@ -178,6 +184,7 @@ impl AnomalyConfig {
             restart: false,
             settle: 1,
             confirm_span: 0,
+            two_sided_loss: false,
             ..Self::default()
         }
     }
@@ -195,6 +202,8 @@ impl AnomalyConfig {
 pub struct AnomalyDetector {
     cfg: AnomalyConfig,
     loss: PageHinkley,
+    /// The test for a fall of the loss, when `two_sided_loss` is set.
+    loss_fall: Option<PageHinkley>,
     drift: PageHinkley,
     blocks: SetDrift,
     /// The region test and its sets, when `region_shift > 0`.
@@ -223,6 +232,7 @@ impl AnomalyDetector {
         };
         AnomalyDetector {
             loss: test(cfg.loss),
+            loss_fall: cfg.two_sided_loss.then(|| test(cfg.loss)),
             drift: test(cfg.drift),
             blocks: SetDrift::new(cfg.drift_span),
             regions: (cfg.region_shift > 0)
@@ -255,6 +265,7 @@ impl AnomalyDetector {
             self.trace.push((loss, drift));
         }
         let l = self.loss.update(loss);
+        let fall = self.loss_fall.as_mut().and_then(|t| t.update(-loss));
         let d = self.drift.update(drift);
         let r = match self.regions.as_mut() {
             Some((test, sets)) => {
@@ -281,7 +292,7 @@ impl AnomalyDetector {
         // each signal was last high.
         let high =
             |z: f64, fired: bool| fired || (self.cfg.confirm_z > 0.0 && z >= self.cfg.confirm_z);
-        if high(self.loss.last_z, l.is_some()) {
+        if high(self.loss.last_z, l.is_some() || fall.is_some()) {
             self.loss_high_at = Some(self.windows);
         }
         if high(self.drift.last_z, d.is_some()) {
@@ -309,9 +320,14 @@ impl AnomalyDetector {
             self.loss_high_at.filter(|&w| w < now),
             self.drift_high_at.filter(|&w| w < now),
         );
-        let hit = match (l, d) {
-            (Some(s), _) if drift_saturated || confirmed(self.drift.last_z, drift_before) => {
-                Some((AnomalySignal::Loss, s))
+        // A fall of the loss is confirmed as a rise is: a new pattern the model
+        // predicts well still touches other blocks.
+        let loss_hit = l
+            .map(|s| (AnomalySignal::Loss, s))
+            .or(fall.map(|s| (AnomalySignal::LossDrop, s)));
+        let hit = match (loss_hit, d) {
+            (Some(h), _) if drift_saturated || confirmed(self.drift.last_z, drift_before) => {
+                Some(h)
             }
             (_, Some(s)) if confirmed(self.loss.last_z, loss_before) => {
                 Some((AnomalySignal::Drift, s))
