@@ -275,6 +275,7 @@ impl GruOptions {
             &mut o.anomaly.confirm_span,
             "TIERVISOR_ANOMALY_CONFIRM_SPAN",
         );
+        flag(&mut o.anomaly.two_sided_loss, "TIERVISOR_ANOMALY_TWO_SIDED");
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
