@@ -3,7 +3,7 @@
 //! storms) and the test guest's phases recording cut at its phase changes, replayed
 //! with `gru` through the replay simulator, scored per splice.
 //!
-//! Usage: anomaly_eval [--set eval|holdout|train] [--tolerance WINDOWS] [--take RECORDS]
+//! Usage: anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
 //!                     [--confirm-span N] [--two-sided]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
@@ -140,7 +140,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 phase_segments(&dir.with_file_name("anomaly").join("guest-phases.tvt"))?,
             ),
         ],
-        other => return Err(format!("--set {other}: use eval, holdout or train").into()),
+        // A fresh decision set for rules about the detector (session 37: the holdout
+        // set had judged three options by then): the holdout2 programs (tar is too
+        // short for a 1M-record skip) and a phases recording of a third seed.
+        "holdout2" => vec![
+            splice("lz4-hc|sed-regex"),
+            splice("sed-regex|storm|lz4-hc"),
+            splice("lz4-hc|storm|sed-regex"),
+            (
+                "guest-phases",
+                phase_segments(&dir.with_file_name("anomaly").join("guest-phases-2.tvt"))?,
+            ),
+        ],
+        other => return Err(format!("--set {other}: use eval, holdout, holdout2 or train").into()),
     };
     let model = predictor::gru::base_model_path();
     let mut opts = GruOptions::from_env();

@@ -11,6 +11,8 @@
 #                                      holdout set has already judged
 #   resources/out/traces/anomaly/guest-phases.tvt  a phases recording of another seed
 #                                      for `anomaly_eval --set holdout` (session 21)
+#   resources/out/traces/anomaly/guest-phases-2.tvt  one of a third seed for
+#                                      `anomaly_eval --set holdout2` (session 37)
 # docs/traces.md says which is which and why. Inputs are generated here from fixed
 # seeds, so every run traces the same work. Run from anywhere after `make build`.
 #
@@ -249,6 +251,7 @@ guests=(
     "eval|guest-random|workload=random mem=16M iters=100000 seed=22"
     "eval|guest-stride|workload=stride mem=16M iters=100000 seed=23"
     "anomaly|guest-phases|workload=phases mem=16M iters=100000 seed=31"
+    "anomaly|guest-phases-2|workload=phases mem=16M iters=100000 seed=41"
 )
 
 wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
