@@ -608,6 +608,73 @@ mod tests {
         assert!((40..=42).contains(&events[0].window), "{events:?}");
     }
 
+    /// Windows that touch the 16 blocks from `base(w)`, with the loss `loss(w)` plus
+    /// noise of about +-0.05; the detector's events.
+    fn run_signals(
+        cfg: AnomalyConfig,
+        base: impl Fn(u64) -> u64,
+        loss: impl Fn(u64) -> f64,
+    ) -> Vec<AnomalyEvent> {
+        let mut d = AnomalyDetector::new(cfg);
+        let mut x = 88_172_645_463_325_252u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut events = Vec::new();
+        for w in 0..80u64 {
+            let blocks: Vec<u64> = (0..16).map(|b| base(w) + b).collect();
+            let noise = (next() % 100) as f64 / 1_000.0 - 0.05;
+            events.extend(d.observe(w, w * 1_000_000, loss(w) + noise, &blocks));
+        }
+        events
+    }
+
+    #[test]
+    fn a_fall_of_the_loss_is_a_change_when_the_loss_is_tested_both_ways() {
+        // At window 40 the work moves to other memory and the model predicts it better.
+        let base = |w: u64| if w < 40 { 0 } else { 1_000 };
+        let loss = |w: u64| if w < 40 { 1.5 } else { 0.5 };
+        // Tested for rises only: the drift's alarm finds no rise of the loss to
+        // confirm it.
+        let one_sided = run_signals(AnomalyConfig::default(), base, loss);
+        assert!(one_sided.is_empty(), "{one_sided:?}");
+        let both = run_signals(
+            AnomalyConfig {
+                two_sided_loss: true,
+                ..AnomalyConfig::default()
+            },
+            base,
+            loss,
+        );
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].signal, AnomalySignal::LossDrop);
+        assert!((40..=41).contains(&both[0].window), "{both:?}");
+    }
+
+    #[test]
+    fn a_signal_high_in_the_window_before_confirms_with_a_confirm_span() {
+        // The loss rises at window 40; the work moves to other memory one window later.
+        let base = |w: u64| if w < 41 { 0 } else { 1_000 };
+        let loss = |w: u64| if w < 40 { 0.5 } else { 1.5 };
+        // In the same window only, neither test finds the other signal high.
+        let same_window = run_signals(AnomalyConfig::default(), base, loss);
+        assert!(same_window.is_empty(), "{same_window:?}");
+        let spanned = run_signals(
+            AnomalyConfig {
+                confirm_span: 1,
+                ..AnomalyConfig::default()
+            },
+            base,
+            loss,
+        );
+        assert_eq!(spanned.len(), 1, "{spanned:?}");
+        assert_eq!(spanned[0].signal, AnomalySignal::Drift);
+        assert_eq!(spanned[0].window, 41, "{spanned:?}");
+    }
+
     #[test]
     fn sorted_set_helpers() {
         let mut out = Vec::new();
