@@ -632,47 +632,49 @@ mod tests {
         events
     }
 
+    /// The loss steps from `loss.1` to `loss.2` at window `loss.0`, and the work moves
+    /// to other memory at window `moves_at`. The default detector must find nothing,
+    /// and the one that `option` sets up one change, by `signal`, in `windows`.
+    fn only_with(
+        option: impl Fn(&mut AnomalyConfig),
+        loss: (u64, f64, f64),
+        moves_at: u64,
+        signal: AnomalySignal,
+        windows: std::ops::RangeInclusive<u64>,
+    ) {
+        let base = |w: u64| if w < moves_at { 0 } else { 1_000 };
+        let level = |w: u64| if w < loss.0 { loss.1 } else { loss.2 };
+        let without = run_signals(AnomalyConfig::default(), base, level);
+        assert!(without.is_empty(), "{without:?}");
+        let mut cfg = AnomalyConfig::default();
+        option(&mut cfg);
+        let with = run_signals(cfg, base, level);
+        assert_eq!(with.len(), 1, "{with:?}");
+        assert_eq!(with[0].signal, signal);
+        assert!(windows.contains(&with[0].window), "{with:?}");
+    }
+
     #[test]
     fn a_fall_of_the_loss_is_a_change_when_the_loss_is_tested_both_ways() {
         // At window 40 the work moves to other memory and the model predicts it better.
-        let base = |w: u64| if w < 40 { 0 } else { 1_000 };
-        let loss = |w: u64| if w < 40 { 1.5 } else { 0.5 };
-        // Tested for rises only: the drift's alarm finds no rise of the loss to
+        // Tested for rises only, the drift's alarm finds no rise of the loss to
         // confirm it.
-        let one_sided = run_signals(AnomalyConfig::default(), base, loss);
-        assert!(one_sided.is_empty(), "{one_sided:?}");
-        let both = run_signals(
-            AnomalyConfig {
-                two_sided_loss: true,
-                ..AnomalyConfig::default()
-            },
-            base,
-            loss,
+        let two_sided = |c: &mut AnomalyConfig| c.two_sided_loss = true;
+        only_with(
+            two_sided,
+            (40, 1.5, 0.5),
+            40,
+            AnomalySignal::LossDrop,
+            40..=41,
         );
-        assert_eq!(both.len(), 1, "{both:?}");
-        assert_eq!(both[0].signal, AnomalySignal::LossDrop);
-        assert!((40..=41).contains(&both[0].window), "{both:?}");
     }
 
     #[test]
     fn a_signal_high_in_the_window_before_confirms_with_a_confirm_span() {
         // The loss rises at window 40; the work moves to other memory one window later.
-        let base = |w: u64| if w < 41 { 0 } else { 1_000 };
-        let loss = |w: u64| if w < 40 { 0.5 } else { 1.5 };
         // In the same window only, neither test finds the other signal high.
-        let same_window = run_signals(AnomalyConfig::default(), base, loss);
-        assert!(same_window.is_empty(), "{same_window:?}");
-        let spanned = run_signals(
-            AnomalyConfig {
-                confirm_span: 1,
-                ..AnomalyConfig::default()
-            },
-            base,
-            loss,
-        );
-        assert_eq!(spanned.len(), 1, "{spanned:?}");
-        assert_eq!(spanned[0].signal, AnomalySignal::Drift);
-        assert_eq!(spanned[0].window, 41, "{spanned:?}");
+        let span = |c: &mut AnomalyConfig| c.confirm_span = 1;
+        only_with(span, (40, 0.5, 1.5), 41, AnomalySignal::Drift, 41..=41);
     }
 
     #[test]
