@@ -86,7 +86,7 @@ impl PagingPolicy {
         }
         // Where the fastest storage tier's spare room decides, the advisor's
         // probability could not change the tier, so it is not asked.
-        let to = match self.spare_fastest_tier(None) {
+        let to = match self.spare_fastest_tier() {
             Some(t) => t,
             None => self.placement(self.wanted_tier(page), None),
         };
@@ -125,10 +125,10 @@ impl PagingPolicy {
     }
 
     /// The fastest storage tier, if it has spare room: then [`Self::placement`] picks
-    /// it whatever tier is wanted.
-    fn spare_fastest_tier(&self, from: Option<TierId>) -> Option<TierId> {
+    /// it for an evicted page whatever tier is wanted.
+    fn spare_fastest_tier(&self) -> Option<TierId> {
         let fastest = self.config.storage_order.tier(0);
-        self.has_spare_room(fastest, from).then_some(fastest)
+        self.has_spare_room(fastest, None).then_some(fastest)
     }
 
     /// Whether more than a quarter of tier `t` is free (`from`: the tier the page is in
