@@ -5,7 +5,8 @@
 //!
 //! Usage: anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
-//!                     [--confirm-span N] [--two-sided]
+//!                     [--confirm-span N] [--two-sided] [--spread] [--spread-confirm-z Z]
+//!                     [--spread-delta D] [--spread-lambda L]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
 //! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
@@ -168,6 +169,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--two-sided") {
         opts.anomaly.two_sided_loss = true;
     }
+    if args.iter().any(|a| a == "--spread") {
+        opts.anomaly.spread_test = true;
+    }
+    opts.anomaly.spread_confirm_z =
+        arg(&args, "--spread-confirm-z", opts.anomaly.spread_confirm_z)?;
+    opts.anomaly.spread.0 = arg(&args, "--spread-delta", opts.anomaly.spread.0)?;
+    opts.anomaly.spread.1 = arg(&args, "--spread-lambda", opts.anomaly.spread.1)?;
     let cfg = ReplayConfig::default();
     println!(
         "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",
@@ -183,7 +191,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             r.changes.iter().map(|c| c.window).collect::<Vec<_>>(),
             r.detections
                 .iter()
-                // L(oss), l(oss fell), D(rift), R(egion).
+                // L(oss), l(oss fell), D(rift), R(egion), S(pread).
                 .map(|d| match d.signal.as_str() {
                     "LossDrop" => format!("{}l", d.window),
                     s => format!("{}{}", d.window, &s[..1]),

@@ -276,6 +276,11 @@ impl GruOptions {
             "TIERVISOR_ANOMALY_CONFIRM_SPAN",
         );
         flag(&mut o.anomaly.two_sided_loss, "TIERVISOR_ANOMALY_TWO_SIDED");
+        flag(&mut o.anomaly.spread_test, "TIERVISOR_ANOMALY_SPREAD");
+        set(
+            &mut o.anomaly.spread_confirm_z,
+            "TIERVISOR_ANOMALY_SPREAD_CONFIRM_Z",
+        );
         set(&mut o.scorer_threshold, "TIERVISOR_GRU_SCORER_THRESHOLD");
         set(&mut o.untried_threshold, "TIERVISOR_GRU_UNTRIED_THRESHOLD");
         set(&mut o.shadow_horizon, "TIERVISOR_GRU_SHADOW_HORIZON");
