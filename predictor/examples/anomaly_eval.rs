@@ -5,7 +5,7 @@
 //!
 //! Usage: anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
-//!                     [--confirm-span N] [--two-sided] [--spread] [--spread-confirm-z Z]
+//!                     [--confirm-span N] [--two-sided] [--spread | --no-spread] [--spread-confirm-z Z]
 //!                     [--spread-delta D] [--spread-lambda L]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
@@ -171,6 +171,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.iter().any(|a| a == "--spread") {
         opts.anomaly.spread_test = true;
+    }
+    if args.iter().any(|a| a == "--no-spread") {
+        opts.anomaly.spread_test = false;
     }
     opts.anomaly.spread_confirm_z =
         arg(&args, "--spread-confirm-z", opts.anomaly.spread_confirm_z)?;
