@@ -15,6 +15,11 @@
 #   TIERS=resources/tiers/by-speed.toml resources/scripts/bench-live.sh
 #     (another tier file for every advisor, here the six tiers ranked by speed; a file
 #     with an NBD tier gets a qemu-nbd on ${WORKDIR}/nbd.sock, export "", started here)
+#   MEM=256M ITERS=100000 ADVISORS=stride,gru WORKLOADS=random,zipf,scan,chase resources/scripts/bench-live.sh
+#     (a larger working memory, 8M by default; the VM gets it, a quarter more and 32 MiB, and the
+#     tier file must hold what does not fit in RAM: bench-live.toml's NVMe file takes
+#     256 MiB. The advisor column's share shows what gru's bookkeeping costs at scale,
+#     docs/predictor.md "Live, on a larger VM")
 #   RAM_SHARES=25,50,75 resources/scripts/bench-live.sh
 #     (the RAM budget as percentages of the working memory, 25 by default; with more
 #     than one, every share is a configuration of each advisor, interleaved like the
@@ -69,8 +74,15 @@ WORKDIR = os.environ["WORKDIR"]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ADVISORS = os.environ.get("ADVISORS", "none,lru,stride,leap,workingset,gru").split(",")
 WORKLOADS = os.environ.get("WORKLOADS", "scan,stride,random,zipf,chase,phases,kv").split(",")
-MEM = "8M"           # the workload's working memory
-MEM_KIB = 8 * 1024
+MEM = os.environ.get("MEM", "8M")   # the workload's working memory
+_mem = re.fullmatch(r"([1-9][0-9]*)([KMG])", MEM)
+if not _mem:
+    sys.exit(f"bench-live: MEM must be a size such as 8M, 65536K or 1G, got {MEM!r}")
+MEM_KIB = int(_mem.group(1)) * {"K": 1, "M": 1024, "G": 1024 * 1024}[_mem.group(2)]
+# The VM: 64 MiB as always, or for a larger working memory that and a quarter more
+# and 32 MiB for the guest's image, page tables and metadata.
+_mem_mib = -(-MEM_KIB // 1024)
+VM_MIB = max(64, _mem_mib + _mem_mib // 4 + 32)
 try:
     SHARES = [int(x) for x in os.environ.get("RAM_SHARES", "25").split(",")]
 except ValueError:
@@ -106,7 +118,7 @@ def run(workload, config, share, seed):
                 tiers = value
             else:
                 env[var] = value
-    cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", "64M", "--vcpus", "1",
+    cmd = [TIERVISOR, "run", "--kernel", GUEST, "--memory", f"{VM_MIB}M", "--vcpus", "1",
            "--cmdline", f"workload={workload} mem={MEM} iters={ITERS} seed={seed}",
            "--metrics-out", metrics]
     if advisor is not None:
@@ -158,6 +170,12 @@ def med_tier(w, c, share, key):
     return statistics.median(m["tiers"][key] for _, m in samples[(w, c, share)])
 
 
+def advisor_share(w, c, share):
+    """The fault handler's time inside the advisor over the run's time (median)."""
+    return statistics.median(m["tiers"]["advisor_cpu_ms"] / m["run_ms"]
+                             for _, m in samples[(w, c, share)])
+
+
 def geo(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
@@ -174,7 +192,7 @@ for share in SHARES:
         print(f"{w} (all in RAM: {ram:,.0f} ns/op)")
         print("| advisor | ns/op | slowest / fastest round | slowdown | demand faults "
               "| prefetches | late prefetches | accuracy | minor faults | advisor ms "
-              "| learner CPU |")
+              "(share of the run) | learner CPU |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for a in ADVISORS:
             ns = med_ns(w, a, share)
@@ -189,7 +207,8 @@ for share in SHARES:
                   f"| {med_tier(w, a, share, 'demand_faults'):,.0f} "
                   f"| {issued:,.0f} | {med_tier(w, a, share, 'prefetches_late'):,.0f} | {acc} "
                   f"| {med_tier(w, a, share, 'minor_faults'):,.0f} "
-                  f"| {med_tier(w, a, share, 'advisor_cpu_ms'):,.1f} | {learner} |")
+                  f"| {med_tier(w, a, share, 'advisor_cpu_ms'):,.1f} ({advisor_share(w, a, share):.2%}) "
+                  f"| {learner} |")
         print()
 
     first = ADVISORS[0]
