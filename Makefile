@@ -106,7 +106,7 @@ bench-predict: build
 	$(CARGO) run --release -p predictor --example gru_cost
 
 # Pattern-change detection on spliced evaluation traces with known change points, then on
-# the holdout set's splices (docs/anomaly.md).
+# the holdout set's splices, then in live VMs of the phases workload (docs/anomaly.md).
 bench-anomaly: build
 	@ls $(OUT)/traces/eval/*.tvt >/dev/null 2>&1 || { echo "make bench-anomaly: no traces in $(OUT)/traces/eval (make traces)" >&2; exit 1; }
 	$(CARGO) run --release -p predictor --example anomaly_eval -- --set eval
@@ -114,6 +114,8 @@ bench-anomaly: build
 		echo "== the holdout set (a second check: the rules of docs/anomaly.md are decided on it)"; \
 		$(CARGO) run --release -p predictor --example anomaly_eval -- --set holdout; \
 	else echo "make bench-anomaly: no holdout or anomaly traces (make traces): holdout set skipped" >&2; fi
+	@echo "== live VMs: the phases workload recorded, its region moves against the changes gru logs"
+	resources/scripts/anomaly-live.sh
 
 clean:
 	$(CARGO) clean
