@@ -6,7 +6,7 @@
 //! Usage: anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
 //!                     [--confirm-span N] [--two-sided] [--spread | --no-spread] [--spread-confirm-z Z]
-//!                     [--spread-delta D] [--spread-lambda L]
+//!                     [--spread-delta D] [--spread-lambda L] [--warmup N] [--cooldown N]
 //! `eval` (the default) splices the evaluation traces, which neither the base model nor
 //! the detector's tuning saw; `train` splices the training traces (used for tuning).
 //! Needs resources/out/traces/{eval,train}/*.tvt (`make traces`) and the base model.
@@ -179,6 +179,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         arg(&args, "--spread-confirm-z", opts.anomaly.spread_confirm_z)?;
     opts.anomaly.spread.0 = arg(&args, "--spread-delta", opts.anomaly.spread.0)?;
     opts.anomaly.spread.1 = arg(&args, "--spread-lambda", opts.anomaly.spread.1)?;
+    opts.anomaly.warmup = arg(&args, "--warmup", opts.anomaly.warmup)?;
+    opts.anomaly.cooldown = arg(&args, "--cooldown", opts.anomaly.cooldown)?;
     let cfg = ReplayConfig::default();
     println!(
         "anomaly_eval: {set} traces, detector {detector}, ram fraction {}, visibility {}, tolerance {tolerance} model windows, {take} records per program segment (after skipping {skip})",

@@ -277,6 +277,9 @@ impl GruOptions {
         );
         flag(&mut o.anomaly.two_sided_loss, "TIERVISOR_ANOMALY_TWO_SIDED");
         flag(&mut o.anomaly.spread_test, "TIERVISOR_ANOMALY_SPREAD");
+        set(&mut o.anomaly.spread.1, "TIERVISOR_ANOMALY_SPREAD_LAMBDA");
+        set(&mut o.anomaly.warmup, "TIERVISOR_ANOMALY_WARMUP");
+        set(&mut o.anomaly.cooldown, "TIERVISOR_ANOMALY_COOLDOWN");
         set(
             &mut o.anomaly.spread_confirm_z,
             "TIERVISOR_ANOMALY_SPREAD_CONFIRM_Z",
