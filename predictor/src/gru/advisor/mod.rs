@@ -492,7 +492,7 @@ impl Advisor for GruAdvisor {
         }
         if !resident {
             let page = access.page;
-            self.detector.on_fault(page);
+            self.detector.on_fault(page, access.vcpu);
             self.infer_chain_use(page);
             let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
             let (ahead, context) = (&mut self.readahead_outcomes, &mut self.context_outcomes);

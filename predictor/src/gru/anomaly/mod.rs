@@ -279,10 +279,10 @@ impl AnomalyDetector {
         }
     }
 
-    /// Note a demand fault on `page` (for the fault-spread test).
-    pub fn on_fault(&mut self, page: u64) {
+    /// Note a demand fault of `vcpu` on `page` (for the fault-spread test).
+    pub fn on_fault(&mut self, page: u64, vcpu: u16) {
         if self.spread.is_some() {
-            self.faults.on_fault(page);
+            self.faults.on_fault(page, vcpu);
         }
     }
 
@@ -424,24 +424,30 @@ impl AnomalyDetector {
 }
 
 /// The spread of one window's demand faults: the mean over its faults of
-/// log2(1 + |page distance from the fault before|), capped at 24 (16 GiB) and scaled to
-/// 0..1. A sequential scan gives about 0.04, a strided walk a little more, a random
-/// walk over N pages about log2(N) / 24.
+/// log2(1 + |page distance from the same vCPU's fault before|), capped at 24 (16 GiB)
+/// and scaled to 0..1. A sequential scan gives about 0.04, a strided walk a little
+/// more, a random walk over N pages about log2(N) / 24. Per vCPU, because the faults
+/// of several vCPUs interleave as if at random.
 #[derive(Debug, Default)]
 struct FaultSpread {
-    last: Option<u64>,
+    /// Each vCPU's last faulting page.
+    last: Vec<Option<u64>>,
     sum: f64,
     n: u64,
 }
 
 impl FaultSpread {
-    fn on_fault(&mut self, page: u64) {
-        if let Some(last) = self.last {
+    fn on_fault(&mut self, page: u64, vcpu: u16) {
+        let v = usize::from(vcpu);
+        if self.last.len() <= v {
+            self.last.resize(v + 1, None);
+        }
+        if let Some(last) = self.last[v] {
             let distance = page.abs_diff(last) as f64;
             self.sum += (1.0 + distance).log2().min(24.0) / 24.0;
             self.n += 1;
         }
-        self.last = Some(page);
+        self.last[v] = Some(page);
     }
 
     /// The window's mean, if it had a fault after another; starts the next window.

@@ -182,7 +182,7 @@ fn alarms_on_a_walk_that_turns_random(cfg: AnomalyConfig) -> Vec<AnomalyEvent> {
             } else {
                 rng.uniform(0.0, 4096.0) as u64
             };
-            d.on_fault(page);
+            d.on_fault(page, 0);
         }
         let loss = 0.5 + f64::from(rng.uniform(-0.05, 0.05));
         events.extend(d.observe(w, w * 1_000_000, loss, &blocks));
@@ -212,4 +212,18 @@ fn sorted_set_helpers() {
     assert_eq!(out, [5]);
     assert_eq!(count_common(&[1, 4, 9, 11], &[2, 4, 10, 11]), 2);
     assert_eq!(count_common(&[], &[1]), 0);
+}
+
+#[test]
+fn the_fault_spread_is_measured_per_vcpu() {
+    // Two vCPUs, each scanning its own memory one page at a time, their faults
+    // interleaved: each stream is sequential, though successive faults are far apart.
+    let mut f = FaultSpread::default();
+    for i in 0..100u64 {
+        f.on_fault(i, 0);
+        f.on_fault(1 << 30 | i, 1);
+    }
+    let spread = f.end_window().unwrap();
+    assert!((spread - 1.0 / 24.0).abs() < 1e-9, "{spread}");
+    assert_eq!(f.end_window(), None, "a window without faults has no spread");
 }
