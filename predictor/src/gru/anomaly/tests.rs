@@ -225,5 +225,9 @@ fn the_fault_spread_is_measured_per_vcpu() {
     }
     let spread = f.end_window().unwrap();
     assert!((spread - 1.0 / 24.0).abs() < 1e-9, "{spread}");
-    assert_eq!(f.end_window(), None, "a window without faults has no spread");
+    assert_eq!(
+        f.end_window(),
+        None,
+        "a window without faults has no spread"
+    );
 }
