@@ -185,7 +185,7 @@ def slowdown(a, share):
 
 
 for share in SHARES:
-    print(f"Test guest, mem={MEM} iters={ITERS} seed=7, RAM budget "
+    print(f"Test guest, mem={MEM} iters={ITERS} seed=7 in a {VM_MIB} MiB VM, RAM budget "
           f"{budget(share)} ({share}%), tiers {TIERS}; median of {ROUNDS} interleaved rounds\n")
     for w in WORKLOADS:
         ram = med_ns(w, None, None)
