@@ -3,7 +3,8 @@
 //! storms) and the test guest's phases recording cut at its phase changes, replayed
 //! with `gru` through the replay simulator, scored per splice.
 //!
-//! Usage: anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
+//! Usage: anomaly_eval --region-moves TRACE
+//!        anomaly_eval [--set eval|holdout|holdout2|train] [--tolerance WINDOWS] [--take RECORDS]
 //!                     [--detector default|baseline|region] [--confirm-z Z] [--settle N]
 //!                     [--confirm-span N] [--two-sided] [--spread | --no-spread] [--spread-confirm-z Z]
 //!                     [--spread-delta D] [--spread-lambda L] [--warmup N] [--cooldown N]
@@ -14,7 +15,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use predictor::changepoints::{build_splice, evaluate, format_table, Part, SpliceResult};
+use predictor::changepoints::{
+    build_splice, evaluate, format_table, Part, RegionRun, SpliceResult,
+};
 use predictor::gru::anomaly::AnomalyConfig;
 use predictor::gru::GruOptions;
 use predictor::replay::ReplayConfig;
@@ -36,6 +39,23 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
     }
 }
 
+/// Where a recording of the test guest's phases workload (`mem=16M`) moves from one of
+/// its four 4 MiB regions to another. The working memory starts at 4 MiB
+/// (docs/testguest.md); a run of under 64 records in a region is a dirty-log flicker.
+fn phase_region_runs(
+    path: &std::path::Path,
+) -> Result<(Vec<RegionRun>, usize), Box<dyn std::error::Error>> {
+    const FIRST_PAGE: u64 = 0x400;
+    const REGION_PAGES: u64 = 1024;
+    Ok(predictor::changepoints::trace_region_runs(
+        path,
+        FIRST_PAGE,
+        REGION_PAGES,
+        4,
+        64,
+    )?)
+}
+
 /// The evaluation recording of the test guest's phases workload (`make traces`:
 /// `workload=phases mem=16M`), cut where it moves to another region: its initial fill
 /// of all four regions, then eight segments (sequential, uniform, Zipf, strided, twice).
@@ -43,12 +63,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
 /// program splices, a segment's pages get their own range, so a region the run
 /// returns to is new pages here.
 fn phase_segments(path: &std::path::Path) -> Result<Vec<Part>, Box<dyn std::error::Error>> {
-    // The guest's working memory starts at 4 MiB (docs/testguest.md); 16 MiB in four
-    // regions. A run of under 64 records in a region is a dirty-log flicker.
-    const FIRST_PAGE: u64 = 0x400;
-    const REGION_PAGES: u64 = 1024;
-    let (runs, records) =
-        predictor::changepoints::trace_region_runs(path, FIRST_PAGE, REGION_PAGES, 4, 64)?;
+    let (runs, records) = phase_region_runs(path)?;
     if runs.len() != 12 {
         return Err(format!(
             "{}: expected the initial fill of 4 regions and 8 phase segments, found {} region runs",
@@ -58,7 +73,7 @@ fn phase_segments(path: &std::path::Path) -> Result<Vec<Part>, Box<dyn std::erro
         .into());
     }
     let mut starts: Vec<usize> = vec![0];
-    starts.extend(runs[4..].iter().map(|r| r.0));
+    starts.extend(runs[4..].iter().map(|r| r.record));
     starts.push(records);
     Ok(starts
         .windows(2)
@@ -72,6 +87,15 @@ fn phase_segments(path: &std::path::Path) -> Result<Vec<Part>, Box<dyn std::erro
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--region-moves TRACE`: print when a phases recording enters each region, in ms,
+    // one run a line (resources/scripts/anomaly-live.sh scores live runs by them).
+    if let Some(i) = args.iter().position(|a| a == "--region-moves") {
+        let path = args.get(i + 1).ok_or("--region-moves needs a trace file")?;
+        for r in phase_region_runs(std::path::Path::new(path))?.0 {
+            println!("{:.3}", r.time_ns as f64 / 1e6);
+        }
+        return Ok(());
+    }
     let tolerance: u64 = arg(&args, "--tolerance", 16)?;
     let take: usize = arg(&args, "--take", 2_000_000)?;
     let skip = 1_000_000;

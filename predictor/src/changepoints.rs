@@ -170,27 +170,43 @@ pub fn region_runs(
     runs
 }
 
-/// [`region_runs`] over a trace file's records.
+/// One run of [`trace_region_runs`]: its first record, its region and that record's
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionRun {
+    pub record: usize,
+    pub region: u64,
+    pub time_ns: u64,
+}
+
+/// [`region_runs`] over a trace file's records, and how many records it holds.
 pub fn trace_region_runs(
     path: &Path,
     first_page: PageNumber,
     region_pages: u64,
     regions: u64,
     min_run: usize,
-) -> Result<(Vec<(usize, u64)>, usize), ChangeEvalError> {
+) -> Result<(Vec<RegionRun>, usize), ChangeEvalError> {
     let err = |source| ChangeEvalError::Trace {
         path: path.to_path_buf(),
         source,
     };
-    let mut pages = Vec::new();
+    let (mut pages, mut times) = (Vec::new(), Vec::new());
     for a in TraceReader::open(path).map_err(err)? {
-        pages.push(a.map_err(err)?.page);
+        let a = a.map_err(err)?;
+        pages.push(a.page);
+        times.push(a.time_ns);
     }
     let records = pages.len();
-    Ok((
-        region_runs(pages, first_page, region_pages, regions, min_run),
-        records,
-    ))
+    let runs = region_runs(pages, first_page, region_pages, regions, min_run)
+        .into_iter()
+        .map(|(record, region)| RegionRun {
+            record,
+            region,
+            time_ns: times[record],
+        })
+        .collect();
+    Ok((runs, records))
 }
 
 /// Builds a splice: each part's pages moved to its own range, its clock continuing

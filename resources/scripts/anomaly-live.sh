@@ -2,8 +2,8 @@
 # Pattern-change detection in live VMs, scored: the test guest's phases workload
 # (a scan, a uniform, a Zipf and a strided walk over four 4 MiB regions, twice) under
 # `tiervisor run --advisor gru`, recorded with --trace-out. Where the guest moves to
-# another region is read from the recording (as `anomaly_eval` cuts the phases
-# recording, docs/anomaly.md); the advisor's logged changes
+# another region is read from the recording by `anomaly_eval --region-moves`, the code
+# that cuts the phases recording for the replays (docs/anomaly.md); the advisor's logged changes
 # (tiers.advisor_online.anomalies) are scored against those times. Each entry of
 # CONFIGS is one detector setting, run once per seed, interleaved.
 #
@@ -18,6 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 . resources/scripts/built.sh anomaly-live
+# The region moves come from the same code that cuts the replays' phases recordings.
+${CARGO:-cargo} build --release -q -p predictor --example anomaly_eval
+export ANOMALY_EVAL=target/release/examples/anomaly_eval
 WORKDIR=$(disk_workdir anomaly-live)
 trap 'rm -rf "$WORKDIR"' EXIT
 export TIERVISOR GUEST WORKDIR
@@ -30,39 +33,16 @@ import json, os, subprocess, sys
 TIERVISOR, GUEST, WORKDIR = os.environ["TIERVISOR"], os.environ["GUEST"], os.environ["WORKDIR"]
 SEEDS = [int(s) for s in os.environ["SEEDS"].split(",")]
 CONFIGS = os.environ["CONFIGS"].split()
-# The guest's working memory starts at 4 MiB (docs/testguest.md): four regions of
-# 1,024 pages. A run of under 64 records in one region is a dirty-log flicker.
-FIRST_PAGE, REGION_PAGES, REGIONS, MIN_RUN = 0x400, 1024, 4, 64
 TOLERANCE_WINDOWS = 16
+REGIONS = 4
 
 
 def region_moves(trace):
-    """Times (ms) at which the recording moves to another region, as
-    predictor::changepoints::region_runs finds them."""
-    out = subprocess.run([TIERVISOR, "trace", "dump", trace], check=True,
-                         capture_output=True, text=True).stdout
-    records = []
-    for line in out.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        t, page = line.split()[:2]
-        records.append((int(t), int(page, 16)))
-    end = FIRST_PAGE + REGION_PAGES * REGIONS
-    raw = []  # [first record, region, records]
-    for i, (_, page) in enumerate(records):
-        if not FIRST_PAGE <= page < end:
-            continue
-        region = (page - FIRST_PAGE) // REGION_PAGES
-        if raw and raw[-1][1] == region:
-            raw[-1][2] += 1
-        else:
-            raw.append([i, region, 1])
-    runs = []
-    for i, region, n in raw:
-        if n < MIN_RUN or (runs and runs[-1][1] == region):
-            continue
-        runs.append((i, region))
-    return [records[i][0] / 1e6 for i, _ in runs]
+    """Times (ms) at which the recording enters each region: the initial fill of the
+    four regions, then every move (predictor::changepoints::trace_region_runs)."""
+    out = subprocess.run([os.environ["ANOMALY_EVAL"], "--region-moves", trace],
+                         check=True, capture_output=True, text=True).stdout
+    return [float(line) for line in out.split()]
 
 
 totals = {c: [0, 0, 0, 0] for c in CONFIGS}  # found, changes, alarms, false
