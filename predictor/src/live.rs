@@ -19,7 +19,8 @@ pub struct AnomalyRecord {
     pub window: u64,
     /// Milliseconds since tiered memory started (the advisor's clock).
     pub time_ms: f64,
-    /// `Loss`, `LossDrop`, `Drift` or `Region` ([`crate::gru::anomaly::AnomalySignal`]).
+    /// `Loss`, `LossDrop`, `Drift`, `Region` or `Spread`
+    /// ([`crate::gru::anomaly::AnomalySignal`]).
     pub signal: String,
     pub score: f64,
 }

@@ -377,6 +377,9 @@ impl AnomalyDetector {
         let loss_hit = l
             .map(|s| (AnomalySignal::Loss, s))
             .or(fall.map(|s| (AnomalySignal::LossDrop, s)));
+        // The region and spread tests' own confirmation: a weak rise of the loss or the
+        // block drift (at least `z` deviations; 0: none needed).
+        let weakly_confirmed = |z: f64| z <= 0.0 || self.loss.last_z >= z || self.drift.last_z >= z;
         let hit = match (loss_hit, d) {
             (Some(h), _) if drift_saturated || confirmed(self.drift.last_z, drift_before) => {
                 Some(h)
@@ -388,17 +391,12 @@ impl AnomalyDetector {
             // the new pattern's kind) nor the block drift (already high when most
             // blocks are new each window): a weak rise of either confirms it.
             _ => r
-                .filter(|_| {
-                    let z = self.cfg.region_confirm_z;
-                    z <= 0.0 || self.loss.last_z >= z || self.drift.last_z >= z
-                })
+                .filter(|_| weakly_confirmed(self.cfg.region_confirm_z))
                 .map(|s| (AnomalySignal::Region, s))
+                // A walk of another kind over the same blocks; the fault stream shows
+                // it where the model (trained on every kind) and the block sets need not.
                 .or_else(|| {
-                    // A walk of another kind over the same blocks; the fault stream
-                    // shows it where the model (trained on every kind) and the block
-                    // sets need not.
-                    let z = self.cfg.spread_confirm_z;
-                    sp.filter(|_| z <= 0.0 || self.loss.last_z >= z || self.drift.last_z >= z)
+                    sp.filter(|_| weakly_confirmed(self.cfg.spread_confirm_z))
                         .map(|s| (AnomalySignal::Spread, s))
                 }),
         };
