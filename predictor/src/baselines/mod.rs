@@ -28,6 +28,7 @@ mod lfu;
 mod lirs;
 mod lru;
 mod oracle;
+pub(crate) mod pagetable;
 mod prefetchers;
 mod reap;
 mod workingset;

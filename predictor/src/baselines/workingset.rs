@@ -12,30 +12,88 @@
 //! touch activates them: the referenced-bit check the kernel makes at the inactive
 //! tail, paid for with a minor fault.
 
-use rustc_hash::FxHashMap;
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use super::{LruList, NO_OPINION};
+use super::pagetable::PageTable;
+use super::NO_OPINION;
+
+/// No page: the end of a list.
+const NO_PAGE: PageNumber = PageNumber::MAX;
+
+/// Which list a page is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum List {
+    Off,
+    Active,
+    Inactive,
+}
+
+/// Everything the order keeps about one page, in one record: its list and place on
+/// it, its shadow entry and its probe flags (one cache miss per page, not one per
+/// table: docs/predictor.md, "Live, on a larger VM").
+#[derive(Debug, Clone, Copy)]
+struct PageRecord {
+    /// The next more recent and the next less recent page of its list.
+    newer: PageNumber,
+    older: PageNumber,
+    /// Eviction number at which it left RAM (its shadow entry); 0: none.
+    evicted_at: u64,
+    list: List,
+    /// Zapped by [`WorkingSet::probes`] and not touched since.
+    probed: bool,
+    /// A probe found it in use: its next trip to the inactive tail goes back to the
+    /// active list without a probe (a probe costs the guest a minor fault).
+    reprieved: bool,
+}
+
+impl Default for PageRecord {
+    fn default() -> Self {
+        PageRecord {
+            newer: NO_PAGE,
+            older: NO_PAGE,
+            evicted_at: 0,
+            list: List::Off,
+            probed: false,
+            reprieved: false,
+        }
+    }
+}
+
+/// The ends and length of one list, most recent at `head`.
+#[derive(Debug, Clone, Copy)]
+struct ListEnds {
+    head: PageNumber,
+    tail: PageNumber,
+    len: usize,
+}
+
+impl Default for ListEnds {
+    fn default() -> Self {
+        ListEnds {
+            head: NO_PAGE,
+            tail: NO_PAGE,
+            len: 0,
+        }
+    }
+}
 
 /// Active/inactive lists with refault-distance activation.
 #[derive(Debug)]
 pub struct WorkingSet {
-    active: LruList,
-    inactive: LruList,
-    /// Eviction number at which each non-resident page left (its shadow entry).
-    evicted_at: FxHashMap<PageNumber, u64>,
+    pages: PageTable<PageRecord>,
+    active: ListEnds,
+    inactive: ListEnds,
+    /// Pages with a shadow entry (`PageRecord::evicted_at` set).
+    shadows: usize,
+    /// Pages with `PageRecord::probed` set.
+    probed: usize,
     evictions: u64,
     /// The page whose demand fault is being served, if its refault distance was short.
     activate_next: Option<PageNumber>,
     /// The inactive list is kept at least this share of the resident pages (percent).
     inactive_percent: usize,
     scratch: Vec<PageNumber>,
-    /// Inactive pages zapped by [`WorkingSet::probes`] and not touched since.
-    probed: rustc_hash::FxHashSet<PageNumber>,
-    /// Pages a probe found in use: their next trip to the inactive tail goes back
-    /// to the active list without a probe (a probe costs the guest a minor fault).
-    reprieved: rustc_hash::FxHashSet<PageNumber>,
     reprieve: bool,
     /// Share of recent faults that were short refaults (evicted less than a RAM's
     /// worth of evictions ago), a moving average over about 128 faults.
@@ -70,15 +128,15 @@ impl WorkingSet {
     /// (the kernel aims at about half for small memories).
     pub fn new(inactive_percent: usize) -> Self {
         WorkingSet {
-            active: LruList::default(),
-            inactive: LruList::default(),
-            evicted_at: FxHashMap::default(),
+            pages: PageTable::default(),
+            active: ListEnds::default(),
+            inactive: ListEnds::default(),
+            shadows: 0,
+            probed: 0,
             evictions: 0,
             activate_next: None,
             inactive_percent: inactive_percent.min(100),
             scratch: Vec::new(),
-            probed: Default::default(),
-            reprieved: Default::default(),
             reprieve: true,
             short_refaults: 0.0,
             probing: false,
@@ -109,11 +167,16 @@ impl WorkingSet {
     }
 
     pub fn resident(&self) -> usize {
-        self.active.len() + self.inactive.len()
+        self.active.len + self.inactive.len
     }
 
     pub fn contains(&self, page: PageNumber) -> bool {
-        self.active.contains(page) || self.inactive.contains(page)
+        self.pages.get(page).list != List::Off
+    }
+
+    /// Whether `page` is on the active list.
+    pub fn is_active(&self, page: PageNumber) -> bool {
+        self.pages.get(page).list == List::Active
     }
 
     /// Evictions so far (the clock refault distances are measured in).
@@ -123,21 +186,89 @@ impl WorkingSet {
 
     /// Refault distance of `page` if it is out of RAM now: evictions since it left.
     pub fn refault_distance(&self, page: PageNumber) -> Option<u64> {
-        self.evicted_at.get(&page).map(|&e| self.evictions - e)
+        let e = self.pages.get(page).evicted_at;
+        (e != 0).then(|| self.evictions - e)
+    }
+
+    fn ends(&mut self, list: List) -> &mut ListEnds {
+        match list {
+            List::Active => &mut self.active,
+            List::Inactive => &mut self.inactive,
+            List::Off => unreachable!("no list"),
+        }
+    }
+
+    /// Takes `page` off its list, if it is on one.
+    fn unlink(&mut self, page: PageNumber) {
+        let r = *self.pages.get(page);
+        if r.list == List::Off {
+            return;
+        }
+        if r.newer != NO_PAGE {
+            self.pages.get_mut(r.newer).older = r.older;
+        } else {
+            self.ends(r.list).head = r.older;
+        }
+        if r.older != NO_PAGE {
+            self.pages.get_mut(r.older).newer = r.newer;
+        } else {
+            self.ends(r.list).tail = r.newer;
+        }
+        self.ends(r.list).len -= 1;
+        let m = self.pages.get_mut(page);
+        m.list = List::Off;
+        m.newer = NO_PAGE;
+        m.older = NO_PAGE;
+    }
+
+    /// Makes `page` the most recent of `list`, taking it off the list it was on.
+    fn touch(&mut self, page: PageNumber, list: List) {
+        self.unlink(page);
+        let head = self.ends(list).head;
+        let m = self.pages.get_mut(page);
+        m.list = list;
+        m.newer = NO_PAGE;
+        m.older = head;
+        if head != NO_PAGE {
+            self.pages.get_mut(head).newer = page;
+        } else {
+            self.ends(list).tail = page;
+        }
+        let ends = self.ends(list);
+        ends.head = page;
+        ends.len += 1;
+    }
+
+    /// The pages of `list` from its least recent end.
+    fn least_recent(&self, list: List) -> impl Iterator<Item = PageNumber> + '_ {
+        let mut cur = match list {
+            List::Active => self.active.tail,
+            List::Inactive => self.inactive.tail,
+            List::Off => NO_PAGE,
+        };
+        std::iter::from_fn(move || {
+            let page = cur;
+            (page != NO_PAGE).then(|| {
+                cur = self.pages.get(page).newer;
+                page
+            })
+        })
     }
 
     /// An observed access: a resident page moves up (inactive -> active); a fault on
     /// a page evicted less than a RAM's worth of evictions ago will enter the active list.
     pub fn on_access(&mut self, page: PageNumber, resident: bool) {
         if resident {
-            if self.probed.remove(&page) && self.reprieve {
-                self.reprieved.insert(page);
+            let Some(r) = self.pages.get_mut_if_present(page) else {
+                return;
+            };
+            if r.probed {
+                r.probed = false;
+                r.reprieved |= self.reprieve;
+                self.probed -= 1;
             }
-            if self.inactive.contains(page) {
-                self.inactive.remove(page);
-                self.active.touch(page);
-            } else if self.active.contains(page) {
-                self.active.touch(page);
+            if r.list != List::Off {
+                self.touch(page, List::Active);
             }
         } else {
             let short = self
@@ -164,56 +295,68 @@ impl WorkingSet {
             && self
                 .refault_distance(page)
                 .is_some_and(|d| d as f32 <= self.prefetch_activation * self.resident() as f32);
-        self.evicted_at.remove(&page);
+        let r = self.pages.get_mut(page);
+        if r.evicted_at != 0 {
+            r.evicted_at = 0;
+            self.shadows -= 1;
+        }
         if !prefetched && self.activate_next == Some(page) {
             self.activate_next = None;
-            self.active.touch(page);
+            self.touch(page, List::Active);
         } else if prefetched && recent {
-            self.active.touch(page);
-        } else if !self.active.contains(page) {
-            self.inactive.touch(page);
+            self.touch(page, List::Active);
+        } else if !self.is_active(page) {
+            self.touch(page, List::Inactive);
         }
     }
 
     pub fn on_evict(&mut self, page: PageNumber) {
-        self.probed.remove(&page);
-        self.reprieved.remove(&page);
-        self.active.remove(page);
-        self.inactive.remove(page);
+        self.unlink(page);
         self.evictions += 1;
-        self.evicted_at.insert(page, self.evictions);
+        let r = self.pages.get_mut(page);
+        if r.probed {
+            self.probed -= 1;
+        }
+        r.probed = false;
+        r.reprieved = false;
+        if r.evicted_at == 0 {
+            self.shadows += 1;
+        }
+        r.evicted_at = self.evictions;
         // A shadow entry older than a RAM's worth of evictions can no longer activate
         // its page, so it is dropped (amortised: only when they outnumber the resident
         // pages twice over), as the kernel bounds its shadow entries.
         let resident = self.resident() as u64;
-        if self.evicted_at.len() as u64 > 2 * resident + 1024 {
+        if self.shadows as u64 > 2 * resident + 1024 {
             let now = self.evictions;
-            self.evicted_at.retain(|_, e| now - *e <= resident);
+            let shadows = &mut self.shadows;
+            self.pages.for_each_mut(|_, r| {
+                if r.evicted_at != 0 && now - r.evicted_at > resident {
+                    r.evicted_at = 0;
+                    *shadows -= 1;
+                }
+            });
         }
     }
 
     /// Shadow entries held (pages evicted recently enough to activate on refault).
     pub fn shadow_entries(&self) -> usize {
-        self.evicted_at.len()
+        self.shadows
     }
 
     /// Gives `page` another round on the active list (a predictor expects it soon).
     pub fn activate(&mut self, page: PageNumber) {
-        if self.inactive.contains(page) {
-            self.inactive.remove(page);
-            self.active.touch(page);
+        if self.pages.get(page).list == List::Inactive {
+            self.touch(page, List::Active);
         }
     }
 
     /// Deactivates the least recent active pages until the inactive list has its share.
     fn balance(&mut self) {
         let want = self.resident() * self.inactive_percent / 100;
-        while self.inactive.len() < want && !self.active.is_empty() {
-            self.scratch.clear();
-            self.active.least_recent(1, &mut self.scratch);
-            let p = self.scratch[0];
-            self.active.remove(p);
-            self.inactive.touch(p);
+        while self.inactive.len < want && self.active.len > 0 {
+            let p = self.active.tail;
+            self.touch(p, List::Inactive);
         }
     }
 
@@ -234,23 +377,28 @@ impl WorkingSet {
             return;
         }
         // Pages watched already sit at the tail (they are the next to leave): the walk
-        // looks that many further, without collecting the list first.
+        // looks that many further.
         self.scratch.clear();
         let start = out.len();
-        let reach = max + self.probed.len();
-        for page in self.inactive.iter_least_recent().take(reach) {
-            if out.len() - start >= max {
+        let mut cur = self.inactive.tail;
+        for _ in 0..max + self.probed {
+            if cur == NO_PAGE || out.len() - start >= max {
                 break;
             }
-            if self.reprieved.contains(&page) {
+            let page = cur;
+            let r = self.pages.get_mut(page);
+            cur = r.newer;
+            if r.reprieved {
                 self.scratch.push(page);
-            } else if self.probed.insert(page) {
+            } else if !r.probed {
+                r.probed = true;
+                self.probed += 1;
                 out.push(page);
             }
         }
         for i in 0..self.scratch.len() {
             let page = self.scratch[i];
-            self.reprieved.remove(&page);
+            self.pages.get_mut(page).reprieved = false;
             self.activate(page);
         }
     }
@@ -259,10 +407,10 @@ impl WorkingSet {
     pub fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
         self.balance();
         let start = out.len();
-        self.inactive.least_recent(n, out);
+        out.extend(self.least_recent(List::Inactive).take(n));
         let got = out.len() - start;
         if got < n {
-            self.active.least_recent(n - got, out);
+            out.extend(self.least_recent(List::Active).take(n - got));
         }
     }
 }
@@ -340,7 +488,7 @@ mod tests {
         ws.victims(1, &mut victims);
         ws.on_evict(victims[0]);
         ws.on_fill(last, false);
-        assert!(ws.active.contains(last));
+        assert!(ws.is_active(last));
     }
 
     #[test]
@@ -406,7 +554,7 @@ mod tests {
         probes.clear();
         ws.probes(4, &mut probes);
         assert!(probes.is_empty(), "{probes:?}");
-        assert!(ws.active.contains(0));
+        assert!(ws.is_active(0));
         // The next trip is probed again.
         victims.clear();
         ws.victims(1, &mut victims);
