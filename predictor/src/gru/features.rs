@@ -187,6 +187,11 @@ pub struct FeatureExtractor {
     tracks: Vec<BlockTrack>,
     /// Slots of pruned blocks, for reuse.
     free: Vec<u32>,
+    /// Slots whose blocks may have become prunable since the last prune (they stopped
+    /// being tracked, or the caller let go of them): `prune` looks at these only, not
+    /// at every block (a walk of all of them cost a tenth of the advisor's time on a
+    /// 4 GiB VM).
+    prune_candidates: Vec<u32>,
     /// The block of the last access and its slot: runs of accesses to one block (a
     /// stream's pages) skip the lookup.
     last_slot: Option<(u64, u32)>,
@@ -224,6 +229,7 @@ impl FeatureExtractor {
             slots: BlockMap::default(),
             tracks: Vec::new(),
             free: Vec::new(),
+            prune_candidates: Vec::new(),
             last_slot: None,
             active: Vec::new(),
             tracked: Vec::new(),
@@ -381,6 +387,7 @@ impl FeatureExtractor {
             } else {
                 t.tracked = false;
                 t.run = 0;
+                self.prune_candidates.push(s);
             }
         }
         if step.len() > self.cfg.max_stepped {
@@ -391,6 +398,7 @@ impl FeatureExtractor {
                     t.tracked = false;
                     t.run = 0;
                 }
+                self.prune_candidates.push(s);
             }
             step.truncate(self.cfg.max_stepped);
         }
@@ -501,20 +509,33 @@ impl FeatureExtractor {
             .is_some_and(|t| t.counts.count > 0)
     }
 
+    /// The caller no longer references `block` (its `keep` in [`Self::prune`] turned
+    /// false): the next prune looks at it.
+    pub fn release(&mut self, block: u64) {
+        if let Some(&s) = self.slots.get(&block) {
+            self.prune_candidates.push(s);
+        }
+    }
+
     /// Forget blocks that are neither tracked nor referenced by the caller (`keep`).
     /// (No list of the extractor holds their slots: those it keeps are touched in this
-    /// window or tracked.)
+    /// window or tracked.) A block can only become prunable by ceasing to be tracked,
+    /// by its window ending (its step tracks it unless the cap cuts it) or by the
+    /// caller's [`Self::release`], and each of those makes it a candidate; so looking
+    /// at the candidates forgets exactly the blocks a walk of all of them would.
     pub fn prune(&mut self, keep: impl Fn(u64) -> bool) {
         self.last_slot = None;
-        let (tracks, free) = (&self.tracks, &mut self.free);
-        self.slots.retain(|&b, &mut s| {
-            let t = &tracks[s as usize];
-            let kept = t.tracked || t.counts.count > 0 || keep(b);
-            if !kept {
-                free.push(s);
+        for s in std::mem::take(&mut self.prune_candidates) {
+            let t = &self.tracks[s as usize];
+            // A slot named twice, or freed and not reused, is not its block's any more.
+            if self.slots.get(&t.block) != Some(&s) {
+                continue;
             }
-            kept
-        });
+            if !(t.tracked || t.counts.count > 0 || keep(t.block)) {
+                self.slots.remove(&t.block);
+                self.free.push(s);
+            }
+        }
     }
 }
 
@@ -586,4 +607,64 @@ fn log_tables() -> &'static LogTables {
 /// The log access count feature.
 fn count_feature(count: u32) -> f32 {
     (1.0 + count as f32).ln() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gru::test_rng::Rng;
+    use tiering::access::AccessSource;
+
+    /// Pruning from the candidates forgets every block a walk of all of them would:
+    /// after each prune, no block is left that is neither tracked nor kept.
+    #[test]
+    fn a_prune_leaves_only_tracked_or_kept_blocks() {
+        let cfg = FeatureConfig {
+            idle_windows: 2,
+            max_stepped: 24,
+            ..FeatureConfig::default()
+        };
+        let mut fx = FeatureExtractor::new(cfg);
+        let (mut batch, mut samples) = (WindowBatch::default(), Vec::new());
+        let mut kept = std::collections::BTreeSet::new();
+        let mut rng = Rng(7);
+        let blocks = 64u64;
+        let mut pruned = 0;
+        for w in 0..400u64 {
+            for _ in 0..12 {
+                let page = (rng.uniform(0.0, (blocks * 16) as f32) as u64).min(blocks * 16 - 1);
+                fx.on_access(&Access {
+                    time_ns: w,
+                    page,
+                    vcpu: 0,
+                    op: AccessOp::Read,
+                    kind: PageKind::Data,
+                    source: AccessSource::MissingFault,
+                });
+                // The caller holds some blocks (resident pages) and lets go of others.
+                let b = cfg.block_of(page);
+                if rng.uniform(0.0, 1.0) < 0.3 {
+                    kept.insert(b);
+                } else if rng.uniform(0.0, 1.0) < 0.3 && kept.remove(&b) {
+                    fx.release(b);
+                }
+            }
+            fx.end_window(&mut batch, &mut samples, 0);
+            if w % 5 == 4 {
+                let before = (0..=blocks).filter(|&b| fx.block(b).is_some()).count();
+                fx.prune(|b| kept.contains(&b));
+                let after = (0..=blocks).filter(|&b| fx.block(b).is_some()).count();
+                pruned += before - after;
+                for b in 0..=blocks {
+                    if let Some(t) = fx.block(b) {
+                        assert!(
+                            t.tracked || kept.contains(&b),
+                            "block {b} left after window {w}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(pruned > 100, "the test prunes ({pruned})");
+    }
 }

@@ -554,6 +554,7 @@ impl Advisor for GruAdvisor {
             *m &= !(1 << bit);
             if *m == 0 {
                 self.resident.remove(&b);
+                self.fx.release(b);
             }
         }
     }
