@@ -44,6 +44,7 @@ macro_rules! forward_advisor {
 pub mod baselines;
 #[cfg(feature = "gru")]
 pub mod changepoints;
+pub(crate) mod pagetable;
 pub mod replay;
 pub mod saved_model;
 

@@ -28,7 +28,6 @@ mod lfu;
 mod lirs;
 mod lru;
 mod oracle;
-pub(crate) mod pagetable;
 mod prefetchers;
 mod reap;
 mod workingset;

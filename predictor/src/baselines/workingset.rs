@@ -15,8 +15,8 @@
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
-use super::pagetable::PageTable;
 use super::NO_OPINION;
+use crate::pagetable::PageTable;
 
 /// No page: the end of a list.
 const NO_PAGE: PageNumber = PageNumber::MAX;
@@ -30,15 +30,18 @@ enum List {
 }
 
 /// Everything the order keeps about one page, in one record: its list and place on
-/// it, its shadow entry and its probe flags (one cache miss per page, not one per
-/// table: docs/predictor.md, "Live, on a larger VM").
+/// it, its shadow entry and its probe flags, and the caller's own facts about the page
+/// (`data`). One cache line per page, not one per table (docs/predictor.md, "Live, on
+/// a larger VM"); aligned so that a record of up to 64 bytes never spans two.
 #[derive(Debug, Clone, Copy)]
-struct PageRecord {
+#[repr(align(64))]
+struct PageRecord<P> {
     /// The next more recent and the next less recent page of its list.
     newer: PageNumber,
     older: PageNumber,
     /// Eviction number at which it left RAM (its shadow entry); 0: none.
     evicted_at: u64,
+    data: P,
     list: List,
     /// Zapped by [`WorkingSet::probes`] and not touched since.
     probed: bool,
@@ -47,12 +50,13 @@ struct PageRecord {
     reprieved: bool,
 }
 
-impl Default for PageRecord {
+impl<P: Default> Default for PageRecord<P> {
     fn default() -> Self {
         PageRecord {
             newer: NO_PAGE,
             older: NO_PAGE,
             evicted_at: 0,
+            data: P::default(),
             list: List::Off,
             probed: false,
             reprieved: false,
@@ -78,10 +82,11 @@ impl Default for ListEnds {
     }
 }
 
-/// Active/inactive lists with refault-distance activation.
+/// Active/inactive lists with refault-distance activation, and a `P` per page for the
+/// caller ([`WorkingSet::data`]).
 #[derive(Debug)]
-pub struct WorkingSet {
-    pages: PageTable<PageRecord>,
+pub struct WorkingSet<P = ()> {
+    pages: PageTable<PageRecord<P>>,
     active: ListEnds,
     inactive: ListEnds,
     /// Pages with a shadow entry (`PageRecord::evicted_at` set).
@@ -117,13 +122,13 @@ pub struct WorkingSet {
 const PROBE_ON_SHARE: f32 = 0.5;
 const PROBE_OFF_SHARE: f32 = 0.35;
 
-impl Default for WorkingSet {
+impl<P: Default + Copy> Default for WorkingSet<P> {
     fn default() -> Self {
         Self::new(50)
     }
 }
 
-impl WorkingSet {
+impl<P: Default + Copy> WorkingSet<P> {
     /// `inactive_percent`: the least share of resident pages on the inactive list
     /// (the kernel aims at about half for small memories).
     pub fn new(inactive_percent: usize) -> Self {
@@ -177,6 +182,22 @@ impl WorkingSet {
     /// Whether `page` is on the active list.
     pub fn is_active(&self, page: PageNumber) -> bool {
         self.pages.get(page).list == List::Active
+    }
+
+    /// The caller's facts about `page` (`P::default()` if it never wrote them), kept
+    /// in the page's record whether or not the page is resident.
+    pub fn data(&self, page: PageNumber) -> &P {
+        &self.pages.get(page).data
+    }
+
+    /// The caller's facts about `page`, for writing.
+    pub fn data_mut(&mut self, page: PageNumber) -> &mut P {
+        &mut self.pages.get_mut(page).data
+    }
+
+    /// Every page's facts that may have been written (pages of allocated records).
+    pub fn for_each_data_mut(&mut self, mut f: impl FnMut(&mut P)) {
+        self.pages.for_each_mut(|_, r| f(&mut r.data));
     }
 
     /// Evictions so far (the clock refault distances are measured in).
@@ -463,7 +484,7 @@ mod tests {
 
     #[test]
     fn shadow_entries_stay_bounded_and_recent_refaults_still_activate() {
-        let mut ws = WorkingSet::default();
+        let mut ws: WorkingSet = WorkingSet::default();
         // 64 resident pages; a scan evicts 100,000 others through them.
         for p in 0..64 {
             ws.on_fill(p, false);
@@ -529,7 +550,7 @@ mod tests {
     #[test]
     fn probes_name_the_next_to_leave_and_a_probed_touch_keeps_the_page() {
         // Keep every page inactive after the first balance, so order is plain.
-        let mut ws = WorkingSet::new(100).with_probes_always(true);
+        let mut ws: WorkingSet = WorkingSet::new(100).with_probes_always(true);
         for p in 0..4 {
             ws.on_fill(p, false);
         }

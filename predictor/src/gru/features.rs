@@ -10,6 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use tiering::access::{Access, AccessOp, PageKind, PageNumber};
 
+use crate::pagetable::PageTable;
+
 /// Number of features per block per window (part of the model file's identity).
 pub const NUM_FEATURES: usize = 16;
 
@@ -183,7 +185,9 @@ pub struct FeatureExtractor {
     /// Each block's slot in `tracks`. The per-window lists below hold slots, so closing
     /// a window looks a block up by number only to find the neighbours of touched
     /// blocks (on a large VM, each lookup is a cache miss or two).
-    slots: BlockMap<u32>,
+    /// A dense table by block number (`slot + 1`, 0: none): every access looks its
+    /// block up, and neighbouring blocks' entries share cache lines.
+    slots: PageTable<u32>,
     tracks: Vec<BlockTrack>,
     /// Slots of pruned blocks, for reuse.
     free: Vec<u32>,
@@ -226,7 +230,7 @@ impl FeatureExtractor {
         assert!(cfg.block_shift <= 6, "a block's pages must fit a u64 mask");
         FeatureExtractor {
             cfg,
-            slots: BlockMap::default(),
+            slots: PageTable::default(),
             tracks: Vec::new(),
             free: Vec::new(),
             prune_candidates: Vec::new(),
@@ -253,23 +257,28 @@ impl FeatureExtractor {
 
     /// What the extractor remembers about `block`, if anything.
     pub fn block(&self, block: u64) -> Option<&BlockTrack> {
-        let slot = *self.slots.get(&block)?;
+        let slot = self.slots.get(block).checked_sub(1)?;
         Some(&self.tracks[slot as usize])
     }
 
     /// `block`'s slot, made if it has none.
     fn slot(&mut self, block: u64) -> u32 {
         let (tracks, free) = (&mut self.tracks, &mut self.free);
-        *self.slots.entry(block).or_insert_with(|| match free.pop() {
-            Some(s) => {
-                tracks[s as usize] = BlockTrack::new(block);
-                s
-            }
-            None => {
-                tracks.push(BlockTrack::new(block));
-                (tracks.len() - 1) as u32
-            }
-        })
+        let entry = self.slots.get_mut(block);
+        if *entry == 0 {
+            let s = match free.pop() {
+                Some(s) => {
+                    tracks[s as usize] = BlockTrack::new(block);
+                    s
+                }
+                None => {
+                    tracks.push(BlockTrack::new(block));
+                    (tracks.len() - 1) as u32
+                }
+            };
+            *entry = s + 1;
+        }
+        *entry - 1
     }
 
     /// Accesses seen in the current window.
@@ -512,7 +521,7 @@ impl FeatureExtractor {
     /// The caller no longer references `block` (its `keep` in [`Self::prune`] turned
     /// false): the next prune looks at it.
     pub fn release(&mut self, block: u64) {
-        if let Some(&s) = self.slots.get(&block) {
+        if let Some(s) = self.slots.get(block).checked_sub(1) {
             self.prune_candidates.push(s);
         }
     }
@@ -528,11 +537,11 @@ impl FeatureExtractor {
         for s in std::mem::take(&mut self.prune_candidates) {
             let t = &self.tracks[s as usize];
             // A slot named twice, or freed and not reused, is not its block's any more.
-            if self.slots.get(&t.block) != Some(&s) {
+            if *self.slots.get(t.block) != s + 1 {
                 continue;
             }
             if !(t.tracked || t.counts.count > 0 || keep(t.block)) {
-                self.slots.remove(&t.block);
+                *self.slots.get_mut(t.block) = 0;
                 self.free.push(s);
             }
         }

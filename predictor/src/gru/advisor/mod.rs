@@ -19,19 +19,23 @@ use tiering::access::{Access, AccessSource, PageNumber};
 use tiering::advisor::Advisor;
 
 use crate::baselines::{LeapAdvisor, Readahead, WorkingSet};
+use crate::pagetable::PageTable;
 use crate::saved_model::{fine_tuned_description, ModelSaver, SavedModel};
 
 use super::anomaly::{AnomalyDetector, AnomalyEvent};
 use super::cell::GruCell;
-use super::features::{BlockMap, FeatureExtractor, Sample, WindowBatch};
+use super::features::{FeatureExtractor, Sample, WindowBatch};
 use super::model::{AccessModel, ModelFileError, ModelMeta};
 use super::online::{OnlineLearner, OnlineMode};
 use super::outcomes::{Outcomes, ShadowKey, Shadows};
 use super::prior::{FirstTouchPrior, PriorCursor};
 use super::scorer::CandidateScorer;
 
+mod facts;
 mod options;
 mod sources;
+
+use facts::PageFacts;
 
 pub use options::GruOptions;
 
@@ -67,7 +71,7 @@ fn pair_key(before: PageNumber, page: PageNumber) -> u64 {
 }
 
 /// Where a prefetch candidate came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// The page faulted after this page last time; `untried`: the link had no
     /// outcome yet when it was followed.
@@ -99,13 +103,16 @@ pub struct GruAdvisor {
     hidden: HiddenStates,
     /// Buffers `step_model` reuses, so a model step allocates nothing in steady state.
     step_buffers: StepBuffers,
-    /// Resident pages per block (bit i = page i of the block).
-    resident: BlockMap<u64>,
+    /// Resident pages per block (bit i = page i of the block), by block number: a
+    /// dense table, as every fill and eviction looks its block up.
+    resident: PageTable<u64>,
     resident_pages: usize,
-    /// Eviction order: Linux's active/inactive lists with refault activation.
-    lists: WorkingSet,
-    /// For each faulting page, the page that faulted next (temporal correlation).
-    successor: FxHashMap<PageNumber, PageNumber>,
+    /// Eviction order: Linux's active/inactive lists with refault activation. Its
+    /// page records hold the advisor's facts about each page too ([`PageFacts`]: the
+    /// page that faulted next, that link's record, the source that prefetched it).
+    lists: WorkingSet<PageFacts>,
+    /// Pages with a successor in their facts.
+    links: usize,
     /// For each pair of successive faults ([`pair_key`]), the page that faulted next:
     /// the two-fault context that confirms a link (`GruOptions::link_context`).
     pair_successor: FxHashMap<u64, PageNumber>,
@@ -115,10 +122,6 @@ pub struct GruAdvisor {
     candidates: Vec<PageNumber>,
     /// The fault-trend prefetcher whose candidates are scored too.
     trend: LeapAdvisor,
-    /// Which source proposed each prefetched page not yet used or evicted.
-    origin: FxHashMap<PageNumber, Source>,
-    /// Outcomes (used, wasted) of the prefetches of each successor link, by its first page.
-    link_outcomes: FxHashMap<PageNumber, Outcomes>,
     trend_outcomes: Outcomes,
     /// Readahead of fault streams, and the record of its candidates.
     readahead: Readahead,
@@ -189,17 +192,15 @@ impl GruAdvisor {
             opts,
             hidden: HiddenStates::default(),
             step_buffers: StepBuffers::default(),
-            resident: BlockMap::default(),
+            resident: PageTable::default(),
             resident_pages: 0,
             lists,
-            successor: FxHashMap::default(),
+            links: 0,
             pair_successor: FxHashMap::default(),
             last_fault: None,
             fault_before_last: None,
             candidates: Vec::new(),
             trend: LeapAdvisor::trend_only(),
-            origin: FxHashMap::default(),
-            link_outcomes: FxHashMap::default(),
             trend_outcomes: Outcomes::default(),
             readahead: if opts.readahead_lenient {
                 Readahead::lenient()
@@ -494,16 +495,18 @@ impl Advisor for GruAdvisor {
             let page = access.page;
             self.detector.on_fault(page, access.vcpu);
             self.infer_chain_use(page);
-            let (links, regions) = (&mut self.link_outcomes, &mut self.first_touch_regions);
+            let (lists, regions) = (&mut self.lists, &mut self.first_touch_regions);
             let (ahead, context) = (&mut self.readahead_outcomes, &mut self.context_outcomes);
             self.shadows.on_demand_fault(page, |key, used| match key {
-                ShadowKey::Link(from) => links.entry(from).or_default().record(used),
+                ShadowKey::Link(from) => lists.data_mut(from).link_mut().record(used),
                 ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
                 ShadowKey::Readahead => ahead.record(used),
                 ShadowKey::ContextReadahead => context.record(used),
             });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
-                self.successor.insert(prev, page);
+                if self.lists.data_mut(prev).set_successor(page) {
+                    self.links += 1;
+                }
                 if let Some(before) = self.fault_before_last {
                     self.pair_successor.insert(pair_key(before, prev), page);
                 }
@@ -530,7 +533,7 @@ impl Advisor for GruAdvisor {
             self.trend.on_fill(page, prefetched);
         }
         let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
-        let m = self.resident.entry(b).or_insert(0);
+        let m = self.resident.get_mut(b);
         if *m >> bit & 1 == 0 {
             self.resident_pages += 1;
         }
@@ -539,7 +542,7 @@ impl Advisor for GruAdvisor {
 
     fn on_evict(&mut self, page: PageNumber) {
         self.lists.on_evict(page);
-        self.origin.remove(&page);
+        self.lists.data_mut(page).set_origin(None);
         if self.opts.scorer_threshold > 0.0 {
             self.scorer.forget(page);
         }
@@ -547,13 +550,12 @@ impl Advisor for GruAdvisor {
             self.trend.on_evict(page);
         }
         let (b, bit) = (self.fx.cfg.block_of(page), self.fx.cfg.bit_of(page));
-        if let Some(m) = self.resident.get_mut(&b) {
+        if let Some(m) = self.resident.get_mut_if_present(b).filter(|m| **m != 0) {
             if *m >> bit & 1 == 1 {
                 self.resident_pages -= 1;
             }
             *m &= !(1 << bit);
             if *m == 0 {
-                self.resident.remove(&b);
                 self.fx.release(b);
             }
         }
@@ -664,7 +666,7 @@ impl Advisor for GruAdvisor {
         }
         if window % 64 == 63 {
             let resident = &self.resident;
-            self.fx.prune(|b| resident.contains_key(&b));
+            self.fx.prune(|b| *resident.get(b) != 0);
         }
         self.stats.windows += 1;
         self.stats.end_window_ns += start.elapsed().as_nanos() as u64;

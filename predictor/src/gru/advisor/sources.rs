@@ -35,10 +35,11 @@ impl GruAdvisor {
             self.last_chain.clear();
             let mut before = self.fault_before_last;
             for depth in 0..self.opts.successor_depth as u32 {
-                let Some(&next) = self.successor.get(&page) else {
+                let facts = *self.lists.data(page);
+                let Some(next) = facts.successor() else {
                     break;
                 };
-                let record = self.link_outcomes.get(&page).copied();
+                let record = facts.link();
                 // A link is followed on its own record. With shadow outcomes a link
                 // earns its first record without a prefetch; without them, a link
                 // never tried is followed while untried links have been paying off in
@@ -80,13 +81,12 @@ impl GruAdvisor {
                     if self.opts.chain_inference {
                         self.last_chain.push(next);
                     }
-                    self.origin.insert(
-                        next,
-                        Source::Successor {
+                    self.lists
+                        .data_mut(next)
+                        .set_origin(Some(Source::Successor {
                             from: page,
                             untried: record.is_none(),
-                        },
-                    );
+                        }));
                 }
                 before = Some(page);
                 page = next;
@@ -118,7 +118,9 @@ impl GruAdvisor {
                 && self.admit(page, 2, 0, record)
             {
                 out.push(page);
-                self.origin.insert(page, Source::FirstTouch);
+                self.lists
+                    .data_mut(page)
+                    .set_origin(Some(Source::FirstTouch));
                 // Expected to be first-touched without a fault: the run goes on
                 // from here, as successor chains do.
                 self.push_first_touch(page);
@@ -148,7 +150,7 @@ impl GruAdvisor {
                         && self.admit(page, 1, 0, self.trend_outcomes)
                     {
                         out.push(page);
-                        self.origin.entry(page).or_insert(Source::Trend);
+                        self.set_origin_if_none(page, Source::Trend);
                     }
                 }
             }
@@ -163,7 +165,7 @@ impl GruAdvisor {
                 && !out[start..].contains(&page)
             {
                 out.push(page);
-                self.origin.entry(page).or_insert(Source::Prior);
+                self.set_origin_if_none(page, Source::Prior);
             }
         }
         self.prior_candidates.clear();
@@ -223,9 +225,7 @@ impl GruAdvisor {
             }
             if trusted {
                 out.push(page);
-                self.origin
-                    .entry(page)
-                    .or_insert(Source::Readahead { context });
+                self.set_origin_if_none(page, Source::Readahead { context });
             } else if context {
                 self.add_shadow(ShadowKey::ContextReadahead, page);
             } else {
@@ -247,11 +247,11 @@ impl GruAdvisor {
         // `last_fault` is still the chain's last page: this fault has not moved it yet.
         let walked = self
             .last_fault
-            .is_some_and(|end| self.successor.get(&end) == Some(&page));
+            .is_some_and(|end| self.lists.data(end).successor() == Some(page));
         if walked {
             for i in 0..self.last_chain.len() {
                 let p = self.last_chain[i];
-                if self.origin.contains_key(&p) && self.lists.contains(p) {
+                if self.lists.data(p).origin().is_some() && self.lists.contains(p) {
                     self.record_outcome(p, true);
                 }
             }
@@ -269,7 +269,7 @@ impl GruAdvisor {
             let Some(p) = page.checked_add_signed(-stride * k) else {
                 break;
             };
-            if matches!(self.origin.get(&p), Some(Source::Readahead { .. }))
+            if matches!(self.lists.data(p).origin(), Some(Source::Readahead { .. }))
                 && self.lists.contains(p)
             {
                 self.record_outcome(p, true);
@@ -281,7 +281,7 @@ impl GruAdvisor {
     /// the readaheads: the program reached it along that stream, so the stream's pages
     /// behind it were used ([`Self::infer_stream_use`]).
     pub(super) fn infer_late_stream_use(&mut self, page: PageNumber) {
-        let stride = match self.origin.get(&page) {
+        let stride = match self.lists.data(page).origin() {
             Some(Source::Readahead { context: false }) => self.readahead.stride(),
             Some(Source::Readahead { context: true }) => self.context_readahead.stride(),
             _ => return,
@@ -294,9 +294,9 @@ impl GruAdvisor {
     /// A prefetched page was used, or evicted unused: its source's record.
     pub(super) fn record_outcome(&mut self, page: PageNumber, used: bool) {
         self.scorer.outcome(page, used);
-        match self.origin.remove(&page) {
+        match self.lists.data_mut(page).take_origin() {
             Some(Source::Successor { from, untried }) => {
-                self.link_outcomes.entry(from).or_default().record(used);
+                self.lists.data_mut(from).link_mut().record(used);
                 if untried {
                     self.untried_link_outcomes.record(used);
                 }
@@ -342,7 +342,7 @@ impl GruAdvisor {
                     continue; // only dense neighbours predict a dense new block
                 }
             }
-            let missing = mask & !self.resident.get(&b).copied().unwrap_or(0);
+            let missing = mask & !*self.resident.get(b);
             for bit in 0..bp {
                 if missing >> bit & 1 == 1 {
                     self.prefetch_queue.push(b * bp + bit);
@@ -432,10 +432,7 @@ impl GruAdvisor {
                 .lists
                 .refault_distance(page)
                 .map(|d| d as f32 / self.lists.resident().max(1) as f32),
-            block_resident: self
-                .resident
-                .get(&block)
-                .map_or(0.0, |m| m.count_ones() as f32 / bp),
+            block_resident: self.resident.get(block).count_ones() as f32 / bp,
         };
         let h = self.model.hidden();
         let hidden = self.hidden_row(block).and_then(|i| self.hidden.state(i, h));
@@ -446,10 +443,18 @@ impl GruAdvisor {
     /// The successor table and the link records start over once they hold more
     /// entries than [`MAX_LINKS`]: chains are relearned from the next faults.
     pub(super) fn bound_successor_tables(&mut self) {
-        if self.successor.len() > MAX_LINKS || self.pair_successor.len() > MAX_LINKS {
-            self.successor.clear();
+        if self.links > MAX_LINKS || self.pair_successor.len() > MAX_LINKS {
+            self.lists.for_each_data_mut(super::PageFacts::forget_link);
+            self.links = 0;
             self.pair_successor.clear();
-            self.link_outcomes.clear();
+        }
+    }
+
+    /// Records `source` as `page`'s unless it has one.
+    fn set_origin_if_none(&mut self, page: PageNumber, source: Source) {
+        let facts = self.lists.data_mut(page);
+        if facts.origin().is_none() {
+            facts.set_origin(Some(source));
         }
     }
 

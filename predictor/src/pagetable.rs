@@ -1,11 +1,13 @@
-//! `PageTable`: a record per page, in chunks of 512 pages (one 2 MiB region each).
+//! `PageTable`: a record per page (or per block of pages), in chunks of 512.
 //!
 //! The advisors keep several facts per page (list links, shadow entries, flags). In a
 //! hash map each is a lookup of its own, and on a VM with a few hundred thousand pages
 //! each lookup is a cache miss. Here the facts of one page share one record, found
 //! through a map of chunks that is small enough to stay in the cache (2,048 entries
-//! for 4 GiB). Chunks are allocated on first use and kept: a VM's touched memory, not
+//! for the pages of 4 GiB), and records of neighbouring pages or blocks are neighbours
+//! in memory. Chunks are allocated on first use and kept: a VM's touched memory, not
 //! its size, sets the table's size (sparse traces of 64-bit addresses included).
+//! Keys are page numbers or block numbers: any `u64`.
 
 use rustc_hash::FxHashMap;
 use tiering::access::PageNumber;
