@@ -1,12 +1,9 @@
 //! Per-block features over windows: the input of the GRU and of its training.
 //!
-//! The extractor is fed every observed access (`on_access`, O(1): a hash lookup and a
+//! The extractor is fed every observed access (`on_access`, O(1): a table lookup and a
 //! few counter updates) and closes a window with `end_window`, which turns each tracked
 //! block's counters into one feature vector. It knows nothing about residency or the
 //! model, so offline training on a trace and the live advisor see identical features.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use tiering::access::{Access, AccessOp, PageKind, PageNumber};
 
@@ -20,28 +17,6 @@ pub const FEATURE_SET: &str = "blk16-v1";
 
 /// Recency saturates here (windows); also the width of the touch history.
 const MAX_GAP: u64 = 63;
-
-/// A multiplicative hasher for block numbers: `on_access` does one lookup per access,
-/// and SipHash would dominate its cost.
-#[derive(Default, Clone, Copy)]
-pub struct BlockHasher(u64);
-
-impl Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Hash map keyed by block number.
-pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 
 /// How the extractor groups pages and which blocks it keeps stepping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
