@@ -75,12 +75,20 @@ struct WindowCounts {
     pages: u64,
 }
 
-/// Everything the extractor remembers about one block.
+/// No counters: the block is not touched in the current window.
+const NO_COUNTS: u32 = u32::MAX;
+
+/// Everything the extractor remembers about one block, in one cache line: a window
+/// steps about ten blocks for each it touches, most of them idle, so each row of the
+/// step should cost one miss. The counters of the current window are apart, for the
+/// touched blocks only ([`FeatureExtractor::counts`]).
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub struct BlockTrack {
     /// The block's number.
     block: u64,
-    counts: WindowCounts,
+    /// Its counters' index in the current window (`NO_COUNTS`: not touched in it).
+    counts: u32,
     /// Window of the most recent touch (`u64::MAX` if never).
     pub last_touch: u64,
     /// Pages of the block ever touched (bit i = page i of the block).
@@ -95,8 +103,7 @@ pub struct BlockTrack {
     /// the set needs no map of its own.
     step_stamp: u64,
     /// Whether the blocks before (bit 0) and after (bit 1) it were touched in the window
-    /// whose `step_stamp` is `neighbour_stamp`, set while the step set is built.
-    neighbour_stamp: u64,
+    /// whose `step_stamp` it has, set while the step set is built.
     neighbours_touched: u8,
     /// Windows it was stepped in a row up to `hist_window` (at most the sample length):
     /// its features of those windows are in the extractor's history.
@@ -105,18 +112,20 @@ pub struct BlockTrack {
     row: u32,
 }
 
+// One cache line, as its comment says.
+const _: () = assert!(std::mem::size_of::<BlockTrack>() == 64);
+
 impl BlockTrack {
     fn new(block: u64) -> Self {
         BlockTrack {
             block,
-            counts: WindowCounts::default(),
+            counts: NO_COUNTS,
             last_touch: u64::MAX,
             ever_mask: 0,
             touch_hist: 0,
             hist_window: u64::MAX,
             tracked: false,
             step_stamp: 0,
-            neighbour_stamp: 0,
             neighbours_touched: 0,
             run: 0,
             row: 0,
@@ -176,6 +185,8 @@ pub struct FeatureExtractor {
     last_slot: Option<(u64, u32)>,
     /// Blocks touched in the current window, in first-touch order.
     active: Vec<u32>,
+    /// Their counters, in the same order ([`BlockTrack::counts`] is the index).
+    counts: Vec<WindowCounts>,
     /// Blocks stepped in the previous window that are still tracked.
     tracked: Vec<u32>,
     prev_page: Vec<(u64, i64)>,
@@ -211,6 +222,7 @@ impl FeatureExtractor {
             prune_candidates: Vec::new(),
             last_slot: None,
             active: Vec::new(),
+            counts: Vec::new(),
             tracked: Vec::new(),
             prev_page: Vec::new(),
             window: 0,
@@ -281,10 +293,12 @@ impl FeatureExtractor {
             }
         };
         let t = &mut self.tracks[slot as usize];
-        let c = &mut t.counts;
-        if c.count == 0 {
+        if t.counts == NO_COUNTS {
+            t.counts = self.counts.len() as u32;
             self.active.push(slot);
+            self.counts.push(WindowCounts::default());
         }
+        let c = &mut self.counts[t.counts as usize];
         c.count += 1;
         match a.op {
             AccessOp::Read => c.reads += 1,
@@ -335,7 +349,9 @@ impl FeatureExtractor {
         step.clear();
         let stamp = w + 1;
         for &s in &active {
-            self.tracks[s as usize].step_stamp = stamp;
+            let t = &mut self.tracks[s as usize];
+            t.step_stamp = stamp;
+            t.neighbours_touched = 0;
             step.push(s);
         }
         for &s in &active {
@@ -348,13 +364,10 @@ impl FeatureExtractor {
                 let t = &mut self.tracks[ns as usize];
                 if t.step_stamp != stamp {
                     t.step_stamp = stamp;
+                    t.neighbours_touched = 0;
                     step.push(ns);
                 }
                 // `b` is the block before `n` or the one after it.
-                if t.neighbour_stamp != stamp {
-                    t.neighbour_stamp = stamp;
-                    t.neighbours_touched = 0;
-                }
                 t.neighbours_touched |= if n == b.wrapping_add(1) { 1 } else { 2 };
             }
         }
@@ -367,6 +380,7 @@ impl FeatureExtractor {
             }
             if t.last_touch != u64::MAX && w.saturating_sub(t.last_touch) <= self.cfg.idle_windows {
                 t.step_stamp = stamp;
+                t.neighbours_touched = 0;
                 step.push(s);
             } else {
                 t.tracked = false;
@@ -397,14 +411,14 @@ impl FeatureExtractor {
             let bp = self.cfg.block_pages() as f32;
             let t = &mut self.tracks[s as usize];
             // Whether the blocks before and after it were touched this window.
-            let touched = if t.neighbour_stamp == stamp {
-                t.neighbours_touched
-            } else {
-                0
-            };
+            let touched = t.neighbours_touched;
             t.tracked = true;
             batch.last_steps.push(t.last_step());
-            let f = block_features(t, w, mean, bp, touched & 1 != 0, touched & 2 != 0);
+            let counts = match self.counts.get(t.counts as usize) {
+                Some(c) => c,
+                None => &WindowCounts::default(),
+            };
+            let f = block_features(t, counts, w, mean, bp, touched & 1 != 0, touched & 2 != 0);
             // Advance the touch history to this window; a window not stepped ends the run.
             let shift = w.saturating_sub(t.hist_window);
             if shift <= 1 && t.run > 0 {
@@ -421,7 +435,7 @@ impl FeatureExtractor {
                 t.touch_hist << shift
             };
             t.hist_window = w;
-            if t.counts.count > 0 {
+            if t.counts != NO_COUNTS {
                 t.touch_hist |= 1;
                 t.last_touch = w;
             }
@@ -461,9 +475,10 @@ impl FeatureExtractor {
             }
         }
         for &s in &active {
-            self.tracks[s as usize].counts = WindowCounts::default();
+            self.tracks[s as usize].counts = NO_COUNTS;
         }
         active.clear();
+        self.counts.clear();
         self.active = active;
         self.spare_step = std::mem::replace(&mut self.tracked, step);
         self.window += 1;
@@ -490,7 +505,7 @@ impl FeatureExtractor {
     /// Whether `page`'s block was touched in the window being accumulated.
     pub fn touched_now(&self, page: PageNumber) -> bool {
         self.block(self.cfg.block_of(page))
-            .is_some_and(|t| t.counts.count > 0)
+            .is_some_and(|t| t.counts != NO_COUNTS)
     }
 
     /// The caller no longer references `block` (its `keep` in [`Self::prune`] turned
@@ -515,7 +530,7 @@ impl FeatureExtractor {
             if *self.slots.get(t.block) != s + 1 {
                 continue;
             }
-            if !(t.tracked || t.counts.count > 0 || keep(t.block)) {
+            if !(t.tracked || t.counts != NO_COUNTS || keep(t.block)) {
                 *self.slots.get_mut(t.block) = 0;
                 self.free.push(s);
             }
@@ -525,13 +540,13 @@ impl FeatureExtractor {
 
 fn block_features(
     t: &BlockTrack,
+    c: &WindowCounts,
     w: u64,
     mean: f32,
     block_pages: f32,
     prev: bool,
     next: bool,
 ) -> [f32; NUM_FEATURES] {
-    let c = &t.counts;
     let n = c.count as f32;
     let frac = |x: u32| if c.count == 0 { 0.0 } else { x as f32 / n };
     let gap = if t.last_touch == u64::MAX {
