@@ -55,9 +55,10 @@ pub struct GruStats {
     pub prior_wasted: u64,
 }
 
-/// Most successor links kept (a link is two page numbers and a record), and most
-/// fault pairs in the two-fault table: 1 M each, so the tables stay in the tens of MB
-/// however much memory the VM touches.
+/// Most successor links kept, and most fault pairs in the two-fault table: 1 M each,
+/// so the pair table stays in the tens of MB however much memory the VM touches. (The
+/// links live in the pages' records, which every touched page has anyway; they start
+/// over with the pair table, as they did when they had a table of their own.)
 const MAX_LINKS: usize = 1 << 20;
 /// The context record's least score for the marker (`readahead_context_marker`): a
 /// margin over the 0.9 it needs to be followed at all, so that the marker's windows
