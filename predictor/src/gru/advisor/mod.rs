@@ -179,6 +179,9 @@ impl GruAdvisor {
     pub fn new(model: AccessModel, meta: ModelMeta, opts: GruOptions) -> Self {
         let mut cfg = meta.feature_config();
         cfg.max_stepped = opts.max_stepped;
+        if let Some(idle) = opts.idle_windows {
+            cfg.idle_windows = idle;
+        }
         let learner = OnlineLearner::new(&model, opts.online);
         let hidden = model.hidden();
         let lists = WorkingSet::new(opts.inactive_percent)

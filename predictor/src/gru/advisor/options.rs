@@ -175,6 +175,11 @@ pub struct GruOptions {
     pub online: OnlineConfig,
     pub anomaly: AnomalyConfig,
     pub max_stepped: usize,
+    /// Windows an idle block is still stepped after its last touch, in place of
+    /// `FeatureConfig::idle_windows` (8, as in training): each touched block is stepped
+    /// in about that many windows more, most of the model's cost on a VM that touches
+    /// many blocks (docs/predictor-experiments.md, rule 22).
+    pub idle_windows: Option<u64>,
     /// The model steps once it has seen this many accesses since its last step...
     pub min_window_events: u64,
     /// ...or after this many of the driver's windows, whichever comes first: stepping
@@ -229,6 +234,7 @@ impl Default for GruOptions {
             online: OnlineConfig::default(),
             anomaly: AnomalyConfig::default(),
             max_stepped: FeatureConfig::default().max_stepped,
+            idle_windows: None,
             min_window_events: 64,
             max_window_ticks: 10,
         }
@@ -305,6 +311,12 @@ impl GruOptions {
             &mut o.min_window_events,
             "TIERVISOR_GRU_MODEL_WINDOW_EVENTS",
         );
+        if let Some(v) = std::env::var("TIERVISOR_GRU_IDLE_WINDOWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            o.idle_windows = Some(v);
+        }
         flag(&mut o.window_prefetch, "TIERVISOR_GRU_WINDOW_PREFETCH");
         flag(&mut o.protect_chain, "TIERVISOR_GRU_PROTECT_CHAIN");
         flag(&mut o.probe_reprieve, "TIERVISOR_GRU_PROBE_REPRIEVE");
