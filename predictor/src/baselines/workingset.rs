@@ -12,6 +12,8 @@
 //! touch activates them: the referenced-bit check the kernel makes at the inactive
 //! tail, paid for with a minor fault.
 
+use std::collections::VecDeque;
+
 use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
@@ -91,6 +93,11 @@ pub struct WorkingSet<P = ()> {
     inactive: ListEnds,
     /// Pages with a shadow entry (`PageRecord::evicted_at` set).
     shadows: usize,
+    /// Every eviction (page, eviction number) in order, so that dropping the shadow
+    /// entries older than a RAM's worth of evictions visits those only, however many
+    /// pages the table holds. An entry whose page was filled or evicted again since
+    /// no longer matches its record and is skipped.
+    shadow_order: VecDeque<(PageNumber, u64)>,
     /// Pages with `PageRecord::probed` set.
     probed: usize,
     evictions: u64,
@@ -137,6 +144,7 @@ impl<P: Default + Copy> WorkingSet<P> {
             active: ListEnds::default(),
             inactive: ListEnds::default(),
             shadows: 0,
+            shadow_order: VecDeque::new(),
             probed: 0,
             evictions: 0,
             activate_next: None,
@@ -344,19 +352,32 @@ impl<P: Default + Copy> WorkingSet<P> {
             self.shadows += 1;
         }
         r.evicted_at = self.evictions;
+        self.shadow_order.push_back((page, self.evictions));
+        // Pages filled again leave their entries behind; when those outnumber the
+        // shadow entries, they go (each shadow entry has one entry here, its last).
+        if self.shadow_order.len() > 2 * self.shadows + 4096 {
+            let pages = &self.pages;
+            self.shadow_order
+                .retain(|&(p, e)| pages.get(p).evicted_at == e);
+        }
         // A shadow entry older than a RAM's worth of evictions can no longer activate
         // its page, so it is dropped (amortised: only when they outnumber the resident
         // pages twice over), as the kernel bounds its shadow entries.
         let resident = self.resident() as u64;
         if self.shadows as u64 > 2 * resident + 1024 {
             let now = self.evictions;
-            let shadows = &mut self.shadows;
-            self.pages.for_each_mut(|_, r| {
-                if r.evicted_at != 0 && now - r.evicted_at > resident {
-                    r.evicted_at = 0;
-                    *shadows -= 1;
+            while let Some(&(page, e)) = self.shadow_order.front() {
+                if now - e <= resident {
+                    break;
                 }
-            });
+                self.shadow_order.pop_front();
+                if let Some(r) = self.pages.get_mut_if_present(page) {
+                    if r.evicted_at == e {
+                        r.evicted_at = 0;
+                        self.shadows -= 1;
+                    }
+                }
+            }
         }
     }
 
@@ -501,6 +522,7 @@ mod tests {
             "{}",
             ws.shadow_entries()
         );
+        assert!(ws.shadow_order.len() <= 2 * ws.shadows + 4096 + 1);
         // The page evicted last refaults within a RAM's worth: it is activated.
         let last = victims[0];
         assert_eq!(ws.refault_distance(last), Some(0));
@@ -510,6 +532,30 @@ mod tests {
         ws.on_evict(victims[0]);
         ws.on_fill(last, false);
         assert!(ws.is_active(last));
+    }
+
+    #[test]
+    fn the_eviction_order_of_shadow_entries_stays_bounded_when_pages_come_back() {
+        // 64 resident pages, a loop over 72: every evicted page is filled again soon,
+        // so the shadow entries stay few and no sweep ever runs.
+        let mut ws: WorkingSet = WorkingSet::default();
+        let mut victims = Vec::new();
+        for p in 0..64 {
+            ws.on_fill(p, false);
+        }
+        for i in 0..100_000u64 {
+            let p = i % 72;
+            if ws.contains(p) {
+                continue;
+            }
+            victims.clear();
+            ws.victims(1, &mut victims);
+            ws.on_evict(victims[0]);
+            ws.on_fill(p, false);
+        }
+        assert!(ws.evictions() > 50_000, "{}", ws.evictions());
+        assert!(ws.shadow_entries() <= 8, "{}", ws.shadow_entries());
+        assert!(ws.shadow_order.len() <= 2 * ws.shadows + 4096 + 1);
     }
 
     #[test]
