@@ -166,11 +166,10 @@ pub struct WindowBatch {
 /// Turns a stream of accesses into per-block feature vectors, one per window.
 pub struct FeatureExtractor {
     pub cfg: FeatureConfig,
-    /// Each block's slot in `tracks`. The per-window lists below hold slots, so closing
-    /// a window looks a block up by number only to find the neighbours of touched
-    /// blocks (on a large VM, each lookup is a cache miss or two).
-    /// A dense table by block number (`slot + 1`, 0: none): every access looks its
-    /// block up, and neighbouring blocks' entries share cache lines.
+    /// Each block's slot in `tracks` plus one (0: none), in a dense table by block
+    /// number: every access looks its block up, and neighbouring blocks' entries share
+    /// cache lines. The per-window lists below hold slots, so closing a window looks a
+    /// block up by number only to find the neighbours of touched blocks.
     slots: PageTable<u32>,
     tracks: Vec<BlockTrack>,
     /// Slots of pruned blocks, for reuse.
@@ -500,12 +499,6 @@ impl FeatureExtractor {
         (0..self.cfg.seq_len)
             .map(|j| self.history[newest + 1 - need + j].features[rows[j] as usize])
             .collect()
-    }
-
-    /// Whether `page`'s block was touched in the window being accumulated.
-    pub fn touched_now(&self, page: PageNumber) -> bool {
-        self.block(self.cfg.block_of(page))
-            .is_some_and(|t| t.counts != NO_COUNTS)
     }
 
     /// The caller no longer references `block` (its `keep` in [`Self::prune`] turned
