@@ -12,6 +12,9 @@
 use rustc_hash::FxHashMap;
 use tiering::access::PageNumber;
 
+/// A page number no page has: what a record that names another page holds for none.
+pub const NO_PAGE: PageNumber = PageNumber::MAX;
+
 const CHUNK_SHIFT: u32 = 9;
 const CHUNK_PAGES: usize = 1 << CHUNK_SHIFT;
 

@@ -18,10 +18,7 @@ use tiering::access::{Access, PageNumber};
 use tiering::advisor::Advisor;
 
 use super::NO_OPINION;
-use crate::pagetable::PageTable;
-
-/// No page: the end of a list.
-const NO_PAGE: PageNumber = PageNumber::MAX;
+use crate::pagetable::{PageTable, NO_PAGE};
 
 /// Which list a page is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,7 @@ use tiering::access::PageNumber;
 
 use super::Source;
 use crate::gru::outcomes::Outcomes;
-
-const NO_PAGE: PageNumber = PageNumber::MAX;
+use crate::pagetable::NO_PAGE;
 
 /// [`Source`] in a byte (0: none), so a page's facts fit half a cache line.
 const NONE: u8 = 0;
