@@ -73,12 +73,103 @@ pub trait Advisor: Send {
     fn set_ram_budget(&mut self, _pages: usize) {}
 }
 
+/// The advisor's calls, for the breakdown of its time ([`AdvisorTime`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    OnAccess,
+    OnFill,
+    OnEvict,
+    Victims,
+    Prefetch,
+    Probability,
+    EndWindow,
+    PrefetchOutcome,
+    Probes,
+    SetRamBudget,
+}
+
+impl Call {
+    pub const ALL: [Call; 10] = [
+        Call::OnAccess,
+        Call::OnFill,
+        Call::OnEvict,
+        Call::Victims,
+        Call::Prefetch,
+        Call::Probability,
+        Call::EndWindow,
+        Call::PrefetchOutcome,
+        Call::Probes,
+        Call::SetRamBudget,
+    ];
+
+    /// The method's name, as reports give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::OnAccess => "on_access",
+            Call::OnFill => "on_fill",
+            Call::OnEvict => "on_evict",
+            Call::Victims => "victims",
+            Call::Prefetch => "prefetch",
+            Call::Probability => "probability",
+            Call::EndWindow => "end_window",
+            Call::PrefetchOutcome => "on_prefetch_outcome",
+            Call::Probes => "probes",
+            Call::SetRamBudget => "set_ram_budget",
+        }
+    }
+}
+
+/// Wall time spent inside an advisor's calls, in total and by call: which call a
+/// change of cost comes from (a live VM's first call after a fault pays for data the
+/// fault's other work left cold; docs/predictor.md, "Live, on a larger VM").
+#[derive(Debug, Default)]
+pub struct AdvisorTime {
+    total_ns: AtomicU64,
+    ns: [AtomicU64; Call::ALL.len()],
+    calls: [AtomicU64; Call::ALL.len()],
+}
+
+impl AdvisorTime {
+    /// Nanoseconds inside the advisor, all calls.
+    pub fn total_ns(&self) -> u64 {
+        self.total_ns.load(Ordering::Relaxed)
+    }
+
+    /// How many times `call` was made and the nanoseconds spent in it.
+    pub fn of(&self, call: Call) -> (u64, u64) {
+        let i = call as usize;
+        (
+            self.calls[i].load(Ordering::Relaxed),
+            self.ns[i].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every call made at least once: its name, count and nanoseconds.
+    pub fn by_call(&self) -> Vec<(&'static str, u64, u64)> {
+        Call::ALL
+            .iter()
+            .map(|&c| {
+                let (n, ns) = self.of(c);
+                (c.name(), n, ns)
+            })
+            .filter(|&(_, n, _)| n > 0)
+            .collect()
+    }
+
+    fn add(&self, call: Call, ns: u64) {
+        let i = call as usize;
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.ns[i].fetch_add(ns, Ordering::Relaxed);
+        self.calls[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// An advisor whose calls are timed: the wall time spent inside them is summed into a
 /// counter shared with whoever reports it (the replay's `advisor_cpu_ns`, the live
 /// report's `advisor_cpu_ms`). The cost of the two clock reads is subtracted from each.
 pub struct TimedAdvisor {
     inner: Box<dyn Advisor>,
-    spent_ns: Arc<AtomicU64>,
+    spent: Arc<AdvisorTime>,
     /// Cost of one `Instant::now()` pair, subtracted from every measurement.
     overhead_ns: u64,
 }
@@ -87,28 +178,30 @@ impl TimedAdvisor {
     pub fn new(inner: Box<dyn Advisor>) -> Self {
         Self {
             inner,
-            spent_ns: Arc::new(AtomicU64::new(0)),
+            spent: Arc::default(),
             overhead_ns: instant_overhead_ns(),
         }
     }
 
-    /// The running total of nanoseconds spent inside the advisor.
-    pub fn spent(&self) -> Arc<AtomicU64> {
-        self.spent_ns.clone()
+    /// The running totals of time spent inside the advisor.
+    pub fn spent(&self) -> Arc<AdvisorTime> {
+        self.spent.clone()
     }
 
-    fn timed<T>(&mut self, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
+    fn timed<T>(&mut self, call: Call, f: impl FnOnce(&mut dyn Advisor) -> T) -> T {
         let inner = self.inner.as_mut();
-        measure(&self.spent_ns, self.overhead_ns, || f(inner))
+        measure(&self.spent, call, self.overhead_ns, || f(inner))
     }
 }
 
-/// Runs `f`, adding its wall time less `overhead_ns` (the clock reads) to `spent_ns`.
-fn measure<T>(spent_ns: &AtomicU64, overhead_ns: u64, f: impl FnOnce() -> T) -> T {
+/// Runs `f`, adding its wall time less `overhead_ns` (the clock reads) to `spent`.
+fn measure<T>(spent: &AdvisorTime, call: Call, overhead_ns: u64, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
     let r = f();
-    let ns = (t.elapsed().as_nanos() as u64).saturating_sub(overhead_ns);
-    spent_ns.fetch_add(ns, Ordering::Relaxed);
+    spent.add(
+        call,
+        (t.elapsed().as_nanos() as u64).saturating_sub(overhead_ns),
+    );
     r
 }
 
@@ -129,39 +222,39 @@ impl Advisor for TimedAdvisor {
         self.inner.name()
     }
     fn on_access(&mut self, access: &Access, resident: bool) {
-        self.timed(|a| a.on_access(access, resident))
+        self.timed(Call::OnAccess, |a| a.on_access(access, resident))
     }
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        self.timed(|a| a.on_fill(page, prefetched))
+        self.timed(Call::OnFill, |a| a.on_fill(page, prefetched))
     }
     fn on_evict(&mut self, page: PageNumber) {
-        self.timed(|a| a.on_evict(page))
+        self.timed(Call::OnEvict, |a| a.on_evict(page))
     }
     fn victims(&mut self, n: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.victims(n, out))
+        self.timed(Call::Victims, |a| a.victims(n, out))
     }
     fn prefetch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.prefetch(now_ns, max, out))
+        self.timed(Call::Prefetch, |a| a.prefetch(now_ns, max, out))
     }
     fn probability(&self, page: PageNumber) -> f32 {
-        measure(&self.spent_ns, self.overhead_ns, || {
+        measure(&self.spent, Call::Probability, self.overhead_ns, || {
             self.inner.probability(page)
         })
     }
     fn end_window(&mut self, now_ns: u64) {
-        self.timed(|a| a.end_window(now_ns))
+        self.timed(Call::EndWindow, |a| a.end_window(now_ns))
     }
     fn on_prefetch_outcome(&mut self, page: PageNumber, used: bool) {
-        self.timed(|a| a.on_prefetch_outcome(page, used))
+        self.timed(Call::PrefetchOutcome, |a| a.on_prefetch_outcome(page, used))
     }
     fn probes(&mut self, max: usize, out: &mut Vec<PageNumber>) {
-        self.timed(|a| a.probes(max, out))
+        self.timed(Call::Probes, |a| a.probes(max, out))
     }
     fn wants_hot_set(&self) -> bool {
         self.inner.wants_hot_set()
     }
     fn set_ram_budget(&mut self, pages: usize) {
-        self.timed(|a| a.set_ram_budget(pages))
+        self.timed(Call::SetRamBudget, |a| a.set_ram_budget(pages))
     }
 }
 
@@ -217,8 +310,22 @@ mod tests {
         assert_eq!(out, [0, 1, 7]);
         assert_eq!(timed.probability(3), 0.5);
         assert_eq!(timed.name(), "spinning");
-        // Five spins of at least 200 us each: at least 1 ms inside the advisor.
-        let ns = spent.load(Ordering::Relaxed);
+        // Five spins of at least 200 us each: at least 1 ms inside the advisor, all of
+        // it in `on_access`.
+        let ns = spent.total_ns();
         assert!(ns >= 1_000_000, "{ns} ns");
+        let (calls, access_ns) = spent.of(Call::OnAccess);
+        assert_eq!(calls, 5);
+        assert!(
+            access_ns >= 1_000_000 && access_ns <= ns,
+            "{access_ns} of {ns} ns"
+        );
+        let by_call = spent.by_call();
+        let names: Vec<_> = by_call.iter().map(|&(name, _, _)| name).collect();
+        assert_eq!(
+            names,
+            ["on_access", "on_fill", "victims", "prefetch", "probability"]
+        );
+        assert_eq!(by_call.iter().map(|&(_, _, ns)| ns).sum::<u64>(), ns);
     }
 }

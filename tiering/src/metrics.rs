@@ -107,6 +107,28 @@ impl Counters {
 }
 
 /// One tier in the report.
+/// One kind of advisor call: how often it was made and the time spent in it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AdvisorCallReport {
+    pub call: &'static str,
+    pub calls: u64,
+    pub ms: f64,
+}
+
+impl AdvisorCallReport {
+    /// The calls made at least once, from a timed advisor's totals.
+    pub fn from_time(time: &crate::advisor::AdvisorTime) -> Vec<Self> {
+        time.by_call()
+            .into_iter()
+            .map(|(call, calls, ns)| AdvisorCallReport {
+                call,
+                calls,
+                ms: ns as f64 / 1e6,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TierReport {
     pub tier: usize,
@@ -211,6 +233,8 @@ pub struct TieringReport {
     /// Time the fault handler spent inside the advisor's calls, in ms (a learner's
     /// background thread is reported by the advisor itself, not here).
     pub advisor_cpu_ms: f64,
+    /// `advisor_cpu_ms` by call.
+    pub advisor_calls: Vec<AdvisorCallReport>,
     /// Demand-fault latency over all tiers (event read to page installed).
     pub fault_latency_p50_us: f64,
     pub fault_latency_p99_us: f64,

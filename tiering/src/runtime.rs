@@ -371,7 +371,7 @@ impl TieredMemory {
         };
         // Timed on the handler thread that calls it: the report's `advisor_cpu_ms`.
         let advisor = crate::advisor::TimedAdvisor::new(advisor);
-        let advisor_ns = advisor.spent();
+        let advisor_time = advisor.spent();
         if policy_config.hot_capacity_pages > 0 && !advisor.wants_hot_set() {
             log::info!(
                 "tier 0 (the hot set) is not kept: the {} advisor orders eviction by its own prediction",
@@ -436,7 +436,7 @@ impl TieredMemory {
             vcpus.0.clone(),
         );
         engine.advisor_name = options.advisor_name.clone();
-        engine.advisor_ns = advisor_ns;
+        engine.advisor_time = advisor_time;
         if let Some(dir) = &options.share_dir {
             engine.share = Some(crate::share::ShareRegistry::new(dir, guest_pages as usize)?);
         }
@@ -656,7 +656,8 @@ pub(crate) fn build_report(e: &Engine) -> TieringReport {
         hot_victims_skipped: stats.hot_victims_skipped,
         handler_idle_ms: c.handler_idle_ns as f64 / 1e6,
         cpu_shared_ms: c.cpu_shared_ns as f64 / 1e6,
-        advisor_cpu_ms: e.advisor_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
+        advisor_cpu_ms: e.advisor_time.total_ns() as f64 / 1e6,
+        advisor_calls: crate::metrics::AdvisorCallReport::from_time(&e.advisor_time),
         page_table_walks: c.page_table_walks,
         page_tables_unreadable: c.page_tables_unreadable,
         pages_code: kinds.0,

@@ -37,6 +37,8 @@ pub struct AdvisorReport {
     pub probes: u64,
     /// Wall time spent inside advisor calls (single-threaded replay, so CPU time).
     pub advisor_cpu_ns: u64,
+    /// `advisor_cpu_ns` by call (in ms, as the live report gives it).
+    pub advisor_calls: Vec<tiering::metrics::AdvisorCallReport>,
     pub evictions: u64,
     pub moves: u64,
     pub windows: u64,

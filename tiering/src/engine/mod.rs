@@ -195,8 +195,8 @@ pub(crate) struct Engine {
     last_publish: Option<Instant>,
     /// For the report.
     pub advisor_name: String,
-    /// Nanoseconds spent inside the advisor (its [`crate::advisor::TimedAdvisor`]).
-    pub advisor_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Time spent inside the advisor, by call (its [`crate::advisor::TimedAdvisor`]).
+    pub advisor_time: Arc<crate::advisor::AdvisorTime>,
     pub tiers: crate::config::TierConfig,
 }
 
@@ -274,7 +274,7 @@ impl Engine {
             last_walk: None,
             last_publish: None,
             advisor_name: String::new(),
-            advisor_ns: Default::default(),
+            advisor_time: Default::default(),
             tiers: crate::config::TierConfig::default(),
         }
     }
