@@ -43,6 +43,11 @@ pub struct LiveGruReport {
     pub online_mode: String,
     /// Model windows (the model steps once per window).
     pub model_windows: u64,
+    /// Block states the model stepped over those windows, and the time the steps took
+    /// (the GRU cell alone, in ms; the rest of a window's close is feature extraction
+    /// and bookkeeping, in `advisor_calls`' `end_window`).
+    pub stepped_blocks: u64,
+    pub inference_ms: f64,
     /// New weights the advisor installed from online learning.
     pub weight_updates: u64,
     /// Samples the background thread could not take (it was behind).
@@ -149,6 +154,8 @@ impl Advisor for LiveGru {
         r.anomalies.extend(new.iter().map(AnomalyRecord::from));
         self.anomalies_seen = all.len();
         r.model_windows = self.inner.stats.windows;
+        r.stepped_blocks = self.inner.stats.stepped_blocks;
+        r.inference_ms = self.inner.stats.inference_ns as f64 / 1e6;
         r.weight_updates = self.inner.stats.weight_updates;
         r.prior_used = self.inner.stats.prior_used;
         r.prior_wasted = self.inner.stats.prior_wasted;
