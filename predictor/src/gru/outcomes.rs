@@ -90,9 +90,16 @@ const SOURCES: u8 = 3;
 impl Shadows {
     /// A demand fault on `page`: its pending candidates (if any) were used in time,
     /// and those past their deadline now were not. `record` gets every outcome.
-    pub fn on_demand_fault(&mut self, page: PageNumber, mut record: impl FnMut(ShadowKey, bool)) {
+    /// `maybe_pending` false is the caller's word that `page` has none pending (it
+    /// keeps a flag per page), which spares a look in the table.
+    pub fn on_demand_fault(
+        &mut self,
+        page: PageNumber,
+        maybe_pending: bool,
+        mut record: impl FnMut(ShadowKey, bool),
+    ) {
         self.demand_faults += 1;
-        if let Some(judged) = self.pending.remove(&page) {
+        if let Some(judged) = maybe_pending.then(|| self.pending.remove(&page)).flatten() {
             for (key, _) in judged.into_iter().flatten() {
                 record(key, true);
             }
@@ -154,15 +161,15 @@ mod tests {
         s.add(ShadowKey::Link(1), 10, 2);
         s.add(ShadowKey::Link(2), 20, 2);
         s.add(ShadowKey::Link(3), 20, 5); // already pending: the source's first judge stays
-        s.on_demand_fault(10, |k, u| seen.push((k, u)));
+        s.on_demand_fault(10, true, |k, u| seen.push((k, u)));
         assert_eq!(seen, vec![(ShadowKey::Link(1), true)]);
-        s.on_demand_fault(99, |k, u| seen.push((k, u)));
+        s.on_demand_fault(99, true, |k, u| seen.push((k, u)));
         assert_eq!(
             seen[1],
             (ShadowKey::Link(2), false),
             "20 missed its deadline"
         );
-        s.on_demand_fault(20, |k, u| seen.push((k, u)));
+        s.on_demand_fault(20, true, |k, u| seen.push((k, u)));
         assert_eq!(seen.len(), 2, "an expired candidate is not judged twice");
         assert_eq!(s.pending(), 0);
     }
@@ -177,7 +184,7 @@ mod tests {
         s.add(ShadowKey::Link(4), 5, 1);
         s.add(ShadowKey::Readahead, 6, 1);
         s.add(ShadowKey::Link(5), 6, 1);
-        s.on_demand_fault(5, |k, u| seen.push((k, u)));
+        s.on_demand_fault(5, true, |k, u| seen.push((k, u)));
         assert_eq!(
             seen,
             vec![
@@ -199,14 +206,24 @@ mod tests {
         let mut seen = Vec::new();
         s.add(ShadowKey::FirstTouch(0), 7, 1);
         s.forget(7);
-        s.on_demand_fault(7, |k, u| seen.push((k, u)));
-        s.on_demand_fault(8, |k, u| seen.push((k, u)));
+        s.on_demand_fault(7, true, |k, u| seen.push((k, u)));
+        s.on_demand_fault(8, true, |k, u| seen.push((k, u)));
         assert!(seen.is_empty());
         // Added again later, it gets a fresh deadline.
         s.add(ShadowKey::FirstTouch(0), 7, 3);
-        s.on_demand_fault(1, |k, u| seen.push((k, u)));
-        s.on_demand_fault(7, |k, u| seen.push((k, u)));
+        s.on_demand_fault(1, true, |k, u| seen.push((k, u)));
+        s.on_demand_fault(7, true, |k, u| seen.push((k, u)));
         assert_eq!(seen, vec![(ShadowKey::FirstTouch(0), true)]);
+    }
+
+    #[test]
+    fn a_fault_with_nothing_pending_still_judges_the_expired_candidates() {
+        let mut s = Shadows::default();
+        let mut seen = Vec::new();
+        s.add(ShadowKey::Readahead, 5, 1);
+        s.on_demand_fault(9, false, |k, u| seen.push((k, u)));
+        assert_eq!(seen, vec![(ShadowKey::Readahead, false)]);
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub(super) struct PageFacts {
     /// The source that prefetched the page while it is in RAM and not yet used.
     origin: u8,
     has_link: bool,
+    /// Touched before (the first-touch sources' seen set holds it): the set is asked
+    /// once per page, not at every fault.
+    seen: bool,
+    /// May be pending as a shadow candidate (`Shadows`): false means certainly not,
+    /// so a fault or a prefetch of the page needs no look in that table.
+    shadowed: bool,
 }
 
 impl Default for PageFacts {
@@ -44,6 +50,8 @@ impl Default for PageFacts {
             origin_from: NO_PAGE,
             origin: NONE,
             has_link: false,
+            seen: false,
+            shadowed: false,
         }
     }
 }
@@ -114,6 +122,22 @@ impl PageFacts {
         };
     }
 
+    /// Marks the page touched; true if it was not before.
+    pub fn mark_seen(&mut self) -> bool {
+        !std::mem::replace(&mut self.seen, true)
+    }
+
+    /// Marks the page as (possibly) pending as a shadow candidate.
+    pub fn mark_shadowed(&mut self) {
+        self.shadowed = true;
+    }
+
+    /// Whether the page may be pending as a shadow candidate; clears the mark (the
+    /// caller is about to end any judgement).
+    pub fn take_shadowed(&mut self) -> bool {
+        std::mem::take(&mut self.shadowed)
+    }
+
     /// The source, forgotten here.
     pub fn take_origin(&mut self) -> Option<Source> {
         let source = self.origin();
@@ -160,6 +184,10 @@ mod tests {
         assert_eq!(f.link().map(|l| l.used), Some(1));
         f.forget_link();
         assert_eq!((f.successor(), f.link().map(|l| l.used)), (None, None));
+        assert!(f.mark_seen() && !f.mark_seen());
+        assert!(!f.take_shadowed());
+        f.mark_shadowed();
+        assert!(f.take_shadowed() && !f.take_shadowed());
         assert!(std::mem::size_of::<PageFacts>() <= 32);
     }
 }

@@ -501,12 +501,14 @@ impl Advisor for GruAdvisor {
             self.infer_chain_use(page);
             let (lists, regions) = (&mut self.lists, &mut self.first_touch_regions);
             let (ahead, context) = (&mut self.readahead_outcomes, &mut self.context_outcomes);
-            self.shadows.on_demand_fault(page, |key, used| match key {
-                ShadowKey::Link(from) => lists.data_mut(from).link_mut().record(used),
-                ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
-                ShadowKey::Readahead => ahead.record(used),
-                ShadowKey::ContextReadahead => context.record(used),
-            });
+            let maybe_pending = lists.data_mut(page).take_shadowed();
+            self.shadows
+                .on_demand_fault(page, maybe_pending, |key, used| match key {
+                    ShadowKey::Link(from) => lists.data_mut(from).link_mut().record(used),
+                    ShadowKey::FirstTouch(r) => regions.entry(r).or_default().record(used),
+                    ShadowKey::Readahead => ahead.record(used),
+                    ShadowKey::ContextReadahead => context.record(used),
+                });
             if let Some(prev) = self.last_fault.filter(|&p| p != page) {
                 if self.lists.data_mut(prev).set_successor(page) {
                     self.links += 1;
@@ -520,16 +522,16 @@ impl Advisor for GruAdvisor {
             self.last_fault = Some(page);
             self.fault_page = Some(page);
             // The set of pages ever seen serves the first-touch sources only.
-            if self.tracks_first_touches() && self.seen.insert(page) {
+            if self.tracks_first_touches() && self.note_seen(page) {
                 self.note_first_touch(page);
             }
         } else if self.tracks_first_touches() {
-            self.seen.insert(access.page);
+            self.note_seen(access.page);
         }
     }
 
     fn on_fill(&mut self, page: PageNumber, prefetched: bool) {
-        if prefetched {
+        if prefetched && self.lists.data_mut(page).take_shadowed() {
             self.shadows.forget(page);
         }
         self.lists.on_fill(page, prefetched);

@@ -450,6 +450,12 @@ impl GruAdvisor {
         }
     }
 
+    /// Adds `page` to the set of pages ever touched; true if it was not there. The
+    /// page's record says so first, so a page already in the set costs no look in it.
+    pub(super) fn note_seen(&mut self, page: PageNumber) -> bool {
+        self.lists.data_mut(page).mark_seen() && self.seen.insert(page)
+    }
+
     /// Records `source` as `page`'s unless it has one.
     fn set_origin_if_none(&mut self, page: PageNumber, source: Source) {
         let facts = self.lists.data_mut(page);
@@ -463,6 +469,7 @@ impl GruAdvisor {
         if self.opts.shadow_horizon > 0.0 {
             let horizon = self.opts.shadow_horizon * self.lists.resident() as f32;
             self.shadows.add(key, page, horizon.max(4.0) as u64);
+            self.lists.data_mut(page).mark_shadowed();
         }
     }
 }
