@@ -5,8 +5,9 @@
 //! each lookup is a cache miss. Here the facts of one page share one record, found
 //! through a flat directory of chunks (16 KiB for the pages of 4 GiB; a map for the
 //! page numbers of a lackey trace's far addresses), and records of neighbouring pages
-//! or blocks are neighbours in memory. Chunks are allocated on first use and kept: a VM's touched memory, not
-//! its size, sets the table's size (sparse traces of 64-bit addresses included).
+//! or blocks are neighbours in memory. Chunks are allocated on first use and kept: a
+//! VM's touched memory, not its size, sets the table's size (sparse traces of 64-bit
+//! addresses included).
 //! Keys are page numbers or block numbers: any `u64`.
 
 use rustc_hash::FxHashMap;

@@ -106,7 +106,6 @@ impl Counters {
     }
 }
 
-/// One tier in the report.
 /// One kind of advisor call: how often it was made and the time spent in it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AdvisorCallReport {
@@ -129,6 +128,7 @@ impl AdvisorCallReport {
     }
 }
 
+/// One tier in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct TierReport {
     pub tier: usize,
