@@ -264,6 +264,23 @@ fn live_gru_learns_in_the_background_while_the_guest_verifies() {
             .unwrap_or_else(|| panic!("not a count: {online}"))
     };
     assert!(n(&online["model_windows"]) > 0, "{online}");
+    // Every model window steps at least the blocks touched in it, and the cell's
+    // time is part of the advisor's windows.
+    assert!(
+        n(&online["stepped_blocks"]) >= n(&online["model_windows"]),
+        "{online}"
+    );
+    let inference_ms = online["inference_ms"].as_f64().unwrap_or(0.0);
+    let end_window_ms = m["tiers"]["advisor_calls"]
+        .as_array()
+        .and_then(|calls| calls.iter().find(|c| c["call"] == "end_window"))
+        .and_then(|c| c["ms"].as_f64())
+        .unwrap_or(0.0);
+    assert!(
+        inference_ms > 0.0 && inference_ms <= end_window_ms,
+        "{inference_ms} ms of cell in {end_window_ms} ms of windows: {}",
+        m["tiers"]
+    );
     assert!(n(&online["background"]["steps"]) >= 1, "{online}");
     assert!(n(&online["weight_updates"]) >= 1, "{online}");
     assert!(n(&online["background"]["cpu_ns"]) > 0, "{online}");

@@ -310,10 +310,21 @@ fn every_advisor_keeps_the_guests_memory_intact() {
             assert_guest_ok(&out, &format!("{advisor}, {cmdline}"));
             let t = &m["tiers"];
             assert_eq!(t["advisor"].as_str(), Some(advisor), "{t}");
-            // The handler's time inside the advisor is measured and reported.
+            // The handler's time inside the advisor is measured and reported, in
+            // total and by call: every access reaches it, and the calls add up.
+            let total = t["advisor_cpu_ms"].as_f64().unwrap_or(0.0);
+            assert!(total > 0.0, "{t}");
+            let calls = t["advisor_calls"].as_array().expect("advisor_calls");
             assert!(
-                t["advisor_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+                calls
+                    .iter()
+                    .any(|c| c["call"] == "on_access" && c["calls"].as_u64() > Some(0)),
                 "{t}"
+            );
+            let sum: f64 = calls.iter().filter_map(|c| c["ms"].as_f64()).sum();
+            assert!(
+                (sum - total).abs() <= 1e-6 * total.max(1.0),
+                "{sum} of {total}: {t}"
             );
             // Victims are the advisor's own: with a hot set (tier 0) the policy asks
             // past the hot pages at the advisor's tail instead of picking arbitrary
