@@ -20,6 +20,10 @@
 #     tier file must hold what does not fit in RAM: bench-live.toml's NVMe file takes
 #     256 MiB. The advisor column's share shows what gru's bookkeeping costs at scale,
 #     docs/predictor.md "Live, on a larger VM")
+#   MEM=1G VM=4G ITERS=100000 ROUNDS=2 ADVISORS=stride,gru WORKLOADS=random,zipf,chase \
+#       TIERS=resources/tiers/bench-live-4g.toml resources/scripts/bench-live.sh
+#     (VM sets the VM's size, here the 4 GiB VM, whose advisor share is
+#     docs/predictor.md's "Live, on a larger VM"; its tier file holds 2 GiB of NVMe)
 #   RAM_SHARES=25,50,75 resources/scripts/bench-live.sh
 #     (the RAM budget as percentages of the working memory, 25 by default; with more
 #     than one, every share is a configuration of each advisor, interleaved like the
@@ -83,6 +87,13 @@ MEM_KIB = int(_mem.group(1)) * {"K": 1, "M": 1024, "G": 1024 * 1024}[_mem.group(
 # and 32 MiB for the guest's image, page tables and metadata.
 _mem_mib = -(-MEM_KIB // 1024)
 VM_MIB = max(64, _mem_mib + _mem_mib // 4 + 32)
+if os.environ.get("VM"):
+    _vm = re.fullmatch(r"([1-9][0-9]*)([MG])", os.environ["VM"])
+    if not _vm:
+        sys.exit(f"bench-live: VM must be a size such as 512M or 4G, got {os.environ['VM']!r}")
+    VM_MIB = int(_vm.group(1)) * {"M": 1, "G": 1024}[_vm.group(2)]
+    if VM_MIB < _mem_mib + 32:
+        sys.exit(f"bench-live: a VM of {VM_MIB} MiB cannot hold mem={MEM} and the guest")
 try:
     SHARES = [int(x) for x in os.environ.get("RAM_SHARES", "25").split(",")]
 except ValueError:
